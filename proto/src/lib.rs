@@ -13,4 +13,5 @@ pub mod v1 {
 }
 
 /// Encoded `google.protobuf.FileDescriptorSet` of `quarry.v1`, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/quarry_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/quarry_descriptor.bin"));

@@ -1,0 +1,111 @@
+//! The crate's error type and its single mapping to `tonic::Status`.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `Result` with [`AuthError`].
+pub type Result<T, E = AuthError> = std::result::Result<T, E>;
+
+/// Why a caller was not authenticated, not allowed, or not admitted.
+///
+/// Token problems map to `UNAUTHENTICATED`, a valid token without the needed
+/// scope or role to `PERMISSION_DENIED`, a tenant over its quota to
+/// `RESOURCE_EXHAUSTED` (with `RetryInfo`), configuration and signing failures
+/// to `INTERNAL` — see `From<AuthError> for tonic::Status`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization` header (or metadata) on the request.
+    #[error("missing bearer token")]
+    MissingToken,
+    /// An `authorization` header that is not `Bearer <token>`.
+    #[error("authorization header is not a bearer token")]
+    NotBearer,
+    /// Not a compact JWS (RFC 7515 §7.1): wrong shape, bad base64url, bad
+    /// JSON, or claims that do not fit [`crate::Claims`].
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The JOSE header names an algorithm other than HS256 (including
+    /// `none`, RFC 7518 §3.6, and asymmetric algorithms such as RS256).
+    #[error("unsupported token algorithm {0:?}, only HS256 is accepted")]
+    UnsupportedAlgorithm(String),
+    /// The HMAC over header and payload does not match (RFC 7518 §3.2).
+    #[error("invalid token signature")]
+    BadSignature,
+    /// `exp` (RFC 7519 §4.1.4) is in the past, beyond the allowed leeway.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` (RFC 7519 §4.1.5) is in the future, beyond the allowed leeway.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// A claim this server requires is absent (always `exp`; `iss`/`aud`
+    /// when configured).
+    #[error("token lacks required claim {0}")]
+    MissingClaim(String),
+    /// `iss` (RFC 7519 §4.1.1) is not the configured issuer.
+    #[error("token issuer is not accepted")]
+    InvalidIssuer,
+    /// `aud` (RFC 7519 §4.1.3) does not name this server's audience.
+    #[error("token audience is not accepted")]
+    InvalidAudience,
+    /// A valid token whose principal lacks a scope.
+    #[error("missing scope {0}")]
+    MissingScope(String),
+    /// A valid token whose principal lacks a role.
+    #[error("missing role {0}")]
+    MissingRole(String),
+    /// The tenant exceeded its request quota; try again after `retry_after`.
+    #[error("rate limit exceeded for tenant {tenant}")]
+    RateLimited {
+        /// The tenant that was refused.
+        tenant: String,
+        /// How long until a request would be admitted (governor's wait time).
+        retry_after: Duration,
+    },
+    /// A token could not be signed.
+    #[error("cannot sign token: {0}")]
+    Signing(String),
+    /// The auth configuration is unusable.
+    #[error("invalid auth config: {0}")]
+    Config(String),
+}
+
+impl AuthError {
+    /// The gRPC code this error maps to.
+    pub fn code(&self) -> Code {
+        match self {
+            AuthError::MissingToken
+            | AuthError::NotBearer
+            | AuthError::Malformed(_)
+            | AuthError::UnsupportedAlgorithm(_)
+            | AuthError::BadSignature
+            | AuthError::Expired
+            | AuthError::NotYetValid
+            | AuthError::MissingClaim(_)
+            | AuthError::InvalidIssuer
+            | AuthError::InvalidAudience => Code::Unauthenticated,
+            AuthError::MissingScope(_) | AuthError::MissingRole(_) => Code::PermissionDenied,
+            AuthError::RateLimited { .. } => Code::ResourceExhausted,
+            AuthError::Signing(_) | AuthError::Config(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(err: AuthError) -> Self {
+        let code = err.code();
+        match err {
+            AuthError::RateLimited { retry_after, .. } => Status::with_error_details(
+                code,
+                err.to_string(),
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+            AuthError::Signing(_) | AuthError::Config(_) => {
+                // do not leak server configuration to callers
+                Status::new(code, "authentication is misconfigured")
+            }
+            other => Status::new(code, other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Authentication and per-tenant admission control for Quarry's gRPC servers.
+//!
+//! Every Quarry RPC carries `authorization: Bearer <jwt>`. This crate turns
+//! that header into a typed [`Principal`] (tenant, subject, roles, scopes) and
+//! refuses callers that exceed their tenant's request rate:
+//!
+//! - [`JwtVerifier`] checks an HS256 JSON Web Token (RFC 7519, algorithm from
+//!   RFC 7518 §3.2) and yields a [`Principal`]; [`mint_hs256`] issues one for
+//!   the `quarry token` development command.
+//! - [`AuthLayer`] is a tower layer over the HTTP request that tonic serves: it
+//!   verifies the token, puts the [`Principal`] into the request extensions
+//!   (handlers read `request.extensions().get::<Principal>()`), and answers
+//!   `UNAUTHENTICATED` otherwise. Health and reflection pass untouched.
+//! - [`RateLimitLayer`], placed after [`AuthLayer`], admits requests through a
+//!   [`TenantRateLimiter`] (governor's GCRA, keyed by tenant) and answers
+//!   `RESOURCE_EXHAUSTED` with a google.rpc `RetryInfo` when a tenant is over
+//!   its quota, so one tenant's load cannot starve another's.
+//! - [`AuthError`] is the crate's one error type; `From<AuthError> for
+//!   tonic::Status` is the one place that maps it to gRPC codes.
+//!
+//! The stack is composed once per binary, e.g.
+//! `ServiceBuilder::new().layer(AuthLayer::new(verifier)).layer(RateLimitLayer::new(limiter))`.
+//!
+//! Limits here are per process; limits that must hold across replicas need a
+//! shared store (see the architecture notes).
+
+mod config;
+mod error;
+mod jwt;
+mod layer;
+mod principal;
+mod rate_limit;
+
+pub use config::{AuthConfig, DEFAULT_JWT_SECRET_ENV};
+pub use error::{AuthError, Result};
+pub use jwt::{
+    Claims, DEFAULT_LEEWAY_SECS, JwtVerifier, MAX_TOKEN_BYTES, MIN_HS256_SECRET_BYTES, mint_hs256,
+};
+pub use layer::{Auth, AuthLayer, is_public_path};
+pub use principal::Principal;
+pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer, TenantRateLimiter};

@@ -1,0 +1,123 @@
+use std::convert::Infallible;
+use std::num::NonZeroU32;
+
+use tonic::body::Body;
+use tonic_types::StatusExt as _;
+use tower::{ServiceExt as _, service_fn};
+
+use super::*;
+
+fn config(rps: u32, burst: u32) -> RateLimitConfig {
+    RateLimitConfig {
+        requests_per_second: NonZeroU32::new(rps).unwrap(),
+        burst: NonZeroU32::new(burst).unwrap(),
+    }
+}
+
+fn principal(tenant: &str) -> Principal {
+    Principal {
+        tenant: tenant.to_owned(),
+        subject: "alice".to_owned(),
+        roles: vec![],
+        scopes: vec![],
+    }
+}
+
+fn request(principal: Option<Principal>) -> http::Request<Body> {
+    let mut req = http::Request::builder()
+        .uri("http://localhost/quarry.v1.AssistantService/Ask")
+        .body(Body::default())
+        .unwrap();
+    if let Some(p) = principal {
+        req.extensions_mut().insert(p);
+    }
+    req
+}
+
+async fn ok(_req: http::Request<Body>) -> Result<http::Response<Body>, Infallible> {
+    Ok(http::Response::new(Body::default()))
+}
+
+#[test]
+fn check_refuses_over_burst_with_wait_time() {
+    let limiter = TenantRateLimiter::new(config(2, 2));
+    assert_eq!(limiter.check("a"), Ok(()));
+    assert_eq!(limiter.check("a"), Ok(()));
+    let wait = limiter.check("a").unwrap_err();
+    // one request replenishes every 500 ms
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_millis(500),
+        "{wait:?}"
+    );
+    assert_eq!(limiter.check("b"), Ok(()));
+    assert_eq!(limiter.tracked_tenants(), 2);
+}
+
+#[tokio::test]
+async fn third_request_is_resource_exhausted_with_retry_info_other_tenant_unaffected() {
+    let svc = RateLimitLayer::new(TenantRateLimiter::new(config(2, 2))).layer(service_fn(ok));
+
+    for _ in 0..2 {
+        let response = svc
+            .clone()
+            .oneshot(request(Some(principal("a"))))
+            .await
+            .unwrap();
+        assert!(response.headers().get("grpc-status").is_none());
+    }
+    let refused = svc
+        .clone()
+        .oneshot(request(Some(principal("a"))))
+        .await
+        .unwrap();
+    assert_eq!(refused.headers()["grpc-status"], "8");
+    let status = Status::from_header_map(refused.headers()).unwrap();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    let retry = status
+        .get_details_retry_info()
+        .expect("retry info in details");
+    let delay = retry.retry_delay.expect("retry delay");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_millis(500),
+        "{delay:?}"
+    );
+
+    // tenant b has its own quota
+    let other = svc
+        .clone()
+        .oneshot(request(Some(principal("b"))))
+        .await
+        .unwrap();
+    assert!(other.headers().get("grpc-status").is_none());
+}
+
+#[tokio::test]
+async fn requests_without_principal_are_not_limited() {
+    let svc = RateLimitLayer::new(TenantRateLimiter::new(config(1, 1))).layer(service_fn(ok));
+    for _ in 0..5 {
+        let response = svc.clone().oneshot(request(None)).await.unwrap();
+        assert!(response.headers().get("grpc-status").is_none());
+    }
+}
+
+#[test]
+fn retain_recent_forgets_idle_tenants() {
+    let limiter = TenantRateLimiter::new(config(1000, 1));
+    limiter.check("a").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    limiter.retain_recent();
+    assert_eq!(limiter.tracked_tenants(), 0);
+}
+
+#[test]
+fn config_rejects_unknown_fields_and_zero() {
+    let parsed: RateLimitConfig =
+        serde_json::from_str(r#"{"requests_per_second": 5, "burst": 10}"#).unwrap();
+    assert_eq!(parsed, config(5, 10));
+    assert!(serde_json::from_str::<RateLimitConfig>(r#"{"rps": 5}"#).is_err());
+    assert!(serde_json::from_str::<RateLimitConfig>(r#"{"burst": 0}"#).is_err());
+    assert_eq!(
+        serde_json::from_str::<RateLimitConfig>("{}").unwrap(),
+        RateLimitConfig::default()
+    );
+}

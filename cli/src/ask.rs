@@ -1,0 +1,126 @@
+//! `quarry ask`: sends one question and prints the event stream readably —
+//! route, tool calls with their SQL, a table preview of each result, the
+//! answer text as it arrives, citations and usage.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use quarry_orchestrator::render::markdown_table;
+use quarry_proto::v1::{
+    AnswerStatus, AskMode, AskRequest, ask_response::Event,
+    assistant_service_client::AssistantServiceClient, tool_result::Outcome,
+};
+use tonic::metadata::MetadataValue;
+
+/// Characters per cell in printed tables.
+const CELL_CHARS: usize = 60;
+
+/// Connects to `server`, asks, and writes the stream to `out` as it arrives.
+/// Returns the final answer's status.
+///
+/// # Errors
+/// Connection failures and error statuses (unauthenticated, invalid request,
+/// rate limited, …), with the server's message.
+pub async fn ask(
+    server: &str,
+    token: &str,
+    request: AskRequest,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<AnswerStatus> {
+    let mut client = AssistantServiceClient::connect(server.to_string())
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    let mut call = tonic::Request::new(request);
+    let bearer: MetadataValue<_> = format!("Bearer {token}")
+        .parse()
+        .context("the token contains characters not allowed in a header")?;
+    call.metadata_mut().insert("authorization", bearer);
+    let mut stream = client
+        .ask(call)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut status = AnswerStatus::Unspecified;
+    let mut in_answer = false;
+    while let Some(message) = stream.next().await {
+        let message = message.map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
+        let Some(event) = message.event else { continue };
+        if in_answer && !matches!(event, Event::AnswerDelta(_)) {
+            writeln!(out)?;
+            in_answer = false;
+        }
+        match event {
+            Event::Started(s) => writeln!(out, "» conversation {}", s.conversation_id)?,
+            Event::Route(r) => {
+                let mode = AskMode::try_from(r.mode).unwrap_or(AskMode::Unspecified);
+                writeln!(
+                    out,
+                    "» route: {} ({}) — {}",
+                    r.route,
+                    mode.as_str_name(),
+                    r.reason
+                )?;
+            }
+            Event::ToolCallStarted(t) => {
+                writeln!(
+                    out,
+                    "» tool call {} {}: {}",
+                    t.call_id, t.tool_name, t.arguments_json
+                )?;
+            }
+            Event::ToolResult(t) => match t.outcome {
+                Some(Outcome::Sql(sql)) => {
+                    writeln!(
+                        out,
+                        "» tool result {} ({} ms): {} rows",
+                        t.call_id, t.elapsed_ms, sql.row_count
+                    )?;
+                    writeln!(out, "  SQL: {}", sql.sql)?;
+                    if let Some(rows) = &sql.rows {
+                        for line in markdown_table(rows, rows.rows.len(), CELL_CHARS) {
+                            writeln!(out, "  {line}")?;
+                        }
+                        if rows.truncated {
+                            writeln!(out, "  (preview; more rows exist)")?;
+                        }
+                    }
+                }
+                Some(Outcome::Error(error)) => {
+                    writeln!(
+                        out,
+                        "» tool error {} ({} ms): {error}",
+                        t.call_id, t.elapsed_ms
+                    )?;
+                }
+                None => writeln!(out, "» tool result {} (empty)", t.call_id)?,
+            },
+            Event::AnswerDelta(d) => {
+                if !in_answer {
+                    writeln!(out, "» answer:")?;
+                    in_answer = true;
+                }
+                write!(out, "{}", d.text)?;
+                out.flush()?;
+            }
+            Event::FinalAnswer(f) => {
+                status = AnswerStatus::try_from(f.status).unwrap_or(AnswerStatus::Unspecified);
+                writeln!(out, "» status: {}", status.as_str_name())?;
+                for c in &f.citations {
+                    writeln!(out, "  cites {}: {}", c.call_id, c.sql)?;
+                }
+            }
+            Event::Usage(u) => writeln!(
+                out,
+                "» usage: {} model calls, {} tool calls, {} tokens ({} prompt + {} completion), {} ms",
+                u.model_calls,
+                u.tool_calls,
+                u.total_tokens,
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.elapsed_ms
+            )?,
+        }
+    }
+    Ok(status)
+}

@@ -1,0 +1,161 @@
+//! Quarry's configuration: one TOML file plus `QUARRY__SECTION__KEY`
+//! environment overrides (e.g. `QUARRY__DATABASE__URL`,
+//! `QUARRY__MODEL__BASE_URL`), merged by figment. Every section rejects
+//! unknown keys, so a typo fails start-up instead of being ignored.
+
+use std::{net::SocketAddr, path::Path};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use quarry_auth::AuthConfig;
+use quarry_llm::ModelConfig;
+use quarry_orchestrator::OrchestratorConfig;
+use quarry_sql::service::SqlToolConfig;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "QUARRY__";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listening address and shutdown.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The source database.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// JWT verification and per-tenant rate limits.
+    pub auth: AuthConfig,
+    /// The chat model; absent means no model (router mode only).
+    #[serde(default)]
+    pub model: Option<ModelConfig>,
+    /// The SQL tool.
+    #[serde(default)]
+    pub sql: SqlToolConfig,
+    /// The orchestrator.
+    #[serde(default)]
+    pub orchestrator: OrchestratorConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:50051`.
+    pub listen: SocketAddr,
+    /// After SIGTERM/SIGINT, how long in-flight requests may take to finish
+    /// before they are cut off, in seconds. Default 10.
+    pub shutdown_grace_secs: u64,
+    /// URL of a separate SqlService (`quarry serve --role sql` elsewhere);
+    /// empty means the one in this process.
+    pub sql_url: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            shutdown_grace_secs: 10,
+            sql_url: None,
+        }
+    }
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// libpq-style URL, e.g. `postgres://quarry_reader@db:5432/data`.
+    /// Default: the development server `dev/pg.sh` starts.
+    pub url: String,
+    /// Most pooled connections. Default 16.
+    pub pool_size: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:54329/quarry".to_string(),
+            pool_size: 16,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Defaults {
+    server: ServerConfig,
+    database: DatabaseConfig,
+}
+
+impl Config {
+    /// Loads `path` (if given) and the process environment's overrides.
+    ///
+    /// # Errors
+    /// A figment error naming the key and source at fault.
+    pub fn load(path: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        Self::figment(path, Env::prefixed(ENV_PREFIX).split("__"))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// Builds the figment with a given environment provider (tests inject a
+    /// synthetic one instead of touching the process environment).
+    pub fn figment(path: Option<&Path>, env: Env) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Defaults {
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+        }));
+        if let Some(path) = path {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment.merge(env)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_and_env_overrides_merge() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "q.toml",
+                r#"
+                [auth]
+                jwt_secret = "0123456789abcdef0123456789abcdef"
+                [sql]
+                schemas = ["tate"]
+                "#,
+            )?;
+            jail.set_env("QUARRY__DATABASE__URL", "postgres://x@h:1/db");
+            jail.set_env("QUARRY__ORCHESTRATOR__MAX_STEPS", "3");
+            let config = Config::load(Some(Path::new("q.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.database.url, "postgres://x@h:1/db");
+            assert_eq!(config.orchestrator.max_steps, 3);
+            assert_eq!(config.sql.schemas, vec!["tate".to_string()]);
+            assert!(config.model.is_none());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "q.toml",
+                "[auth]\njwt_secret = \"x\"\n[sql]\nschemaz = []\n",
+            )?;
+            let err = Config::load(Some(Path::new("q.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("schemaz"), "{err}");
+            Ok(())
+        });
+    }
+}

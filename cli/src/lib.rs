@@ -1,0 +1,169 @@
+//! The `quarry` binary's library: configuration, the server composition
+//! ([`serve`]) and the commands. `main.rs` only parses arguments, sets up
+//! logging, binds and calls in here, so tests run the very same server on
+//! `127.0.0.1:0`.
+
+pub mod ask;
+pub mod config;
+pub mod ingest;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use quarry_auth::{AuthLayer, RateLimitLayer};
+use quarry_llm::{ChatModel, OpenAiChatModel};
+use quarry_orchestrator::{Assistant, AssistantGrpc};
+use quarry_proto::v1::{
+    assistant_service_server::AssistantServiceServer, sql_service_client::SqlServiceClient,
+    sql_service_server::SqlServiceServer,
+};
+use quarry_sql::{grpc::SqlGrpc, service::SqlTool};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Endpoint, Server};
+use tower::ServiceBuilder;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+/// A connection pool for `url` (no TLS: the development server has none;
+/// put TLS termination in front for remote databases until TLS lands).
+///
+/// # Errors
+/// When the URL does not parse or the pool cannot be built.
+pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
+    let pg: tokio_postgres::Config = url
+        .parse()
+        .with_context(|| "database.url is not a valid PostgreSQL URL".to_string())?;
+    let manager = Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .build()
+        .context("building the database pool")
+}
+
+/// Serves every role (Assistant, SQL tool, health, reflection) on `listener`
+/// until `shutdown` resolves, then lets in-flight requests finish for at most
+/// `server.shutdown_grace_secs`.
+///
+/// # Errors
+/// Invalid configuration (auth secret, golden pairs, model settings) or a
+/// transport failure.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    let verifier = config.auth.verifier().context("auth")?;
+    let limiter = config.auth.rate_limiter();
+    let pool = pool(&config.database.url, config.database.pool_size)?;
+    let model: Option<Arc<dyn ChatModel>> = match &config.model {
+        Some(model) => {
+            let chat = OpenAiChatModel::new(model.clone()).context("model")?;
+            info!(base_url = %model.base_url, model = %model.model, "model configured");
+            Some(Arc::new(chat))
+        }
+        None => {
+            info!("no model configured: router mode with golden question/SQL pairs");
+            None
+        }
+    };
+    let tool = Arc::new(SqlTool::new(pool, config.sql.clone(), model.clone()).context("sql tool")?);
+    let sql_url = config
+        .server
+        .sql_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"));
+    let channel = Endpoint::from_shared(sql_url.clone())
+        .with_context(|| format!("server.sql_url {sql_url:?} is not a valid URL"))?
+        .connect_lazy();
+    let assistant = Arc::new(Assistant::new(
+        model,
+        SqlServiceClient::new(channel),
+        config.orchestrator.clone(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<SqlServiceServer<SqlGrpc>>().await;
+    health
+        .set_serving::<AssistantServiceServer<AssistantGrpc>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quarry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quarry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let layers = ServiceBuilder::new()
+        .layer(AuthLayer::new(verifier))
+        .layer(RateLimitLayer::new(limiter));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .layer(layers)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(SqlServiceServer::new(SqlGrpc::new(tool)))
+        .add_service(AssistantServiceServer::new(AssistantGrpc::new(assistant)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    info!(%local, "quarry serving");
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.context("server"),
+        () = shutdown => {}
+    }
+    info!("shutting down: no new connections; draining in-flight requests");
+    let _ = stop_tx.send(());
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result.context("server"),
+        Err(_) => {
+            warn!(
+                grace_secs = grace.as_secs(),
+                "requests still running after the grace period; stopping them"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            warn!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                warn!(%error, "cannot listen for sigterm");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => info!("received ctrl-c"),
+        () = term => info!("received sigterm"),
+    }
+}

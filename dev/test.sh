@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, proto lint, then the whole
+# test suite against a local PostgreSQL (dev/pg.sh).
+#
+# Usage: dev/test.sh [args passed on to `cargo nextest run` / `cargo test`]
+#
+# If QUARRY_TEST_DATABASE_URL is already set, that database is used and no
+# local server is started. Otherwise the dev server is started; it is stopped
+# at the end only if this script started it.
+set -euo pipefail
+
+ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
+readonly ROOT
+cd "$ROOT"
+
+section() { printf '\n==> %s\n' "$*"; }
+
+step() {
+  local name=$1
+  shift
+  section "$name"
+  if ! "$@"; then
+    printf '\ndev/test.sh: FAILED: %s (%s)\n' "$name" "$*" >&2
+    exit 1
+  fi
+}
+
+stop_db() { "$ROOT/dev/pg.sh" stop >/dev/null 2>&1 || true; }
+
+section "PostgreSQL"
+if [[ -n "${QUARRY_TEST_DATABASE_URL:-}" ]]; then
+  printf 'using QUARRY_TEST_DATABASE_URL=%s\n' "$QUARRY_TEST_DATABASE_URL"
+else
+  was_running=0
+  if "$ROOT/dev/pg.sh" status >/dev/null 2>&1; then was_running=1; fi
+  if ! url=$("$ROOT/dev/pg.sh" start); then
+    echo "dev/test.sh: FAILED: dev/pg.sh start" >&2
+    exit 1
+  fi
+  if ((was_running == 0)); then trap stop_db EXIT; fi
+  export QUARRY_TEST_DATABASE_URL="$url"
+  printf 'QUARRY_TEST_DATABASE_URL=%s\n' "$url"
+fi
+
+step "cargo fmt --check" cargo fmt --all --check
+step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+step "buf lint" "$ROOT/dev/buf.sh" lint
+
+# The test runner goes last, so its summary closes the output.
+if cargo nextest --version >/dev/null 2>&1; then
+  step "cargo nextest run" cargo nextest run --workspace "$@"
+else
+  step "cargo test (cargo-nextest not installed)" cargo test --workspace "$@"
+fi

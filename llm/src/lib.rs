@@ -1,0 +1,43 @@
+//! Model access for Quarry: chat and tool calling over any OpenAI-compatible
+//! endpoint (OpenAI, Ollama, vLLM, llama.cpp server).
+//!
+//! The orchestrator's agent loop and the SQL generator talk to a
+//! [`ChatModel`]: a provider-neutral trait whose one method streams
+//! [`ChatEvent`]s — text deltas as tokens arrive, complete tool calls, the
+//! finish reason and token usage. [`OpenAiChatModel`] implements it on
+//! async-openai, configured by a [`ModelConfig`] (endpoint, model, key
+//! variable, whole-request timeout). Callers that want the whole answer at
+//! once use [`collect`] or [`chat`].
+//!
+//! ```no_run
+//! # async fn demo() -> quarry_llm::Result<()> {
+//! use quarry_llm::{ChatModel, ChatRequest, Message, ModelConfig, OpenAiChatModel};
+//!
+//! let model = OpenAiChatModel::new(ModelConfig::new("http://localhost:11434/v1", "qwen2.5"))?;
+//! let answer = quarry_llm::chat(
+//!     &model,
+//!     ChatRequest { messages: vec![Message::user("hello")], tools: vec![] },
+//! )
+//! .await?;
+//! println!("{}", answer.content);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With the `test-util` feature, [`testing::ScriptedServer`] is a scripted
+//! OpenAI-compatible HTTP server for tests of anything that calls a model.
+
+mod chat;
+mod config;
+mod error;
+mod openai;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use chat::{
+    ChatEvent, ChatModel, ChatRequest, ChatResponse, FinishReason, Message, ToolCall, ToolSpec,
+    Usage, chat, collect,
+};
+pub use config::ModelConfig;
+pub use error::{LlmError, Result};
+pub use openai::OpenAiChatModel;

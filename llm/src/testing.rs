@@ -1,0 +1,629 @@
+//! A scripted OpenAI-compatible HTTP server for tests (feature `test-util`).
+//!
+//! [`ScriptedServer`] binds `127.0.0.1:0` and answers
+//! `POST /v1/chat/completions` (and `/chat/completions`) from a queue of
+//! [`ScriptedTurn`]s, one per request, streaming `text/event-stream` the way
+//! the real API does: a first chunk with `delta.role = "assistant"`, content
+//! in small deltas, each tool call's `id`/`type`/`function.name` in its first
+//! delta and `function.arguments` spread over several later ones, a chunk with
+//! the `finish_reason`, a `choices: []` chunk with `usage` when the request set
+//! `stream_options.include_usage`, then `data: [DONE]`. Requests without
+//! `stream: true` get one `chat.completion` JSON object. Every request body is
+//! recorded for assertions.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
+//!
+//! let server = ScriptedServer::start(vec![
+//!     ScriptedTurn::tool_call("run_sql", r#"{"sql":"select 1"}"#),
+//!     ScriptedTurn::text("There is one row."),
+//! ])
+//! .await;
+//! let config = quarry_llm::ModelConfig::new(server.base_url(), "scripted");
+//! // ... run the code under test, then:
+//! assert_eq!(server.requests().len(), 2);
+//! # }
+//! ```
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+/// Size of the pieces text and tool arguments are cut into, in characters.
+const PIECE_CHARS: usize = 4;
+
+/// `created` timestamp on every scripted response (fixed, so runs compare).
+const CREATED: u64 = 1_700_000_000;
+
+/// One scripted answer: what the server does for one request.
+#[derive(Debug, Clone)]
+pub struct ScriptedTurn {
+    reply: Reply,
+    delay: Duration,
+    chunk_delay: Duration,
+    usage: Option<(u32, u32)>,
+}
+
+#[derive(Debug, Clone)]
+enum Reply {
+    Assistant {
+        content: Vec<String>,
+        tool_calls: Vec<ScriptedToolCall>,
+        finish_reason: Option<String>,
+    },
+    Error {
+        status: u16,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
+    Raw(Vec<String>),
+}
+
+/// A tool call the scripted model makes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptedToolCall {
+    /// Call id; empty means the server assigns `call_<request>_<index>`.
+    pub id: String,
+    /// Function name.
+    pub name: String,
+    /// Arguments JSON text, streamed in pieces of a few characters.
+    pub arguments: String,
+}
+
+impl ScriptedToolCall {
+    /// A call of `name` with `arguments` (JSON text) and a server-assigned id.
+    pub fn new(name: impl Into<String>, arguments: impl Into<String>) -> Self {
+        Self {
+            id: String::new(),
+            name: name.into(),
+            arguments: arguments.into(),
+        }
+    }
+
+    /// Sets the call id.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+}
+
+impl ScriptedTurn {
+    fn assistant(content: Vec<String>, tool_calls: Vec<ScriptedToolCall>) -> Self {
+        Self {
+            reply: Reply::Assistant {
+                content,
+                tool_calls,
+                finish_reason: None,
+            },
+            delay: Duration::ZERO,
+            chunk_delay: Duration::ZERO,
+            usage: None,
+        }
+    }
+
+    /// An assistant text reply, streamed in deltas of a few characters;
+    /// finish reason `stop`.
+    pub fn text(text: impl AsRef<str>) -> Self {
+        Self::assistant(pieces(text.as_ref()), Vec::new())
+    }
+
+    /// An assistant text reply streamed in exactly these deltas.
+    pub fn text_chunks<S: Into<String>>(chunks: impl IntoIterator<Item = S>) -> Self {
+        Self::assistant(chunks.into_iter().map(Into::into).collect(), Vec::new())
+    }
+
+    /// One tool call of `name` with `arguments` (JSON text); finish reason
+    /// `tool_calls`.
+    pub fn tool_call(name: impl Into<String>, arguments: impl Into<String>) -> Self {
+        Self::tool_calls(vec![ScriptedToolCall::new(name, arguments)])
+    }
+
+    /// Several tool calls in one turn (`index` 0, 1, …), streamed one after
+    /// the other; finish reason `tool_calls`.
+    pub fn tool_calls(calls: Vec<ScriptedToolCall>) -> Self {
+        Self::assistant(Vec::new(), calls)
+    }
+
+    /// An HTTP error: `status` with `body` (sent as JSON if it parses as JSON,
+    /// else as text).
+    pub fn error(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            reply: Reply::Error {
+                status,
+                body: body.into(),
+                headers: Vec::new(),
+            },
+            delay: Duration::ZERO,
+            chunk_delay: Duration::ZERO,
+            usage: None,
+        }
+    }
+
+    /// A 429 in OpenAI's shape with `Retry-After: retry_after_secs`.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Self::error(
+            429,
+            json!({"error": {
+                "message": "rate limit reached for requests",
+                "type": "requests",
+                "param": null,
+                "code": "rate_limit_exceeded"
+            }})
+            .to_string(),
+        )
+        .with_header("retry-after", retry_after_secs.to_string())
+    }
+
+    /// A 200 `text/event-stream` whose events carry exactly these `data:`
+    /// payloads (no automatic `[DONE]`), for malformed-stream tests.
+    pub fn raw_events<S: Into<String>>(data: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            reply: Reply::Raw(data.into_iter().map(Into::into).collect()),
+            delay: Duration::ZERO,
+            chunk_delay: Duration::ZERO,
+            usage: None,
+        }
+    }
+
+    /// Text streamed before this turn's tool calls (or instead of the text
+    /// set so far), in deltas of a few characters.
+    pub fn with_content(mut self, text: impl AsRef<str>) -> Self {
+        if let Reply::Assistant { content, .. } = &mut self.reply {
+            *content = pieces(text.as_ref());
+        }
+        self
+    }
+
+    /// Overrides the finish reason (e.g. `length`, `content_filter`).
+    pub fn with_finish_reason(mut self, reason: impl Into<String>) -> Self {
+        if let Reply::Assistant { finish_reason, .. } = &mut self.reply {
+            *finish_reason = Some(reason.into());
+        }
+        self
+    }
+
+    /// Adds a response header (for error turns).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        if let Reply::Error { headers, .. } = &mut self.reply {
+            headers.push((name.into(), value.into()));
+        }
+        self
+    }
+
+    /// Waits this long before sending the response headers.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Waits this long before each streamed chunk after the first.
+    pub fn with_chunk_delay(mut self, delay: Duration) -> Self {
+        self.chunk_delay = delay;
+        self
+    }
+
+    /// Reported usage; by default 10 prompt tokens and one completion token
+    /// per streamed piece.
+    pub fn with_usage(mut self, prompt_tokens: u32, completion_tokens: u32) -> Self {
+        self.usage = Some((prompt_tokens, completion_tokens));
+        self
+    }
+}
+
+/// Cuts `text` into pieces of [`PIECE_CHARS`] characters.
+fn pieces(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .chunks(PIECE_CHARS)
+        .map(|c| c.iter().collect())
+        .collect()
+}
+
+#[derive(Default)]
+struct Shared {
+    script: Mutex<VecDeque<ScriptedTurn>>,
+    requests: Mutex<Vec<Value>>,
+}
+
+impl Shared {
+    fn requests(&self) -> std::sync::MutexGuard<'_, Vec<Value>> {
+        self.requests.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn script(&self) -> std::sync::MutexGuard<'_, VecDeque<ScriptedTurn>> {
+        self.script.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A running scripted server; stops when dropped.
+#[derive(Debug)]
+pub struct ScriptedServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("remaining", &self.script().len())
+            .field("requests", &self.requests().len())
+            .finish()
+    }
+}
+
+impl ScriptedServer {
+    /// Binds `127.0.0.1:0` and serves `turns` in order, one per request.
+    ///
+    /// # Panics
+    /// If no local port can be bound (use [`ScriptedServer::try_start`] to
+    /// handle that).
+    pub async fn start(turns: Vec<ScriptedTurn>) -> Self {
+        match Self::try_start(turns).await {
+            Ok(server) => server,
+            Err(e) => panic!("scripted server cannot bind 127.0.0.1:0: {e}"),
+        }
+    }
+
+    /// As [`ScriptedServer::start`], returning the bind error.
+    ///
+    /// # Errors
+    /// The I/O error from binding the listener.
+    pub async fn try_start(turns: Vec<ScriptedTurn>) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        shared.script().extend(turns);
+        let router = Router::new()
+            .route("/v1/chat/completions", post(handle))
+            .route("/chat/completions", post(handle))
+            .fallback(not_found)
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::warn!(error = %e, "scripted server stopped");
+            }
+        });
+        Ok(Self { addr, shared, task })
+    }
+
+    /// `http://127.0.0.1:<port>/v1`, for [`crate::ModelConfig::base_url`].
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every request body received so far, in order (unparseable bodies as a
+    /// JSON string).
+    pub fn requests(&self) -> Vec<Value> {
+        self.shared.requests().clone()
+    }
+
+    /// Appends turns to the script.
+    pub fn push(&self, turn: ScriptedTurn) {
+        self.shared.script().push_back(turn);
+    }
+
+    /// How many scripted turns have not been served yet.
+    pub fn remaining(&self) -> usize {
+        self.shared.script().len()
+    }
+}
+
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "scripted server serves only POST /v1/chat/completions and /chat/completions",
+    )
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"error": {"message": message, "type": "scripted_server_error", "param": null, "code": null}})
+            .to_string(),
+    )
+        .into_response()
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let parsed = serde_json::from_slice::<Value>(&body);
+    let request_no = {
+        let mut requests = shared.requests();
+        requests.push(match &parsed {
+            Ok(value) => value.clone(),
+            Err(_) => Value::String(String::from_utf8_lossy(&body).into_owned()),
+        });
+        requests.len()
+    };
+    let request = match parsed {
+        Ok(value) => value,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("request body is not json: {e}"),
+            );
+        }
+    };
+    let Some(turn) = shared.script().pop_front() else {
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("scripted server: script exhausted, no turn left for request {request_no}"),
+        );
+    };
+    if !turn.delay.is_zero() {
+        tokio::time::sleep(turn.delay).await;
+    }
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("scripted")
+        .to_owned();
+    let streamed = request.get("stream").and_then(Value::as_bool) == Some(true);
+    let include_usage = request
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        == Some(true);
+    let id = format!("chatcmpl-scripted-{request_no}");
+
+    match turn.reply {
+        Reply::Error {
+            status,
+            body,
+            headers,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut map = HeaderMap::new();
+            let content_type = if serde_json::from_str::<Value>(&body).is_ok() {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            };
+            map.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            for (name, value) in headers {
+                match (
+                    HeaderName::try_from(name.as_str()),
+                    HeaderValue::try_from(value.as_str()),
+                ) {
+                    (Ok(name), Ok(value)) => {
+                        map.insert(name, value);
+                    }
+                    _ => tracing::warn!(%name, %value, "scripted server skips invalid header"),
+                }
+            }
+            (status, map, body).into_response()
+        }
+        Reply::Raw(events) => sse_response(
+            events
+                .into_iter()
+                .map(|data| format!("data: {data}\n\n"))
+                .collect(),
+            turn.chunk_delay,
+        ),
+        Reply::Assistant {
+            content,
+            tool_calls,
+            finish_reason,
+        } => {
+            let tool_calls: Vec<ScriptedToolCall> = tool_calls
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut call)| {
+                    if call.id.is_empty() {
+                        call.id = format!("call_{request_no}_{i}");
+                    }
+                    call
+                })
+                .collect();
+            let finish_reason = finish_reason.unwrap_or_else(|| {
+                if tool_calls.is_empty() {
+                    "stop".to_owned()
+                } else {
+                    "tool_calls".to_owned()
+                }
+            });
+            let pieces_sent = content.len()
+                + tool_calls
+                    .iter()
+                    .map(|c| 1 + pieces(&c.arguments).len())
+                    .sum::<usize>();
+            let (prompt, completion) = turn
+                .usage
+                .unwrap_or((10, u32::try_from(pieces_sent).unwrap_or(u32::MAX)));
+            let usage = json!({
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt.saturating_add(completion),
+            });
+            let answer = Answer {
+                id,
+                model,
+                content,
+                tool_calls,
+                finish_reason,
+                usage,
+            };
+            if streamed {
+                sse_response(answer.chunks(include_usage), turn.chunk_delay)
+            } else {
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    answer.completion().to_string(),
+                )
+                    .into_response()
+            }
+        }
+    }
+}
+
+struct Answer {
+    id: String,
+    model: String,
+    content: Vec<String>,
+    tool_calls: Vec<ScriptedToolCall>,
+    finish_reason: String,
+    usage: Value,
+}
+
+impl Answer {
+    fn chunk(&self, choices: Value, include_usage: bool) -> String {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": self.model,
+            "system_fingerprint": "fp_scripted",
+            "choices": choices,
+        });
+        if include_usage && let Some(obj) = chunk.as_object_mut() {
+            obj.insert("usage".into(), Value::Null);
+        }
+        format!("data: {chunk}\n\n")
+    }
+
+    fn delta(&self, delta: Value, include_usage: bool) -> String {
+        self.chunk(
+            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]),
+            include_usage,
+        )
+    }
+
+    /// The whole SSE body, one string per event.
+    fn chunks(&self, include_usage: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        let first_content = if self.tool_calls.is_empty() || !self.content.is_empty() {
+            json!("")
+        } else {
+            Value::Null
+        };
+        out.push(self.delta(
+            json!({"role": "assistant", "content": first_content, "refusal": null}),
+            include_usage,
+        ));
+        for piece in &self.content {
+            out.push(self.delta(json!({"content": piece}), include_usage));
+        }
+        for (index, call) in self.tool_calls.iter().enumerate() {
+            out.push(self.delta(
+                json!({"tool_calls": [{
+                    "index": index,
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": ""},
+                }]}),
+                include_usage,
+            ));
+            for piece in pieces(&call.arguments) {
+                out.push(self.delta(
+                    json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
+                    include_usage,
+                ));
+            }
+        }
+        out.push(self.chunk(
+            json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": self.finish_reason}]),
+            include_usage,
+        ));
+        if include_usage {
+            let usage_chunk = json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": CREATED,
+                "model": self.model,
+                "system_fingerprint": "fp_scripted",
+                "choices": [],
+                "usage": self.usage,
+            });
+            out.push(format!("data: {usage_chunk}\n\n"));
+        }
+        out.push("data: [DONE]\n\n".to_owned());
+        out
+    }
+
+    /// The non-streamed `chat.completion` object.
+    fn completion(&self) -> Value {
+        let content = self.content.concat();
+        let mut message = json!({
+            "role": "assistant",
+            "content": if content.is_empty() && !self.tool_calls.is_empty() { Value::Null } else { json!(content) },
+            "refusal": null,
+        });
+        if !self.tool_calls.is_empty()
+            && let Some(obj) = message.as_object_mut()
+        {
+            let calls = self
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    json!({
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments},
+                    })
+                })
+                .collect::<Vec<_>>();
+            obj.insert("tool_calls".into(), Value::Array(calls));
+        }
+        json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": CREATED,
+            "model": self.model,
+            "system_fingerprint": "fp_scripted",
+            "choices": [{
+                "index": 0,
+                "message": message,
+                "logprobs": null,
+                "finish_reason": self.finish_reason,
+            }],
+            "usage": self.usage,
+        })
+    }
+}
+
+fn sse_response(events: Vec<String>, chunk_delay: Duration) -> Response {
+    let stream = futures::stream::unfold(
+        (VecDeque::from(events), true),
+        move |(mut events, first)| async move {
+            let event = events.pop_front()?;
+            if !first && !chunk_delay.is_zero() {
+                tokio::time::sleep(chunk_delay).await;
+            }
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from(event)),
+                (events, false),
+            ))
+        },
+    );
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}

@@ -1,0 +1,150 @@
+//! gRPC adapter: `quarry.v1.AssistantService` over [`Assistant`].
+//!
+//! Validates the request, takes the principal the auth layer put into the
+//! request extensions, and hands over to the domain.
+
+use std::sync::Arc;
+
+use quarry_auth::Principal;
+use quarry_proto::v1::{AskMode, AskRequest, assistant_service_server::AssistantService};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use tracing::instrument;
+
+use crate::assistant::{AskStream, Assistant, Caller};
+
+/// Longest question accepted, in characters.
+pub const MAX_QUESTION_CHARS: usize = 4_000;
+
+/// The tonic service implementation.
+#[derive(Debug, Clone)]
+pub struct AssistantGrpc {
+    assistant: Arc<Assistant>,
+}
+
+impl AssistantGrpc {
+    /// Serves `assistant`.
+    pub fn new(assistant: Arc<Assistant>) -> Self {
+        Self { assistant }
+    }
+}
+
+fn bad_request(field: &str, description: impl Into<String>) -> Status {
+    let description = description.into();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid {field}: {description}"),
+        ErrorDetails::with_bad_request_violation(field, description),
+    )
+}
+
+/// Checks an `AskRequest`; errors name the field at fault.
+pub fn validate_ask(request: &AskRequest, max_preview_rows: u32) -> Result<(), Status> {
+    if request.question.trim().is_empty() {
+        return Err(bad_request("question", "must not be empty"));
+    }
+    let chars = request.question.chars().count();
+    if chars > MAX_QUESTION_CHARS {
+        return Err(bad_request(
+            "question",
+            format!("is {chars} characters long; the limit is {MAX_QUESTION_CHARS}"),
+        ));
+    }
+    if !request.conversation_id.is_empty()
+        && uuid::Uuid::parse_str(&request.conversation_id).is_err()
+    {
+        return Err(bad_request("conversation_id", "must be empty or a UUID"));
+    }
+    if AskMode::try_from(request.mode).is_err() {
+        return Err(bad_request(
+            "mode",
+            format!("unknown mode {}", request.mode),
+        ));
+    }
+    if request.preview_rows > max_preview_rows {
+        return Err(bad_request(
+            "preview_rows",
+            format!("must be at most {max_preview_rows}"),
+        ));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl AssistantService for AssistantGrpc {
+    type AskStream = AskStream;
+
+    #[instrument(skip(self, request))]
+    async fn ask(&self, request: Request<AskRequest>) -> Result<Response<AskStream>, Status> {
+        let principal = request
+            .extensions()
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no principal on the request"))?;
+        let authorization = request.metadata().get("authorization").cloned();
+        let ask = request.into_inner();
+        validate_ask(&ask, self.assistant.config().max_preview_rows)?;
+        let caller = Caller {
+            principal,
+            authorization,
+        };
+        Ok(Response::new(self.assistant.ask(ask, caller)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(question: &str) -> AskRequest {
+        AskRequest {
+            question: question.into(),
+            ..Default::default()
+        }
+    }
+
+    fn field_of(status: &Status) -> String {
+        let details = status.get_error_details();
+        details
+            .bad_request()
+            .expect("bad request details")
+            .field_violations[0]
+            .field
+            .clone()
+    }
+
+    #[test]
+    fn rejects_each_bad_field_by_name() {
+        let cases = [
+            (ask("  "), "question"),
+            (ask(&"x".repeat(MAX_QUESTION_CHARS + 1)), "question"),
+            (
+                AskRequest {
+                    conversation_id: "nope".into(),
+                    ..ask("q")
+                },
+                "conversation_id",
+            ),
+            (
+                AskRequest {
+                    mode: 42,
+                    ..ask("q")
+                },
+                "mode",
+            ),
+            (
+                AskRequest {
+                    preview_rows: 101,
+                    ..ask("q")
+                },
+                "preview_rows",
+            ),
+        ];
+        for (request, field) in cases {
+            let status = validate_ask(&request, 100).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert_eq!(field_of(&status), field);
+        }
+        validate_ask(&ask("how many artworks?"), 100).unwrap();
+    }
+}

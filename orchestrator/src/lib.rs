@@ -1,0 +1,20 @@
+//! The Assistant service: answers a question by choosing and running tools,
+//! streaming each step to the client as it happens.
+//!
+//! - [`assistant`]: the domain — agentic tool-calling loop (a model chooses
+//!   tools) and router mode (golden question→SQL pairs, no model needed);
+//! - [`grpc`]: the `quarry.v1.AssistantService` adapter;
+//! - [`render`]: text rendering of typed rows for answers, the model and the CLI.
+//!
+//! Tools are reached through their generated gRPC clients whether they run in
+//! the same process or in another Deployment, with the caller's credentials
+//! forwarded so that every tool enforces the caller's scopes itself.
+
+pub mod assistant;
+pub mod config;
+pub mod grpc;
+pub mod render;
+
+pub use assistant::{AskStream, Assistant, Caller, QUERY_DATABASE};
+pub use config::OrchestratorConfig;
+pub use grpc::AssistantGrpc;

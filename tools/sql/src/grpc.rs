@@ -1,0 +1,318 @@
+//! gRPC adapter: `quarry.v1.SqlService` over [`SqlTool`].
+//!
+//! Validates requests, requires the principal the auth layer put into the
+//! request extensions, calls the domain, and maps domain values and errors to
+//! `quarry.v1` messages and `tonic::Status` (in [`status_of`], the one place
+//! that decides codes).
+
+use std::sync::Arc;
+
+use chrono::{Datelike, Timelike};
+use quarry_auth::Principal;
+use quarry_proto::v1 as pb;
+use quarry_proto::v1::sql_service_server::SqlService;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use tracing::instrument;
+
+use crate::{
+    Cell, ExecError, QueryResult, Rejection, RejectionKind, TableInfo, TableKind,
+    service::{SqlSource, SqlTool, ToolError},
+};
+
+/// Longest SQL text accepted over the wire, in bytes.
+pub const MAX_SQL_BYTES: usize = 64 * 1024;
+/// Longest question accepted, in characters.
+pub const MAX_QUESTION_CHARS: usize = 4_000;
+
+/// The tonic service implementation.
+#[derive(Debug, Clone)]
+pub struct SqlGrpc {
+    tool: Arc<SqlTool>,
+}
+
+impl SqlGrpc {
+    /// Serves `tool`.
+    pub fn new(tool: Arc<SqlTool>) -> Self {
+        Self { tool }
+    }
+}
+
+fn bad_request(field: &str, description: impl Into<String>) -> Status {
+    let description = description.into();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid {field}: {description}"),
+        ErrorDetails::with_bad_request_violation(field, description),
+    )
+}
+
+fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no principal on the request"))
+}
+
+fn check_sql(sql: &str) -> Result<(), Status> {
+    if sql.trim().is_empty() {
+        return Err(bad_request("sql", "must not be empty"));
+    }
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(bad_request(
+            "sql",
+            format!("is {} bytes; the limit is {MAX_SQL_BYTES}", sql.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn rejection_kind(kind: RejectionKind) -> pb::RejectionKind {
+    match kind {
+        RejectionKind::Parse => pb::RejectionKind::ParseError,
+        RejectionKind::Empty => pb::RejectionKind::Empty,
+        RejectionKind::MultipleStatements => pb::RejectionKind::MultipleStatements,
+        RejectionKind::NotAQuery => pb::RejectionKind::NotAQuery,
+        RejectionKind::SelectInto => pb::RejectionKind::SelectInto,
+        RejectionKind::DataModifyingCte => pb::RejectionKind::DataModifyingCte,
+        RejectionKind::LockingClause => pb::RejectionKind::LockingClause,
+        RejectionKind::DeniedFunction => pb::RejectionKind::ForbiddenFunction,
+        RejectionKind::SchemaNotAllowed => pb::RejectionKind::ForbiddenRelation,
+        RejectionKind::TooLong | RejectionKind::TooComplex | RejectionKind::Unsupported => {
+            pb::RejectionKind::Other
+        }
+    }
+}
+
+/// A rejection as its protocol message.
+pub fn rejection_to_proto(rejection: &Rejection) -> pb::Rejection {
+    let (line, column) = rejection.position.unwrap_or((0, 0));
+    pb::Rejection {
+        kind: rejection_kind(rejection.kind) as i32,
+        message: rejection.message.clone(),
+        line: u32::try_from(line).unwrap_or(u32::MAX),
+        column: u32::try_from(column).unwrap_or(u32::MAX),
+    }
+}
+
+/// Maps a domain error to a status: refused SQL and unknown schemas are the
+/// caller's fault (`INVALID_ARGUMENT`, with a BadRequest detail naming the
+/// field), a timeout is `DEADLINE_EXCEEDED`, a cap is `RESOURCE_EXHAUSTED`,
+/// an error the database reports for the query is `INVALID_ARGUMENT` (the SQL
+/// is wrong for this schema), an unreachable database is `UNAVAILABLE`.
+pub fn status_of(error: &ToolError) -> Status {
+    match error {
+        ToolError::Rejected(rejection) => bad_request(
+            "sql",
+            format!("refused ({}): {}", rejection.kind, rejection.message),
+        ),
+        ToolError::UnknownSchema(..) => bad_request("schemas", error.to_string()),
+        ToolError::Exec(exec) => match exec {
+            ExecError::Timeout { .. } => Status::deadline_exceeded(exec.to_string()),
+            ExecError::Pool(_) | ExecError::Connection(_) => Status::unavailable(exec.to_string()),
+            ExecError::Database { .. } => Status::invalid_argument(exec.to_string()),
+            ExecError::TooLarge { .. } => Status::resource_exhausted(exec.to_string()),
+            ExecError::Decode { .. } => Status::internal(exec.to_string()),
+        },
+        ToolError::Schema(_) | ToolError::Pool(_) => Status::unavailable(error.to_string()),
+        ToolError::Model(_) => Status::unavailable(error.to_string()),
+    }
+}
+
+fn cell_to_value(cell: &Cell) -> pb::Value {
+    use pb::value::Kind;
+    let kind = match cell {
+        Cell::Null => Kind::NullValue(0),
+        Cell::Bool(b) => Kind::BoolValue(*b),
+        Cell::Int(i) => Kind::Int64Value(*i),
+        Cell::Float(f) => Kind::DoubleValue(*f),
+        Cell::Decimal(s) => Kind::DecimalValue(s.clone()),
+        Cell::Text(s) => Kind::TextValue(s.clone()),
+        Cell::Bytes(b) => Kind::BytesValue(b.clone()),
+        Cell::Date(d) => Kind::DateValue(pb::Date {
+            year: d.year(),
+            month: d.month() as i32,
+            day: d.day() as i32,
+        }),
+        Cell::Timestamp(t) => Kind::TimestampValue(prost_types::Timestamp {
+            seconds: t.and_utc().timestamp(),
+            nanos: t.nanosecond().min(999_999_999) as i32,
+        }),
+        Cell::TimestampTz(t) => Kind::TimestampValue(prost_types::Timestamp {
+            seconds: t.timestamp(),
+            nanos: t.nanosecond().min(999_999_999) as i32,
+        }),
+        Cell::Json(v) => Kind::JsonValue(v.to_string()),
+    };
+    pb::Value { kind: Some(kind) }
+}
+
+/// A query result as its protocol message.
+pub fn result_to_proto(result: &QueryResult) -> pb::RowSet {
+    pb::RowSet {
+        columns: result
+            .columns
+            .iter()
+            .map(|c| pb::Column {
+                name: c.name.clone(),
+                type_name: c.type_name.clone(),
+            })
+            .collect(),
+        rows: result
+            .rows
+            .iter()
+            .map(|row| pb::Row {
+                values: row.iter().map(cell_to_value).collect(),
+            })
+            .collect(),
+        truncated: result.truncated,
+    }
+}
+
+fn table_to_proto(table: &TableInfo) -> pb::TableInfo {
+    pb::TableInfo {
+        schema: table.schema.clone(),
+        name: table.name.clone(),
+        kind: match table.kind {
+            TableKind::Table | TableKind::PartitionedTable => "table",
+            TableKind::View => "view",
+            TableKind::MaterializedView => "materialized view",
+            TableKind::ForeignTable => "foreign table",
+        }
+        .to_string(),
+        comment: table.comment.clone().unwrap_or_default(),
+        columns: table
+            .columns
+            .iter()
+            .map(|c| pb::ColumnInfo {
+                name: c.name.clone(),
+                data_type: c.data_type.clone(),
+                nullable: c.nullable,
+                comment: c.comment.clone().unwrap_or_default(),
+            })
+            .collect(),
+        primary_key: table.primary_key.clone(),
+        foreign_keys: table
+            .foreign_keys
+            .iter()
+            .map(|fk| pb::ForeignKey {
+                columns: fk.columns.clone(),
+                referenced_table: format!("{}.{}", fk.referenced_schema, fk.referenced_table),
+                referenced_columns: fk.referenced_columns.clone(),
+            })
+            .collect(),
+        estimated_rows: table
+            .estimated_rows
+            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+    }
+}
+
+#[tonic::async_trait]
+impl SqlService for SqlGrpc {
+    #[instrument(skip(self, request))]
+    async fn validate_sql(
+        &self,
+        request: Request<pb::ValidateSqlRequest>,
+    ) -> Result<Response<pb::ValidateSqlResponse>, Status> {
+        principal(&request)?;
+        let sql = request.into_inner().sql;
+        check_sql(&sql)?;
+        let response = match self.tool.validate(&sql) {
+            Ok(query) => pb::ValidateSqlResponse {
+                valid: true,
+                rejection: None,
+                rewritten_sql: query.rewritten_sql(query.max_rows()),
+            },
+            Err(rejection) => pb::ValidateSqlResponse {
+                valid: false,
+                rejection: Some(rejection_to_proto(&rejection)),
+                rewritten_sql: String::new(),
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn execute_sql(
+        &self,
+        request: Request<pb::ExecuteSqlRequest>,
+    ) -> Result<Response<pb::ExecuteSqlResponse>, Status> {
+        principal(&request)?;
+        let request = request.into_inner();
+        check_sql(&request.sql)?;
+        let (executed_sql, result) = self
+            .tool
+            .execute(&request.sql, u64::from(request.max_rows))
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(pb::ExecuteSqlResponse {
+            result: Some(result_to_proto(&result)),
+            executed_sql,
+            elapsed_ms: result.elapsed.as_millis() as u64,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn describe_schema(
+        &self,
+        request: Request<pb::DescribeSchemaRequest>,
+    ) -> Result<Response<pb::DescribeSchemaResponse>, Status> {
+        principal(&request)?;
+        let request = request.into_inner();
+        let (tables, compact) = self
+            .tool
+            .describe(&request.schemas)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(pb::DescribeSchemaResponse {
+            tables: tables.iter().map(table_to_proto).collect(),
+            compact,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn generate_sql(
+        &self,
+        request: Request<pb::GenerateSqlRequest>,
+    ) -> Result<Response<pb::GenerateSqlResponse>, Status> {
+        principal(&request)?;
+        let request = request.into_inner();
+        if request.question.trim().is_empty() {
+            return Err(bad_request("question", "must not be empty"));
+        }
+        if request.question.chars().count() > MAX_QUESTION_CHARS {
+            return Err(bad_request(
+                "question",
+                format!("is longer than {MAX_QUESTION_CHARS} characters"),
+            ));
+        }
+        if request.previous_sql.len() > MAX_SQL_BYTES {
+            return Err(bad_request(
+                "previous_sql",
+                format!("is longer than {MAX_SQL_BYTES} bytes"),
+            ));
+        }
+        let generated = self
+            .tool
+            .generate(&request.question, &request.previous_sql)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(pb::GenerateSqlResponse {
+            sql: generated.sql.unwrap_or_default(),
+            source: match generated.source {
+                SqlSource::Model => pb::SqlSource::Model,
+                SqlSource::Golden => pb::SqlSource::Golden,
+            } as i32,
+            attempts: generated
+                .attempts
+                .into_iter()
+                .map(|a| pb::SqlAttempt {
+                    sql: a.sql,
+                    error: a.error.unwrap_or_default(),
+                })
+                .collect(),
+            explanation: generated.explanation,
+        }))
+    }
+}

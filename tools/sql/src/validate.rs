@@ -1,0 +1,959 @@
+//! SQL validation: the first line of defence before any model-written SQL
+//! reaches a database (see "Safety" in `ARCHITECTURE.md`).
+//!
+//! [`validate`] parses the text with sqlparser's PostgreSQL dialect and
+//! accepts exactly one read-only query: `SELECT` (joins, CTEs, window
+//! functions, subqueries, set operations) or `VALUES`. Everything else is a
+//! [`Rejection`] with a distinct [`RejectionKind`]:
+//!
+//! | kind | example |
+//! | --- | --- |
+//! | [`RejectionKind::Empty`] | `""`, `";"`, `"-- nothing"` |
+//! | [`RejectionKind::TooLong`] | text longer than [`ValidationPolicy::max_sql_bytes`] |
+//! | [`RejectionKind::Parse`] | `SELEC 1` (carries line/column when sqlparser reports it) |
+//! | [`RejectionKind::MultipleStatements`] | `select * from t; drop table t` |
+//! | [`RejectionKind::NotAQuery`] | `INSERT`, `UPDATE`, `COPY`, `SET`, DDL, `CALL`, `DO`, … |
+//! | [`RejectionKind::SelectInto`] | `SELECT * INTO new_t FROM t` |
+//! | [`RejectionKind::DataModifyingCte`] | `WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x` |
+//! | [`RejectionKind::LockingClause`] | `SELECT 1 FOR UPDATE` |
+//! | [`RejectionKind::DeniedFunction`] | `SELECT pg_catalog.pg_sleep(1)`, anywhere in the tree |
+//! | [`RejectionKind::SchemaNotAllowed`] | `SELECT * FROM pg_catalog.pg_authid` with a schema restriction |
+//! | [`RejectionKind::Unsupported`] | dialect clauses PostgreSQL does not have (`FOR XML`, pipe operators, …) |
+//! | [`RejectionKind::TooComplex`] | `1 + 1 + … + 1` with more than [`MAX_DEPTH`] levels |
+//!
+//! A locking clause sqlparser cannot parse (`SELECT 1 FOR UPDATE` reads `FOR`
+//! as a column alias) is still reported as [`RejectionKind::LockingClause`]:
+//! on a parse error the tokens are scanned for `FOR UPDATE`/`FOR SHARE`/….
+//!
+//! Functions and relations are found with a sqlparser [`Visitor`], so they are
+//! checked wherever they occur: subqueries in `WHERE`, CTE bodies, lateral
+//! joins, `FROM` functions, expressions inside window or `FILTER` clauses.
+//!
+//! # Schema restriction
+//!
+//! With [`ValidationPolicy::allowed_schemas`] set, a schema-qualified table
+//! must name one of the allowed schemas. An unqualified name is first
+//! resolved against the common table expressions in scope (CTE names are not
+//! tables, and scoping follows PostgreSQL: a non-recursive CTE sees only the
+//! CTEs before it). Any other unqualified name resolves through the
+//! `search_path`, which the [executor](crate::execute) pins to the allowed
+//! schemas (plus `pg_catalog` and `pg_temp`, last); since PostgreSQL still
+//! finds `pg_catalog` relations by their unqualified names, unqualified names
+//! starting with `pg_` are refused too. Schema-qualified function calls must
+//! name an allowed schema or `pg_catalog`.
+//!
+//! # Row limit
+//!
+//! [`ValidatedQuery::rewritten_sql`] applies the row limit on the AST: it adds
+//! `LIMIT n` to the outermost query, or lowers an existing literal `LIMIT`
+//! that is larger; only when the query limits itself in a form that cannot be
+//! compared (`FETCH FIRST`, `LIMIT (SELECT …)`) is it wrapped as
+//! `SELECT * FROM (<query>) AS quarry_q LIMIT n`. The SQL sent to PostgreSQL
+//! is always rendered from the validated AST, never the caller's text, so
+//! what runs is what was checked.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::ControlFlow;
+
+use serde::{Deserialize, Serialize};
+use sqlparser::ast::{
+    ArrayElemTypeDef, DataType, Expr, Ident, LimitClause, ObjectName, ObjectNamePart, Query,
+    Select, SetExpr, Spanned, Statement, TableFactor, Visit, Visitor,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+
+/// Deepest nesting of expressions (or of set operations) accepted. Chains
+/// like `a + b + c + …` or `x::int[][]…` parse into trees as deep as they are
+/// long, and cloning, printing or dropping a tree recurses once per level;
+/// this bound keeps that within a small thread stack.
+pub const MAX_DEPTH: usize = 200;
+
+/// What a query may touch. Built per caller (tenant, role) by the service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationPolicy {
+    /// Schemas whose tables the query may read; `None` means no restriction.
+    /// Names are compared exactly (PostgreSQL folds unquoted identifiers to
+    /// lower case, so give lower-case names for ordinary schemas).
+    pub allowed_schemas: Option<Vec<String>>,
+    /// Default row cap carried to [`ValidatedQuery::max_rows`].
+    pub max_rows: u64,
+    /// Longest SQL text accepted, in bytes; bounds parse time and AST depth.
+    pub max_sql_bytes: usize,
+}
+
+impl Default for ValidationPolicy {
+    fn default() -> Self {
+        Self {
+            allowed_schemas: None,
+            max_rows: 1_000,
+            max_sql_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Why a query was refused. The stable string form ([`Self::as_str`]) is
+/// what clients and the query log see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectionKind {
+    /// The text is not valid SQL for the PostgreSQL dialect (or nests too deeply).
+    Parse,
+    /// No statement at all: empty text, only whitespace, comments or `;`.
+    Empty,
+    /// The text exceeds [`ValidationPolicy::max_sql_bytes`].
+    TooLong,
+    /// More than one statement.
+    MultipleStatements,
+    /// A statement that is not a query (`INSERT`, `COPY`, `SET`, DDL, …).
+    NotAQuery,
+    /// `SELECT … INTO`, which creates a table.
+    SelectInto,
+    /// `INSERT`/`UPDATE`/`DELETE`/`MERGE` nested in a query (a data-modifying CTE).
+    DataModifyingCte,
+    /// `FOR UPDATE`, `FOR SHARE`, `FOR NO KEY UPDATE`, `FOR KEY SHARE`.
+    LockingClause,
+    /// A call to a function on the deny-list (or a schema-qualified call
+    /// outside the allowed schemas).
+    DeniedFunction,
+    /// A table outside [`ValidationPolicy::allowed_schemas`].
+    SchemaNotAllowed,
+    /// Syntax sqlparser accepts for other dialects that PostgreSQL lacks.
+    Unsupported,
+    /// Expressions or set operations nested deeper than [`MAX_DEPTH`].
+    TooComplex,
+}
+
+impl RejectionKind {
+    /// Stable snake_case identifier, e.g. `"denied_function"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Parse => "parse",
+            Self::Empty => "empty",
+            Self::TooLong => "too_long",
+            Self::MultipleStatements => "multiple_statements",
+            Self::NotAQuery => "not_a_query",
+            Self::SelectInto => "select_into",
+            Self::DataModifyingCte => "data_modifying_cte",
+            Self::LockingClause => "locking_clause",
+            Self::DeniedFunction => "denied_function",
+            Self::SchemaNotAllowed => "schema_not_allowed",
+            Self::Unsupported => "unsupported",
+            Self::TooComplex => "too_complex",
+        }
+    }
+}
+
+impl fmt::Display for RejectionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused query: what kind of refusal, a lowercase human message (fit to
+/// show a model so it can correct itself) and, when known, the 1-based
+/// `(line, column)` of the offending token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    /// Class of refusal.
+    pub kind: RejectionKind,
+    /// Lowercase message without trailing period.
+    pub message: String,
+    /// 1-based line and column in the submitted text, when known.
+    pub position: Option<(u64, u64)>,
+}
+
+impl Rejection {
+    fn new(kind: RejectionKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            position: None,
+        }
+    }
+
+    fn at(mut self, location: Location) -> Self {
+        if location.line > 0 {
+            self.position = Some((location.line, location.column));
+        }
+        self
+    }
+
+    fn at_opt(self, location: Option<Location>) -> Self {
+        match location {
+            Some(location) => self.at(location),
+            None => self,
+        }
+    }
+}
+
+/// A table the query reads, as written (identifiers normalised the way
+/// PostgreSQL does: unquoted ones folded to lower case).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TableRef {
+    /// Schema, when the reference is qualified.
+    pub schema: Option<String>,
+    /// Table or view name.
+    pub name: String,
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// A query that passed [`validate`]. Holds the parsed statement; the SQL to
+/// execute is rendered from it by [`Self::rewritten_sql`].
+#[derive(Debug, Clone)]
+pub struct ValidatedQuery {
+    statement: Statement,
+    tables: Vec<TableRef>,
+    allowed_schemas: Option<Vec<String>>,
+    max_rows: u64,
+}
+
+impl ValidatedQuery {
+    /// The parsed statement (always [`Statement::Query`]).
+    pub fn statement(&self) -> &Statement {
+        &self.statement
+    }
+
+    /// The validated query rendered back to SQL (normalised formatting).
+    pub fn sql(&self) -> String {
+        self.statement.to_string()
+    }
+
+    /// Tables and views the query reads (CTE references excluded), in order
+    /// of first appearance, without duplicates.
+    pub fn tables(&self) -> &[TableRef] {
+        &self.tables
+    }
+
+    /// The schema restriction the query was validated against; the executor
+    /// pins `search_path` to it.
+    pub fn allowed_schemas(&self) -> Option<&[String]> {
+        self.allowed_schemas.as_deref()
+    }
+
+    /// Row cap from the policy the query was validated with.
+    pub fn max_rows(&self) -> u64 {
+        self.max_rows
+    }
+
+    /// SQL that returns at most `limit + 1` rows, so that whoever runs it can
+    /// tell whether the result was truncated at `limit` (see the module docs
+    /// for how the limit is applied).
+    pub fn rewritten_sql(&self, limit: u64) -> String {
+        let cap = limit.saturating_add(1);
+        let Statement::Query(query) = &self.statement else {
+            // unreachable by construction; render the statement unchanged
+            return self.statement.to_string();
+        };
+        let mut query = query.as_ref().clone();
+        if limit_in_place(&mut query, cap) {
+            query.to_string()
+        } else {
+            format!("SELECT * FROM ({query}) AS quarry_q LIMIT {cap}")
+        }
+    }
+}
+
+/// Parse `sql` and accept it only if it is a single read-only query allowed
+/// by `policy`. See the module docs for the rules.
+pub fn validate(sql: &str, policy: &ValidationPolicy) -> Result<ValidatedQuery, Rejection> {
+    if sql.len() > policy.max_sql_bytes {
+        return Err(Rejection::new(
+            RejectionKind::TooLong,
+            format!(
+                "sql is {} bytes long, the limit is {}",
+                sql.len(),
+                policy.max_sql_bytes
+            ),
+        ));
+    }
+    if sql.len() <= INLINE_BYTES {
+        return validate_here(sql, policy);
+    }
+    // Long text can nest deeply enough that dropping a rejected tree (or the
+    // parser dropping a partial one) overflows an ordinary thread stack, so
+    // it is checked on a thread with a large one.
+    let owned_sql = sql.to_owned();
+    let owned_policy = policy.clone();
+    std::thread::Builder::new()
+        .name("quarry-sql-validate".into())
+        .stack_size(VALIDATE_STACK_BYTES)
+        .spawn(move || validate_here(&owned_sql, &owned_policy))
+        .map_err(|e| {
+            Rejection::new(
+                RejectionKind::TooComplex,
+                format!("cannot start a validation thread: {e}"),
+            )
+        })?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(Rejection::new(
+                RejectionKind::TooComplex,
+                "validation of this query failed",
+            ))
+        })
+}
+
+/// Text up to this size is validated on the caller's thread: it cannot nest
+/// more than a few hundred levels, which any thread stack handles.
+const INLINE_BYTES: usize = 1024;
+
+/// Stack for validating longer text: enough for about one nesting level per
+/// two bytes of [`ValidationPolicy::max_sql_bytes`] at its default. Only
+/// reserved address space; pages are touched as the stack grows.
+const VALIDATE_STACK_BYTES: usize = 256 * 1024 * 1024;
+
+fn validate_here(sql: &str, policy: &ValidationPolicy) -> Result<ValidatedQuery, Rejection> {
+    let dialect = PostgreSqlDialect {};
+    let mut statements = match Parser::parse_sql(&dialect, sql) {
+        Ok(statements) => statements,
+        Err(error) => return Err(parse_rejection(sql, error)),
+    };
+    // Nothing below may recurse over a whole statement (Display, Clone,
+    // Spanned) before the depth check passed: only the visitor, which
+    // sqlparser protects against stack overflow.
+    let statement = match statements.len() {
+        0 => {
+            return Err(Rejection::new(
+                RejectionKind::Empty,
+                "no sql statement given",
+            ));
+        }
+        1 => statements.remove(0),
+        n => {
+            return Err(Rejection::new(
+                RejectionKind::MultipleStatements,
+                format!("only a single statement is allowed, got {n}"),
+            )
+            .at_opt(second_statement_start(sql)));
+        }
+    };
+    if !matches!(statement, Statement::Query(_)) {
+        let keyword = first_keyword(sql);
+        return Err(Rejection::new(
+            RejectionKind::NotAQuery,
+            format!("only read-only queries (select, values) are allowed, got {keyword}"),
+        ));
+    }
+    let mut checker = Checker::new(policy);
+    if let ControlFlow::Break(rejection) = statement.visit(&mut checker) {
+        return Err(rejection);
+    }
+    Ok(ValidatedQuery {
+        statement,
+        tables: checker.tables,
+        allowed_schemas: policy.allowed_schemas.clone(),
+        max_rows: policy.max_rows,
+    })
+}
+
+fn parse_rejection(sql: &str, error: ParserError) -> Rejection {
+    if let Some((lock, at)) = locking_clause_in_tokens(sql) {
+        return Rejection::new(
+            RejectionKind::LockingClause,
+            format!("locking clause {lock} is not allowed"),
+        )
+        .at(at);
+    }
+    let text = match error {
+        ParserError::RecursionLimitExceeded => {
+            return Rejection::new(RejectionKind::Parse, "sql is nested too deeply");
+        }
+        ParserError::TokenizerError(text) | ParserError::ParserError(text) => text,
+    };
+    let (detail, position) = split_location(&text);
+    Rejection {
+        kind: RejectionKind::Parse,
+        message: format!("sql syntax error: {detail}"),
+        position,
+    }
+}
+
+/// Split sqlparser's `"… at Line: 3, Column: 7"` suffix off a message.
+fn split_location(text: &str) -> (&str, Option<(u64, u64)>) {
+    let Some(at) = text.rfind(" at Line: ") else {
+        return (text, None);
+    };
+    let tail = &text[at + " at Line: ".len()..];
+    let Some((line, column)) = tail.split_once(", Column: ") else {
+        return (text, None);
+    };
+    match (line.trim().parse(), column.trim().parse()) {
+        (Ok(line), Ok(column)) => (&text[..at], Some((line, column))),
+        _ => (text, None),
+    }
+}
+
+/// Tokens of `sql` other than whitespace and comments; empty if it does not
+/// tokenize. Only used on refusal paths.
+fn significant_tokens(sql: &str) -> Vec<TokenWithSpan> {
+    let dialect = PostgreSqlDialect {};
+    Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
+        .collect()
+}
+
+fn keyword(token: &TokenWithSpan) -> Option<Keyword> {
+    match &token.token {
+        Token::Word(word) if word.quote_style.is_none() => Some(word.keyword),
+        _ => None,
+    }
+}
+
+/// `FOR UPDATE`, `FOR NO KEY UPDATE`, `FOR SHARE` or `FOR KEY SHARE` in the
+/// token stream, with the location of `FOR`.
+fn locking_clause_in_tokens(sql: &str) -> Option<(&'static str, Location)> {
+    let tokens = significant_tokens(sql);
+    let words: Vec<Option<Keyword>> = tokens.iter().map(keyword).collect();
+    for (i, word) in words.iter().enumerate() {
+        if *word != Some(Keyword::FOR) {
+            continue;
+        }
+        let next = |k: usize| words.get(i + k).copied().flatten();
+        let lock = match (next(1), next(2), next(3)) {
+            (Some(Keyword::UPDATE), _, _) => "for update",
+            (Some(Keyword::SHARE), _, _) => "for share",
+            (Some(Keyword::NO), Some(Keyword::KEY), Some(Keyword::UPDATE)) => "for no key update",
+            (Some(Keyword::KEY), Some(Keyword::SHARE), _) => "for key share",
+            _ => continue,
+        };
+        return Some((lock, tokens[i].span.start));
+    }
+    None
+}
+
+/// Where the second statement starts: the first token after a `;` that is
+/// not itself a `;`.
+fn second_statement_start(sql: &str) -> Option<Location> {
+    let tokens = significant_tokens(sql);
+    let semicolon = tokens.iter().position(|t| t.token == Token::SemiColon)?;
+    tokens[semicolon..]
+        .iter()
+        .find(|t| t.token != Token::SemiColon)
+        .map(|t| t.span.start)
+}
+
+/// First word of the text, lower case, for messages ("insert", "copy").
+fn first_keyword(sql: &str) -> String {
+    significant_tokens(sql)
+        .first()
+        .and_then(|t| match &t.token {
+            Token::Word(word) => Some(word.value.to_lowercase()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "another statement".into())
+}
+
+/// Extra nesting of a cast's type: `int[][]` is two `Array` levels deep.
+fn cast_depth(expr: &Expr) -> usize {
+    let Expr::Cast { data_type, .. } = expr else {
+        return 0;
+    };
+    let mut depth = 0;
+    let mut current = data_type;
+    while let DataType::Array(
+        ArrayElemTypeDef::SquareBracket(inner, _)
+        | ArrayElemTypeDef::AngleBracket(inner)
+        | ArrayElemTypeDef::Parenthesis(inner)
+        | ArrayElemTypeDef::Qualified(inner, _),
+    ) = current
+    {
+        depth += 1;
+        current = inner;
+    }
+    depth
+}
+
+fn too_complex() -> Rejection {
+    Rejection::new(
+        RejectionKind::TooComplex,
+        format!("query is nested too deeply (more than {MAX_DEPTH} levels)"),
+    )
+}
+
+/// Apply `LIMIT cap` to `query` on its AST; `false` when the query's own
+/// limit cannot be combined and the caller must wrap it instead.
+fn limit_in_place(query: &mut Query, cap: u64) -> bool {
+    if query.fetch.is_some() {
+        return false;
+    }
+    let Some(cap_expr) = number_expr(cap) else {
+        return false;
+    };
+    match &mut query.limit_clause {
+        None => {
+            query.limit_clause = Some(LimitClause::LimitOffset {
+                limit: Some(cap_expr),
+                offset: None,
+                limit_by: Vec::new(),
+            });
+            true
+        }
+        Some(LimitClause::LimitOffset {
+            limit, limit_by, ..
+        }) if limit_by.is_empty() => match limit {
+            None => {
+                *limit = Some(cap_expr);
+                true
+            }
+            Some(Expr::Value(value)) => match value.to_string().parse::<u64>() {
+                Ok(existing) => {
+                    if existing > cap {
+                        *limit = Some(cap_expr);
+                    }
+                    true
+                }
+                Err(_) => false,
+            },
+            Some(_) => false,
+        },
+        Some(_) => false,
+    }
+}
+
+/// A numeric literal expression, built through the parser so that it does not
+/// depend on sqlparser's `bigdecimal` feature.
+fn number_expr(n: u64) -> Option<Expr> {
+    let dialect = PostgreSqlDialect {};
+    Parser::new(&dialect)
+        .try_with_sql(&n.to_string())
+        .and_then(|mut parser| parser.parse_expr())
+        .ok()
+}
+
+/// PostgreSQL identifier normalisation: unquoted names fold to lower case.
+fn normalise(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+/// Identifiers of an object name, normalised; `None` if a part is not a plain
+/// identifier (dialect-specific name functions).
+fn name_parts(name: &ObjectName) -> Option<Vec<String>> {
+    name.0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) => Some(normalise(ident)),
+            ObjectNamePart::Function(_) => None,
+        })
+        .collect()
+}
+
+/// Exact function names refused (compared on the last name part, lower case).
+const DENIED_FUNCTIONS: &[&str] = &[
+    "set_config",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_promote",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_start_backup",
+    "pg_stop_backup",
+    "pg_export_snapshot",
+    "pg_notify",
+    "pg_stat_file",
+    "pg_current_logfile",
+    "pg_log_backend_memory_contexts",
+    "pg_import_system_collations",
+    "pg_prewarm",
+    "pg_stat_get_activity",
+    "nextval",
+    "setval",
+    "currval",
+    "lastval",
+    "copy",
+    "ts_stat",
+    "ts_rewrite",
+    "dblink",
+];
+
+/// Function name prefixes refused.
+const DENIED_PREFIXES: &[&str] = &[
+    "pg_sleep",
+    "pg_read_",
+    "pg_ls_",
+    "pg_file_",
+    "pg_stat_reset",
+    "pg_advisory",
+    "pg_try_advisory",
+    "pg_backup_",
+    "pg_wal_replay_",
+    "pg_logical_",
+    "pg_replication_",
+    "pg_create_",
+    "pg_drop_",
+    "lo_",
+    "dblink",
+    "txid_",
+    "query_to_xml",
+    "cursor_to_xml",
+    "table_to_xml",
+    "schema_to_xml",
+    "database_to_xml",
+];
+
+/// Whether a (lower-case) function name is on the deny-list.
+pub fn is_denied_function(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    DENIED_FUNCTIONS.contains(&name.as_str())
+        || DENIED_PREFIXES.iter().any(|p| name.starts_with(p))
+        || (name.starts_with("pg_") && name.contains("xact"))
+        || name.contains("replication_slot")
+}
+
+/// CTE names visible in one query's scope.
+struct Scope {
+    /// Address of the query owning the `WITH`; identifies it in post-visit.
+    query: usize,
+    recursive: bool,
+    names: Vec<String>,
+    /// Addresses of the CTE bodies, in declaration order.
+    bodies: Vec<usize>,
+    /// How many of `names` are visible at the current point of the walk.
+    visible: usize,
+}
+
+fn address(query: &Query) -> usize {
+    std::ptr::from_ref(query) as usize
+}
+
+struct Checker<'p> {
+    policy: &'p ValidationPolicy,
+    statements: usize,
+    scopes: Vec<Scope>,
+    tables: Vec<TableRef>,
+    seen: HashSet<TableRef>,
+    /// Current expression nesting.
+    depth: usize,
+}
+
+impl<'p> Checker<'p> {
+    fn new(policy: &'p ValidationPolicy) -> Self {
+        Self {
+            policy,
+            statements: 0,
+            scopes: Vec::new(),
+            tables: Vec::new(),
+            seen: HashSet::new(),
+            depth: 0,
+        }
+    }
+
+    fn is_cte(&self, name: &str) -> bool {
+        self.scopes
+            .iter()
+            .rev()
+            .any(|scope| scope.names[..scope.visible].iter().any(|n| n == name))
+    }
+
+    fn schema_allowed(&self, schema: &str) -> bool {
+        match &self.policy.allowed_schemas {
+            None => true,
+            Some(allowed) => allowed.iter().any(|s| s == schema),
+        }
+    }
+
+    fn check_function(&self, name: &ObjectName) -> ControlFlow<Rejection> {
+        let at = name.span().start;
+        let Some(parts) = name_parts(name) else {
+            return ControlFlow::Break(
+                Rejection::new(
+                    RejectionKind::Unsupported,
+                    format!("unsupported function name {name}"),
+                )
+                .at(at),
+            );
+        };
+        let Some(last) = parts.last() else {
+            return ControlFlow::Continue(());
+        };
+        if is_denied_function(last) {
+            return ControlFlow::Break(
+                Rejection::new(
+                    RejectionKind::DeniedFunction,
+                    format!("function {} is not allowed", parts.join(".")),
+                )
+                .at(at),
+            );
+        }
+        if parts.len() >= 2 && self.policy.allowed_schemas.is_some() {
+            let schema = &parts[parts.len() - 2];
+            if schema != "pg_catalog" && !self.schema_allowed(schema) {
+                return ControlFlow::Break(
+                    Rejection::new(
+                        RejectionKind::DeniedFunction,
+                        format!(
+                            "function {} is in schema {schema}, which is not allowed",
+                            parts.join(".")
+                        ),
+                    )
+                    .at(at),
+                );
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn check_relation(&mut self, name: &ObjectName) -> ControlFlow<Rejection> {
+        let at = name.span().start;
+        let Some(mut parts) = name_parts(name) else {
+            return ControlFlow::Break(
+                Rejection::new(
+                    RejectionKind::Unsupported,
+                    format!("unsupported table name {name}"),
+                )
+                .at(at),
+            );
+        };
+        let Some(table) = parts.pop() else {
+            return ControlFlow::Continue(());
+        };
+        let schema = parts.pop();
+        self.record_relation(schema, table, at)
+    }
+
+    fn record_relation(
+        &mut self,
+        schema: Option<String>,
+        table: String,
+        at: Location,
+    ) -> ControlFlow<Rejection> {
+        match &schema {
+            None if self.is_cte(&table) => return ControlFlow::Continue(()),
+            None => {
+                if self.policy.allowed_schemas.is_some() && table.starts_with("pg_") {
+                    return ControlFlow::Break(
+                        Rejection::new(
+                            RejectionKind::SchemaNotAllowed,
+                            format!(
+                                "table {table} resolves to the system catalog, which is not allowed"
+                            ),
+                        )
+                        .at(at),
+                    );
+                }
+            }
+            Some(schema) => {
+                if !self.schema_allowed(schema) {
+                    return ControlFlow::Break(
+                        Rejection::new(
+                            RejectionKind::SchemaNotAllowed,
+                            format!(
+                                "table {schema}.{table} is in schema {schema}, which is not allowed"
+                            ),
+                        )
+                        .at(at),
+                    );
+                }
+            }
+        }
+        let table = TableRef {
+            schema,
+            name: table,
+        };
+        if self.seen.insert(table.clone()) {
+            self.tables.push(table);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Checks on the set-expression tree directly under one query (nested
+    /// queries are reached by the visitor itself). Iterative: `a UNION b
+    /// UNION …` chains are as deep as they are long.
+    fn check_set_expr(&mut self, body: &SetExpr) -> ControlFlow<Rejection> {
+        let mut pending = vec![(body, 1usize)];
+        while let Some((node, depth)) = pending.pop() {
+            if self.depth + depth > MAX_DEPTH {
+                return ControlFlow::Break(too_complex());
+            }
+            match node {
+                SetExpr::SetOperation { left, right, .. } => {
+                    pending.push((right, depth + 1));
+                    pending.push((left, depth + 1));
+                }
+                SetExpr::Table(table) => {
+                    if let Some(name) = &table.table_name {
+                        self.record_relation(
+                            table.schema_name.as_deref().map(normalise_str),
+                            normalise_str(name),
+                            Location { line: 0, column: 0 },
+                        )?;
+                    }
+                }
+                SetExpr::Insert(_)
+                | SetExpr::Update(_)
+                | SetExpr::Delete(_)
+                | SetExpr::Merge(_) => {
+                    return ControlFlow::Break(data_modifying());
+                }
+                SetExpr::Select(_) | SetExpr::Query(_) | SetExpr::Values(_) => {}
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Normalise a name sqlparser kept only as text (the `TABLE name` command).
+fn normalise_str(name: &str) -> String {
+    match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\"\"", "\""),
+        None => name.to_lowercase(),
+    }
+}
+
+fn data_modifying() -> Rejection {
+    Rejection::new(
+        RejectionKind::DataModifyingCte,
+        "data-modifying statements (insert, update, delete, merge) are not allowed inside a query",
+    )
+}
+
+impl Visitor for Checker<'_> {
+    type Break = Rejection;
+
+    fn pre_visit_statement(&mut self, _statement: &Statement) -> ControlFlow<Rejection> {
+        self.statements += 1;
+        if self.statements > 1 {
+            // a statement nested in the query: INSERT/UPDATE/DELETE/MERGE as
+            // the body of a CTE or subquery
+            return ControlFlow::Break(data_modifying());
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<Rejection> {
+        let here = address(query);
+        if let Some(scope) = self.scopes.last_mut()
+            && let Some(i) = scope.bodies.iter().position(|&b| b == here)
+        {
+            scope.visible = if scope.recursive {
+                scope.names.len()
+            } else {
+                i
+            };
+        }
+        if let Some(lock) = query.locks.first() {
+            return ControlFlow::Break(Rejection::new(
+                RejectionKind::LockingClause,
+                format!("locking clause {lock} is not allowed"),
+            ));
+        }
+        if query.for_clause.is_some()
+            || !query.pipe_operators.is_empty()
+            || query.settings.is_some()
+            || query.format_clause.is_some()
+        {
+            return ControlFlow::Break(Rejection::new(
+                RejectionKind::Unsupported,
+                "clause is not supported by postgresql",
+            ));
+        }
+        self.check_set_expr(&query.body)?;
+        let (recursive, names, bodies) = match &query.with {
+            Some(with) => (
+                with.recursive,
+                with.cte_tables
+                    .iter()
+                    .map(|cte| normalise(&cte.alias.name))
+                    .collect::<Vec<_>>(),
+                with.cte_tables
+                    .iter()
+                    .map(|cte| address(&cte.query))
+                    .collect(),
+            ),
+            None => (false, Vec::new(), Vec::new()),
+        };
+        let visible = if recursive { names.len() } else { 0 };
+        self.scopes.push(Scope {
+            query: here,
+            recursive,
+            names,
+            bodies,
+            visible,
+        });
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, query: &Query) -> ControlFlow<Rejection> {
+        let here = address(query);
+        if self.scopes.last().is_some_and(|s| s.query == here) {
+            self.scopes.pop();
+        }
+        if let Some(scope) = self.scopes.last_mut()
+            && !scope.recursive
+            && let Some(i) = scope.bodies.iter().position(|&b| b == here)
+        {
+            scope.visible = i + 1;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<Rejection> {
+        if select.into.is_some() {
+            return ControlFlow::Break(
+                Rejection::new(
+                    RejectionKind::SelectInto,
+                    "select into creates a table and is not allowed",
+                )
+                .at(select.select_token.0.span.start),
+            );
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<Rejection> {
+        match factor {
+            TableFactor::Table {
+                name, args: None, ..
+            } => self.check_relation(name),
+            // a set-returning function in FROM: `FROM generate_series(1, 3)`
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            }
+            | TableFactor::Function { name, .. } => self.check_function(name),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<Rejection> {
+        self.depth += 1 + cast_depth(expr);
+        if self.depth > MAX_DEPTH {
+            return ControlFlow::Break(too_complex());
+        }
+        if let Expr::Function(function) = expr {
+            self.check_function(&function.name)?;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, expr: &Expr) -> ControlFlow<Rejection> {
+        self.depth = self.depth.saturating_sub(1 + cast_depth(expr));
+        ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
