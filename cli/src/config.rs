@@ -102,6 +102,21 @@ impl Config {
             .map_err(Box::new)
     }
 
+    /// Parses a whole configuration from TOML text (no file, no environment):
+    /// how tests inject settings.
+    ///
+    /// # Errors
+    /// A figment error naming the key at fault.
+    pub fn from_toml_str(toml: &str) -> Result<Self, Box<figment::Error>> {
+        Figment::from(Serialized::defaults(Defaults {
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+        }))
+        .merge(Toml::string(toml))
+        .extract()
+        .map_err(Box::new)
+    }
+
     /// Builds the figment with a given environment provider (tests inject a
     /// synthetic one instead of touching the process environment).
     pub fn figment(path: Option<&Path>, env: Env) -> Figment {

@@ -1,1 +1,241 @@
-//! placeholder, replaced in this commit series
+//! Fixtures for Quarry's end-to-end tests: a real server on `127.0.0.1:0`
+//! (the same [`quarry::serve`] the binary runs) over a fresh PostgreSQL
+//! database holding a slice of the real Tate data, optionally wired to the
+//! scripted OpenAI-compatible server of `quarry_llm::testing`.
+//!
+//! The database server comes from `QUARRY_TEST_DATABASE_URL` (set by
+//! `dev/test.sh`); without it the fixtures panic so that tests fail rather
+//! than skip.
+
+// Test support: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use flate2::{Compression, read::GzDecoder, write::GzEncoder};
+use futures::StreamExt;
+use quarry_proto::v1::{
+    AskRequest, AskResponse, assistant_service_client::AssistantServiceClient,
+    sql_service_client::SqlServiceClient,
+};
+use quarry_sql::testing::TestDb;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Request, Status, transport::Channel};
+
+/// The HS256 secret the test servers use.
+pub const SECRET: &str = "quarry-test-secret-0123456789abcdef";
+
+/// Artworks (and artists) loaded into each test database: the first lines of
+/// the real files.
+pub const SLICE_LINES: usize = 300;
+
+/// `../shared/data` next to the repository (override: `QUARRY_SHARED_DATA`).
+pub fn shared_data() -> PathBuf {
+    std::env::var_os("QUARRY_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn write_slice(from: &Path, to: &Path, lines: usize) {
+    let reader = BufReader::new(GzDecoder::new(std::fs::File::open(from).unwrap()));
+    let mut out = GzEncoder::new(std::fs::File::create(to).unwrap(), Compression::fast());
+    for line in reader.lines().take(lines) {
+        writeln!(out, "{}", line.unwrap()).unwrap();
+    }
+    out.finish().unwrap();
+}
+
+/// Writes the first `lines` lines of both Tate files into a new temporary folder.
+pub fn tate_slice(lines: usize) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "quarry-tate-slice-{}-{}",
+        std::process::id(),
+        uuid_like()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tate = shared_data().join("tate");
+    for file in ["artworks.jsonl.gz", "artists.jsonl.gz"] {
+        write_slice(&tate.join(file), &dir.join(file), lines);
+    }
+    dir
+}
+
+fn uuid_like() -> u128 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        ^ u128::from(n)
+}
+
+/// What to start.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Base URL of an OpenAI-compatible server (the scripted one); `None`
+    /// runs without a model.
+    pub model_base_url: Option<String>,
+    /// Extra TOML appended to the generated configuration.
+    pub extra_toml: String,
+    /// Per-tenant rate limit `(requests_per_second, burst)`; default generous.
+    pub rate_limit: Option<(u32, u32)>,
+}
+
+/// A running Quarry server over its own database.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The database it reads.
+    pub db: TestDb,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow_free::Result>>,
+}
+
+mod anyhow_free {
+    pub type Result = std::result::Result<(), String>;
+}
+
+impl TestServer {
+    /// Creates a database, loads a Tate slice into schema `tate`, and serves.
+    pub async fn start(options: Options) -> Self {
+        let db = TestDb::create().await;
+        let slice = tate_slice(SLICE_LINES);
+        {
+            let (mut client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let connection = tokio::spawn(connection);
+            quarry::ingest::ingest_tate(&mut client, &slice, "tate", false)
+                .await
+                .unwrap();
+            drop(client);
+            let _ = connection.await;
+        }
+        let _ = std::fs::remove_dir_all(&slice);
+        let (rps, burst) = options.rate_limit.unwrap_or((1000, 1000));
+        let golden = repo_root().join("dev/golden/tate.json");
+        let mut toml = format!(
+            r#"
+            [database]
+            url = "{url}"
+            pool_size = 4
+            [auth]
+            jwt_secret = "{SECRET}"
+            [auth.rate_limit]
+            requests_per_second = {rps}
+            burst = {burst}
+            [sql]
+            schemas = ["tate"]
+            golden_path = "{golden}"
+            "#,
+            url = db.url(),
+            golden = golden.display(),
+        );
+        if let Some(base_url) = &options.model_base_url {
+            toml.push_str(&format!(
+                "\n[model]\nbase_url = \"{base_url}\"\nmodel = \"scripted\"\ntimeout_secs = 10\nmax_retries = 0\n"
+            ));
+        }
+        toml.push_str(&options.extra_toml);
+        let config = quarry::Config::from_toml_str(&toml).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(async move {
+            quarry::serve(listener, config, async {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(|e| format!("{e:#}"))
+        });
+        Self {
+            addr,
+            db,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A channel to the server (connects lazily).
+    pub fn channel(&self) -> Channel {
+        Channel::from_shared(self.url()).unwrap().connect_lazy()
+    }
+
+    /// An Assistant client.
+    pub fn assistant(&self) -> AssistantServiceClient<Channel> {
+        AssistantServiceClient::new(self.channel())
+    }
+
+    /// A SqlService client.
+    pub fn sql(&self) -> SqlServiceClient<Channel> {
+        SqlServiceClient::new(self.channel())
+    }
+
+    /// Stops the server and waits for it; panics if it failed.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let result = tokio::time::timeout(Duration::from_secs(15), handle)
+                .await
+                .expect("server did not stop within 15 s")
+                .expect("server task panicked");
+            result.expect("server failed");
+        }
+    }
+}
+
+/// A valid token for `tenant`, one hour.
+pub fn token(tenant: &str) -> String {
+    let claims = quarry_auth::Claims::issued_now(tenant, "tester", Duration::from_secs(3600));
+    quarry_auth::mint_hs256(SECRET.as_bytes(), &claims).unwrap()
+}
+
+/// `message` with `authorization: Bearer token`.
+pub fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// Asks `question` as tenant `t1` and collects every event.
+pub async fn ask_all(server: &TestServer, request: AskRequest) -> Result<Vec<AskResponse>, Status> {
+    let mut stream = server
+        .assistant()
+        .ask(authed(request, &token("t1")))
+        .await?
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = stream.next().await {
+        events.push(event?);
+    }
+    Ok(events)
+}
+
+/// An `AskRequest` for `question` with defaults.
+pub fn ask(question: &str) -> AskRequest {
+    AskRequest {
+        question: question.to_string(),
+        ..Default::default()
+    }
+}
