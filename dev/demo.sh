@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The demo, from a clean checkout: start PostgreSQL (dev/pg.sh), load the Tate
+# collection, start `quarry serve`, ask real questions over gRPC with
+# `quarry ask` (streamed events, SQL, row previews, answers), then stop the
+# server (and the database, if this script started it).
+#
+# Without a model configured, Quarry answers in router mode from the golden
+# question/SQL pairs in dev/golden/tate.json and says plainly when it cannot
+# answer. To run the demo against a real model, export for example
+#   QUARRY__MODEL__BASE_URL=http://localhost:11434/v1 QUARRY__MODEL__MODEL=qwen2.5:7b-instruct
+# (see README "Pointing Quarry at a model").
+#
+# Usage: dev/demo.sh [question ...]   (default: a handful of questions)
+# Data:  QUARRY_TATE_DIR (default ../shared/data/tate beside the checkout)
+set -euo pipefail
+
+ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$ROOT"
+
+section() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+TATE_DIR=${QUARRY_TATE_DIR:-$ROOT/../shared/data/tate}
+[[ -f "$TATE_DIR/artworks.jsonl.gz" ]] || {
+  echo "demo: no Tate data at $TATE_DIR (set QUARRY_TATE_DIR)" >&2
+  exit 1
+}
+
+section "PostgreSQL 16 + pgvector (dev/pg.sh)"
+was_running=0
+if dev/pg.sh status >/dev/null 2>&1; then was_running=1; fi
+url=$(dev/pg.sh start | tail -n 1)
+echo "$url"
+
+server_pid=""
+cleanup() {
+  if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  if ((was_running == 0)); then dev/pg.sh stop >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+
+section "Build"
+cargo build --quiet -p quarry
+QUARRY="$ROOT/target/debug/quarry"
+[[ -n "${CARGO_TARGET_DIR:-}" ]] && QUARRY="$CARGO_TARGET_DIR/debug/quarry"
+export QUARRY_CONFIG="$ROOT/dev/quarry.toml"
+export QUARRY__DATABASE__URL="$url"
+
+section "Ingest the Tate collection ($TATE_DIR)"
+RUST_LOG=warn "$QUARRY" ingest tate --from "$TATE_DIR"
+
+section "Serve"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+log="$ROOT/.dev/demo-server.log"
+mkdir -p "$ROOT/.dev"
+RUST_LOG=${RUST_LOG:-info} "$QUARRY" serve --listen "127.0.0.1:$port" >"$log" 2>&1 &
+server_pid=$!
+for _ in $(seq 1 100); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+  kill -0 "$server_pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
+  sleep 0.1
+done
+echo "quarry serving on 127.0.0.1:$port (log: $log)"
+export QUARRY_SERVER="http://127.0.0.1:$port"
+QUARRY_TOKEN=$("$QUARRY" token --tenant demo --subject demo-user --role analyst)
+export QUARRY_TOKEN
+
+if (($# > 0)); then
+  questions=("$@")
+else
+  questions=(
+    "How many artworks are in the Tate collection?"
+    "How many works by J.M.W. Turner were acquired before 1900?"
+    "Which 10 artists have the most works in the collection?"
+    "How has the share of acquired works by women changed by decade of acquisition since 1950?"
+    "Which watercolours show storms or the sea?"
+    "Which painting in the collection is the most beautiful?"
+  )
+fi
+for q in "${questions[@]}"; do
+  section "quarry ask \"$q\""
+  "$QUARRY" ask --preview-rows 12 "$q"
+done
+
+section "Stop"
+kill -TERM "$server_pid"
+wait "$server_pid" || true
+server_pid=""
+tail -n 2 "$log"
