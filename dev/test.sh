@@ -37,7 +37,11 @@ else
     echo "dev/test.sh: FAILED: dev/pg.sh start" >&2
     exit 1
   fi
-  if ((was_running == 0)); then trap stop_db EXIT; fi
+  if ((was_running == 0)); then
+    trap stop_db EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+  fi
   export QUARRY_TEST_DATABASE_URL="$url"
   printf 'QUARRY_TEST_DATABASE_URL=%s\n' "$url"
 fi

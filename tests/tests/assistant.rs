@@ -303,3 +303,73 @@ async fn ask_rejects_an_empty_question_naming_the_field() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn deadline_ends_a_slow_answer_with_limit_reached() {
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::text("too late").with_delay(std::time::Duration::from_secs(5)),
+    ])
+    .await;
+    let server = TestServer::start(Options {
+        model_base_url: Some(model.base_url()),
+        extra_toml: "\n[orchestrator]\ndeadline_secs = 1\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let events = ask_all(&server, ask("How many artworks are there?"))
+        .await
+        .unwrap();
+    let answer = final_answer(&events);
+    assert_eq!(
+        answer.status,
+        AnswerStatus::LimitReached as i32,
+        "{answer:?}"
+    );
+    assert!(answer.text.contains("deadline of 1s"), "{}", answer.text);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the deadline did not cut the wait"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn quarry_ask_prints_the_event_stream_readably() {
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_call(
+            "query_database",
+            r#"{"sql": "SELECT title FROM tate.artworks ORDER BY id LIMIT 3"}"#,
+        ),
+        ScriptedTurn::text_chunks(["Three ", "titles."]),
+    ])
+    .await;
+    let server = TestServer::start(Options {
+        model_base_url: Some(model.base_url()),
+        ..Default::default()
+    })
+    .await;
+    let mut out: Vec<u8> = Vec::new();
+    let status = quarry::ask::ask(
+        &server.url(),
+        &quarry_tests::token("t1"),
+        ask("Name three works"),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, AnswerStatus::Answered);
+    let text = String::from_utf8(out).unwrap();
+    for expected in [
+        "» route: agent",
+        "» tool call call_1_0 query_database",
+        "SQL: SELECT title FROM tate.artworks",
+        "| title |",
+        "» answer:\nThree titles.\n",
+        "» status: ANSWER_STATUS_ANSWERED",
+        "» usage: 2 model calls, 1 tool calls",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    server.stop().await;
+}
