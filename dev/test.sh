@@ -50,6 +50,9 @@ step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "buf lint" "$ROOT/dev/buf.sh" lint
 
+# nextest does not run doc tests; run them first.
+step "cargo test --doc" cargo test --workspace --doc --quiet
+
 # The test runner goes last, so its summary closes the output.
 if cargo nextest --version >/dev/null 2>&1; then
   step "cargo nextest run" cargo nextest run --workspace "$@"
