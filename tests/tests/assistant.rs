@@ -2,6 +2,8 @@
 //! slice of the Tate data, and (for agentic mode) the scripted
 //! OpenAI-compatible server streaming chat completions as the real API does.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::{
     AnswerStatus, AskMode, AskRequest, AskResponse, CitationKind, ask_response::Event,

@@ -1,6 +1,8 @@
 //! Authentication and per-tenant rate limits over real gRPC: every RPC but
 //! health and reflection needs a valid HS256 JWT.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use quarry_proto::v1::ValidateSqlRequest;
 use quarry_tests::{Options, SECRET, TestServer, authed, token};

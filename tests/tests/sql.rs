@@ -1,5 +1,7 @@
 //! `SqlService` end to end: validation, read-only execution with caps, schema.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 use quarry_proto::v1::{
     DescribeSchemaRequest, ExecuteSqlRequest, GenerateSqlRequest, RejectionKind, SqlSource,
     ValidateSqlRequest,

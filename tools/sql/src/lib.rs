@@ -26,6 +26,7 @@
 pub mod execute;
 pub mod golden;
 pub mod grpc;
+pub mod linking;
 pub mod schema;
 pub mod service;
 #[cfg(any(test, feature = "test-util"))]

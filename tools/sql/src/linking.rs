@@ -1,0 +1,587 @@
+//! Schema linking: choose the tables and columns a question needs, so the
+//! model sees a small, relevant schema instead of the whole catalog.
+//!
+//! Each table and column is scored against the question by three signals:
+//!
+//! - **lexical**: the share of an element's name words (identifiers split at
+//!   `_` and camelCase, lower-cased, plural `s` stripped) that occur in the
+//!   question, plus a smaller share for words of its comment;
+//! - **values**: a [`ValueIndex`] of distinct values of text columns, so that a
+//!   question word found among a column's values links that column ("Turner"
+//!   → the artist name column, "watercolour" → medium); a word found in many
+//!   columns counts less (weight `1 / columns containing it`);
+//! - **embeddings** (optional): cosine similarity between the question's
+//!   embedding and each element's description ([`SchemaIndex::set_embeddings`]).
+//!
+//! Tables are chosen by score (the best one, plus any within a fraction of it),
+//! then the tables on the shortest foreign-key paths between them are added
+//! (breadth-first search over the undirected foreign-key graph), so joins are
+//! always possible. For each chosen table the context keeps its primary key,
+//! the foreign keys among chosen tables, and the columns that scored; small
+//! tables are kept whole. A schema whose whole description is under
+//! [`LinkingConfig::whole_schema_tokens`] goes in whole.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use tokio_postgres::GenericClient;
+
+use crate::schema::{SchemaError, TableInfo, compact_description};
+
+/// Rough token count of `text` for budgeting prompts: one token per four
+/// characters, OpenAI's published rule of thumb for English text. Consistent
+/// across contexts, which is what ratios need.
+pub fn estimate_tokens(text: &str) -> usize {
+    text.chars().count().div_ceil(4)
+}
+
+/// Tuning of [`SchemaIndex::link`].
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkingConfig {
+    /// Most tables chosen by score (join-path tables come on top). Default 5.
+    pub max_tables: usize,
+    /// A table is chosen when its score is at least this fraction of the best
+    /// table's. Default 0.4.
+    pub relative_table_threshold: f64,
+    /// A column is kept when its score reaches this. Default 0.5.
+    pub column_threshold: f64,
+    /// Tables with at most this many columns are kept whole. Default 3.
+    pub small_table_columns: usize,
+    /// Schemas whose full description is at most this many tokens go in
+    /// whole. Default 120.
+    pub whole_schema_tokens: usize,
+    /// Sample values shown per linked text column. Default 3.
+    pub sample_values: usize,
+    /// Weight of embedding similarity relative to lexical scores. Default 1.0.
+    pub embedding_weight: f64,
+}
+
+impl Default for LinkingConfig {
+    fn default() -> Self {
+        Self {
+            max_tables: 5,
+            relative_table_threshold: 0.4,
+            column_threshold: 0.5,
+            small_table_columns: 3,
+            whole_schema_tokens: 120,
+            sample_values: 3,
+            embedding_weight: 1.0,
+        }
+    }
+}
+
+const STOP_WORDS: &[&str] = &[
+    "a", "all", "an", "and", "any", "are", "as", "at", "be", "by", "can", "did", "do", "does",
+    "each", "for", "from", "give", "has", "have", "how", "i", "in", "is", "it", "its", "list",
+    "many", "me", "much", "of", "on", "or", "please", "show", "than", "that", "the", "their",
+    "them", "there", "these", "this", "those", "to", "was", "we", "were", "what", "when", "where",
+    "which", "who", "whose", "with", "you", "find", "return", "id",
+];
+
+/// Words of an identifier or sentence: split at non-alphanumerics and
+/// lower→upper case changes, lower-cased, stop words dropped, a plural `s`
+/// stripped.
+pub fn words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut prev_lower = false;
+    let flush = |current: &mut String, out: &mut Vec<String>| {
+        if !current.is_empty() {
+            let w = normalise(current);
+            if !w.is_empty() && !STOP_WORDS.contains(&w.as_str()) {
+                out.push(w);
+            }
+            current.clear();
+        }
+    };
+    for c in text.chars() {
+        if c.is_alphanumeric() {
+            if c.is_uppercase() && prev_lower {
+                flush(&mut current, &mut out);
+            }
+            prev_lower = c.is_lowercase() || c.is_ascii_digit();
+            current.extend(c.to_lowercase());
+        } else {
+            flush(&mut current, &mut out);
+            prev_lower = false;
+        }
+    }
+    flush(&mut current, &mut out);
+    out
+}
+
+fn normalise(word: &str) -> String {
+    let w = word.to_lowercase();
+    if w.len() > 4 && w.ends_with("ies") {
+        format!("{}y", &w[..w.len() - 3])
+    } else if w.len() > 3 && w.ends_with('s') && !w.ends_with("ss") && !w.ends_with("us") {
+        w[..w.len() - 1].to_string()
+    } else {
+        w
+    }
+}
+
+/// `(table index, column index)` in the index's table list.
+type ColumnKey = (usize, usize);
+
+/// Distinct values of text columns, for linking question words to columns.
+#[derive(Debug, Clone, Default)]
+pub struct ValueIndex {
+    /// `"schema.table"` → column → most frequent values (most frequent first).
+    samples: HashMap<String, HashMap<String, Vec<String>>>,
+}
+
+/// PostgreSQL type names (as `format_type` prints them) treated as text.
+fn is_text_type(data_type: &str) -> bool {
+    let t = data_type.to_ascii_lowercase();
+    t == "text"
+        || t.starts_with("character")
+        || t.starts_with("varchar")
+        || t.starts_with("char")
+        || t == "citext"
+        || t == "name"
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl ValueIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `values` of `table.column` (`table` schema-qualified), most
+    /// frequent first.
+    pub fn add(&mut self, table: &str, column: &str, values: impl IntoIterator<Item = String>) {
+        self.samples
+            .entry(table.to_string())
+            .or_default()
+            .insert(column.to_string(), values.into_iter().collect());
+    }
+
+    /// The recorded values of `table.column`, most frequent first.
+    pub fn values(&self, table: &str, column: &str) -> &[String] {
+        self.samples
+            .get(table)
+            .and_then(|c| c.get(column))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Reads up to `max_distinct` most frequent values of every text column of
+    /// `tables` (one `GROUP BY` per column over at most 200,000 rows).
+    ///
+    /// # Errors
+    /// Catalog or query errors.
+    pub async fn load<C: GenericClient + Sync>(
+        client: &C,
+        tables: &[TableInfo],
+        max_distinct: usize,
+    ) -> Result<Self, SchemaError> {
+        let mut index = Self::new();
+        for table in tables {
+            let qualified = format!(
+                "{}.{}",
+                quote_ident(&table.schema),
+                quote_ident(&table.name)
+            );
+            for column in table.columns.iter().filter(|c| is_text_type(&c.data_type)) {
+                let col = quote_ident(&column.name);
+                let sql = format!(
+                    "SELECT v FROM (SELECT {col}::text AS v FROM {qualified} WHERE {col} IS NOT NULL LIMIT 200000) s \
+                     GROUP BY v ORDER BY count(*) DESC, v LIMIT {max_distinct}"
+                );
+                let rows = client.query(&sql, &[]).await?;
+                let values = rows
+                    .iter()
+                    .filter_map(|r| r.try_get::<_, String>(0).ok())
+                    .collect::<Vec<_>>();
+                index.add(&table.qualified_name(), &column.name, values);
+            }
+        }
+        Ok(index)
+    }
+}
+
+/// The result of linking one question.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkedSchema {
+    /// Chosen tables, `"schema.table"`, best first (join-path tables last).
+    pub tables: Vec<String>,
+    /// Chosen columns, `("schema.table", "column")`.
+    pub columns: Vec<(String, String)>,
+    /// The schema context for the prompt.
+    pub context: String,
+    /// [`estimate_tokens`] of `context`.
+    pub context_tokens: usize,
+    /// [`estimate_tokens`] of the whole schema's description.
+    pub full_tokens: usize,
+    /// True when the whole schema was used (small schema, or nothing matched).
+    pub whole_schema: bool,
+}
+
+/// A schema prepared for linking questions against it.
+#[derive(Debug, Clone)]
+pub struct SchemaIndex {
+    tables: Vec<TableInfo>,
+    values: ValueIndex,
+    config: LinkingConfig,
+    /// Value word → columns whose values contain it.
+    value_words: HashMap<String, Vec<ColumnKey>>,
+    /// Undirected foreign-key adjacency between table indexes.
+    graph: Vec<BTreeSet<usize>>,
+    table_embeddings: Option<Vec<Vec<f32>>>,
+    column_embeddings: Option<Vec<Vec<Vec<f32>>>>,
+    full_context: String,
+}
+
+impl SchemaIndex {
+    /// Indexes `tables` with their `values`.
+    pub fn new(tables: Vec<TableInfo>, values: ValueIndex, config: LinkingConfig) -> Self {
+        let by_name: HashMap<String, usize> = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.qualified_name(), i))
+            .collect();
+        let mut graph = vec![BTreeSet::new(); tables.len()];
+        for (i, table) in tables.iter().enumerate() {
+            for fk in &table.foreign_keys {
+                let target = format!("{}.{}", fk.referenced_schema, fk.referenced_table);
+                if let Some(&j) = by_name.get(&target)
+                    && i != j
+                {
+                    graph[i].insert(j);
+                    graph[j].insert(i);
+                }
+            }
+        }
+        let mut value_words: HashMap<String, Vec<ColumnKey>> = HashMap::new();
+        for (ti, table) in tables.iter().enumerate() {
+            for (ci, column) in table.columns.iter().enumerate() {
+                let mut seen = HashSet::new();
+                for value in values.values(&table.qualified_name(), &column.name) {
+                    for w in words(value) {
+                        if w.len() >= 3
+                            && !w.chars().all(|c| c.is_ascii_digit())
+                            && seen.insert(w.clone())
+                        {
+                            value_words.entry(w).or_default().push((ti, ci));
+                        }
+                    }
+                }
+            }
+        }
+        let full_context = compact_description(&tables);
+        Self {
+            tables,
+            values,
+            config,
+            value_words,
+            graph,
+            table_embeddings: None,
+            column_embeddings: None,
+            full_context,
+        }
+    }
+
+    /// The indexed tables.
+    pub fn tables(&self) -> &[TableInfo] {
+        &self.tables
+    }
+
+    /// The whole schema as prompt context.
+    pub fn full_context(&self) -> &str {
+        &self.full_context
+    }
+
+    /// Texts to embed for [`Self::set_embeddings`]: one per table, then, per
+    /// table, one per column (in catalog order).
+    pub fn element_texts(&self) -> (Vec<String>, Vec<Vec<String>>) {
+        let tables = self
+            .tables
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {}",
+                    words(&t.name).join(" "),
+                    t.comment.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        let columns = self
+            .tables
+            .iter()
+            .map(|t| {
+                let table = words(&t.name).join(" ");
+                t.columns
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{table} {} {}",
+                            words(&c.name).join(" "),
+                            c.comment.as_deref().unwrap_or_default()
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        (tables, columns)
+    }
+
+    /// Installs embeddings of [`Self::element_texts`] (unit vectors, same
+    /// model as the question's). Ignored when the shapes do not match.
+    pub fn set_embeddings(&mut self, tables: Vec<Vec<f32>>, columns: Vec<Vec<Vec<f32>>>) {
+        let shapes_match = tables.len() == self.tables.len()
+            && columns.len() == self.tables.len()
+            && columns
+                .iter()
+                .zip(&self.tables)
+                .all(|(c, t)| c.len() == t.columns.len());
+        if shapes_match {
+            self.table_embeddings = Some(tables);
+            self.column_embeddings = Some(columns);
+        }
+    }
+
+    fn embedding_score(&self, a: Option<&Vec<f32>>, question: Option<&[f32]>) -> f64 {
+        match (a, question) {
+            (Some(a), Some(q)) if a.len() == q.len() => {
+                let cos: f32 = a.iter().zip(q).map(|(x, y)| x * y).sum();
+                // MiniLM cosine for unrelated text sits around 0–0.2
+                (f64::from(cos) - 0.2).max(0.0) * self.config.embedding_weight
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Links `question` (and its embedding, when the index has embeddings).
+    pub fn link(&self, question: &str, question_embedding: Option<&[f32]>) -> LinkedSchema {
+        let full_tokens = estimate_tokens(&self.full_context);
+        if self.tables.is_empty() || full_tokens <= self.config.whole_schema_tokens {
+            return self.whole(full_tokens);
+        }
+        let q_words: Vec<String> = words(question);
+        let q_set: HashSet<&str> = q_words.iter().map(String::as_str).collect();
+
+        // value hits: column → weight
+        let mut value_hits: HashMap<ColumnKey, f64> = HashMap::new();
+        for w in &q_set {
+            if let Some(columns) = self.value_words.get(*w) {
+                let weight = 1.0 / columns.len() as f64;
+                for key in columns {
+                    *value_hits.entry(*key).or_default() += weight;
+                }
+            }
+        }
+
+        let coverage = |name_words: &[String]| -> f64 {
+            if name_words.is_empty() {
+                return 0.0;
+            }
+            let hits = name_words
+                .iter()
+                .filter(|w| q_set.contains(w.as_str()))
+                .count();
+            hits as f64 / name_words.len() as f64
+        };
+        let comment_score = |comment: Option<&str>| -> f64 {
+            let Some(comment) = comment else { return 0.0 };
+            let cw: BTreeSet<String> = words(comment).into_iter().collect();
+            if cw.is_empty() {
+                return 0.0;
+            }
+            let hits = cw.iter().filter(|w| q_set.contains(w.as_str())).count();
+            (0.5 * hits as f64).min(1.0)
+        };
+
+        let mut column_scores: Vec<Vec<f64>> = Vec::with_capacity(self.tables.len());
+        let mut table_scores: Vec<f64> = Vec::with_capacity(self.tables.len());
+        for (ti, table) in self.tables.iter().enumerate() {
+            let scores: Vec<f64> = table
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(ci, column)| {
+                    let lexical = coverage(&words(&column.name))
+                        .max(comment_score(column.comment.as_deref()));
+                    let value = value_hits.get(&(ti, ci)).copied().unwrap_or(0.0).min(1.0);
+                    let emb = self.embedding_score(
+                        self.column_embeddings
+                            .as_ref()
+                            .and_then(|c| c.get(ti))
+                            .and_then(|c| c.get(ci)),
+                        question_embedding,
+                    );
+                    lexical + value + emb
+                })
+                .collect();
+            let name = coverage(&words(&table.name));
+            let comment = comment_score(table.comment.as_deref());
+            let emb = self.embedding_score(
+                self.table_embeddings.as_ref().and_then(|t| t.get(ti)),
+                question_embedding,
+            );
+            let best_column = scores.iter().copied().fold(0.0, f64::max);
+            table_scores.push(1.5 * name + comment + 0.6 * best_column + emb);
+            column_scores.push(scores);
+        }
+
+        let best = table_scores.iter().copied().fold(0.0, f64::max);
+        if best <= 0.0 {
+            return self.whole(full_tokens);
+        }
+        let mut ranked: Vec<usize> = (0..self.tables.len()).collect();
+        ranked.sort_by(|&a, &b| table_scores[b].total_cmp(&table_scores[a]).then(a.cmp(&b)));
+        let mut chosen: Vec<usize> = ranked
+            .iter()
+            .copied()
+            .filter(|&t| table_scores[t] >= self.config.relative_table_threshold * best)
+            .take(self.config.max_tables.max(1))
+            .collect();
+        // join paths between the chosen tables
+        let seeds = chosen.clone();
+        for (i, &a) in seeds.iter().enumerate() {
+            for &b in &seeds[i + 1..] {
+                for t in self.shortest_path(a, b) {
+                    if !chosen.contains(&t) {
+                        chosen.push(t);
+                    }
+                }
+            }
+        }
+        let chosen_set: HashSet<usize> = chosen.iter().copied().collect();
+
+        let mut pruned = Vec::with_capacity(chosen.len());
+        let mut columns = Vec::new();
+        let mut samples = Vec::new();
+        for &ti in &chosen {
+            let table = &self.tables[ti];
+            let keep_all = table.columns.len() <= self.config.small_table_columns;
+            let mut keep: BTreeSet<usize> = BTreeSet::new();
+            for (ci, column) in table.columns.iter().enumerate() {
+                let is_key = table.primary_key.contains(&column.name)
+                    || table.foreign_keys.iter().any(|fk| {
+                        fk.columns.contains(&column.name)
+                            && chosen_set.iter().any(|&o| {
+                                self.tables[o].schema == fk.referenced_schema
+                                    && self.tables[o].name == fk.referenced_table
+                            })
+                    })
+                    || chosen_set.iter().any(|&o| {
+                        o != ti
+                            && self.tables[o].foreign_keys.iter().any(|fk| {
+                                fk.referenced_schema == table.schema
+                                    && fk.referenced_table == table.name
+                                    && fk.referenced_columns.contains(&column.name)
+                            })
+                    });
+                if keep_all || is_key || column_scores[ti][ci] >= self.config.column_threshold {
+                    keep.insert(ci);
+                }
+            }
+            let qualified = table.qualified_name();
+            for &ci in &keep {
+                let column = &table.columns[ci];
+                columns.push((qualified.clone(), column.name.clone()));
+                if value_hits.contains_key(&(ti, ci)) && self.config.sample_values > 0 {
+                    let values = self.values.values(&qualified, &column.name);
+                    let mut shown: Vec<&String> = values
+                        .iter()
+                        .filter(|v| words(v).iter().any(|w| q_set.contains(w.as_str())))
+                        .take(self.config.sample_values)
+                        .collect();
+                    if shown.is_empty() {
+                        shown = values.iter().take(self.config.sample_values).collect();
+                    }
+                    if !shown.is_empty() {
+                        samples.push(format!(
+                            "-- {qualified}.{} values include: {}",
+                            column.name,
+                            shown
+                                .iter()
+                                .map(|v| format!("'{}'", v.replace('\'', "''")))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                    }
+                }
+            }
+            let mut t = table.clone();
+            t.columns = keep.iter().map(|&ci| table.columns[ci].clone()).collect();
+            t.foreign_keys.retain(|fk| {
+                chosen_set.iter().any(|&o| {
+                    self.tables[o].schema == fk.referenced_schema
+                        && self.tables[o].name == fk.referenced_table
+                })
+            });
+            pruned.push(t);
+        }
+        let mut context = compact_description(&pruned);
+        for line in samples {
+            context.push_str(&line);
+            context.push('\n');
+        }
+        LinkedSchema {
+            tables: chosen
+                .iter()
+                .map(|&t| self.tables[t].qualified_name())
+                .collect(),
+            columns,
+            context_tokens: estimate_tokens(&context),
+            context,
+            full_tokens,
+            whole_schema: false,
+        }
+    }
+
+    fn whole(&self, full_tokens: usize) -> LinkedSchema {
+        LinkedSchema {
+            tables: self.tables.iter().map(TableInfo::qualified_name).collect(),
+            columns: self
+                .tables
+                .iter()
+                .flat_map(|t| {
+                    t.columns
+                        .iter()
+                        .map(move |c| (t.qualified_name(), c.name.clone()))
+                })
+                .collect(),
+            context: self.full_context.clone(),
+            context_tokens: full_tokens,
+            full_tokens,
+            whole_schema: true,
+        }
+    }
+
+    /// Tables strictly between `a` and `b` on a shortest foreign-key path
+    /// (empty when adjacent or unconnected).
+    fn shortest_path(&self, a: usize, b: usize) -> Vec<usize> {
+        let mut previous: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut queue = VecDeque::from([a]);
+        let mut seen = BTreeSet::from([a]);
+        while let Some(node) = queue.pop_front() {
+            if node == b {
+                let mut path = Vec::new();
+                let mut current = b;
+                while let Some(&p) = previous.get(&current) {
+                    if p != a {
+                        path.push(p);
+                    }
+                    current = p;
+                }
+                return path;
+            }
+            for &next in &self.graph[node] {
+                if seen.insert(next) {
+                    previous.insert(next, node);
+                    queue.push_back(next);
+                }
+            }
+        }
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests;
