@@ -46,6 +46,16 @@ else
   printf 'QUARRY_TEST_DATABASE_URL=%s\n' "$url"
 fi
 
+section "Embedding model (dev/model.sh)"
+if [[ -z "${QUARRY_MODEL_DIR:-}" ]]; then
+  QUARRY_MODEL_DIR=$("$ROOT/dev/model.sh") || {
+    echo "dev/test.sh: FAILED: dev/model.sh" >&2
+    exit 1
+  }
+  export QUARRY_MODEL_DIR
+fi
+printf 'QUARRY_MODEL_DIR=%s\n' "$QUARRY_MODEL_DIR"
+
 step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "buf lint" "$ROOT/dev/buf.sh" lint

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use quarry_orchestrator::render::markdown_table;
 use quarry_proto::v1::{
-    AnswerStatus, AskMode, AskRequest, ask_response::Event,
+    AnswerStatus, AskMode, AskRequest, AttemptStage, ask_response::Event,
     assistant_service_client::AssistantServiceClient, tool_result::Outcome,
 };
 use tonic::metadata::MetadataValue;
@@ -76,7 +76,47 @@ pub async fn ask(
                         "» tool result {} ({} ms): {} rows",
                         t.call_id, t.elapsed_ms, sql.row_count
                     )?;
+                    for (i, a) in sql.attempts.iter().enumerate() {
+                        let stage =
+                            AttemptStage::try_from(a.stage).unwrap_or(AttemptStage::Unspecified);
+                        let outcome = if a.error.is_empty() {
+                            "accepted"
+                        } else {
+                            a.error.as_str()
+                        };
+                        writeln!(
+                            out,
+                            "  attempt {} [{}]: {} → {outcome}",
+                            i + 1,
+                            stage.as_str_name(),
+                            a.sql
+                        )?;
+                    }
                     writeln!(out, "  SQL: {}", sql.sql)?;
+                    if let Some(digest) = &sql.digest
+                        && sql.rows.as_ref().is_some_and(|r| r.truncated)
+                    {
+                        let exact = if digest.row_count_exact {
+                            ""
+                        } else {
+                            " or more"
+                        };
+                        writeln!(
+                            out,
+                            "  result: {} rows{exact} in all; digest:",
+                            digest.row_count
+                        )?;
+                        for line in digest.text.lines() {
+                            writeln!(out, "    {line}")?;
+                        }
+                    }
+                    if !sql.chart_spec_json.is_empty() {
+                        writeln!(
+                            out,
+                            "  chart: Vega-Lite spec available ({} bytes)",
+                            sql.chart_spec_json.len()
+                        )?;
+                    }
                     if let Some(rows) = &sql.rows {
                         for line in markdown_table(rows, rows.rows.len(), CELL_CHARS) {
                             writeln!(out, "  {line}")?;

@@ -10,7 +10,7 @@ use figment::{
     providers::{Env, Format, Serialized, Toml},
 };
 use quarry_auth::AuthConfig;
-use quarry_llm::ModelConfig;
+use quarry_llm::{ModelConfig, embed::EmbeddingConfig};
 use quarry_orchestrator::OrchestratorConfig;
 use quarry_sql::service::SqlToolConfig;
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,10 @@ pub struct Config {
     /// The chat model; absent means no model (router mode only).
     #[serde(default)]
     pub model: Option<ModelConfig>,
+    /// The embedding model for schema linking (and, later, search); absent
+    /// means linking by words and values only.
+    #[serde(default)]
+    pub embedding: Option<EmbeddingConfig>,
     /// The SQL tool.
     #[serde(default)]
     pub sql: SqlToolConfig,
@@ -102,19 +106,21 @@ impl Config {
             .map_err(Box::new)
     }
 
-    /// Parses a whole configuration from TOML text (no file, no environment):
-    /// how tests inject settings.
+    /// Parses a configuration from TOML layers, later layers overriding
+    /// earlier ones key by key (no file, no environment): how tests inject
+    /// settings.
     ///
     /// # Errors
     /// A figment error naming the key at fault.
-    pub fn from_toml_str(toml: &str) -> Result<Self, Box<figment::Error>> {
-        Figment::from(Serialized::defaults(Defaults {
+    pub fn from_toml_layers(layers: &[&str]) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Defaults {
             server: ServerConfig::default(),
             database: DatabaseConfig::default(),
-        }))
-        .merge(Toml::string(toml))
-        .extract()
-        .map_err(Box::new)
+        }));
+        for layer in layers {
+            figment = figment.merge(Toml::string(layer));
+        }
+        figment.extract().map_err(Box::new)
     }
 
     /// Builds the figment with a given environment provider (tests inject a

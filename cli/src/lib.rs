@@ -5,7 +5,9 @@
 
 pub mod ask;
 pub mod config;
+pub mod eval;
 pub mod ingest;
+pub mod migrate;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -49,6 +51,34 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
         .context("building the database pool")
 }
 
+/// Builds the SQL tool from `config` (pool, embedder, golden pairs from the
+/// file and from `quarry.golden_pairs`).
+///
+/// # Errors
+/// Invalid configuration or golden pairs.
+pub async fn sql_tool(
+    config: &Config,
+    model: Option<Arc<dyn ChatModel>>,
+) -> anyhow::Result<Arc<SqlTool>> {
+    let pool = pool(&config.database.url, config.database.pool_size)?;
+    let embedder = match &config.embedding {
+        Some(embedding) => {
+            let embedder =
+                quarry_llm::embed::embedder_from_config(embedding).context("embedding")?;
+            info!(
+                model = embedder.model_id(),
+                dimension = embedder.dimension(),
+                "embedder ready"
+            );
+            Some(embedder)
+        }
+        None => None,
+    };
+    let tool = SqlTool::new(pool, config.sql.clone(), model, embedder).context("sql tool")?;
+    tool.load_stored_golden().await;
+    Ok(Arc::new(tool))
+}
+
 /// Serves every role (Assistant, SQL tool, health, reflection) on `listener`
 /// until `shutdown` resolves, then lets in-flight requests finish for at most
 /// `server.shutdown_grace_secs`.
@@ -64,7 +94,6 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let verifier = config.auth.verifier().context("auth")?;
     let limiter = config.auth.rate_limiter();
-    let pool = pool(&config.database.url, config.database.pool_size)?;
     let model: Option<Arc<dyn ChatModel>> = match &config.model {
         Some(model) => {
             let chat = OpenAiChatModel::new(model.clone()).context("model")?;
@@ -76,7 +105,7 @@ pub async fn serve(
             None
         }
     };
-    let tool = Arc::new(SqlTool::new(pool, config.sql.clone(), model.clone()).context("sql tool")?);
+    let tool = sql_tool(&config, model.clone()).await?;
     let sql_url = config
         .server
         .sql_url

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use quarry::{Config, ask, ingest};
+use quarry::{Config, ask, eval, ingest};
 use quarry_proto::v1::{AnswerStatus, AskMode, AskRequest};
 use tracing_subscriber::EnvFilter;
 
@@ -72,6 +72,115 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
     },
+    /// Create or upgrade Quarry's own `quarry` schema; with `sql.exec.role`
+    /// set, also create that read-only role with SELECT on `sql.schemas`.
+    Migrate,
+    /// The stored schema catalog.
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogAction,
+    },
+    /// Golden question/SQL pairs.
+    Golden {
+        #[command(subcommand)]
+        action: GoldenAction,
+    },
+    /// Explain a SQL query: plain English, planner estimates, inefficiency hints.
+    Explain {
+        /// The SQL.
+        sql: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Evaluate a tool against a benchmark.
+    Eval {
+        #[command(subcommand)]
+        what: EvalWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalWhat {
+    /// Text-to-SQL on a Spider-format folder: schema linking, validator false
+    /// rejects on gold SQL, and gold SQL through the pipeline vs. run directly.
+    Sql {
+        /// Folder with tables.json, dev.json and optionally database/<db>/<db>.sqlite.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// SQL dialect of the gold queries.
+        #[arg(long, value_enum, default_value_t = eval::GoldDialect::Sqlite)]
+        gold_dialect: eval::GoldDialect,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Database to load into; default `database.url` from the configuration.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Evaluate only the first N questions.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Also rank schema elements by embedding similarity (local MiniLM).
+        #[arg(long)]
+        embeddings: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogAction {
+    /// Re-read the source schemas, embed their descriptions (with
+    /// `[embedding]` configured) and store the catalog now.
+    Refresh,
+}
+
+#[derive(Subcommand)]
+enum GoldenAction {
+    /// Store a pair on the server, after its SQL validates and returns rows.
+    Add {
+        #[arg(long)]
+        question: String,
+        #[arg(long)]
+        sql: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Where the server is and who is calling.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051", env = "QUARRY_SERVER")]
+    server: String,
+    /// Bearer token (see `quarry token`).
+    #[arg(long, env = "QUARRY_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+impl ClientArgs {
+    async fn sql_client(
+        &self,
+    ) -> anyhow::Result<
+        quarry_proto::v1::sql_service_client::SqlServiceClient<tonic::transport::Channel>,
+    > {
+        quarry_proto::v1::sql_service_client::SqlServiceClient::connect(self.server.clone())
+            .await
+            .with_context(|| format!("cannot connect to {}", self.server))
+    }
+
+    fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token)
+                .parse()
+                .context("the token contains characters not allowed in a header")?,
+        );
+        Ok(request)
+    }
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", status.code(), status.message())
 }
 
 #[derive(Subcommand)]
@@ -157,6 +266,96 @@ async fn main() -> anyhow::Result<()> {
             let _ = connection.await;
             Ok(())
         }
+        Command::Migrate => {
+            let config = load(cli.config.as_deref())?;
+            let pg: tokio_postgres::Config = config.database.url.parse().context("database.url")?;
+            let (mut client, connection) = pg
+                .connect(tokio_postgres::NoTls)
+                .await
+                .context("connecting to the database")?;
+            let connection = tokio::spawn(connection);
+            let applied = quarry::migrate::run(&mut client).await?;
+            if applied.is_empty() {
+                println!("schema quarry is up to date");
+            }
+            for name in applied {
+                println!("applied {name}");
+            }
+            if let Some(role) = &config.sql.exec.role {
+                quarry_sql::role::ensure_read_only_role(&client, role, &config.sql.schemas)
+                    .await
+                    .with_context(|| format!("creating read-only role {role}"))?;
+                println!(
+                    "read-only role {role}: SELECT on {}",
+                    config.sql.schemas.join(", ")
+                );
+            }
+            drop(client);
+            let _ = connection.await;
+            Ok(())
+        }
+        Command::Catalog {
+            action: CatalogAction::Refresh,
+        } => {
+            let config = load(cli.config.as_deref())?;
+            let tool = quarry::sql_tool(&config, None).await?;
+            let report = tool.refresh_catalog().await?;
+            println!(
+                "catalog {}: {} tables, {} columns, embeddings {}, stored {} in {:.1}s",
+                report.hash,
+                report.tables,
+                report.columns,
+                if report.embedded {
+                    "yes"
+                } else {
+                    "no ([embedding] not configured)"
+                },
+                if report.stored { "yes" } else { "no" },
+                report.elapsed.as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Golden {
+            action:
+                GoldenAction::Add {
+                    question,
+                    sql,
+                    client,
+                },
+        } => {
+            let mut sql_client = client.sql_client().await?;
+            let response = sql_client
+                .add_golden_pair(
+                    client.request(quarry_proto::v1::AddGoldenPairRequest { question, sql })?,
+                )
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!(
+                "stored: the sql returned {} rows; {} golden pairs now",
+                response.row_count, response.pairs
+            );
+            Ok(())
+        }
+        Command::Explain { sql, client } => {
+            let mut sql_client = client.sql_client().await?;
+            let response = sql_client
+                .explain_sql(client.request(quarry_proto::v1::ExplainSqlRequest { sql })?)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{}", response.explanation);
+            println!(
+                "planner: total cost {:.1}, about {:.0} rows; plan: {}",
+                response.total_cost,
+                response.estimated_rows,
+                response.node_types.join(" → ")
+            );
+            for hint in response.hints {
+                println!("hint [{}]: {}", hint.kind, hint.message);
+            }
+            Ok(())
+        }
         Command::Token {
             tenant,
             subject,
@@ -173,6 +372,36 @@ async fn main() -> anyhow::Result<()> {
             claims.iss = config.auth.issuer.clone();
             claims.aud = config.auth.audience.iter().cloned().collect();
             println!("{}", quarry_auth::mint_hs256(&secret, &claims)?);
+            Ok(())
+        }
+        Command::Eval {
+            what:
+                EvalWhat::Sql {
+                    dataset,
+                    gold_dialect,
+                    json,
+                    database_url,
+                    limit,
+                    embeddings,
+                },
+        } => {
+            let database_url = match database_url {
+                Some(url) => url,
+                None => eval::configured_database_url(cli.config.as_deref())?,
+            };
+            let options = eval::EvalOptions {
+                dataset,
+                gold_dialect,
+                database_url,
+                limit,
+                embeddings,
+            };
+            let report = eval::run_sql_eval(&options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                println!("{report}");
+            }
             Ok(())
         }
     }

@@ -89,12 +89,65 @@ pub struct ToolCall {
 }
 
 /// What to ask the model.
+///
+/// Build it with [`ChatRequest::new`] (plus [`ChatRequest::with_response_format`])
+/// or with a struct literal ending in `..Default::default()`, so that fields
+/// added later do not break callers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {
     /// The conversation so far.
     pub messages: Vec<Message>,
     /// Tools the model may call; empty for plain chat.
     pub tools: Vec<ToolSpec>,
+    /// Constrains the shape of the answer text; `None` (the default) leaves
+    /// it free. See [`ResponseFormat`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+}
+
+impl ChatRequest {
+    /// A request with these messages and tools and a free-form answer.
+    pub fn new(messages: Vec<Message>, tools: Vec<ToolSpec>) -> Self {
+        Self {
+            messages,
+            tools,
+            response_format: None,
+        }
+    }
+
+    /// Asks for an answer in `format`.
+    pub fn with_response_format(mut self, format: ResponseFormat) -> Self {
+        self.response_format = Some(format);
+        self
+    }
+}
+
+/// The shape the answer text must have (OpenAI "structured outputs").
+///
+/// Sent as the request's `response_format`:
+/// `{"type":"json_schema","json_schema":{"name","schema","strict"}}` or
+/// `{"type":"json_object"}`. OpenAI, vLLM (guided decoding), llama.cpp server
+/// and recent Ollama honour `json_schema`; servers that do not may ignore it
+/// or answer HTTP 400, so parse and validate the answer either way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// The answer is one JSON value matching `schema`.
+    JsonSchema {
+        /// Name of the format: `a-z`, `A-Z`, `0-9`, `_` and `-`, at most 64
+        /// characters (OpenAI's rule).
+        name: String,
+        /// JSON Schema the answer must match, e.g.
+        /// `{"type":"object","properties":{"sql":{"type":"string"}},"required":["sql"],"additionalProperties":false}`.
+        schema: serde_json::Value,
+        /// Whether the server must follow the schema exactly. On OpenAI,
+        /// strict mode supports a subset of JSON Schema: every property listed
+        /// in `required` and `additionalProperties: false` on every object.
+        strict: bool,
+    },
+    /// The answer is some JSON object (older "JSON mode"); the prompt must
+    /// still say which object.
+    JsonObject,
 }
 
 /// Why the model stopped.

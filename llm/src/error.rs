@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Everything that can go wrong between a [`crate::ChatRequest`] and the end
-/// of its stream.
+/// of its stream, or while embedding text ([`crate::embed`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LlmError {
     /// The endpoint answered with a non-success HTTP status (after any
@@ -36,6 +36,10 @@ pub enum LlmError {
     /// The model configuration is unusable (bad URL, missing API key variable).
     #[error("invalid model configuration: {0}")]
     Config(String),
+    /// A local model could not be loaded (missing or unreadable file,
+    /// weights that do not fit the config) or failed while running.
+    #[error("local model: {0}")]
+    LocalModel(String),
 }
 
 impl LlmError {
@@ -45,7 +49,7 @@ impl LlmError {
         match self {
             LlmError::Http { status, .. } => *status == 429 || *status >= 500,
             LlmError::Timeout { .. } | LlmError::Transport(_) => true,
-            LlmError::Protocol(_) | LlmError::Config(_) => false,
+            LlmError::Protocol(_) | LlmError::Config(_) | LlmError::LocalModel(_) => false,
         }
     }
 }

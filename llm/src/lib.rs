@@ -16,7 +16,7 @@
 //! let model = OpenAiChatModel::new(ModelConfig::new("http://localhost:11434/v1", "qwen2.5"))?;
 //! let answer = quarry_llm::chat(
 //!     &model,
-//!     ChatRequest { messages: vec![Message::user("hello")], tools: vec![] },
+//!     ChatRequest::new(vec![Message::user("hello")], vec![]),
 //! )
 //! .await?;
 //! println!("{}", answer.content);
@@ -24,19 +24,25 @@
 //! # }
 //! ```
 //!
+//! [`embed`] turns text into vectors: [`embed::Embedder`] with a local
+//! all-MiniLM-L6-v2 on the CPU (feature `local-embeddings`, on by default),
+//! a remote OpenAI-compatible `/embeddings` endpoint, and a content-hash
+//! cache in front of either.
+//!
 //! With the `test-util` feature, [`testing::ScriptedServer`] is a scripted
 //! OpenAI-compatible HTTP server for tests of anything that calls a model.
 
 mod chat;
 mod config;
+pub mod embed;
 mod error;
 mod openai;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
 pub use chat::{
-    ChatEvent, ChatModel, ChatRequest, ChatResponse, FinishReason, Message, ToolCall, ToolSpec,
-    Usage, chat, collect,
+    ChatEvent, ChatModel, ChatRequest, ChatResponse, FinishReason, Message, ResponseFormat,
+    ToolCall, ToolSpec, Usage, chat, collect,
 };
 pub use config::ModelConfig;
 pub use error::{LlmError, Result};

@@ -19,14 +19,16 @@ use async_openai::types::chat::{
     ChatCompletionRequestUserMessageContent, ChatCompletionResponseStream,
     ChatCompletionStreamOptions, ChatCompletionTool, ChatCompletionTools, CompletionUsage,
     CreateChatCompletionRequest, CreateChatCompletionStreamResponse, FinishReason as WireFinish,
-    FunctionCall, FunctionObject,
+    FunctionCall, FunctionObject, ResponseFormat as WireResponseFormat, ResponseFormatJsonSchema,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use crate::chat::{ChatEvent, ChatModel, ChatRequest, FinishReason, Message, ToolCall, Usage};
+use crate::chat::{
+    ChatEvent, ChatModel, ChatRequest, FinishReason, Message, ResponseFormat, ToolCall, Usage,
+};
 use crate::config::ModelConfig;
 use crate::error::{LlmError, Result};
 
@@ -173,6 +175,7 @@ fn build_request(config: &ModelConfig, request: ChatRequest) -> CreateChatComple
         }),
         temperature: config.temperature,
         tools: (!tools.is_empty()).then_some(tools),
+        response_format: request.response_format.map(wire_response_format),
         ..Default::default()
     };
     if let Some(max) = config.max_tokens {
@@ -183,6 +186,24 @@ fn build_request(config: &ModelConfig, request: ChatRequest) -> CreateChatComple
         }
     }
     wire
+}
+
+fn wire_response_format(format: ResponseFormat) -> WireResponseFormat {
+    match format {
+        ResponseFormat::JsonSchema {
+            name,
+            schema,
+            strict,
+        } => WireResponseFormat::JsonSchema {
+            json_schema: ResponseFormatJsonSchema {
+                description: None,
+                name,
+                schema,
+                strict: Some(strict),
+            },
+        },
+        ResponseFormat::JsonObject => WireResponseFormat::JsonObject,
+    }
 }
 
 fn wire_message(message: Message) -> ChatCompletionRequestMessage {
@@ -486,7 +507,7 @@ impl HttpStatusError {
 
 /// The error text from a response body: `error.message` (OpenAI, vLLM
 /// wrapped), `error` as a string (Ollama), `message` (vLLM), else the body.
-fn error_message(body: &[u8]) -> String {
+pub(crate) fn error_message(body: &[u8]) -> String {
     if let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) {
         let found = json
             .pointer("/error/message")
@@ -519,7 +540,7 @@ fn truncate(mut text: String) -> String {
 
 /// Error text with its `source()` chain, which is where reqwest keeps the
 /// useful part ("connection refused").
-fn with_sources(error: &dyn std::error::Error) -> String {
+pub(crate) fn with_sources(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

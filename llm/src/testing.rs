@@ -11,6 +11,13 @@
 //! `stream: true` get one `chat.completion` JSON object. Every request body is
 //! recorded for assertions.
 //!
+//! It also answers `POST /v1/embeddings` (and `/embeddings`): each input text
+//! gets [`scripted_embedding`] of the requested `dimensions` (default
+//! [`SCRIPTED_EMBEDDING_DIMENSION`]), with the `data` items in reverse order
+//! to check that clients sort by `index`. If the next scripted turn is an
+//! error ([`ScriptedTurn::error`], [`ScriptedTurn::rate_limited`]), an
+//! embeddings request consumes it and gets that error instead.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
@@ -44,6 +51,27 @@ const PIECE_CHARS: usize = 4;
 
 /// `created` timestamp on every scripted response (fixed, so runs compare).
 const CREATED: u64 = 1_700_000_000;
+
+/// Vector length of scripted embeddings when the request names no `dimensions`.
+pub const SCRIPTED_EMBEDDING_DIMENSION: usize = 8;
+
+/// The vector the scripted server returns for `text`: `dimension` values in
+/// `1.0..=256.0` derived from the text's bytes (FNV-1a), not unit length, so
+/// clients' normalisation shows.
+pub fn scripted_embedding(text: &str, dimension: usize) -> Vec<f32> {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (0..dimension)
+        .map(|i| {
+            hash ^= i as u64;
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+            f32::from(u8::try_from(hash >> 56).unwrap_or(0)) + 1.0
+        })
+        .collect()
+}
 
 /// One scripted answer: what the server does for one request.
 #[derive(Debug, Clone)]
@@ -287,6 +315,8 @@ impl ScriptedServer {
         let router = Router::new()
             .route("/v1/chat/completions", post(handle))
             .route("/chat/completions", post(handle))
+            .route("/v1/embeddings", post(handle_embeddings))
+            .route("/embeddings", post(handle_embeddings))
             .fallback(not_found)
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
@@ -333,7 +363,8 @@ impl Drop for ScriptedServer {
 async fn not_found() -> Response {
     error_response(
         StatusCode::NOT_FOUND,
-        "scripted server serves only POST /v1/chat/completions and /chat/completions",
+        "scripted server serves only POST /v1/chat/completions, /chat/completions, \
+         /v1/embeddings and /embeddings",
     )
 }
 
@@ -345,6 +376,118 @@ fn error_response(status: StatusCode, message: &str) -> Response {
             .to_string(),
     )
         .into_response()
+}
+
+async fn handle_embeddings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let parsed = serde_json::from_slice::<Value>(&body);
+    shared.requests().push(match &parsed {
+        Ok(value) => value.clone(),
+        Err(_) => Value::String(String::from_utf8_lossy(&body).into_owned()),
+    });
+    let request = match parsed {
+        Ok(value) => value,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("request body is not json: {e}"),
+            );
+        }
+    };
+    let error_turn = {
+        let mut script = shared.script();
+        if matches!(script.front().map(|t| &t.reply), Some(Reply::Error { .. })) {
+            script.pop_front()
+        } else {
+            None
+        }
+    };
+    if let Some(turn) = error_turn {
+        if !turn.delay.is_zero() {
+            tokio::time::sleep(turn.delay).await;
+        }
+        if let Reply::Error {
+            status,
+            body,
+            headers,
+        } = turn.reply
+        {
+            return error_reply(status, body, headers);
+        }
+    }
+    let inputs: Vec<String> = match request.get("input") {
+        Some(Value::String(text)) => vec![text.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| item.as_str().unwrap_or_default().to_owned())
+            .collect(),
+        _ => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "input must be a string or an array of strings",
+            );
+        }
+    };
+    let dimension = request
+        .get("dimensions")
+        .and_then(Value::as_u64)
+        .and_then(|d| usize::try_from(d).ok())
+        .unwrap_or(SCRIPTED_EMBEDDING_DIMENSION);
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("scripted")
+        .to_owned();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(index, text)| {
+            json!({
+                "object": "embedding",
+                "index": index,
+                "embedding": scripted_embedding(text, dimension),
+            })
+        })
+        .collect();
+    let tokens: usize = inputs
+        .iter()
+        .map(|t| t.split_whitespace().count() + 1)
+        .sum();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        })
+        .to_string(),
+    )
+        .into_response()
+}
+
+fn error_reply(status: u16, body: String, headers: Vec<(String, String)>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut map = HeaderMap::new();
+    let content_type = if serde_json::from_str::<Value>(&body).is_ok() {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    map.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    for (name, value) in headers {
+        match (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            (Ok(name), Ok(value)) => {
+                map.insert(name, value);
+            }
+            _ => tracing::warn!(%name, %value, "scripted server skips invalid header"),
+        }
+    }
+    (status, map, body).into_response()
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
@@ -392,28 +535,7 @@ async fn handle(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             status,
             body,
             headers,
-        } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut map = HeaderMap::new();
-            let content_type = if serde_json::from_str::<Value>(&body).is_ok() {
-                "application/json"
-            } else {
-                "text/plain; charset=utf-8"
-            };
-            map.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            for (name, value) in headers {
-                match (
-                    HeaderName::try_from(name.as_str()),
-                    HeaderValue::try_from(value.as_str()),
-                ) {
-                    (Ok(name), Ok(value)) => {
-                        map.insert(name, value);
-                    }
-                    _ => tracing::warn!(%name, %value, "scripted server skips invalid header"),
-                }
-            }
-            (status, map, body).into_response()
-        }
+        } => error_reply(status, body, headers),
         Reply::Raw(events) => sse_response(
             events
                 .into_iter()

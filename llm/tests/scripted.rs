@@ -3,13 +3,18 @@
 // test helpers outside #[test] fns panic on purpose too
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use quarry_llm::testing::{ScriptedServer, ScriptedToolCall, ScriptedTurn};
+use quarry_llm::embed::{ContentHashCache, Embedder, OpenAiEmbedder, OpenAiEmbeddingConfig};
+use quarry_llm::testing::{
+    SCRIPTED_EMBEDDING_DIMENSION, ScriptedServer, ScriptedToolCall, ScriptedTurn,
+    scripted_embedding,
+};
 use quarry_llm::{
     ChatEvent, ChatModel, ChatRequest, FinishReason, LlmError, Message, ModelConfig,
-    OpenAiChatModel, ToolCall, ToolSpec, Usage,
+    OpenAiChatModel, ResponseFormat, ToolCall, ToolSpec, Usage,
 };
 use serde_json::{Value, json};
 
@@ -26,13 +31,13 @@ fn model_with(server: &ScriptedServer, tweak: impl FnOnce(&mut ModelConfig)) -> 
 }
 
 fn ask(question: &str) -> ChatRequest {
-    ChatRequest {
-        messages: vec![
+    ChatRequest::new(
+        vec![
             Message::system("you answer questions"),
             Message::user(question),
         ],
-        tools: vec![],
-    }
+        vec![],
+    )
 }
 
 fn sql_tool() -> ToolSpec {
@@ -403,21 +408,15 @@ async fn second_turn_sends_offered_tools_and_the_tool_result_back() {
     let tools = vec![sql_tool(), search_tool()];
 
     let mut messages = vec![Message::user("how many orders?")];
-    let first = quarry_llm::chat(
-        &model,
-        ChatRequest {
-            messages: messages.clone(),
-            tools: tools.clone(),
-        },
-    )
-    .await
-    .unwrap();
+    let first = quarry_llm::chat(&model, ChatRequest::new(messages.clone(), tools.clone()))
+        .await
+        .unwrap();
     assert_eq!(first.content, "Let me check.");
     assert_eq!(first.tool_calls.len(), 1);
     let call = first.tool_calls[0].clone();
     messages.push(first.to_message());
     messages.push(Message::tool(call.id.clone(), r#"{"rows":[[42]]}"#));
-    let second = quarry_llm::chat(&model, ChatRequest { messages, tools })
+    let second = quarry_llm::chat(&model, ChatRequest::new(messages, tools))
         .await
         .unwrap();
     assert_eq!(second.content, "There are 42 orders.");
@@ -561,4 +560,162 @@ async fn non_streaming_request_gets_a_chat_completion_object() {
         r#"{"sql":"select 1"}"#
     );
     assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn response_format_json_schema_is_sent_as_openai_structured_output() {
+    let server = ScriptedServer::start(vec![
+        ScriptedTurn::text(r#"{"sql":"select 1"}"#),
+        ScriptedTurn::text("{}"),
+        ScriptedTurn::text("free"),
+    ])
+    .await;
+    let model = model(&server);
+    let schema = json!({
+        "type": "object",
+        "properties": {"sql": {"type": "string"}},
+        "required": ["sql"],
+        "additionalProperties": false,
+    });
+    let answer = quarry_llm::chat(
+        &model,
+        ask("write sql").with_response_format(ResponseFormat::JsonSchema {
+            name: "sql_answer".into(),
+            schema: schema.clone(),
+            strict: true,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.content, r#"{"sql":"select 1"}"#);
+    quarry_llm::chat(
+        &model,
+        ask("any json").with_response_format(ResponseFormat::JsonObject),
+    )
+    .await
+    .unwrap();
+    quarry_llm::chat(&model, ask("free text")).await.unwrap();
+
+    let requests = server.requests();
+    assert_eq!(
+        requests[0]["response_format"],
+        json!({
+            "type": "json_schema",
+            "json_schema": {"name": "sql_answer", "schema": schema, "strict": true},
+        })
+    );
+    assert_eq!(
+        requests[1]["response_format"],
+        json!({"type": "json_object"})
+    );
+    assert!(
+        requests[2].get("response_format").is_none(),
+        "{}",
+        requests[2]
+    );
+}
+
+fn embedder(
+    server: &ScriptedServer,
+    tweak: impl FnOnce(&mut OpenAiEmbeddingConfig),
+) -> OpenAiEmbedder {
+    let mut config = OpenAiEmbeddingConfig::new(
+        server.base_url(),
+        "scripted-embed",
+        SCRIPTED_EMBEDDING_DIMENSION,
+    );
+    config.timeout_secs = 10;
+    tweak(&mut config);
+    OpenAiEmbedder::with_api_key(config, Some("sk-test".into())).unwrap()
+}
+
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+#[tokio::test]
+async fn openai_embedder_batches_keeps_order_and_normalises() {
+    let server = ScriptedServer::start(vec![]).await;
+    let embedder = embedder(&server, |c| c.batch_size = 2);
+    let texts: Vec<String> = ["alpha", "beta", "gamma", "delta", "epsilon"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let vectors = embedder.embed(texts.clone()).await.unwrap();
+
+    assert_eq!(vectors.len(), 5);
+    for (text, vector) in texts.iter().zip(&vectors) {
+        let expected = unit(scripted_embedding(text, SCRIPTED_EMBEDDING_DIMENSION));
+        for (a, b) in vector.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-6, "{text}: {vector:?} vs {expected:?}");
+        }
+    }
+    let requests = server.requests();
+    let inputs: Vec<Value> = requests.iter().map(|r| r["input"].clone()).collect();
+    assert_eq!(
+        inputs,
+        vec![
+            json!(["alpha", "beta"]),
+            json!(["gamma", "delta"]),
+            json!(["epsilon"])
+        ]
+    );
+    assert_eq!(requests[0]["model"], "scripted-embed");
+    assert_eq!(requests[0]["encoding_format"], "float");
+    assert!(requests[0].get("dimensions").is_none());
+    assert_eq!(embedder.model_id(), "scripted-embed");
+    assert_eq!(embedder.dimension(), SCRIPTED_EMBEDDING_DIMENSION);
+}
+
+#[tokio::test]
+async fn openai_embedder_retries_rate_limits_and_checks_dimension() {
+    let server = ScriptedServer::start(vec![ScriptedTurn::rate_limited(0)]).await;
+    let embedder = embedder(&server, |c| c.max_retries = 1);
+    let vectors = embedder.embed(vec!["x".into()]).await.unwrap();
+    assert_eq!(vectors.len(), 1);
+    assert_eq!(server.requests().len(), 2, "one 429, then success");
+
+    server.push(ScriptedTurn::error(500, r#"{"error":{"message":"boom"}}"#));
+    let no_retry = self::embedder(&server, |c| c.max_retries = 0);
+    let err = no_retry.embed(vec!["x".into()]).await.unwrap_err();
+    assert!(
+        matches!(&err, LlmError::Http { status: 500, message, .. } if message == "boom"),
+        "{err}"
+    );
+
+    // the server answers 16 dimensions where 8 were configured
+    let wrong = self::embedder(&server, |c| {
+        c.dimension = 16;
+        c.send_dimension = false;
+    });
+    let err = wrong.embed(vec!["x".into()]).await.unwrap_err();
+    assert!(matches!(err, LlmError::Protocol(_)), "{err}");
+
+    let asks = self::embedder(&server, |c| {
+        c.dimension = 16;
+        c.send_dimension = true;
+    });
+    assert_eq!(asks.embed(vec!["x".into()]).await.unwrap()[0].len(), 16);
+    assert_eq!(server.requests().last().unwrap()["dimensions"], 16);
+}
+
+#[tokio::test]
+async fn openai_embedder_behind_the_cache_sends_only_new_texts() {
+    let server = ScriptedServer::start(vec![]).await;
+    let cached = ContentHashCache::new(Arc::new(embedder(&server, |_| {})), 100);
+    let first = cached.embed(vec!["a".into(), "b".into()]).await.unwrap();
+    let second = cached
+        .embed(vec!["b".into(), "c".into(), "a".into()])
+        .await
+        .unwrap();
+    assert_eq!(second[0], first[1]);
+    assert_eq!(second[2], first[0]);
+    let inputs: Vec<Value> = server
+        .requests()
+        .iter()
+        .map(|r| r["input"].clone())
+        .collect();
+    assert_eq!(inputs, vec![json!(["a", "b"]), json!(["c"])]);
 }

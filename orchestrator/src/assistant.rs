@@ -19,9 +19,9 @@ use quarry_auth::Principal;
 use quarry_llm::{ChatEvent, ChatModel, ChatRequest, Message, ToolCall, ToolSpec};
 use quarry_proto::v1::{
     AnswerDelta, AnswerStatus, AskMode, AskRequest, AskResponse, Citation, CitationKind,
-    DescribeSchemaRequest, ExecuteSqlRequest, FinalAnswer, GenerateSqlRequest, RouteDecided,
-    RowSet, SqlToolResult, Started, ToolCallStarted, ToolResult, Usage, ask_response::Event,
-    sql_service_client::SqlServiceClient, tool_result::Outcome,
+    DescribeSchemaRequest, ExecuteSqlRequest, FinalAnswer, GenerateSqlRequest, ResultDigest,
+    RouteDecided, RowSet, SqlAttempt, SqlToolResult, Started, ToolCallStarted, ToolResult, Usage,
+    ask_response::Event, sql_service_client::SqlServiceClient, tool_result::Outcome,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -122,6 +122,8 @@ struct Run {
     citations: Vec<Citation>,
     usage: Usage,
     preview_rows: usize,
+    /// Digest of each successful SQL tool call, by call id.
+    digests: std::collections::HashMap<String, Option<ResultDigest>>,
 }
 
 /// How a run ended, before the final event is written.
@@ -147,6 +149,7 @@ impl Run {
             citations: Vec::new(),
             usage: Usage::default(),
             preview_rows,
+            digests: std::collections::HashMap::new(),
         }
     }
 
@@ -277,6 +280,8 @@ impl Run {
             .generate_sql(self.request(GenerateSqlRequest {
                 question: question.to_string(),
                 previous_sql: String::new(),
+                dry_run: true,
+                max_rows: 0,
             }))
             .await;
         let generated = match generated {
@@ -310,7 +315,7 @@ impl Run {
             name: QUERY_DATABASE.to_string(),
             arguments: serde_json::json!({ "sql": generated.sql }).to_string(),
         };
-        let rows = match self.run_tool(&call).await? {
+        let rows = match self.run_tool_with(&call, generated.attempts).await? {
             Ok(rows) => rows,
             Err(message) => {
                 self.delta(&format!(
@@ -397,10 +402,7 @@ impl Run {
         let tools = vec![query_database_spec(self.assistant.config.model_rows)];
         let max_steps = self.assistant.config.max_steps;
         for _step in 0..max_steps {
-            let mut stream = model.chat_stream(ChatRequest {
-                messages: messages.clone(),
-                tools: tools.clone(),
-            });
+            let mut stream = model.chat_stream(ChatRequest::new(messages.clone(), tools.clone()));
             self.usage.model_calls += 1;
             let mut content = String::new();
             let mut calls = Vec::new();
@@ -442,6 +444,7 @@ impl Run {
                     Ok(rows) => rows_for_model(
                         &call.id,
                         &rows,
+                        self.digests.get(&call.id).and_then(Option::as_ref),
                         self.assistant.config.model_rows as usize,
                         self.assistant.config.max_cell_chars,
                     ),
@@ -459,9 +462,18 @@ impl Run {
     }
 
     /// Runs one tool call: emits `tool_call_started`, executes, emits
-    /// `tool_result`, records a citation on success. Returns the full rows the
-    /// tool returned, or the error message to show the model.
+    /// `tool_result`, records a citation on success. Returns the rows and
+    /// their text for the model, or the error message to show the model.
     async fn run_tool(&mut self, call: &ToolCall) -> Result<Result<RowSet, String>, Gone> {
+        self.run_tool_with(call, Vec::new()).await
+    }
+
+    /// [`Self::run_tool`], with attempts that produced the SQL beforehand.
+    async fn run_tool_with(
+        &mut self,
+        call: &ToolCall,
+        earlier_attempts: Vec<SqlAttempt>,
+    ) -> Result<Result<RowSet, String>, Gone> {
         self.usage.tool_calls += 1;
         self.emit(Event::ToolCallStarted(ToolCallStarted {
             call_id: call.id.clone(),
@@ -478,27 +490,26 @@ impl Run {
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let (event_outcome, result) = match outcome {
-            Ok((sql, rows)) => {
+            Ok(mut sql_result) => {
+                if sql_result.attempts.is_empty() {
+                    sql_result.attempts = earlier_attempts;
+                }
                 self.citations.push(Citation {
                     kind: CitationKind::SqlRows as i32,
                     call_id: call.id.clone(),
-                    sql: sql.clone(),
+                    sql: sql_result.sql.clone(),
                     source_id: String::new(),
                 });
-                let mut preview = rows.clone();
-                if preview.rows.len() > self.preview_rows {
+                let rows = sql_result.rows.clone().unwrap_or_default();
+                if let Some(preview) = sql_result.rows.as_mut()
+                    && preview.rows.len() > self.preview_rows
+                {
                     preview.rows.truncate(self.preview_rows);
                     preview.truncated = true;
                 }
-                let row_count = rows.rows.len() as u64;
-                (
-                    Outcome::Sql(SqlToolResult {
-                        sql,
-                        rows: Some(preview),
-                        row_count,
-                    }),
-                    Ok(rows),
-                )
+                self.digests
+                    .insert(call.id.clone(), sql_result.digest.clone());
+                (Outcome::Sql(sql_result), Ok(rows))
             }
             Err(message) => (Outcome::Error(message.clone()), Err(message)),
         };
@@ -512,25 +523,78 @@ impl Run {
         Ok(result)
     }
 
-    /// `query_database`: `{"sql": "..."}` → executed SQL and its rows.
-    async fn query_database(&self, arguments: &str) -> Result<(String, RowSet), String> {
+    /// `query_database`: `{"question": "..."}` goes to `GenerateSql` (schema
+    /// linking, generation, validation, execution, judge); `{"sql": "..."}`
+    /// to `ExecuteSql`. Returns the full result (rows not yet cut to the
+    /// preview), or the error message for the model.
+    async fn query_database(&self, arguments: &str) -> Result<SqlToolResult, String> {
         #[derive(serde::Deserialize)]
         struct Args {
-            sql: String,
+            #[serde(default)]
+            question: Option<String>,
+            #[serde(default)]
+            sql: Option<String>,
         }
         let args: Args = serde_json::from_str(arguments).map_err(|e| {
-            format!("arguments must be a JSON object {{\"sql\": \"<one SELECT>\"}}: {e}")
+            format!("arguments must be a JSON object {{\"question\": \"...\"}} or {{\"sql\": \"<one SELECT>\"}}: {e}")
         })?;
-        let mut sql = self.assistant.sql.clone();
-        let response = sql
-            .execute_sql(self.request(ExecuteSqlRequest {
-                sql: args.sql,
-                max_rows: 0,
-            }))
-            .await
-            .map_err(|status| status.message().to_string())?
-            .into_inner();
-        Ok((response.executed_sql, response.result.unwrap_or_default()))
+        let mut client = self.assistant.sql.clone();
+        match (args.question, args.sql) {
+            (_, Some(sql)) if !sql.trim().is_empty() => {
+                let response = client
+                    .execute_sql(self.request(ExecuteSqlRequest { sql, max_rows: 0 }))
+                    .await
+                    .map_err(|status| status.message().to_string())?
+                    .into_inner();
+                let row_count = response.result.as_ref().map_or(0, |r| r.rows.len() as u64);
+                Ok(SqlToolResult {
+                    sql: response.executed_sql,
+                    rows: response.result,
+                    row_count,
+                    attempts: vec![],
+                    digest: response.digest,
+                    chart_spec_json: response.chart_spec_json,
+                })
+            }
+            (Some(question), _) if !question.trim().is_empty() => {
+                let response = client
+                    .generate_sql(self.request(GenerateSqlRequest {
+                        question,
+                        previous_sql: String::new(),
+                        dry_run: false,
+                        max_rows: 0,
+                    }))
+                    .await
+                    .map_err(|status| status.message().to_string())?
+                    .into_inner();
+                if response.sql.is_empty() {
+                    let trail: Vec<String> = response
+                        .attempts
+                        .iter()
+                        .map(|a| format!("{} → {}", a.sql, a.error))
+                        .collect();
+                    return Err(format!(
+                        "no sql could be produced: {}{}",
+                        response.explanation,
+                        if trail.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; attempts: {}", trail.join("; "))
+                        }
+                    ));
+                }
+                let row_count = response.result.as_ref().map_or(0, |r| r.rows.len() as u64);
+                Ok(SqlToolResult {
+                    sql: response.executed_sql,
+                    rows: response.result,
+                    row_count,
+                    attempts: response.attempts,
+                    digest: response.digest,
+                    chart_spec_json: response.chart_spec_json,
+                })
+            }
+            _ => Err("give either a non-empty `question` or a non-empty `sql`".to_string()),
+        }
     }
 }
 
@@ -554,20 +618,25 @@ fn query_database_spec(model_rows: u32) -> ToolSpec {
     ToolSpec {
         name: QUERY_DATABASE.to_string(),
         description: format!(
-            "Run one read-only PostgreSQL SELECT (CTEs, joins, aggregates and window functions \
-             are fine; no INSERT/UPDATE/DELETE/DDL) against the schema in the system message and \
-             get the rows back. At most {model_rows} rows are shown to you; aggregate in SQL \
-             rather than fetching many rows."
+            "Get facts from the organisation's PostgreSQL database. Pass `question`: one precise, \
+             self-contained question in plain words (e.g. \"number of works acquired per decade since \
+             1950\"); the SQL tool finds the relevant tables, writes the SQL, validates it, runs it \
+             read-only and checks the result. Or pass `sql`: one read-only SELECT you wrote against \
+             the schema in the system message. At most {model_rows} rows are shown to you, with a \
+             digest of the whole result; aggregate rather than fetching many rows."
         ),
         parameters: serde_json::json!({
             "type": "object",
             "properties": {
+                "question": {
+                    "type": "string",
+                    "description": "A precise, self-contained question for the SQL tool."
+                },
                 "sql": {
                     "type": "string",
-                    "description": "Exactly one PostgreSQL SELECT statement, tables schema-qualified, e.g. SELECT count(*) FROM tate.artworks"
+                    "description": "Alternatively: exactly one PostgreSQL SELECT statement, tables schema-qualified."
                 }
             },
-            "required": ["sql"],
             "additionalProperties": false
         }),
     }
@@ -580,7 +649,13 @@ fn sanitize(text: &str) -> String {
 
 /// A SQL result as delimited data for the model: header with row count and
 /// truncation, then one `|`-separated line per row.
-fn rows_for_model(call_id: &str, rows: &RowSet, max_rows: usize, max_cell_chars: usize) -> String {
+fn rows_for_model(
+    call_id: &str,
+    rows: &RowSet,
+    digest: Option<&ResultDigest>,
+    max_rows: usize,
+    max_cell_chars: usize,
+) -> String {
     let shown = rows.rows.len().min(max_rows);
     let more = rows.truncated || rows.rows.len() > shown;
     let mut out = format!(
@@ -607,6 +682,13 @@ fn rows_for_model(call_id: &str, rows: &RowSet, max_rows: usize, max_cell_chars:
             })
             .collect();
         out.push_str(&cells.join(" | "));
+        out.push('\n');
+    }
+    if let Some(digest) = digest
+        && !digest.text.is_empty()
+    {
+        out.push_str("digest of the whole result:\n");
+        out.push_str(&sanitize(&digest.text));
         out.push('\n');
     }
     out.push_str("</tool_result>");

@@ -87,7 +87,7 @@ pub struct Options {
     /// Base URL of an OpenAI-compatible server (the scripted one); `None`
     /// runs without a model.
     pub model_base_url: Option<String>,
-    /// Extra TOML appended to the generated configuration.
+    /// TOML merged over the generated configuration, key by key.
     pub extra_toml: String,
     /// Per-tenant rate limit `(requests_per_second, burst)`; default generous.
     pub rate_limit: Option<(u32, u32)>,
@@ -120,6 +120,7 @@ impl TestServer {
             quarry::ingest::ingest_tate(&mut client, &slice, "tate", false)
                 .await
                 .unwrap();
+            quarry::migrate::run(&mut client).await.unwrap();
             drop(client);
             let _ = connection.await;
         }
@@ -148,8 +149,7 @@ impl TestServer {
                 "\n[model]\nbase_url = \"{base_url}\"\nmodel = \"scripted\"\ntimeout_secs = 10\nmax_retries = 0\n"
             ));
         }
-        toml.push_str(&options.extra_toml);
-        let config = quarry::Config::from_toml_str(&toml).unwrap();
+        let config = quarry::Config::from_toml_layers(&[&toml, &options.extra_toml]).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();

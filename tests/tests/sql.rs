@@ -147,6 +147,7 @@ async fn generate_sql_without_a_model_uses_golden_pairs_only() {
             GenerateSqlRequest {
                 question: "How many artworks are in the Tate collection?".into(),
                 previous_sql: String::new(),
+                ..Default::default()
             },
             &token("t1"),
         ))
@@ -160,6 +161,7 @@ async fn generate_sql_without_a_model_uses_golden_pairs_only() {
             GenerateSqlRequest {
                 question: "How many works by John Constable were acquired before 1900?".into(),
                 previous_sql: String::new(),
+                ..Default::default()
             },
             &token("t1"),
         ))

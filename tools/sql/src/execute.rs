@@ -6,7 +6,7 @@
 //!    itself refuses any write the validator might have missed;
 //! 2. `SET LOCAL statement_timeout` to [`ExecConfig::statement_timeout_ms`]
 //!    and, when the query was validated against a schema restriction,
-//!    `SET LOCAL search_path` to those schemas (then `pg_catalog`, `pg_temp`);
+//!    `SET LOCAL search_path` to `pg_catalog`, those schemas, then `pg_temp`;
 //!    both end with the transaction;
 //! 3. prepares [`ValidatedQuery::rewritten_sql`] with a limit of
 //!    `max_rows + 1`, binds it to a portal and fetches
@@ -20,15 +20,23 @@
 //! (one per batch), so the executor also enforces the same budget on the
 //! whole call and cancels the server-side query when it runs out.
 //!
+//! With [`ExecConfig::max_estimated_cost`] set, the query is first planned
+//! with `EXPLAIN (FORMAT JSON)` in the same transaction (after the settings
+//! above, so names resolve the same way) and refused with
+//! [`ExecError::TooExpensive`] when the planner's total cost exceeds the
+//! ceiling; nothing runs then.
+//!
 //! Values are decoded from PostgreSQL's binary format into [`Cell`]s. Columns
-//! of types without a native mapping (intervals, arrays, ranges, network
-//! addresses, composite types, …) are cast to `text` by the server: the
+//! of types without a native mapping (`timetz`, ranges, network addresses,
+//! composite types, arrays of those, …) are cast to `text` by the server: the
 //! statement is prepared once, and if such a column exists it is prepared
 //! again as `SELECT c1, c2::text, … FROM (<query>) AS quarry_r(c1, c2, …)`.
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use std::fmt::Write as _;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
 use deadpool_postgres::{Pool, PoolError};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::error::SqlState;
@@ -38,7 +46,7 @@ use tokio_postgres::{NoTls, Row};
 use crate::validate::ValidatedQuery;
 
 /// Limits for one query execution.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExecConfig {
     /// Server-side `statement_timeout`, in milliseconds; also the budget for
@@ -51,6 +59,24 @@ pub struct ExecConfig {
     pub max_bytes: usize,
     /// Rows fetched from the portal per round trip.
     pub fetch_batch: u32,
+    /// Role to run queries as (`SET LOCAL ROLE`, inside the transaction);
+    /// `None` keeps the pool's login role. Create it with
+    /// [`crate::role::read_only_role_sql`]; the login role must be a member.
+    pub role: Option<String>,
+    /// When the result is truncated at the row cap, also run
+    /// `SELECT count(*) FROM (<query>)` in the same transaction (within what
+    /// is left of the time budget) so [`QueryResult::total_rows`] is exact.
+    pub count_when_truncated: bool,
+    /// Ceiling on the planner's estimated total cost of the query, in
+    /// PostgreSQL's arbitrary cost units (by default `seq_page_cost = 1.0` is
+    /// one sequential page fetch; PostgreSQL 16 docs §14.1 "Using EXPLAIN"
+    /// and §20.7.2 "Planner Cost Constants"). The SQL that runs (with the
+    /// row cap applied) is planned with `EXPLAIN (FORMAT JSON)` before it is
+    /// executed; above the ceiling it is refused with
+    /// [`ExecError::TooExpensive`]. The optional `count(*)` of a truncated
+    /// result is skipped when its own estimate is above the ceiling. `None`
+    /// (the default) plans nothing extra.
+    pub max_estimated_cost: Option<f64>,
 }
 
 impl Default for ExecConfig {
@@ -60,6 +86,9 @@ impl Default for ExecConfig {
             max_rows: 1_000,
             max_bytes: 4 * 1024 * 1024,
             fetch_batch: 256,
+            role: None,
+            count_when_truncated: true,
+            max_estimated_cost: None,
         }
     }
 }
@@ -98,6 +127,32 @@ pub enum Cell {
     Timestamp(NaiveDateTime),
     /// `timestamptz`, in UTC.
     TimestampTz(DateTime<Utc>),
+    /// `time` (without time zone), microsecond precision. PostgreSQL's
+    /// `24:00:00`, which [`NaiveTime`] cannot hold, comes as
+    /// [`Cell::Text`]`("24:00:00")`; `timetz` is [`Cell::Text`].
+    Time(NaiveTime),
+    /// `interval`, as PostgreSQL stores it: the three fields are kept apart
+    /// because a month has no fixed number of days and a day no fixed number
+    /// of hours across daylight-saving changes. Infinite intervals
+    /// (PostgreSQL 17) come as [`Cell::Text`]`("infinity")`/`("-infinity")`;
+    /// so does, from PostgreSQL 16 or older, the one finite interval with
+    /// all three fields at their minimum (or maximum), which PostgreSQL 17
+    /// reserves for them.
+    Interval {
+        /// Months (years are 12 months).
+        months: i32,
+        /// Days.
+        days: i32,
+        /// Time part, in microseconds.
+        microseconds: i64,
+    },
+    /// An array whose elements are `int2`/`int4`/`int8`, `float4`/`float8`,
+    /// `numeric`, text types, `bool`, `date`, `time`, `timestamp(tz)`,
+    /// `interval`, `uuid`, `json`/`jsonb` or `bytea`, each decoded as its own
+    /// cell ([`Cell::Null`] for NULL elements). A multi-dimensional array
+    /// nests: `'{{1,2},{3,4}}'::int[]` is `Array([Array([1, 2]), Array([3, 4])])`.
+    /// Lower bounds other than 1 (`'[0:1]={1,2}'`) are not kept.
+    Array(Vec<Cell>),
     /// `json`, `jsonb`.
     Json(serde_json::Value),
 }
@@ -105,7 +160,9 @@ pub enum Cell {
 impl Cell {
     /// The value as JSON, for prompts and digests: numbers stay numbers
     /// (decimals as strings to keep precision), bytes become `\x…` hex,
-    /// timestamps RFC 3339.
+    /// timestamps RFC 3339, times `HH:MM:SS[.ffffff]` and intervals the way
+    /// PostgreSQL prints them (see [`time_text`], [`interval_text`]), arrays
+    /// JSON arrays of their elements' JSON.
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::Value;
         match self {
@@ -127,9 +184,100 @@ impl Cell {
             Cell::Date(d) => Value::String(d.to_string()),
             Cell::Timestamp(t) => Value::String(t.format("%Y-%m-%dT%H:%M:%S%.f").to_string()),
             Cell::TimestampTz(t) => Value::String(t.to_rfc3339()),
+            Cell::Time(t) => Value::String(time_text(t)),
+            Cell::Interval {
+                months,
+                days,
+                microseconds,
+            } => Value::String(interval_text(*months, *days, *microseconds)),
+            Cell::Array(cells) => Value::Array(cells.iter().map(Cell::to_json).collect()),
             Cell::Json(v) => v.clone(),
         }
     }
+}
+
+/// Microseconds per second, minute, hour, day.
+const USECS_PER_SEC: i64 = 1_000_000;
+const USECS_PER_MINUTE: i64 = 60 * USECS_PER_SEC;
+const USECS_PER_HOUR: i64 = 60 * USECS_PER_MINUTE;
+const USECS_PER_DAY: i64 = 24 * USECS_PER_HOUR;
+
+/// `seconds` zero-padded to two digits, then `.` and the microseconds
+/// without trailing zeros when there are any, as PostgreSQL's
+/// `AppendSeconds` (`src/backend/utils/adt/datetime.c`) writes them.
+fn push_seconds(out: &mut String, seconds: u64, micros: u64) {
+    let _ = write!(out, "{seconds:02}");
+    if micros != 0 {
+        let fraction = format!("{micros:06}");
+        out.push('.');
+        out.push_str(fraction.trim_end_matches('0'));
+    }
+}
+
+/// A `time` as PostgreSQL prints it: `HH:MM:SS`, plus `.` and up to six
+/// fractional digits without trailing zeros (`04:05:06.5`); ISO 8601.
+pub fn time_text(time: &NaiveTime) -> String {
+    let mut out = format!("{:02}:{:02}:", time.hour(), time.minute());
+    // sub-microsecond digits cannot come from PostgreSQL; a leap second
+    // (nanosecond >= 1e9) is folded into the last second
+    let micros = u64::from(time.nanosecond().min(999_999_999) / 1_000);
+    push_seconds(&mut out, u64::from(time.second()), micros);
+    out
+}
+
+/// An interval as PostgreSQL's `interval_out` prints it under the default
+/// `IntervalStyle = postgres` (`EncodeInterval`, `INTSTYLE_POSTGRES` in
+/// `src/backend/utils/adt/datetime.c`): years and months from `months`
+/// (`1 year 2 mons`), then `N days`, then the time part `[-]HH:MM:SS[.ffffff]`
+/// when it is non-zero or everything else is zero (`00:00:00`). Each field
+/// takes the sign of its own value, and a positive field after a negative
+/// one is written with `+` (`-1 days +02:00:00`).
+pub fn interval_text(months: i32, days: i32, microseconds: i64) -> String {
+    let mut out = String::new();
+    let mut is_zero = true;
+    let mut is_before = false;
+    let mut part = |out: &mut String, value: i64, unit: &str| {
+        if value == 0 {
+            return;
+        }
+        let _ = write!(
+            out,
+            "{}{}{value} {unit}{}",
+            if is_zero { "" } else { " " },
+            if is_before && value > 0 { "+" } else { "" },
+            if value == 1 { "" } else { "s" },
+        );
+        is_before = value < 0;
+        is_zero = false;
+    };
+    part(&mut out, i64::from(months / 12), "year");
+    part(&mut out, i64::from(months % 12), "mon");
+    part(&mut out, i64::from(days), "day");
+    let hours = microseconds / USECS_PER_HOUR;
+    let rest = microseconds - hours * USECS_PER_HOUR;
+    let minutes = rest / USECS_PER_MINUTE;
+    let rest = rest - minutes * USECS_PER_MINUTE;
+    let seconds = rest / USECS_PER_SEC;
+    let fraction = rest - seconds * USECS_PER_SEC;
+    if is_zero || microseconds != 0 {
+        let minus = microseconds < 0;
+        let _ = write!(
+            out,
+            "{}{}{:02}:{:02}:",
+            if is_zero { "" } else { " " },
+            if minus {
+                "-"
+            } else if is_before {
+                "+"
+            } else {
+                ""
+            },
+            hours.unsigned_abs(),
+            minutes.unsigned_abs(),
+        );
+        push_seconds(&mut out, seconds.unsigned_abs(), fraction.unsigned_abs());
+    }
+    out
 }
 
 /// Rows of one executed query.
@@ -141,6 +289,11 @@ pub struct QueryResult {
     pub rows: Vec<Vec<Cell>>,
     /// True when the query had more rows than returned.
     pub truncated: bool,
+    /// Exact number of rows the query produces: `rows.len()` when not
+    /// truncated; the `count(*)` of the un-capped query when truncated and
+    /// [`ExecConfig::count_when_truncated`] is on and the count finished in
+    /// time; `None` otherwise (then the total is "more than `rows.len()`").
+    pub total_rows: Option<u64>,
     /// Approximate size of the returned cells, in bytes (see [`ExecConfig::max_bytes`]).
     pub bytes: usize,
     /// Wall time of the execution, connection checkout included.
@@ -180,6 +333,19 @@ pub enum ExecError {
         /// PostgreSQL's hint, if any.
         hint: Option<String>,
     },
+    /// The planner's estimated total cost is above
+    /// [`ExecConfig::max_estimated_cost`]; the query was not run.
+    #[error(
+        "query is too expensive: the planner estimates a cost of {estimated:.2}, the limit is \
+         {limit:.2} (postgresql cost units, see postgresql docs §14.1 \"using explain\"); \
+         add filters or a limit, or aggregate less data"
+    )]
+    TooExpensive {
+        /// The top plan node's `Total Cost` from `EXPLAIN (FORMAT JSON)`.
+        estimated: f64,
+        /// The configured ceiling.
+        limit: f64,
+    },
     /// The cells passed [`ExecConfig::max_bytes`].
     #[error("result is larger than the limit of {max_bytes} bytes")]
     TooLarge {
@@ -202,7 +368,7 @@ pub enum ExecError {
 }
 
 impl ExecError {
-    fn from_pg(error: tokio_postgres::Error, timeout_ms: u64) -> Self {
+    pub(crate) fn from_pg(error: tokio_postgres::Error, timeout_ms: u64) -> Self {
         match error.as_db_error() {
             Some(db) if *db.code() == SqlState::QUERY_CANCELED => Self::Timeout { timeout_ms },
             Some(db) => Self::Database {
@@ -255,51 +421,153 @@ impl Executor {
         &self.config
     }
 
+    /// The connection pool (for planning with [`crate::explain`]).
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Run `query` read-only with the configured caps. The row cap is the
     /// smaller of [`ExecConfig::max_rows`] and [`ValidatedQuery::max_rows`].
     pub async fn execute(&self, query: &ValidatedQuery) -> Result<QueryResult, ExecError> {
         let max_rows = self.config.max_rows.min(query.max_rows());
         let sql = query.rewritten_sql(max_rows);
-        self.run_sql(&sql, query.allowed_schemas(), max_rows).await
+        let count_sql = self
+            .config
+            .count_when_truncated
+            .then(|| format!("SELECT count(*) FROM ({}) AS quarry_c", query.sql()));
+        self.run(
+            &sql,
+            count_sql.as_deref(),
+            query.allowed_schemas(),
+            max_rows,
+        )
+        .await
     }
 
     /// Run `sql` as given inside the guarded transaction. Not public: SQL
     /// reaches the database only through [`validate`](crate::validate);
     /// tests use it to show that the transaction holds on its own.
+    #[cfg(test)]
     pub(crate) async fn run_sql(
         &self,
         sql: &str,
         search_path: Option<&[String]>,
         max_rows: u64,
     ) -> Result<QueryResult, ExecError> {
+        self.run(sql, None, search_path, max_rows).await
+    }
+
+    /// Cancel-safe: if this future is dropped before it completes (the
+    /// client went away, or the budget ran out), a [`CancelOnDrop`] guard
+    /// sends PostgreSQL a cancel request for the running statement and
+    /// detaches the connection from the pool, so the server stops working
+    /// and no later query can be hit by the late cancel.
+    async fn run(
+        &self,
+        sql: &str,
+        count_sql: Option<&str>,
+        search_path: Option<&[String]>,
+        max_rows: u64,
+    ) -> Result<QueryResult, ExecError> {
         let started = Instant::now();
         let timeout_ms = self.config.statement_timeout_ms.max(1);
         let budget = Duration::from_millis(timeout_ms);
-        let mut client = self.pool.get().await?;
-        let cancel = client.cancel_token();
-        let run = run_in_transaction(&mut client, sql, search_path, max_rows, &self.config);
+        let client = self.pool.get().await?;
+        let mut guard = CancelOnDrop::new(client);
+        let Some(client) = guard.client.as_mut() else {
+            return Err(ExecError::Timeout { timeout_ms });
+        };
+        let plan = Plan {
+            sql,
+            count_sql,
+            search_path,
+            max_rows,
+            deadline: started + budget,
+        };
+        let run = run_in_transaction(client, &plan, &self.config);
         match tokio::time::timeout(budget, run).await {
             Ok(Ok(mut result)) => {
+                guard.disarm();
                 result.elapsed = started.elapsed();
                 Ok(result)
             }
-            Ok(Err(error)) => Err(error),
-            Err(_elapsed) => {
-                // the transaction was dropped mid-flight; stop the server
-                // work so the connection is usable again (best effort)
-                tokio::spawn(async move {
-                    if let Err(error) = cancel.cancel_query(NoTls).await {
-                        tracing::warn!(%error, "failed to cancel timed-out query");
-                    }
-                });
-                Err(ExecError::Timeout { timeout_ms })
+            Ok(Err(error)) => {
+                guard.disarm();
+                Err(error)
             }
+            // the guard cancels the statement when it drops
+            Err(_elapsed) => Err(ExecError::Timeout { timeout_ms }),
         }
     }
 }
 
+/// Holds the pooled connection while a query runs. Dropped while armed
+/// (the future was dropped or timed out mid-query), it detaches the
+/// connection from the pool and spawns a cancel request (PostgreSQL 16 docs
+/// §55.2.8 "Canceling Requests in Progress") on the current Tokio runtime.
+struct CancelOnDrop {
+    client: Option<deadpool_postgres::Object>,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    fn new(client: deadpool_postgres::Object) -> Self {
+        Self {
+            client: Some(client),
+            armed: true,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let token = client.cancel_token();
+        // never hand this connection to another query: a late cancel could
+        // hit that query instead
+        drop(deadpool_postgres::Object::take(client));
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Err(error) = token.cancel_query(NoTls).await {
+                        tracing::warn!(%error, "failed to cancel an abandoned query");
+                    }
+                });
+            }
+            Err(_) => tracing::warn!("no runtime to cancel an abandoned query"),
+        }
+    }
+}
+
+/// What [`run_in_transaction`] runs.
+struct Plan<'a> {
+    sql: &'a str,
+    count_sql: Option<&'a str>,
+    search_path: Option<&'a [String]>,
+    max_rows: u64,
+    deadline: Instant,
+}
+
 /// Whether values of `ty` are decoded natively (else they are cast to text).
 fn decodes_natively(ty: &Type) -> bool {
+    match ty.kind() {
+        Kind::Array(element) => decodes_as_element(element),
+        _ => decodes_as_element(ty),
+    }
+}
+
+/// Whether values of the scalar type `ty` are decoded natively, on their own
+/// or as array elements.
+fn decodes_as_element(ty: &Type) -> bool {
     matches!(
         *ty,
         Type::BOOL
@@ -319,6 +587,8 @@ fn decodes_natively(ty: &Type) -> bool {
             | Type::DATE
             | Type::TIMESTAMP
             | Type::TIMESTAMPTZ
+            | Type::TIME
+            | Type::INTERVAL
             | Type::JSON
             | Type::JSONB
             | Type::BYTEA
@@ -334,11 +604,15 @@ pub(crate) fn quote_ident(name: &str) -> String {
 
 async fn run_in_transaction(
     client: &mut deadpool_postgres::Object,
-    sql: &str,
-    search_path: Option<&[String]>,
-    max_rows: u64,
+    plan: &Plan<'_>,
     config: &ExecConfig,
 ) -> Result<QueryResult, ExecError> {
+    let Plan {
+        sql,
+        search_path,
+        max_rows,
+        ..
+    } = *plan;
     let timeout_ms = config.statement_timeout_ms.max(1);
     let pg = |e| ExecError::from_pg(e, timeout_ms);
     let tx = client
@@ -349,12 +623,24 @@ async fn run_in_transaction(
         .map_err(pg)?;
     let mut settings = format!("SET LOCAL statement_timeout = {timeout_ms}");
     if let Some(schemas) = search_path {
-        let mut path: Vec<String> = schemas.iter().map(|s| quote_ident(s)).collect();
-        path.push("pg_catalog".into());
+        // pg_catalog first: an allowlisted built-in name always resolves to
+        // the built-in, never to a same-named function in a data schema
+        let mut path = vec!["pg_catalog".to_owned()];
+        path.extend(schemas.iter().map(|s| quote_ident(s)));
         path.push("pg_temp".into());
         settings.push_str(&format!("; SET LOCAL search_path = {}", path.join(", ")));
     }
+    if let Some(role) = &config.role {
+        settings.push_str(&format!("; SET LOCAL ROLE {}", quote_ident(role)));
+    }
     tx.batch_execute(&settings).await.map_err(pg)?;
+
+    if let Some(limit) = config.max_estimated_cost {
+        let estimated = estimated_cost(&tx, sql).await.map_err(pg)??;
+        if estimated > limit {
+            return Err(ExecError::TooExpensive { estimated, limit });
+        }
+    }
 
     let statement = tx.prepare(sql).await.map_err(pg)?;
     let columns: Vec<Column> = statement
@@ -422,14 +708,84 @@ async fn run_in_transaction(
             break;
         }
     }
+    drop(portal);
+    let total_rows = if !truncated {
+        Some(rows.len() as u64)
+    } else {
+        match plan.count_sql {
+            Some(count_sql) => {
+                count_rows(&tx, count_sql, plan.deadline, config.max_estimated_cost).await
+            }
+            None => None,
+        }
+    };
     tx.rollback().await.map_err(pg)?;
     Ok(QueryResult {
         columns,
         rows,
         truncated,
+        total_rows,
         bytes,
         elapsed: Duration::ZERO,
     })
+}
+
+/// The planner's estimated total cost of `sql`: the top plan node's
+/// `Total Cost` from `EXPLAIN (FORMAT JSON)` (planned, not run). The outer
+/// error is the database's; the inner one a plan without a cost.
+async fn estimated_cost(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+) -> Result<Result<f64, ExecError>, tokio_postgres::Error> {
+    let row = tx
+        .query_one(&format!("EXPLAIN (FORMAT JSON) {sql}"), &[])
+        .await?;
+    let plan: tokio_postgres::types::Json<serde_json::Value> = row.try_get(0)?;
+    Ok(plan.0[0]["Plan"]["Total Cost"]
+        .as_f64()
+        .ok_or_else(|| ExecError::Decode {
+            column: "QUERY PLAN".into(),
+            type_name: "json".into(),
+            reason: "the plan has no total cost".into(),
+        }))
+}
+
+/// `count_sql` run with what is left of the time budget (less a margin so
+/// the call's own budget does not fire first); `None` when time is short,
+/// the count's estimated cost is above `max_cost`, or the count fails (the
+/// rows already fetched stay valid).
+async fn count_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    count_sql: &str,
+    deadline: Instant,
+    max_cost: Option<f64>,
+) -> Option<u64> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX) * 8 / 10;
+    if ms < 10 {
+        return None;
+    }
+    let counted = async {
+        tx.batch_execute(&format!("SET LOCAL statement_timeout = {ms}"))
+            .await?;
+        if let Some(limit) = max_cost
+            && let Ok(estimated) = estimated_cost(tx, count_sql).await?
+            && estimated > limit
+        {
+            tracing::debug!(estimated, limit, "not counting: too expensive");
+            return Ok(None);
+        }
+        let row = tx.query_one(count_sql, &[]).await?;
+        row.try_get::<_, i64>(0).map(Some)
+    }
+    .await;
+    match counted {
+        Ok(n) => n.and_then(|n| u64::try_from(n).ok()),
+        Err(error) => {
+            tracing::debug!(%error, "counting the rows of a truncated result failed");
+            None
+        }
+    }
 }
 
 fn decode_row(row: &Row, columns: &[Column]) -> Result<(Vec<Cell>, usize), ExecError> {
@@ -498,6 +854,9 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
         }
         Type::BYTEA => Cell::Bytes(raw.to_vec()),
         Type::UUID => Cell::Text(uuid::Uuid::from_sql(ty, raw)?.to_string()),
+        Type::TIME => decode_time(raw)?,
+        Type::INTERVAL => decode_interval(raw)?,
+        _ if matches!(ty.kind(), Kind::Array(_)) => decode_array(ty, raw)?,
         // text-like types, enum labels and everything the server cast to text
         // arrive as UTF-8 text in binary format
         _ => Cell::Text(std::str::from_utf8(raw)?.to_owned()),
@@ -582,6 +941,132 @@ fn decode_date(raw: &[u8]) -> Result<Cell, BoxError> {
             None => return Err(format!("date {days} days after 2000-01-01 is out of range").into()),
         },
     })
+}
+
+/// PostgreSQL's binary `time`: microseconds since midnight (i64), where
+/// `24:00:00` (86 400 000 000) is valid.
+fn decode_time(raw: &[u8]) -> Result<Cell, BoxError> {
+    let micros = i64::from_sql(&Type::INT8, raw)?;
+    if micros == USECS_PER_DAY {
+        return Ok(Cell::Text("24:00:00".into()));
+    }
+    let seconds = u32::try_from(micros / USECS_PER_SEC).map_err(|_| "time out of range")?;
+    let nanos = u32::try_from(micros % USECS_PER_SEC).map_err(|_| "time out of range")? * 1_000;
+    NaiveTime::from_num_seconds_from_midnight_opt(seconds, nanos)
+        .map(Cell::Time)
+        .ok_or_else(|| format!("time of {micros} microseconds is out of range").into())
+}
+
+/// PostgreSQL's binary `interval` (`interval_send`): microseconds (i64),
+/// days (i32), months (i32), big-endian. PostgreSQL 17 writes infinity as
+/// all three at their maximum and -infinity as all three at their minimum.
+fn decode_interval(raw: &[u8]) -> Result<Cell, BoxError> {
+    let (Some(micros), Some(days), Some(months), 16) =
+        (raw.get(0..8), raw.get(8..12), raw.get(12..16), raw.len())
+    else {
+        return Err(format!("interval of {} bytes, expected 16", raw.len()).into());
+    };
+    let microseconds = i64::from_sql(&Type::INT8, micros)?;
+    let days = i32::from_sql(&Type::INT4, days)?;
+    let months = i32::from_sql(&Type::INT4, months)?;
+    Ok(match (months, days, microseconds) {
+        (i32::MAX, i32::MAX, i64::MAX) => Cell::Text("infinity".into()),
+        (i32::MIN, i32::MIN, i64::MIN) => Cell::Text("-infinity".into()),
+        _ => Cell::Interval {
+            months,
+            days,
+            microseconds,
+        },
+    })
+}
+
+/// Most dimensions of a PostgreSQL array (`MAXDIM`).
+const MAX_ARRAY_DIMS: usize = 6;
+
+/// PostgreSQL's binary array (`array_send`): number of dimensions (i32), a
+/// has-nulls flag (i32), the element type's OID (u32), then per dimension
+/// its length and lower bound (i32 each), then the elements in row-major
+/// order, each as a length (i32, -1 for NULL) and that many bytes.
+fn decode_array(ty: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
+    let Kind::Array(element) = ty.kind() else {
+        return Err(format!("{} is not an array type", ty.name()).into());
+    };
+    let mut reader = ArrayReader { raw, at: 0 };
+    let ndim = usize::try_from(reader.i32()?).map_err(|_| "negative array dimensions")?;
+    if ndim > MAX_ARRAY_DIMS {
+        return Err(format!("array with {ndim} dimensions").into());
+    }
+    let _has_nulls = reader.i32()?;
+    let oid = reader.u32()?;
+    if oid != element.oid() {
+        return Err(format!("array element oid {oid}, expected {}", element.oid()).into());
+    }
+    let mut dims = Vec::with_capacity(ndim);
+    for _ in 0..ndim {
+        let len = usize::try_from(reader.i32()?).map_err(|_| "negative array length")?;
+        let _lower_bound = reader.i32()?;
+        dims.push(len);
+    }
+    let cells = if dims.is_empty() {
+        Vec::new()
+    } else {
+        reader.elements(element, &dims)?
+    };
+    if reader.at != raw.len() {
+        return Err("trailing bytes after the array elements".into());
+    }
+    Ok(Cell::Array(cells))
+}
+
+struct ArrayReader<'a> {
+    raw: &'a [u8],
+    at: usize,
+}
+
+impl ArrayReader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], BoxError> {
+        let end = self.at.checked_add(n).ok_or("truncated array")?;
+        let bytes = self.raw.get(self.at..end).ok_or("truncated array")?;
+        self.at = end;
+        Ok(bytes)
+    }
+
+    fn i32(&mut self) -> Result<i32, BoxError> {
+        i32::from_sql(&Type::INT4, self.take(4)?)
+    }
+
+    fn u32(&mut self) -> Result<u32, BoxError> {
+        u32::from_sql(&Type::OID, self.take(4)?)
+    }
+
+    /// The elements of an array with dimension lengths `dims` (non-empty),
+    /// nested one [`Cell::Array`] per dimension after the first.
+    fn elements(&mut self, element: &Type, dims: &[usize]) -> Result<Vec<Cell>, BoxError> {
+        let Some((&len, inner)) = dims.split_first() else {
+            return Ok(Vec::new());
+        };
+        // every element takes at least its 4-byte length, so a length the
+        // data cannot hold is refused before allocating for it
+        if len > self.raw.len().saturating_sub(self.at) / 4 + 1 {
+            return Err("array dimension longer than its data".into());
+        }
+        let mut cells = Vec::with_capacity(len);
+        for _ in 0..len {
+            let cell = if inner.is_empty() {
+                match self.i32()? {
+                    -1 => Cell::Null,
+                    n => {
+                        let n = usize::try_from(n).map_err(|_| "bad array element length")?;
+                        decode(element, self.take(n)?)?
+                    }
+                }
+            } else {
+                Cell::Array(self.elements(element, inner)?)
+            };
+            cells.push(cell);
+        }
+        Ok(cells)
+    }
 }
 
 enum Micros {

@@ -173,6 +173,28 @@ impl GoldenSet {
         self.pairs.is_empty()
     }
 
+    /// IDF-weighted Dice coefficient of the question's terms and the pair's.
+    fn score(&self, q_terms: &HashSet<String>, ix: &Indexed) -> f64 {
+        let q_weight: f64 = q_terms.iter().map(|t| self.weight(t)).sum();
+        // the pair's terms: its question's, plus any keyword the question uses
+        let used_keywords: Vec<&String> = q_terms
+            .iter()
+            .filter(|t| ix.keywords.contains(*t) && !ix.terms.contains(*t))
+            .collect();
+        let shared: f64 = q_terms
+            .iter()
+            .filter(|t| ix.terms.contains(*t) || ix.keywords.contains(*t))
+            .map(|t| self.weight(t))
+            .sum();
+        let g_weight: f64 = ix
+            .terms
+            .iter()
+            .chain(used_keywords)
+            .map(|t| self.weight(t))
+            .sum();
+        2.0 * shared / (q_weight + g_weight)
+    }
+
     fn weight(&self, term: &str) -> f64 {
         self.idf.get(term).copied().unwrap_or(self.max_idf)
     }
@@ -186,33 +208,37 @@ impl GoldenSet {
         if q_terms.is_empty() {
             return None;
         }
-        let q_weight: f64 = q_terms.iter().map(|t| self.weight(t)).sum();
         self.indexed
             .iter()
             .zip(&self.pairs)
             .filter(|(ix, _)| ix.numbers == q_numbers)
-            .map(|(ix, pair)| {
-                // the pair's terms: its question's, plus any keyword the
-                // question uses
-                let used_keywords: Vec<&String> = q_terms
-                    .iter()
-                    .filter(|t| ix.keywords.contains(*t) && !ix.terms.contains(*t))
-                    .collect();
-                let shared: f64 = q_terms
-                    .iter()
-                    .filter(|t| ix.terms.contains(*t) || ix.keywords.contains(*t))
-                    .map(|t| self.weight(t))
-                    .sum();
-                let g_weight: f64 = ix
-                    .terms
-                    .iter()
-                    .chain(used_keywords)
-                    .map(|t| self.weight(t))
-                    .sum();
-                let score = 2.0 * shared / (q_weight + g_weight);
-                GoldenMatch { pair, score }
+            .map(|(ix, pair)| GoldenMatch {
+                pair,
+                score: self.score(&q_terms, ix),
             })
             .max_by(|a, b| a.score.total_cmp(&b.score))
+    }
+
+    /// The `k` best-scoring pairs for `question` (numbers need not agree),
+    /// best first; for few-shot examples in a prompt.
+    pub fn top_k(&self, question: &str, k: usize) -> Vec<GoldenMatch<'_>> {
+        let q_terms = terms(question);
+        if q_terms.is_empty() || k == 0 {
+            return Vec::new();
+        }
+        let mut scored: Vec<GoldenMatch<'_>> = self
+            .indexed
+            .iter()
+            .zip(&self.pairs)
+            .map(|(ix, pair)| GoldenMatch {
+                pair,
+                score: self.score(&q_terms, ix),
+            })
+            .filter(|m| m.score > 0.0)
+            .collect();
+        scored.sort_by(|a, b| b.score.total_cmp(&a.score));
+        scored.truncate(k);
+        scored
     }
 
     /// The best pair scoring at least `threshold`, if any.

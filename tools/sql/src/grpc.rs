@@ -17,7 +17,9 @@ use tracing::instrument;
 
 use crate::{
     Cell, ExecError, QueryResult, Rejection, RejectionKind, TableInfo, TableKind,
-    service::{SqlSource, SqlTool, ToolError},
+    chart::chart_hint,
+    digest::{Digest, digest},
+    service::{SqlSource, SqlTool, Stage, ToolError},
 };
 
 /// Longest SQL text accepted over the wire, in bytes.
@@ -98,8 +100,10 @@ pub fn rejection_to_proto(rejection: &Rejection) -> pb::Rejection {
 
 /// Maps a domain error to a status: refused SQL and unknown schemas are the
 /// caller's fault (`INVALID_ARGUMENT`, with a BadRequest detail naming the
-/// field), a timeout is `DEADLINE_EXCEEDED`, a cap is `RESOURCE_EXHAUSTED`,
-/// an error the database reports for the query is `INVALID_ARGUMENT` (the SQL
+/// field), a timeout is `DEADLINE_EXCEEDED`, a cap is `RESOURCE_EXHAUSTED`
+/// (the byte cap, and the cost ceiling: like a quota, the query asks for more
+/// than this caller may spend, and a cheaper query can succeed; the message
+/// names the estimate and the limit), an error the database reports for the query is `INVALID_ARGUMENT` (the SQL
 /// is wrong for this schema), an unreachable database is `UNAVAILABLE`.
 pub fn status_of(error: &ToolError) -> Status {
     match error {
@@ -112,11 +116,15 @@ pub fn status_of(error: &ToolError) -> Status {
             ExecError::Timeout { .. } => Status::deadline_exceeded(exec.to_string()),
             ExecError::Pool(_) | ExecError::Connection(_) => Status::unavailable(exec.to_string()),
             ExecError::Database { .. } => Status::invalid_argument(exec.to_string()),
-            ExecError::TooLarge { .. } => Status::resource_exhausted(exec.to_string()),
+            ExecError::TooLarge { .. } | ExecError::TooExpensive { .. } => {
+                Status::resource_exhausted(exec.to_string())
+            }
             ExecError::Decode { .. } => Status::internal(exec.to_string()),
         },
         ToolError::Schema(_) | ToolError::Pool(_) => Status::unavailable(error.to_string()),
         ToolError::Model(_) => Status::unavailable(error.to_string()),
+        ToolError::EmptyGolden => bad_request("sql", error.to_string()),
+        ToolError::Catalog(_) => Status::failed_precondition(error.to_string()),
     }
 }
 
@@ -143,6 +151,13 @@ fn cell_to_value(cell: &Cell) -> pb::Value {
             seconds: t.timestamp(),
             nanos: t.nanosecond().min(999_999_999) as i32,
         }),
+        Cell::Time(t) => Kind::TextValue(crate::execute::time_text(t)),
+        Cell::Interval {
+            months,
+            days,
+            microseconds,
+        } => Kind::TextValue(crate::execute::interval_text(*months, *days, *microseconds)),
+        Cell::Array(_) => Kind::JsonValue(cell.to_json().to_string()),
         Cell::Json(v) => Kind::JsonValue(v.to_string()),
     };
     pb::Value { kind: Some(kind) }
@@ -167,6 +182,60 @@ pub fn result_to_proto(result: &QueryResult) -> pb::RowSet {
             })
             .collect(),
         truncated: result.truncated,
+    }
+}
+
+fn text_value(text: &str) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::TextValue(text.to_string())),
+    }
+}
+
+/// A digest as its protocol message (min, max and top values as text).
+pub fn digest_to_proto(d: &Digest) -> pb::ResultDigest {
+    pb::ResultDigest {
+        row_count: d.row_count,
+        row_count_exact: d.row_count_exact,
+        columns: d
+            .columns
+            .iter()
+            .map(|c| pb::ColumnDigest {
+                name: c.name.clone(),
+                type_name: c.type_name.clone(),
+                null_count: c.nulls,
+                distinct_count: c.distinct,
+                min: c.min.as_deref().map(text_value),
+                max: c.max.as_deref().map(text_value),
+                top_values: c
+                    .top
+                    .iter()
+                    .map(|t| pb::ValueCount {
+                        value: Some(text_value(&t.value)),
+                        count: t.count,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        text: d.to_text(),
+    }
+}
+
+/// Digest and chart spec of a result.
+pub fn digest_and_chart(result: &QueryResult) -> (pb::ResultDigest, String) {
+    let d = digest(result, result.total_rows);
+    let chart = chart_hint(&result.columns, &result.rows)
+        .map(|spec| spec.to_string())
+        .unwrap_or_default();
+    (digest_to_proto(&d), chart)
+}
+
+fn stage_to_proto(stage: Stage) -> pb::AttemptStage {
+    match stage {
+        Stage::Generate => pb::AttemptStage::Generate,
+        Stage::Validate => pb::AttemptStage::Validate,
+        Stage::Execute => pb::AttemptStage::Execute,
+        Stage::Judge => pb::AttemptStage::Judge,
+        Stage::Accepted => pb::AttemptStage::Accepted,
     }
 }
 
@@ -246,10 +315,13 @@ impl SqlService for SqlGrpc {
             .execute(&request.sql, u64::from(request.max_rows))
             .await
             .map_err(|e| status_of(&e))?;
+        let (digest, chart_spec_json) = digest_and_chart(&result);
         Ok(Response::new(pb::ExecuteSqlResponse {
             result: Some(result_to_proto(&result)),
             executed_sql,
             elapsed_ms: result.elapsed.as_millis() as u64,
+            digest: Some(digest),
+            chart_spec_json,
         }))
     }
 
@@ -295,9 +367,26 @@ impl SqlService for SqlGrpc {
         }
         let generated = self
             .tool
-            .generate(&request.question, &request.previous_sql)
+            .generate(
+                &request.question,
+                &request.previous_sql,
+                request.dry_run,
+                u64::from(request.max_rows),
+            )
             .await
             .map_err(|e| status_of(&e))?;
+        let (result, digest, chart_spec_json, executed_sql) = match &generated.result {
+            Some((executed, rows)) => {
+                let (digest, chart) = digest_and_chart(rows);
+                (
+                    Some(result_to_proto(rows)),
+                    Some(digest),
+                    chart,
+                    executed.clone(),
+                )
+            }
+            None => (None, None, String::new(), String::new()),
+        };
         Ok(Response::new(pb::GenerateSqlResponse {
             sql: generated.sql.unwrap_or_default(),
             source: match generated.source {
@@ -310,9 +399,82 @@ impl SqlService for SqlGrpc {
                 .map(|a| pb::SqlAttempt {
                     sql: a.sql,
                     error: a.error.unwrap_or_default(),
+                    stage: stage_to_proto(a.stage) as i32,
+                    row_count: a.row_count.unwrap_or(0),
                 })
                 .collect(),
             explanation: generated.explanation,
+            assumptions: generated.assumptions,
+            tables_used: generated.tables_used,
+            result,
+            digest,
+            chart_spec_json,
+            linking: generated.linking.map(|l| pb::SchemaLinking {
+                tables: l.tables,
+                context_tokens: u32::try_from(l.context_tokens).unwrap_or(u32::MAX),
+                full_tokens: u32::try_from(l.full_tokens).unwrap_or(u32::MAX),
+            }),
+            executed_sql,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn explain_sql(
+        &self,
+        request: Request<pb::ExplainSqlRequest>,
+    ) -> Result<Response<pb::ExplainSqlResponse>, Status> {
+        principal(&request)?;
+        let sql = request.into_inner().sql;
+        check_sql(&sql)?;
+        let explained = self.tool.explain(&sql).await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(pb::ExplainSqlResponse {
+            explanation: explained.text,
+            source: if explained.by_model {
+                pb::ExplanationSource::Model
+            } else {
+                pb::ExplanationSource::SyntaxTree
+            } as i32,
+            total_cost: explained.plan.total_cost,
+            estimated_rows: explained.plan.estimated_rows,
+            hints: explained
+                .plan
+                .hints
+                .iter()
+                .map(|h| pb::PlanHint {
+                    kind: serde_json::to_value(h.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    message: h.message.clone(),
+                })
+                .collect(),
+            node_types: explained.plan.node_types,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn add_golden_pair(
+        &self,
+        request: Request<pb::AddGoldenPairRequest>,
+    ) -> Result<Response<pb::AddGoldenPairResponse>, Status> {
+        let caller = principal(&request)?;
+        let request = request.into_inner();
+        if request.question.trim().is_empty() {
+            return Err(bad_request("question", "must not be empty"));
+        }
+        check_sql(&request.sql)?;
+        let (row_count, pairs) = self
+            .tool
+            .add_golden(
+                request.question.trim(),
+                &request.sql,
+                &format!("{}/{}", caller.tenant, caller.subject),
+            )
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(pb::AddGoldenPairResponse {
+            row_count,
+            pairs: u32::try_from(pairs).unwrap_or(u32::MAX),
         }))
     }
 }

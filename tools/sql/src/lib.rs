@@ -23,10 +23,15 @@
 //! modules here never see tonic types. With the `test-util` feature,
 //! [`testing::TestDb`] creates a throw-away database for tests.
 
+pub mod catalog;
+pub mod chart;
+pub mod digest;
 pub mod execute;
+pub mod explain;
 pub mod golden;
 pub mod grpc;
 pub mod linking;
+pub mod role;
 pub mod schema;
 pub mod service;
 #[cfg(any(test, feature = "test-util"))]

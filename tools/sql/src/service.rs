@@ -2,17 +2,23 @@
 //! SQL generation, configured once per process. The gRPC adapter
 //! ([`crate::grpc`]) is a thin layer over this.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
 
 use deadpool_postgres::Pool;
-use quarry_llm::{ChatModel, ChatRequest, Message};
+use quarry_llm::{ChatModel, ChatRequest, Message, ResponseFormat, embed::Embedder};
 use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::{
     ExecConfig, Executor, QueryResult, Rejection, TableInfo, ValidatedQuery, ValidationPolicy,
+    catalog::{self, CatalogError, StoredCatalog},
     compact_description, describe_schema,
-    golden::{GoldenError, GoldenSet},
+    golden::{GoldenError, GoldenPair, GoldenSet},
+    linking::{LinkedSchema, LinkingConfig, SchemaIndex, ValueIndex},
     validate,
 };
 
@@ -32,6 +38,23 @@ pub struct SqlToolConfig {
     pub golden_threshold: f64,
     /// Model attempts per `GenerateSql` call before giving up. Default 3.
     pub max_attempts: u32,
+    /// Ask the model for JSON-schema structured output; turn off for servers
+    /// without `response_format` support (SQL is then extracted from text,
+    /// and validated like any other). Default true.
+    pub structured_output: bool,
+    /// Check each result with a second model call (the judge). Default true.
+    pub judge: bool,
+    /// Golden pairs shown to the model as examples. Default 3.
+    pub few_shots: usize,
+    /// Schema linking settings.
+    pub linking: LinkingConfig,
+    /// Most distinct values per text column in the value index. Default 5,000.
+    pub value_index_max_distinct: usize,
+    /// How often the catalog hash is checked for changes, in seconds. Default 30.
+    pub catalog_check_secs: u64,
+    /// Name of this data source in Quarry's own tables (stored catalog,
+    /// golden pairs). Default `"default"`.
+    pub source: String,
 }
 
 impl Default for SqlToolConfig {
@@ -42,6 +65,13 @@ impl Default for SqlToolConfig {
             golden_path: None,
             golden_threshold: GoldenSet::DEFAULT_THRESHOLD,
             max_attempts: 3,
+            structured_output: true,
+            judge: true,
+            few_shots: 3,
+            linking: LinkingConfig::default(),
+            value_index_max_distinct: 5_000,
+            catalog_check_secs: 30,
+            source: "default".to_string(),
         }
     }
 }
@@ -76,19 +106,38 @@ pub enum SqlSource {
     Golden,
 }
 
+/// The step at which an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The model's reply held no usable SQL.
+    Generate,
+    /// The validator refused the SQL.
+    Validate,
+    /// The database refused or failed the query.
+    Execute,
+    /// The judge found that the result does not answer the question.
+    Judge,
+    /// Accepted.
+    Accepted,
+}
+
 /// One try at producing SQL.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attempt {
     /// The SQL tried (empty if the model returned none).
     pub sql: String,
-    /// Why it was not accepted; `None` when it validated.
+    /// Where the attempt ended.
+    pub stage: Stage,
+    /// What went wrong; `None` when accepted.
     pub error: Option<String>,
+    /// Rows returned, when the query ran.
+    pub row_count: Option<u64>,
 }
 
 /// The outcome of [`SqlTool::generate`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Generated {
-    /// Validated SQL, or `None` when none could be produced.
+    /// Accepted SQL, or `None` when none could be produced.
     pub sql: Option<String>,
     /// Where it came from.
     pub source: SqlSource,
@@ -96,6 +145,14 @@ pub struct Generated {
     pub attempts: Vec<Attempt>,
     /// The matched golden question, or why nothing was produced.
     pub explanation: String,
+    /// Assumptions the model stated.
+    pub assumptions: Vec<String>,
+    /// Tables the model said it used.
+    pub tables_used: Vec<String>,
+    /// The accepted SQL as executed and its rows (absent for dry runs).
+    pub result: Option<(String, QueryResult)>,
+    /// What schema linking chose (absent without a model).
+    pub linking: Option<LinkedSchema>,
 }
 
 /// Errors of the tool's operations (beyond a rejection of the SQL itself).
@@ -119,6 +176,12 @@ pub enum ToolError {
     /// The model failed.
     #[error("model error: {0}")]
     Model(#[from] quarry_llm::LlmError),
+    /// The stored catalog or golden pairs could not be read or written.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A golden pair's SQL returned no rows, so it is not stored.
+    #[error("the sql returned no rows; a golden pair must answer its question")]
+    EmptyGolden,
 }
 
 /// The SQL tool.
@@ -126,19 +189,84 @@ pub struct SqlTool {
     pool: Pool,
     executor: Executor,
     policy: ValidationPolicy,
-    golden: GoldenSet,
+    golden: RwLock<Arc<GoldenSet>>,
     model: Option<Arc<dyn ChatModel>>,
+    embedder: Option<Arc<dyn Embedder>>,
     config: SqlToolConfig,
+    index: tokio::sync::Mutex<Option<CachedIndex>>,
+}
+
+struct CachedIndex {
+    hash: String,
+    checked: Instant,
+    index: Arc<SchemaIndex>,
 }
 
 impl std::fmt::Debug for SqlTool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlTool")
             .field("config", &self.config)
-            .field("golden_pairs", &self.golden.len())
             .field("model", &self.model.as_ref().map(|_| "configured"))
+            .field(
+                "embedder",
+                &self.embedder.as_ref().map(|e| e.model_id().to_string()),
+            )
             .finish_non_exhaustive()
     }
+}
+
+/// JSON schema of the generator's structured output.
+fn generation_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "sql": {"type": "string", "description": "one PostgreSQL SELECT statement"},
+            "tables_used": {"type": "array", "items": {"type": "string"}},
+            "assumptions": {"type": "array", "items": {"type": "string"}}
+        },
+        "required": ["sql", "tables_used", "assumptions"],
+        "additionalProperties": false
+    })
+}
+
+/// JSON schema of the judge's verdict.
+fn judge_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "answers_question": {"type": "boolean"},
+            "problem": {"type": "string", "description": "what is wrong, empty when it answers the question"}
+        },
+        "required": ["answers_question", "problem"],
+        "additionalProperties": false
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GeneratedReply {
+    sql: String,
+    #[serde(default)]
+    tables_used: Vec<String>,
+    #[serde(default)]
+    assumptions: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Verdict {
+    answers_question: bool,
+    #[serde(default)]
+    problem: String,
+}
+
+/// Parses a JSON object from a model reply, tolerating a ```json fence.
+fn parse_json<T: serde::de::DeserializeOwned>(reply: &str) -> Option<T> {
+    let trimmed = reply.trim();
+    let body = trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .map(|b| b.trim_end().trim_end_matches("```"))
+        .unwrap_or(trimmed);
+    serde_json::from_str(body.trim()).ok()
 }
 
 impl SqlTool {
@@ -150,6 +278,7 @@ impl SqlTool {
         pool: Pool,
         config: SqlToolConfig,
         model: Option<Arc<dyn ChatModel>>,
+        embedder: Option<Arc<dyn Embedder>>,
     ) -> Result<Self, StartError> {
         if config.schemas.is_empty() {
             return Err(StartError::Config(
@@ -183,15 +312,34 @@ impl SqlTool {
             pool,
             executor,
             policy,
-            golden,
+            golden: RwLock::new(Arc::new(golden)),
             model,
+            embedder,
             config,
+            index: tokio::sync::Mutex::new(None),
         })
     }
 
     /// The settings in force.
     pub fn config(&self) -> &SqlToolConfig {
         &self.config
+    }
+
+    /// The executor (for EXPLAIN and tests).
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    /// Whether a model is configured.
+    pub fn has_model(&self) -> bool {
+        self.model.is_some()
+    }
+
+    fn golden(&self) -> Arc<GoldenSet> {
+        match self.golden.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
     }
 
     /// Validates `sql` against the tool's policy.
@@ -252,39 +400,258 @@ impl SqlTool {
         Ok((tables, compact))
     }
 
-    /// Turns `question` into validated SQL: with a model, a prompt with the
-    /// schema, retried with the validator's error up to `max_attempts` times;
-    /// without one, the best golden pair above the threshold. Never returns
-    /// SQL that did not validate.
+    /// The schema index for linking, rebuilt when the catalog hash changes
+    /// (checked at most every [`SqlToolConfig::catalog_check_secs`]).
     ///
     /// # Errors
-    /// Catalog errors; model transport errors are reported as a failed attempt.
+    /// Catalog errors; embedding errors are logged and linking falls back to
+    /// lexical and value scores.
+    pub async fn schema_index(&self) -> Result<Arc<SchemaIndex>, ToolError> {
+        let mut cached = self.index.lock().await;
+        let check_every = Duration::from_secs(self.config.catalog_check_secs);
+        if let Some(c) = cached.as_ref()
+            && c.checked.elapsed() < check_every
+        {
+            return Ok(Arc::clone(&c.index));
+        }
+        let client = self.pool.get().await?;
+        let hash = catalog::catalog_hash(&**client, &self.config.schemas).await?;
+        if let Some(c) = cached.as_mut()
+            && c.hash == hash
+        {
+            c.checked = Instant::now();
+            return Ok(Arc::clone(&c.index));
+        }
+        drop(client);
+        let (index, _) = self.build_index(&hash, false).await?;
+        let index = Arc::new(index);
+        *cached = Some(CachedIndex {
+            hash,
+            checked: Instant::now(),
+            index: Arc::clone(&index),
+        });
+        Ok(index)
+    }
+
+    /// Builds the schema index for the catalog with `hash`: reads the live
+    /// catalog and values; reuses the stored embeddings when the stored
+    /// catalog has the same hash and model (unless `force`), otherwise embeds
+    /// and stores the catalog. Storage problems are logged, not fatal, unless
+    /// `force` (an explicit refresh) is set.
+    async fn build_index(
+        &self,
+        hash: &str,
+        force: bool,
+    ) -> Result<(SchemaIndex, CatalogReport), ToolError> {
+        let started = Instant::now();
+        let mut client = self.pool.get().await?;
+        let tables = describe_schema(&**client, &self.config.schemas).await?;
+        let values =
+            ValueIndex::load(&**client, &tables, self.config.value_index_max_distinct).await?;
+        let mut index = SchemaIndex::new(tables.clone(), values, self.config.linking.clone());
+        let mut report = CatalogReport {
+            hash: hash.to_string(),
+            tables: tables.len(),
+            columns: tables.iter().map(|t| t.columns.len()).sum(),
+            ..CatalogReport::default()
+        };
+        let model_id = self.embedder.as_ref().map(|e| e.model_id().to_string());
+        let stored = match catalog::load(&**client, &self.config.source).await {
+            Ok(stored) => stored,
+            Err(error) if !force => {
+                warn!(%error, "no stored catalog (run `quarry migrate`); building in memory");
+                None
+            }
+            Err(error) => return Err(ToolError::Catalog(error)),
+        };
+        let reusable = stored.filter(|s| {
+            !force && s.hash == hash && s.embedding_model == model_id && s.tables == tables
+        });
+        if let Some(stored) = reusable {
+            if let (Some(t), Some(c)) = (stored.table_embeddings, stored.column_embeddings) {
+                index.set_embeddings(t, c);
+                report.embedded = true;
+            }
+            report.reused = true;
+        } else {
+            if let Some(embedder) = &self.embedder {
+                match index.embed(embedder.as_ref()).await {
+                    Ok(()) => report.embedded = true,
+                    Err(error) if !force => {
+                        warn!(%error, "embedding the schema failed; linking without embeddings")
+                    }
+                    Err(error) => return Err(ToolError::Model(error)),
+                }
+            }
+            let (table_embeddings, column_embeddings) = index.embeddings();
+            let snapshot = StoredCatalog {
+                hash: hash.to_string(),
+                embedding_model: if report.embedded { model_id } else { None },
+                tables,
+                table_embeddings,
+                column_embeddings,
+            };
+            let stats = catalog::column_stats(&**client, &self.config.schemas).await?;
+            match catalog::store(
+                &mut client,
+                &self.config.source,
+                &self.config.schemas,
+                &snapshot,
+                &stats,
+            )
+            .await
+            {
+                Ok(()) => report.stored = true,
+                Err(error) if !force => {
+                    warn!(%error, "could not store the catalog (run `quarry migrate`)")
+                }
+                Err(error) => return Err(ToolError::Catalog(error)),
+            }
+        }
+        report.elapsed = started.elapsed();
+        info!(
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            tables = report.tables,
+            reused = report.reused,
+            embedded = report.embedded,
+            stored = report.stored,
+            "schema index built"
+        );
+        Ok((index, report))
+    }
+
+    /// Rebuilds and stores the catalog now, whatever the hash says (`quarry
+    /// catalog refresh`).
+    ///
+    /// # Errors
+    /// Catalog, embedding and storage errors.
+    pub async fn refresh_catalog(&self) -> Result<CatalogReport, ToolError> {
+        let client = self.pool.get().await?;
+        let hash = catalog::catalog_hash(&**client, &self.config.schemas).await?;
+        drop(client);
+        let (index, report) = self.build_index(&hash, true).await?;
+        *self.index.lock().await = Some(CachedIndex {
+            hash,
+            checked: Instant::now(),
+            index: Arc::new(index),
+        });
+        Ok(report)
+    }
+
+    /// Loads golden pairs stored with [`Self::add_golden`] in earlier runs and
+    /// adds them to the file's pairs. Logs and keeps the file's pairs when
+    /// the `quarry` schema does not exist.
+    pub async fn load_stored_golden(&self) {
+        let rows = match self.pool.get().await {
+            Ok(client) => client
+                .query(
+                    "SELECT question, sql FROM quarry.golden_pairs WHERE source = $1 ORDER BY id",
+                    &[&self.config.source],
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match rows {
+            Ok(rows) => {
+                let stored: Vec<GoldenPair> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        Some(GoldenPair {
+                            question: r.try_get(0).ok()?,
+                            sql: r.try_get(1).ok()?,
+                            keywords: vec![],
+                        })
+                    })
+                    .filter(|p| self.validate(&p.sql).is_ok())
+                    .collect();
+                if !stored.is_empty() {
+                    info!(pairs = stored.len(), "loaded stored golden pairs");
+                    self.merge_golden(stored);
+                }
+            }
+            Err(error) => warn!(%error, "no stored golden pairs (run `quarry migrate`)"),
+        }
+    }
+
+    fn merge_golden(&self, added: Vec<GoldenPair>) -> usize {
+        let mut pairs = self.golden().pairs().to_vec();
+        for pair in added {
+            pairs.retain(|p| p.question != pair.question);
+            pairs.push(pair);
+        }
+        let count = pairs.len();
+        let set = Arc::new(GoldenSet::new(pairs));
+        match self.golden.write() {
+            Ok(mut g) => *g = set,
+            Err(poisoned) => *poisoned.into_inner() = set,
+        }
+        count
+    }
+
+    /// Links `question` to the schema (embedding it when an embedder is set).
+    ///
+    /// # Errors
+    /// As [`Self::schema_index`].
+    pub async fn link(&self, question: &str) -> Result<LinkedSchema, ToolError> {
+        let index = self.schema_index().await?;
+        let embedding = match &self.embedder {
+            Some(embedder) => match embedder.embed(vec![question.to_string()]).await {
+                Ok(mut v) => v.pop(),
+                Err(error) => {
+                    warn!(%error, "embedding the question failed; linking without it");
+                    None
+                }
+            },
+            None => None,
+        };
+        Ok(index.link(question, embedding.as_deref()))
+    }
+
+    /// Turns `question` into SQL and, unless `dry_run`, runs it. With a model:
+    /// linked schema + few-shot golden pairs → structured output → validate →
+    /// execute → judge, retried up to `max_attempts` times with a scratchpad
+    /// of every failed attempt. Without one: the best golden pair above the
+    /// threshold. Never executes SQL that did not validate.
+    ///
+    /// # Errors
+    /// Catalog errors; model failures end the loop and are reported as a
+    /// failed attempt.
     pub async fn generate(
         &self,
         question: &str,
         previous_sql: &str,
+        dry_run: bool,
+        max_rows: u64,
     ) -> Result<Generated, ToolError> {
         match &self.model {
             Some(model) => {
-                self.generate_with_model(model.as_ref(), question, previous_sql)
+                self.generate_with_model(model.as_ref(), question, previous_sql, dry_run, max_rows)
                     .await
             }
-            None => Ok(self.generate_from_golden(question)),
+            None => self.generate_from_golden(question, dry_run, max_rows).await,
         }
     }
 
-    fn generate_from_golden(&self, question: &str) -> Generated {
+    async fn generate_from_golden(
+        &self,
+        question: &str,
+        dry_run: bool,
+        max_rows: u64,
+    ) -> Result<Generated, ToolError> {
         let threshold = self.config.golden_threshold;
-        let closest = self.golden.closest(question);
-        match closest {
+        let golden = self.golden();
+        let closest = golden.closest(question);
+        let mut generated = match closest {
             Some(m) if m.score >= threshold => Generated {
                 sql: Some(m.pair.sql.clone()),
                 source: SqlSource::Golden,
-                attempts: vec![Attempt {
-                    sql: m.pair.sql.clone(),
-                    error: None,
-                }],
+                attempts: vec![],
                 explanation: m.pair.question.clone(),
+                assumptions: vec![],
+                tables_used: vec![],
+                result: None,
+                linking: None,
             },
             other => {
                 let closest = match other {
@@ -294,7 +661,7 @@ impl SqlTool {
                     ),
                     None => String::new(),
                 };
-                Generated {
+                return Ok(Generated {
                     sql: None,
                     source: SqlSource::Golden,
                     attempts: vec![],
@@ -302,11 +669,102 @@ impl SqlTool {
                         "No language model is configured, and the question matches none of the {} \
                          questions this server can answer without one.{closest} Configure a model \
                          to answer free-form questions.",
-                        self.golden.len()
+                        golden.len()
                     ),
-                }
+                    assumptions: vec![],
+                    tables_used: vec![],
+                    result: None,
+                    linking: None,
+                });
+            }
+        };
+        let sql = generated.sql.clone().unwrap_or_default();
+        if dry_run {
+            generated.attempts.push(Attempt {
+                sql,
+                stage: Stage::Accepted,
+                error: None,
+                row_count: None,
+            });
+            return Ok(generated);
+        }
+        match self.execute(&sql, max_rows).await {
+            Ok((executed, result)) => {
+                generated.attempts.push(Attempt {
+                    sql,
+                    stage: Stage::Accepted,
+                    error: None,
+                    row_count: Some(result.rows.len() as u64),
+                });
+                generated.result = Some((executed, result));
+            }
+            Err(error) => {
+                generated.attempts.push(Attempt {
+                    sql,
+                    stage: Stage::Execute,
+                    error: Some(error.to_string()),
+                    row_count: None,
+                });
+                generated.sql = None;
+                generated.explanation = format!(
+                    "the golden query for “{}” failed: {error}",
+                    generated.explanation
+                );
             }
         }
+        Ok(generated)
+    }
+
+    fn generation_prompt(
+        &self,
+        linked: &LinkedSchema,
+        question: &str,
+        previous_sql: &str,
+    ) -> String {
+        let mut prompt = format!(
+            "You translate questions into one PostgreSQL query.\n\
+             Rules:\n\
+             - Exactly one SELECT statement (CTEs allowed); never INSERT, UPDATE, DELETE, DDL, COPY or SET.\n\
+             - Use only the tables and columns below; qualify tables with their schema.\n\
+             - PostgreSQL dialect: ILIKE for case-insensitive matching, || for concatenation, \
+             date_trunc/extract for dates, integer division truncates (multiply by 100.0 for shares).\n\
+             - Add ORDER BY and LIMIT to lists; aggregate in SQL rather than returning many rows.\n\
+             - Reply with a JSON object {{\"sql\": \"...\", \"tables_used\": [...], \"assumptions\": [...]}}.\n\n\
+             Schema (`->` marks a foreign key):\n{}",
+            linked.context
+        );
+        let golden = self.golden();
+        let shots = golden.top_k(question, self.config.few_shots);
+        if !shots.is_empty() {
+            prompt.push_str("\nExamples of questions and their SQL:\n");
+            for m in shots {
+                prompt.push_str(&format!("Q: {}\nSQL: {}\n", m.pair.question, m.pair.sql));
+            }
+        }
+        if !previous_sql.is_empty() {
+            prompt.push_str(&format!(
+                "\nThe question refines the previous query; start from it:\n{previous_sql}\n"
+            ));
+        }
+        prompt
+    }
+
+    async fn model_reply(
+        &self,
+        model: &dyn ChatModel,
+        messages: Vec<Message>,
+        name: &str,
+        schema: serde_json::Value,
+    ) -> Result<String, quarry_llm::LlmError> {
+        let mut request = ChatRequest::new(messages, vec![]);
+        if self.config.structured_output {
+            request = request.with_response_format(ResponseFormat::JsonSchema {
+                name: name.to_string(),
+                schema,
+                strict: true,
+            });
+        }
+        Ok(quarry_llm::chat(model, request).await?.content)
     }
 
     async fn generate_with_model(
@@ -314,82 +772,331 @@ impl SqlTool {
         model: &dyn ChatModel,
         question: &str,
         previous_sql: &str,
+        dry_run: bool,
+        max_rows: u64,
     ) -> Result<Generated, ToolError> {
-        let (_, schema) = self.describe(&[]).await?;
-        let mut prompt = format!(
-            "You write one PostgreSQL SELECT statement that answers the user's question.\n\
-             Use only these tables and columns (qualify tables with their schema):\n{schema}\n\
-             Reply with the SQL only, in a ```sql code block. No INSERT/UPDATE/DELETE/DDL."
-        );
-        if let Some(m) = self.golden.closest(question) {
-            prompt.push_str(&format!(
-                "\n\nExample:\nQuestion: {}\nSQL: {}",
-                m.pair.question, m.pair.sql
-            ));
-        }
-        if !previous_sql.is_empty() {
-            prompt.push_str(&format!(
-                "\n\nThe question refines this earlier query; modify it:\n{previous_sql}"
-            ));
-        }
-        let mut messages = vec![Message::system(prompt), Message::user(question)];
-        let mut attempts = Vec::new();
-        for _ in 0..self.config.max_attempts.max(1) {
-            let response = match quarry_llm::chat(
-                model,
-                ChatRequest {
-                    messages: messages.clone(),
-                    tools: vec![],
-                },
-            )
-            .await
+        let linked = self.link(question).await?;
+        let system = self.generation_prompt(&linked, question, previous_sql);
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut assumptions = Vec::new();
+        let mut tables_used = Vec::new();
+        let max_attempts = self.config.max_attempts.max(1);
+        for attempt_no in 1..=max_attempts {
+            let mut user = format!("Question: {question}");
+            if !attempts.is_empty() {
+                user.push_str("\n\nScratchpad — earlier attempts that failed; do not repeat their mistakes:\n");
+                for (i, a) in attempts.iter().enumerate() {
+                    user.push_str(&format!(
+                        "{}. SQL: {}\n   problem ({}): {}\n",
+                        i + 1,
+                        if a.sql.is_empty() { "(none)" } else { &a.sql },
+                        stage_name(a.stage),
+                        a.error.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
+            let reply = match self
+                .model_reply(
+                    model,
+                    vec![Message::system(system.clone()), Message::user(user)],
+                    "sql_query",
+                    generation_schema(),
+                )
+                .await
             {
-                Ok(response) => response,
+                Ok(reply) => reply,
                 Err(error) => {
-                    warn!(%error, "model call failed during sql generation");
+                    warn!(%error, attempt_no, "model call failed during sql generation");
                     attempts.push(Attempt {
                         sql: String::new(),
+                        stage: Stage::Generate,
                         error: Some(format!("model error: {error}")),
+                        row_count: None,
                     });
                     break;
                 }
             };
-            let sql = extract_sql(&response.content);
-            match self.validate(&sql) {
-                Ok(_) => {
-                    attempts.push(Attempt {
-                        sql: sql.clone(),
-                        error: None,
-                    });
-                    return Ok(Generated {
-                        sql: Some(sql),
-                        source: SqlSource::Model,
-                        attempts,
-                        explanation: String::new(),
-                    });
-                }
+            // structured output, or the fallback: extract SQL from free text
+            let parsed = parse_json::<GeneratedReply>(&reply).unwrap_or_else(|| GeneratedReply {
+                sql: extract_sql(&reply),
+                ..GeneratedReply::default()
+            });
+            let sql = parsed.sql.trim().trim_end_matches(';').trim().to_string();
+            assumptions = parsed.assumptions;
+            tables_used = parsed.tables_used;
+            if sql.is_empty() {
+                attempts.push(Attempt {
+                    sql,
+                    stage: Stage::Generate,
+                    error: Some("the reply held no sql".into()),
+                    row_count: None,
+                });
+                continue;
+            }
+            let mut policy = self.policy.clone();
+            if max_rows > 0 {
+                policy.max_rows = max_rows.min(self.config.exec.max_rows);
+            }
+            let query = match validate(&sql, &policy) {
+                Ok(q) => q,
                 Err(rejection) => {
                     attempts.push(Attempt {
-                        sql: sql.clone(),
-                        error: Some(rejection.message.clone()),
+                        sql,
+                        stage: Stage::Validate,
+                        error: Some(format!(
+                            "refused ({}): {}",
+                            rejection.kind, rejection.message
+                        )),
+                        row_count: None,
                     });
-                    messages.push(Message::Assistant {
-                        content: Some(response.content),
-                        tool_calls: vec![],
+                    continue;
+                }
+            };
+            if dry_run {
+                attempts.push(Attempt {
+                    sql: sql.clone(),
+                    stage: Stage::Accepted,
+                    error: None,
+                    row_count: None,
+                });
+                return Ok(Generated {
+                    sql: Some(sql),
+                    source: SqlSource::Model,
+                    attempts,
+                    explanation: String::new(),
+                    assumptions,
+                    tables_used,
+                    result: None,
+                    linking: Some(linked),
+                });
+            }
+            let executed = query.rewritten_sql(self.config.exec.max_rows.min(query.max_rows()));
+            let result = match self.executor.execute(&query).await {
+                Ok(result) => result,
+                Err(error) => {
+                    attempts.push(Attempt {
+                        sql,
+                        stage: Stage::Execute,
+                        error: Some(error.to_string()),
+                        row_count: None,
                     });
-                    messages.push(Message::user(format!(
-                        "That SQL was refused ({}): {}. Write a corrected query.",
-                        rejection.kind, rejection.message
-                    )));
+                    continue;
+                }
+            };
+            let row_count = result.total_rows.unwrap_or(result.rows.len() as u64);
+            if self.config.judge && attempt_no < max_attempts {
+                match self.judge(model, question, &sql, &result).await {
+                    Ok(None) => {}
+                    Ok(Some(problem)) => {
+                        attempts.push(Attempt {
+                            sql,
+                            stage: Stage::Judge,
+                            error: Some(problem),
+                            row_count: Some(row_count),
+                        });
+                        continue;
+                    }
+                    Err(error) => warn!(%error, "judge call failed; accepting the result"),
                 }
             }
+            attempts.push(Attempt {
+                sql: sql.clone(),
+                stage: Stage::Accepted,
+                error: None,
+                row_count: Some(row_count),
+            });
+            return Ok(Generated {
+                sql: Some(sql),
+                source: SqlSource::Model,
+                attempts,
+                explanation: String::new(),
+                assumptions,
+                tables_used,
+                result: Some((executed, result)),
+                linking: Some(linked),
+            });
         }
         Ok(Generated {
             sql: None,
             source: SqlSource::Model,
-            explanation: format!("no valid SQL after {} attempts", attempts.len()),
+            explanation: format!("no acceptable sql after {} attempts", attempts.len()),
             attempts,
+            assumptions,
+            tables_used,
+            result: None,
+            linking: Some(linked),
         })
+    }
+
+    /// A second model call that checks whether `result` answers `question`:
+    /// `Ok(None)` when it does, `Ok(Some(problem))` when not (empty result
+    /// where rows are expected, wrong granularity, implausible values).
+    async fn judge(
+        &self,
+        model: &dyn ChatModel,
+        question: &str,
+        sql: &str,
+        result: &QueryResult,
+    ) -> Result<Option<String>, quarry_llm::LlmError> {
+        let digest = crate::digest::digest(result, result.total_rows);
+        let mut rows = String::new();
+        for row in result.rows.iter().take(10) {
+            let cells: Vec<String> = row.iter().map(crate::digest::cell_text).collect();
+            rows.push_str(&cells.join(" | "));
+            rows.push('\n');
+        }
+        let system = "You review SQL results. Decide whether the result answers the question: \
+                      check for an empty result where rows are expected, the wrong granularity \
+                      (e.g. per year instead of per decade), missing filters, and implausible \
+                      values. Reply with a JSON object {\"answers_question\": true|false, \"problem\": \"...\"}.";
+        let user = format!(
+            "Question: {question}\nSQL: {sql}\nResult digest:\n{}\nFirst rows:\n{rows}",
+            digest.to_text()
+        );
+        let reply = self
+            .model_reply(
+                model,
+                vec![Message::system(system), Message::user(user)],
+                "verdict",
+                judge_schema(),
+            )
+            .await?;
+        Ok(match parse_json::<Verdict>(&reply) {
+            Some(v) if !v.answers_question => Some(if v.problem.is_empty() {
+                "the judge found the result does not answer the question".into()
+            } else {
+                v.problem
+            }),
+            Some(_) => None,
+            None => {
+                warn!("judge reply was not a verdict; accepting the result");
+                None
+            }
+        })
+    }
+
+    /// Stores a golden pair in `quarry.golden_pairs` after its SQL validates
+    /// and returns rows; it is used for matching and few-shots from then on.
+    ///
+    /// # Errors
+    /// Rejections, execution errors, [`ToolError::EmptyGolden`].
+    pub async fn add_golden(
+        &self,
+        question: &str,
+        sql: &str,
+        created_by: &str,
+    ) -> Result<(u64, usize), ToolError> {
+        let (_, result) = self.execute(sql, 0).await?;
+        if result.rows.is_empty() {
+            return Err(ToolError::EmptyGolden);
+        }
+        let row_count = result.total_rows.unwrap_or(result.rows.len() as u64);
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO quarry.golden_pairs (source, question, sql, row_count, created_by)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (source, question) DO UPDATE
+                 SET sql = EXCLUDED.sql, row_count = EXCLUDED.row_count,
+                     created_by = EXCLUDED.created_by, created_at = now()",
+                &[
+                    &self.config.source,
+                    &question,
+                    &sql,
+                    &i64::try_from(row_count).unwrap_or(i64::MAX),
+                    &created_by,
+                ],
+            )
+            .await
+            .map_err(|e| ToolError::Catalog(CatalogError::Database(e)))?;
+        let count = self.merge_golden(vec![GoldenPair {
+            question: question.to_string(),
+            sql: sql.to_string(),
+            keywords: vec![],
+        }]);
+        Ok((row_count, count))
+    }
+}
+
+/// What a catalog build did.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogReport {
+    /// Catalog hash built from.
+    pub hash: String,
+    /// Tables and views.
+    pub tables: usize,
+    /// Columns.
+    pub columns: usize,
+    /// Stored embeddings were reused (hash and model unchanged).
+    pub reused: bool,
+    /// Embeddings are in use.
+    pub embedded: bool,
+    /// The catalog was written to the `quarry` schema.
+    pub stored: bool,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// A query explained: plain English, where that came from, the planner's view.
+#[derive(Debug, Clone)]
+pub struct Explained {
+    /// Plain-English explanation.
+    pub text: String,
+    /// True when a model wrote `text`; false for the syntax-tree description.
+    pub by_model: bool,
+    /// The planner's estimates and inefficiency hints.
+    pub plan: crate::explain::PlanSummary,
+}
+
+impl SqlTool {
+    /// Explains `sql`: the syntax-tree description (or the model's rewording
+    /// of it, when a model is configured), plus `EXPLAIN` estimates and hints.
+    ///
+    /// # Errors
+    /// Rejections and database errors (EXPLAIN of an invalid query fails).
+    pub async fn explain(&self, sql: &str) -> Result<Explained, ToolError> {
+        let query = self.validate(sql)?;
+        let description = crate::explain::describe_query(&query);
+        let plan = crate::explain::explain_plan(
+            &self.executor,
+            &query,
+            &crate::explain::ExplainOptions::default(),
+        )
+        .await?;
+        if let Some(model) = &self.model {
+            let system = "Explain what this SQL query computes, in two or three plain-English sentences \
+                          for a non-technical reader. Mention the tables, filters, grouping and ordering. \
+                          Do not invent anything not in the query.";
+            let user = format!("SQL: {sql}\nStructure: {}", description.text);
+            let request =
+                ChatRequest::new(vec![Message::system(system), Message::user(user)], vec![]);
+            match quarry_llm::chat(model.as_ref(), request).await {
+                Ok(reply) if !reply.content.trim().is_empty() => {
+                    return Ok(Explained {
+                        text: reply.content.trim().to_string(),
+                        by_model: true,
+                        plan,
+                    });
+                }
+                Ok(_) => warn!("model returned an empty explanation; using the syntax-tree one"),
+                Err(error) => warn!(%error, "model explanation failed; using the syntax-tree one"),
+            }
+        }
+        Ok(Explained {
+            text: description.text,
+            by_model: false,
+            plan,
+        })
+    }
+}
+
+fn stage_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Generate => "no sql",
+        Stage::Validate => "validator",
+        Stage::Execute => "database",
+        Stage::Judge => "judge",
+        Stage::Accepted => "accepted",
     }
 }
 

@@ -17,6 +17,7 @@
 //! | [`RejectionKind::DataModifyingCte`] | `WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x` |
 //! | [`RejectionKind::LockingClause`] | `SELECT 1 FOR UPDATE` |
 //! | [`RejectionKind::DeniedFunction`] | `SELECT pg_catalog.pg_sleep(1)`, anywhere in the tree |
+//! | [`RejectionKind::DeniedFunction`] | `SELECT current_setting('x')`: not on the allowlist |
 //! | [`RejectionKind::SchemaNotAllowed`] | `SELECT * FROM pg_catalog.pg_authid` with a schema restriction |
 //! | [`RejectionKind::Unsupported`] | dialect clauses PostgreSQL does not have (`FOR XML`, pipe operators, …) |
 //! | [`RejectionKind::TooComplex`] | `1 + 1 + … + 1` with more than [`MAX_DEPTH`] levels |
@@ -28,6 +29,22 @@
 //! Functions and relations are found with a sqlparser [`Visitor`], so they are
 //! checked wherever they occur: subqueries in `WHERE`, CTE bodies, lateral
 //! joins, `FROM` functions, expressions inside window or `FILTER` clauses.
+//!
+//! # Functions
+//!
+//! Every function call (in expressions and in `FROM`) is checked twice: a
+//! deny-list of known-dangerous names and prefixes ([`is_denied_function`]:
+//! sleeps, file access, advisory locks, sequences, backend signals, …) is
+//! refused first, as [`RejectionKind::DeniedFunction`]; then the name must be
+//! on an allowlist of side-effect-free built-ins ([`is_allowed_function`],
+//! listed with the reasons for borderline entries in `validate/functions.rs`)
+//! or in [`ValidationPolicy::extra_allowed_functions`], else the query is
+//! refused, also as [`RejectionKind::DeniedFunction`] (the message says the
+//! function is not on the allowlist). Built-ins are matched by
+//! their unqualified name or as `pg_catalog.<name>`; a call qualified with
+//! another schema must be allowed by an extra entry. The executor puts
+//! `pg_catalog` first on the `search_path`, so an unqualified allowlisted
+//! name resolves to the built-in, not to a same-named function elsewhere.
 //!
 //! # Schema restriction
 //!
@@ -66,6 +83,8 @@ use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
+mod functions;
+
 /// Deepest nesting of expressions (or of set operations) accepted. Chains
 /// like `a + b + c + …` or `x::int[][]…` parse into trees as deep as they are
 /// long, and cloning, printing or dropping a tree recurses once per level;
@@ -84,6 +103,14 @@ pub struct ValidationPolicy {
     pub max_rows: u64,
     /// Longest SQL text accepted, in bytes; bounds parse time and AST depth.
     pub max_sql_bytes: usize,
+    /// Functions allowed on top of the built-in allowlist (see
+    /// [`is_allowed_function`]). An entry without a dot (`"my_fn"`) allows
+    /// that name unqualified or in any schema the policy allows; an entry
+    /// with one (`"tate.my_fn"`) allows exactly that qualified call. Names
+    /// are compared after PostgreSQL identifier folding, so give lower-case
+    /// names for ordinary identifiers. The deny-list
+    /// ([`is_denied_function`]) always wins over this list.
+    pub extra_allowed_functions: Vec<String>,
 }
 
 impl Default for ValidationPolicy {
@@ -92,6 +119,7 @@ impl Default for ValidationPolicy {
             allowed_schemas: None,
             max_rows: 1_000,
             max_sql_bytes: 64 * 1024,
+            extra_allowed_functions: Vec::new(),
         }
     }
 }
@@ -117,9 +145,11 @@ pub enum RejectionKind {
     DataModifyingCte,
     /// `FOR UPDATE`, `FOR SHARE`, `FOR NO KEY UPDATE`, `FOR KEY SHARE`.
     LockingClause,
-    /// A call to a function on the deny-list (or a schema-qualified call
-    /// outside the allowed schemas).
+    /// A call to a function on the deny-list, one not on the allowlist (the
+    /// message says which), or a schema-qualified call outside the allowed
+    /// schemas.
     DeniedFunction,
+
     /// A table outside [`ValidationPolicy::allowed_schemas`].
     SchemaNotAllowed,
     /// Syntax sqlparser accepts for other dialects that PostgreSQL lacks.
@@ -141,6 +171,7 @@ impl RejectionKind {
             Self::DataModifyingCte => "data_modifying_cte",
             Self::LockingClause => "locking_clause",
             Self::DeniedFunction => "denied_function",
+
             Self::SchemaNotAllowed => "schema_not_allowed",
             Self::Unsupported => "unsupported",
             Self::TooComplex => "too_complex",
@@ -258,6 +289,25 @@ impl ValidatedQuery {
             // unreachable by construction; render the statement unchanged
             return self.statement.to_string();
         };
+        if query.limit_clause.is_none() && query.fetch.is_none() {
+            // the common case, without cloning the tree: sqlparser renders
+            // the limit clause last but for clauses the validator refused
+            // (settings, locks, `FOR XML`, format, pipe operators), so this
+            // is exactly the text `limit_in_place` would give
+            return format!("{query} LIMIT {cap}");
+        }
+        if query.fetch.is_none()
+            && let Some(LimitClause::LimitOffset {
+                limit: Some(Expr::Value(value)),
+                limit_by,
+                ..
+            }) = &query.limit_clause
+            && limit_by.is_empty()
+            && value.to_string().parse::<u64>().is_ok_and(|n| n <= cap)
+        {
+            // a literal limit no larger than the cap stays as it is
+            return query.to_string();
+        }
         let mut query = query.as_ref().clone();
         if limit_in_place(&mut query, cap) {
             query.to_string()
@@ -622,6 +672,17 @@ pub fn is_denied_function(name: &str) -> bool {
         || name.contains("replication_slot")
 }
 
+/// Whether a (lower-case, unqualified) function name is on the built-in
+/// allowlist of side-effect-free functions (see the module docs).
+pub fn is_allowed_function(name: &str) -> bool {
+    functions::is_allowed_builtin(name)
+}
+
+/// All names on the built-in allowlist, sorted.
+pub fn allowed_functions() -> &'static [&'static str] {
+    functions::ALLOWED_FUNCTIONS
+}
+
 /// CTE names visible in one query's scope.
 struct Scope {
     /// Address of the query owning the `WITH`; identifies it in post-visit.
@@ -697,22 +758,52 @@ impl<'p> Checker<'p> {
                 .at(at),
             );
         }
-        if parts.len() >= 2 && self.policy.allowed_schemas.is_some() {
-            let schema = &parts[parts.len() - 2];
-            if schema != "pg_catalog" && !self.schema_allowed(schema) {
-                return ControlFlow::Break(
-                    Rejection::new(
-                        RejectionKind::DeniedFunction,
-                        format!(
-                            "function {} is in schema {schema}, which is not allowed",
-                            parts.join(".")
-                        ),
-                    )
-                    .at(at),
-                );
-            }
+        let schema = (parts.len() >= 2).then(|| parts[parts.len() - 2].as_str());
+        if let Some(schema) = schema
+            && self.policy.allowed_schemas.is_some()
+            && schema != "pg_catalog"
+            && !self.schema_allowed(schema)
+        {
+            return ControlFlow::Break(
+                Rejection::new(
+                    RejectionKind::DeniedFunction,
+                    format!(
+                        "function {} is in schema {schema}, which is not allowed",
+                        parts.join(".")
+                    ),
+                )
+                .at(at),
+            );
         }
-        ControlFlow::Continue(())
+        let builtin = matches!(schema, None | Some("pg_catalog")) && is_allowed_function(last);
+        if builtin || self.extra_allowed(&parts) {
+            return ControlFlow::Continue(());
+        }
+        ControlFlow::Break(
+            Rejection::new(
+                RejectionKind::DeniedFunction,
+                format!(
+                    "function {} is not on the allowlist; use built-in aggregate, math, string, \
+                     date/time, json or array functions",
+                    parts.join(".")
+                ),
+            )
+            .at(at),
+        )
+    }
+
+    /// Whether the policy's extra entries allow the call `parts`.
+    fn extra_allowed(&self, parts: &[String]) -> bool {
+        let Some(last) = parts.last() else {
+            return false;
+        };
+        self.policy.extra_allowed_functions.iter().any(|entry| {
+            if entry.contains('.') {
+                entry.split('.').eq(parts.iter().map(String::as_str))
+            } else {
+                entry == last
+            }
+        })
     }
 
     fn check_relation(&mut self, name: &ObjectName) -> ControlFlow<Rejection> {

