@@ -51,6 +51,9 @@ export QUARRY__DATABASE__URL="$url"
 section "Ingest the Tate collection ($TATE_DIR)"
 RUST_LOG=warn "$QUARRY" ingest tate --from "$TATE_DIR"
 
+section "Migrate (the quarry schema)"
+"$QUARRY" migrate
+
 section "Serve"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log="$ROOT/.dev/demo-server.log"
