@@ -332,7 +332,7 @@ impl Run {
         let mut lines = Vec::new();
         match (rows.rows.len(), rows.columns.len()) {
             (0, _) => lines.push(format!("{intro}: the query returned no rows.")),
-            (1, 1) => lines.push(format!(
+            (1, 1) if !rows.rows[0].values.is_empty() => lines.push(format!(
                 "{intro}: {} = {}.",
                 rows.columns[0].name,
                 value_text(&rows.rows[0].values[0])

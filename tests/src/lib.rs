@@ -209,6 +209,13 @@ pub fn token(tenant: &str) -> String {
     quarry_auth::mint_hs256(SECRET.as_bytes(), &claims).unwrap()
 }
 
+/// A valid token for `tenant` carrying `scopes`, one hour.
+pub fn token_with_scopes(tenant: &str, scopes: &[&str]) -> String {
+    let mut claims = quarry_auth::Claims::issued_now(tenant, "tester", Duration::from_secs(3600));
+    claims.scopes = scopes.iter().map(|s| s.to_string()).collect();
+    quarry_auth::mint_hs256(SECRET.as_bytes(), &claims).unwrap()
+}
+
 /// `message` with `authorization: Bearer token`.
 pub fn authed<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);

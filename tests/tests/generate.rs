@@ -288,11 +288,24 @@ async fn explain_without_a_model_describes_the_query_from_its_syntax_tree() {
 async fn a_golden_pair_is_stored_only_when_it_validates_and_returns_rows() {
     let server = TestServer::start(Options::default()).await;
     let mut sql = server.sql();
-    let t = token("t1");
+    let t = quarry_tests::token_with_scopes("t1", &["golden:write"]);
     let add = |question: &str, sql: &str| AddGoldenPairRequest {
         question: question.into(),
         sql: sql.into(),
     };
+    let no_scope = sql
+        .add_golden_pair(authed(
+            add("How many artworks?", "SELECT count(*) FROM tate.artworks"),
+            &token("t1"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        no_scope.code(),
+        Code::PermissionDenied,
+        "{}",
+        no_scope.message()
+    );
     let refused = sql
         .add_golden_pair(authed(add("Drop it", "DROP TABLE tate.artworks"), &t))
         .await

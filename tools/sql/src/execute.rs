@@ -621,7 +621,12 @@ async fn run_in_transaction(
         .start()
         .await
         .map_err(pg)?;
-    let mut settings = format!("SET LOCAL statement_timeout = {timeout_ms}");
+    // standard_conforming_strings: backslashes in '…' are ordinary
+    // characters, as the validator's parser reads them (PostgreSQL 16 docs
+    // §4.1.2.1; a database or role could set it off)
+    let mut settings = format!(
+        "SET LOCAL statement_timeout = {timeout_ms}; SET LOCAL standard_conforming_strings = on"
+    );
     if let Some(schemas) = search_path {
         // pg_catalog first: an allowlisted built-in name always resolves to
         // the built-in, never to a same-named function in a data schema

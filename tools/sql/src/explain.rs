@@ -270,7 +270,12 @@ pub async fn explain_plan(
         .start()
         .await
         .map_err(pg)?;
-    let mut settings = format!("SET LOCAL statement_timeout = {timeout_ms}");
+    // standard_conforming_strings: backslashes in '…' are ordinary
+    // characters, as the validator's parser reads them (PostgreSQL 16 docs
+    // §4.1.2.1; a database or role could set it off)
+    let mut settings = format!(
+        "SET LOCAL statement_timeout = {timeout_ms}; SET LOCAL standard_conforming_strings = on"
+    );
     if let Some(schemas) = q.allowed_schemas() {
         let mut path = vec!["pg_catalog".to_owned()];
         path.extend(schemas.iter().map(|s| quote_ident(s)));

@@ -26,6 +26,9 @@ use crate::{
 pub const MAX_SQL_BYTES: usize = 64 * 1024;
 /// Longest question accepted, in characters.
 pub const MAX_QUESTION_CHARS: usize = 4_000;
+/// Scope a token needs to store golden pairs: a stored pair answers every
+/// caller's matching questions and appears in prompts as an example.
+pub const GOLDEN_WRITE_SCOPE: &str = "golden:write";
 
 /// The tonic service implementation.
 #[derive(Debug, Clone)]
@@ -458,9 +461,18 @@ impl SqlService for SqlGrpc {
         request: Request<pb::AddGoldenPairRequest>,
     ) -> Result<Response<pb::AddGoldenPairResponse>, Status> {
         let caller = principal(&request)?;
+        caller
+            .require_scope(GOLDEN_WRITE_SCOPE)
+            .map_err(tonic::Status::from)?;
         let request = request.into_inner();
         if request.question.trim().is_empty() {
             return Err(bad_request("question", "must not be empty"));
+        }
+        if request.question.chars().count() > MAX_QUESTION_CHARS {
+            return Err(bad_request(
+                "question",
+                format!("is longer than {MAX_QUESTION_CHARS} characters"),
+            ));
         }
         check_sql(&request.sql)?;
         let (row_count, pairs) = self

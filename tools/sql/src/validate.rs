@@ -402,12 +402,60 @@ fn validate_here(sql: &str, policy: &ValidationPolicy) -> Result<ValidatedQuery,
     if let ControlFlow::Break(rejection) = statement.visit(&mut checker) {
         return Err(rejection);
     }
+    if needs_round_trip(sql) {
+        check_round_trip(&statement, policy)?;
+    }
     Ok(ValidatedQuery {
         statement,
         tables: checker.tables,
         allowed_schemas: policy.allowed_schemas.clone(),
         max_rows: policy.max_rows,
     })
+}
+
+/// Whether `sql` uses a literal form whose rendering by sqlparser may not
+/// read back the same: a backslash (sqlparser prints `\'` inside a string
+/// without doubling the quote, so PostgreSQL, with
+/// `standard_conforming_strings = on`, ends the string there), dollar
+/// quoting, or a prefixed literal (`E'…'`, `U&'…'`, `N'…'`, `X'…'`, `B'…'`,
+/// `U&"…"`). Plain SQL skips the extra check.
+fn needs_round_trip(sql: &str) -> bool {
+    if sql.contains('\\') || sql.contains('$') {
+        return true;
+    }
+    let bytes = sql.as_bytes();
+    bytes
+        .windows(2)
+        .any(|w| (w[1] == b'\'' || w[1] == b'"') && (w[0].is_ascii_alphabetic() || w[0] == b'&'))
+}
+
+/// The SQL Quarry sends is rendered from the checked tree, so the rendering
+/// must mean what was checked: it must parse back to one query whose own
+/// rendering is the same text (a fixpoint), and that query must pass the
+/// same checks. Refuses otherwise (e.g. `SELECT '\'' , pg_sleep(1) --'`,
+/// whose rendering PostgreSQL would read as a call to `pg_sleep`).
+fn check_round_trip(statement: &Statement, policy: &ValidationPolicy) -> Result<(), Rejection> {
+    let ambiguous = || {
+        Rejection::new(
+            RejectionKind::Unsupported,
+            "a string literal or quoted identifier cannot be rendered back unambiguously \
+             (e.g. a backslash before a quote); write it another way",
+        )
+    };
+    let rendered = statement.to_string();
+    let dialect = PostgreSqlDialect {};
+    let reparsed = Parser::parse_sql(&dialect, &rendered).map_err(|_| ambiguous())?;
+    let [again] = reparsed.as_slice() else {
+        return Err(ambiguous());
+    };
+    if again.to_string() != rendered || again != statement {
+        return Err(ambiguous());
+    }
+    let mut checker = Checker::new(policy);
+    if let ControlFlow::Break(rejection) = again.visit(&mut checker) {
+        return Err(rejection);
+    }
+    Ok(())
 }
 
 fn parse_rejection(sql: &str, error: ParserError) -> Rejection {
@@ -587,12 +635,15 @@ fn number_expr(n: u64) -> Option<Expr> {
         .ok()
 }
 
-/// PostgreSQL identifier normalisation: unquoted names fold to lower case.
+/// PostgreSQL identifier normalisation: unquoted names fold to lower case,
+/// ASCII letters only (PostgreSQL 16 docs §4.1.1; in UTF-8 databases it does
+/// not fold other letters — Unicode folding would turn the Kelvin sign into
+/// `k` and let `pg_loc\u{212A}s` pass as a CTE name for `pg_locks`).
 fn normalise(ident: &Ident) -> String {
     if ident.quote_style.is_some() {
         ident.value.clone()
     } else {
-        ident.value.to_lowercase()
+        ident.value.to_ascii_lowercase()
     }
 }
 
@@ -909,7 +960,7 @@ impl<'p> Checker<'p> {
 fn normalise_str(name: &str) -> String {
     match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
         Some(quoted) => quoted.replace("\"\"", "\""),
-        None => name.to_lowercase(),
+        None => name.to_ascii_lowercase(),
     }
 }
 

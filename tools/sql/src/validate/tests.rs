@@ -658,3 +658,49 @@ fn spider_gold_uses_only_allowlisted_functions() {
         assert!(is_allowed_function(name), "{name}");
     }
 }
+
+/// sqlparser renders a string value holding `\'` without doubling the quote;
+/// PostgreSQL (standard_conforming_strings on) would end the string there and
+/// run what follows. The rendering must not be trusted for such text.
+#[test]
+fn literals_whose_rendering_reads_differently_are_refused() {
+    let policy = ValidationPolicy::default();
+    for sql in [
+        r"SELECT '\'' , pg_sleep(10) --'",
+        r"SELECT '\'' , 1 --'",
+        r#"SELECT 1 AS "a\"" , pg_sleep(10) --""#,
+        r"SELECT * FROM (SELECT '\'' , pg_read_file('/etc/passwd') --') q",
+    ] {
+        let result = validate(sql, &policy);
+        assert!(
+            result.is_err(),
+            "{sql} was accepted as {:?}",
+            result.map(|q| q.rewritten_sql(10))
+        );
+    }
+}
+
+#[test]
+fn benign_backslashes_and_dollar_quotes_still_pass_and_render_the_same() {
+    let policy = ValidationPolicy::default();
+    for sql in [
+        r"SELECT 'C:\temp' AS path",
+        "SELECT $$it's$$ AS quoted",
+        "SELECT 'a' || 'b'",
+    ] {
+        let query = validate(sql, &policy).unwrap_or_else(|r| panic!("{sql}: {r}"));
+        let again = validate(&query.rewritten_sql(5), &policy).unwrap();
+        assert_eq!(again.sql(), query.rewritten_sql(5), "{sql}");
+    }
+}
+
+#[test]
+fn unicode_case_folding_does_not_turn_a_catalog_table_into_a_cte() {
+    // U+212A KELVIN SIGN lower-cases to ASCII `k` under Unicode rules, not
+    // under PostgreSQL's
+    let sql = "WITH pg_loc\u{212A}s AS (SELECT 1) SELECT * FROM pg_locks";
+    assert!(
+        validate(sql, &restricted(&["tate"])).is_err(),
+        "{sql} was accepted"
+    );
+}
