@@ -290,7 +290,7 @@ impl SqlService for SqlGrpc {
         principal(&request)?;
         let sql = request.into_inner().sql;
         check_sql(&sql)?;
-        let response = match self.tool.validate(&sql) {
+        let response = match self.tool.validate_async(&sql).await {
             Ok(query) => pb::ValidateSqlResponse {
                 valid: true,
                 rejection: None,

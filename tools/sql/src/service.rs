@@ -350,6 +350,14 @@ impl SqlTool {
         validate(sql, &self.policy)
     }
 
+    /// [`Self::validate`] without blocking the async runtime on long text.
+    ///
+    /// # Errors
+    /// The [`Rejection`] saying why it is refused.
+    pub async fn validate_async(&self, sql: &str) -> Result<ValidatedQuery, Rejection> {
+        crate::validate::validate_off_runtime(sql, &self.policy).await
+    }
+
     /// Validates and executes `sql`, capped at `max_rows` (0: the configured
     /// cap; never above it). Returns the SQL as executed and its rows.
     ///
@@ -365,7 +373,7 @@ impl SqlTool {
         if max_rows > 0 {
             policy.max_rows = max_rows.min(self.config.exec.max_rows);
         }
-        let query = validate(sql, &policy)?;
+        let query = crate::validate::validate_off_runtime(sql, &policy).await?;
         let executed = query.rewritten_sql(self.config.exec.max_rows.min(query.max_rows()));
         let result = self.executor.execute(&query).await?;
         Ok((executed, result))
@@ -837,7 +845,7 @@ impl SqlTool {
             if max_rows > 0 {
                 policy.max_rows = max_rows.min(self.config.exec.max_rows);
             }
-            let query = match validate(&sql, &policy) {
+            let query = match crate::validate::validate_off_runtime(&sql, &policy).await {
                 Ok(q) => q,
                 Err(rejection) => {
                     attempts.push(Attempt {
@@ -1055,7 +1063,7 @@ impl SqlTool {
     /// # Errors
     /// Rejections and database errors (EXPLAIN of an invalid query fails).
     pub async fn explain(&self, sql: &str) -> Result<Explained, ToolError> {
-        let query = self.validate(sql)?;
+        let query = self.validate_async(sql).await?;
         let description = crate::explain::describe_query(&query);
         let plan = crate::explain::explain_plan(
             &self.executor,

@@ -357,6 +357,27 @@ pub fn validate(sql: &str, policy: &ValidationPolicy) -> Result<ValidatedQuery, 
         })
 }
 
+/// [`validate`] for async callers: text longer than the inline limit (which
+/// is checked on a thread with a large stack) goes to tokio's blocking pool,
+/// so a long or deeply nested query never stalls an async worker.
+pub async fn validate_off_runtime(
+    sql: &str,
+    policy: &ValidationPolicy,
+) -> Result<ValidatedQuery, Rejection> {
+    if sql.len() <= INLINE_BYTES {
+        return validate(sql, policy);
+    }
+    let (sql, policy) = (sql.to_owned(), policy.clone());
+    tokio::task::spawn_blocking(move || validate(&sql, &policy))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Rejection::new(
+                RejectionKind::TooComplex,
+                "validation of this query failed",
+            ))
+        })
+}
+
 /// Text up to this size is validated on the caller's thread: it cannot nest
 /// more than a few hundred levels, which any thread stack handles.
 const INLINE_BYTES: usize = 1024;
