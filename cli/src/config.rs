@@ -78,6 +78,9 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Most pooled connections. Default 16.
     pub pool_size: usize,
+    /// How long a request waits for a free connection before it fails with
+    /// `UNAVAILABLE`, in milliseconds. Default 5,000.
+    pub pool_wait_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -85,6 +88,7 @@ impl Default for DatabaseConfig {
         Self {
             url: "postgres://postgres@127.0.0.1:54329/quarry".to_string(),
             pool_size: 16,
+            pool_wait_ms: 5_000,
         }
     }
 }

@@ -610,8 +610,8 @@ pub async fn run_sql_eval(options: &EvalOptions) -> Result<SqlEvalReport> {
         None => vec![None; questions.len()],
     };
 
-    let pool =
-        crate::pool(&options.database_url, 2).map_err(|e| EvalError::Config(format!("{e:#}")))?;
+    let pool = crate::pool(&options.database_url, 2, std::time::Duration::from_secs(30))
+        .map_err(|e| EvalError::Config(format!("{e:#}")))?;
     let executor = Executor::new(
         pool.clone(),
         ExecConfig {

@@ -29,12 +29,13 @@ use tracing::{info, warn};
 
 pub use config::Config;
 
-/// A connection pool for `url` (no TLS: the development server has none;
+/// A connection pool for `url` of at most `size` connections; a request
+/// waits at most `wait` for one (no TLS: the development server has none;
 /// put TLS termination in front for remote databases until TLS lands).
 ///
 /// # Errors
 /// When the URL does not parse or the pool cannot be built.
-pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
+pub fn pool(url: &str, size: usize, wait: Duration) -> anyhow::Result<Pool> {
     let pg: tokio_postgres::Config = url
         .parse()
         .with_context(|| "database.url is not a valid PostgreSQL URL".to_string())?;
@@ -47,6 +48,8 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
     );
     Pool::builder(manager)
         .max_size(size.max(1))
+        .wait_timeout(Some(wait))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .context("building the database pool")
 }
@@ -60,7 +63,11 @@ pub async fn sql_tool(
     config: &Config,
     model: Option<Arc<dyn ChatModel>>,
 ) -> anyhow::Result<Arc<SqlTool>> {
-    let pool = pool(&config.database.url, config.database.pool_size)?;
+    let pool = pool(
+        &config.database.url,
+        config.database.pool_size,
+        Duration::from_millis(config.database.pool_wait_ms),
+    )?;
     let embedder = match &config.embedding {
         Some(embedding) => {
             let embedder =

@@ -378,6 +378,22 @@ pub async fn validate_off_runtime(
         })
 }
 
+/// SQL-standard niladic functions that PostgreSQL evaluates without
+/// parentheses and sqlparser reads as plain identifiers (PostgreSQL 16 docs
+/// §9.26, "Session Information Functions"). Unquoted, they reveal the session
+/// (role, schema, database), so they are refused like the session functions
+/// left off the allowlist. A column with such a name must be quoted or
+/// qualified (`t.user`), as PostgreSQL itself requires.
+const SESSION_IDENTIFIERS: &[&str] = &[
+    "current_catalog",
+    "current_role",
+    "current_schema",
+    "current_user",
+    "session_user",
+    "system_user",
+    "user",
+];
+
 /// Text up to this size is validated on the caller's thread: it cannot nest
 /// more than a few hundred levels, which any thread stack handles.
 const INLINE_BYTES: usize = 1024;
@@ -1108,6 +1124,18 @@ impl Visitor for Checker<'_> {
         }
         if let Expr::Function(function) = expr {
             self.check_function(&function.name)?;
+        }
+        if let Expr::Identifier(ident) = expr
+            && ident.quote_style.is_none()
+            && SESSION_IDENTIFIERS.contains(&ident.value.to_ascii_lowercase().as_str())
+        {
+            return ControlFlow::Break(Rejection::new(
+                RejectionKind::DeniedFunction,
+                format!(
+                    "{} is a session function (it names the database role or schema), not data",
+                    ident.value.to_ascii_lowercase()
+                ),
+            ));
         }
         ControlFlow::Continue(())
     }

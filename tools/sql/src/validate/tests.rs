@@ -704,3 +704,17 @@ fn unicode_case_folding_does_not_turn_a_catalog_table_into_a_cte() {
         "{sql} was accepted"
     );
 }
+
+#[test]
+fn bare_session_functions_are_refused_but_qualified_columns_pass() {
+    let policy = ValidationPolicy::default();
+    for sql in [
+        "SELECT current_role",
+        "SELECT CURRENT_SCHEMA AS s",
+        "SELECT system_user",
+        "SELECT 1 WHERE session_user = 'postgres'",
+    ] {
+        assert!(validate(sql, &policy).is_err(), "{sql} was accepted");
+    }
+    validate(r#"SELECT t.user, "current_role" FROM t"#, &policy).unwrap();
+}
