@@ -203,6 +203,21 @@ enum Mode {
     Router,
 }
 
+/// One connection to `url` for a command, with its connection task.
+async fn connect(
+    url: &str,
+) -> anyhow::Result<(
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+)> {
+    let pg: tokio_postgres::Config = url.parse().context("database.url")?;
+    let (client, connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .context("connecting to the database")?;
+    Ok((client, tokio::spawn(connection)))
+}
+
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("configuration: {e}"))
 }
@@ -254,12 +269,7 @@ async fn main() -> anyhow::Result<()> {
             dataset: Dataset::Tate { from, schema },
         } => {
             let config = load(cli.config.as_deref())?;
-            let pg: tokio_postgres::Config = config.database.url.parse().context("database.url")?;
-            let (mut client, connection) = pg
-                .connect(tokio_postgres::NoTls)
-                .await
-                .context("connecting to the database")?;
-            let connection = tokio::spawn(connection);
+            let (mut client, connection) = connect(&config.database.url).await?;
             let report = ingest::ingest_tate(&mut client, &from, &schema, true).await?;
             println!("{report}");
             drop(client);
@@ -268,12 +278,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let config = load(cli.config.as_deref())?;
-            let pg: tokio_postgres::Config = config.database.url.parse().context("database.url")?;
-            let (mut client, connection) = pg
-                .connect(tokio_postgres::NoTls)
-                .await
-                .context("connecting to the database")?;
-            let connection = tokio::spawn(connection);
+            let (mut client, connection) = connect(&config.database.url).await?;
             let applied = quarry::migrate::run(&mut client).await?;
             if applied.is_empty() {
                 println!("schema quarry is up to date");

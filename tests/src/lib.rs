@@ -58,9 +58,8 @@ fn write_slice(from: &Path, to: &Path, lines: usize) {
 /// Writes the first `lines` lines of both Tate files into a new temporary folder.
 pub fn tate_slice(lines: usize) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
-        "quarry-tate-slice-{}-{}",
-        std::process::id(),
-        uuid_like()
+        "quarry-tate-slice-{}",
+        uuid::Uuid::new_v4().simple()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let tate = shared_data().join("tate");
@@ -68,17 +67,6 @@ pub fn tate_slice(lines: usize) -> PathBuf {
         write_slice(&tate.join(file), &dir.join(file), lines);
     }
     dir
-}
-
-fn uuid_like() -> u128 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-        ^ u128::from(n)
 }
 
 /// What to start.
@@ -100,11 +88,8 @@ pub struct TestServer {
     /// The database it reads.
     pub db: TestDb,
     shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<anyhow_free::Result>>,
-}
-
-mod anyhow_free {
-    pub type Result = std::result::Result<(), String>;
+    /// The server task; its error rendered as text.
+    handle: Option<JoinHandle<Result<(), String>>>,
 }
 
 impl TestServer {

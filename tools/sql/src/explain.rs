@@ -270,22 +270,9 @@ pub async fn explain_plan(
         .start()
         .await
         .map_err(pg)?;
-    // standard_conforming_strings: backslashes in '…' are ordinary
-    // characters, as the validator's parser reads them (PostgreSQL 16 docs
-    // §4.1.2.1; a database or role could set it off)
-    let mut settings = format!(
-        "SET LOCAL statement_timeout = {timeout_ms}; SET LOCAL standard_conforming_strings = on"
-    );
-    if let Some(schemas) = q.allowed_schemas() {
-        let mut path = vec!["pg_catalog".to_owned()];
-        path.extend(schemas.iter().map(|s| quote_ident(s)));
-        path.push("pg_temp".into());
-        settings.push_str(&format!("; SET LOCAL search_path = {}", path.join(", ")));
-    }
-    if let Some(role) = &config.role {
-        settings.push_str(&format!("; SET LOCAL ROLE {}", quote_ident(role)));
-    }
-    tx.batch_execute(&settings).await.map_err(pg)?;
+    tx.batch_execute(&crate::execute::guard_settings(config, q.allowed_schemas()))
+        .await
+        .map_err(pg)?;
     let row = tx
         .query_one(&format!("EXPLAIN (FORMAT JSON, VERBOSE) {}", q.sql()), &[])
         .await

@@ -313,7 +313,7 @@ impl SqlService for SqlGrpc {
         principal(&request)?;
         let request = request.into_inner();
         check_sql(&request.sql)?;
-        let (executed_sql, result) = self
+        let result = self
             .tool
             .execute(&request.sql, u64::from(request.max_rows))
             .await
@@ -321,8 +321,8 @@ impl SqlService for SqlGrpc {
         let (digest, chart_spec_json) = digest_and_chart(&result);
         Ok(Response::new(pb::ExecuteSqlResponse {
             result: Some(result_to_proto(&result)),
-            executed_sql,
             elapsed_ms: result.elapsed.as_millis() as u64,
+            executed_sql: result.sql,
             digest: Some(digest),
             chart_spec_json,
         }))
@@ -379,13 +379,13 @@ impl SqlService for SqlGrpc {
             .await
             .map_err(|e| status_of(&e))?;
         let (result, digest, chart_spec_json, executed_sql) = match &generated.result {
-            Some((executed, rows)) => {
+            Some(rows) => {
                 let (digest, chart) = digest_and_chart(rows);
                 (
                     Some(result_to_proto(rows)),
                     Some(digest),
                     chart,
-                    executed.clone(),
+                    rows.sql.clone(),
                 )
             }
             None => (None, None, String::new(), String::new()),

@@ -1,10 +1,11 @@
-//! The text-to-SQL tool's database side: validate model-written SQL, run it
-//! read-only with caps, and describe a schema for prompts.
+//! The text-to-SQL tool: turn a question into SQL, never run anything
+//! unsafe, run it read-only with caps, and send the model only the schema it
+//! needs.
 //!
 //! Quarry never executes raw model output (see "Safety" in
 //! `ARCHITECTURE.md`). A query goes through three steps, each a module here:
 //!
-//! 1. [`validate`] parses the SQL on its AST (sqlparser, PostgreSQL dialect)
+//! 1. [`validate()`] parses the SQL on its AST (sqlparser, PostgreSQL dialect)
 //!    and accepts exactly one read-only query allowed by a
 //!    [`ValidationPolicy`]; it yields a [`ValidatedQuery`] or a [`Rejection`]
 //!    whose [`RejectionKind`] says why.
@@ -17,11 +18,17 @@
 //!
 //! [`describe_schema`] reads tables, columns, keys and comments from the
 //! catalog, and [`compact_description`] turns them into a token-lean text for
-//! a model prompt.
+//! a model prompt; [`catalog`] stores them (with `pg_stats` figures and
+//! embeddings) in Quarry's own schema, keyed by a hash of the live catalog.
+//! [`linking`] picks the tables and columns a question needs; [`golden`]
+//! holds validated question→SQL pairs (offline answers and few-shots).
 //!
-//! The gRPC adapter (`grpc`) maps these domain types to `quarry.v1`; the
-//! modules here never see tonic types. With the `test-util` feature,
-//! [`testing::TestDb`] creates a throw-away database for tests.
+//! [`service::SqlTool`] puts it together — generation loop (model →
+//! validate → execute → judge → retry), [`digest`], [`explain`], [`chart`]
+//! hints — with [`service::ToolError`] as the one error type; [`grpc`] maps
+//! it to `quarry.v1`, and the other modules never see tonic types. With the
+//! `test-util` feature, `testing::TestDb` creates a throw-away database for
+//! tests.
 
 pub mod catalog;
 pub mod chart;
@@ -45,20 +52,3 @@ pub use schema::{
 pub use validate::{
     Rejection, RejectionKind, TableRef, ValidatedQuery, ValidationPolicy, validate,
 };
-
-/// Any error of this crate.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The SQL was refused by the validator.
-    #[error(transparent)]
-    Rejected(#[from] Rejection),
-    /// Running the query failed.
-    #[error(transparent)]
-    Exec(#[from] ExecError),
-    /// Reading the catalog failed.
-    #[error(transparent)]
-    Schema(#[from] SchemaError),
-}
-
-/// Result with this crate's [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use tokio_postgres::GenericClient;
 
+use crate::execute::quote_ident;
 use crate::schema::{SchemaError, TableInfo, compact_description};
 
 /// Rough token count of `text` for budgeting prompts: one token per four
@@ -195,10 +196,6 @@ fn is_text_type(data_type: &str) -> bool {
         || t.starts_with("char")
         || t == "citext"
         || t == "name"
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 impl ValueIndex {

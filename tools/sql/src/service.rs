@@ -149,8 +149,9 @@ pub struct Generated {
     pub assumptions: Vec<String>,
     /// Tables the model said it used.
     pub tables_used: Vec<String>,
-    /// The accepted SQL as executed and its rows (absent for dry runs).
-    pub result: Option<(String, QueryResult)>,
+    /// The rows of the accepted SQL, and the SQL as executed (absent for dry
+    /// runs).
+    pub result: Option<QueryResult>,
     /// What schema linking chose (absent without a model).
     pub linking: Option<LinkedSchema>,
 }
@@ -359,24 +360,18 @@ impl SqlTool {
     }
 
     /// Validates and executes `sql`, capped at `max_rows` (0: the configured
-    /// cap; never above it). Returns the SQL as executed and its rows.
+    /// cap; never above it). The result carries the SQL as executed.
     ///
     /// # Errors
     /// [`ToolError::Rejected`] for refused SQL, [`ToolError::Exec`] when the
     /// database fails or a cap or the timeout is hit.
-    pub async fn execute(
-        &self,
-        sql: &str,
-        max_rows: u64,
-    ) -> Result<(String, QueryResult), ToolError> {
+    pub async fn execute(&self, sql: &str, max_rows: u64) -> Result<QueryResult, ToolError> {
         let mut policy = self.policy.clone();
         if max_rows > 0 {
             policy.max_rows = max_rows.min(self.config.exec.max_rows);
         }
         let query = crate::validate::validate_off_runtime(sql, &policy).await?;
-        let executed = query.rewritten_sql(self.config.exec.max_rows.min(query.max_rows()));
-        let result = self.executor.execute(&query).await?;
-        Ok((executed, result))
+        Ok(self.executor.execute(&query).await?)
     }
 
     /// Tables of `schemas` (empty: all configured schemas) and their compact
@@ -697,14 +692,14 @@ impl SqlTool {
             return Ok(generated);
         }
         match self.execute(&sql, max_rows).await {
-            Ok((executed, result)) => {
+            Ok(result) => {
                 generated.attempts.push(Attempt {
                     sql,
                     stage: Stage::Accepted,
                     error: None,
                     row_count: Some(result.rows.len() as u64),
                 });
-                generated.result = Some((executed, result));
+                generated.result = Some(result);
             }
             Err(error) => {
                 generated.attempts.push(Attempt {
@@ -878,7 +873,6 @@ impl SqlTool {
                     linking: Some(linked),
                 });
             }
-            let executed = query.rewritten_sql(self.config.exec.max_rows.min(query.max_rows()));
             let result = match self.executor.execute(&query).await {
                 Ok(result) => result,
                 Err(error) => {
@@ -920,7 +914,7 @@ impl SqlTool {
                 explanation: String::new(),
                 assumptions,
                 tables_used,
-                result: Some((executed, result)),
+                result: Some(result),
                 linking: Some(linked),
             });
         }
@@ -994,7 +988,7 @@ impl SqlTool {
         sql: &str,
         created_by: &str,
     ) -> Result<(u64, usize), ToolError> {
-        let (_, result) = self.execute(sql, 0).await?;
+        let result = self.execute(sql, 0).await?;
         if result.rows.is_empty() {
             return Err(ToolError::EmptyGolden);
         }

@@ -31,6 +31,7 @@ fn result(rows: Vec<Vec<Cell>>, truncated: bool, total_rows: Option<u64>) -> Que
         total_rows,
         bytes: 0,
         elapsed: Duration::ZERO,
+        sql: String::new(),
     }
 }
 
@@ -152,6 +153,7 @@ proptest! {
             total_rows: None,
             bytes: 0,
             elapsed: Duration::ZERO,
+            sql: String::new(),
         };
         let mut sorted = values.clone();
         sorted.sort_unstable();
