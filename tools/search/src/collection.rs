@@ -1,0 +1,843 @@
+//! Collections: what the search tool indexes, declared in configuration, and
+//! the sidecar table in PostgreSQL that holds each collection's documents.
+//!
+//! A collection reads one source table (`schema.table`) keyed by its primary
+//! key. Each field is either a source column or a SQL expression over the
+//! source row, which the expression names `src` (so a field can reach into
+//! related tables, e.g. an artwork's artist names). Fields come in three
+//! kinds:
+//!
+//! - **text** fields are searched: tantivy indexes them for BM25 and each
+//!   gets its own embedding in pgvector;
+//! - **filter** fields are typed ([`FilterType`]) and constrain a search;
+//! - **stored** fields are only returned with hits.
+//!
+//! # The sidecar table
+//!
+//! `quarry."search_<name>"` ([`Collection::docs_table`]) has one row per
+//! source row, keyed by the source key in text form. It is the source of
+//! truth for the tantivy index, which is rebuilt from it at will:
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `key` | `text` primary key | source primary key, text form |
+//! | `version` | `bigint` | from `quarry.search_version`, taken on every write by the sync |
+//! | `deleted` | `boolean` | tombstone: the source row is gone (kept so index followers see it) |
+//! | `t_<field>` | `text` | each text field's text (NULL when empty) |
+//! | `f_<field>` | `text` / `text[]` / `bigint` / `double precision` | each filter field ([`FilterType::sql_type`]); arrays hold no NULLs |
+//! | `stored` | `jsonb` | stored fields, `{name: value}` |
+//! | `embedded` | `boolean` | every text field's vector is current |
+//! | `h_<field>` | `bytea` | SHA-256 of the text `v_<field>` was computed from |
+//! | `v_<field>` | `vector(d)` | embedding of `t_<field>`, L2-normalised; HNSW index, cosine |
+//!
+//! The `h_`/`v_` columns exist only once an embedder has been recorded for
+//! the collection (`quarry.search_collections.model_id`/`dimension`); a
+//! different embedder is refused ([`CollectionError::EmbedderMismatch`]).
+//! A changed collection definition (its [`Collection::config_hash`]) drops
+//! and recreates the sidecar table, so the sync copies everything again.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio_postgres::Client;
+
+/// Longest collection name, in bytes (keeps generated identifiers within
+/// PostgreSQL's 63-byte `NAMEDATALEN` limit, PostgreSQL docs §4.1.1).
+pub const MAX_COLLECTION_NAME: usize = 24;
+/// Longest field name, in bytes (same reason).
+pub const MAX_FIELD_NAME: usize = 40;
+
+/// Errors from declaring or preparing a collection.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectionError {
+    /// The configuration is invalid; `field` names the offending setting
+    /// (e.g. `search.collections[0].filters[2].type`).
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Dotted path of the setting at fault.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The collection's vectors were written by another embedder.
+    #[error(
+        "collection {collection}: vectors were computed with {recorded_model} ({recorded_dimension} dims), \
+         but the configured embedder is {given_model} ({given_dimension} dims); \
+         configure the recorded model or reset the collection (`quarry index reset {collection}`)"
+    )]
+    EmbedderMismatch {
+        /// Collection name.
+        collection: String,
+        /// Model recorded in `quarry.search_collections`.
+        recorded_model: String,
+        /// Dimension recorded there.
+        recorded_dimension: usize,
+        /// Model of the embedder given now.
+        given_model: String,
+        /// Its dimension.
+        given_dimension: usize,
+    },
+    /// The source table or key column does not exist or is unsuitable.
+    #[error("collection {collection}: {message}")]
+    Source {
+        /// Collection name.
+        collection: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// Result alias of this module.
+pub type Result<T, E = CollectionError> = std::result::Result<T, E>;
+
+/// A collection as written in configuration (`[[search.collections]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionConfig {
+    /// Collection name: `[a-z][a-z0-9_]*`, at most [`MAX_COLLECTION_NAME`] bytes.
+    pub name: String,
+    /// Source table, `schema.table`.
+    pub source: String,
+    /// The source's primary-key column (one column; integer or text types).
+    pub key: String,
+    /// Searched text fields (at least one).
+    #[serde(default)]
+    pub text: Vec<FieldConfig>,
+    /// Typed filter fields.
+    #[serde(default)]
+    pub filters: Vec<FilterFieldConfig>,
+    /// Fields only returned with hits.
+    #[serde(default)]
+    pub stored: Vec<FieldConfig>,
+    /// Other tables whose changes alter a document (e.g. a join table the
+    /// fields' SQL reads); a change there re-syncs the source rows it names.
+    #[serde(default)]
+    pub dependents: Vec<DependentConfig>,
+}
+
+/// A text or stored field: a source column, or a SQL expression over `src`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldConfig {
+    /// Field name: `[a-z][a-z0-9_]*`, at most [`MAX_FIELD_NAME`] bytes.
+    pub name: String,
+    /// Source column (exclusive with `sql`); defaults to `name` when neither is set.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// SQL expression over the source row `src` (exclusive with `column`).
+    #[serde(default)]
+    pub sql: Option<String>,
+}
+
+/// A typed filter field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterFieldConfig {
+    /// Field name: `[a-z][a-z0-9_]*`, at most [`MAX_FIELD_NAME`] bytes.
+    pub name: String,
+    /// Value type.
+    #[serde(rename = "type")]
+    pub kind: FilterType,
+    /// Source column (exclusive with `sql`); defaults to `name` when neither is set.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// SQL expression over the source row `src` (exclusive with `column`).
+    #[serde(default)]
+    pub sql: Option<String>,
+}
+
+/// Another table whose rows feed a collection's documents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DependentConfig {
+    /// The table, `schema.table`.
+    pub table: String,
+    /// Its column holding the source key of the document it affects.
+    pub key_column: String,
+}
+
+/// Type of a filter field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterType {
+    /// One exact, case-sensitive string.
+    Keyword,
+    /// A set of exact strings (e.g. the artists of a work); a predicate holds
+    /// when it holds for any element.
+    Keywords,
+    /// A 64-bit signed integer.
+    Integer,
+    /// A 64-bit float.
+    Float,
+}
+
+impl FilterType {
+    /// The sidecar column type.
+    pub fn sql_type(self) -> &'static str {
+        match self {
+            FilterType::Keyword => "text",
+            FilterType::Keywords => "text[]",
+            FilterType::Integer => "bigint",
+            FilterType::Float => "double precision",
+        }
+    }
+
+    /// Name as written in configuration and error messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FilterType::Keyword => "keyword",
+            FilterType::Keywords => "keywords",
+            FilterType::Integer => "integer",
+            FilterType::Float => "float",
+        }
+    }
+}
+
+/// Where a field's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldSource {
+    /// A column of the source table.
+    Column(String),
+    /// A SQL expression over the source row `src`.
+    Sql(String),
+}
+
+impl FieldSource {
+    /// The expression to put in a `SELECT … FROM <source> AS src`.
+    pub fn select_expr(&self) -> String {
+        match self {
+            FieldSource::Column(column) => format!("src.{}", quote_ident(column)),
+            FieldSource::Sql(sql) => format!("({sql})"),
+        }
+    }
+}
+
+/// A validated text or stored field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// Field name.
+    pub name: String,
+    /// Where its value comes from.
+    pub source: FieldSource,
+}
+
+/// A validated filter field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterField {
+    /// Field name.
+    pub name: String,
+    /// Value type.
+    pub kind: FilterType,
+    /// Where its value comes from.
+    pub source: FieldSource,
+}
+
+/// A schema-qualified table name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    /// Schema.
+    pub schema: String,
+    /// Table.
+    pub table: String,
+}
+
+impl TableName {
+    /// `"schema"."table"`, quoted.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
+}
+
+/// A validated dependent table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependent {
+    /// The table.
+    pub table: TableName,
+    /// Its column naming the source key.
+    pub key_column: String,
+}
+
+/// A validated collection (see the module docs for its sidecar table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collection {
+    /// Collection name.
+    pub name: String,
+    /// Source table.
+    pub source: TableName,
+    /// Source primary-key column.
+    pub key: String,
+    /// Searched text fields, in configuration order.
+    pub text: Vec<Field>,
+    /// Filter fields, in configuration order.
+    pub filters: Vec<FilterField>,
+    /// Stored fields, in configuration order.
+    pub stored: Vec<Field>,
+    /// Dependent tables.
+    pub dependents: Vec<Dependent>,
+    config_hash: String,
+}
+
+impl Collection {
+    /// Validates `config`; `path` is the setting's location for error
+    /// messages (e.g. `search.collections[0]`).
+    ///
+    /// # Errors
+    /// [`CollectionError::Invalid`] naming the setting at fault.
+    pub fn from_config(config: &CollectionConfig, path: &str) -> Result<Collection> {
+        let invalid = |field: String, message: String| CollectionError::Invalid { field, message };
+        check_name(&config.name, MAX_COLLECTION_NAME)
+            .map_err(|m| invalid(format!("{path}.name"), m))?;
+        let source =
+            parse_table(&config.source).map_err(|m| invalid(format!("{path}.source"), m))?;
+        check_ident(&config.key).map_err(|m| invalid(format!("{path}.key"), m))?;
+        if config.text.is_empty() {
+            return Err(invalid(
+                format!("{path}.text"),
+                "a collection needs at least one text field".into(),
+            ));
+        }
+        let mut text = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, field) in config.text.iter().enumerate() {
+            let at = format!("{path}.text[{i}]");
+            let source = field_source(&field.name, &field.column, &field.sql, &at)?;
+            if !seen.insert(field.name.as_str()) {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!("duplicate text field {:?}", field.name),
+                ));
+            }
+            text.push(Field {
+                name: field.name.clone(),
+                source,
+            });
+        }
+        let mut filters = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, field) in config.filters.iter().enumerate() {
+            let at = format!("{path}.filters[{i}]");
+            let source = field_source(&field.name, &field.column, &field.sql, &at)?;
+            if !seen.insert(field.name.as_str()) {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!("duplicate filter field {:?}", field.name),
+                ));
+            }
+            filters.push(FilterField {
+                name: field.name.clone(),
+                kind: field.kind,
+                source,
+            });
+        }
+        let mut stored = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, field) in config.stored.iter().enumerate() {
+            let at = format!("{path}.stored[{i}]");
+            let source = field_source(&field.name, &field.column, &field.sql, &at)?;
+            if !seen.insert(field.name.as_str()) {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!("duplicate stored field {:?}", field.name),
+                ));
+            }
+            stored.push(Field {
+                name: field.name.clone(),
+                source,
+            });
+        }
+        let mut dependents = Vec::new();
+        for (i, dependent) in config.dependents.iter().enumerate() {
+            let at = format!("{path}.dependents[{i}]");
+            let table =
+                parse_table(&dependent.table).map_err(|m| invalid(format!("{at}.table"), m))?;
+            check_ident(&dependent.key_column)
+                .map_err(|m| invalid(format!("{at}.key_column"), m))?;
+            dependents.push(Dependent {
+                table,
+                key_column: dependent.key_column.clone(),
+            });
+        }
+        let canonical = serde_json::to_vec(config).unwrap_or_default();
+        let config_hash = hex(&Sha256::digest(&canonical));
+        Ok(Collection {
+            name: config.name.clone(),
+            source,
+            key: config.key.clone(),
+            text,
+            filters,
+            stored,
+            dependents,
+            config_hash,
+        })
+    }
+
+    /// SHA-256 (hex) of the configuration: a change recreates the sidecar.
+    pub fn config_hash(&self) -> &str {
+        &self.config_hash
+    }
+
+    /// The sidecar table, quoted: `quarry."search_<name>"`.
+    pub fn docs_table(&self) -> String {
+        format!("quarry.{}", quote_ident(&format!("search_{}", self.name)))
+    }
+
+    /// Looks up a text field by name.
+    pub fn text_field(&self, name: &str) -> Option<&Field> {
+        self.text.iter().find(|f| f.name == name)
+    }
+
+    /// Looks up a filter field by name.
+    pub fn filter_field(&self, name: &str) -> Option<&FilterField> {
+        self.filters.iter().find(|f| f.name == name)
+    }
+
+    /// Looks up a stored field by name.
+    pub fn stored_field(&self, name: &str) -> Option<&Field> {
+        self.stored.iter().find(|f| f.name == name)
+    }
+
+    /// `CREATE TABLE` and `CREATE INDEX` statements of the sidecar table;
+    /// with `dimension`, the `h_`/`v_` columns and their indexes too. HNSW
+    /// uses pgvector's defaults (`m = 16`, `ef_construction = 64`) with
+    /// `vector_cosine_ops`.
+    pub fn sidecar_ddl(&self, dimension: Option<usize>) -> Vec<String> {
+        let table = self.docs_table();
+        let mut create = format!(
+            "CREATE TABLE {table} (\n  key text PRIMARY KEY,\n  version bigint NOT NULL,\n  deleted boolean NOT NULL DEFAULT false"
+        );
+        for field in &self.text {
+            let _ = write!(create, ",\n  {} text", text_column(&field.name));
+        }
+        for field in &self.filters {
+            let _ = write!(
+                create,
+                ",\n  {} {}",
+                filter_column(&field.name),
+                field.kind.sql_type()
+            );
+        }
+        create.push_str(",\n  stored jsonb NOT NULL DEFAULT '{}'::jsonb,\n  embedded boolean NOT NULL DEFAULT false\n)");
+        let mut statements = vec![create];
+        let prefix = format!("search_{}", self.name);
+        statements.push(format!(
+            "CREATE INDEX {} ON {table} (version)",
+            quote_ident(&format!("{prefix}_version"))
+        ));
+        statements.push(format!(
+            "CREATE INDEX {} ON {table} (version) WHERE NOT embedded AND NOT deleted",
+            quote_ident(&format!("{prefix}_pending"))
+        ));
+        for (i, field) in self.filters.iter().enumerate() {
+            let method = if field.kind == FilterType::Keywords {
+                "gin"
+            } else {
+                "btree"
+            };
+            statements.push(format!(
+                "CREATE INDEX {} ON {table} USING {method} ({})",
+                quote_ident(&format!("{prefix}_f{i}")),
+                filter_column(&field.name)
+            ));
+        }
+        if let Some(dimension) = dimension {
+            statements.extend(self.vector_ddl(dimension));
+        }
+        statements
+    }
+
+    /// Statements adding the `h_`/`v_` columns and their indexes.
+    pub fn vector_ddl(&self, dimension: usize) -> Vec<String> {
+        let table = self.docs_table();
+        let prefix = format!("search_{}", self.name);
+        let mut statements = Vec::new();
+        for (i, field) in self.text.iter().enumerate() {
+            statements.push(format!(
+                "ALTER TABLE {table} ADD COLUMN {} bytea, ADD COLUMN {} vector({dimension})",
+                hash_column(&field.name),
+                vector_column(&field.name)
+            ));
+            statements.push(format!(
+                "CREATE INDEX {} ON {table} ({})",
+                quote_ident(&format!("{prefix}_h{i}")),
+                hash_column(&field.name)
+            ));
+            statements.push(format!(
+                "CREATE INDEX {} ON {table} USING hnsw ({} vector_cosine_ops)",
+                quote_ident(&format!("{prefix}_v{i}")),
+                vector_column(&field.name)
+            ));
+        }
+        statements
+    }
+}
+
+/// Statements creating Quarry's search bookkeeping (idempotent): the
+/// `quarry.search_version` sequence, `quarry.search_collections` (one row per
+/// collection: definition hash, recorded embedder, sync progress) and the
+/// change outbox `quarry.search_outbox` that source triggers append to.
+pub const META_DDL: &[&str] = &[
+    "CREATE EXTENSION IF NOT EXISTS vector",
+    "CREATE SCHEMA IF NOT EXISTS quarry",
+    "CREATE SEQUENCE IF NOT EXISTS quarry.search_version",
+    "CREATE TABLE IF NOT EXISTS quarry.search_collections (
+        name text PRIMARY KEY,
+        config_hash text NOT NULL,
+        model_id text,
+        dimension integer,
+        source_oid oid,
+        backfill_after text,
+        backfill_done boolean NOT NULL DEFAULT false,
+        backfill_from_version bigint,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now()
+    )",
+    "CREATE TABLE IF NOT EXISTS quarry.search_outbox (
+        seq bigserial PRIMARY KEY,
+        collection text NOT NULL,
+        key text NOT NULL,
+        enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    )",
+    "CREATE INDEX IF NOT EXISTS search_outbox_collection_seq_idx ON quarry.search_outbox (collection, seq)",
+];
+
+/// What [`ensure_sidecar`] found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarState {
+    /// The sidecar table was (re)created just now: it is empty.
+    pub created: bool,
+    /// Embedder recorded for the collection's vectors, `(model_id, dimension)`.
+    pub embedder: Option<(String, usize)>,
+}
+
+/// Creates the bookkeeping tables and `collection`'s sidecar when missing;
+/// recreates the sidecar when the definition changed (resetting the sync's
+/// checkpoint); records `embedder` (`(model_id, dimension)`) on first use and
+/// adds the vector columns then. Serialised across processes by a
+/// transaction-level advisory lock.
+///
+/// # Errors
+/// [`CollectionError::EmbedderMismatch`] when another embedder wrote the
+/// vectors; [`CollectionError::Source`] when the source table or key column
+/// is missing; database errors.
+pub async fn ensure_sidecar(
+    client: &mut Client,
+    collection: &Collection,
+    embedder: Option<(&str, usize)>,
+) -> Result<SidecarState> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('quarry.search'))",
+        &[],
+    )
+    .await?;
+    for statement in META_DDL {
+        tx.batch_execute(statement).await?;
+    }
+    let key_type: Option<String> = tx
+        .query_opt(
+            "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped AND a.attnum > 0",
+            &[&collection.source.quoted(), &collection.key],
+        )
+        .await?
+        .map(|row| row.get(0));
+    if key_type.is_none() {
+        return Err(CollectionError::Source {
+            collection: collection.name.clone(),
+            message: format!(
+                "source table {} with key column {:?} not found",
+                collection.source.quoted(),
+                collection.key
+            ),
+        });
+    }
+    let row = tx
+        .query_opt(
+            "SELECT config_hash, model_id, dimension FROM quarry.search_collections WHERE name = $1",
+            &[&collection.name],
+        )
+        .await?;
+    let table_exists: bool = tx
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&collection.docs_table()],
+        )
+        .await?
+        .get(0);
+    let recorded: Option<(String, usize)> = row.as_ref().and_then(|r| {
+        let model: Option<String> = r.get(1);
+        let dimension: Option<i32> = r.get(2);
+        Some((model?, usize::try_from(dimension?).ok()?))
+    });
+    if let (Some((recorded_model, recorded_dimension)), Some((given_model, given_dimension))) =
+        (&recorded, embedder)
+        && (recorded_model != given_model || *recorded_dimension != given_dimension)
+    {
+        return Err(CollectionError::EmbedderMismatch {
+            collection: collection.name.clone(),
+            recorded_model: recorded_model.clone(),
+            recorded_dimension: *recorded_dimension,
+            given_model: given_model.to_owned(),
+            given_dimension,
+        });
+    }
+    let same_definition = row
+        .as_ref()
+        .is_some_and(|r| r.get::<_, String>(0) == collection.config_hash);
+    let mut created = false;
+    let mut state_embedder = recorded.clone();
+    if !(same_definition && table_exists) {
+        tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", collection.docs_table()))
+            .await?;
+        // Vectors are recomputed for the new definition, by the embedder given now.
+        let dimension = embedder
+            .map(|(_, d)| d)
+            .or(recorded.as_ref().map(|(_, d)| *d));
+        for statement in collection.sidecar_ddl(dimension) {
+            tx.batch_execute(&statement).await?;
+        }
+        let model = embedder
+            .map(|(m, _)| m.to_owned())
+            .or(recorded.as_ref().map(|(m, _)| m.clone()));
+        let dim = dimension.and_then(|d| i32::try_from(d).ok());
+        tx.execute(
+            "INSERT INTO quarry.search_collections (name, config_hash, model_id, dimension) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET config_hash = EXCLUDED.config_hash, \
+               model_id = EXCLUDED.model_id, dimension = EXCLUDED.dimension, source_oid = NULL, \
+               backfill_after = NULL, backfill_done = false, backfill_from_version = NULL, updated_at = now()",
+            &[&collection.name, &collection.config_hash, &model, &dim],
+        )
+        .await?;
+        created = true;
+        state_embedder = model.zip(dimension);
+    } else if recorded.is_none()
+        && let Some((model, dimension)) = embedder
+    {
+        for statement in collection.vector_ddl(dimension) {
+            tx.batch_execute(&statement).await?;
+        }
+        let dim = i32::try_from(dimension).ok();
+        tx.execute(
+            "UPDATE quarry.search_collections SET model_id = $2, dimension = $3, updated_at = now() WHERE name = $1",
+            &[&collection.name, &model, &dim],
+        )
+        .await?;
+        state_embedder = Some((model.to_owned(), dimension));
+    }
+    tx.commit().await?;
+    Ok(SidecarState {
+        created,
+        embedder: state_embedder,
+    })
+}
+
+/// Sidecar column of a text field's text: `t_<name>`.
+pub fn text_column(field: &str) -> String {
+    format!("t_{field}")
+}
+
+/// Sidecar column of a filter field: `f_<name>`.
+pub fn filter_column(field: &str) -> String {
+    format!("f_{field}")
+}
+
+/// Sidecar column of a text field's embedding: `v_<name>`.
+pub fn vector_column(field: &str) -> String {
+    format!("v_{field}")
+}
+
+/// Sidecar column of the hash of the text a vector was computed from: `h_<name>`.
+pub fn hash_column(field: &str) -> String {
+    format!("h_{field}")
+}
+
+/// SHA-256 of a text as embedded (the embedding cache key).
+pub fn content_hash(text: &str) -> Vec<u8> {
+    Sha256::digest(text.as_bytes()).to_vec()
+}
+
+/// Quotes an SQL identifier (PostgreSQL docs §4.1.1): wraps it in double
+/// quotes and doubles any inside.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn field_source(
+    name: &str,
+    column: &Option<String>,
+    sql: &Option<String>,
+    at: &str,
+) -> Result<FieldSource> {
+    let invalid = |field: String, message: String| CollectionError::Invalid { field, message };
+    check_name(name, MAX_FIELD_NAME).map_err(|m| invalid(format!("{at}.name"), m))?;
+    match (column, sql) {
+        (Some(_), Some(_)) => Err(invalid(
+            at.to_owned(),
+            "set `column` or `sql`, not both".into(),
+        )),
+        (Some(column), None) => {
+            check_ident(column).map_err(|m| invalid(format!("{at}.column"), m))?;
+            Ok(FieldSource::Column(column.clone()))
+        }
+        (None, Some(sql)) => {
+            if sql.trim().is_empty() {
+                return Err(invalid(format!("{at}.sql"), "empty SQL expression".into()));
+            }
+            if sql.contains(';') {
+                return Err(invalid(
+                    format!("{at}.sql"),
+                    "one expression, no `;`".into(),
+                ));
+            }
+            Ok(FieldSource::Sql(sql.clone()))
+        }
+        (None, None) => Ok(FieldSource::Column(name.to_owned())),
+    }
+}
+
+fn check_name(name: &str, max: usize) -> std::result::Result<(), String> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !ok {
+        return Err(format!("{name:?} must match [a-z][a-z0-9_]*"));
+    }
+    if name.len() > max {
+        return Err(format!("{name:?} is longer than {max} bytes"));
+    }
+    Ok(())
+}
+
+fn check_ident(ident: &str) -> std::result::Result<(), String> {
+    if ident.is_empty() || ident.len() > 63 || ident.contains('\0') {
+        return Err(format!(
+            "{ident:?} is not a valid identifier (1 to 63 bytes)"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_table(name: &str) -> std::result::Result<TableName, String> {
+    match name.split_once('.') {
+        Some((schema, table)) if !table.contains('.') => {
+            check_ident(schema)?;
+            check_ident(table)?;
+            Ok(TableName {
+                schema: schema.to_owned(),
+                table: table.to_owned(),
+            })
+        }
+        _ => Err(format!("{name:?} must be `schema.table`")),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> CollectionConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    const ARTWORKS: &str = r#"
+        name = "artworks"
+        source = "tate.artworks"
+        key = "id"
+        text = [{ name = "title" }, { name = "subjects", sql = "(SELECT 1)" }]
+        filters = [{ name = "artist", type = "keywords", sql = "ARRAY[]::text[]" },
+                   { name = "acquisition_year", type = "integer" }]
+        stored = [{ name = "url" }]
+        dependents = [{ table = "tate.artwork_subjects", key_column = "artwork_id" }]
+    "#;
+
+    #[test]
+    fn parses_and_validates() {
+        let collection = Collection::from_config(&parse(ARTWORKS), "c").unwrap();
+        assert_eq!(collection.docs_table(), r#"quarry."search_artworks""#);
+        assert_eq!(
+            collection.text[0].source,
+            FieldSource::Column("title".into())
+        );
+        assert_eq!(collection.filters[0].kind, FilterType::Keywords);
+        assert_eq!(collection.text[0].source.select_expr(), r#"src."title""#);
+        let ddl = collection.sidecar_ddl(Some(384)).join(";\n");
+        assert!(ddl.contains("f_artist text[]"), "{ddl}");
+        assert!(ddl.contains("USING gin (f_artist)"), "{ddl}");
+        assert!(ddl.contains("v_title vector(384)"), "{ddl}");
+        assert!(
+            ddl.contains("USING hnsw (v_subjects vector_cosine_ops)"),
+            "{ddl}"
+        );
+        assert!(!collection.sidecar_ddl(None).join(";").contains("vector("));
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let mut config = parse(ARTWORKS);
+        config.filters[1].name = "Year".into();
+        let error = Collection::from_config(&config, "search.collections[0]").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("search.collections[0].filters[1].name:"),
+            "{error}"
+        );
+
+        let mut config = parse(ARTWORKS);
+        config.source = "artworks".into();
+        let error = Collection::from_config(&config, "x").unwrap_err();
+        assert!(error.to_string().starts_with("x.source:"), "{error}");
+
+        let mut config = parse(ARTWORKS);
+        config.text.clear();
+        assert!(
+            Collection::from_config(&config, "x")
+                .unwrap_err()
+                .to_string()
+                .starts_with("x.text:")
+        );
+
+        let mut config = parse(ARTWORKS);
+        config.text[0].sql = Some("1".into());
+        config.text[0].column = Some("title".into());
+        assert!(
+            Collection::from_config(&config, "x")
+                .unwrap_err()
+                .to_string()
+                .starts_with("x.text[0]:")
+        );
+
+        let bad_type =
+            toml::from_str::<CollectionConfig>(&ARTWORKS.replace("\"keywords\"", "\"date\""));
+        assert!(bad_type.is_err());
+    }
+
+    #[test]
+    fn definition_hash_changes_with_config() {
+        let a = Collection::from_config(&parse(ARTWORKS), "x").unwrap();
+        let mut config = parse(ARTWORKS);
+        config.stored.push(FieldConfig {
+            name: "date_text".into(),
+            column: None,
+            sql: None,
+        });
+        let b = Collection::from_config(&config, "x").unwrap();
+        assert_ne!(a.config_hash(), b.config_hash());
+        assert_eq!(a.config_hash().len(), 64);
+    }
+}
