@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "quarry/v1/values.proto",
         "quarry/v1/sql.proto",
         "quarry/v1/assistant.proto",
+        "quarry/v1/search.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
