@@ -23,6 +23,7 @@
 //!
 //! The figures ([`SqlEvalReport`]) are defined there, field by field.
 
+pub mod beir;
 pub mod compare;
 pub mod convert;
 pub mod dataset;
