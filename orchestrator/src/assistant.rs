@@ -19,9 +19,11 @@ use quarry_auth::Principal;
 use quarry_llm::{ChatEvent, ChatModel, ChatRequest, Message, ToolCall, ToolSpec};
 use quarry_proto::v1::{
     AnswerDelta, AnswerStatus, AskMode, AskRequest, AskResponse, Citation, CitationKind,
-    DescribeSchemaRequest, ExecuteSqlRequest, FinalAnswer, GenerateSqlRequest, ResultDigest,
-    RouteDecided, RowSet, SqlAttempt, SqlToolResult, Started, ToolCallStarted, ToolResult, Usage,
-    ask_response::Event, sql_service_client::SqlServiceClient, tool_result::Outcome,
+    DescribeSchemaRequest, ExecuteSqlRequest, FinalAnswer, GenerateSqlRequest,
+    ListCollectionsRequest, ResultDigest, RouteDecided, RowSet, SearchToolResult, SqlAttempt,
+    SqlToolResult, Started, ToolCallStarted, ToolResult, Usage, ask_response::Event,
+    search_service_client::SearchServiceClient, sql_service_client::SqlServiceClient,
+    tool_result::Outcome,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -35,6 +37,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::{
     config::OrchestratorConfig,
     render::{markdown_table, value_text},
+    search::{self, SEARCH_DOCUMENTS},
 };
 
 /// Name of the SQL tool as the model sees it.
@@ -57,6 +60,7 @@ pub struct Caller {
 pub struct Assistant {
     model: Option<Arc<dyn ChatModel>>,
     sql: SqlServiceClient<Channel>,
+    search: Option<SearchServiceClient<Channel>>,
     config: OrchestratorConfig,
 }
 
@@ -77,7 +81,20 @@ impl Assistant {
         sql: SqlServiceClient<Channel>,
         config: OrchestratorConfig,
     ) -> Self {
-        Self { model, sql, config }
+        Self {
+            model,
+            sql,
+            search: None,
+            config,
+        }
+    }
+
+    /// Offers the search tool (`search_documents`) to the model too, over the
+    /// collections `search` declares.
+    #[must_use]
+    pub fn with_search(mut self, search: SearchServiceClient<Channel>) -> Self {
+        self.search = Some(search);
+        self
     }
 
     /// The settings in force.
@@ -395,11 +412,14 @@ impl Run {
                 });
             }
         };
+        let mut tools = vec![query_database_spec(self.assistant.config.model_rows)];
+        let search_spec = self.search_spec().await;
+        let with_search = search_spec.is_some();
+        tools.extend(search_spec);
         let mut messages = vec![
-            Message::system(system_prompt(&schema)),
+            Message::system(system_prompt(&schema, with_search)),
             Message::user(question),
         ];
-        let tools = vec![query_database_spec(self.assistant.config.model_rows)];
         let max_steps = self.assistant.config.max_steps;
         for _step in 0..max_steps {
             let mut stream = model.chat_stream(ChatRequest::new(messages.clone(), tools.clone()));
@@ -440,6 +460,11 @@ impl Run {
                 tool_calls: calls.clone(),
             });
             for call in &calls {
+                if call.name == SEARCH_DOCUMENTS {
+                    let text = self.run_search(call).await?;
+                    messages.push(Message::tool(call.id.clone(), text));
+                    continue;
+                }
                 let text = match self.run_tool(call).await? {
                     Ok(rows) => rows_for_model(
                         &call.id,
@@ -485,7 +510,12 @@ impl Run {
         let outcome = match call.name.as_str() {
             QUERY_DATABASE => self.query_database(&call.arguments).await,
             other => Err(format!(
-                "unknown tool {other:?}; the tools offered are: {QUERY_DATABASE}"
+                "unknown tool {other:?}; the tools offered are: {QUERY_DATABASE}{}",
+                if self.assistant.search.is_some() {
+                    format!(", {SEARCH_DOCUMENTS}")
+                } else {
+                    String::new()
+                }
             )),
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -521,6 +551,102 @@ impl Run {
         }))
         .await?;
         Ok(result)
+    }
+
+    /// The search tool's spec, from the collections the search service
+    /// lists for this caller; `None` without a search service, without
+    /// collections, or when listing fails (logged; the SQL tool still works).
+    async fn search_spec(&self) -> Option<ToolSpec> {
+        let mut client = self.assistant.search.clone()?;
+        match client
+            .list_collections(self.request(ListCollectionsRequest {}))
+            .await
+        {
+            Ok(response) => search::spec(&response.into_inner().collections),
+            Err(status) => {
+                warn!(error = %status.message(), "listing search collections failed");
+                None
+            }
+        }
+    }
+
+    /// Runs one `search_documents` call: emits `tool_call_started`, searches,
+    /// emits `tool_result`, cites every hit. Returns the text for the model
+    /// (hits, or the error).
+    async fn run_search(&mut self, call: &ToolCall) -> Result<String, Gone> {
+        self.usage.tool_calls += 1;
+        self.emit(Event::ToolCallStarted(ToolCallStarted {
+            call_id: call.id.clone(),
+            tool_name: call.name.clone(),
+            arguments_json: call.arguments.clone(),
+        }))
+        .await?;
+        let started = Instant::now();
+        let result = match (
+            search::request_from_arguments(&call.arguments),
+            self.assistant.search.clone(),
+        ) {
+            (Err(message), _) => Err(message),
+            (Ok(_), None) => Err("the search tool is not configured".to_string()),
+            (Ok(request), Some(mut client)) => {
+                let (collection, query, mode) = (
+                    request.collection.clone(),
+                    request.query.clone(),
+                    request.mode,
+                );
+                client
+                    .search(self.request(request))
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        SearchToolResult {
+                            collection,
+                            query,
+                            mode: if r.mode == 0 { mode } else { r.mode },
+                            hits: r.hits,
+                            exact_vector_search: r.exact_vector_search,
+                            documents: r.documents,
+                            embedded_documents: r.embedded_documents,
+                        }
+                    })
+                    .map_err(|status| status.message().to_string())
+            }
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let (outcome, text) = match result {
+            Ok(found) => {
+                for hit in &found.hits {
+                    self.citations.push(Citation {
+                        kind: CitationKind::Document as i32,
+                        call_id: call.id.clone(),
+                        sql: String::new(),
+                        source_id: format!("{}/{}", found.collection, hit.key),
+                    });
+                }
+                let text = search::hits_for_model(
+                    &call.id,
+                    &found.collection,
+                    &found.hits,
+                    found.documents,
+                    found.embedded_documents,
+                    self.assistant.config.max_cell_chars,
+                    sanitize,
+                );
+                (Outcome::Search(found), text)
+            }
+            Err(message) => {
+                let text = error_for_model(&call.id, &message);
+                (Outcome::Error(message), text)
+            }
+        };
+        self.emit(Event::ToolResult(ToolResult {
+            call_id: call.id.clone(),
+            tool_name: call.name.clone(),
+            outcome: Some(outcome),
+            elapsed_ms,
+        }))
+        .await?;
+        Ok(text)
     }
 
     /// `query_database`: `{"question": "..."}` goes to `GenerateSql` (schema
@@ -599,10 +725,18 @@ impl Run {
 }
 
 /// The system prompt of agentic mode.
-fn system_prompt(schema: &str) -> String {
+fn system_prompt(schema: &str, with_search: bool) -> String {
+    let search = if with_search {
+        format!(
+            "You can also find documents by meaning with `{SEARCH_DOCUMENTS}` (free-text fields, \
+             with structured filters); cite hits by their key.\n"
+        )
+    } else {
+        String::new()
+    };
     format!(
         "You are Quarry, an assistant that answers questions about an organisation's data.\n\
-         You can query a PostgreSQL database with the `{QUERY_DATABASE}` tool. Schema \
+         {search}You can query a PostgreSQL database with the `{QUERY_DATABASE}` tool. Schema \
          (tables the caller may query; `->` marks a foreign key):\n{schema}\n\n\
          Rules:\n\
          - Get every fact from a tool result; never guess or invent numbers, names or dates.\n\

@@ -4,6 +4,8 @@
 //! - [`assistant`]: the domain — agentic tool-calling loop (a model chooses
 //!   tools) and router mode (golden question→SQL pairs, no model needed);
 //! - [`grpc`]: the `quarry.v1.AssistantService` adapter;
+//! - [`search`]: the `search_documents` tool: its spec from the declared
+//!   collections, model arguments → `SearchRequest`, hits for the model;
 //! - [`render`]: text rendering of typed rows for answers, the model and the CLI.
 //!
 //! Tools are reached through their generated gRPC clients whether they run in
@@ -14,6 +16,7 @@ pub mod assistant;
 pub mod config;
 pub mod grpc;
 pub mod render;
+pub mod search;
 
 pub use assistant::{AskStream, Assistant, Caller, QUERY_DATABASE};
 pub use config::OrchestratorConfig;
