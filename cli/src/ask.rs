@@ -6,7 +6,7 @@ use std::io::Write;
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use quarry_orchestrator::render::markdown_table;
+use quarry_orchestrator::render::{self, markdown_table};
 use quarry_proto::v1::{
     AnswerStatus, AskMode, AskRequest, AttemptStage, ask_response::Event,
     assistant_service_client::AssistantServiceClient, tool_result::Outcome,
@@ -70,6 +70,24 @@ pub async fn ask(
                 )?;
             }
             Event::ToolResult(t) => match t.outcome {
+                Some(Outcome::Search(found)) => {
+                    writeln!(
+                        out,
+                        "» tool result {} ({} ms): {} hits in {}",
+                        t.call_id,
+                        t.elapsed_ms,
+                        found.hits.len(),
+                        found.collection
+                    )?;
+                    for hit in &found.hits {
+                        let title = hit
+                            .fields
+                            .get("title")
+                            .map(render::value_text)
+                            .unwrap_or_default();
+                        writeln!(out, "  {} ({:.4}) {title}", hit.key, hit.score)?;
+                    }
+                }
                 Some(Outcome::Sql(sql)) => {
                     writeln!(
                         out,
