@@ -1,0 +1,73 @@
+//! The crate's one error type. [`crate::grpc::status_of`] is the one place
+//! that maps it to gRPC status codes.
+
+use crate::collection::CollectionError;
+use crate::filter::FilterError;
+
+/// Everything that can go wrong in the search tool.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// The request is wrong; `field` names the request field at fault
+    /// (`collection`, `query`, `k`, `fields[2]`, `filter.and[1].range.lower`).
+    #[error("invalid {field}: {message}")]
+    InvalidArgument {
+        /// Request field path.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The request is fine but this server cannot serve it as configured
+    /// (e.g. vector mode without an embedder).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A dependency (database, embedder) cannot be reached; retrying later
+    /// may succeed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Configuration or collection set-up failed (start-up only).
+    #[error("collection: {0}")]
+    Collection(#[from] CollectionError),
+    /// PostgreSQL reported an error.
+    #[error("database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    /// tantivy failed (I/O on the index directory, a corrupt index).
+    #[error("index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    /// Anything else that is our fault.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<FilterError> for SearchError {
+    fn from(e: FilterError) -> Self {
+        SearchError::InvalidArgument {
+            field: e.path,
+            message: e.message,
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for SearchError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        SearchError::Unavailable(format!("database pool: {e}"))
+    }
+}
+
+impl From<tokio::task::JoinError> for SearchError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        SearchError::Internal(format!("blocking task failed: {e}"))
+    }
+}
+
+impl SearchError {
+    /// An [`SearchError::InvalidArgument`] for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SearchError::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = SearchError> = std::result::Result<T, E>;

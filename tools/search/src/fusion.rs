@@ -1,0 +1,140 @@
+//! Weighted reciprocal rank fusion (Cormack, Clarke and Büttcher, "Reciprocal
+//! rank fusion outperforms Condorcet and individual rank learning methods",
+//! SIGIR 2009): `score(d) = Σ_r w_r / (rrf_k + rank_r(d))` over the
+//! retrievers `r` that ranked `d`, ranks 1-based; the paper's `rrf_k` is 60.
+
+use std::collections::HashMap;
+
+/// The `k` of the paper ([`fuse`]'s `rrf_k` default).
+pub const DEFAULT_RRF_K: f64 = 60.0;
+
+/// One retriever's view of a document.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetrieverScore {
+    /// 1-based rank in that retriever's list.
+    pub rank: u32,
+    /// The retriever's own score (BM25, or cosine similarity).
+    pub score: f64,
+}
+
+/// A fused hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FusedHit {
+    /// Source key.
+    pub key: String,
+    /// The RRF score.
+    pub score: f64,
+    /// BM25's rank and score, when BM25 ranked the document.
+    pub bm25: Option<RetrieverScore>,
+    /// The vector retriever's rank and score, when it ranked the document.
+    pub vector: Option<RetrieverScore>,
+}
+
+/// Fuses two ranked lists (best first, `(key, score)`; a key repeated in a
+/// list counts at its first position) with weights `bm25_weight` and
+/// `vector_weight`. Ordered by fused score, descending; ties by the best
+/// (smallest) rank in either list, then by key, so the order is
+/// deterministic.
+pub fn fuse(
+    bm25: &[(String, f64)],
+    vector: &[(String, f64)],
+    bm25_weight: f64,
+    vector_weight: f64,
+    rrf_k: f64,
+) -> Vec<FusedHit> {
+    let mut hits: Vec<FusedHit> = Vec::new();
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    for (list, weight, is_bm25) in [(bm25, bm25_weight, true), (vector, vector_weight, false)] {
+        for (i, (key, score)) in list.iter().enumerate() {
+            let rank = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            let slot = *at.entry(key.as_str()).or_insert_with(|| {
+                hits.push(FusedHit {
+                    key: key.clone(),
+                    score: 0.0,
+                    bm25: None,
+                    vector: None,
+                });
+                hits.len() - 1
+            });
+            let hit = &mut hits[slot];
+            let own = if is_bm25 {
+                &mut hit.bm25
+            } else {
+                &mut hit.vector
+            };
+            if own.is_none() {
+                *own = Some(RetrieverScore {
+                    rank,
+                    score: *score,
+                });
+                hit.score += weight / (rrf_k + f64::from(rank));
+            }
+        }
+    }
+    let best_rank = |h: &FusedHit| {
+        h.bm25
+            .map_or(u32::MAX, |s| s.rank)
+            .min(h.vector.map_or(u32::MAX, |s| s.rank))
+    };
+    hits.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| best_rank(a).cmp(&best_rank(b)))
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    hits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(keys: &[&str]) -> Vec<(String, f64)> {
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| ((*k).to_owned(), 10.0 - i as f64))
+            .collect()
+    }
+
+    #[test]
+    fn documents_in_both_lists_win_and_keep_both_ranks() {
+        let fused = fuse(&list(&["a", "b", "c"]), &list(&["c", "d"]), 1.0, 1.0, 60.0);
+        let keys: Vec<&str> = fused.iter().map(|h| h.key.as_str()).collect();
+        assert_eq!(keys, ["c", "a", "b", "d"]);
+        let c = &fused[0];
+        assert!((c.score - (1.0 / 63.0 + 1.0 / 61.0)).abs() < 1e-12);
+        assert_eq!(
+            c.bm25,
+            Some(RetrieverScore {
+                rank: 3,
+                score: 8.0
+            })
+        );
+        assert_eq!(
+            c.vector,
+            Some(RetrieverScore {
+                rank: 1,
+                score: 10.0
+            })
+        );
+        assert_eq!(fused[3].bm25, None);
+    }
+
+    #[test]
+    fn ties_break_by_best_rank_then_key() {
+        // a and x both score 1/61; b and y 1/62.
+        let fused = fuse(&list(&["x", "y"]), &list(&["a", "b"]), 1.0, 1.0, 60.0);
+        let keys: Vec<&str> = fused.iter().map(|h| h.key.as_str()).collect();
+        assert_eq!(keys, ["a", "x", "b", "y"]);
+    }
+
+    #[test]
+    fn weights_shift_the_order() {
+        let fused = fuse(&list(&["a"]), &list(&["b"]), 1.0, 2.0, 60.0);
+        assert_eq!(fused[0].key, "b");
+        assert!((fused[0].score - 2.0 / 61.0).abs() < 1e-12);
+        let fused = fuse(&list(&["a", "a"]), &[], 1.0, 1.0, 60.0);
+        assert_eq!(fused.len(), 1);
+        assert!((fused[0].score - 1.0 / 61.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,725 @@
+//! The tantivy index of a collection: BM25 over the text fields, with the
+//! filter fields as fast fields, kept in step with the sidecar table.
+//!
+//! One index per collection lives in `<index_dir>/<collection>`. Its schema:
+//!
+//! | field | tantivy type | options |
+//! |---|---|---|
+//! | `key` | str | `STRING \| STORED \| FAST` (raw, the delete term) |
+//! | `t_<field>` | text | analyzer [`ANALYZER`], frequencies (no positions) |
+//! | `f_<field>` keyword(s) | str | raw tokenizer, indexed, fast; one value per array element |
+//! | `f_<field>` integer | i64 | indexed, fast |
+//! | `f_<field>` float | f64 | indexed, fast (`-0.0` stored as `0.0`) |
+//!
+//! PostgreSQL is the source of truth. Each commit carries a JSON payload
+//! ([`CommitPayload`]): the collection's definition hash, the sidecar table's
+//! OID and the cursor of the last sidecar row applied (`watermark` version,
+//! `watermark_key`). A different definition hash wipes the directory and
+//! rebuilds; a different sidecar OID (table recreated) deletes every document
+//! and re-reads from version 0. [`CollectionIndex::catch_up`] reads rows with
+//! `(version, key)` above the cursor in batches (a sync transaction may write
+//! many rows under one version, so paging by version alone could skip some),
+//! replaces each document (delete the key's term, add unless the row is a
+//! tombstone), commits with the new cursor and reloads the reader. [`follow`]
+//! runs catch-ups on `NOTIFY quarry_search_docs` and, as a fallback, every
+//! [`POLL_INTERVAL`].
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tantivy::collector::{Count, DocSetCollector, TopDocs};
+use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery};
+use tantivy::schema::{
+    FAST, Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
+    Value as _,
+};
+use tantivy::tokenizer::{
+    Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
+};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::collection::{Collection, FilterType, filter_column, quote_ident, text_column};
+use crate::error::{Result, SearchError};
+use crate::filter::{CheckedFilter, normalise_float};
+
+/// Name under which the English analyzer is registered with each index.
+pub const ANALYZER: &str = "quarry_en";
+/// Tokens longer than this many bytes are dropped (tantivy's
+/// `RemoveLongFilter` convention of 40, as in its default analyzer).
+pub const MAX_TOKEN_BYTES: usize = 40;
+/// Sidecar rows read per catch-up query.
+pub const BATCH_ROWS: i64 = 1000;
+/// Rows applied between commits during a long catch-up (a rebuild).
+pub const COMMIT_EVERY_ROWS: usize = 20_000;
+/// How often [`follow`] catches up without a notification.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// The channel the sync notifies after writing sidecar rows; the payload is
+/// the collection name.
+pub const NOTIFY_CHANNEL: &str = "quarry_search_docs";
+/// Longest query text accepted, in bytes.
+pub const MAX_QUERY_BYTES: usize = 8 * 1024;
+/// Writer memory budget, in bytes (tantivy needs at least 15 MB per thread).
+const WRITER_MEMORY: usize = 50_000_000;
+
+/// The analyzer of text fields and query text: `SimpleTokenizer` (splits on
+/// non-alphanumeric characters) → `RemoveLongFilter` ([`MAX_TOKEN_BYTES`]) →
+/// `LowerCaser` → English stop words (tantivy's list, from Lucene) → English
+/// Snowball stemmer.
+pub fn analyzer() -> TextAnalyzer {
+    let builder = TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
+        .filter(LowerCaser)
+        .dynamic();
+    let builder = match StopWordFilter::new(Language::English) {
+        Some(stop_words) => builder.filter_dynamic(stop_words),
+        None => builder,
+    };
+    builder
+        .filter_dynamic(Stemmer::new(Language::English))
+        .build()
+}
+
+/// The distinct terms [`analyzer`] makes of `text`, in first-seen order.
+pub fn analyse(text: &str) -> Vec<String> {
+    let mut analyzer = analyzer();
+    let mut stream = analyzer.token_stream(text);
+    let mut seen = HashSet::new();
+    let mut terms = Vec::new();
+    while stream.advance() {
+        let token = &stream.token().text;
+        if seen.insert(token.clone()) {
+            terms.push(token.clone());
+        }
+    }
+    terms
+}
+
+/// The tantivy fields of a collection's index.
+#[derive(Debug, Clone)]
+pub struct IndexFields {
+    /// `key`.
+    pub key: Field,
+    /// `t_<field>` per text field, in configuration order.
+    pub text: Vec<Field>,
+    /// `f_<field>` per filter field, in configuration order.
+    pub filters: Vec<(Field, FilterType)>,
+}
+
+/// The schema of `collection`'s index (see the module docs).
+pub fn schema_for(collection: &Collection) -> (Schema, IndexFields) {
+    let mut builder = Schema::builder();
+    let key = builder.add_text_field("key", STRING | STORED | FAST);
+    let text_options = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(ANALYZER)
+            .set_index_option(IndexRecordOption::WithFreqs),
+    );
+    let text = collection
+        .text
+        .iter()
+        .map(|f| builder.add_text_field(&text_column(&f.name), text_options.clone()))
+        .collect();
+    let filters = collection
+        .filters
+        .iter()
+        .map(|f| {
+            let name = filter_column(&f.name);
+            let field = match f.kind {
+                FilterType::Keyword | FilterType::Keywords => {
+                    builder.add_text_field(&name, STRING | FAST)
+                }
+                FilterType::Integer => {
+                    builder.add_i64_field(&name, tantivy::schema::INDEXED | FAST)
+                }
+                FilterType::Float => builder.add_f64_field(&name, tantivy::schema::INDEXED | FAST),
+            };
+            (field, f.kind)
+        })
+        .collect();
+    (builder.build(), IndexFields { key, text, filters })
+}
+
+/// A filter field's value in a sidecar row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    /// `NULL`.
+    Null,
+    /// A `keyword` value.
+    Text(String),
+    /// A `keywords` array (possibly empty).
+    Texts(Vec<String>),
+    /// An `integer` value.
+    Int(i64),
+    /// A `float` value.
+    Float(f64),
+}
+
+/// One sidecar row as the index sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidecarRow {
+    /// Source key, text form.
+    pub key: String,
+    /// Row version.
+    pub version: i64,
+    /// Tombstone.
+    pub deleted: bool,
+    /// Text per text field, in configuration order.
+    pub text: Vec<Option<String>>,
+    /// Value per filter field, in configuration order.
+    pub filters: Vec<FieldValue>,
+}
+
+/// The tantivy document of a (non-deleted) row.
+pub fn document(fields: &IndexFields, row: &SidecarRow) -> TantivyDocument {
+    let mut doc = TantivyDocument::new();
+    doc.add_text(fields.key, &row.key);
+    for (field, text) in fields.text.iter().zip(&row.text) {
+        if let Some(text) = text {
+            doc.add_text(*field, text);
+        }
+    }
+    for ((field, _), value) in fields.filters.iter().zip(&row.filters) {
+        match value {
+            FieldValue::Null => {}
+            FieldValue::Text(s) => doc.add_text(*field, s),
+            FieldValue::Texts(values) => {
+                for s in values {
+                    doc.add_text(*field, s);
+                }
+            }
+            FieldValue::Int(i) => doc.add_i64(*field, *i),
+            FieldValue::Float(f) => doc.add_f64(*field, normalise_float(*f)),
+        }
+    }
+    doc
+}
+
+/// The JSON payload of every commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitPayload {
+    /// [`Collection::config_hash`] the index was built for.
+    pub config_hash: String,
+    /// OID of the sidecar table the rows came from (0 before the first catch-up).
+    pub sidecar_oid: u32,
+    /// Highest version applied.
+    pub watermark: i64,
+    /// Key of the last row applied at `watermark` (rows are read in
+    /// `(version, key)` order).
+    pub watermark_key: String,
+}
+
+/// What one [`CollectionIndex::catch_up`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Sidecar rows applied (documents added or replaced, plus tombstones).
+    pub rows: usize,
+    /// The sidecar table had been recreated, so the index was emptied first.
+    pub reset: bool,
+}
+
+struct Writer {
+    writer: IndexWriter,
+    cursor: CommitPayload,
+}
+
+/// A collection's tantivy index: reader for searches, writer for the follower.
+pub struct CollectionIndex {
+    collection: Arc<Collection>,
+    reader: IndexReader,
+    fields: IndexFields,
+    schema: Schema,
+    writer: Mutex<Writer>,
+    /// Serialises catch-ups (the follower and explicit calls).
+    catching_up: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for CollectionIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectionIndex")
+            .field("collection", &self.collection.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A BM25 hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bm25Hit {
+    /// Source key.
+    pub key: String,
+    /// BM25 score (tantivy: k1 = 1.2, b = 0.75), summed over text fields.
+    pub score: f32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl CollectionIndex {
+    /// Opens (or creates) the index of `collection` in `<index_dir>/<name>`.
+    /// An index built for another definition is wiped and recreated.
+    /// Blocking (file I/O): call from `spawn_blocking` in async code.
+    ///
+    /// # Errors
+    /// [`SearchError::Index`] when the directory cannot be created or read.
+    pub fn open(index_dir: &Path, collection: Arc<Collection>) -> Result<CollectionIndex> {
+        let dir: PathBuf = index_dir.join(&collection.name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| SearchError::Internal(format!("create {}: {e}", dir.display())))?;
+        let (schema, fields) = schema_for(&collection);
+        let existing = if dir.join("meta.json").exists() {
+            match Index::open_in_dir(&dir) {
+                Ok(index) => {
+                    let payload = index
+                        .load_metas()
+                        .ok()
+                        .and_then(|m| m.payload)
+                        .and_then(|p| serde_json::from_str::<CommitPayload>(&p).ok());
+                    match payload {
+                        Some(p)
+                            if p.config_hash == collection.config_hash()
+                                && index.schema() == schema =>
+                        {
+                            Some((index, p))
+                        }
+                        _ => None,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(collection = %collection.name, error = %e, "unreadable index, rebuilding");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (index, cursor) = match existing {
+            Some(found) => found,
+            None => {
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).map_err(|e| {
+                        SearchError::Internal(format!("remove {}: {e}", dir.display()))
+                    })?;
+                }
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| SearchError::Internal(format!("create {}: {e}", dir.display())))?;
+                let index = Index::create_in_dir(&dir, schema.clone())?;
+                (
+                    index,
+                    CommitPayload {
+                        config_hash: collection.config_hash().to_owned(),
+                        ..CommitPayload::default()
+                    },
+                )
+            }
+        };
+        index.tokenizers().register(ANALYZER, analyzer());
+        let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(CollectionIndex {
+            collection,
+            reader,
+            fields,
+            schema,
+            writer: Mutex::new(Writer { writer, cursor }),
+            catching_up: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The collection indexed.
+    pub fn collection(&self) -> &Arc<Collection> {
+        &self.collection
+    }
+
+    /// The index schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The cursor of the last commit.
+    pub fn cursor(&self) -> CommitPayload {
+        lock(&self.writer).cursor.clone()
+    }
+
+    /// Documents searchable now (tombstoned rows excluded).
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// Applies sidecar rows (blocking); does not commit.
+    fn apply(&self, writer: &mut Writer, rows: &[SidecarRow]) -> Result<()> {
+        for row in rows {
+            writer
+                .writer
+                .delete_term(Term::from_field_text(self.fields.key, &row.key));
+            if !row.deleted {
+                writer.writer.add_document(document(&self.fields, row))?;
+            }
+            writer.cursor.watermark = row.version;
+            writer.cursor.watermark_key.clone_from(&row.key);
+        }
+        Ok(())
+    }
+
+    fn commit(&self, writer: &mut Writer) -> Result<()> {
+        let payload = serde_json::to_string(&writer.cursor)
+            .map_err(|e| SearchError::Internal(format!("commit payload: {e}")))?;
+        let mut prepared = writer.writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Brings the index up to date with the sidecar table: reads rows above
+    /// the cursor in batches of [`BATCH_ROWS`], applies them, commits (every
+    /// [`COMMIT_EVERY_ROWS`] rows and at the end) and reloads the reader, so
+    /// that what was committed to the sidecar before the call is searchable
+    /// when it returns.
+    ///
+    /// # Errors
+    /// Database errors (the cursor stays at the last commit) and index errors.
+    pub async fn catch_up(self: &Arc<Self>, pool: &Pool) -> Result<CatchUp> {
+        let _serial = self.catching_up.lock().await;
+        let client = pool.get().await?;
+        let table = self.collection.docs_table();
+        let oid: Option<u32> = client
+            .query_one("SELECT to_regclass($1)::oid", &[&table])
+            .await?
+            .get(0);
+        let Some(oid) = oid else {
+            return Err(SearchError::Unavailable(format!(
+                "sidecar table {table} does not exist"
+            )));
+        };
+        let mut result = CatchUp::default();
+        let (mut watermark, mut watermark_key) = {
+            let cursor = self.cursor();
+            (cursor.watermark, cursor.watermark_key)
+        };
+        if self.cursor().sidecar_oid != oid {
+            let this = Arc::clone(self);
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let mut writer = lock(&this.writer);
+                writer.writer.delete_all_documents()?;
+                writer.cursor = CommitPayload {
+                    config_hash: this.collection.config_hash().to_owned(),
+                    sidecar_oid: oid,
+                    watermark: 0,
+                    watermark_key: String::new(),
+                };
+                this.commit(&mut writer)
+            })
+            .await??;
+            result.reset = true;
+            watermark = 0;
+            watermark_key = String::new();
+        }
+        let mut columns = vec!["key".to_owned(), "version".to_owned(), "deleted".to_owned()];
+        columns.extend(
+            self.collection
+                .text
+                .iter()
+                .map(|f| quote_ident(&text_column(&f.name))),
+        );
+        columns.extend(
+            self.collection
+                .filters
+                .iter()
+                .map(|f| quote_ident(&filter_column(&f.name))),
+        );
+        let sql = format!(
+            "SELECT {} FROM {table} WHERE (version, key) > ($1, $2) ORDER BY version, key LIMIT {BATCH_ROWS}",
+            columns.join(", ")
+        );
+        let statement = client.prepare(&sql).await?;
+        let n_text = self.collection.text.len();
+        let kinds: Vec<FilterType> = self.collection.filters.iter().map(|f| f.kind).collect();
+        let mut uncommitted = 0usize;
+        loop {
+            let rows = client
+                .query(&statement, &[&watermark, &watermark_key])
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut batch = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let text = (0..n_text)
+                    .map(|i| row.try_get::<_, Option<String>>(3 + i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut filters = Vec::with_capacity(kinds.len());
+                for (i, kind) in kinds.iter().enumerate() {
+                    let at = 3 + n_text + i;
+                    filters.push(match kind {
+                        FilterType::Keyword => row
+                            .try_get::<_, Option<String>>(at)?
+                            .map_or(FieldValue::Null, FieldValue::Text),
+                        FilterType::Keywords => row
+                            .try_get::<_, Option<Vec<Option<String>>>>(at)?
+                            .map_or(FieldValue::Null, |v| {
+                                FieldValue::Texts(v.into_iter().flatten().collect())
+                            }),
+                        FilterType::Integer => row
+                            .try_get::<_, Option<i64>>(at)?
+                            .map_or(FieldValue::Null, FieldValue::Int),
+                        FilterType::Float => row
+                            .try_get::<_, Option<f64>>(at)?
+                            .map_or(FieldValue::Null, FieldValue::Float),
+                    });
+                }
+                batch.push(SidecarRow {
+                    key: row.try_get(0)?,
+                    version: row.try_get(1)?,
+                    deleted: row.try_get(2)?,
+                    text,
+                    filters,
+                });
+            }
+            if let Some(last) = batch.last() {
+                watermark = last.version;
+                watermark_key.clone_from(&last.key);
+            }
+            let n = batch.len();
+            result.rows += n;
+            uncommitted += n;
+            let commit = uncommitted >= COMMIT_EVERY_ROWS;
+            let this = Arc::clone(self);
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let mut writer = lock(&this.writer);
+                writer.cursor.sidecar_oid = oid;
+                this.apply(&mut writer, &batch)?;
+                if commit {
+                    this.commit(&mut writer)?;
+                }
+                Ok(())
+            })
+            .await??;
+            if commit {
+                uncommitted = 0;
+            }
+            if n < usize::try_from(BATCH_ROWS).unwrap_or(usize::MAX) {
+                break;
+            }
+        }
+        if uncommitted > 0 {
+            let this = Arc::clone(self);
+            tokio::task::spawn_blocking(move || this.commit(&mut lock(&this.writer))).await??;
+        }
+        Ok(result)
+    }
+
+    /// Top `limit` documents by BM25 for `query` within `filter` (blocking).
+    ///
+    /// The query text goes through [`analyzer`]; each distinct term becomes a
+    /// SHOULD clause per text field (no query syntax, so no text can fail to
+    /// parse); the filter is a non-scoring MUST clause. Ties in score are
+    /// broken by document address (stable for a given reader).
+    ///
+    /// # Errors
+    /// [`SearchError::InvalidArgument`] (`query`) when the text is longer
+    /// than [`MAX_QUERY_BYTES`] or has no searchable term after analysis;
+    /// index errors.
+    pub fn search_bm25(
+        &self,
+        query: &str,
+        filter: &CheckedFilter,
+        limit: usize,
+    ) -> Result<Vec<Bm25Hit>> {
+        if query.len() > MAX_QUERY_BYTES {
+            return Err(SearchError::invalid(
+                "query",
+                format!("{} bytes; at most {MAX_QUERY_BYTES}", query.len()),
+            ));
+        }
+        let terms = analyse(query);
+        if terms.is_empty() {
+            return Err(SearchError::invalid(
+                "query",
+                "no searchable words (empty, or only stop words and punctuation); bm25 needs some",
+            ));
+        }
+        let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for field in &self.fields.text {
+            for term in &terms {
+                should.push((
+                    Occur::Should,
+                    Box::new(TermQuery::new(
+                        Term::from_field_text(*field, term),
+                        IndexRecordOption::WithFreqs,
+                    )),
+                ));
+            }
+        }
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> =
+            vec![(Occur::Must, Box::new(BooleanQuery::new(should)))];
+        if !filter.is_all() {
+            clauses.push((
+                Occur::Must,
+                Box::new(ConstScoreQuery::new(filter.to_tantivy(&self.schema)?, 0.0)),
+            ));
+        }
+        let query = BooleanQuery::new(clauses);
+        let searcher = self.reader.searcher();
+        let top = searcher.search(&query, &TopDocs::with_limit(limit.max(1)).order_by_score())?;
+        let mut hits = Vec::with_capacity(top.len());
+        for (score, address) in top {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            if let Some(key) = doc.get_first(self.fields.key).and_then(|v| v.as_str()) {
+                hits.push(Bm25Hit {
+                    key: key.to_owned(),
+                    score,
+                });
+            }
+        }
+        Ok(hits)
+    }
+
+    /// Keys of every document matching `filter` (blocking; for checks and
+    /// tests, unbounded).
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn matching_keys(&self, filter: &CheckedFilter) -> Result<HashSet<String>> {
+        let searcher = self.reader.searcher();
+        let query = filter.to_tantivy(&self.schema)?;
+        let addresses = searcher.search(query.as_ref(), &DocSetCollector)?;
+        let mut keys = HashSet::with_capacity(addresses.len());
+        for address in addresses {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            if let Some(key) = doc.get_first(self.fields.key).and_then(|v| v.as_str()) {
+                keys.insert(key.to_owned());
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Number of documents matching `filter` (blocking).
+    ///
+    /// # Errors
+    /// Index errors.
+    pub fn count(&self, filter: &CheckedFilter) -> Result<usize> {
+        let query = filter.to_tantivy(&self.schema)?;
+        Ok(self.reader.searcher().search(query.as_ref(), &Count)?)
+    }
+}
+
+/// Keeps `indexes` in step with their sidecar tables until `shutdown`
+/// resolves: catches every index up at start, then on each
+/// `NOTIFY quarry_search_docs, '<collection>'` (received on a dedicated
+/// connection to `database_url`, reconnected after a failure) and every
+/// [`POLL_INTERVAL`] in case a notification was missed. Catch-up errors are
+/// logged and retried on the next tick.
+pub async fn follow(
+    indexes: Vec<Arc<CollectionIndex>>,
+    pool: Pool,
+    database_url: String,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let listener = tokio::spawn(listen(database_url, tx));
+    let by_name: HashMap<String, Arc<CollectionIndex>> = indexes
+        .iter()
+        .map(|i| (i.collection.name.clone(), Arc::clone(i)))
+        .collect();
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        let due: Vec<Arc<CollectionIndex>> = tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => indexes.clone(),
+            Some(name) = rx.recv() => {
+                let mut names = HashSet::from([name]);
+                while let Ok(more) = rx.try_recv() {
+                    names.insert(more);
+                }
+                names.iter().filter_map(|n| by_name.get(n).cloned()).collect()
+            }
+        };
+        for index in due {
+            match index.catch_up(&pool).await {
+                Ok(done) if done.rows > 0 || done.reset => {
+                    tracing::debug!(collection = %index.collection.name, rows = done.rows, reset = done.reset, "index caught up");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(collection = %index.collection.name, error = %e, "index catch-up failed");
+                }
+            }
+        }
+    }
+    listener.abort();
+}
+
+/// Forwards notification payloads on [`NOTIFY_CHANNEL`] to `tx`, reconnecting
+/// after a second when the connection fails; returns when `tx` is closed.
+async fn listen(database_url: String, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+    loop {
+        match tokio_postgres::connect(&database_url, NoTls).await {
+            Ok((client, mut connection)) => {
+                let forward = tx.clone();
+                let pump = tokio::spawn(async move {
+                    let mut messages =
+                        futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                if forward.send(n.payload().to_owned()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "search notification connection failed");
+                                return;
+                            }
+                        }
+                    }
+                });
+                if let Err(e) = client
+                    .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+                    .await
+                {
+                    tracing::warn!(error = %e, "LISTEN failed");
+                    pump.abort();
+                } else {
+                    let _ = pump.await;
+                }
+                drop(client);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect for search notifications");
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn analyzer_stems_lowercases_and_drops_stop_words() {
+        assert_eq!(
+            analyse("The Running dogs, and THE cats!"),
+            vec!["run", "dog", "cat"]
+        );
+        assert!(analyse("the and of").is_empty());
+        assert!(analyse("").is_empty());
+        assert_eq!(analyse("Café déjà-vu"), vec!["café", "déjà", "vu"]);
+    }
+}

@@ -1,0 +1,697 @@
+//! The search tool's domain service: configuration, request validation, the
+//! retrievers, fusion, an optional rerank hook and field fetching.
+//!
+//! Modes:
+//! - **bm25**: the collection's tantivy index ([`crate::index`]);
+//! - **vector**: pgvector k-NN ([`crate::vector`]) of the embedded query;
+//!   without an embedder it is refused ([`SearchError::FailedPrecondition`]);
+//! - **hybrid** (the default): both, concurrently, fused by weighted RRF
+//!   ([`crate::fusion`]). Without an embedder, hybrid degrades to bm25 and
+//!   the response's `mode` says so; when the query has no searchable word for
+//!   BM25 (only stop words) it runs the vector retriever alone.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use futures::future::BoxFuture;
+use quarry_llm::embed::Embedder;
+use serde::{Deserialize, Serialize};
+
+use crate::collection::{
+    Collection, CollectionConfig, FilterType, ensure_sidecar, filter_column, quote_ident,
+    text_column,
+};
+use crate::error::{Result, SearchError};
+use crate::filter::{CheckedFilter, Filter};
+use crate::fusion::{DEFAULT_RRF_K, RetrieverScore, fuse};
+use crate::index::{CollectionIndex, MAX_QUERY_BYTES, analyse, follow};
+use crate::vector::{self, VectorOptions};
+
+/// How long a collection's embedded-document count is reused.
+pub const COUNT_TTL: Duration = Duration::from_secs(5);
+/// `k` when a request asks for 0.
+pub const DEFAULT_K: usize = 10;
+
+/// `[search]` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Directory of the tantivy indexes, one sub-directory per collection.
+    #[serde(default = "default_index_dir")]
+    pub index_dir: PathBuf,
+    /// RRF constant (Cormack et al. 2009: 60).
+    #[serde(default = "default_rrf_k")]
+    pub rrf_k: f64,
+    /// Weight of BM25 in RRF.
+    #[serde(default = "one")]
+    pub bm25_weight: f64,
+    /// Weight of the vector retriever in RRF.
+    #[serde(default = "one")]
+    pub vector_weight: f64,
+    /// Candidates each retriever contributes to fusion (at least `k` are used).
+    #[serde(default = "default_candidates")]
+    pub candidates: usize,
+    /// Estimated matching rows below which vector search is exact
+    /// ([`VectorOptions::exact_threshold`]).
+    #[serde(default = "default_exact_threshold")]
+    pub exact_threshold: u64,
+    /// Largest `k` a request may ask for.
+    #[serde(default = "default_max_k")]
+    pub max_k: usize,
+    /// The collections.
+    #[serde(default)]
+    pub collections: Vec<CollectionConfig>,
+}
+
+fn default_index_dir() -> PathBuf {
+    PathBuf::from("data/search")
+}
+fn default_rrf_k() -> f64 {
+    DEFAULT_RRF_K
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_candidates() -> usize {
+    100
+}
+fn default_exact_threshold() -> u64 {
+    VectorOptions::default().exact_threshold
+}
+fn default_max_k() -> usize {
+    1000
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            index_dir: default_index_dir(),
+            rrf_k: DEFAULT_RRF_K,
+            bm25_weight: 1.0,
+            vector_weight: 1.0,
+            candidates: default_candidates(),
+            exact_threshold: default_exact_threshold(),
+            max_k: default_max_k(),
+            collections: Vec::new(),
+        }
+    }
+}
+
+/// Which retrievers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// BM25 only.
+    Bm25,
+    /// Vector k-NN only.
+    Vector,
+    /// Both, fused.
+    #[default]
+    Hybrid,
+}
+
+/// A search.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SearchRequest {
+    /// Collection name.
+    pub collection: String,
+    /// Plain query text.
+    pub query: String,
+    /// Filter; `None` is every document.
+    pub filter: Option<Filter>,
+    /// Mode.
+    pub mode: Mode,
+    /// Hits wanted, `1..=max_k`; 0 means [`DEFAULT_K`].
+    pub k: usize,
+    /// Fields to return; empty means every stored field.
+    pub fields: Vec<String>,
+}
+
+/// A returned field value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldData {
+    /// No value.
+    Null,
+    /// Text (text fields, keyword fields, JSON strings).
+    Text(String),
+    /// A keywords array.
+    Texts(Vec<String>),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// Any other JSON value of a stored field.
+    Json(serde_json::Value),
+}
+
+/// A hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    /// Source key.
+    pub key: String,
+    /// Fused RRF score (hybrid) or the retriever's score.
+    pub score: f64,
+    /// BM25 rank and score.
+    pub bm25: Option<RetrieverScore>,
+    /// Vector rank and cosine similarity (1 − distance).
+    pub vector: Option<RetrieverScore>,
+    /// Requested fields.
+    pub fields: BTreeMap<String, FieldData>,
+}
+
+/// A search answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchResponse {
+    /// Hits, best first.
+    pub hits: Vec<Hit>,
+    /// The mode that ran (hybrid may degrade, see the module docs).
+    pub mode: Mode,
+    /// The vector retriever used exact distance.
+    pub exact_vector_search: bool,
+    /// Documents searchable by BM25.
+    pub documents: u64,
+    /// Documents whose embeddings are current.
+    pub embedded_documents: u64,
+    /// Milliseconds spent embedding the query.
+    pub embed_ms: f64,
+    /// Milliseconds in total.
+    pub total_ms: f64,
+}
+
+/// A collection's description for ListCollections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionInfo {
+    /// The collection.
+    pub collection: Arc<Collection>,
+    /// Documents searchable by BM25.
+    pub documents: u64,
+    /// Documents with current embeddings.
+    pub embedded_documents: u64,
+    /// Embedding model of the vectors, if any.
+    pub embedding_model: Option<String>,
+}
+
+/// Reorders the fused candidates (e.g. a cross-encoder). Gets the query and
+/// the fused hits, best first, with the requested fields and every text
+/// field filled in; returns them in a new order (it may drop hits, and set
+/// `score`). Only the first `k` returned are kept.
+pub trait Reranker: Send + Sync {
+    /// Reranks `hits` for `query`.
+    fn rerank(&self, query: String, hits: Vec<Hit>) -> BoxFuture<'static, Result<Vec<Hit>>>;
+}
+
+struct Entry {
+    collection: Arc<Collection>,
+    index: Arc<CollectionIndex>,
+    embedding_model: Option<String>,
+    embedded: Mutex<Option<(Instant, u64)>>,
+}
+
+/// The search tool.
+pub struct SearchTool {
+    pool: Pool,
+    database_url: String,
+    config: SearchConfig,
+    embedder: Option<Arc<dyn Embedder>>,
+    reranker: Option<Arc<dyn Reranker>>,
+    entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for SearchTool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchTool")
+            .field("collections", &self.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SearchTool {
+    /// Validates the collections (errors name `search.collections[i]…`),
+    /// prepares their sidecar tables ([`ensure_sidecar`], recording the
+    /// embedder) and opens their indexes under `config.index_dir`. The
+    /// indexes fill in once [`SearchTool::catch_up`] or
+    /// [`SearchTool::spawn_follower`] runs.
+    ///
+    /// # Errors
+    /// [`SearchError::Collection`] for an invalid definition or embedder
+    /// mismatch, [`SearchError::InvalidArgument`] for bad settings, database
+    /// and index errors.
+    pub async fn open(
+        pool: Pool,
+        database_url: String,
+        config: SearchConfig,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> Result<SearchTool> {
+        if !(config.rrf_k.is_finite() && config.rrf_k >= 0.0) {
+            return Err(SearchError::invalid(
+                "search.rrf_k",
+                "must be a finite number ≥ 0",
+            ));
+        }
+        for (name, w) in [
+            ("bm25_weight", config.bm25_weight),
+            ("vector_weight", config.vector_weight),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(SearchError::invalid(
+                    format!("search.{name}"),
+                    "must be a finite number ≥ 0",
+                ));
+            }
+        }
+        if config.max_k == 0 {
+            return Err(SearchError::invalid("search.max_k", "must be at least 1"));
+        }
+        let mut entries = Vec::new();
+        let mut client = pool.get().await?;
+        for (i, c) in config.collections.iter().enumerate() {
+            let path = format!("search.collections[{i}]");
+            let collection = Arc::new(Collection::from_config(c, &path)?);
+            if entries
+                .iter()
+                .any(|e: &Entry| e.collection.name == collection.name)
+            {
+                return Err(SearchError::invalid(
+                    format!("{path}.name"),
+                    format!("duplicate collection {:?}", collection.name),
+                ));
+            }
+            let state = ensure_sidecar(
+                &mut client,
+                &collection,
+                embedder.as_ref().map(|e| (e.model_id(), e.dimension())),
+            )
+            .await?;
+            let dir = config.index_dir.clone();
+            let for_index = Arc::clone(&collection);
+            let index = tokio::task::spawn_blocking(move || CollectionIndex::open(&dir, for_index))
+                .await??;
+            entries.push(Entry {
+                collection,
+                index: Arc::new(index),
+                embedding_model: state.embedder.map(|(m, _)| m),
+                embedded: Mutex::new(None),
+            });
+        }
+        Ok(SearchTool {
+            pool,
+            database_url,
+            config,
+            embedder,
+            reranker: None,
+            entries,
+        })
+    }
+
+    /// Sets the rerank hook.
+    pub fn with_reranker(mut self, reranker: Arc<dyn Reranker>) -> Self {
+        self.reranker = Some(reranker);
+        self
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &SearchConfig {
+        &self.config
+    }
+
+    /// Brings every index up to date with its sidecar table now.
+    ///
+    /// # Errors
+    /// Database and index errors.
+    pub async fn catch_up(&self) -> Result<()> {
+        for entry in &self.entries {
+            entry.index.catch_up(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// Follows the sidecar tables ([`crate::index::follow`]) until `shutdown`
+    /// resolves.
+    pub async fn follow(&self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let indexes = self.entries.iter().map(|e| Arc::clone(&e.index)).collect();
+        follow(
+            indexes,
+            self.pool.clone(),
+            self.database_url.clone(),
+            shutdown,
+        )
+        .await;
+    }
+
+    /// Spawns [`SearchTool::follow`] on the runtime.
+    pub fn spawn_follower(
+        self: &Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.follow(shutdown).await })
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entries
+            .iter()
+            .find(|e| e.collection.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self
+                    .entries
+                    .iter()
+                    .map(|e| e.collection.name.as_str())
+                    .collect();
+                SearchError::invalid(
+                    "collection",
+                    format!(
+                        "unknown collection {name:?}; collections: {}",
+                        known.join(", ")
+                    ),
+                )
+            })
+    }
+
+    async fn counts(&self, entry: &Entry) -> Result<(u64, u64)> {
+        let documents = entry.index.num_docs();
+        let cached = *entry
+            .embedded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let embedded = match cached {
+            Some((at, n)) if at.elapsed() < COUNT_TTL => n,
+            _ if entry.embedding_model.is_none() => 0,
+            _ => {
+                let client = self.pool.get().await?;
+                let n: i64 = client
+                    .query_one(
+                        &format!(
+                            "SELECT count(*) FROM {} WHERE embedded AND NOT deleted",
+                            entry.collection.docs_table()
+                        ),
+                        &[],
+                    )
+                    .await?
+                    .try_get(0)?;
+                let n = u64::try_from(n).unwrap_or(0);
+                *entry
+                    .embedded
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), n));
+                n
+            }
+        };
+        Ok((documents, embedded))
+    }
+
+    /// The collections served, with counts.
+    ///
+    /// # Errors
+    /// Database errors while counting.
+    pub async fn collections(&self) -> Result<Vec<CollectionInfo>> {
+        let mut out = Vec::new();
+        for entry in &self.entries {
+            let (documents, embedded_documents) = self.counts(entry).await?;
+            out.push(CollectionInfo {
+                collection: Arc::clone(&entry.collection),
+                documents,
+                embedded_documents,
+                embedding_model: entry.embedding_model.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs a search (see the module docs for the modes).
+    ///
+    /// # Errors
+    /// [`SearchError::InvalidArgument`] naming the field: `collection`
+    /// (unknown), `query` (empty, too long, or nothing searchable in bm25
+    /// mode), `k` (above `max_k`), `fields[i]` (unknown), `filter…`;
+    /// [`SearchError::FailedPrecondition`] for vector mode without an
+    /// embedder; [`SearchError::Unavailable`] when the database or embedder
+    /// cannot be reached.
+    pub async fn search(&self, request: SearchRequest) -> Result<SearchResponse> {
+        let started = Instant::now();
+        let entry = self.entry(&request.collection)?;
+        let collection = &entry.collection;
+        let k = if request.k == 0 { DEFAULT_K } else { request.k };
+        if k > self.config.max_k {
+            return Err(SearchError::invalid(
+                "k",
+                format!("{k} is above the limit of {}", self.config.max_k),
+            ));
+        }
+        let fields = self.requested_fields(collection, &request.fields)?;
+        let filter = match &request.filter {
+            Some(f) => f.validate(collection)?,
+            None => CheckedFilter::all(),
+        };
+        if request.query.trim().is_empty() {
+            return Err(SearchError::invalid("query", "must not be empty"));
+        }
+        if request.query.len() > MAX_QUERY_BYTES {
+            return Err(SearchError::invalid(
+                "query",
+                format!("{} bytes; at most {MAX_QUERY_BYTES}", request.query.len()),
+            ));
+        }
+        let has_terms = !analyse(&request.query).is_empty();
+        let mode = match (request.mode, &self.embedder) {
+            (Mode::Vector, None) => {
+                return Err(SearchError::FailedPrecondition(
+                    "vector search needs an embedder; none is configured".into(),
+                ));
+            }
+            (Mode::Hybrid, None) => Mode::Bm25,
+            (Mode::Hybrid, Some(_)) if !has_terms => Mode::Vector,
+            (mode, _) => mode,
+        };
+        if mode == Mode::Bm25 && !has_terms {
+            return Err(SearchError::invalid(
+                "query",
+                "no searchable words (only stop words and punctuation); bm25 needs some",
+            ));
+        }
+        let candidates = self.config.candidates.max(k);
+        let run_bm25 = matches!(mode, Mode::Bm25 | Mode::Hybrid);
+        let run_vector = matches!(mode, Mode::Vector | Mode::Hybrid);
+
+        let bm25 = async {
+            if !run_bm25 {
+                return Ok(Vec::new());
+            }
+            let index = Arc::clone(&entry.index);
+            let query = request.query.clone();
+            let filter = filter.clone();
+            let hits =
+                tokio::task::spawn_blocking(move || index.search_bm25(&query, &filter, candidates))
+                    .await??;
+            Ok::<_, SearchError>(
+                hits.into_iter()
+                    .map(|h| (h.key, f64::from(h.score)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let vector = async {
+            let Some(embedder) = self.embedder.as_ref().filter(|_| run_vector) else {
+                return Ok((Vec::new(), false, 0.0));
+            };
+            let embed_started = Instant::now();
+            let mut vectors = embedder
+                .embed(vec![request.query.clone()])
+                .await
+                .map_err(|e| SearchError::Unavailable(format!("embedder: {e}")))?;
+            let embed_ms = embed_started.elapsed().as_secs_f64() * 1000.0;
+            let Some(query_vector) = vectors.pop() else {
+                return Err(SearchError::Unavailable(
+                    "embedder returned no vector".into(),
+                ));
+            };
+            let options = VectorOptions {
+                exact_threshold: self.config.exact_threshold,
+                ..VectorOptions::default()
+            };
+            let mut client = self.pool.get().await?;
+            let result = vector::search(
+                &mut client,
+                collection,
+                &pgvector::Vector::from(query_vector),
+                &filter,
+                candidates,
+                &options,
+            )
+            .await?;
+            let hits = result
+                .hits
+                .into_iter()
+                .map(|h| (h.key, 1.0 - h.distance))
+                .collect::<Vec<_>>();
+            Ok::<_, SearchError>((hits, result.path.is_exact(), embed_ms))
+        };
+        let (bm25, vector) = futures::join!(bm25, vector);
+        let bm25 = bm25?;
+        let (vector, exact, embed_ms) = vector?;
+
+        let fused = fuse(
+            &bm25,
+            &vector,
+            self.config.bm25_weight,
+            self.config.vector_weight,
+            self.config.rrf_k,
+        );
+        let mut hits: Vec<Hit> = fused
+            .into_iter()
+            .map(|h| Hit {
+                score: match mode {
+                    Mode::Hybrid => h.score,
+                    Mode::Bm25 => h.bm25.map_or(0.0, |s| s.score),
+                    Mode::Vector => h.vector.map_or(0.0, |s| s.score),
+                },
+                key: h.key,
+                bm25: h.bm25,
+                vector: h.vector,
+                fields: BTreeMap::new(),
+            })
+            .collect();
+        if let Some(reranker) = &self.reranker {
+            let mut with_text = fields.clone();
+            for f in &collection.text {
+                if !with_text.iter().any(|w| w == &f.name) {
+                    with_text.push(f.name.clone());
+                }
+            }
+            self.fetch_fields(collection, &with_text, &mut hits).await?;
+            hits = reranker.rerank(request.query.clone(), hits).await?;
+            hits.truncate(k);
+            for hit in &mut hits {
+                hit.fields.retain(|name, _| fields.contains(name));
+            }
+        } else {
+            hits.truncate(k);
+            self.fetch_fields(collection, &fields, &mut hits).await?;
+        }
+        let (documents, embedded_documents) = self.counts(entry).await?;
+        Ok(SearchResponse {
+            hits,
+            mode,
+            exact_vector_search: run_vector && exact,
+            documents,
+            embedded_documents,
+            embed_ms,
+            total_ms: started.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+
+    fn requested_fields(&self, collection: &Collection, fields: &[String]) -> Result<Vec<String>> {
+        if fields.is_empty() {
+            return Ok(collection.stored.iter().map(|f| f.name.clone()).collect());
+        }
+        let mut out = Vec::new();
+        for (i, name) in fields.iter().enumerate() {
+            if collection.text_field(name).is_none()
+                && collection.filter_field(name).is_none()
+                && collection.stored_field(name).is_none()
+            {
+                return Err(SearchError::invalid(
+                    format!("fields[{i}]"),
+                    format!("unknown field {name:?} in collection {}", collection.name),
+                ));
+            }
+            if !out.contains(name) {
+                out.push(name.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fills `fields` of `hits` from the sidecar in one query.
+    async fn fetch_fields(
+        &self,
+        collection: &Collection,
+        fields: &[String],
+        hits: &mut [Hit],
+    ) -> Result<()> {
+        if fields.is_empty() || hits.is_empty() {
+            return Ok(());
+        }
+        let mut exprs = vec!["key".to_owned()];
+        for name in fields {
+            exprs.push(if collection.text_field(name).is_some() {
+                quote_ident(&text_column(name))
+            } else if collection.filter_field(name).is_some() {
+                quote_ident(&filter_column(name))
+            } else {
+                format!("stored -> {}", quote_literal(name))
+            });
+        }
+        let keys: Vec<&str> = hits.iter().map(|h| h.key.as_str()).collect();
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {} FROM {} WHERE key = ANY($1)",
+                    exprs.join(", "),
+                    collection.docs_table()
+                ),
+                &[&keys],
+            )
+            .await?;
+        let mut by_key = std::collections::HashMap::new();
+        for row in &rows {
+            let key: String = row.try_get(0)?;
+            let mut values = BTreeMap::new();
+            for (i, name) in fields.iter().enumerate() {
+                let at = i + 1;
+                let value = if collection.text_field(name).is_some() {
+                    row.try_get::<_, Option<String>>(at)?
+                        .map_or(FieldData::Null, FieldData::Text)
+                } else if let Some(f) = collection.filter_field(name) {
+                    match f.kind {
+                        FilterType::Keyword => row
+                            .try_get::<_, Option<String>>(at)?
+                            .map_or(FieldData::Null, FieldData::Text),
+                        FilterType::Keywords => row
+                            .try_get::<_, Option<Vec<Option<String>>>>(at)?
+                            .map_or(FieldData::Null, |v| {
+                                FieldData::Texts(v.into_iter().flatten().collect())
+                            }),
+                        FilterType::Integer => row
+                            .try_get::<_, Option<i64>>(at)?
+                            .map_or(FieldData::Null, FieldData::Int),
+                        FilterType::Float => row
+                            .try_get::<_, Option<f64>>(at)?
+                            .map_or(FieldData::Null, FieldData::Float),
+                    }
+                } else {
+                    json_field(row.try_get::<_, Option<serde_json::Value>>(at)?)
+                };
+                values.insert(name.clone(), value);
+            }
+            by_key.insert(key, values);
+        }
+        for hit in hits {
+            if let Some(values) = by_key.remove(&hit.key) {
+                hit.fields.extend(values);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn json_field(value: Option<serde_json::Value>) -> FieldData {
+    match value {
+        None | Some(serde_json::Value::Null) => FieldData::Null,
+        Some(serde_json::Value::String(s)) => FieldData::Text(s),
+        Some(serde_json::Value::Number(n)) => match n.as_i64() {
+            Some(i) => FieldData::Int(i),
+            None => n.as_f64().map_or(
+                FieldData::Json(serde_json::Value::Number(n.clone())),
+                FieldData::Float,
+            ),
+        },
+        Some(other) => FieldData::Json(other),
+    }
+}
+
+/// A SQL string literal (field names are `[a-z][a-z0-9_]*`, but quote anyway).
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}

@@ -1,0 +1,275 @@
+//! k-NN over the sidecar's embeddings (pgvector), exact under selective
+//! filters.
+//!
+//! A document's distance to the query is the smallest cosine distance
+//! (`<=>`, in `[0, 2]`) over its text fields' vectors (`LEAST` ignores the
+//! `NULL` of an empty field); only non-deleted documents with at least one
+//! vector take part.
+//!
+//! HNSW with a filter is post-filtering: the index yields about
+//! `hnsw.ef_search` nearest rows and the filter then drops those that do not
+//! match, so a filter matching a fraction `s` of the rows leaves about
+//! `s · ef_search` (pgvector README, "Filtering": a 10 % filter with the
+//! default 40 leaves about 4). pgvector 0.6 has no iterative scans. So:
+//!
+//! 1. The planner estimates the rows matching the filter (`EXPLAIN (FORMAT
+//!    JSON)`, "Plan Rows") and the rows with vectors; `s` is their ratio.
+//! 2. **Exact** when the estimate is below [`VectorOptions::exact_threshold`]
+//!    or when the `ef_search` needed (below) exceeds
+//!    [`VectorOptions::max_ef_search`]: distance over the filtered rows in a
+//!    `MATERIALIZED` CTE (which the planner cannot answer from the index),
+//!    ordered by distance then key.
+//! 3. Otherwise **HNSW** in a transaction with
+//!    `SET LOCAL hnsw.ef_search = clamp(ceil(base / s), base, max)`, where
+//!    `base = max(ef_search_base, 2k)`: the expected surviving rows stay
+//!    about `base`. One index-ordered subquery per text field (top `k` each),
+//!    union, smallest distance per key, top `k` (a document in the overall
+//!    top `k` is in the top `k` of the field that gives its distance).
+//! 4. If HNSW returns fewer than `k` rows, the exact query runs instead, so
+//!    whenever at least `k` rows match, `k` hits come back.
+
+use pgvector::Vector;
+use tokio_postgres::Client;
+
+use crate::collection::{Collection, quote_ident, vector_column};
+use crate::error::{Result, SearchError};
+use crate::filter::{CheckedFilter, SqlParams, param_refs};
+
+/// When the exact path runs and how far HNSW is pushed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VectorOptions {
+    /// Estimated matching rows below which distance is computed exactly.
+    pub exact_threshold: u64,
+    /// Smallest `hnsw.ef_search` used (pgvector's default is 40).
+    pub ef_search_base: u32,
+    /// Largest `hnsw.ef_search` used (pgvector accepts up to 1000).
+    pub max_ef_search: u32,
+}
+
+impl Default for VectorOptions {
+    /// `exact_threshold` 10,000 rows (distance over 10k rows of a few
+    /// hundred dimensions takes tens of milliseconds), `ef_search_base` 100,
+    /// `max_ef_search` 1000.
+    fn default() -> Self {
+        VectorOptions {
+            exact_threshold: 10_000,
+            ef_search_base: 100,
+            max_ef_search: 1000,
+        }
+    }
+}
+
+/// Which path answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorPath {
+    /// Exact distance over the filtered rows (the estimate was small).
+    Exact,
+    /// HNSW with this `hnsw.ef_search`.
+    Hnsw {
+        /// The `ef_search` set.
+        ef_search: u32,
+    },
+    /// HNSW returned fewer than `k` rows, so the exact query ran.
+    HnswThenExact {
+        /// The `ef_search` HNSW ran with.
+        ef_search: u32,
+    },
+}
+
+impl VectorPath {
+    /// True when the hits come from exact distance.
+    pub fn is_exact(self) -> bool {
+        !matches!(self, VectorPath::Hnsw { .. })
+    }
+}
+
+/// A vector hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorHit {
+    /// Source key.
+    pub key: String,
+    /// Smallest cosine distance over the document's fields, in `[0, 2]`.
+    pub distance: f64,
+}
+
+/// A k-NN answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorResult {
+    /// Hits, nearest first (ties by key).
+    pub hits: Vec<VectorHit>,
+    /// The path that produced them.
+    pub path: VectorPath,
+    /// The planner's estimate of rows matching the filter.
+    pub estimated_rows: f64,
+}
+
+fn base_condition(collection: &Collection) -> String {
+    let any_vector = collection
+        .text
+        .iter()
+        .map(|f| format!("{} IS NOT NULL", quote_ident(&vector_column(&f.name))))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    format!("NOT deleted AND ({any_vector})")
+}
+
+async fn plan_rows(client: &Client, sql: &str, params: &SqlParams) -> Result<f64> {
+    let row = client
+        .query_one(&format!("EXPLAIN (FORMAT JSON) {sql}"), &param_refs(params))
+        .await?;
+    let plan: serde_json::Value = row.try_get(0)?;
+    plan.get(0)
+        .and_then(|p| p.get("Plan"))
+        .and_then(|p| p.get("Plan Rows"))
+        .and_then(serde_json::Value::as_f64)
+        .ok_or_else(|| SearchError::Internal(format!("no Plan Rows in {plan}")))
+}
+
+/// The `ef_search` for selectivity `s` (see the module docs).
+pub fn ef_search_for(options: &VectorOptions, k: usize, selectivity: f64) -> Option<u32> {
+    let base = f64::from(options.ef_search_base).max(2.0 * k as f64);
+    let wanted = (base / selectivity.clamp(1e-9, 1.0)).ceil();
+    if wanted > f64::from(options.max_ef_search) {
+        None
+    } else {
+        // In range: base ≤ wanted ≤ max_ef_search ≤ u32::MAX.
+        Some(wanted as u32)
+    }
+}
+
+/// The `k` documents nearest to `query` among those matching `filter`.
+///
+/// # Errors
+/// Database errors; [`SearchError::FailedPrecondition`] when the collection
+/// has no vector columns.
+pub async fn search(
+    client: &mut Client,
+    collection: &Collection,
+    query: &Vector,
+    filter: &CheckedFilter,
+    k: usize,
+    options: &VectorOptions,
+) -> Result<VectorResult> {
+    let table = collection.docs_table();
+    let base = base_condition(collection);
+    let mut params = SqlParams::new();
+    let condition = format!("{base} AND {}", filter.to_sql(&mut params));
+    let estimated_rows = plan_rows(
+        client,
+        &format!("SELECT 1 FROM {table} WHERE {condition}"),
+        &params,
+    )
+    .await?;
+    let total_rows = plan_rows(
+        client,
+        &format!("SELECT 1 FROM {table} WHERE {base}"),
+        &SqlParams::new(),
+    )
+    .await?;
+    let selectivity = if total_rows > 0.0 {
+        (estimated_rows / total_rows).min(1.0)
+    } else {
+        1.0
+    };
+    let limit = i64::try_from(k).unwrap_or(i64::MAX);
+    let query_param = params.len() + 1;
+    let limit_param = params.len() + 2;
+    params.push(Box::new(query.clone()));
+    params.push(Box::new(limit));
+    let distance = |field: &str| {
+        format!(
+            "({} <=> ${query_param})",
+            quote_ident(&vector_column(field))
+        )
+    };
+    let least = collection
+        .text
+        .iter()
+        .map(|f| distance(&f.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let vectors = collection
+        .text
+        .iter()
+        .map(|f| quote_ident(&vector_column(&f.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let exact_sql = format!(
+        "WITH c AS MATERIALIZED (SELECT key, {vectors} FROM {table} WHERE {condition}) \
+         SELECT key, LEAST({least}) AS d FROM c ORDER BY d, key LIMIT ${limit_param}"
+    );
+    let ef_search = ef_search_for(options, k, selectivity);
+    let hnsw_ef = match ef_search {
+        Some(ef) if estimated_rows >= options.exact_threshold as f64 => Some(ef),
+        _ => None,
+    };
+    let rows_to_hits = |rows: Vec<tokio_postgres::Row>| -> Result<Vec<VectorHit>> {
+        rows.iter()
+            .map(|r| {
+                Ok(VectorHit {
+                    key: r.try_get(0)?,
+                    distance: r.try_get(1)?,
+                })
+            })
+            .collect()
+    };
+    let Some(ef) = hnsw_ef else {
+        let rows = client.query(&exact_sql, &param_refs(&params)).await?;
+        return Ok(VectorResult {
+            hits: rows_to_hits(rows)?,
+            path: VectorPath::Exact,
+            estimated_rows,
+        });
+    };
+    let branches = collection
+        .text
+        .iter()
+        .map(|f| {
+            let column = quote_ident(&vector_column(&f.name));
+            let d = distance(&f.name);
+            format!(
+                "(SELECT key, {d} AS d FROM {table} WHERE {condition} AND {column} IS NOT NULL \
+                 ORDER BY {d} LIMIT ${limit_param})"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let hnsw_sql = format!(
+        "SELECT key, min(d) AS d FROM ({branches}) u GROUP BY key ORDER BY d, key LIMIT ${limit_param}"
+    );
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}"))
+        .await?;
+    let rows = tx.query(&hnsw_sql, &param_refs(&params)).await?;
+    tx.commit().await?;
+    let hits = rows_to_hits(rows)?;
+    if hits.len() >= k {
+        return Ok(VectorResult {
+            hits,
+            path: VectorPath::Hnsw { ef_search: ef },
+            estimated_rows,
+        });
+    }
+    let rows = client.query(&exact_sql, &param_refs(&params)).await?;
+    Ok(VectorResult {
+        hits: rows_to_hits(rows)?,
+        path: VectorPath::HnswThenExact { ef_search: ef },
+        estimated_rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ef_search_grows_as_the_filter_narrows() {
+        let o = VectorOptions::default();
+        assert_eq!(ef_search_for(&o, 10, 1.0), Some(100));
+        assert_eq!(ef_search_for(&o, 10, 0.5), Some(200));
+        assert_eq!(ef_search_for(&o, 10, 0.1), Some(1000));
+        assert_eq!(ef_search_for(&o, 10, 0.05), None);
+        assert_eq!(ef_search_for(&o, 100, 1.0), Some(200));
+        assert_eq!(ef_search_for(&o, 10, 0.0), None);
+    }
+}

@@ -1,0 +1,378 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The search tool end to end over a real PostgreSQL: modes, fusion, fields,
+//! the rerank hook, the follower, and bad input.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use quarry_llm::embed::Embedder;
+use quarry_proto::v1 as pb;
+use quarry_search::grpc::{request_from_proto, status_of};
+use quarry_search::service::{FieldData, Hit};
+use quarry_search::{
+    CollectionConfig, Filter, Mode, Reranker, SearchConfig, SearchError, SearchRequest, SearchTool,
+    Value,
+};
+use quarry_sql::testing::TestDb;
+use tonic_types::StatusExt;
+
+const DIM: usize = 8;
+
+struct Scripted;
+impl Embedder for Scripted {
+    fn model_id(&self) -> &str {
+        "scripted"
+    }
+    fn dimension(&self) -> usize {
+        DIM
+    }
+    fn embed(&self, texts: Vec<String>) -> BoxFuture<'static, quarry_llm::Result<Vec<Vec<f32>>>> {
+        Box::pin(async move { Ok(texts.iter().map(|t| unit(t)).collect()) })
+    }
+}
+
+fn unit(text: &str) -> Vec<f32> {
+    let v = quarry_llm::testing::scripted_embedding(text, DIM);
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+fn config(dir: &std::path::Path) -> SearchConfig {
+    let collection: CollectionConfig = toml::from_str(
+        r#"
+        name = "docs"
+        source = "public.src"
+        key = "id"
+        text = [{ name = "title" }, { name = "body" }]
+        filters = [{ name = "tag", type = "keyword" }, { name = "year", type = "integer" }]
+        stored = [{ name = "url" }]
+        "#,
+    )
+    .unwrap();
+    SearchConfig {
+        index_dir: dir.to_owned(),
+        collections: vec![collection],
+        ..SearchConfig::default()
+    }
+}
+
+const DOCS: &[(&str, &str, &str, &str, i64)] = &[
+    ("1", "Dogs", "the dog runs in the park", "animals", 2001),
+    ("2", "Cats", "a cat sleeps all day", "animals", 2005),
+    (
+        "3",
+        "Rust",
+        "memory safety without garbage collection",
+        "tech",
+        2015,
+    ),
+    ("4", "Parks", "green parks in the city", "places", 2010),
+];
+
+async fn insert(
+    client: &tokio_postgres::Client,
+    id: &str,
+    title: &str,
+    body: &str,
+    tag: &str,
+    year: i64,
+) {
+    let tv = pgvector::Vector::from(unit(title));
+    let bv = pgvector::Vector::from(unit(body));
+    let url = serde_json::json!({ "url": format!("https://example.org/{id}") });
+    client
+        .execute(
+            "INSERT INTO quarry.search_docs (key, version, t_title, t_body, f_tag, f_year, stored, embedded, v_title, v_body) \
+             VALUES ($1, nextval('quarry.search_version'), $2, $3, $4, $5, $6, true, $7, $8)",
+            &[&id, &title, &body, &tag, &year, &url, &tv, &bv],
+        )
+        .await
+        .unwrap();
+}
+
+async fn setup(embedder: bool) -> (TestDb, Arc<SearchTool>, std::path::PathBuf) {
+    let db = TestDb::create().await;
+    let client = db.pool().get().await.unwrap();
+    client
+        .batch_execute("CREATE TABLE public.src (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    drop(client);
+    let dir = std::env::temp_dir().join(format!("quarry-search-{}", uuid::Uuid::new_v4()));
+    // The sidecar always gets vector columns, so the same rows serve both tools.
+    let e: Arc<dyn Embedder> = Arc::new(Scripted);
+    let first = SearchTool::open(
+        db.pool().clone(),
+        db.url().to_owned(),
+        config(&dir),
+        Some(e.clone()),
+    )
+    .await
+    .unwrap();
+    let client = db.pool().get().await.unwrap();
+    for (id, title, body, tag, year) in DOCS {
+        insert(&client, id, title, body, tag, *year).await;
+    }
+    let tool = if embedder {
+        first
+    } else {
+        drop(first);
+        SearchTool::open(db.pool().clone(), db.url().to_owned(), config(&dir), None)
+            .await
+            .unwrap()
+    };
+    tool.catch_up().await.unwrap();
+    (db, Arc::new(tool), dir)
+}
+
+fn request(query: &str, mode: Mode) -> SearchRequest {
+    SearchRequest {
+        collection: "docs".into(),
+        query: query.into(),
+        mode,
+        ..SearchRequest::default()
+    }
+}
+
+fn field_of(e: SearchError) -> String {
+    match e {
+        SearchError::InvalidArgument { field, .. } => field,
+        other => panic!("not invalid argument: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn modes_fields_and_filters() {
+    let (db, tool, dir) = setup(true).await;
+
+    let r = tool
+        .search(request("running dogs", Mode::Bm25))
+        .await
+        .unwrap();
+    assert_eq!(r.mode, Mode::Bm25);
+    assert_eq!(r.hits[0].key, "1");
+    assert_eq!(r.hits.len(), 1);
+    assert_eq!(r.documents, 4);
+    assert_eq!(r.embedded_documents, 4);
+    assert_eq!(
+        r.hits[0].fields.get("url"),
+        Some(&FieldData::Text("https://example.org/1".into()))
+    );
+
+    // The text of a body, embedded, is nearest to that document.
+    let r = tool
+        .search(request(
+            "memory safety without garbage collection",
+            Mode::Vector,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.hits[0].key, "3");
+    assert!((r.hits[0].score - 1.0).abs() < 1e-4, "{}", r.hits[0].score);
+    assert!(r.exact_vector_search);
+    assert_eq!(r.hits.len(), 4);
+
+    let mut hybrid = request("the park", Mode::Hybrid);
+    hybrid.filter = Some(Filter::Eq {
+        field: "tag".into(),
+        value: Value::Text("animals".into()),
+    });
+    hybrid.fields = vec!["year".into(), "title".into()];
+    let r = tool.search(hybrid).await.unwrap();
+    assert_eq!(r.mode, Mode::Hybrid);
+    let keys: Vec<&str> = r.hits.iter().map(|h| h.key.as_str()).collect();
+    assert_eq!(keys, ["1", "2"]);
+    let top = &r.hits[0];
+    assert_eq!(top.bm25.unwrap().rank, 1);
+    assert!(top.vector.is_some());
+    assert!(top.score > r.hits[1].score);
+    assert_eq!(top.fields.get("year"), Some(&FieldData::Int(2001)));
+    assert_eq!(
+        top.fields.get("title"),
+        Some(&FieldData::Text("Dogs".into()))
+    );
+    assert!(!top.fields.contains_key("url"));
+
+    // Bad input names the field.
+    let mut r = request("dog", Mode::Bm25);
+    r.collection = "nope".into();
+    assert_eq!(field_of(tool.search(r).await.unwrap_err()), "collection");
+    let mut r = request("dog", Mode::Bm25);
+    r.k = 1001;
+    assert_eq!(field_of(tool.search(r).await.unwrap_err()), "k");
+    let mut r = request("dog", Mode::Bm25);
+    r.fields = vec!["title".into(), "nope".into()];
+    assert_eq!(field_of(tool.search(r).await.unwrap_err()), "fields[1]");
+    assert_eq!(
+        field_of(
+            tool.search(request("the of and", Mode::Bm25))
+                .await
+                .unwrap_err()
+        ),
+        "query"
+    );
+    assert_eq!(
+        field_of(tool.search(request("  ", Mode::Hybrid)).await.unwrap_err()),
+        "query"
+    );
+    let mut r = request("dog", Mode::Bm25);
+    r.filter = Some(Filter::Or(vec![Filter::Eq {
+        field: "year".into(),
+        value: Value::Text("2001".into()),
+    }]));
+    let e = tool.search(r).await.unwrap_err();
+    let status = status_of(&e);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let violations = status.get_details_bad_request().unwrap().field_violations;
+    assert_eq!(violations[0].field, "filter.or[0].eq.value");
+
+    let count = tool.search(request("dog", Mode::Bm25)).await.unwrap();
+    assert_eq!(count.hits.len(), 1);
+    drop(tool);
+    db.drop_db().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn without_an_embedder_vector_fails_and_hybrid_is_bm25() {
+    let (db, tool, dir) = setup(false).await;
+    let e = tool.search(request("dog", Mode::Vector)).await.unwrap_err();
+    assert!(matches!(e, SearchError::FailedPrecondition(_)), "{e}");
+    assert_eq!(status_of(&e).code(), tonic::Code::FailedPrecondition);
+    let r = tool.search(request("dog", Mode::Hybrid)).await.unwrap();
+    assert_eq!(r.mode, Mode::Bm25);
+    assert_eq!(r.hits[0].key, "1");
+    assert!(r.hits[0].vector.is_none());
+    drop(tool);
+    db.drop_db().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Puts hits in key order, descending, and says so in the score.
+struct ReverseKeys;
+impl Reranker for ReverseKeys {
+    fn rerank(
+        &self,
+        query: String,
+        mut hits: Vec<Hit>,
+    ) -> BoxFuture<'static, quarry_search::Result<Vec<Hit>>> {
+        Box::pin(async move {
+            assert!(
+                hits.iter().all(|h| h.fields.contains_key("body")),
+                "{query}: text given"
+            );
+            hits.sort_by(|a, b| b.key.cmp(&a.key));
+            for (i, h) in hits.iter_mut().enumerate() {
+                h.score = -(i as f64);
+            }
+            Ok(hits)
+        })
+    }
+}
+
+#[tokio::test]
+async fn reranker_reorders_the_fused_list() {
+    let (db, tool, dir) = setup(true).await;
+    let tool = Arc::into_inner(tool)
+        .unwrap()
+        .with_reranker(Arc::new(ReverseKeys));
+    let mut r = request("dog park", Mode::Hybrid);
+    r.k = 2;
+    let r = tool.search(r).await.unwrap();
+    let keys: Vec<&str> = r.hits.iter().map(|h| h.key.as_str()).collect();
+    assert_eq!(keys, ["4", "3"]);
+    assert!(
+        !r.hits[0].fields.contains_key("body"),
+        "only requested fields return"
+    );
+    drop(tool);
+    db.drop_db().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn the_follower_picks_up_writes_and_tombstones() {
+    let (db, tool, dir) = setup(true).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let follower = tool.spawn_follower(async {
+        let _ = stopped.await;
+    });
+    let client = db.pool().get().await.unwrap();
+    insert(&client, "5", "Zebras", "a zebra gallops", "animals", 2020).await;
+    client
+        .batch_execute(
+            "UPDATE quarry.search_docs SET deleted = true, version = nextval('quarry.search_version') WHERE key = '1'; \
+             NOTIFY quarry_search_docs, 'docs'",
+        )
+        .await
+        .unwrap();
+    let mut seen = false;
+    for _ in 0..200 {
+        let zebra = tool.search(request("zebra", Mode::Bm25)).await.unwrap();
+        let dog = tool.search(request("dog", Mode::Bm25)).await.unwrap();
+        if zebra.hits.len() == 1 && dog.hits.is_empty() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(seen, "the follower never applied the writes");
+    stop.send(()).unwrap();
+    follower.await.unwrap();
+    drop(tool);
+    db.drop_db().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn hostile_query_text_never_fails_otherwise() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (db, tool, dir) = runtime.block_on(setup(false));
+    let mut runner = TestRunner::new(Config {
+        cases: 256,
+        ..Config::default()
+    });
+    runner
+        .run(
+            &prop_oneof![
+                any::<String>(),
+                "[a-z:()\\[\\]{}\"'*?~^+\\-!&|/\\\\ ]{0,40}",
+                Just("title:(dog AND \"cat".to_owned()),
+                Just("*".repeat(100)),
+            ],
+            |query| {
+                match runtime.block_on(tool.search(request(&query, Mode::Hybrid))) {
+                    Ok(r) => prop_assert!(r.hits.len() <= 10),
+                    Err(SearchError::InvalidArgument { field, .. }) => {
+                        prop_assert_eq!(field, "query")
+                    }
+                    Err(e) => prop_assert!(false, "{query:?}: {e}"),
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+    // The proto conversion of a deep filter is refused, not recursed without end.
+    let mut f = pb::Filter {
+        kind: Some(pb::filter::Kind::Eq(pb::FieldValue {
+            field: "year".into(),
+            value: None,
+        })),
+    };
+    for _ in 0..100 {
+        f = pb::Filter {
+            kind: Some(pb::filter::Kind::Not(Box::new(f))),
+        };
+    }
+    let e = request_from_proto(&pb::SearchRequest {
+        filter: Some(f),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(matches!(e, SearchError::InvalidArgument { .. }));
+    drop(tool);
+    runtime.block_on(db.drop_db());
+    let _ = std::fs::remove_dir_all(dir);
+}
