@@ -12,6 +12,8 @@ use figment::{
 use quarry_auth::AuthConfig;
 use quarry_llm::{ModelConfig, embed::EmbeddingConfig};
 use quarry_orchestrator::OrchestratorConfig;
+use quarry_search::SearchConfig;
+use quarry_search_sync::SyncConfig;
 use quarry_sql::service::SqlToolConfig;
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +45,12 @@ pub struct Config {
     /// The orchestrator.
     #[serde(default)]
     pub orchestrator: OrchestratorConfig,
+    /// The search tool and its collections; absent means no SearchService.
+    #[serde(default)]
+    pub search: Option<SearchConfig>,
+    /// How the index sync batches and polls (used where `server.run_sync`).
+    #[serde(default)]
+    pub sync: SyncConfig,
 }
 
 /// `[server]`.
@@ -57,6 +65,14 @@ pub struct ServerConfig {
     /// URL of a separate SqlService (`quarry serve --role sql` elsewhere);
     /// empty means the one in this process.
     pub sql_url: Option<String>,
+    /// URL of a separate SearchService; empty means the one in this process
+    /// (when `[search]` is configured).
+    pub search_url: Option<String>,
+    /// Run the index sync (change data capture from the source tables into
+    /// the search sidecars) in this process. Several processes may: one
+    /// leads per collection (PostgreSQL advisory lock), the others wait.
+    /// Default true.
+    pub run_sync: bool,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +81,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             shutdown_grace_secs: 10,
             sql_url: None,
+            search_url: None,
+            run_sync: true,
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod beir;
 pub mod compare;
 pub mod convert;
 pub mod dataset;
+pub mod search;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;

@@ -4,6 +4,7 @@
 //! `127.0.0.1:0`.
 
 pub mod ask;
+pub mod bench;
 pub mod config;
 pub mod eval;
 pub mod ingest;
@@ -14,12 +15,18 @@ use std::{future::Future, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use quarry_auth::{AuthLayer, RateLimitLayer};
+use quarry_llm::embed::Embedder;
 use quarry_llm::{ChatModel, OpenAiChatModel};
 use quarry_orchestrator::{Assistant, AssistantGrpc};
 use quarry_proto::v1::{
     assistant_service_server::AssistantServiceServer, sql_service_client::SqlServiceClient,
     sql_service_server::SqlServiceServer,
 };
+use quarry_proto::v1::{
+    search_service_client::SearchServiceClient, search_service_server::SearchServiceServer,
+};
+use quarry_search::{Collection, SearchConfig, SearchGrpc, SearchTool};
+use quarry_search_sync::Syncer;
 use quarry_sql::{grpc::SqlGrpc, service::SqlTool};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -86,6 +93,64 @@ pub async fn sql_tool(
     Ok(Arc::new(tool))
 }
 
+/// The embedder `[embedding]` configures, if any.
+///
+/// # Errors
+/// The model files cannot be loaded or the settings are invalid.
+pub async fn embedder(config: &Config) -> anyhow::Result<Option<Arc<dyn Embedder>>> {
+    let Some(embedding) = config.embedding.clone() else {
+        return Ok(None);
+    };
+    let embedder =
+        tokio::task::spawn_blocking(move || quarry_llm::embed::embedder_from_config(&embedding))
+            .await?
+            .context("embedding")?;
+    Ok(Some(embedder))
+}
+
+/// Opens the search tool over `search`'s collections (sidecars prepared,
+/// indexes opened; they fill in once followed).
+///
+/// # Errors
+/// Invalid collections, an embedder mismatch, database or index errors.
+pub async fn search_tool(config: &Config, search: SearchConfig) -> anyhow::Result<Arc<SearchTool>> {
+    let pool = pool(
+        &config.database.url,
+        config.database.pool_size,
+        Duration::from_millis(config.database.pool_wait_ms),
+    )?;
+    let embedder = embedder(config).await?;
+    let tool = SearchTool::open(pool, config.database.url.clone(), search, embedder)
+        .await
+        .context("search")?;
+    Ok(Arc::new(tool))
+}
+
+/// One syncer per configured collection, sharing the search tool's
+/// embedder settings.
+///
+/// # Errors
+/// Invalid collections, the embedder cannot be loaded, or the pool cannot be built.
+pub fn syncers(config: &Config, search: &SearchTool) -> anyhow::Result<Vec<Syncer>> {
+    let pool = pool(
+        &config.database.url,
+        4,
+        Duration::from_millis(config.database.pool_wait_ms),
+    )?;
+    let mut out = Vec::new();
+    for (i, c) in search.config().collections.iter().enumerate() {
+        let collection = Collection::from_config(c, &format!("search.collections[{i}]"))?;
+        out.push(Syncer::new(
+            pool.clone(),
+            config.database.url.clone(),
+            Arc::new(collection),
+            search.embedder(),
+            config.sync.clone(),
+        ));
+    }
+    Ok(out)
+}
+
 /// Serves every role (Assistant, SQL tool, health, reflection) on `listener`
 /// until `shutdown` resolves, then lets in-flight requests finish for at most
 /// `server.shutdown_grace_secs`.
@@ -113,6 +178,26 @@ pub async fn serve(
         }
     };
     let tool = sql_tool(&config, model.clone()).await?;
+    let background = tokio_util::sync::CancellationToken::new();
+    let search = match &config.search {
+        Some(search) => Some(search_tool(&config, search.clone()).await?),
+        None => None,
+    };
+    if let Some(search) = &search {
+        search.spawn_follower(background.clone().cancelled_owned());
+        if config.server.run_sync {
+            for syncer in syncers(&config, search)? {
+                let stop = background.clone().cancelled_owned();
+                tokio::spawn(async move {
+                    let name = syncer.collection().name.clone();
+                    if let Err(error) = syncer.run(stop).await {
+                        warn!(collection = %name, %error, "index sync stopped");
+                    }
+                });
+            }
+        }
+    }
+    let _stop_background = background.clone().drop_guard();
     let sql_url = config
         .server
         .sql_url
@@ -121,17 +206,35 @@ pub async fn serve(
     let channel = Endpoint::from_shared(sql_url.clone())
         .with_context(|| format!("server.sql_url {sql_url:?} is not a valid URL"))?
         .connect_lazy();
-    let assistant = Arc::new(Assistant::new(
+    let mut assistant = Assistant::new(
         model,
         SqlServiceClient::new(channel),
         config.orchestrator.clone(),
-    ));
+    );
+    let search_url = match (&config.server.search_url, &search) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(_)) => Some(format!("http://{local}")),
+        (None, None) => None,
+    };
+    if let Some(url) = search_url {
+        let channel = Endpoint::from_shared(url.clone())
+            .with_context(|| format!("server.search_url {url:?} is not a valid URL"))?
+            .connect_lazy();
+        assistant = assistant.with_search(SearchServiceClient::new(channel));
+    }
+    let assistant = Arc::new(assistant);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SqlServiceServer<SqlGrpc>>().await;
     health
         .set_serving::<AssistantServiceServer<AssistantGrpc>>()
         .await;
+    let search_service = search.map(|tool| SearchServiceServer::new(SearchGrpc::new(tool)));
+    if search_service.is_some() {
+        health
+            .set_serving::<SearchServiceServer<SearchGrpc>>()
+            .await;
+    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quarry_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -152,6 +255,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(SqlServiceServer::new(SqlGrpc::new(tool)))
         .add_service(AssistantServiceServer::new(AssistantGrpc::new(assistant)))
+        .add_optional_service(search_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });

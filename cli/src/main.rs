@@ -123,6 +123,50 @@ enum EvalWhat {
         #[arg(long)]
         embeddings: bool,
     },
+    /// Retrieval on a BEIR-format folder (corpus.jsonl, queries*.jsonl,
+    /// qrels*.tsv): nDCG@10 and recall@100 per mode, through the real
+    /// search stack (PostgreSQL sidecar + pgvector, tantivy).
+    Search {
+        /// BEIR folder.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Split whose queries and judgements are used.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Modes to measure.
+        #[arg(long, value_delimiter = ',', default_values = ["bm25", "vector", "hybrid"])]
+        modes: Vec<EvalMode>,
+        /// Print one JSON object keyed by mode instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Database to load into; default `database.url` from the configuration.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Where the tantivy index is kept.
+        #[arg(long, default_value = ".dev/eval-index")]
+        index_dir: PathBuf,
+        /// Evaluate only the first N judged queries.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+/// A search mode on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EvalMode {
+    Bm25,
+    Vector,
+    Hybrid,
+}
+
+impl From<EvalMode> for quarry_search::Mode {
+    fn from(mode: EvalMode) -> Self {
+        match mode {
+            EvalMode::Bm25 => quarry_search::Mode::Bm25,
+            EvalMode::Vector => quarry_search::Mode::Vector,
+            EvalMode::Hybrid => quarry_search::Mode::Hybrid,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -406,6 +450,53 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report.to_json())?);
             } else {
                 println!("{report}");
+            }
+            Ok(())
+        }
+        Command::Eval {
+            what:
+                EvalWhat::Search {
+                    dataset,
+                    split,
+                    modes,
+                    json,
+                    database_url,
+                    index_dir,
+                    limit,
+                },
+        } => {
+            let database_url = match database_url {
+                Some(url) => url,
+                None => eval::configured_database_url(cli.config.as_deref())?,
+            };
+            let modes: Vec<quarry_search::Mode> = modes.into_iter().map(Into::into).collect();
+            let embedder = if modes.iter().any(|m| *m != quarry_search::Mode::Bm25) {
+                let embedder = tokio::task::spawn_blocking(|| {
+                    quarry_llm::embed::embedder_from_config(
+                        &quarry_llm::embed::EmbeddingConfig::default(),
+                    )
+                })
+                .await??;
+                Some(embedder)
+            } else {
+                None
+            };
+            let options = eval::search::SearchEvalOptions {
+                dataset,
+                split,
+                database_url,
+                index_dir,
+                modes,
+                limit,
+                embedder,
+                search: quarry_search::SearchConfig::default(),
+                progress: !json,
+            };
+            let report = eval::search::run_search_eval(&options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.table());
             }
             Ok(())
         }

@@ -316,6 +316,12 @@ impl SearchTool {
         &self.config
     }
 
+    /// The embedder queries are embedded with (and the sync should embed
+    /// documents with), if any.
+    pub fn embedder(&self) -> Option<Arc<dyn Embedder>> {
+        self.embedder.clone()
+    }
+
     /// Brings every index up to date with its sidecar table now.
     ///
     /// # Errors

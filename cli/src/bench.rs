@@ -1,0 +1,3 @@
+//! `quarry bench`: load generators for the search tool's latency figures.
+
+pub mod synthetic;
