@@ -41,6 +41,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+section "Embedding model (dev/model.sh): all-MiniLM-L6-v2 for linking and search"
+QUARRY_MODEL_DIR=${QUARRY_MODEL_DIR:-$(dev/model.sh | tail -n 1)}
+export QUARRY_MODEL_DIR
+echo "$QUARRY_MODEL_DIR"
+
 section "Build"
 cargo build --quiet -p quarry
 QUARRY="$ROOT/target/debug/quarry"
@@ -69,6 +74,33 @@ echo "quarry serving on 127.0.0.1:$port (log: $log)"
 export QUARRY_SERVER="http://127.0.0.1:$port"
 QUARRY_TOKEN=$("$QUARRY" token --tenant demo --subject demo-user --role analyst)
 export QUARRY_TOKEN
+
+section "Search index (the sync inside serve: triggers, backfill, then every change)"
+docs=""
+for _ in $(seq 1 180); do
+  status=$("$QUARRY" index status 2>/dev/null || true)
+  if grep -q "backfill done" <<<"$status"; then
+    docs=$(sed -n 's/^artworks: \([0-9]*\) documents.*/\1/p' <<<"$status")
+    # BM25 is ready once the tantivy follower has every document.
+    searchable=$("$QUARRY" search "painting" --mode bm25 --k 1 2>/dev/null | sed -n 's/.*; \([0-9]*\) documents.*/\1/p' || true)
+    [[ -n "$docs" && "$searchable" == "$docs" ]] && break
+  fi
+  sleep 1
+done
+echo "$status"
+echo "(embeddings fill in behind; vector search covers the embedded documents and says how many)"
+
+searches=(
+  'storms at sea|{"eq": {"field": "classification", "value": "on paper, unique"}}'
+  'a woman reading a letter|{"range": {"field": "acquisition_year", "gte": 1950}}'
+  'bequeathed watercolour of a ruined abbey|{"and": [{"range": {"field": "year_made", "lt": 1850}}, {"not": {"eq": {"field": "classification", "value": "painting"}}}]}'
+)
+for entry in "${searches[@]}"; do
+  query=${entry%%|*}
+  filter=${entry#*|}
+  section "quarry search \"$query\" --filter '$filter'"
+  "$QUARRY" search "$query" --filter "$filter" --k 5 --field title --field all_artists --field date_text
+done
 
 if (($# > 0)); then
   questions=("$@")

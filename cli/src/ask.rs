@@ -182,3 +182,75 @@ pub async fn ask(
     }
     Ok(status)
 }
+
+/// Searches `request.collection` over gRPC and prints the hits (key, score,
+/// each retriever's rank, the returned fields), then a summary line.
+///
+/// # Errors
+/// Connection failures and the server's status (its message names the
+/// field at fault for bad requests).
+pub async fn search(
+    server: &str,
+    token: &str,
+    request: quarry_proto::v1::SearchRequest,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    use quarry_proto::v1::{SearchMode, search_service_client::SearchServiceClient};
+    let mut client = SearchServiceClient::connect(server.to_string())
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    let mut call = tonic::Request::new(request);
+    call.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}"))
+            .context("token is not valid header text")?,
+    );
+    let response = client
+        .search(call)
+        .await
+        .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?
+        .into_inner();
+    for (i, hit) in response.hits.iter().enumerate() {
+        let ranks = [("bm25", &hit.bm25), ("vector", &hit.vector)]
+            .iter()
+            .filter_map(|(name, s)| {
+                s.as_ref()
+                    .map(|s| format!("{name} #{} {:.3}", s.rank, s.score))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        writeln!(
+            out,
+            "{:>3}. {} score {:.4} ({ranks})",
+            i + 1,
+            hit.key,
+            hit.score
+        )?;
+        let mut fields: Vec<_> = hit.fields.iter().collect();
+        fields.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, value) in fields {
+            let text = render::value_text(value);
+            if !text.is_empty() && text != "NULL" {
+                let cut: String = text.chars().take(160).collect();
+                writeln!(out, "     {name}: {cut}")?;
+            }
+        }
+    }
+    let mode = SearchMode::try_from(response.mode).unwrap_or(SearchMode::Unspecified);
+    writeln!(
+        out,
+        "» {} hits, mode {}, {} vector search; {} documents ({} embedded); {:.1} ms (query embedding {:.1} ms)",
+        response.hits.len(),
+        mode.as_str_name(),
+        if response.exact_vector_search {
+            "exact"
+        } else {
+            "HNSW/none"
+        },
+        response.documents,
+        response.embedded_documents,
+        response.total_ms,
+        response.embed_ms
+    )?;
+    Ok(())
+}

@@ -201,4 +201,20 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn the_development_config_parses_and_its_collections_validate() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev/quarry.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config: Config = Config::figment(None, Env::prefixed("QUARRY_TEST_UNUSED__"))
+            .merge(Toml::string(&text))
+            .extract()
+            .unwrap();
+        let search = config.search.unwrap();
+        assert_eq!(search.collections[0].name, "artworks");
+        for (i, c) in search.collections.iter().enumerate() {
+            quarry_search::Collection::from_config(c, &format!("search.collections[{i}]")).unwrap();
+        }
+        assert!(config.server.run_sync);
+    }
 }

@@ -7,6 +7,7 @@ pub mod ask;
 pub mod bench;
 pub mod config;
 pub mod eval;
+pub mod index;
 pub mod ingest;
 pub mod migrate;
 
@@ -43,9 +44,13 @@ pub use config::Config;
 /// # Errors
 /// When the URL does not parse or the pool cannot be built.
 pub fn pool(url: &str, size: usize, wait: Duration) -> anyhow::Result<Pool> {
-    let pg: tokio_postgres::Config = url
+    let mut pg: tokio_postgres::Config = url
         .parse()
         .with_context(|| "database.url is not a valid PostgreSQL URL".to_string())?;
+    if pg.get_options().is_none() {
+        // Idempotent DDL (`IF NOT EXISTS`) would otherwise log a NOTICE per statement.
+        pg.options("-c client_min_messages=warning");
+    }
     let manager = Manager::from_config(
         pg,
         tokio_postgres::NoTls,

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use quarry::{Config, ask, eval, ingest};
+use quarry::{Config, ask, bench, eval, ingest};
 use quarry_proto::v1::{AnswerStatus, AskMode, AskRequest};
 use tracing_subscriber::EnvFilter;
 
@@ -50,6 +50,38 @@ enum Command {
         /// Rows of each tool result to show.
         #[arg(long, default_value_t = 10)]
         preview_rows: u32,
+    },
+    /// Search a collection over gRPC and print the hits.
+    Search {
+        /// Query text.
+        query: String,
+        /// Collection name.
+        #[arg(long, default_value = "artworks")]
+        collection: String,
+        /// Filter as JSON, e.g. '{"range": {"field": "acquisition_year", "gte": 1900}}'
+        /// (operators eq, in, range with gte/gt/lte/lt, prefix, and, or, not).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Retrievers.
+        #[arg(long, value_enum, default_value_t = EvalMode::Hybrid)]
+        mode: EvalMode,
+        /// Hits wanted.
+        #[arg(long, default_value_t = 10)]
+        k: u32,
+        /// Fields to return (repeat); default every stored field.
+        #[arg(long = "field")]
+        fields: Vec<String>,
+        /// Server URL.
+        #[arg(long, default_value = "http://127.0.0.1:50051", env = "QUARRY_SERVER")]
+        server: String,
+        /// Bearer token (see `quarry token`).
+        #[arg(long, env = "QUARRY_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// The search index: sync it by hand, show its state.
+    Index {
+        #[command(subcommand)]
+        action: IndexAction,
     },
     /// Load a data set into the database.
     Ingest {
@@ -96,6 +128,107 @@ enum Command {
     Eval {
         #[command(subcommand)]
         what: EvalWhat,
+    },
+    /// Measure speed: search latency, indexing and embedding throughput,
+    /// freshness.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Search latency p50/p99 per mode × filter (none, ~10 %, ~1 %), k = 10,
+    /// query embedding excluded (reported apart); BM25 indexing docs/s;
+    /// embedding docs/s.
+    Search {
+        /// A synthetic collection of this many documents (generated vectors,
+        /// no model), loaded into `quarry_bench` once and reused.
+        #[arg(
+            long,
+            conflicts_with = "collection",
+            required_unless_present = "collection"
+        )]
+        synthetic: Option<u64>,
+        /// A configured collection (`[[search.collections]]`); `artworks`
+        /// without configuration is Tate's artworks.
+        #[arg(long)]
+        collection: Option<String>,
+        /// Timed queries per mode and filter.
+        #[arg(long, default_value_t = 1000)]
+        queries: usize,
+        /// Untimed warm-up queries per mode and filter.
+        #[arg(long, default_value_t = 100)]
+        warmup: usize,
+        /// Hits per query.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Modes to measure.
+        #[arg(long, value_delimiter = ',', default_values = ["bm25", "vector", "hybrid"])]
+        modes: Vec<EvalMode>,
+        /// Seconds to spend embedding pending documents of a configured
+        /// collection first (its vector/hybrid latency covers what is embedded).
+        #[arg(long, default_value_t = 0)]
+        embed_seconds: u64,
+        /// Keep an up-to-date tantivy index instead of rebuilding it (then no
+        /// BM25 indexing figure).
+        #[arg(long)]
+        keep_index: bool,
+        /// Where the benchmark's tantivy indexes are kept.
+        #[arg(long, default_value = ".dev/bench-index")]
+        index_dir: PathBuf,
+        /// Database; default `database.url` from the configuration.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit → searchable latency with the sync and the index follower
+    /// running in-process, on a table of its own (`quarry_bench.fresh`).
+    Freshness {
+        /// Single-row changes committed.
+        #[arg(long, default_value_t = 300)]
+        changes: usize,
+        /// Changes per second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Rows in the table before the changes.
+        #[arg(long, default_value_t = 10_000)]
+        seed_rows: i64,
+        /// Seconds after which an unseen change counts as timed out.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+        /// Where the benchmark's tantivy index is kept.
+        #[arg(long, default_value = ".dev/bench-index")]
+        index_dir: PathBuf,
+        /// Database; default `database.url` from the configuration.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum IndexAction {
+    /// Install triggers, backfill (resumable, with a progress bar), apply
+    /// pending changes, embed pending documents, update the tantivy index.
+    Sync {
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+        /// Skip embedding (BM25 works at once; `serve` embeds later).
+        #[arg(long)]
+        no_embed: bool,
+    },
+    /// Documents, embeddings, backfill checkpoint and change backlog per collection.
+    Status {
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
     },
 }
 
@@ -309,6 +442,66 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Search {
+            query,
+            collection,
+            filter,
+            mode,
+            k,
+            fields,
+            server,
+            token,
+        } => {
+            let filter = match filter {
+                None => None,
+                Some(json) => {
+                    // The same JSON filter syntax the model uses.
+                    let arguments = serde_json::json!({
+                        "collection": collection,
+                        "query": query,
+                        "filter": serde_json::from_str::<serde_json::Value>(&json)
+                            .map_err(|e| anyhow::anyhow!("--filter is not JSON: {e}"))?,
+                    });
+                    quarry_orchestrator::search::request_from_arguments(&arguments.to_string())
+                        .map_err(|e| anyhow::anyhow!("--filter: {e}"))?
+                        .filter
+                }
+            };
+            let request = quarry_proto::v1::SearchRequest {
+                collection,
+                query,
+                filter,
+                mode: match mode {
+                    EvalMode::Bm25 => quarry_proto::v1::SearchMode::Bm25,
+                    EvalMode::Vector => quarry_proto::v1::SearchMode::Vector,
+                    EvalMode::Hybrid => quarry_proto::v1::SearchMode::Hybrid,
+                } as i32,
+                k,
+                fields,
+            };
+            ask::search(&server, &token, request, &mut std::io::stdout()).await
+        }
+        Command::Index { action } => {
+            let config = load(cli.config.as_deref())?;
+            let statuses = match action {
+                IndexAction::Sync {
+                    collection,
+                    no_embed,
+                } => {
+                    let options = quarry::index::SyncOptions {
+                        collection,
+                        no_embed,
+                        progress: true,
+                    };
+                    quarry::index::sync(&config, &options).await?
+                }
+                IndexAction::Status { collection } => {
+                    quarry::index::status(&config, collection.as_deref()).await?
+                }
+            };
+            print!("{}", quarry::index::render(&statuses));
+            Ok(())
+        }
         Command::Ingest {
             dataset: Dataset::Tate { from, schema },
         } => {
@@ -493,6 +686,110 @@ async fn main() -> anyhow::Result<()> {
                 progress: !json,
             };
             let report = eval::search::run_search_eval(&options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Search {
+                    synthetic,
+                    collection,
+                    queries,
+                    warmup,
+                    k,
+                    modes,
+                    embed_seconds,
+                    keep_index,
+                    index_dir,
+                    database_url,
+                    json,
+                },
+        } => {
+            let config = bench::BenchConfig::load(cli.config.as_deref())?;
+            let database_url = database_url.unwrap_or(config.database.url.clone());
+            let search = config.search.clone().unwrap_or_default();
+            let (source, embedder) = match (synthetic, collection) {
+                (Some(docs), _) => (bench::search::BenchSource::Synthetic { docs }, None),
+                (None, Some(name)) => {
+                    let found = search.collections.iter().find(|c| c.name == name).cloned();
+                    let definition = match found {
+                        Some(c) => c,
+                        None if name == "artworks" => bench::search::tate_artworks_config()?,
+                        None => anyhow::bail!(
+                            "no collection {name:?} in [search] (only `artworks` has a built-in definition)"
+                        ),
+                    };
+                    // The configured embedder, else the local MiniLM; none if it cannot load.
+                    let embedding = config.embedding.clone().unwrap_or_default();
+                    let embedder = tokio::task::spawn_blocking(move || {
+                        quarry_llm::embed::embedder_from_config(&embedding)
+                    })
+                    .await?;
+                    let embedder = match embedder {
+                        Ok(e) => Some(e),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no embedder: bm25 only");
+                            None
+                        }
+                    };
+                    (
+                        bench::search::BenchSource::Collection { config: definition },
+                        embedder,
+                    )
+                }
+                (None, None) => anyhow::bail!("give --synthetic N or --collection NAME"),
+            };
+            let options = bench::search::SearchBenchOptions {
+                database_url,
+                index_dir,
+                reindex: !keep_index,
+                source,
+                search,
+                sync: config.sync.clone(),
+                embedder,
+                embed_for: Duration::from_secs(embed_seconds),
+                queries,
+                warmup,
+                k,
+                modes: modes.into_iter().map(Into::into).collect(),
+                progress: true,
+            };
+            let report = bench::search::run_search_bench(&options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Freshness {
+                    changes,
+                    rate,
+                    seed_rows,
+                    timeout_secs,
+                    index_dir,
+                    database_url,
+                    json,
+                },
+        } => {
+            let config = bench::BenchConfig::load(cli.config.as_deref())?;
+            let options = bench::freshness::FreshnessOptions {
+                database_url: database_url.unwrap_or(config.database.url.clone()),
+                index_dir,
+                changes,
+                rate,
+                seed_rows,
+                timeout: Duration::from_secs(timeout_secs),
+                sync: config.sync.clone(),
+                progress: true,
+            };
+            let report = bench::freshness::run_freshness_bench(&options).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report.to_json())?);
             } else {

@@ -625,10 +625,7 @@ impl Run {
                 }
                 let text = search::hits_for_model(
                     &call.id,
-                    &found.collection,
-                    &found.hits,
-                    found.documents,
-                    found.embedded_documents,
+                    &found,
                     self.assistant.config.max_cell_chars,
                     sanitize,
                 );

@@ -4,8 +4,8 @@
 
 use quarry_llm::ToolSpec;
 use quarry_proto::v1::{
-    CollectionInfo, FieldRange, FieldValue, FieldValues, Filter, FilterList, SearchHit, SearchMode,
-    SearchRequest, Value, filter, value::Kind,
+    CollectionInfo, FieldRange, FieldValue, FieldValues, Filter, FilterList, SearchMode,
+    SearchRequest, SearchToolResult, Value, filter, value::Kind,
 };
 use serde_json::{Map, Value as Json, json};
 
@@ -251,23 +251,24 @@ fn scalar(value: Option<&Json>, at: &str) -> Result<Value, String> {
 }
 
 /// Hits as delimited data for the model: one block per hit with its key,
-/// score and returned fields (each cut to `max_chars` characters).
+/// score and returned fields (each cut to `max_chars` characters); when the
+/// vector retriever ran (`mode` is not bm25) over a partly embedded
+/// collection, a note says how much of it semantic search covered.
 /// `sanitize` escapes markup in data.
 pub fn hits_for_model(
     call_id: &str,
-    collection: &str,
-    hits: &[SearchHit],
-    documents: u64,
-    embedded: u64,
+    found: &SearchToolResult,
     max_chars: usize,
     sanitize: impl Fn(&str) -> String,
 ) -> String {
+    let (hits, documents, embedded) = (&found.hits, found.documents, found.embedded_documents);
+    let mode = SearchMode::try_from(found.mode).unwrap_or(SearchMode::Hybrid);
     let mut out = format!(
         "<tool_result call_id=\"{call_id}\" status=\"ok\">\ncollection: {}\nhits: {}\n",
-        sanitize(collection),
+        sanitize(&found.collection),
         hits.len()
     );
-    if embedded < documents {
+    if mode != SearchMode::Bm25 && embedded < documents {
         out.push_str(&format!(
             "note: semantic search covers {embedded} of {documents} documents so far (embeddings are still being computed); keyword search covers all\n"
         ));
@@ -379,5 +380,27 @@ mod tests {
             spec.parameters["properties"]["collection"]["enum"][0],
             "artworks"
         );
+    }
+
+    #[test]
+    fn the_coverage_note_appears_only_when_vectors_ran_over_a_partial_collection() {
+        let found = |mode: SearchMode, embedded| SearchToolResult {
+            collection: "artworks".into(),
+            mode: mode as i32,
+            hits: vec![quarry_proto::v1::SearchHit {
+                key: "7".into(),
+                score: 0.5,
+                ..Default::default()
+            }],
+            documents: 300,
+            embedded_documents: embedded,
+            ..Default::default()
+        };
+        let text = |mode| hits_for_model("c1", &found(mode, 0), 50, str::to_owned);
+        assert!(!text(SearchMode::Bm25).contains("note:"));
+        assert!(text(SearchMode::Hybrid).contains("covers 0 of 300"));
+        let full = hits_for_model("c1", &found(SearchMode::Vector, 300), 50, str::to_owned);
+        assert!(!full.contains("note:"));
+        assert!(full.contains("[1] key=7 score=0.5000"));
     }
 }

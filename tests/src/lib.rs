@@ -21,7 +21,7 @@ use flate2::{Compression, read::GzDecoder, write::GzEncoder};
 use futures::StreamExt;
 use quarry_proto::v1::{
     AskRequest, AskResponse, assistant_service_client::AssistantServiceClient,
-    sql_service_client::SqlServiceClient,
+    search_service_client::SearchServiceClient, sql_service_client::SqlServiceClient,
 };
 use quarry_sql::testing::TestDb;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -69,6 +69,51 @@ pub fn tate_slice(lines: usize) -> PathBuf {
     dir
 }
 
+/// A folder under the system temporary directory, removed (with its
+/// contents) on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `quarry-<prefix>-<uuid>`.
+    pub fn new(prefix: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("quarry-{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `artworks` search collection over the Tate slice, as
+/// `[[search.collections]]` TOML: text `title`, `medium`, `credit_line`;
+/// filters `acquisition_year` (integer), `classification` (keyword),
+/// `artist` (keywords, the contributors' names in order); stored `url`.
+pub const ARTWORKS_COLLECTION: &str = r#"
+[[search.collections]]
+name = "artworks"
+source = "tate.artworks"
+key = "id"
+text = [{ name = "title" }, { name = "medium" }, { name = "credit_line" }]
+filters = [
+  { name = "acquisition_year", type = "integer" },
+  { name = "classification", type = "keyword" },
+  { name = "artist", type = "keywords", sql = "ARRAY(SELECT a.name FROM tate.artwork_contributors c JOIN tate.artists a ON a.id = c.artist_id WHERE c.artwork_id = src.id ORDER BY c.position)" },
+]
+stored = [{ name = "url" }]
+dependents = [{ table = "tate.artwork_contributors", key_column = "artwork_id" }]
+"#;
+
 /// What to start.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -79,6 +124,10 @@ pub struct Options {
     pub extra_toml: String,
     /// Per-tenant rate limit `(requests_per_second, burst)`; default generous.
     pub rate_limit: Option<(u32, u32)>,
+    /// Serve the [`ARTWORKS_COLLECTION`] search collection (index in a
+    /// temporary folder the server removes when dropped; the sync polls
+    /// every 100 ms besides listening for notifications).
+    pub search: bool,
 }
 
 /// A running Quarry server over its own database.
@@ -90,6 +139,9 @@ pub struct TestServer {
     shutdown: Option<oneshot::Sender<()>>,
     /// The server task; its error rendered as text.
     handle: Option<JoinHandle<Result<(), String>>>,
+    /// The search index folder, when [`Options::search`]; declared last so
+    /// it is removed after the server has stopped.
+    index_dir: Option<TempDir>,
 }
 
 impl TestServer {
@@ -134,6 +186,13 @@ impl TestServer {
                 "\n[model]\nbase_url = \"{base_url}\"\nmodel = \"scripted\"\ntimeout_secs = 10\nmax_retries = 0\n"
             ));
         }
+        let index_dir = options.search.then(|| TempDir::new("search-index"));
+        if let Some(dir) = &index_dir {
+            toml.push_str(&format!(
+                "\n[sync]\npoll_interval_ms = 100\n[search]\nindex_dir = \"{}\"\n{ARTWORKS_COLLECTION}",
+                dir.path().display()
+            ));
+        }
         let config = quarry::Config::from_toml_layers(&[&toml, &options.extra_toml]).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -150,6 +209,7 @@ impl TestServer {
             db,
             shutdown: Some(tx),
             handle: Some(handle),
+            index_dir,
         }
     }
 
@@ -171,6 +231,16 @@ impl TestServer {
     /// A SqlService client.
     pub fn sql(&self) -> SqlServiceClient<Channel> {
         SqlServiceClient::new(self.channel())
+    }
+
+    /// A SearchService client.
+    pub fn search(&self) -> SearchServiceClient<Channel> {
+        SearchServiceClient::new(self.channel())
+    }
+
+    /// The search index folder, when [`Options::search`].
+    pub fn index_dir(&self) -> Option<&Path> {
+        self.index_dir.as_ref().map(TempDir::path)
     }
 
     /// Stops the server and waits for it; panics if it failed.

@@ -38,6 +38,11 @@ use tokio_postgres::types::{ToSql, Type};
 /// Model id recorded for synthetic vectors (no model made them).
 pub const SYNTHETIC_MODEL: &str = "synthetic-clustered-gaussian";
 
+/// `maintenance_work_mem` for the HNSW build: the graph of 1M 384-dim
+/// vectors (about 2 GB) must fit, or pgvector builds it far more slowly
+/// on disk.
+pub const HNSW_BUILD_MEMORY: &str = "8GB";
+
 /// Rows generated per blocking task and written per COPY chunk.
 const CHUNK: u64 = 10_000;
 
@@ -85,6 +90,18 @@ impl SyntheticSpec {
     /// # Errors
     /// Never for valid specs; the collection's own validation error otherwise.
     pub fn collection(&self) -> anyhow::Result<Collection> {
+        Ok(Collection::from_config(
+            &self.collection_config()?,
+            "synthetic",
+        )?)
+    }
+
+    /// The collection definition as configuration (for
+    /// [`quarry_search::SearchConfig::collections`]).
+    ///
+    /// # Errors
+    /// Never in practice (the JSON is fixed).
+    pub fn collection_config(&self) -> anyhow::Result<CollectionConfig> {
         let name = self.collection_name();
         let config: CollectionConfig = serde_json::from_value(serde_json::json!({
             "name": name,
@@ -97,7 +114,7 @@ impl SyntheticSpec {
                 { "name": "bucket", "type": "integer" },
             ],
         }))?;
-        Ok(Collection::from_config(&config, "synthetic")?)
+        Ok(config)
     }
 }
 
@@ -434,7 +451,7 @@ pub async fn load(
     let started = Instant::now();
     client
         .batch_execute(&format!(
-            "SET maintenance_work_mem = '4GB'; SET max_parallel_maintenance_workers = 2;
+            "SET maintenance_work_mem = '{HNSW_BUILD_MEMORY}'; SET max_parallel_maintenance_workers = 1;
              CREATE INDEX {} ON {docs_table} USING hnsw (v_body vector_cosine_ops);
              RESET maintenance_work_mem; RESET max_parallel_maintenance_workers;
              ANALYZE {docs_table}",

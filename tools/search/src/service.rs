@@ -9,6 +9,12 @@
 //!   ([`crate::fusion`]). Without an embedder, hybrid degrades to bm25 and
 //!   the response's `mode` says so; when the query has no searchable word for
 //!   BM25 (only stop words) it runs the vector retriever alone.
+//!
+//! [`SearchTool::search_with_query_vector`] runs the same search with a query
+//! vector computed by the caller (benchmarks that report query embedding
+//! separately, callers that embed elsewhere): the embedder is not called, and
+//! vector and hybrid modes work even when no embedder is configured, as long
+//! as the collection has recorded vectors of that dimension.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -206,6 +212,7 @@ struct Entry {
     collection: Arc<Collection>,
     index: Arc<CollectionIndex>,
     embedding_model: Option<String>,
+    embedding_dimension: Option<usize>,
     embedded: Mutex<Option<(Instant, u64)>>,
 }
 
@@ -291,6 +298,7 @@ impl SearchTool {
             entries.push(Entry {
                 collection,
                 index: Arc::new(index),
+                embedding_dimension: state.embedder.as_ref().map(|(_, d)| *d),
                 embedding_model: state.embedder.map(|(m, _)| m),
                 embedded: Mutex::new(None),
             });
@@ -435,9 +443,65 @@ impl SearchTool {
     /// embedder; [`SearchError::Unavailable`] when the database or embedder
     /// cannot be reached.
     pub async fn search(&self, request: SearchRequest) -> Result<SearchResponse> {
+        self.search_inner(request, None).await
+    }
+
+    /// Runs a search like [`SearchTool::search`] with `query_vector` as the
+    /// query's embedding: the embedder is not called (the response's
+    /// `embed_ms` is 0), and vector and hybrid modes run even without an
+    /// embedder. `request.query` is still what BM25 (and a reranker) sees.
+    ///
+    /// # Errors
+    /// As [`SearchTool::search`], and [`SearchError::InvalidArgument`] on
+    /// `query_vector` when its length is not the collection's recorded
+    /// embedding dimension (or the collection has no vectors), or when a
+    /// component is not finite.
+    pub async fn search_with_query_vector(
+        &self,
+        request: SearchRequest,
+        query_vector: Vec<f32>,
+    ) -> Result<SearchResponse> {
+        self.search_inner(request, Some(query_vector)).await
+    }
+
+    async fn search_inner(
+        &self,
+        request: SearchRequest,
+        query_vector: Option<Vec<f32>>,
+    ) -> Result<SearchResponse> {
         let started = Instant::now();
         let entry = self.entry(&request.collection)?;
         let collection = &entry.collection;
+        if let Some(v) = &query_vector {
+            match entry.embedding_dimension {
+                None => {
+                    return Err(SearchError::invalid(
+                        "query_vector",
+                        format!(
+                            "collection {} has no recorded embedding dimension (no vectors)",
+                            collection.name
+                        ),
+                    ));
+                }
+                Some(d) if d != v.len() => {
+                    return Err(SearchError::invalid(
+                        "query_vector",
+                        format!(
+                            "{} dimensions; collection {} has {d}",
+                            v.len(),
+                            collection.name
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(SearchError::invalid(
+                    "query_vector",
+                    format!("component {i} is not a finite number"),
+                ));
+            }
+        }
         let k = if request.k == 0 { DEFAULT_K } else { request.k };
         if k > self.config.max_k {
             return Err(SearchError::invalid(
@@ -460,14 +524,15 @@ impl SearchTool {
             ));
         }
         let has_terms = !analyse(&request.query).is_empty();
-        let mode = match (request.mode, &self.embedder) {
-            (Mode::Vector, None) => {
+        let can_vector = query_vector.is_some() || self.embedder.is_some();
+        let mode = match (request.mode, can_vector) {
+            (Mode::Vector, false) => {
                 return Err(SearchError::FailedPrecondition(
                     "vector search needs an embedder; none is configured".into(),
                 ));
             }
-            (Mode::Hybrid, None) => Mode::Bm25,
-            (Mode::Hybrid, Some(_)) if !has_terms => Mode::Vector,
+            (Mode::Hybrid, false) => Mode::Bm25,
+            (Mode::Hybrid, true) if !has_terms => Mode::Vector,
             (mode, _) => mode,
         };
         if mode == Mode::Bm25 && !has_terms {
@@ -497,19 +562,27 @@ impl SearchTool {
             )
         };
         let vector = async {
-            let Some(embedder) = self.embedder.as_ref().filter(|_| run_vector) else {
+            if !run_vector {
                 return Ok((Vec::new(), false, 0.0));
-            };
-            let embed_started = Instant::now();
-            let mut vectors = embedder
-                .embed(vec![request.query.clone()])
-                .await
-                .map_err(|e| SearchError::Unavailable(format!("embedder: {e}")))?;
-            let embed_ms = embed_started.elapsed().as_secs_f64() * 1000.0;
-            let Some(query_vector) = vectors.pop() else {
-                return Err(SearchError::Unavailable(
-                    "embedder returned no vector".into(),
-                ));
+            }
+            let (query_vector, embed_ms) = match (query_vector, self.embedder.as_ref()) {
+                (Some(v), _) => (v, 0.0),
+                (None, Some(embedder)) => {
+                    let embed_started = Instant::now();
+                    let mut vectors = embedder
+                        .embed(vec![request.query.clone()])
+                        .await
+                        .map_err(|e| SearchError::Unavailable(format!("embedder: {e}")))?;
+                    let embed_ms = embed_started.elapsed().as_secs_f64() * 1000.0;
+                    let Some(v) = vectors.pop() else {
+                        return Err(SearchError::Unavailable(
+                            "embedder returned no vector".into(),
+                        ));
+                    };
+                    (v, embed_ms)
+                }
+                // `can_vector` above: a vector mode has one or the other.
+                (None, None) => return Ok((Vec::new(), false, 0.0)),
             };
             let options = VectorOptions {
                 exact_threshold: self.config.exact_threshold,

@@ -250,6 +250,51 @@ async fn without_an_embedder_vector_fails_and_hybrid_is_bm25() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[tokio::test]
+async fn a_given_query_vector_is_used_instead_of_the_embedder() {
+    // No embedder: the vector retriever runs only on the vector given.
+    let (db, tool, dir) = setup(false).await;
+    // The query text is about Rust; the vector is the title "Dogs".
+    let text = "memory safety without garbage collection";
+    let r = tool
+        .search_with_query_vector(request(text, Mode::Vector), unit("Dogs"))
+        .await
+        .unwrap();
+    assert_eq!(r.mode, Mode::Vector);
+    assert_eq!(r.hits[0].key, "1");
+    assert!((r.hits[0].score - 1.0).abs() < 1e-4, "{}", r.hits[0].score);
+    assert_eq!(r.embed_ms, 0.0);
+    assert!(r.exact_vector_search);
+
+    let r = tool
+        .search_with_query_vector(request(text, Mode::Hybrid), unit("Dogs"))
+        .await
+        .unwrap();
+    assert_eq!(r.mode, Mode::Hybrid);
+    let keys: Vec<&str> = r.hits.iter().map(|h| h.key.as_str()).collect();
+    assert!(keys.contains(&"1") && keys.contains(&"3"), "{keys:?}");
+    assert!(r.hits.iter().any(|h| h.bm25.is_some()));
+    assert!(r.hits.iter().any(|h| h.vector.is_some()));
+
+    // A wrong length or a non-finite component is INVALID_ARGUMENT on query_vector.
+    let e = tool
+        .search_with_query_vector(request("dog", Mode::Vector), vec![0.5; DIM + 1])
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(&e).code(), tonic::Code::InvalidArgument);
+    assert_eq!(field_of(e), "query_vector");
+    let mut nan = unit("Dogs");
+    nan[2] = f32::NAN;
+    let e = tool
+        .search_with_query_vector(request("dog", Mode::Hybrid), nan)
+        .await
+        .unwrap_err();
+    assert_eq!(field_of(e), "query_vector");
+    drop(tool);
+    db.drop_db().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Puts hits in key order, descending, and says so in the score.
 struct ReverseKeys;
 impl Reranker for ReverseKeys {

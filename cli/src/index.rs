@@ -1,0 +1,193 @@
+//! `quarry index`: run the search index sync by hand (backfill with a
+//! progress bar, pending changes, embeddings, tantivy index) and show its
+//! state. `quarry serve` does the same continuously (`server.run_sync`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use quarry_search_sync::{Status, Syncer};
+
+use crate::Config;
+
+/// What `quarry index sync` does.
+#[derive(Debug, Clone, Default)]
+pub struct SyncOptions {
+    /// Only this collection (default: all configured).
+    pub collection: Option<String>,
+    /// Skip embedding (BM25 is usable at once; `serve` embeds later).
+    pub no_embed: bool,
+    /// Draw progress bars on stderr.
+    pub progress: bool,
+}
+
+fn selected(config: &Config, only: Option<&str>) -> anyhow::Result<quarry_search::SearchConfig> {
+    let mut search = config
+        .search
+        .clone()
+        .context("no [search] section in the configuration: no collections to index")?;
+    if let Some(name) = only {
+        let known: Vec<String> = search.collections.iter().map(|c| c.name.clone()).collect();
+        search.collections.retain(|c| c.name == name);
+        if search.collections.is_empty() {
+            anyhow::bail!(
+                "unknown collection {name:?}; configured: {}",
+                known.join(", ")
+            );
+        }
+    }
+    Ok(search)
+}
+
+/// Installs triggers, backfills (resuming from the checkpoint), applies
+/// pending changes, embeds pending documents and brings the tantivy index up
+/// to date, for each selected collection; returns their status afterwards.
+///
+/// # Errors
+/// Configuration, database, embedding and index errors.
+pub async fn sync(config: &Config, options: &SyncOptions) -> anyhow::Result<Vec<Status>> {
+    let search = selected(config, options.collection.as_deref())?;
+    let tool = crate::search_tool(config, search).await?;
+    let mut statuses = Vec::new();
+    for syncer in crate::syncers(config, &tool)? {
+        let name = syncer.collection().name.clone();
+        syncer
+            .install()
+            .await
+            .with_context(|| format!("{name}: install"))?;
+        let bar = bar(options.progress, 0, &format!("{name} backfill"));
+        let report = syncer
+            .backfill(|p| {
+                bar.set_length(p.total);
+                bar.set_position(p.done);
+            })
+            .await
+            .with_context(|| format!("{name}: backfill"))?;
+        bar.finish_and_clear();
+        if report.resumed_after.is_some() || report.rows > 0 {
+            eprintln!(
+                "{name}: backfill copied {} rows in {} batches{}, tombstoned {}",
+                report.rows,
+                report.batches,
+                report
+                    .resumed_after
+                    .as_deref()
+                    .map(|k| format!(" (resumed after key {k})"))
+                    .unwrap_or_default(),
+                report.tombstoned
+            );
+        }
+        let outbox = syncer
+            .drain_outbox()
+            .await
+            .with_context(|| format!("{name}: outbox"))?;
+        if outbox.claimed > 0 {
+            eprintln!("{name}: applied {} pending changes", outbox.claimed);
+        }
+        if !options.no_embed && tool.embedder().is_some() {
+            embed_with_progress(&syncer, options.progress, &name).await?;
+        }
+        statuses.push(
+            syncer
+                .status()
+                .await
+                .with_context(|| format!("{name}: status"))?,
+        );
+    }
+    tool.catch_up().await.context("index catch-up")?;
+    Ok(statuses)
+}
+
+async fn embed_with_progress(syncer: &Syncer, progress: bool, name: &str) -> anyhow::Result<()> {
+    let status = syncer.status().await?;
+    let pending = status.docs.saturating_sub(status.embedded);
+    if pending == 0 {
+        return Ok(());
+    }
+    let bar = bar(progress, pending, &format!("{name} embedding"));
+    let watcher = {
+        let syncer = syncer.clone();
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if let Ok(s) = syncer.status().await {
+                    bar.set_position(pending.saturating_sub(s.docs.saturating_sub(s.embedded)));
+                }
+            }
+        })
+    };
+    let report = syncer.embed_pending().await;
+    watcher.abort();
+    bar.finish_and_clear();
+    let report = report.with_context(|| format!("{name}: embedding"))?;
+    eprintln!(
+        "{name}: embedded {} documents ({} texts through the model, {} reused by content hash, {} unchanged)",
+        report.docs, report.embedded_texts, report.reused, report.unchanged
+    );
+    Ok(())
+}
+
+/// The sync state of each selected collection.
+///
+/// # Errors
+/// Configuration and database errors.
+pub async fn status(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<Status>> {
+    let search = selected(config, only)?;
+    let pool = crate::pool(
+        &config.database.url,
+        2,
+        Duration::from_millis(config.database.pool_wait_ms),
+    )?;
+    let mut out = Vec::new();
+    for (i, c) in search.collections.iter().enumerate() {
+        let collection =
+            quarry_search::Collection::from_config(c, &format!("search.collections[{i}]"))?;
+        let syncer = Syncer::new(
+            pool.clone(),
+            config.database.url.clone(),
+            Arc::new(collection),
+            None,
+            config.sync.clone(),
+        );
+        out.push(syncer.status().await?);
+    }
+    Ok(out)
+}
+
+/// One line per collection.
+pub fn render(statuses: &[Status]) -> String {
+    let mut out = String::new();
+    for s in statuses {
+        out.push_str(&format!(
+            "{}: {} documents ({} embedded, {} deleted), backfill {}, outbox backlog {}{}, embedder {}\n",
+            s.collection,
+            s.docs,
+            s.embedded,
+            s.deleted,
+            if s.backfill_done {
+                "done".to_owned()
+            } else {
+                format!("at key {}", s.backfill_checkpoint.as_deref().unwrap_or("(not started)"))
+            },
+            s.outbox_backlog,
+            s.outbox_oldest.map(|d| format!(" (oldest {:.1} s)", d.as_secs_f64())).unwrap_or_default(),
+            s.embedder.as_ref().map(|(m, d)| format!("{m} ({d} dims)")).unwrap_or_else(|| "none".into()),
+        ));
+    }
+    out
+}
+
+fn bar(visible: bool, total: u64, what: &str) -> indicatif::ProgressBar {
+    if !visible {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:>24} {bar:40} {pos}/{len} ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
