@@ -155,6 +155,50 @@ pub async fn status(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<S
     Ok(out)
 }
 
+/// Forgets a collection's sidecar: drops the table (documents and
+/// vectors), its bookkeeping row and its queued changes, so the next sync
+/// starts from nothing — with whatever embedder is configured then (the way
+/// out of an embedder mismatch). Tantivy indexes notice the recreated table
+/// and rebuild. Source tables and their triggers are left alone (the next
+/// install replaces the triggers).
+///
+/// # Errors
+/// An unknown collection; database errors.
+pub async fn reset(config: &Config, name: &str) -> anyhow::Result<()> {
+    let search = selected(config, Some(name))?;
+    let collection =
+        quarry_search::Collection::from_config(&search.collections[0], "search.collections[0]")?;
+    let pool = crate::pool(
+        &config.database.url,
+        1,
+        Duration::from_millis(config.database.pool_wait_ms),
+    )?;
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", collection.docs_table()))
+        .await?;
+    for table in ["quarry.search_collections", "quarry.search_outbox"] {
+        let column = if table.ends_with("outbox") {
+            "collection"
+        } else {
+            "name"
+        };
+        let exists: bool = tx
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await?
+            .get(0);
+        if exists {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE {column} = $1"),
+                &[&collection.name],
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// One line per collection.
 pub fn render(statuses: &[Status]) -> String {
     let mut out = String::new();

@@ -224,6 +224,12 @@ enum IndexAction {
         #[arg(long)]
         no_embed: bool,
     },
+    /// Drop a collection's sidecar (documents, vectors, sync state); the next
+    /// sync starts over with the embedder configured then.
+    Reset {
+        /// The collection.
+        collection: String,
+    },
     /// Documents, embeddings, backfill checkpoint and change backlog per collection.
     Status {
         /// Only this collection.
@@ -494,6 +500,11 @@ async fn main() -> anyhow::Result<()> {
                         progress: true,
                     };
                     quarry::index::sync(&config, &options).await?
+                }
+                IndexAction::Reset { collection } => {
+                    quarry::index::reset(&config, &collection).await?;
+                    println!("{collection}: reset; the next sync (or `quarry serve`) rebuilds it");
+                    return Ok(());
                 }
                 IndexAction::Status { collection } => {
                     quarry::index::status(&config, collection.as_deref()).await?
