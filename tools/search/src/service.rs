@@ -213,7 +213,16 @@ struct Entry {
     index: Arc<CollectionIndex>,
     embedding_model: Option<String>,
     embedding_dimension: Option<usize>,
-    embedded: Mutex<Option<(Instant, u64)>>,
+    /// Last embedded-document count and when it was taken.
+    embedded: Arc<Mutex<Option<(Instant, u64)>>>,
+    /// A background recount is running.
+    recounting: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn count(pool: &Pool, sql: &str) -> Result<u64> {
+    let client = pool.get().await?;
+    let n: i64 = client.query_one(sql, &[]).await?.try_get(0)?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// The search tool.
@@ -300,7 +309,8 @@ impl SearchTool {
                 index: Arc::new(index),
                 embedding_dimension: state.embedder.as_ref().map(|(_, d)| *d),
                 embedding_model: state.embedder.map(|(m, _)| m),
-                embedded: Mutex::new(None),
+                embedded: Arc::new(Mutex::new(None)),
+                recounting: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             });
         }
         Ok(SearchTool {
@@ -383,36 +393,53 @@ impl SearchTool {
             })
     }
 
+    /// Documents (the index's count) and embedded documents. The embedded
+    /// count is a `count(*)` over the sidecar: taken synchronously only the
+    /// first time; afterwards a stale value (older than [`COUNT_TTL`]) is
+    /// returned at once while one background task recounts, so a search never
+    /// waits on a full scan of a large collection.
     async fn counts(&self, entry: &Entry) -> Result<(u64, u64)> {
+        use std::sync::atomic::Ordering;
         let documents = entry.index.num_docs();
+        if entry.embedding_model.is_none() {
+            return Ok((documents, 0));
+        }
         let cached = *entry
             .embedded
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let embedded = match cached {
-            Some((at, n)) if at.elapsed() < COUNT_TTL => n,
-            _ if entry.embedding_model.is_none() => 0,
-            _ => {
-                let client = self.pool.get().await?;
-                let n: i64 = client
-                    .query_one(
-                        &format!(
-                            "SELECT count(*) FROM {} WHERE embedded AND NOT deleted",
-                            entry.collection.docs_table()
-                        ),
-                        &[],
-                    )
-                    .await?
-                    .try_get(0)?;
-                let n = u64::try_from(n).unwrap_or(0);
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE embedded AND NOT deleted",
+            entry.collection.docs_table()
+        );
+        match cached {
+            Some((at, n)) if at.elapsed() < COUNT_TTL => Ok((documents, n)),
+            Some((_, n)) => {
+                if !entry.recounting.swap(true, Ordering::AcqRel) {
+                    let (pool, slot, flag) = (
+                        self.pool.clone(),
+                        Arc::clone(&entry.embedded),
+                        Arc::clone(&entry.recounting),
+                    );
+                    tokio::spawn(async move {
+                        if let Ok(fresh) = count(&pool, &sql).await {
+                            *slot.lock().unwrap_or_else(PoisonError::into_inner) =
+                                Some((Instant::now(), fresh));
+                        }
+                        flag.store(false, Ordering::Release);
+                    });
+                }
+                Ok((documents, n))
+            }
+            None => {
+                let n = count(&self.pool, &sql).await?;
                 *entry
                     .embedded
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), n));
-                n
+                Ok((documents, n))
             }
-        };
-        Ok((documents, embedded))
+        }
     }
 
     /// The collections served, with counts.
@@ -595,6 +622,7 @@ impl SearchTool {
                 &pgvector::Vector::from(query_vector),
                 &filter,
                 candidates,
+                k,
                 &options,
             )
             .await?;

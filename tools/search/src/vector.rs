@@ -15,18 +15,20 @@
 //! 1. The planner estimates the rows matching the filter (`EXPLAIN (FORMAT
 //!    JSON)`, "Plan Rows") and the rows with vectors; `s` is their ratio.
 //! 2. **Exact** when the estimate is below [`VectorOptions::exact_threshold`]
-//!    or when the `ef_search` needed (below) exceeds
-//!    [`VectorOptions::max_ef_search`]: distance over the filtered rows in a
+//!    or when even [`VectorOptions::max_ef_search`] candidates would leave
+//!    fewer than `5 · min_hits` expected matches (`max · s < 5 · min_hits`;
+//!    `min_hits` is the request's k, `k` here the candidates wanted for
+//!    fusion): distance over the filtered rows in a
 //!    `MATERIALIZED` CTE (which the planner cannot answer from the index),
 //!    ordered by distance then key.
 //! 3. Otherwise **HNSW** in a transaction with
-//!    `SET LOCAL hnsw.ef_search = clamp(ceil(base / s), base, max)`, where
-//!    `base = max(ef_search_base, 2k)`: the expected surviving rows stay
-//!    about `base`. One index-ordered subquery per text field (top `k` each),
+//!    `SET LOCAL hnsw.ef_search = min(ceil(base / s), max)`, where
+//!    `base = max(ef_search_base, k, 2 · min_hits)`: the expected surviving
+//!    rows stay about `base` (at least `5 · min_hits` when capped at `max`). One index-ordered subquery per text field (top `k` each),
 //!    union, smallest distance per key, top `k` (a document in the overall
 //!    top `k` is in the top `k` of the field that gives its distance).
-//! 4. If HNSW returns fewer than `k` rows, the exact query runs instead, so
-//!    whenever at least `k` rows match, `k` hits come back.
+//! 4. If HNSW returns fewer than `min_hits` rows, the exact query runs
+//!    instead, so whenever at least `min_hits` rows match, that many come back.
 
 use pgvector::Vector;
 use tokio_postgres::Client;
@@ -125,12 +127,26 @@ async fn plan_rows(client: &Client, sql: &str, params: &SqlParams) -> Result<f64
         .ok_or_else(|| SearchError::Internal(format!("no Plan Rows in {plan}")))
 }
 
-/// The `ef_search` for selectivity `s` (see the module docs).
-pub fn ef_search_for(options: &VectorOptions, k: usize, selectivity: f64) -> Option<u32> {
-    let base = f64::from(options.ef_search_base).max(2.0 * k as f64);
-    let wanted = (base / selectivity.clamp(1e-9, 1.0)).ceil();
-    if wanted > f64::from(options.max_ef_search) {
-        None
+/// The `ef_search` for selectivity `s` when `k` candidates are wanted and
+/// at least `min_hits` must survive the filter (see the module docs);
+/// `None` means exact search.
+pub fn ef_search_for(
+    options: &VectorOptions,
+    k: usize,
+    min_hits: usize,
+    selectivity: f64,
+) -> Option<u32> {
+    let base = f64::from(options.ef_search_base)
+        .max(k as f64)
+        .max(2.0 * min_hits as f64);
+    let selectivity = selectivity.clamp(1e-9, 1.0);
+    let wanted = (base / selectivity).ceil();
+    let max = f64::from(options.max_ef_search);
+    if wanted > max {
+        // Capped: still worth it while the capped candidate list is expected
+        // to hold 5 × min_hits matching rows (the exact fallback covers a
+        // shortfall, at the cost of both queries).
+        (max * selectivity >= 5.0 * min_hits as f64).then_some(options.max_ef_search)
     } else {
         // In range: base ≤ wanted ≤ max_ef_search ≤ u32::MAX.
         Some(wanted as u32)
@@ -148,8 +164,10 @@ pub async fn search(
     query: &Vector,
     filter: &CheckedFilter,
     k: usize,
+    min_hits: usize,
     options: &VectorOptions,
 ) -> Result<VectorResult> {
+    let min_hits = min_hits.clamp(1, k.max(1));
     let table = collection.docs_table();
     let base = base_condition(collection);
     let mut params = SqlParams::new();
@@ -198,7 +216,7 @@ pub async fn search(
         "WITH c AS MATERIALIZED (SELECT key, {vectors} FROM {table} WHERE {condition}) \
          SELECT key, LEAST({least}) AS d FROM c ORDER BY d, key LIMIT ${limit_param}"
     );
-    let ef_search = ef_search_for(options, k, selectivity);
+    let ef_search = ef_search_for(options, k, min_hits, selectivity);
     let hnsw_ef = match ef_search {
         Some(ef) if estimated_rows >= options.exact_threshold as f64 => Some(ef),
         _ => None,
@@ -243,7 +261,7 @@ pub async fn search(
     let rows = tx.query(&hnsw_sql, &param_refs(&params)).await?;
     tx.commit().await?;
     let hits = rows_to_hits(rows)?;
-    if hits.len() >= k {
+    if hits.len() >= min_hits {
         return Ok(VectorResult {
             hits,
             path: VectorPath::Hnsw { ef_search: ef },
@@ -265,11 +283,17 @@ mod tests {
     #[test]
     fn ef_search_grows_as_the_filter_narrows() {
         let o = VectorOptions::default();
-        assert_eq!(ef_search_for(&o, 10, 1.0), Some(100));
-        assert_eq!(ef_search_for(&o, 10, 0.5), Some(200));
-        assert_eq!(ef_search_for(&o, 10, 0.1), Some(1000));
-        assert_eq!(ef_search_for(&o, 10, 0.05), None);
-        assert_eq!(ef_search_for(&o, 100, 1.0), Some(200));
-        assert_eq!(ef_search_for(&o, 10, 0.0), None);
+        assert_eq!(ef_search_for(&o, 10, 10, 1.0), Some(100));
+        assert_eq!(ef_search_for(&o, 10, 10, 0.5), Some(200));
+        assert_eq!(ef_search_for(&o, 10, 10, 0.1), Some(1000));
+        // The planner's 9.98 % for a 10 % filter must not tip into exact search.
+        assert_eq!(ef_search_for(&o, 10, 10, 0.0998), Some(1000));
+        assert_eq!(ef_search_for(&o, 10, 10, 0.05), Some(1000));
+        assert_eq!(ef_search_for(&o, 10, 10, 0.04), None);
+        assert_eq!(ef_search_for(&o, 100, 10, 1.0), Some(100));
+        // 100 candidates for fusion, k = 10: a 10 % filter stays on HNSW.
+        assert_eq!(ef_search_for(&o, 100, 10, 0.1), Some(1000));
+        assert_eq!(ef_search_for(&o, 200, 100, 1.0), Some(200));
+        assert_eq!(ef_search_for(&o, 10, 10, 0.0), None);
     }
 }

@@ -190,6 +190,7 @@ async fn vector_search_is_exact_at_every_selectivity() {
                 &Vector::from(query.clone()),
                 &filter,
                 K,
+                K,
                 &options,
             )
             .await
@@ -239,6 +240,7 @@ async fn vector_search_is_exact_at_every_selectivity() {
         &c,
         &Vector::from(query.clone()),
         &far,
+        K,
         K,
         &fallback,
     )
