@@ -110,6 +110,11 @@ pub async fn embedder(config: &Config) -> anyhow::Result<Option<Arc<dyn Embedder
         tokio::task::spawn_blocking(move || quarry_llm::embed::embedder_from_config(&embedding))
             .await?
             .context("embedding")?;
+    // Warm up (lazy weights, first-call allocations) here rather than in the
+    // first search: the demo's first query took 7 s to embed without this.
+    if let Err(error) = embedder.embed(vec!["warm-up".to_owned()]).await {
+        warn!(%error, "embedder warm-up failed");
+    }
     Ok(Some(embedder))
 }
 
