@@ -178,12 +178,17 @@ pub async fn search(
         &params,
     )
     .await?;
-    let total_rows = plan_rows(
-        client,
-        &format!("SELECT 1 FROM {table} WHERE {base}"),
-        &SqlParams::new(),
-    )
-    .await?;
+    // Without a filter both estimates are the same query: plan it once.
+    let total_rows = if filter.is_all() {
+        estimated_rows
+    } else {
+        plan_rows(
+            client,
+            &format!("SELECT 1 FROM {table} WHERE {base}"),
+            &SqlParams::new(),
+        )
+        .await?
+    };
     let selectivity = if total_rows > 0.0 {
         (estimated_rows / total_rows).min(1.0)
     } else {
