@@ -222,7 +222,8 @@ pub fn render(statuses: &[Status]) -> String {
     out
 }
 
-fn bar(visible: bool, total: u64, what: &str) -> indicatif::ProgressBar {
+/// A progress bar on stderr (hidden when `visible` is false) labelled `what`.
+pub(crate) fn bar(visible: bool, total: u64, what: &str) -> indicatif::ProgressBar {
     if !visible {
         return indicatif::ProgressBar::hidden();
     }

@@ -516,15 +516,5 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn progress_bar(visible: bool, total: u64, what: &str) -> indicatif::ProgressBar {
-    if !visible {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{msg:>10} {bar:40} {pos}/{len} ({eta})")
-    {
-        bar.set_style(style);
-    }
-    bar.set_message(what.to_owned());
-    bar
+    crate::index::bar(visible, total, what)
 }

@@ -36,7 +36,6 @@
 //! A changed collection definition (its [`Collection::config_hash`]) drops
 //! and recreates the sidecar table, so the sync copies everything again.
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -301,55 +300,35 @@ impl Collection {
                 "a collection needs at least one text field".into(),
             ));
         }
-        let mut text = Vec::new();
-        let mut seen = HashSet::new();
-        for (i, field) in config.text.iter().enumerate() {
-            let at = format!("{path}.text[{i}]");
-            let source = field_source(&field.name, &field.column, &field.sql, &at)?;
-            if !seen.insert(field.name.as_str()) {
-                return Err(invalid(
-                    format!("{at}.name"),
-                    format!("duplicate text field {:?}", field.name),
-                ));
-            }
-            text.push(Field {
-                name: field.name.clone(),
-                source,
-            });
-        }
-        let mut filters = Vec::new();
-        let mut seen = HashSet::new();
-        for (i, field) in config.filters.iter().enumerate() {
-            let at = format!("{path}.filters[{i}]");
-            let source = field_source(&field.name, &field.column, &field.sql, &at)?;
-            if !seen.insert(field.name.as_str()) {
-                return Err(invalid(
-                    format!("{at}.name"),
-                    format!("duplicate filter field {:?}", field.name),
-                ));
-            }
-            filters.push(FilterField {
-                name: field.name.clone(),
-                kind: field.kind,
-                source,
-            });
-        }
-        let mut stored = Vec::new();
-        let mut seen = HashSet::new();
-        for (i, field) in config.stored.iter().enumerate() {
-            let at = format!("{path}.stored[{i}]");
-            let source = field_source(&field.name, &field.column, &field.sql, &at)?;
-            if !seen.insert(field.name.as_str()) {
-                return Err(invalid(
-                    format!("{at}.name"),
-                    format!("duplicate stored field {:?}", field.name),
-                ));
-            }
-            stored.push(Field {
-                name: field.name.clone(),
-                source,
-            });
-        }
+        let text = validate_fields(
+            config.text.iter().map(|f| (&f.name, &f.column, &f.sql)),
+            &format!("{path}.text"),
+            "text",
+        )?
+        .into_iter()
+        .map(|(name, source)| Field { name, source })
+        .collect();
+        let filters = validate_fields(
+            config.filters.iter().map(|f| (&f.name, &f.column, &f.sql)),
+            &format!("{path}.filters"),
+            "filter",
+        )?
+        .into_iter()
+        .zip(&config.filters)
+        .map(|((name, source), f)| FilterField {
+            name,
+            kind: f.kind,
+            source,
+        })
+        .collect();
+        let stored = validate_fields(
+            config.stored.iter().map(|f| (&f.name, &f.column, &f.sql)),
+            &format!("{path}.stored"),
+            "stored",
+        )?
+        .into_iter()
+        .map(|(name, source)| Field { name, source })
+        .collect();
         let mut dependents = Vec::new();
         for (i, dependent) in config.dependents.iter().enumerate() {
             let at = format!("{path}.dependents[{i}]");
@@ -666,6 +645,29 @@ pub fn content_hash(text: &str) -> Vec<u8> {
 /// quotes and doubles any inside.
 pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Validates a list of fields (`(name, column, sql)` each) found at
+/// `at[i]`: names, sources, no duplicate within the list (`what` names the
+/// kind in the error).
+fn validate_fields<'a>(
+    fields: impl Iterator<Item = (&'a String, &'a Option<String>, &'a Option<String>)>,
+    at: &str,
+    what: &str,
+) -> Result<Vec<(String, FieldSource)>> {
+    let mut out: Vec<(String, FieldSource)> = Vec::new();
+    for (i, (name, column, sql)) in fields.enumerate() {
+        let at = format!("{at}[{i}]");
+        let source = field_source(name, column, sql, &at)?;
+        if out.iter().any(|(seen, _)| seen == name) {
+            return Err(CollectionError::Invalid {
+                field: format!("{at}.name"),
+                message: format!("duplicate {what} field {name:?}"),
+            });
+        }
+        out.push((name.clone(), source));
+    }
+    Ok(out)
 }
 
 fn field_source(
