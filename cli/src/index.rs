@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use quarry_search_sync::{Status, Syncer};
+use quarry_search_sync::{EmbedReport, Status, Syncer};
 
 use crate::Config;
 
@@ -47,7 +47,7 @@ fn selected(config: &Config, only: Option<&str>) -> anyhow::Result<quarry_search
 /// Configuration, database, embedding and index errors.
 pub async fn sync(config: &Config, options: &SyncOptions) -> anyhow::Result<Vec<Status>> {
     let search = selected(config, options.collection.as_deref())?;
-    let tool = crate::search_tool(config, search).await?;
+    let tool = crate::search_tool(config, search, crate::embedder(config).await?).await?;
     let mut statuses = Vec::new();
     for syncer in crate::syncers(config, &tool)? {
         let name = syncer.collection().name.clone();
@@ -85,7 +85,13 @@ pub async fn sync(config: &Config, options: &SyncOptions) -> anyhow::Result<Vec<
             eprintln!("{name}: applied {} pending changes", outbox.claimed);
         }
         if !options.no_embed && tool.embedder().is_some() {
-            embed_with_progress(&syncer, options.progress, &name).await?;
+            let report = embed_with_progress(&syncer, options.progress, &name).await?;
+            if report.docs > 0 {
+                eprintln!(
+                    "{name}: embedded {} documents ({} texts through the model, {} reused by content hash, {} unchanged)",
+                    report.docs, report.embedded_texts, report.reused, report.unchanged
+                );
+            }
         }
         statuses.push(
             syncer
@@ -98,11 +104,20 @@ pub async fn sync(config: &Config, options: &SyncOptions) -> anyhow::Result<Vec<
     Ok(statuses)
 }
 
-async fn embed_with_progress(syncer: &Syncer, progress: bool, name: &str) -> anyhow::Result<()> {
+/// Runs [`Syncer::embed_pending`] with a progress bar fed by polling the
+/// sync status (`embed_pending` reports only when it is done).
+///
+/// # Errors
+/// Status and embedding failures.
+pub(crate) async fn embed_with_progress(
+    syncer: &Syncer,
+    progress: bool,
+    name: &str,
+) -> anyhow::Result<EmbedReport> {
     let status = syncer.status().await?;
     let pending = status.docs.saturating_sub(status.embedded);
     if pending == 0 {
-        return Ok(());
+        return Ok(EmbedReport::default());
     }
     let bar = bar(progress, pending, &format!("{name} embedding"));
     let watcher = {
@@ -120,12 +135,7 @@ async fn embed_with_progress(syncer: &Syncer, progress: bool, name: &str) -> any
     let report = syncer.embed_pending().await;
     watcher.abort();
     bar.finish_and_clear();
-    let report = report.with_context(|| format!("{name}: embedding"))?;
-    eprintln!(
-        "{name}: embedded {} documents ({} texts through the model, {} reused by content hash, {} unchanged)",
-        report.docs, report.embedded_texts, report.reused, report.unchanged
-    );
-    Ok(())
+    report.with_context(|| format!("{name}: embedding"))
 }
 
 /// The sync state of each selected collection.

@@ -66,33 +66,34 @@ pub fn pool(url: &str, size: usize, wait: Duration) -> anyhow::Result<Pool> {
         .context("building the database pool")
 }
 
-/// Builds the SQL tool from `config` (pool, embedder, golden pairs from the
-/// file and from `quarry.golden_pairs`).
+/// Builds the SQL tool from `config` (pool, the `[embedding]` embedder,
+/// golden pairs from the file and from `quarry.golden_pairs`).
 ///
 /// # Errors
-/// Invalid configuration or golden pairs.
+/// Invalid configuration or golden pairs; the embedder cannot be loaded.
 pub async fn sql_tool(
     config: &Config,
     model: Option<Arc<dyn ChatModel>>,
+) -> anyhow::Result<Arc<SqlTool>> {
+    let embedder = embedder(config).await?;
+    sql_tool_with(config, model, embedder).await
+}
+
+/// [`sql_tool`] with an embedder already loaded (so a process that also
+/// searches loads the model once).
+///
+/// # Errors
+/// Invalid configuration or golden pairs.
+pub async fn sql_tool_with(
+    config: &Config,
+    model: Option<Arc<dyn ChatModel>>,
+    embedder: Option<Arc<dyn Embedder>>,
 ) -> anyhow::Result<Arc<SqlTool>> {
     let pool = pool(
         &config.database.url,
         config.database.pool_size,
         Duration::from_millis(config.database.pool_wait_ms),
     )?;
-    let embedder = match &config.embedding {
-        Some(embedding) => {
-            let embedder =
-                quarry_llm::embed::embedder_from_config(embedding).context("embedding")?;
-            info!(
-                model = embedder.model_id(),
-                dimension = embedder.dimension(),
-                "embedder ready"
-            );
-            Some(embedder)
-        }
-        None => None,
-    };
     let tool = SqlTool::new(pool, config.sql.clone(), model, embedder).context("sql tool")?;
     tool.load_stored_golden().await;
     Ok(Arc::new(tool))
@@ -110,26 +111,29 @@ pub async fn embedder(config: &Config) -> anyhow::Result<Option<Arc<dyn Embedder
         tokio::task::spawn_blocking(move || quarry_llm::embed::embedder_from_config(&embedding))
             .await?
             .context("embedding")?;
-    // Warm up (lazy weights, first-call allocations) here rather than in the
-    // first search: the demo's first query took 7 s to embed without this.
-    if let Err(error) = embedder.embed(vec!["warm-up".to_owned()]).await {
-        warn!(%error, "embedder warm-up failed");
-    }
+    info!(
+        model = embedder.model_id(),
+        dimension = embedder.dimension(),
+        "embedder ready"
+    );
     Ok(Some(embedder))
 }
 
-/// Opens the search tool over `search`'s collections (sidecars prepared,
-/// indexes opened; they fill in once followed).
+/// Opens the search tool over `search`'s collections with `embedder`
+/// (sidecars prepared, indexes opened; they fill in once followed).
 ///
 /// # Errors
 /// Invalid collections, an embedder mismatch, database or index errors.
-pub async fn search_tool(config: &Config, search: SearchConfig) -> anyhow::Result<Arc<SearchTool>> {
+pub async fn search_tool(
+    config: &Config,
+    search: SearchConfig,
+    embedder: Option<Arc<dyn Embedder>>,
+) -> anyhow::Result<Arc<SearchTool>> {
     let pool = pool(
         &config.database.url,
         config.database.pool_size,
         Duration::from_millis(config.database.pool_wait_ms),
     )?;
-    let embedder = embedder(config).await?;
     let tool = SearchTool::open(pool, config.database.url.clone(), search, embedder)
         .await
         .context("search")?;
@@ -187,10 +191,19 @@ pub async fn serve(
             None
         }
     };
-    let tool = sql_tool(&config, model.clone()).await?;
+    // Loaded once for schema linking and search.
+    let embedder = embedder(&config).await?;
+    if let Some(embedder) = &embedder {
+        // Warm up (lazy weights, first-call allocations) here rather than in
+        // the first search: the demo's first query took 7 s to embed without this.
+        if let Err(error) = embedder.embed(vec!["warm-up".to_owned()]).await {
+            warn!(%error, "embedder warm-up failed");
+        }
+    }
+    let tool = sql_tool_with(&config, model.clone(), embedder.clone()).await?;
     let background = tokio_util::sync::CancellationToken::new();
     let search = match &config.search {
-        Some(search) => Some(search_tool(&config, search.clone()).await?),
+        Some(search) => Some(search_tool(&config, search.clone(), embedder).await?),
         None => None,
     };
     if let Some(search) = &search {

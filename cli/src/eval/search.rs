@@ -408,7 +408,7 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
     );
     let sync_error = |e: quarry_search_sync::SyncError| EvalError::Config(format!("sync: {e}"));
     syncer.install().await.map_err(sync_error)?;
-    let bar = progress_bar(options.progress, corpus.documents, "backfill");
+    let bar = crate::index::bar(options.progress, corpus.documents, "backfill");
     syncer
         .backfill(|p| {
             bar.set_length(p.total);
@@ -419,26 +419,10 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
     bar.finish_and_clear();
     let mut embedded_texts = 0;
     if needs_vectors {
-        let status = syncer.status().await.map_err(sync_error)?;
-        let pending = status.docs.saturating_sub(status.embedded);
-        let bar = progress_bar(options.progress, pending, "embedding");
-        // Poll the count while embed_pending works, for the bar.
-        let watcher = {
-            let syncer = syncer.clone();
-            let bar = bar.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    if let Ok(s) = syncer.status().await {
-                        bar.set_position(pending.saturating_sub(s.docs.saturating_sub(s.embedded)));
-                    }
-                }
-            })
-        };
-        let report = syncer.embed_pending().await;
-        watcher.abort();
-        bar.finish_and_clear();
-        embedded_texts = report.map_err(sync_error)?.embedded_texts;
+        let report = crate::index::embed_with_progress(&syncer, options.progress, "corpus")
+            .await
+            .map_err(|e| EvalError::Config(format!("sync: {e:#}")))?;
+        embedded_texts = report.embedded_texts;
     }
     let sync = started.elapsed();
 
@@ -461,9 +445,10 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
 
     let mut modes = Vec::new();
     for &mode in &options.modes {
-        let bar = progress_bar(options.progress, queries.len() as u64, mode_name(mode));
+        let bar = crate::index::bar(options.progress, queries.len() as u64, mode_name(mode));
         let mut runs = Runs::new();
-        let mut latencies = Vec::with_capacity(queries.len());
+        let mut latencies =
+            crate::bench::Latencies::new().map_err(|e| EvalError::Config(e.to_string()))?;
         for query in &queries {
             let started = Instant::now();
             let response = tool
@@ -476,7 +461,7 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
                     fields: Vec::new(),
                 })
                 .await;
-            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            latencies.record(started.elapsed());
             let ranked = match response {
                 Ok(r) => r.hits.into_iter().map(|h| h.key).collect(),
                 // A query with no searchable term in bm25 mode ranks nothing.
@@ -487,12 +472,12 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
             bar.inc(1);
         }
         bar.finish_and_clear();
-        latencies.sort_by(f64::total_cmp);
+        let latency = latencies.summary();
         modes.push(ModeFigures {
             mode,
             figures: beir::figures(&runs, &qrels),
-            p50_ms: percentile(&latencies, 0.50),
-            p99_ms: percentile(&latencies, 0.99),
+            p50_ms: latency.p50_ms,
+            p99_ms: latency.p99_ms,
         });
     }
     Ok(SearchEvalReport {
@@ -504,17 +489,4 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
         embedded_texts,
         index,
     })
-}
-
-/// Nearest-rank percentile of sorted values (0 for none).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn progress_bar(visible: bool, total: u64, what: &str) -> indicatif::ProgressBar {
-    crate::index::bar(visible, total, what)
 }

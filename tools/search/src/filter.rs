@@ -333,7 +333,9 @@ fn check(
                 },
             }
         }
-        Filter::And(filters) => {
+        Filter::And(filters) | Filter::Or(filters) => {
+            let is_and = matches!(filter, Filter::And(_));
+            let op = if is_and { "and" } else { "or" };
             let nodes = filters
                 .iter()
                 .enumerate()
@@ -341,36 +343,18 @@ fn check(
                     check(
                         f,
                         collection,
-                        &format!("{path}.and[{i}]"),
+                        &format!("{path}.{op}[{i}]"),
                         depth + 1,
                         predicates,
                     )
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            if nodes.is_empty() {
-                Node::All
-            } else {
-                Node::And(nodes)
-            }
-        }
-        Filter::Or(filters) => {
-            let nodes = filters
-                .iter()
-                .enumerate()
-                .map(|(i, f)| {
-                    check(
-                        f,
-                        collection,
-                        &format!("{path}.or[{i}]"),
-                        depth + 1,
-                        predicates,
-                    )
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if nodes.is_empty() {
-                Node::Nothing
-            } else {
-                Node::Or(nodes)
+            // An empty `and` holds for every document, an empty `or` for none.
+            match (is_and, nodes.is_empty()) {
+                (true, true) => Node::All,
+                (true, false) => Node::And(nodes),
+                (false, true) => Node::Nothing,
+                (false, false) => Node::Or(nodes),
             }
         }
         Filter::Not(inner) => Node::Not(Box::new(check(
