@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "quarry/v1/sql.proto",
         "quarry/v1/assistant.proto",
         "quarry/v1/search.proto",
+        "quarry/v1/summary.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -70,6 +70,22 @@ pub async fn ask(
                 )?;
             }
             Event::ToolResult(t) => match t.outcome {
+                Some(Outcome::Summaries(found)) => {
+                    writeln!(
+                        out,
+                        "» tool result {} ({} ms): {} summaries",
+                        t.call_id,
+                        t.elapsed_ms,
+                        found.summaries.len()
+                    )?;
+                    for s in &found.summaries {
+                        writeln!(
+                            out,
+                            "  {} {} (checked {} s ago): {}",
+                            s.id, s.entity_name, s.age_seconds, s.text
+                        )?;
+                    }
+                }
                 Some(Outcome::Search(found)) => {
                     writeln!(
                         out,
