@@ -20,9 +20,10 @@ use quarry_llm::{ChatEvent, ChatModel, ChatRequest, Message, ToolCall, ToolSpec}
 use quarry_proto::v1::{
     AnswerDelta, AnswerStatus, AskMode, AskRequest, AskResponse, Citation, CitationKind,
     DescribeSchemaRequest, ExecuteSqlRequest, FinalAnswer, GenerateSqlRequest,
-    ListCollectionsRequest, ResultDigest, RouteDecided, RowSet, SearchToolResult, SqlAttempt,
-    SqlToolResult, Started, ToolCallStarted, ToolResult, Usage, ask_response::Event,
-    search_service_client::SearchServiceClient, sql_service_client::SqlServiceClient,
+    ListCollectionsRequest, ListSummaryKindsRequest, ResultDigest, RouteDecided, RowSet,
+    SearchToolResult, SqlAttempt, SqlToolResult, Started, SummaryToolResult, ToolCallStarted,
+    ToolResult, Usage, ask_response::Event, search_service_client::SearchServiceClient,
+    sql_service_client::SqlServiceClient, summary_service_client::SummaryServiceClient,
     tool_result::Outcome,
 };
 use tokio::sync::mpsc;
@@ -38,6 +39,7 @@ use crate::{
     config::OrchestratorConfig,
     render::{markdown_table, value_text},
     search::{self, SEARCH_DOCUMENTS},
+    summary::{self, GET_SUMMARIES, SummaryCall},
 };
 
 /// Name of the SQL tool as the model sees it.
@@ -61,6 +63,7 @@ pub struct Assistant {
     model: Option<Arc<dyn ChatModel>>,
     sql: SqlServiceClient<Channel>,
     search: Option<SearchServiceClient<Channel>>,
+    summaries: Option<SummaryServiceClient<Channel>>,
     config: OrchestratorConfig,
 }
 
@@ -85,6 +88,7 @@ impl Assistant {
             model,
             sql,
             search: None,
+            summaries: None,
             config,
         }
     }
@@ -94,6 +98,14 @@ impl Assistant {
     #[must_use]
     pub fn with_search(mut self, search: SearchServiceClient<Channel>) -> Self {
         self.search = Some(search);
+        self
+    }
+
+    /// Offers the summaries tool (`get_summaries`) to the model too, over the
+    /// kinds `summaries` declares.
+    #[must_use]
+    pub fn with_summaries(mut self, summaries: SummaryServiceClient<Channel>) -> Self {
+        self.summaries = Some(summaries);
         self
     }
 
@@ -416,8 +428,11 @@ impl Run {
         let search_spec = self.search_spec().await;
         let with_search = search_spec.is_some();
         tools.extend(search_spec);
+        let summaries_spec = self.summaries_spec().await;
+        let with_summaries = summaries_spec.is_some();
+        tools.extend(summaries_spec);
         let mut messages = vec![
-            Message::system(system_prompt(&schema, with_search)),
+            Message::system(system_prompt(&schema, with_search, with_summaries)),
             Message::user(question),
         ];
         let max_steps = self.assistant.config.max_steps;
@@ -462,6 +477,11 @@ impl Run {
             for call in &calls {
                 if call.name == SEARCH_DOCUMENTS {
                     let text = self.run_search(call).await?;
+                    messages.push(Message::tool(call.id.clone(), text));
+                    continue;
+                }
+                if call.name == GET_SUMMARIES {
+                    let text = self.run_summaries(call).await?;
                     messages.push(Message::tool(call.id.clone(), text));
                     continue;
                 }
@@ -510,9 +530,14 @@ impl Run {
         let outcome = match call.name.as_str() {
             QUERY_DATABASE => self.query_database(&call.arguments).await,
             other => Err(format!(
-                "unknown tool {other:?}; the tools offered are: {QUERY_DATABASE}{}",
+                "unknown tool {other:?}; the tools offered are: {QUERY_DATABASE}{}{}",
                 if self.assistant.search.is_some() {
                     format!(", {SEARCH_DOCUMENTS}")
+                } else {
+                    String::new()
+                },
+                if self.assistant.summaries.is_some() {
+                    format!(", {GET_SUMMARIES}")
                 } else {
                     String::new()
                 }
@@ -568,6 +593,98 @@ impl Run {
                 None
             }
         }
+    }
+
+    /// The summaries tool's spec, from the kinds the summary service lists;
+    /// `None` without a summary service, without kinds, or when listing
+    /// fails (logged; the other tools still work).
+    async fn summaries_spec(&self) -> Option<ToolSpec> {
+        let mut client = self.assistant.summaries.clone()?;
+        match client
+            .list_summary_kinds(self.request(ListSummaryKindsRequest {}))
+            .await
+        {
+            Ok(response) => summary::spec(&response.into_inner().kinds),
+            Err(status) => {
+                warn!(error = %status.message(), "listing summary kinds failed");
+                None
+            }
+        }
+    }
+
+    /// Runs one `get_summaries` call: emits `tool_call_started`, looks up or
+    /// searches, emits `tool_result`, cites every summary. Returns the text
+    /// for the model (summaries with facts and freshness, or the error, which
+    /// for an unknown entity names the closest ones).
+    async fn run_summaries(&mut self, call: &ToolCall) -> Result<String, Gone> {
+        self.usage.tool_calls += 1;
+        self.emit(Event::ToolCallStarted(ToolCallStarted {
+            call_id: call.id.clone(),
+            tool_name: call.name.clone(),
+            arguments_json: call.arguments.clone(),
+        }))
+        .await?;
+        let started = Instant::now();
+        let result = match (
+            summary::call_from_arguments(&call.arguments),
+            self.assistant.summaries.clone(),
+        ) {
+            (Err(message), _) => Err(message),
+            (Ok(_), None) => Err("the summaries tool is not configured".to_string()),
+            (Ok(SummaryCall::Get(request)), Some(mut client)) => client
+                .get_summaries(self.request(request))
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    SummaryToolResult {
+                        summaries: r.summaries,
+                        r#match: r.r#match,
+                        alternatives: r.alternatives,
+                        retrieval: String::new(),
+                    }
+                })
+                .map_err(|status| status.message().to_string()),
+            (Ok(SummaryCall::Search(request)), Some(mut client)) => client
+                .search_summaries(self.request(request))
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    SummaryToolResult {
+                        summaries: r.summaries,
+                        r#match: 0,
+                        alternatives: Vec::new(),
+                        retrieval: r.retrieval,
+                    }
+                })
+                .map_err(|status| status.message().to_string()),
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let (outcome, text) = match result {
+            Ok(found) => {
+                for s in &found.summaries {
+                    self.citations.push(Citation {
+                        kind: CitationKind::Summary as i32,
+                        call_id: call.id.clone(),
+                        sql: String::new(),
+                        source_id: s.id.clone(),
+                    });
+                }
+                let text = summary::summaries_for_model(&call.id, &found, sanitize);
+                (Outcome::Summaries(found), text)
+            }
+            Err(message) => {
+                let text = error_for_model(&call.id, &message);
+                (Outcome::Error(message), text)
+            }
+        };
+        self.emit(Event::ToolResult(ToolResult {
+            call_id: call.id.clone(),
+            tool_name: call.name.clone(),
+            outcome: Some(outcome),
+            elapsed_ms,
+        }))
+        .await?;
+        Ok(text)
     }
 
     /// Runs one `search_documents` call: emits `tool_call_started`, searches,
@@ -722,8 +839,8 @@ impl Run {
 }
 
 /// The system prompt of agentic mode.
-fn system_prompt(schema: &str, with_search: bool) -> String {
-    let search = if with_search {
+fn system_prompt(schema: &str, with_search: bool, with_summaries: bool) -> String {
+    let mut search = if with_search {
         format!(
             "You can also find documents by meaning with `{SEARCH_DOCUMENTS}` (free-text fields, \
              with structured filters); cite hits by their key.\n"
@@ -731,6 +848,13 @@ fn system_prompt(schema: &str, with_search: bool) -> String {
     } else {
         String::new()
     };
+    if with_summaries {
+        search.push_str(&format!(
+            "For trend and \"how has X changed\" questions, first try `{GET_SUMMARIES}`: pre-computed \
+             summaries with the exact figures they rest on; cite a summary by its id and take numbers \
+             from its facts.\n"
+        ));
+    }
     format!(
         "You are Quarry, an assistant that answers questions about an organisation's data.\n\
          {search}You can query a PostgreSQL database with the `{QUERY_DATABASE}` tool. Schema \

@@ -6,6 +6,8 @@
 //! - [`grpc`]: the `quarry.v1.AssistantService` adapter;
 //! - [`search`]: the `search_documents` tool: its spec from the declared
 //!   collections, model arguments → `SearchRequest`, hits for the model;
+//! - [`summary`]: the `get_summaries` tool: its spec from the declared
+//!   kinds, model arguments → look-up or search, summaries for the model;
 //! - [`render`]: text rendering of typed rows for answers, the model and the CLI.
 //!
 //! Tools are reached through their generated gRPC clients whether they run in
@@ -17,6 +19,7 @@ pub mod config;
 pub mod grpc;
 pub mod render;
 pub mod search;
+pub mod summary;
 
 pub use assistant::{AskStream, Assistant, Caller, QUERY_DATABASE};
 pub use config::OrchestratorConfig;
