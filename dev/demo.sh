@@ -102,6 +102,20 @@ for entry in "${searches[@]}"; do
   "$QUARRY" search "$query" --filter "$filter" --k 5 --field title --field all_artists --field date_text
 done
 
+section "Summaries (built by serve at start-up: texts first, embeddings behind; unchanged entities are skipped later)"
+# The collection-wide kind is written last, so once it exists every text does.
+for _ in $(seq 1 600); do
+  "$QUARRY" summaries show tate --kind collection >/dev/null 2>&1 && break
+  sleep 1
+done
+"$QUARRY" summaries status || true
+for entity in "turner|artist" "1950s|decade" "St Ives|movement" "tate|collection"; do
+  section "quarry summaries show \"${entity%%|*}\" --kind ${entity#*|}"
+  "$QUARRY" summaries show "${entity%%|*}" --kind "${entity#*|}"
+done
+section "quarry summaries search \"women artists since 1950\""
+"$QUARRY" summaries search "women artists since 1950" --k 3
+
 if (($# > 0)); then
   questions=("$@")
 else

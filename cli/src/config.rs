@@ -15,6 +15,7 @@ use quarry_orchestrator::OrchestratorConfig;
 use quarry_search::SearchConfig;
 use quarry_search_sync::SyncConfig;
 use quarry_sql::service::SqlToolConfig;
+use quarry_summary::SummaryConfig;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of environment overrides; `__` separates nesting levels.
@@ -51,6 +52,11 @@ pub struct Config {
     /// How the index sync batches and polls (used where `server.run_sync`).
     #[serde(default)]
     pub sync: SyncConfig,
+    /// The summaries tool: kinds, builder schedule; absent means no
+    /// SummaryService. `definitions` paths are relative to the working
+    /// directory (the repository root for `dev/quarry.toml`).
+    #[serde(default)]
+    pub summary: Option<SummaryConfig>,
 }
 
 /// `[server]`.
@@ -73,6 +79,14 @@ pub struct ServerConfig {
     /// leads per collection (PostgreSQL advisory lock), the others wait.
     /// Default true.
     pub run_sync: bool,
+    /// URL of a separate SummaryService; empty means the one in this process
+    /// (when `[summary]` is configured).
+    pub summary_url: Option<String>,
+    /// Run the summary builder (at start-up if `summary.build_on_start`, then
+    /// every `summary.refresh_interval_secs`) in this process. Several
+    /// processes may: a PostgreSQL advisory lock lets one build at a time.
+    /// Default true.
+    pub run_summary_builder: bool,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +97,8 @@ impl Default for ServerConfig {
             sql_url: None,
             search_url: None,
             run_sync: true,
+            summary_url: None,
+            run_summary_builder: true,
         }
     }
 }
@@ -216,5 +232,12 @@ mod tests {
             quarry_search::Collection::from_config(c, &format!("search.collections[{i}]")).unwrap();
         }
         assert!(config.server.run_sync);
+        let mut summary = config.summary.unwrap();
+        summary
+            .load_definitions(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .unwrap();
+        let kinds: Vec<&str> = summary.kinds.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(kinds, ["artist", "movement", "decade", "collection"]);
+        summary.validate_static().unwrap();
     }
 }

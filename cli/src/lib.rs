@@ -10,6 +10,7 @@ pub mod eval;
 pub mod index;
 pub mod ingest;
 pub mod migrate;
+pub mod summaries;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -26,9 +27,13 @@ use quarry_proto::v1::{
 use quarry_proto::v1::{
     search_service_client::SearchServiceClient, search_service_server::SearchServiceServer,
 };
+use quarry_proto::v1::{
+    summary_service_client::SummaryServiceClient, summary_service_server::SummaryServiceServer,
+};
 use quarry_search::{Collection, SearchConfig, SearchGrpc, SearchTool};
 use quarry_search_sync::Syncer;
 use quarry_sql::{grpc::SqlGrpc, service::SqlTool};
+use quarry_summary::{SummaryGrpc, SummaryTool};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Endpoint, Server};
@@ -140,6 +145,34 @@ pub async fn search_tool(
     Ok(Arc::new(tool))
 }
 
+/// Opens the summaries tool over `[summary]`'s kinds (inline and from the
+/// `definitions` files, relative to the working directory) with `embedder`:
+/// every definition validated (parsed, then prepared against the database),
+/// storage ensured. `None` without a `[summary]` section.
+///
+/// # Errors
+/// A definition that fails validation (the error names it), database errors.
+pub async fn summary_tool(
+    config: &Config,
+    embedder: Option<Arc<dyn Embedder>>,
+) -> anyhow::Result<Option<Arc<SummaryTool>>> {
+    let Some(mut summary) = config.summary.clone() else {
+        return Ok(None);
+    };
+    summary
+        .load_definitions(std::path::Path::new("."))
+        .context("summary.definitions")?;
+    let pool = pool(
+        &config.database.url,
+        config.database.pool_size,
+        Duration::from_millis(config.database.pool_wait_ms),
+    )?;
+    let tool = SummaryTool::open(pool, summary, embedder)
+        .await
+        .context("summary")?;
+    Ok(Some(Arc::new(tool)))
+}
+
 /// One syncer per configured collection, sharing the search tool's
 /// embedder settings.
 ///
@@ -203,9 +236,15 @@ pub async fn serve(
     let tool = sql_tool_with(&config, model.clone(), embedder.clone()).await?;
     let background = tokio_util::sync::CancellationToken::new();
     let search = match &config.search {
-        Some(search) => Some(search_tool(&config, search.clone(), embedder).await?),
+        Some(search) => Some(search_tool(&config, search.clone(), embedder.clone()).await?),
         None => None,
     };
+    let summaries = summary_tool(&config, embedder).await?;
+    if let Some(summaries) = &summaries
+        && config.server.run_summary_builder
+    {
+        summaries.clone().spawn_scheduler(background.clone());
+    }
     if let Some(search) = &search {
         search.spawn_follower(background.clone().cancelled_owned());
         if config.server.run_sync {
@@ -245,6 +284,17 @@ pub async fn serve(
             .connect_lazy();
         assistant = assistant.with_search(SearchServiceClient::new(channel));
     }
+    let summary_url = match (&config.server.summary_url, &summaries) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(_)) => Some(format!("http://{local}")),
+        (None, None) => None,
+    };
+    if let Some(url) = summary_url {
+        let channel = Endpoint::from_shared(url.clone())
+            .with_context(|| format!("server.summary_url {url:?} is not a valid URL"))?
+            .connect_lazy();
+        assistant = assistant.with_summaries(SummaryServiceClient::new(channel));
+    }
     let assistant = Arc::new(assistant);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -256,6 +306,12 @@ pub async fn serve(
     if search_service.is_some() {
         health
             .set_serving::<SearchServiceServer<SearchGrpc>>()
+            .await;
+    }
+    let summary_service = summaries.map(|tool| SummaryServiceServer::new(SummaryGrpc::new(tool)));
+    if summary_service.is_some() {
+        health
+            .set_serving::<SummaryServiceServer<SummaryGrpc>>()
             .await;
     }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -279,6 +335,7 @@ pub async fn serve(
         .add_service(SqlServiceServer::new(SqlGrpc::new(tool)))
         .add_service(AssistantServiceServer::new(AssistantGrpc::new(assistant)))
         .add_optional_service(search_service)
+        .add_optional_service(summary_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });

@@ -83,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         action: IndexAction,
     },
+    /// Trend summaries: build them by hand; show, search and list them from a server.
+    Summaries {
+        #[command(subcommand)]
+        action: SummariesAction,
+    },
     /// Load a data set into the database.
     Ingest {
         #[command(subcommand)]
@@ -209,6 +214,69 @@ enum BenchWhat {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// Where `quarry summaries show|search|status` reach the server.
+#[derive(clap::Args)]
+struct Remote {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051", env = "QUARRY_SERVER")]
+    server: String,
+    /// Bearer token (see `quarry token`).
+    #[arg(long, env = "QUARRY_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Subcommand)]
+enum SummariesAction {
+    /// Build now, in this process (progress bar per kind): compute every
+    /// entity's figures, skip those whose data version is unchanged, rewrite
+    /// and re-embed the others.
+    Build {
+        /// Only this kind (repeat for several).
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// Only these entity keys (repeat; needs exactly one --kind).
+        #[arg(long = "entity")]
+        entity_keys: Vec<String>,
+        /// Recompute unchanged entities too.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the summary of an entity (key or name; fuzzy), or a kind's summaries.
+    Show {
+        /// Entity key or name, e.g. "turner", "1950s"; omit to list --kind.
+        entity: Option<String>,
+        /// Kind, e.g. artist, movement, decade, collection.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Summaries listed for a kind.
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        /// Print the facts JSON too.
+        #[arg(long)]
+        facts: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Summaries closest in meaning to a query.
+    Search {
+        /// Query text.
+        query: String,
+        /// Only this kind (repeat for several).
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// Summaries wanted.
+        #[arg(long, default_value_t = 5)]
+        k: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Summaries per kind, failures, freshness and the latest build.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -512,6 +580,62 @@ async fn main() -> anyhow::Result<()> {
             };
             print!("{}", quarry::index::render(&statuses));
             Ok(())
+        }
+        Command::Summaries { action } => {
+            let mut out = std::io::stdout();
+            match action {
+                SummariesAction::Build {
+                    kinds,
+                    entity_keys,
+                    force,
+                } => {
+                    let config = load(cli.config.as_deref())?;
+                    let report =
+                        quarry::summaries::build(&config, kinds, entity_keys, force, true).await?;
+                    print!("{}", quarry::summaries::render_report(&report));
+                    if report.failed > 0 {
+                        anyhow::bail!("{} entities failed to build", report.failed);
+                    }
+                    Ok(())
+                }
+                SummariesAction::Show {
+                    entity,
+                    kind,
+                    limit,
+                    facts,
+                    remote,
+                } => {
+                    quarry::summaries::show(
+                        &remote.server,
+                        &remote.token,
+                        kind,
+                        entity,
+                        limit,
+                        facts,
+                        &mut out,
+                    )
+                    .await
+                }
+                SummariesAction::Search {
+                    query,
+                    kinds,
+                    k,
+                    remote,
+                } => {
+                    quarry::summaries::search(
+                        &remote.server,
+                        &remote.token,
+                        query,
+                        kinds,
+                        k,
+                        &mut out,
+                    )
+                    .await
+                }
+                SummariesAction::Status { remote } => {
+                    quarry::summaries::status(&remote.server, &remote.token, &mut out).await
+                }
+            }
         }
         Command::Ingest {
             dataset: Dataset::Tate { from, schema },

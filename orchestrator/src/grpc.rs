@@ -3,12 +3,12 @@
 //! Validates the request, takes the principal the auth layer put into the
 //! request extensions, and hands over to the domain.
 
+use quarry_proto::status::bad_request;
 use std::sync::Arc;
 
 use quarry_auth::Principal;
 use quarry_proto::v1::{AskMode, AskRequest, assistant_service_server::AssistantService};
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::assistant::{AskStream, Assistant, Caller};
@@ -27,15 +27,6 @@ impl AssistantGrpc {
     pub fn new(assistant: Arc<Assistant>) -> Self {
         Self { assistant }
     }
-}
-
-fn bad_request(field: &str, description: impl Into<String>) -> Status {
-    let description = description.into();
-    Status::with_error_details(
-        Code::InvalidArgument,
-        format!("invalid {field}: {description}"),
-        ErrorDetails::with_bad_request_violation(field, description),
-    )
 }
 
 /// Checks an `AskRequest`; errors name the field at fault.
@@ -95,6 +86,8 @@ impl AssistantService for AssistantGrpc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Code;
+    use tonic_types::StatusExt as _;
 
     fn ask(question: &str) -> AskRequest {
         AskRequest {

@@ -15,3 +15,22 @@ pub mod v1 {
 /// Encoded `google.protobuf.FileDescriptorSet` of `quarry.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/quarry_descriptor.bin"));
+
+/// Status helpers every Quarry service shares.
+pub mod status {
+    use tonic::{Code, Status};
+    use tonic_types::{ErrorDetails, StatusExt as _};
+
+    /// `INVALID_ARGUMENT` reading `invalid <field>: <description>`, with a
+    /// google.rpc `BadRequest` field violation naming `field` (a request
+    /// field path such as `filter.and[1].range.lower`) so a client can point
+    /// at it.
+    pub fn bad_request(field: &str, description: impl Into<String>) -> Status {
+        let description = description.into();
+        Status::with_error_details(
+            Code::InvalidArgument,
+            format!("invalid {field}: {description}"),
+            ErrorDetails::with_bad_request_violation(field, description),
+        )
+    }
+}

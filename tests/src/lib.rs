@@ -22,6 +22,7 @@ use futures::StreamExt;
 use quarry_proto::v1::{
     AskRequest, AskResponse, assistant_service_client::AssistantServiceClient,
     search_service_client::SearchServiceClient, sql_service_client::SqlServiceClient,
+    summary_service_client::SummaryServiceClient,
 };
 use quarry_sql::testing::TestDb;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -128,6 +129,10 @@ pub struct Options {
     /// temporary folder the server removes when dropped; the sync polls
     /// every 100 ms besides listening for notifications).
     pub search: bool,
+    /// Serve the shipped Tate summary kinds (`dev/summaries/tate.toml`),
+    /// built once at start-up, no schedule, no embedder (search over summary
+    /// texts is then PostgreSQL full-text).
+    pub summaries: bool,
 }
 
 /// A running Quarry server over its own database.
@@ -193,6 +198,12 @@ impl TestServer {
                 dir.path().display()
             ));
         }
+        if options.summaries {
+            toml.push_str(&format!(
+                "\n[summary]\nrefresh_interval_secs = 0\nbuild_on_start = true\ndefinitions = [\"{}\"]\n",
+                repo_root().join("dev/summaries/tate.toml").display()
+            ));
+        }
         let config = quarry::Config::from_toml_layers(&[&toml, &options.extra_toml]).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -236,6 +247,11 @@ impl TestServer {
     /// A SearchService client.
     pub fn search(&self) -> SearchServiceClient<Channel> {
         SearchServiceClient::new(self.channel())
+    }
+
+    /// A SummaryService client.
+    pub fn summaries(&self) -> SummaryServiceClient<Channel> {
+        SummaryServiceClient::new(self.channel())
     }
 
     /// The search index folder, when [`Options::search`].

@@ -5,12 +5,12 @@
 //! [`SearchError`] to `tonic::Status` in [`status_of`], the one place that
 //! decides codes.
 
+use quarry_proto::status::bad_request;
 use std::sync::Arc;
 
 use quarry_proto::v1 as pb;
 use quarry_proto::v1::search_service_server::SearchService;
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::error::SearchError;
@@ -32,15 +32,6 @@ impl SearchGrpc {
     pub fn new(tool: Arc<SearchTool>) -> Self {
         Self { tool }
     }
-}
-
-fn bad_request(field: &str, description: impl Into<String>) -> Status {
-    let description = description.into();
-    Status::with_error_details(
-        Code::InvalidArgument,
-        format!("invalid {field}: {description}"),
-        ErrorDetails::with_bad_request_violation(field, description),
-    )
 }
 
 /// Maps a domain error to a status: the caller's mistakes are

@@ -5,14 +5,14 @@
 //! `quarry.v1` messages and `tonic::Status` (in [`status_of`], the one place
 //! that decides codes).
 
+use quarry_proto::status::bad_request;
 use std::sync::Arc;
 
 use chrono::{Datelike, Timelike};
 use quarry_auth::Principal;
 use quarry_proto::v1 as pb;
 use quarry_proto::v1::sql_service_server::SqlService;
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::{
@@ -41,15 +41,6 @@ impl SqlGrpc {
     pub fn new(tool: Arc<SqlTool>) -> Self {
         Self { tool }
     }
-}
-
-fn bad_request(field: &str, description: impl Into<String>) -> Status {
-    let description = description.into();
-    Status::with_error_details(
-        Code::InvalidArgument,
-        format!("invalid {field}: {description}"),
-        ErrorDetails::with_bad_request_violation(field, description),
-    )
 }
 
 fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {

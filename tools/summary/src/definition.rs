@@ -27,7 +27,10 @@
 //! (any type; kept as text), `name` (text) and optionally `weight` (a number;
 //! larger wins ties between equally close fuzzy name matches, e.g. the number
 //! of works, so that "turner" resolves to J. M. W. Turner rather than one of
-//! eight other Turners). Entity keys are unique within a kind.
+//! eight other Turners). Entity keys are unique within a kind (a repeated
+//! key keeps its first row and the build reports a warning; a NULL key is
+//! skipped with a warning; a NULL name is the key). The query takes no
+//! parameters.
 //!
 //! # Figures
 //! Each figure's `sql` takes at most one parameter, `$1`, the entity key
@@ -45,61 +48,94 @@
 //!
 //! The builder orders rows itself (series by `period`, `series`; breakdowns
 //! by `value` descending then `label`), so figures do not depend on the
-//! query's `ORDER BY`.
+//! query's `ORDER BY`: the same rows in any order give byte-identical facts
+//! and text. Rows repeating a period (and series) or a label are added up.
+//! A series row with a NULL `period` is left out, a NULL `value` counts as 0,
+//! a NULL `series` label is `"unknown"`; a value that is not finite (NaN,
+//! infinity) fails the entity. A `values` query returning a second row fails
+//! the entity too. `step` applies to series only, `top` to breakdowns only,
+//! `focus` to series with `shares` only (anything else is refused at
+//! start-up, as are computations a shape does not support: `values` takes
+//! none, `breakdown` only `total`, and `groups`/`shares` need a grouped
+//! series).
 //!
 //! # Computations (`compute`)
-//! Numbers in facts are JSON integers when integral, else rounded as noted.
-//! Shares are percentages rounded half away from zero to one decimal
-//! (`share_pct`); changes in shares are percentage points to one decimal
+//! Numbers in facts are JSON integers when integral, else rounded half away
+//! from zero to one decimal (values, totals, slopes; numbers in a `values`
+//! row too), so a text formatting them with the filters below shows what the
+//! facts hold. Shares are percentages rounded half away from zero to one
+//! decimal (`share_pct`, computed as `part × 1000 / whole` before rounding,
+//! so exact ties such as 1/16 = 6.25 % round up); a share of a zero total
+//! is `null`. Changes in shares are percentage points to one decimal
 //! (`change_pp`).
 //!
 //! Ungrouped series (`period`, `value`), after filling missing periods
-//! between the first and last with 0 in steps of `step` (default 1):
+//! between the first and last with 0 in steps of `step` (default 1): every
+//! `first + k × step` up to the last period is present (periods off that
+//! grid that the data has are kept too); a series spanning more than 10,000
+//! such periods fails the entity:
 //! - always: `points` = `[[period, value], …]`.
 //! - `total`: `total` = Σ value.
 //! - `range`: `range` = `{first, last}`, the first and last periods with a
 //!   non-zero value.
-//! - `peak`: `peak` = `{period, value, share_pct}` (earliest period on ties).
+//! - `peak`: `peak` = `{period, value, share_pct}` (earliest period on ties;
+//!   `share_pct` of the total; `null` without periods).
 //! - `slope`: `slope` = `{per_step, direction}`: the ordinary least-squares
 //!   slope of value on period, in value units per `step` (one decimal), and
 //!   `"rising"`, `"falling"` or `"flat"`: the fitted change over the span,
-//!   `per_step × (n − 1)`, relative to the mean value, is ≥ 0.25, ≤ −0.25, or
-//!   in between; `null` with fewer than 3 periods.
+//!   slope × (last period − first period) (= `per_step × (n − 1)` on a
+//!   regular grid, before rounding), relative to the magnitude of the mean
+//!   value, is ≥ 0.25, ≤ −0.25, or in between (with a mean of 0, its sign
+//!   decides); `null` with fewer than 3 periods.
 //! - `changes`: `changes` = `{steps: [{period, value, change, change_pct}],
 //!   largest_rise: {period, change}, largest_fall: {period, change}}`, each
-//!   period against the one before (`change_pct` null when that was 0;
-//!   `largest_*` null when no period rose/fell).
+//!   period against the one before (`change_pct` relative to the magnitude
+//!   of the one before, null when that was 0; `largest_*` null when no
+//!   period rose/fell, the earliest on ties).
 //!
 //! Grouped series (`period`, `series`, `value`): `points` =
 //! `[[period, series, value], …]` (not gap-filled); `total`, `range`, `peak`,
 //! `slope`, `changes` apply to the per-period totals (gap-filled) and are
 //! computed as above; and
 //! - `groups`: `groups` = `[{label, value, share_pct}]`, every group's total
-//!   and share of the grand total, largest first.
+//!   and share of the grand total, largest first (then by label).
 //! - `shares` (needs `focus`, a group label): `shares` = `{focus, points:
 //!   [[period, share_pct]], first: {period, share_pct}, last: {period,
 //!   share_pct}, change_pp, peak: {period, share_pct}, slope: {per_step,
 //!   direction}}` — the focus group's share of each period's total (periods
-//!   with a total of 0 are skipped; `slope` in percentage points per step,
-//!   direction judged on absolute change: ≥ 2 pp over the span rising,
-//!   ≤ −2 pp falling).
+//!   with a total of 0 are skipped; `first`, `last`, `peak` and `change_pp`
+//!   use the rounded shares, so a text quoting them adds up; `slope` is fitted
+//!   to the unrounded shares, in percentage points per step, direction judged
+//!   on absolute change: ≥ 2 pp over the span rising, ≤ −2 pp falling; `null`
+//!   with fewer than 3 periods).
 //!
 //! Breakdowns (`label`, `value`): `total`, `distinct` (number of labels) and
 //! `top` = `{items: [{label, value, share_pct}], other: {labels, value,
 //! share_pct}}` (the `top` largest, default 5; `other` covers the rest and is
-//! `null` when nothing is left) are always computed; `compute` may be empty.
+//! `null` when nothing is left) are always computed; `compute` may be empty
+//! (or `["total"]`).
 //!
 //! # Template
 //! A [MiniJinja](https://docs.rs/minijinja) template rendered with `entity`
-//! (`{kind, key, name}`) and one variable per figure (its facts). Filters for
-//! consistent number formatting:
-//! - `count`: thousands separators, `39389` → `39,389` (floats keep one decimal);
+//! (`{kind, key, name}`) and one variable per figure (its facts); it may
+//! read nothing else but MiniJinja's globals (`range`, `dict`, `namespace`,
+//! `debug`). A figure may not be named `entity` or a word a template
+//! expression cannot name (`true`, `false`, `none`, `and`, `or`, `not`,
+//! `in`, `is`, `if`, `else`, `loop`). Unknown variables, filters and tests
+//! are refused at start-up. Filters for consistent number formatting
+//! (rounding half away from zero; a result that rounds to zero has no sign;
+//! a value of the wrong type, e.g. none, is an error, so guard optional facts
+//! with `{% if … %}`):
+//! - `count`: thousands separators, `39389` → `39,389` (floats keep one
+//!   decimal, `2.0` → `2.0`);
 //! - `pct`: a percentage to one decimal, `12.345` → `12.3%`;
-//! - `pp`: signed percentage points, `4.25` → `+4.3 pp`, `-1` → `-1.0 pp`;
-//! - `signed`: signed count, `12` → `+12`, `-1234` → `-1,234`;
+//! - `pp`: signed percentage points, `4.25` → `+4.3 pp`, `-1` → `-1.0 pp`,
+//!   `0` → `0.0 pp`;
+//! - `signed`: signed count, `12` → `+12`, `-1234` → `-1,234`, `0` → `0`;
 //! - `years`: a `{first, last}` range (or `[first, last]`), `1856–1999` (en
 //!   dash), one year when equal;
-//! - `decade`: `1950` → `1950s`; `decades`: a range of decades, `1850s–1990s`;
+//! - `decade`: `1950` → `1950s` (any year names its decade, `1955` →
+//!   `1950s`); `decades`: a range of decades, `1850s–1990s`;
 //! - `listing`: a list of `{label, value, share_pct}`, `oil paint on canvas
 //!   (1,234; 12.3%), graphite on paper (56; 1.2%)`.
 //!
@@ -287,3 +323,313 @@ impl Default for SummaryConfig {
         }
     }
 }
+
+/// Words a figure may not be named: the template variable `entity`, and
+/// names a MiniJinja expression reads as a literal, operator or the loop
+/// variable, so a template could not refer to the figure.
+pub const RESERVED_FIGURE_NAMES: &[&str] = &[
+    "entity", "true", "false", "none", "and", "or", "not", "in", "is", "if", "else", "loop",
+];
+
+impl SummaryConfig {
+    /// Reads each file of [`SummaryConfig::definitions`] (a path relative to
+    /// `base_dir` unless absolute) as a TOML [`DefinitionsFile`] and appends
+    /// its kinds to [`SummaryConfig::kinds`], in file order. Call it once:
+    /// calling it again appends the same kinds again (which
+    /// [`SummaryConfig::validate_static`] then refuses as duplicates).
+    ///
+    /// # Errors
+    /// A [`DefinitionError`] whose `kind` is the file's path, when the file
+    /// cannot be read or is not a valid definitions file.
+    pub fn load_definitions(&mut self, base_dir: &std::path::Path) -> Result<(), DefinitionError> {
+        for file in &self.definitions {
+            let path = base_dir.join(file);
+            let at = path.display().to_string();
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| DefinitionError::new(&at, None, format!("cannot read file: {e}")))?;
+            let parsed: DefinitionsFile = toml::from_str(&text).map_err(|e| {
+                DefinitionError::new(&at, None, format!("invalid definitions file: {e}"))
+            })?;
+            self.kinds.extend(parsed.kinds);
+        }
+        Ok(())
+    }
+
+    /// Checks everything that can be checked without a database: settings
+    /// (`batch_size`, `concurrency` ≥ 1), names (`[a-z][a-z0-9_]*`, kinds
+    /// unique, figures unique within their kind and not one of
+    /// [`RESERVED_FIGURE_NAMES`]), per-shape options (computations the shape
+    /// supports, `step` > 0 for series only, `top` ≥ 1 for breakdowns only,
+    /// `focus` for series only and required by `shares`), every SQL text
+    /// (one read-only query, see [`check_query`]), and the template (compiles;
+    /// every variable it reads is `entity`, a figure or a MiniJinja global;
+    /// every filter and test it applies exists). Whether a series is grouped
+    /// (and so whether `groups`/`shares` apply) is only known once its query
+    /// is prepared, so [`crate::SummaryTool::open`] checks that.
+    ///
+    /// # Errors
+    /// The first [`DefinitionError`] found; `kind` is `summary` for settings,
+    /// `kinds[i]` when a kind's name is invalid, else the kind's name.
+    pub fn validate_static(&self) -> Result<(), DefinitionError> {
+        if self.batch_size == 0 {
+            return Err(DefinitionError::new(
+                "summary",
+                None,
+                "batch_size must be at least 1",
+            ));
+        }
+        if self.concurrency == 0 {
+            return Err(DefinitionError::new(
+                "summary",
+                None,
+                "concurrency must be at least 1",
+            ));
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, kind) in self.kinds.iter().enumerate() {
+            check_name(&kind.name)
+                .map_err(|m| DefinitionError::new(&format!("kinds[{i}]"), None, m))?;
+            if seen.contains(&kind.name.as_str()) {
+                return Err(DefinitionError::new(
+                    &kind.name,
+                    None,
+                    "duplicate kind name",
+                ));
+            }
+            seen.push(&kind.name);
+            kind.validate_static()?;
+        }
+        Ok(())
+    }
+}
+
+impl KindConfig {
+    /// [`SummaryConfig::validate_static`] for one kind (its name is assumed valid).
+    ///
+    /// # Errors
+    /// The first [`DefinitionError`] found, naming this kind (and figure).
+    pub fn validate_static(&self) -> Result<(), DefinitionError> {
+        let kind = self.name.as_str();
+        if self.entity.trim().is_empty() {
+            return Err(DefinitionError::new(
+                kind,
+                None,
+                "`entity` (what one entity is, e.g. \"artist\") must not be empty",
+            ));
+        }
+        check_query(&self.entities)
+            .map_err(|m| DefinitionError::new(kind, None, format!("entities query: {m}")))?;
+        let mut names: Vec<&str> = Vec::new();
+        for figure in &self.figures {
+            let name = figure.name.as_str();
+            let error = |m: String| DefinitionError::new(kind, Some(name), m);
+            check_name(name).map_err(error)?;
+            if RESERVED_FIGURE_NAMES.contains(&name) {
+                return Err(error(format!(
+                    "{name:?} is reserved (template variable or keyword); choose another figure name"
+                )));
+            }
+            if names.contains(&name) {
+                return Err(error("duplicate figure name".into()));
+            }
+            names.push(name);
+            figure.validate_options().map_err(error)?;
+            check_query(&figure.sql).map_err(error)?;
+        }
+        crate::render::check_template(self)
+    }
+}
+
+impl FigureConfig {
+    /// Per-shape checks of `compute`, `step`, `top` and `focus`.
+    fn validate_options(&self) -> Result<(), String> {
+        let allowed: &[Computation] = match self.shape {
+            Shape::Values => &[],
+            Shape::Breakdown => &[Computation::Total],
+            Shape::Series => &[
+                Computation::Total,
+                Computation::Range,
+                Computation::Peak,
+                Computation::Slope,
+                Computation::Changes,
+                Computation::Groups,
+                Computation::Shares,
+            ],
+        };
+        if let Some(c) = self.compute.iter().find(|c| !allowed.contains(c)) {
+            return Err(format!(
+                "computation {} does not apply to a {} figure",
+                computation_name(*c),
+                shape_name(self.shape)
+            ));
+        }
+        match self.step {
+            Some(_) if self.shape != Shape::Series => {
+                return Err("`step` applies to series figures only".into());
+            }
+            Some(step) if step <= 0 => return Err(format!("`step` must be > 0, got {step}")),
+            _ => {}
+        }
+        match self.top {
+            Some(_) if self.shape != Shape::Breakdown => {
+                return Err("`top` applies to breakdown figures only".into());
+            }
+            Some(0) => return Err("`top` must be at least 1".into()),
+            _ => {}
+        }
+        let wants_shares = self.compute.contains(&Computation::Shares);
+        match &self.focus {
+            Some(_) if self.shape != Shape::Series => {
+                return Err("`focus` applies to series figures only".into());
+            }
+            Some(_) if !wants_shares => {
+                return Err("`focus` is only used by the `shares` computation; add it".into());
+            }
+            None if wants_shares => {
+                return Err("`shares` needs `focus`, the group whose share it tracks".into());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The name of a computation as written in configuration.
+pub fn computation_name(c: Computation) -> &'static str {
+    match c {
+        Computation::Total => "total",
+        Computation::Range => "range",
+        Computation::Peak => "peak",
+        Computation::Slope => "slope",
+        Computation::Changes => "changes",
+        Computation::Groups => "groups",
+        Computation::Shares => "shares",
+    }
+}
+
+/// The name of a shape as written in configuration.
+pub fn shape_name(s: Shape) -> &'static str {
+    match s {
+        Shape::Values => "values",
+        Shape::Series => "series",
+        Shape::Breakdown => "breakdown",
+    }
+}
+
+/// `[a-z][a-z0-9_]*`.
+fn check_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("name {name:?} must match [a-z][a-z0-9_]*"))
+    }
+}
+
+/// Checks that `sql` is exactly one read-only query, parsed with sqlparser's
+/// PostgreSQL dialect: a `SELECT`, `VALUES` or `WITH … SELECT` (set
+/// operations and subqueries included), with no data-modifying statement
+/// inside (`INSERT`/`UPDATE`/`DELETE`/`MERGE`, e.g. in a CTE), no
+/// `SELECT … INTO` and no locking clause (`FOR UPDATE`, `FOR SHARE`, …).
+/// A trailing `;` is allowed. The database itself still has the last word:
+/// figure queries run in `READ ONLY` transactions.
+///
+/// # Errors
+/// What is wrong, as a lowercase message.
+pub fn check_query(sql: &str) -> Result<(), String> {
+    use sqlparser::ast::{Statement, Visit as _};
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::parser::Parser;
+
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+        .map_err(|e| format!("sql does not parse: {e}"))?;
+    let statement = match statements.as_slice() {
+        [] => return Err("no sql statement".into()),
+        [one] => one,
+        more => {
+            return Err(format!(
+                "exactly one statement is allowed, got {}",
+                more.len()
+            ));
+        }
+    };
+    if !matches!(statement, Statement::Query(_)) {
+        let keyword = sql
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_lowercase();
+        return Err(format!(
+            "only a query (select, values, with) is allowed, got {keyword}"
+        ));
+    }
+    match statement.visit(&mut ReadOnlyCheck { statements: 0 }) {
+        std::ops::ControlFlow::Break(message) => Err(message),
+        std::ops::ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// Visitor refusing anything but reading inside a query.
+struct ReadOnlyCheck {
+    statements: usize,
+}
+
+const DATA_MODIFYING: &str =
+    "data-modifying statements (insert, update, delete, merge) are not allowed inside a query";
+
+impl sqlparser::ast::Visitor for ReadOnlyCheck {
+    type Break = String;
+
+    fn pre_visit_statement(
+        &mut self,
+        _statement: &sqlparser::ast::Statement,
+    ) -> std::ops::ControlFlow<String> {
+        self.statements += 1;
+        if self.statements > 1 {
+            return std::ops::ControlFlow::Break(DATA_MODIFYING.into());
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &sqlparser::ast::Query) -> std::ops::ControlFlow<String> {
+        use sqlparser::ast::SetExpr;
+        if let Some(lock) = query.locks.first() {
+            return std::ops::ControlFlow::Break(format!("locking clause {lock} is not allowed"));
+        }
+        let mut pending = vec![query.body.as_ref()];
+        while let Some(body) = pending.pop() {
+            match body {
+                SetExpr::SetOperation { left, right, .. } => {
+                    pending.push(left);
+                    pending.push(right);
+                }
+                SetExpr::Insert(_)
+                | SetExpr::Update(_)
+                | SetExpr::Delete(_)
+                | SetExpr::Merge(_) => {
+                    return std::ops::ControlFlow::Break(DATA_MODIFYING.into());
+                }
+                SetExpr::Select(_) | SetExpr::Query(_) | SetExpr::Values(_) | SetExpr::Table(_) => {
+                }
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(
+        &mut self,
+        select: &sqlparser::ast::Select,
+    ) -> std::ops::ControlFlow<String> {
+        if select.into.is_some() {
+            return std::ops::ControlFlow::Break(
+                "select into creates a table and is not allowed".into(),
+            );
+        }
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

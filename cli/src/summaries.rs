@@ -1,0 +1,262 @@
+//! `quarry summaries`: build summaries by hand (in this process, with a
+//! progress bar per kind) and read them from a running server over gRPC
+//! (`show` an entity or a kind, `search` by meaning, `status` of each kind).
+//! `quarry serve` builds on its own schedule (`summary.refresh_interval_secs`).
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use quarry_proto::v1::{
+    BuildReport, EntityMatchKind, GetSummariesRequest, ListSummaryKindsRequest,
+    SearchSummariesRequest, Summary, summary_service_client::SummaryServiceClient,
+};
+use quarry_summary::BuildOptions;
+use tonic::{metadata::MetadataValue, transport::Channel};
+
+use crate::Config;
+
+/// Runs the builder now over `kinds` (all when empty), or over `entity_keys`
+/// of one kind, recomputing unchanged entities too with `force`; draws a
+/// progress bar per kind on stderr when `progress`. Returns the report.
+///
+/// # Errors
+/// Invalid definitions (named), another build holding the lock, database errors.
+pub async fn build(
+    config: &Config,
+    kinds: Vec<String>,
+    entity_keys: Vec<String>,
+    force: bool,
+    progress: bool,
+) -> anyhow::Result<BuildReport> {
+    let tool = crate::summary_tool(config, crate::embedder(config).await?)
+        .await?
+        .context("no [summary] section in the configuration: no summary kinds to build")?;
+    let bar = crate::index::bar(progress, 0, "summaries");
+    let report = tool
+        .build(
+            BuildOptions {
+                kinds,
+                entity_keys,
+                force,
+                trigger: "cli".to_string(),
+            },
+            &|p| {
+                bar.set_message(p.kind.clone());
+                bar.set_length(p.total);
+                bar.set_position(p.done);
+            },
+        )
+        .await?;
+    bar.finish_and_clear();
+    Ok(report.into())
+}
+
+/// The report as lines: counts, time, then each failure.
+pub fn render_report(report: &BuildReport) -> String {
+    let seconds = match (&report.started_at, &report.finished_at) {
+        (Some(a), Some(b)) => (b.seconds - a.seconds) as f64 + f64::from(b.nanos - a.nanos) / 1e9,
+        _ => 0.0,
+    };
+    let mut out = format!(
+        "summaries ({}): {} entities, {} built, {} unchanged, {} failed, {} removed, {} embedded in {seconds:.1} s\n",
+        if report.trigger.is_empty() {
+            "build"
+        } else {
+            report.trigger.as_str()
+        },
+        report.entities,
+        report.built,
+        report.unchanged,
+        report.failed,
+        report.removed,
+        report.embedded
+    );
+    for w in &report.warnings {
+        out.push_str(&format!("  warning: {w}\n"));
+    }
+    for f in &report.failures {
+        out.push_str(&format!(
+            "  failed: {} {} ({}): {}\n",
+            f.kind, f.entity_key, f.entity_name, f.error
+        ));
+    }
+    out
+}
+
+async fn client(server: &str) -> anyhow::Result<SummaryServiceClient<Channel>> {
+    SummaryServiceClient::connect(server.to_string())
+        .await
+        .with_context(|| format!("cannot connect to {server}"))
+}
+
+fn authed<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut call = tonic::Request::new(message);
+    call.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}"))
+            .context("token is not valid header text")?,
+    );
+    Ok(call)
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+fn write_summary(out: &mut impl Write, s: &Summary, facts: bool) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{} — {} ({} {}); computed {}, checked {} s ago{}",
+        s.id,
+        s.entity_name,
+        s.kind,
+        s.entity_key,
+        s.computed_at
+            .as_ref()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+            .map_or_else(
+                || "?".to_string(),
+                |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+            ),
+        s.age_seconds,
+        if s.last_error.is_empty() {
+            String::new()
+        } else {
+            format!("; latest build failed: {}", s.last_error)
+        }
+    )?;
+    writeln!(out, "  {}", s.text)?;
+    if facts {
+        let pretty = serde_json::from_str::<serde_json::Value>(&s.facts_json)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or_else(|| s.facts_json.clone());
+        for line in pretty.lines() {
+            writeln!(out, "  {line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints the summary of `entity` (key or name, fuzzy; within `kind` if
+/// given), or with no entity the summaries of `kind`; with `facts`, the
+/// facts JSON too.
+///
+/// # Errors
+/// Connection failures and the server's status (NOT_FOUND names the
+/// closest entities).
+pub async fn show(
+    server: &str,
+    token: &str,
+    kind: Option<String>,
+    entity: Option<String>,
+    limit: u32,
+    facts: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let response = client(server)
+        .await?
+        .get_summaries(authed(
+            GetSummariesRequest {
+                kind: kind.unwrap_or_default(),
+                entity: entity.unwrap_or_default(),
+                limit,
+                offset: 0,
+            },
+            token,
+        )?)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let matched = EntityMatchKind::try_from(response.r#match).unwrap_or_default();
+    if matched == EntityMatchKind::Fuzzy {
+        writeln!(out, "(closest name match)")?;
+    }
+    for s in &response.summaries {
+        write_summary(out, s, facts)?;
+    }
+    if matched == EntityMatchKind::Listing {
+        writeln!(
+            out,
+            "({} of {} summaries)",
+            response.summaries.len(),
+            response.total
+        )?;
+    }
+    if !response.alternatives.is_empty() {
+        let names: Vec<String> = response
+            .alternatives
+            .iter()
+            .map(|c| format!("{} ({} {})", c.name, c.kind, c.key))
+            .collect();
+        writeln!(out, "also close: {}", names.join("; "))?;
+    }
+    Ok(())
+}
+
+/// Prints the summaries closest in meaning to `query`.
+///
+/// # Errors
+/// Connection failures and the server's status.
+pub async fn search(
+    server: &str,
+    token: &str,
+    query: String,
+    kinds: Vec<String>,
+    k: u32,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let response = client(server)
+        .await?
+        .search_summaries(authed(SearchSummariesRequest { query, kinds, k }, token)?)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    for s in &response.summaries {
+        write!(out, "[{:.3}] ", s.score)?;
+        write_summary(out, s, false)?;
+    }
+    writeln!(
+        out,
+        "({} summaries; retrieval: {})",
+        response.summaries.len(),
+        response.retrieval
+    )?;
+    Ok(())
+}
+
+/// Prints each kind's summary count, failures and stalest check, and the
+/// latest build.
+///
+/// # Errors
+/// Connection failures and the server's status.
+pub async fn status(server: &str, token: &str, out: &mut impl Write) -> anyhow::Result<()> {
+    let response = client(server)
+        .await?
+        .list_summary_kinds(authed(ListSummaryKindsRequest {}, token)?)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    for k in &response.kinds {
+        writeln!(
+            out,
+            "{}: {} summaries ({} failed), one per {}; oldest check {}",
+            k.name,
+            k.summaries,
+            k.failed,
+            k.entity,
+            k.oldest_checked_at
+                .as_ref()
+                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+                .map_or_else(
+                    || "never".to_string(),
+                    |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+                )
+        )?;
+    }
+    match &response.last_build {
+        Some(report) => write!(out, "last build: {}", render_report(report))?,
+        None => writeln!(out, "no build has finished yet")?,
+    }
+    Ok(())
+}

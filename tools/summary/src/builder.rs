@@ -1,0 +1,1209 @@
+//! The builder: figures → facts → paragraph → embedding → `quarry.summaries`.
+//!
+//! [`SummaryTool::build`] runs one build: for each kind asked for, the
+//! entities query lists the entities (sorted by key); they are processed in
+//! batches of `batch_size`, up to `concurrency` at a time. Per entity:
+//!
+//! 1. every figure query runs in one `READ ONLY`, `REPEATABLE READ`
+//!    transaction (one snapshot for all of the entity's figures) with
+//!    `SET LOCAL statement_timeout` and, when configured, `SET LOCAL ROLE`;
+//! 2. the **data version** is computed ([`data_version`]): the first 16 hex
+//!    digits of SHA-256 over the kind's fingerprint (its definition, the
+//!    analysis version [`ANALYSIS_VERSION`] and the embedder's model id),
+//!    the entity's name and every figure's rows in canonical order
+//!    ([`crate::analysis::canonical_rows`]);
+//! 3. if the stored summary has that version and the build is not forced,
+//!    only `checked_at` moves;
+//! 4. otherwise facts are computed ([`crate::analysis`]) and the template
+//!    rendered ([`crate::render`]).
+//!
+//! The batch is written in one transaction, new texts without embeddings. A
+//! failing entity (SQL error, timeout, template error, …) is recorded in the
+//! report and in `last_error` of its stored summary, and the rest carry on.
+//!
+//! Then, with an embedder, every stored summary without an embedding from
+//! this embedder is embedded, `batch_size` texts per
+//! [`quarry_llm::embed::Embedder::embed`] call (progress under the kind name
+//! `embeddings`). Texts come first because embedding is the slow part
+//! (MiniLM on two cores: a few to tens of texts a second): look-ups and
+//! full-text search work as soon as the texts are written, and semantic
+//! search covers summaries as they are embedded. An embedder failure stops
+//! this phase and is recorded in the report's `warnings`; the next build
+//! carries on where it stopped. After a full build of a kind
+//! (no `entity_keys`), summaries of entities the entities query no longer
+//! lists are deleted. The run is recorded in `quarry.summary_builds`.
+//!
+//! # Exclusion
+//! One build at a time per database, across replicas: the build holds the
+//! session-level advisory lock [`BUILD_LOCK_KEY`] on a dedicated pooled
+//! connection (`pg_try_advisory_lock`; taken → [`SummaryError::BuildRunning`]).
+//! It is released at the end; if the build is cancelled (its future
+//! dropped), the connection is detached from the pool and closed, which
+//! releases the lock, so a pooled connection never keeps it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Object, Pool};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio_postgres::types::{ToSql, Type};
+
+use crate::analysis::{self, BreakdownRow, FigureRows, SeriesRow};
+use crate::definition::{Computation, DefinitionError, FigureConfig, KindConfig, Shape};
+use crate::error::{Result, SummaryError};
+use crate::render::{EntityRef, KindTemplate};
+use crate::service::SummaryTool;
+use crate::store::{self, Existing, Touch, Upsert};
+
+/// Key of the session-level advisory lock a build holds: the ASCII bytes
+/// of `QUARRYSB` ("Quarry summary build") as a big-endian `i64`. Advisory
+/// locks are per database, so builds against different databases do not
+/// exclude each other.
+pub const BUILD_LOCK_KEY: i64 = 0x5155_4152_5259_5342;
+
+/// Version of the analysis and rendering code, part of every data version:
+/// bump it when facts or texts would change for the same rows, so the next
+/// build recomputes everything.
+pub const ANALYSIS_VERSION: u32 = 1;
+
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BuildOptions {
+    /// Kinds to build; empty builds every kind.
+    pub kinds: Vec<String>,
+    /// Entity keys to build (requires exactly one kind); empty builds all.
+    pub entity_keys: Vec<String>,
+    /// Recompute even when the data version is unchanged.
+    pub force: bool,
+    /// What started the build: `schedule`, `rpc`, `cli`, `startup`.
+    pub trigger: String,
+}
+
+impl BuildOptions {
+    /// Every entity of every kind, started by `trigger`.
+    pub fn all(trigger: impl Into<String>) -> BuildOptions {
+        BuildOptions {
+            trigger: trigger.into(),
+            ..BuildOptions::default()
+        }
+    }
+}
+
+/// Progress of a running build: entities of `kind` processed so far, of `total`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildProgressEvent {
+    /// Kind being built.
+    pub kind: String,
+    /// Entities of the kind processed so far (built, unchanged or failed).
+    pub done: u64,
+    /// Entities of the kind in this build.
+    pub total: u64,
+}
+
+/// An entity whose build failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildFailure {
+    /// Kind.
+    pub kind: String,
+    /// Entity key; empty when the kind's entities query itself failed.
+    pub entity_key: String,
+    /// Entity name; empty when unknown.
+    pub entity_name: String,
+    /// What went wrong, e.g. `figure acquisitions: division by zero`.
+    pub error: String,
+}
+
+/// What a build did (stored as JSON in `quarry.summary_builds.report`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildReport {
+    /// When the build started (after taking the lock).
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+    /// What started it: `schedule`, `rpc`, `cli`, `startup`.
+    pub trigger: String,
+    /// Entities examined.
+    pub entities: u64,
+    /// Summaries written because the data version changed (or `force`).
+    pub built: u64,
+    /// Entities whose data version was unchanged (only `checked_at` moved).
+    pub unchanged: u64,
+    /// Entities whose build failed (plus kinds whose entities query failed).
+    pub failed: u64,
+    /// Summaries deleted because their entity no longer exists.
+    pub removed: u64,
+    /// Summaries embedded (new or changed texts, and any left unembedded by
+    /// an earlier build).
+    #[serde(default)]
+    pub embedded: u64,
+    /// The failures, in kind then key order.
+    pub failures: Vec<BuildFailure>,
+    /// Problems that lost nothing (an embedder failure: texts stored without
+    /// embeddings; entities-query rows without a key, or with a duplicate key).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// How a figure's `$1` is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyParam {
+    /// No parameter: the figure is the same for every entity.
+    None,
+    /// `int2`, parsed from the key.
+    Int2,
+    /// `int4`, parsed from the key.
+    Int4,
+    /// `int8`, parsed from the key.
+    Int8,
+    /// `text` or `varchar`, the key as is.
+    Text,
+}
+
+/// A figure ready to run.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedFigure {
+    pub(crate) config: FigureConfig,
+    /// The wrapped query (see [`wrap_figure`]).
+    pub(crate) sql: String,
+    pub(crate) param: KeyParam,
+    /// A series with a `series` column.
+    pub(crate) grouped: bool,
+}
+
+/// A kind ready to build.
+#[derive(Debug)]
+pub(crate) struct PreparedKind {
+    pub(crate) config: KindConfig,
+    /// The wrapped entities query.
+    pub(crate) entities_sql: String,
+    pub(crate) figures: Vec<PreparedFigure>,
+    pub(crate) template: KindTemplate,
+    /// SHA-256 (hex) of the definition, [`ANALYSIS_VERSION`] and the embedder id.
+    pub(crate) fingerprint: String,
+}
+
+/// An entity as the entities query lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entity {
+    pub(crate) key: String,
+    pub(crate) name: String,
+    pub(crate) weight: Option<f64>,
+}
+
+/// `sql` without trailing whitespace and semicolons, ready to nest.
+fn inner(sql: &str) -> &str {
+    sql.trim()
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+}
+
+/// The query a figure runs: its SQL nested in a `SELECT` fixing the
+/// columns' types by shape:
+/// - series: `SELECT (f."period")::int8, (f."value")::float8 [, (f."series")::text] FROM (<sql>) AS f`;
+/// - breakdown: `SELECT (f."label")::text, (f."value")::float8 FROM (<sql>) AS f`;
+/// - values: `SELECT to_jsonb(f) FROM (<sql>) AS f LIMIT 2` (a second row is an error).
+pub(crate) fn wrap_figure(shape: Shape, sql: &str, grouped: bool) -> String {
+    let sql = inner(sql);
+    match shape {
+        Shape::Series => format!(
+            "SELECT (f.\"period\")::int8, (f.\"value\")::float8{} FROM (\n{sql}\n) AS f",
+            if grouped {
+                ", (f.\"series\")::text"
+            } else {
+                ""
+            }
+        ),
+        Shape::Breakdown => {
+            format!("SELECT (f.\"label\")::text, (f.\"value\")::float8 FROM (\n{sql}\n) AS f")
+        }
+        Shape::Values => format!("SELECT to_jsonb(f) FROM (\n{sql}\n) AS f LIMIT 2"),
+    }
+}
+
+/// The entities query: `SELECT (f."key")::text, (f."name")::text [, (f."weight")::float8] FROM (<sql>) AS f`.
+pub(crate) fn wrap_entities(sql: &str, weighted: bool) -> String {
+    format!(
+        "SELECT (f.\"key\")::text, (f.\"name\")::text{} FROM (\n{}\n) AS f",
+        if weighted {
+            ", (f.\"weight\")::float8"
+        } else {
+            ""
+        },
+        inner(sql)
+    )
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut m = db.message().to_owned();
+            if let Some(detail) = db.detail() {
+                let _ = write!(m, " ({detail})");
+            }
+            m
+        }
+        None => e.to_string(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// SHA-256 (hex) of a kind's definition (canonical JSON), [`ANALYSIS_VERSION`]
+/// and the embedder's model id (empty without one).
+pub(crate) fn fingerprint(kind: &KindConfig, embedder: Option<&str>) -> String {
+    let definition = serde_json::to_value(kind)
+        .map(|v| analysis::canonical_json(&v))
+        .unwrap_or_default();
+    let mut hasher = Sha256::new();
+    hasher.update(definition.as_bytes());
+    hasher.update([0]);
+    hasher.update(ANALYSIS_VERSION.to_be_bytes());
+    hasher.update([0]);
+    hasher.update(embedder.unwrap_or_default().as_bytes());
+    hex(&hasher.finalize())
+}
+
+/// The data version of an entity: the first 16 hex digits of SHA-256 over
+/// the kind's fingerprint, the entity's name and each figure's name and
+/// canonical rows, NUL-separated.
+pub fn data_version(fingerprint: &str, name: &str, figures: &[(&str, &FigureRows)]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(fingerprint.as_bytes());
+    hasher.update([0]);
+    hasher.update(name.as_bytes());
+    hasher.update([0]);
+    for (figure, rows) in figures {
+        hasher.update(figure.as_bytes());
+        hasher.update([0]);
+        hasher.update(analysis::canonical_rows(rows));
+        hasher.update([0]);
+    }
+    let mut h = hex(&hasher.finalize());
+    h.truncate(16);
+    h
+}
+
+/// Prepares one kind against the database: detects optional columns,
+/// prepares the wrapped queries (PostgreSQL checks names, types and
+/// casts), checks the `$1` type, compiles the template, and checks that
+/// `groups`/`shares` are only asked of grouped series.
+pub(crate) async fn prepare_kind(
+    client: &impl tokio_postgres::GenericClient,
+    kind: &KindConfig,
+    embedder: Option<&str>,
+) -> Result<PreparedKind> {
+    let name = kind.name.as_str();
+    let fail = |figure: Option<&str>, m: String| {
+        SummaryError::Definition(DefinitionError::new(name, figure, m))
+    };
+    // entities
+    let raw = client
+        .prepare(inner(&kind.entities))
+        .await
+        .map_err(|e| fail(None, format!("entities query: {}", db_message(&e))))?;
+    let columns: Vec<&str> = raw.columns().iter().map(|c| c.name()).collect();
+    for needed in ["key", "name"] {
+        if !columns.contains(&needed) {
+            return Err(fail(
+                None,
+                format!(
+                    "entities query: needs a column named {needed}; it returns {}",
+                    columns.join(", ")
+                ),
+            ));
+        }
+    }
+    if !raw.params().is_empty() {
+        return Err(fail(None, "entities query: takes no parameters".into()));
+    }
+    let entities_sql = wrap_entities(&kind.entities, columns.contains(&"weight"));
+    client
+        .prepare(&entities_sql)
+        .await
+        .map_err(|e| fail(None, format!("entities query: {}", db_message(&e))))?;
+
+    let mut figures = Vec::new();
+    for figure in &kind.figures {
+        let f = Some(figure.name.as_str());
+        let raw = client
+            .prepare(inner(&figure.sql))
+            .await
+            .map_err(|e| fail(f, db_message(&e)))?;
+        let columns: Vec<&str> = raw.columns().iter().map(|c| c.name()).collect();
+        let needed: &[&str] = match figure.shape {
+            Shape::Series => &["period", "value"],
+            Shape::Breakdown => &["label", "value"],
+            Shape::Values => &[],
+        };
+        for column in needed {
+            if !columns.contains(column) {
+                return Err(fail(
+                    f,
+                    format!(
+                        "a {} figure needs a column named {column}; the query returns {}",
+                        crate::definition::shape_name(figure.shape),
+                        columns.join(", ")
+                    ),
+                ));
+            }
+        }
+        let grouped = figure.shape == Shape::Series && columns.contains(&"series");
+        if !grouped
+            && let Some(c) = figure
+                .compute
+                .iter()
+                .find(|c| matches!(c, Computation::Groups | Computation::Shares))
+        {
+            return Err(fail(
+                f,
+                format!(
+                    "computation {} needs a grouped series: add a `series` column",
+                    crate::definition::computation_name(*c)
+                ),
+            ));
+        }
+        let sql = wrap_figure(figure.shape, &figure.sql, grouped);
+        let statement = client
+            .prepare(&sql)
+            .await
+            .map_err(|e| fail(f, db_message(&e)))?;
+        let param = match statement.params() {
+            [] => KeyParam::None,
+            [t] if *t == Type::INT2 => KeyParam::Int2,
+            [t] if *t == Type::INT4 => KeyParam::Int4,
+            [t] if *t == Type::INT8 => KeyParam::Int8,
+            [t] if *t == Type::TEXT || *t == Type::VARCHAR => KeyParam::Text,
+            [t] => {
+                return Err(fail(
+                    f,
+                    format!(
+                        "$1 has type {t}; the entity key binds as int2, int4, int8, text or varchar \
+                         (cast it, e.g. $1::int4)"
+                    ),
+                ));
+            }
+            more => {
+                return Err(fail(
+                    f,
+                    format!(
+                        "takes {} parameters; a figure takes at most one, $1 (the entity key)",
+                        more.len()
+                    ),
+                ));
+            }
+        };
+        figures.push(PreparedFigure {
+            config: figure.clone(),
+            sql,
+            param,
+            grouped,
+        });
+    }
+    let template = KindTemplate::compile(kind)?;
+    Ok(PreparedKind {
+        config: kind.clone(),
+        entities_sql,
+        figures,
+        template,
+        fingerprint: fingerprint(kind, embedder),
+    })
+}
+
+/// A key converted for a figure's `$1`.
+enum KeyValue<'a> {
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    Text(&'a str),
+}
+
+fn key_value(param: KeyParam, key: &str) -> std::result::Result<Option<KeyValue<'_>>, String> {
+    let bad = |t: &str| format!("entity key {key:?} is not an {t}");
+    Ok(match param {
+        KeyParam::None => None,
+        KeyParam::Int2 => Some(KeyValue::I16(key.trim().parse().map_err(|_| bad("int2"))?)),
+        KeyParam::Int4 => Some(KeyValue::I32(key.trim().parse().map_err(|_| bad("int4"))?)),
+        KeyParam::Int8 => Some(KeyValue::I64(key.trim().parse().map_err(|_| bad("int8"))?)),
+        KeyParam::Text => Some(KeyValue::Text(key)),
+    })
+}
+
+/// What happened to one entity.
+#[derive(Debug)]
+enum Outcome {
+    Unchanged(Touch),
+    Changed(Upsert),
+    Failed {
+        key: String,
+        name: String,
+        error: String,
+    },
+}
+
+/// Deletes the build lock's connection from the pool unless released.
+struct BuildLock {
+    conn: Option<Object>,
+}
+
+impl BuildLock {
+    async fn acquire(pool: &Pool) -> Result<BuildLock> {
+        let conn = pool.get().await?;
+        let taken: bool = conn
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&BUILD_LOCK_KEY])
+            .await?
+            .try_get(0)?;
+        if !taken {
+            // this session holds nothing: the connection goes back to the pool
+            return Err(SummaryError::BuildRunning);
+        }
+        Ok(BuildLock { conn: Some(conn) })
+    }
+
+    /// Unlocks and returns the connection to the pool; if unlocking fails
+    /// (or this future is dropped), `Drop` detaches and closes it instead.
+    async fn release(mut self) {
+        let unlocked = match &self.conn {
+            Some(conn) => conn
+                .query_one("SELECT pg_advisory_unlock($1)", &[&BUILD_LOCK_KEY])
+                .await
+                .ok()
+                .and_then(|row| row.try_get::<_, bool>(0).ok())
+                .unwrap_or(false),
+            None => return,
+        };
+        if unlocked {
+            // safe to reuse: the session no longer holds the lock
+            drop(self.conn.take());
+        }
+    }
+}
+
+impl Drop for BuildLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Detach from the pool; dropping the client closes the
+            // connection and the server releases the session's lock.
+            drop(Object::take(conn));
+        }
+    }
+}
+
+impl SummaryTool {
+    /// Runs one build (see the module docs), calling `progress` as batches
+    /// complete (and with `done = 0` when a kind starts).
+    ///
+    /// # Errors
+    /// [`SummaryError::InvalidArgument`] for an unknown kind (`kinds[i]`)
+    /// or `entity_keys` without exactly one kind;
+    /// [`SummaryError::BuildRunning`] when another build holds the lock;
+    /// [`SummaryError::Unavailable`] when no connection can be had. Failures
+    /// of single entities or kinds are not errors: they are in the report.
+    pub async fn build(
+        &self,
+        opts: BuildOptions,
+        progress: &(dyn Fn(BuildProgressEvent) + Send + Sync),
+    ) -> Result<BuildReport> {
+        let kinds = self.build_kinds(&opts)?;
+        let lock = BuildLock::acquire(&self.pool).await?;
+        let started_at = Utc::now();
+        let mut report = BuildReport {
+            started_at,
+            finished_at: started_at,
+            trigger: opts.trigger.clone(),
+            entities: 0,
+            built: 0,
+            unchanged: 0,
+            failed: 0,
+            removed: 0,
+            embedded: 0,
+            failures: Vec::new(),
+            warnings: Vec::new(),
+        };
+        for kind in kinds {
+            self.build_kind(kind, &opts, progress, &mut report).await;
+        }
+        self.invalidate_names();
+        tracing::info!(
+            entities = report.entities,
+            built = report.built,
+            unchanged = report.unchanged,
+            failed = report.failed,
+            seconds = (Utc::now() - started_at).num_milliseconds() as f64 / 1e3,
+            "summary texts written; embedding the new ones"
+        );
+        self.embed_pending(progress, &mut report).await;
+        report.finished_at = Utc::now();
+        match self.pool.get().await {
+            Ok(client) => {
+                if let Err(e) = store::record_build(&**client, &report).await {
+                    tracing::warn!(error = %e, "cannot record the summary build");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot record the summary build"),
+        }
+        lock.release().await;
+        tracing::info!(
+            trigger = %report.trigger,
+            entities = report.entities,
+            built = report.built,
+            unchanged = report.unchanged,
+            failed = report.failed,
+            removed = report.removed,
+            "summary build finished"
+        );
+        Ok(report)
+    }
+
+    /// Embeds every stored summary that has no embedding from this
+    /// embedder, in key order (keyset pagination, so a row that cannot be
+    /// written is never fetched twice), `batch_size` texts per call. Stops at
+    /// the first embedder or database failure, recorded in `warnings`.
+    async fn embed_pending(
+        &self,
+        progress: &(dyn Fn(BuildProgressEvent) + Send + Sync),
+        report: &mut BuildReport,
+    ) {
+        let Some(embedder) = &self.embedder else {
+            return;
+        };
+        let model = embedder.model_id().to_owned();
+        let total = match self.pool.get().await {
+            Ok(client) => store::count_unembedded(&**client, &model).await,
+            Err(e) => Err(e.into()),
+        };
+        let total = match total {
+            Ok(n) => n,
+            Err(e) => {
+                report
+                    .warnings
+                    .push(format!("embedding summaries: cannot count them ({e})"));
+                return;
+            }
+        };
+        let mut after: Option<(String, String)> = None;
+        let mut done = 0;
+        while done < total {
+            let step = async {
+                let client = self.pool.get().await?;
+                let batch = store::unembedded(
+                    &**client,
+                    &model,
+                    after.as_ref(),
+                    self.config.batch_size.max(1) as i64,
+                )
+                .await?;
+                if batch.is_empty() {
+                    return Ok::<_, SummaryError>(None);
+                }
+                let texts = batch.iter().map(|(_, _, t)| t.clone()).collect();
+                let vectors = embedder
+                    .embed(texts)
+                    .await
+                    .map_err(|e| SummaryError::Unavailable(format!("embedder: {e}")))?;
+                if vectors.len() != batch.len() {
+                    return Err(SummaryError::Internal(format!(
+                        "the embedder returned {} vectors for {} texts",
+                        vectors.len(),
+                        batch.len()
+                    )));
+                }
+                store::store_embeddings(&**client, &model, &batch, vectors).await?;
+                Ok(batch
+                    .last()
+                    .map(|(k, key, _)| ((k.clone(), key.clone()), batch.len())))
+            };
+            match step.await {
+                Ok(Some((last, n))) => {
+                    after = Some(last);
+                    done += n as u64;
+                    report.embedded += n as u64;
+                    progress(BuildProgressEvent {
+                        kind: "embeddings".to_owned(),
+                        done: done.min(total),
+                        total,
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "embedding summaries failed; the next build carries on");
+                    report.warnings.push(format!(
+                        "embedding summaries stopped after {done} of {total}: {e}; the next build carries on"
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The kinds `opts` selects, checked.
+    fn build_kinds(&self, opts: &BuildOptions) -> Result<Vec<&PreparedKind>> {
+        let mut selected: Vec<&PreparedKind> = Vec::new();
+        for (i, name) in opts.kinds.iter().enumerate() {
+            let kind = self.kind(name).map_err(|_| {
+                SummaryError::invalid(
+                    format!("kinds[{i}]"),
+                    format!(
+                        "unknown kind {name:?}; kinds: {}",
+                        self.kind_names().join(", ")
+                    ),
+                )
+            })?;
+            if !selected.iter().any(|k| k.config.name == kind.config.name) {
+                selected.push(kind);
+            }
+        }
+        if !opts.entity_keys.is_empty() && selected.len() != 1 {
+            return Err(SummaryError::invalid(
+                "entity_keys",
+                "building chosen entities needs exactly one kind in `kinds`",
+            ));
+        }
+        if selected.is_empty() {
+            selected = self.kinds.iter().collect();
+        }
+        Ok(selected)
+    }
+
+    /// Lists a kind's entities, sorted by key; rows without a key and
+    /// repeated keys (all but the first by name) are dropped with a warning,
+    /// a missing name is the key.
+    async fn list_entities(
+        &self,
+        kind: &PreparedKind,
+        warnings: &mut Vec<String>,
+    ) -> std::result::Result<Vec<Entity>, String> {
+        let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let tx = self
+            .read_only(&mut client)
+            .await
+            .map_err(|e| db_message(&e))?;
+        let rows = tx
+            .query(&kind.entities_sql, &[])
+            .await
+            .map_err(|e| db_message(&e))?;
+        tx.commit().await.map_err(|e| db_message(&e))?;
+        let mut entities = Vec::with_capacity(rows.len());
+        let mut keyless = 0usize;
+        for row in &rows {
+            let key: Option<String> = row.try_get(0).map_err(|e| e.to_string())?;
+            let name: Option<String> = row.try_get(1).map_err(|e| e.to_string())?;
+            let weight: Option<f64> = if row.len() > 2 {
+                row.try_get(2).map_err(|e| e.to_string())?
+            } else {
+                None
+            };
+            let Some(key) = key else {
+                keyless += 1;
+                continue;
+            };
+            entities.push(Entity {
+                name: name.unwrap_or_else(|| key.clone()),
+                key,
+                weight: weight.filter(|w| w.is_finite()),
+            });
+        }
+        if keyless > 0 {
+            warnings.push(format!(
+                "kind {}: {keyless} entities-query rows have a NULL key and were skipped",
+                kind.config.name
+            ));
+        }
+        // by key, then name, so which of two rows repeating a key is kept
+        // does not depend on the query's row order
+        entities.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| a.name.cmp(&b.name)));
+        let before = entities.len();
+        entities.dedup_by(|a, b| a.key == b.key);
+        if entities.len() < before {
+            warnings.push(format!(
+                "kind {}: {} entities-query rows repeat a key; the first of each by name was kept",
+                kind.config.name,
+                before - entities.len()
+            ));
+        }
+        Ok(entities)
+    }
+
+    /// A `READ ONLY`, `REPEATABLE READ` transaction with the statement
+    /// timeout and role applied.
+    async fn read_only<'a>(
+        &self,
+        client: &'a mut Object,
+    ) -> std::result::Result<deadpool_postgres::Transaction<'a>, tokio_postgres::Error> {
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await?;
+        let mut settings = format!(
+            "SET LOCAL statement_timeout = {}",
+            self.config.statement_timeout_ms
+        );
+        if let Some(role) = &self.config.role {
+            let _ = write!(settings, "; SET LOCAL ROLE {}", store::quote_ident(role));
+        }
+        tx.batch_execute(&settings).await?;
+        Ok(tx)
+    }
+
+    async fn build_kind(
+        &self,
+        kind: &PreparedKind,
+        opts: &BuildOptions,
+        progress: &(dyn Fn(BuildProgressEvent) + Send + Sync),
+        report: &mut BuildReport,
+    ) {
+        let name = kind.config.name.as_str();
+        let kind_failure = |error: String| BuildFailure {
+            kind: name.to_owned(),
+            entity_key: String::new(),
+            entity_name: String::new(),
+            error,
+        };
+        let listed = match self.list_entities(kind, &mut report.warnings).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::warn!(kind = name, error = %e, "summary entities query failed");
+                report.failed += 1;
+                report
+                    .failures
+                    .push(kind_failure(format!("entities query: {e}")));
+                return;
+            }
+        };
+        let full = opts.entity_keys.is_empty();
+        let mut failures: Vec<BuildFailure> = Vec::new();
+        let entities: Vec<Entity> = if full {
+            listed.clone()
+        } else {
+            let wanted: BTreeSet<&str> = opts.entity_keys.iter().map(String::as_str).collect();
+            for key in &wanted {
+                if !listed.iter().any(|e| e.key == *key) {
+                    failures.push(BuildFailure {
+                        kind: name.to_owned(),
+                        entity_key: (*key).to_owned(),
+                        entity_name: String::new(),
+                        error: format!(
+                            "not an entity of kind {name}: the entities query does not list it"
+                        ),
+                    });
+                }
+            }
+            listed
+                .iter()
+                .filter(|e| wanted.contains(e.key.as_str()))
+                .cloned()
+                .collect()
+        };
+        let total = entities.len() as u64;
+        report.entities += total + failures.len() as u64;
+        progress(BuildProgressEvent {
+            kind: name.to_owned(),
+            done: 0,
+            total,
+        });
+        let existing = match self.pool.get().await {
+            Ok(client) => store::existing(&**client, name).await,
+            Err(e) => Err(e.into()),
+        };
+        let existing = match existing {
+            Ok(existing) => existing,
+            Err(e) => {
+                report.failed += 1;
+                report
+                    .failures
+                    .push(kind_failure(format!("reading stored summaries: {e}")));
+                return;
+            }
+        };
+        let mut done = 0u64;
+        for batch in entities.chunks(self.config.batch_size.max(1)) {
+            self.build_batch(kind, batch, &existing, opts.force, report, &mut failures)
+                .await;
+            done += batch.len() as u64;
+            progress(BuildProgressEvent {
+                kind: name.to_owned(),
+                done,
+                total,
+            });
+        }
+        if full {
+            let keys: Vec<String> = listed.iter().map(|e| e.key.clone()).collect();
+            let removed = match self.pool.get().await {
+                Ok(client) => store::delete_missing(&**client, name, &keys).await,
+                Err(e) => Err(e.into()),
+            };
+            match removed {
+                Ok(n) => report.removed += n,
+                Err(e) => report.warnings.push(format!(
+                    "kind {name}: cannot delete summaries of removed entities: {e}"
+                )),
+            }
+        }
+        failures.sort_by(|a, b| a.entity_key.cmp(&b.entity_key));
+        report.failed += failures.len() as u64;
+        report.failures.extend(failures);
+    }
+
+    async fn build_batch(
+        &self,
+        kind: &PreparedKind,
+        batch: &[Entity],
+        existing: &HashMap<String, Existing>,
+        force: bool,
+        report: &mut BuildReport,
+        failures: &mut Vec<BuildFailure>,
+    ) {
+        let name = kind.config.name.as_str();
+        // futures made eagerly (not by a closure inside the stream), so the
+        // build future stays `Send` for every lifetime
+        let pending: Vec<_> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, entity)| {
+                let outcome = self.build_entity(kind, entity, existing.get(&entity.key), force);
+                async move { (i, outcome.await) }
+            })
+            .collect();
+        let mut outcomes: Vec<(usize, Outcome)> = futures::stream::iter(pending)
+            .buffer_unordered(self.config.concurrency.max(1))
+            .collect()
+            .await;
+        outcomes.sort_by_key(|(i, _)| *i);
+        let mut upserts = Vec::new();
+        let mut touches = Vec::new();
+        let mut failed = Vec::new();
+        for (_, outcome) in outcomes {
+            match outcome {
+                Outcome::Unchanged(t) => touches.push(t),
+                Outcome::Changed(u) => upserts.push(u),
+                Outcome::Failed {
+                    key,
+                    name: entity_name,
+                    error,
+                } => {
+                    tracing::warn!(kind = name, key = %key, error = %error, "summary build failed for an entity");
+                    failed.push((key.clone(), entity_name, error));
+                }
+            }
+        }
+        let failed_rows: Vec<(String, String)> = failed
+            .iter()
+            .map(|(key, _, error)| (key.clone(), error.clone()))
+            .collect();
+        let written = match self.pool.get().await {
+            Ok(mut client) => {
+                store::write_batch(&mut client, name, &upserts, &touches, &failed_rows).await
+            }
+            Err(e) => Err(e.into()),
+        };
+        match written {
+            Ok(()) => {
+                report.built += upserts.len() as u64;
+                report.unchanged += touches.len() as u64;
+                for (key, entity_name, error) in failed {
+                    failures.push(BuildFailure {
+                        kind: name.to_owned(),
+                        entity_key: key,
+                        entity_name,
+                        error,
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(kind = name, error = %e, "writing a batch of summaries failed");
+                let error = format!("writing the batch failed: {e}");
+                for (key, entity_name, own) in failed {
+                    failures.push(BuildFailure {
+                        kind: name.to_owned(),
+                        entity_key: key,
+                        entity_name,
+                        error: own,
+                    });
+                }
+                for (key, entity_name) in upserts
+                    .iter()
+                    .map(|u| (&u.key, &u.name))
+                    .chain(touches.iter().map(|t| (&t.key, &t.name)))
+                {
+                    failures.push(BuildFailure {
+                        kind: name.to_owned(),
+                        entity_key: key.clone(),
+                        entity_name: entity_name.clone(),
+                        error: error.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn build_entity(
+        &self,
+        kind: &PreparedKind,
+        entity: &Entity,
+        existing: Option<&Existing>,
+        force: bool,
+    ) -> Outcome {
+        match self.compute_entity(kind, entity, existing, force).await {
+            Ok(outcome) => outcome,
+            Err(error) => Outcome::Failed {
+                key: entity.key.clone(),
+                name: entity.name.clone(),
+                error,
+            },
+        }
+    }
+
+    /// Fetches an entity's rows (one snapshot) and decides what to write.
+    async fn compute_entity(
+        &self,
+        kind: &PreparedKind,
+        entity: &Entity,
+        existing: Option<&Existing>,
+        force: bool,
+    ) -> std::result::Result<Outcome, String> {
+        let rows = self.fetch_rows(kind, &entity.key).await?;
+        let named: Vec<(&str, &FigureRows)> = kind
+            .figures
+            .iter()
+            .zip(&rows)
+            .map(|(f, r)| (f.config.name.as_str(), r))
+            .collect();
+        let version = data_version(&kind.fingerprint, &entity.name, &named);
+        if !force && existing.is_some_and(|x| x.data_version == version) {
+            return Ok(Outcome::Unchanged(Touch {
+                key: entity.key.clone(),
+                name: entity.name.clone(),
+                weight: entity.weight,
+            }));
+        }
+        let (text, facts) = render_entity(kind, entity, &rows)?;
+        Ok(Outcome::Changed(Upsert {
+            key: entity.key.clone(),
+            name: entity.name.clone(),
+            weight: entity.weight,
+            text,
+            facts,
+            data_version: version,
+        }))
+    }
+
+    /// Runs every figure of `kind` for `key` in one read-only snapshot.
+    async fn fetch_rows(
+        &self,
+        kind: &PreparedKind,
+        key: &str,
+    ) -> std::result::Result<Vec<FigureRows>, String> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| format!("database pool: {e}"))?;
+        let tx = self
+            .read_only(&mut client)
+            .await
+            .map_err(|e| db_message(&e))?;
+        let mut all = Vec::with_capacity(kind.figures.len());
+        for figure in &kind.figures {
+            let at = |m: String| format!("figure {}: {m}", figure.config.name);
+            let value = key_value(figure.param, key).map_err(at)?;
+            let params: Vec<&(dyn ToSql + Sync)> = match &value {
+                None => vec![],
+                Some(KeyValue::I16(v)) => vec![v],
+                Some(KeyValue::I32(v)) => vec![v],
+                Some(KeyValue::I64(v)) => vec![v],
+                Some(KeyValue::Text(v)) => vec![v],
+            };
+            let statement = tx
+                .prepare_cached(&figure.sql)
+                .await
+                .map_err(|e| at(db_message(&e)))?;
+            let rows = tx
+                .query(&statement, &params)
+                .await
+                .map_err(|e| at(db_message(&e)))?;
+            all.push(read_rows(figure, &rows).map_err(at)?);
+        }
+        tx.commit().await.map_err(|e| db_message(&e))?;
+        Ok(all)
+    }
+}
+
+/// A figure's fetched rows in analysis form. Series rows with a NULL period
+/// are left out; NULL values count as 0.
+fn read_rows(
+    figure: &PreparedFigure,
+    rows: &[tokio_postgres::Row],
+) -> std::result::Result<FigureRows, String> {
+    let get = |e: tokio_postgres::Error| e.to_string();
+    match figure.config.shape {
+        Shape::Values => {
+            if rows.len() > 1 {
+                return Err("a values figure must return at most one row".into());
+            }
+            let row = rows
+                .first()
+                .map(|r| r.try_get::<_, serde_json::Value>(0))
+                .transpose()
+                .map_err(get)?;
+            Ok(FigureRows::Values(row))
+        }
+        Shape::Series => {
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let period: Option<i64> = row.try_get(0).map_err(get)?;
+                let value: Option<f64> = row.try_get(1).map_err(get)?;
+                let series: Option<String> = if figure.grouped {
+                    Some(
+                        row.try_get::<_, Option<String>>(2)
+                            .map_err(get)?
+                            .unwrap_or_else(|| "unknown".to_owned()),
+                    )
+                } else {
+                    None
+                };
+                if let Some(period) = period {
+                    out.push(SeriesRow {
+                        period,
+                        series,
+                        value: value.unwrap_or(0.0),
+                    });
+                }
+            }
+            Ok(FigureRows::Series {
+                grouped: figure.grouped,
+                rows: out,
+            })
+        }
+        Shape::Breakdown => {
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push(BreakdownRow {
+                    label: row.try_get(0).map_err(get)?,
+                    value: row
+                        .try_get::<_, Option<f64>>(1)
+                        .map_err(get)?
+                        .unwrap_or(0.0),
+                });
+            }
+            Ok(FigureRows::Breakdown(out))
+        }
+    }
+}
+
+/// Facts and text of one entity from its rows.
+pub(crate) fn render_entity(
+    kind: &PreparedKind,
+    entity: &Entity,
+    rows: &[FigureRows],
+) -> std::result::Result<(String, serde_json::Value), String> {
+    let mut facts = serde_json::Map::new();
+    for (figure, rows) in kind.figures.iter().zip(rows) {
+        let value = analysis::figure_facts(&figure.config, rows)
+            .map_err(|e| format!("figure {}: {e}", figure.config.name))?;
+        facts.insert(figure.config.name.clone(), value);
+    }
+    let text = kind
+        .template
+        .render(
+            &EntityRef {
+                kind: &kind.config.name,
+                key: &entity.key,
+                name: &entity.name,
+            },
+            &facts,
+        )
+        .map_err(|e| format!("template: {e}"))?;
+    Ok((text, serde_json::Value::Object(facts)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wraps_queries_by_shape() {
+        assert_eq!(
+            wrap_figure(Shape::Series, "SELECT 1 AS period, 2 AS value;\n ", false),
+            "SELECT (f.\"period\")::int8, (f.\"value\")::float8 FROM (\nSELECT 1 AS period, 2 AS value\n) AS f"
+        );
+        assert!(wrap_figure(Shape::Series, "x", true).contains(", (f.\"series\")::text FROM"));
+        assert!(
+            wrap_figure(Shape::Values, "x -- note", false).ends_with("x -- note\n) AS f LIMIT 2")
+        );
+        assert_eq!(
+            wrap_entities("SELECT 1 AS key, 'a' AS name", true),
+            "SELECT (f.\"key\")::text, (f.\"name\")::text, (f.\"weight\")::float8 FROM (\nSELECT 1 AS key, 'a' AS name\n) AS f"
+        );
+    }
+
+    #[test]
+    fn keys_convert_to_the_parameter_type() {
+        assert!(matches!(
+            key_value(KeyParam::Int4, "558"),
+            Ok(Some(KeyValue::I32(558)))
+        ));
+        assert!(key_value(KeyParam::Int2, "70000").is_err());
+        assert!(matches!(key_value(KeyParam::Int8, "x"), Err(m) if m.contains("not an int8")));
+        assert!(matches!(
+            key_value(KeyParam::Text, "a b"),
+            Ok(Some(KeyValue::Text("a b")))
+        ));
+        assert!(matches!(key_value(KeyParam::None, "x"), Ok(None)));
+    }
+
+    #[test]
+    fn data_version_depends_on_rows_not_their_order() {
+        let a = FigureRows::Breakdown(vec![
+            BreakdownRow {
+                label: Some("x".into()),
+                value: 1.0,
+            },
+            BreakdownRow {
+                label: Some("y".into()),
+                value: 2.0,
+            },
+        ]);
+        let b = FigureRows::Breakdown(vec![
+            BreakdownRow {
+                label: Some("y".into()),
+                value: 2.0,
+            },
+            BreakdownRow {
+                label: Some("x".into()),
+                value: 1.0,
+            },
+        ]);
+        let c = FigureRows::Breakdown(vec![
+            BreakdownRow {
+                label: Some("y".into()),
+                value: 3.0,
+            },
+            BreakdownRow {
+                label: Some("x".into()),
+                value: 1.0,
+            },
+        ]);
+        let v = |rows: &FigureRows| data_version("fp", "Name", &[("media", rows)]);
+        assert_eq!(v(&a), v(&b));
+        assert_ne!(v(&a), v(&c));
+        assert_eq!(v(&a).len(), 16);
+        assert_ne!(v(&a), data_version("fp2", "Name", &[("media", &a)]));
+        assert_ne!(v(&a), data_version("fp", "Other", &[("media", &a)]));
+    }
+
+    #[test]
+    fn lock_key_spells_quarrysb() {
+        assert_eq!(&BUILD_LOCK_KEY.to_be_bytes(), b"QUARRYSB");
+    }
+}

@@ -1,0 +1,144 @@
+//! The crate's one error type. [`crate::grpc::status_of`] is the one place
+//! that maps it to gRPC status codes.
+
+use crate::definition::DefinitionError;
+
+/// An entity that might be the one meant, with its name similarity.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Candidate {
+    /// Kind name, e.g. `artist`.
+    pub kind: String,
+    /// Entity key (text form), e.g. `558`.
+    pub key: String,
+    /// Display name, e.g. `Joseph Mallord William Turner`.
+    pub name: String,
+    /// Fuzzy name score in `[0, 1]` ([`crate::lookup::fuzzy_score`]); 1 for
+    /// exact key or name matches.
+    pub score: f64,
+}
+
+/// Everything that can go wrong in the summaries tool.
+#[derive(Debug, thiserror::Error)]
+pub enum SummaryError {
+    /// The request is wrong; `field` names the request field at fault
+    /// (`kind`, `entity`, `limit`, `query`, `k`, `kinds[1]`, `entity_keys`).
+    #[error("invalid {field}: {message}")]
+    InvalidArgument {
+        /// Request field path.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// No entity matches `entity` well enough; `closest` holds the best
+    /// candidates anyway (up to 5, best first).
+    #[error("{}", not_found_message(entity, kind.as_deref(), closest))]
+    NotFound {
+        /// The entity text asked for.
+        entity: String,
+        /// The kind searched, `None` for every kind.
+        kind: Option<String>,
+        /// The closest entities, best first.
+        closest: Vec<Candidate>,
+    },
+    /// Another build (in this process or another replica) holds the build
+    /// lock; try again later.
+    #[error("a summary build is already running")]
+    BuildRunning,
+    /// A summary definition cannot be used (start-up only); names the kind
+    /// and figure.
+    #[error(transparent)]
+    Definition(#[from] DefinitionError),
+    /// Settings outside the definitions are unusable (e.g. `role` names a
+    /// role that does not exist).
+    #[error("summary configuration: {0}")]
+    Config(String),
+    /// A dependency (database, embedder) cannot be reached; retrying later
+    /// may succeed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// PostgreSQL reported an error.
+    #[error("database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    /// Anything else that is our fault.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// `no artist matching "zzzz"; closest: Joseph Mallord William Turner (artist 558), …`
+fn not_found_message(entity: &str, kind: Option<&str>, closest: &[Candidate]) -> String {
+    let what = kind.unwrap_or("entity");
+    let mut message = format!("no {what} matching {entity:?}");
+    if !closest.is_empty() {
+        let names: Vec<String> = closest
+            .iter()
+            .map(|c| format!("{} ({} {})", c.name, c.kind, c.key))
+            .collect();
+        message.push_str("; closest: ");
+        message.push_str(&names.join(", "));
+    }
+    message
+}
+
+impl From<deadpool_postgres::PoolError> for SummaryError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        SummaryError::Unavailable(format!("database pool: {e}"))
+    }
+}
+
+impl From<tokio::task::JoinError> for SummaryError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        SummaryError::Internal(format!("blocking task failed: {e}"))
+    }
+}
+
+impl SummaryError {
+    /// An [`SummaryError::InvalidArgument`] for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SummaryError::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = SummaryError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_names_the_closest() {
+        let e = SummaryError::NotFound {
+            entity: "zzzz".into(),
+            kind: Some("artist".into()),
+            closest: vec![
+                Candidate {
+                    kind: "artist".into(),
+                    key: "558".into(),
+                    name: "Joseph Mallord William Turner".into(),
+                    score: 0.1,
+                },
+                Candidate {
+                    kind: "artist".into(),
+                    key: "1293".into(),
+                    name: "David Hockney".into(),
+                    score: 0.0,
+                },
+            ],
+        };
+        assert_eq!(
+            e.to_string(),
+            "no artist matching \"zzzz\"; closest: Joseph Mallord William Turner (artist 558), \
+             David Hockney (artist 1293)"
+        );
+        let none = SummaryError::NotFound {
+            entity: "x".into(),
+            kind: None,
+            closest: vec![],
+        };
+        assert_eq!(none.to_string(), "no entity matching \"x\"");
+    }
+}

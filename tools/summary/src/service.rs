@@ -1,0 +1,756 @@
+//! The summaries tool's domain service: [`SummaryTool`] opens the declared
+//! kinds against the database, looks summaries up (by key, exact name,
+//! fuzzy name, kind listing), searches them by meaning, reports freshness,
+//! runs builds ([`crate::builder`]) and schedules them.
+//!
+//! Every returned [`Summary`] says how fresh it is: `computed_at` (when its
+//! text and facts were computed), `checked_at` (when a build last confirmed
+//! its inputs unchanged), `age_seconds` (now − `checked_at`) and
+//! `last_error` (set when the latest build of the entity failed; the text is
+//! then the one from `computed_at`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use quarry_llm::embed::Embedder;
+use tokio_util::sync::CancellationToken;
+
+use crate::builder::{BuildOptions, BuildReport, PreparedKind, prepare_kind};
+use crate::definition::SummaryConfig;
+use crate::error::{Candidate, Result, SummaryError};
+use crate::lookup::{
+    ALTERNATIVE_THRESHOLD, MATCH_THRESHOLD, MAX_ALTERNATIVES, NameEntry, Scored, fold, rank,
+};
+use crate::store::{self, SUMMARY_COLUMNS, summary_from_row};
+
+/// How long a kind's entity names are reused for fuzzy lookups (a build in
+/// this process refreshes them at once).
+pub const NAMES_TTL: Duration = Duration::from_secs(60);
+/// `limit` when a request asks for 0.
+pub const DEFAULT_LIMIT: u32 = 10;
+/// Largest `limit` and `k`.
+pub const MAX_LIMIT: u32 = 100;
+/// `k` when a search asks for 0.
+pub const DEFAULT_K: u32 = 5;
+/// Longest entity text or search query, in characters.
+pub const MAX_QUERY_CHARS: usize = 1000;
+
+/// One stored summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Kind name.
+    pub kind: String,
+    /// Entity key (text form).
+    pub entity_key: String,
+    /// Entity display name.
+    pub entity_name: String,
+    /// The paragraph.
+    pub text: String,
+    /// The facts, an object keyed by figure name.
+    pub facts: serde_json::Value,
+    /// Hash of the inputs (16 hex digits).
+    pub data_version: String,
+    /// When text and facts were last computed.
+    pub computed_at: DateTime<Utc>,
+    /// When a build last confirmed (or recomputed) them.
+    pub checked_at: DateTime<Utc>,
+    /// Seconds from `checked_at` to the response.
+    pub age_seconds: u64,
+    /// Why the latest build of this entity failed, if it did.
+    pub last_error: Option<String>,
+    /// Search: cosine similarity or `ts_rank_cd`; get: match score; listing: 0.
+    pub score: f64,
+}
+
+impl Summary {
+    /// Citation id, `summary:<kind>:<entity_key>`.
+    pub fn id(&self) -> String {
+        format!("summary:{}:{}", self.kind, self.entity_key)
+    }
+}
+
+/// How a lookup resolved the entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchKind {
+    /// The entity text equals an entity key.
+    Key,
+    /// The entity text equals a name, ignoring case, accents and punctuation.
+    Name,
+    /// The best fuzzy name match.
+    Fuzzy,
+    /// No entity given: a listing of one kind.
+    Listing,
+}
+
+/// A lookup.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GetRequest {
+    /// Kind; `None` searches every kind (then `entity` is required).
+    pub kind: Option<String>,
+    /// Entity key or name; `None` lists the kind.
+    pub entity: Option<String>,
+    /// Summaries wanted, 1..=100; 0 means 10.
+    pub limit: u32,
+    /// Summaries to skip (listings only).
+    pub offset: u32,
+}
+
+/// A lookup's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GetResponse {
+    /// The summaries: every kind's summary of a key or name match (up to
+    /// `limit`), the one best fuzzy match, or a page of the listing.
+    pub summaries: Vec<Summary>,
+    /// How the entity was resolved.
+    pub matched: MatchKind,
+    /// Other close names, best first (fuzzy matches only).
+    pub alternatives: Vec<Candidate>,
+    /// Summaries of the kind in total (listings), else the number returned.
+    pub total: u64,
+}
+
+/// A search.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SearchRequest {
+    /// Query text (required).
+    pub query: String,
+    /// Kinds to search; empty searches every kind.
+    pub kinds: Vec<String>,
+    /// Summaries wanted, 1..=100; 0 means 5.
+    pub k: u32,
+}
+
+/// Which retrieval a search used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retrieval {
+    /// Cosine similarity of embeddings (pgvector `<=>`).
+    Vector,
+    /// PostgreSQL full-text search (`websearch_to_tsquery`, `ts_rank_cd`).
+    FullText,
+}
+
+impl Retrieval {
+    /// `vector` or `full_text`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Retrieval::Vector => "vector",
+            Retrieval::FullText => "full_text",
+        }
+    }
+}
+
+/// A search's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchResponse {
+    /// Best first, `score` set.
+    pub summaries: Vec<Summary>,
+    /// What ran.
+    pub retrieval: Retrieval,
+}
+
+/// A declared kind and the state of its summaries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindStatus {
+    /// Kind name.
+    pub name: String,
+    /// What one entity is.
+    pub entity: String,
+    /// What the summaries cover.
+    pub description: String,
+    /// Summaries stored.
+    pub summaries: u64,
+    /// Summaries whose latest build failed.
+    pub failed: u64,
+    /// Oldest `checked_at` (none without summaries).
+    pub oldest_checked_at: Option<DateTime<Utc>>,
+}
+
+struct CachedNames {
+    loaded: Instant,
+    entries: Arc<Vec<NameEntry>>,
+}
+
+/// The summaries tool.
+pub struct SummaryTool {
+    pub(crate) pool: Pool,
+    pub(crate) config: SummaryConfig,
+    pub(crate) embedder: Option<Arc<dyn Embedder>>,
+    pub(crate) kinds: Vec<PreparedKind>,
+    /// Quoted schema of pgvector (qualifies `<=>`).
+    vector_schema: String,
+    names: Mutex<HashMap<String, CachedNames>>,
+}
+
+impl std::fmt::Debug for SummaryTool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SummaryTool")
+            .field("kinds", &self.kind_names())
+            .field(
+                "embedder",
+                &self.embedder.as_ref().map(|e| e.model_id().to_owned()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl SummaryTool {
+    /// Checks the configuration ([`SummaryConfig::validate_static`]),
+    /// creates the `quarry.summaries` tables when missing
+    /// ([`store::ensure_schema`]), checks `role` exists, and prepares every
+    /// kind against the database: each wrapped figure and entities query is
+    /// prepared (PostgreSQL checks tables, columns, types and casts), `$1`
+    /// must be of a supported type, `groups`/`shares` need a grouped series,
+    /// and the templates are compiled. Definitions come from
+    /// `config.kinds`: call [`SummaryConfig::load_definitions`] first for
+    /// `config.definitions`.
+    ///
+    /// # Errors
+    /// [`SummaryError::Definition`] naming `kind.figure` (with PostgreSQL's
+    /// message when preparing fails); [`SummaryError::Config`] for a role
+    /// that cannot be assumed or a pool of fewer than 2 connections (a build
+    /// keeps one for its lock and needs others for its queries); database
+    /// and pool errors.
+    pub async fn open(
+        pool: Pool,
+        config: SummaryConfig,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> Result<SummaryTool> {
+        config.validate_static()?;
+        if pool.status().max_size < 2 {
+            return Err(SummaryError::Config(
+                "the database pool needs at least 2 connections (a build holds one for its lock)"
+                    .into(),
+            ));
+        }
+        let mut client = pool.get().await?;
+        let vector_schema = store::ensure_schema(&mut client).await?;
+        if let Some(role) = &config.role {
+            let tx = client.transaction().await?;
+            tx.batch_execute(&format!("SET LOCAL ROLE {}", store::quote_ident(role)))
+                .await
+                .map_err(|e| {
+                    SummaryError::Config(format!(
+                        "role {role:?} cannot be assumed: {}",
+                        e.as_db_error()
+                            .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+                    ))
+                })?;
+            tx.rollback().await?;
+        }
+        let model = embedder.as_ref().map(|e| e.model_id().to_owned());
+        let mut kinds = Vec::with_capacity(config.kinds.len());
+        for kind in &config.kinds {
+            kinds.push(prepare_kind(&**client, kind, model.as_deref()).await?);
+        }
+        drop(client);
+        Ok(SummaryTool {
+            pool,
+            config,
+            embedder,
+            kinds,
+            vector_schema,
+            names: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &SummaryConfig {
+        &self.config
+    }
+
+    /// The embedder texts and queries are embedded with, if any.
+    pub fn embedder(&self) -> Option<Arc<dyn Embedder>> {
+        self.embedder.clone()
+    }
+
+    /// Names of the declared kinds, in declaration order.
+    pub fn kind_names(&self) -> Vec<&str> {
+        self.kinds.iter().map(|k| k.config.name.as_str()).collect()
+    }
+
+    pub(crate) fn kind(&self, name: &str) -> Result<&PreparedKind> {
+        self.kinds
+            .iter()
+            .find(|k| k.config.name == name)
+            .ok_or_else(|| {
+                SummaryError::invalid(
+                    "kind",
+                    format!(
+                        "unknown kind {name:?}; kinds: {}",
+                        self.kind_names().join(", ")
+                    ),
+                )
+            })
+    }
+
+    /// Drops the cached entity names (after a build).
+    pub(crate) fn invalidate_names(&self) {
+        self.names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// A kind's entity names from `quarry.summaries`, cached for [`NAMES_TTL`].
+    async fn names(&self, kind: &str) -> Result<Arc<Vec<NameEntry>>> {
+        if let Some(cached) = self
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(kind)
+            .filter(|c| c.loaded.elapsed() < NAMES_TTL)
+        {
+            return Ok(Arc::clone(&cached.entries));
+        }
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT entity_key, entity_name, weight FROM quarry.summaries WHERE kind = $1 \
+                 ORDER BY entity_key",
+                &[&kind],
+            )
+            .await?;
+        drop(client);
+        let mut raw = Vec::with_capacity(rows.len());
+        for row in &rows {
+            raw.push((
+                row.try_get::<_, String>(0)?,
+                row.try_get::<_, String>(1)?,
+                row.try_get::<_, Option<f64>>(2)?,
+            ));
+        }
+        let owned_kind = kind.to_owned();
+        let entries = tokio::task::spawn_blocking(move || {
+            raw.iter()
+                .map(|(key, name, weight)| NameEntry::new(&owned_kind, key, name, *weight))
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        let entries = Arc::new(entries);
+        self.names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                kind.to_owned(),
+                CachedNames {
+                    loaded: Instant::now(),
+                    entries: Arc::clone(&entries),
+                },
+            );
+        Ok(entries)
+    }
+
+    fn check_limit(value: u32, default: u32, field: &str) -> Result<u32> {
+        match value {
+            0 => Ok(default),
+            v if v > MAX_LIMIT => Err(SummaryError::invalid(
+                field,
+                format!("{v} is above the limit of {MAX_LIMIT}"),
+            )),
+            v => Ok(v),
+        }
+    }
+
+    /// Looks summaries up: with an entity, by exact key, then exact folded
+    /// name, then fuzzy name ([`crate::lookup`]), within `kind` or across
+    /// every kind; without one, lists `kind` (by weight, then name).
+    ///
+    /// # Errors
+    /// [`SummaryError::InvalidArgument`] naming `kind` (unknown, or missing
+    /// for a listing), `entity` (longer than [`MAX_QUERY_CHARS`], or no
+    /// letters or digits) or `limit` (above 100);
+    /// [`SummaryError::NotFound`] with the closest entities when no name is
+    /// close enough; database errors.
+    pub async fn get(&self, request: GetRequest) -> Result<GetResponse> {
+        let limit = Self::check_limit(request.limit, DEFAULT_LIMIT, "limit")?;
+        let kind = match request.kind.as_deref().map(str::trim) {
+            Some("") | None => None,
+            Some(k) => Some(self.kind(k)?.config.name.clone()),
+        };
+        let entity = request
+            .entity
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty());
+        let Some(entity) = entity else {
+            let Some(kind) = kind else {
+                return Err(SummaryError::invalid(
+                    "kind",
+                    format!(
+                        "a kind is required to list summaries (no entity given); kinds: {}",
+                        self.kind_names().join(", ")
+                    ),
+                ));
+            };
+            return self.listing(&kind, limit, request.offset).await;
+        };
+        if entity.chars().count() > MAX_QUERY_CHARS {
+            return Err(SummaryError::invalid(
+                "entity",
+                format!("longer than {MAX_QUERY_CHARS} characters"),
+            ));
+        }
+        let kinds: Vec<String> = match &kind {
+            Some(k) => vec![k.clone()],
+            None => self.kinds.iter().map(|k| k.config.name.clone()).collect(),
+        };
+        let now = Utc::now();
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {SUMMARY_COLUMNS} FROM quarry.summaries \
+                     WHERE entity_key = $1 AND kind = ANY($2) ORDER BY kind LIMIT $3"
+                ),
+                &[&entity, &kinds, &i64::from(limit)],
+            )
+            .await?;
+        if !rows.is_empty() {
+            return found(&rows, now, MatchKind::Key, 1.0);
+        }
+        let folded = fold(entity);
+        if folded.is_empty() {
+            return Err(SummaryError::invalid(
+                "entity",
+                "neither a key nor a name: no letters or digits",
+            ));
+        }
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {SUMMARY_COLUMNS} FROM quarry.summaries \
+                     WHERE name_folded = $1 AND kind = ANY($2) \
+                     ORDER BY weight DESC NULLS LAST, kind, entity_key LIMIT $3"
+                ),
+                &[&folded, &kinds, &i64::from(limit)],
+            )
+            .await?;
+        drop(client);
+        if !rows.is_empty() {
+            return found(&rows, now, MatchKind::Name, 1.0);
+        }
+        self.fuzzy(entity, kind, &kinds).await
+    }
+
+    async fn fuzzy(
+        &self,
+        entity: &str,
+        kind: Option<String>,
+        kinds: &[String],
+    ) -> Result<GetResponse> {
+        let mut lists = Vec::with_capacity(kinds.len());
+        for k in kinds {
+            lists.push(self.names(k).await?);
+        }
+        let query = entity.to_owned();
+        let keep = MAX_ALTERNATIVES + 1;
+        let ranked: Vec<(NameEntry, Scored)> = tokio::task::spawn_blocking(move || {
+            let mut all: Vec<(NameEntry, Scored)> = Vec::new();
+            for list in &lists {
+                for s in rank(&query, list, keep) {
+                    all.push((list[s.index].clone(), s));
+                }
+            }
+            all.sort_by(|(a, sa), (b, sb)| {
+                sb.score
+                    .total_cmp(&sa.score)
+                    .then_with(|| b.weight.total_cmp(&a.weight))
+                    .then_with(|| sb.matched.total_cmp(&sa.matched))
+                    .then_with(|| a.name.cmp(&b.name))
+                    .then_with(|| a.kind.cmp(&b.kind))
+                    .then_with(|| a.key.cmp(&b.key))
+            });
+            all.truncate(keep);
+            all
+        })
+        .await?;
+        let candidate = |(e, s): &(NameEntry, Scored)| Candidate {
+            kind: e.kind.clone(),
+            key: e.key.clone(),
+            name: e.name.clone(),
+            score: s.score,
+        };
+        let not_found = || SummaryError::NotFound {
+            entity: entity.to_owned(),
+            kind: kind.clone(),
+            closest: ranked
+                .iter()
+                .take(MAX_ALTERNATIVES)
+                .map(candidate)
+                .collect(),
+        };
+        let Some((best, score)) = ranked.first().filter(|(_, s)| s.score >= MATCH_THRESHOLD) else {
+            return Err(not_found());
+        };
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {SUMMARY_COLUMNS} FROM quarry.summaries WHERE kind = $1 AND entity_key = $2"
+                ),
+                &[&best.kind, &best.key],
+            )
+            .await?;
+        if rows.is_empty() {
+            // deleted since the names were cached
+            return Err(not_found());
+        }
+        let mut response = found(&rows, Utc::now(), MatchKind::Fuzzy, score.score)?;
+        response.alternatives = ranked
+            .iter()
+            .skip(1)
+            .filter(|(_, s)| s.score >= ALTERNATIVE_THRESHOLD)
+            .take(MAX_ALTERNATIVES)
+            .map(candidate)
+            .collect();
+        Ok(response)
+    }
+
+    async fn listing(&self, kind: &str, limit: u32, offset: u32) -> Result<GetResponse> {
+        let client = self.pool.get().await?;
+        let now = Utc::now();
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {SUMMARY_COLUMNS} FROM quarry.summaries WHERE kind = $1 \
+                     ORDER BY weight DESC NULLS LAST, entity_name, entity_key LIMIT $2 OFFSET $3"
+                ),
+                &[&kind, &i64::from(limit), &i64::from(offset)],
+            )
+            .await?;
+        let total: i64 = client
+            .query_one(
+                "SELECT count(*) FROM quarry.summaries WHERE kind = $1",
+                &[&kind],
+            )
+            .await?
+            .try_get(0)?;
+        let summaries = rows
+            .iter()
+            .map(|r| summary_from_row(r, now))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GetResponse {
+            summaries,
+            matched: MatchKind::Listing,
+            alternatives: Vec::new(),
+            total: u64::try_from(total).unwrap_or(0),
+        })
+    }
+
+    /// Summaries closest to `query`: by cosine similarity of embeddings when
+    /// an embedder is configured (only summaries embedded by the same model
+    /// take part), else by PostgreSQL full-text ranking. Ties break by kind
+    /// and key.
+    ///
+    /// # Errors
+    /// [`SummaryError::InvalidArgument`] naming `query` (empty or longer
+    /// than [`MAX_QUERY_CHARS`]), `k` (above 100) or `kinds[i]` (unknown);
+    /// [`SummaryError::Unavailable`] when the embedder fails; database errors.
+    pub async fn search(&self, request: SearchRequest) -> Result<SearchResponse> {
+        let query = request.query.trim();
+        if query.is_empty() {
+            return Err(SummaryError::invalid("query", "must not be empty"));
+        }
+        if query.chars().count() > MAX_QUERY_CHARS {
+            return Err(SummaryError::invalid(
+                "query",
+                format!("longer than {MAX_QUERY_CHARS} characters"),
+            ));
+        }
+        let k = i64::from(Self::check_limit(request.k, DEFAULT_K, "k")?);
+        let mut kinds: Vec<String> = Vec::new();
+        for (i, name) in request.kinds.iter().enumerate() {
+            let kind = self.kind(name.trim()).map_err(|_| {
+                SummaryError::invalid(
+                    format!("kinds[{i}]"),
+                    format!(
+                        "unknown kind {name:?}; kinds: {}",
+                        self.kind_names().join(", ")
+                    ),
+                )
+            })?;
+            kinds.push(kind.config.name.clone());
+        }
+        if kinds.is_empty() {
+            kinds = self.kinds.iter().map(|k| k.config.name.clone()).collect();
+        }
+        let (rows, retrieval) = match &self.embedder {
+            Some(embedder) => {
+                let mut vectors = embedder
+                    .embed(vec![query.to_owned()])
+                    .await
+                    .map_err(|e| SummaryError::Unavailable(format!("embedder: {e}")))?;
+                let Some(vector) = vectors.pop() else {
+                    return Err(SummaryError::Unavailable(
+                        "embedder returned no vector".into(),
+                    ));
+                };
+                let vector = pgvector::Vector::from(vector);
+                let op = format!("OPERATOR({}.<=>)", self.vector_schema);
+                let client = self.pool.get().await?;
+                let rows = client
+                    .query(
+                        &format!(
+                            "SELECT {SUMMARY_COLUMNS}, 1 - (embedding {op} $1) AS score \
+                             FROM quarry.summaries \
+                             WHERE embedder = $2 AND embedding IS NOT NULL AND kind = ANY($3) \
+                             ORDER BY embedding {op} $1, kind, entity_key LIMIT $4"
+                        ),
+                        &[&vector, &embedder.model_id(), &kinds, &k],
+                    )
+                    .await?;
+                (rows, Retrieval::Vector)
+            }
+            None => {
+                let client = self.pool.get().await?;
+                let rows = client
+                    .query(
+                        &format!(
+                            "SELECT {SUMMARY_COLUMNS}, score FROM ( \
+                               SELECT s.*, ts_rank_cd(to_tsvector('english', s.text), q)::float8 AS score \
+                               FROM quarry.summaries s, websearch_to_tsquery('english', $1) AS q \
+                               WHERE to_tsvector('english', s.text) @@ q AND s.kind = ANY($2) \
+                             ) AS ranked ORDER BY score DESC, kind, entity_key LIMIT $3"
+                        ),
+                        &[&query, &kinds, &k],
+                    )
+                    .await?;
+                (rows, Retrieval::FullText)
+            }
+        };
+        let now = Utc::now();
+        let summaries = rows
+            .iter()
+            .map(|r| summary_from_row(r, now))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SearchResponse {
+            summaries,
+            retrieval,
+        })
+    }
+
+    /// The declared kinds with counts and the oldest `checked_at`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn kinds(&self) -> Result<Vec<KindStatus>> {
+        let names: Vec<String> = self.kinds.iter().map(|k| k.config.name.clone()).collect();
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT kind, count(*), count(*) FILTER (WHERE last_error IS NOT NULL), min(checked_at) \
+                 FROM quarry.summaries WHERE kind = ANY($1) GROUP BY kind",
+                &[&names],
+            )
+            .await?;
+        let mut stats: HashMap<String, (u64, u64, Option<DateTime<Utc>>)> = HashMap::new();
+        for row in &rows {
+            let count: i64 = row.try_get(1)?;
+            let failed: i64 = row.try_get(2)?;
+            stats.insert(
+                row.try_get(0)?,
+                (
+                    u64::try_from(count).unwrap_or(0),
+                    u64::try_from(failed).unwrap_or(0),
+                    row.try_get(3)?,
+                ),
+            );
+        }
+        Ok(self
+            .kinds
+            .iter()
+            .map(|k| {
+                let (summaries, failed, oldest) =
+                    stats.get(&k.config.name).cloned().unwrap_or((0, 0, None));
+                KindStatus {
+                    name: k.config.name.clone(),
+                    entity: k.config.entity.clone(),
+                    description: k.config.description.clone(),
+                    summaries,
+                    failed,
+                    oldest_checked_at: oldest,
+                }
+            })
+            .collect())
+    }
+
+    /// The latest recorded build (by any replica), if any.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn last_build(&self) -> Result<Option<BuildReport>> {
+        let client = self.pool.get().await?;
+        store::last_build(&**client).await
+    }
+
+    /// Spawns the build schedule: a build at once when `build_on_start`
+    /// (trigger `startup`), then one every `refresh_interval_secs` (trigger
+    /// `schedule`; 0 means never). A build another replica is running is
+    /// skipped quietly, other errors are logged as warnings. Cancelling
+    /// `cancel` stops the task promptly, abandoning a running build (its
+    /// lock is released, see [`crate::builder`]).
+    pub fn spawn_scheduler(
+        self: Arc<Self>,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            if self.config.build_on_start {
+                self.scheduled_build("startup", &cancel).await;
+            }
+            let secs = self.config.refresh_interval_secs;
+            if secs == 0 {
+                return;
+            }
+            let period = Duration::from_secs(secs);
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = ticker.tick() => self.scheduled_build("schedule", &cancel).await,
+                }
+            }
+        })
+    }
+
+    async fn scheduled_build(&self, trigger: &str, cancel: &CancellationToken) {
+        let build = self.build(BuildOptions::all(trigger), &|_| {});
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            result = build => match result {
+                Ok(_) => {}
+                Err(SummaryError::BuildRunning) => {
+                    tracing::debug!(trigger, "summary build skipped: another build is running");
+                }
+                Err(e) => tracing::warn!(trigger, error = %e, "summary build failed"),
+            },
+        }
+    }
+}
+
+/// A key or name match's response: every row, `score` set.
+fn found(
+    rows: &[tokio_postgres::Row],
+    now: DateTime<Utc>,
+    matched: MatchKind,
+    score: f64,
+) -> Result<GetResponse> {
+    let summaries = rows
+        .iter()
+        .map(|r| {
+            summary_from_row(r, now).map(|mut s| {
+                s.score = score;
+                s
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(GetResponse {
+        total: summaries.len() as u64,
+        summaries,
+        matched,
+        alternatives: Vec::new(),
+    })
+}
