@@ -220,7 +220,9 @@ pub async fn serve(
             Some(Arc::new(chat))
         }
         None => {
-            info!("no model configured: router mode with golden question/SQL pairs");
+            info!(
+                "no model configured: router mode (golden question/SQL pairs, then summaries and search by rules)"
+            );
             None
         }
     };

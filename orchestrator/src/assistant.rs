@@ -4,10 +4,18 @@
 //! schema and the `query_database` tool; each tool call is executed through the
 //! `SqlService` gRPC client with the caller's credentials; results go back to
 //! the model as delimited data; the loop ends when the model answers without
-//! calling a tool, or at the step limit or deadline. Router mode asks
-//! `SqlService.GenerateSql` (golden question→SQL pairs when no model is
-//! configured), executes the SQL and writes a deterministic answer from the
-//! rows — or says plainly that it cannot answer.
+//! calling a tool, or at the step limit or deadline.
+//!
+//! Router mode (no model configured, or `ASK_MODE_ROUTER`) first asks
+//! `SqlService.GenerateSql` for a dry run (golden question→SQL pairs when no
+//! model is configured); SQL found is executed and the rows answer (route
+//! `golden_sql`). Otherwise the [`crate::router`] classifier picks
+//! summaries, search, both or none; each pipeline's calls stream as
+//! `get_summaries` / `search_documents` tool events with citations, as in
+//! agentic mode, and [`crate::router::answer`] writes the answer from what
+//! they found, stating what could not be done — or says plainly that it
+//! cannot answer. The route event comes once per request, before any tool
+//! event: at once in agentic mode, after the golden look-up in router mode.
 
 use std::{
     sync::Arc,
@@ -19,10 +27,11 @@ use quarry_auth::Principal;
 use quarry_llm::{ChatEvent, ChatModel, ChatRequest, Message, ToolCall, ToolSpec};
 use quarry_proto::v1::{
     AnswerDelta, AnswerStatus, AskMode, AskRequest, AskResponse, Citation, CitationKind,
-    DescribeSchemaRequest, ExecuteSqlRequest, FinalAnswer, GenerateSqlRequest,
-    ListCollectionsRequest, ListSummaryKindsRequest, ResultDigest, RouteDecided, RowSet,
-    SearchToolResult, SqlAttempt, SqlToolResult, Started, SummaryToolResult, ToolCallStarted,
-    ToolResult, Usage, ask_response::Event, search_service_client::SearchServiceClient,
+    CollectionInfo, DescribeSchemaRequest, EntityMatchKind, ExecuteSqlRequest, FinalAnswer,
+    GenerateSqlRequest, GenerateSqlResponse, ListCollectionsRequest, ListSummaryKindsRequest,
+    ResultDigest, RouteDecided, RowSet, SearchMode, SearchRequest, SearchToolResult, SqlAttempt,
+    SqlSource, SqlToolResult, Started, SummaryToolResult, ToolCallStarted, ToolResult, Usage,
+    ask_response::Event, search_service_client::SearchServiceClient,
     sql_service_client::SqlServiceClient, summary_service_client::SummaryServiceClient,
     tool_result::Outcome,
 };
@@ -38,12 +47,22 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::{
     config::OrchestratorConfig,
     render::{markdown_table, value_text},
+    router::{
+        self, Available, Pipeline, Step,
+        answer::{self, Findings, SummarySource},
+    },
     search::{self, SEARCH_DOCUMENTS},
     summary::{self, GET_SUMMARIES, SummaryCall},
 };
 
 /// Name of the SQL tool as the model sees it.
 pub const QUERY_DATABASE: &str = "query_database";
+
+/// Summaries a router-mode summary search asks for.
+const ROUTER_SUMMARIES: u32 = 3;
+
+/// Hits a router-mode search asks for.
+const ROUTER_HITS: u32 = 5;
 
 /// The stream of events of one `Ask`.
 pub type AskStream = ReceiverStream<Result<AskResponse, Status>>;
@@ -153,6 +172,10 @@ struct Run {
     preview_rows: usize,
     /// Digest of each successful SQL tool call, by call id.
     digests: std::collections::HashMap<String, Option<ResultDigest>>,
+    /// Whether the route event has been emitted.
+    routed: bool,
+    /// Tool calls router mode has made (its call ids are `call_1`, `call_2`, …).
+    router_calls: u32,
 }
 
 /// How a run ended, before the final event is written.
@@ -179,6 +202,8 @@ impl Run {
             usage: Usage::default(),
             preview_rows,
             digests: std::collections::HashMap::new(),
+            routed: false,
+            router_calls: 0,
         }
     }
 
@@ -227,9 +252,12 @@ impl Run {
             return;
         }
         let work = async {
-            match self.choose_mode(&request).await? {
-                Some(model) => self.agentic(model, &request.question).await,
-                None => self.router(&request.question).await,
+            match self.choose_mode(&request) {
+                (Some(model), why) => {
+                    self.route(AskMode::Agentic, "agent", why).await?;
+                    self.agentic(model, &request.question).await
+                }
+                (None, why) => self.router(&request.question, &why).await,
             }
         };
         let outcome = match tokio::time::timeout(deadline, work).await {
@@ -246,7 +274,25 @@ impl Run {
                 )),
             },
         };
+        if !self.routed {
+            // router mode chooses after the golden look-up, which the deadline cut
+            let reason = "the deadline was reached before a route was chosen".to_string();
+            if self.route(AskMode::Router, "none", reason).await.is_err() {
+                return;
+            }
+        }
         let _ = self.finish(outcome).await;
+    }
+
+    /// Emits the route event (once per request).
+    async fn route(&mut self, mode: AskMode, route: &str, reason: String) -> Result<(), Gone> {
+        self.routed = true;
+        self.emit(Event::Route(RouteDecided {
+            mode: mode as i32,
+            route: route.to_string(),
+            reason,
+        }))
+        .await
     }
 
     async fn finish(&mut self, outcome: Ending) -> Result<(), Gone> {
@@ -271,39 +317,31 @@ impl Run {
         self.emit(Event::Usage(self.usage)).await
     }
 
-    /// Returns the model for agentic mode, or `None` for router mode, and
-    /// emits the route event.
-    async fn choose_mode(&self, request: &AskRequest) -> Result<Option<Arc<dyn ChatModel>>, Gone> {
+    /// The model for agentic mode, or `None` for router mode, with the
+    /// reason for the choice. Router mode emits its route event once it has
+    /// chosen its pipelines; agentic mode at once.
+    fn choose_mode(&self, request: &AskRequest) -> (Option<Arc<dyn ChatModel>>, String) {
         let asked = AskMode::try_from(request.mode).unwrap_or(AskMode::Unspecified);
-        let model = self.assistant.model.clone();
-        let (mode, route, reason, chosen) = match (asked, model) {
-            (AskMode::Router, _) => (AskMode::Router, "golden_sql", "router mode requested".to_string(), None),
-            (_, Some(model)) => (AskMode::Agentic, "agent", "a model is configured; it chooses the tools".to_string(), Some(model)),
+        match (asked, self.assistant.model.clone()) {
+            (AskMode::Router, _) => (None, "router mode requested".to_string()),
+            (_, Some(model)) => (
+                Some(model),
+                "a model is configured; it chooses the tools".to_string(),
+            ),
             (AskMode::Agentic, None) => (
-                AskMode::Router,
-                "golden_sql",
-                "agentic mode needs a model and none is configured; answering from golden question/SQL pairs".to_string(),
                 None,
+                "agentic mode needs a model and none is configured".to_string(),
             ),
-            (_, None) => (
-                AskMode::Router,
-                "golden_sql",
-                "no model is configured; answering from golden question/SQL pairs".to_string(),
-                None,
-            ),
-        };
-        self.emit(Event::Route(RouteDecided {
-            mode: mode as i32,
-            route: route.to_string(),
-            reason,
-        }))
-        .await?;
-        Ok(chosen)
+            (_, None) => (None, "no model is configured".to_string()),
+        }
     }
 
     // ---- router mode -------------------------------------------------------
 
-    async fn router(&mut self, question: &str) -> Result<Ending, Gone> {
+    /// Router mode: golden SQL first (`GenerateSql`, dry run); when no pair
+    /// matches, the classifier's pipelines ([`crate::router`]), whose
+    /// findings make a deterministic answer.
+    async fn router(&mut self, question: &str, why: &str) -> Result<Ending, Gone> {
         let mut sql = self.assistant.sql.clone();
         let generated = sql
             .generate_sql(self.request(GenerateSqlRequest {
@@ -313,32 +351,264 @@ impl Run {
                 max_rows: 0,
             }))
             .await;
-        let generated = match generated {
-            Ok(response) => response.into_inner(),
+        let (golden, sql_error) = match generated {
+            Ok(response) => {
+                let generated = response.into_inner();
+                if !generated.sql.is_empty() {
+                    return self.known_sql(generated, why).await;
+                }
+                (generated.explanation, None)
+            }
             Err(status) => {
                 warn!(error = %status.message(), "generate_sql failed");
-                self.delta(&format!(
-                    "I could not look up an answer: {}",
-                    status.message()
-                ))
-                .await?;
-                return Ok(Ending {
-                    status: AnswerStatus::Failed,
-                    note: None,
-                });
+                (String::new(), Some(status.message().to_string()))
             }
         };
-        if generated.sql.is_empty() {
-            self.delta(&format!(
-                "I can't answer this offline. {}",
-                generated.explanation
-            ))
-            .await?;
+
+        let (available, collection) = self.router_tools(question).await;
+        let route = router::classify(question, available);
+        let looked_up = if sql_error.is_some() {
+            "the golden question look-up failed"
+        } else {
+            "no golden question matched"
+        };
+        self.route(
+            AskMode::Router,
+            &route.name(),
+            format!("{why}; {looked_up}; {}", route.reason),
+        )
+        .await?;
+        info!(route = %route.name(), reason = %route.reason, "routed");
+
+        let mut findings = Findings {
+            unavailable: route.unavailable.clone(),
+            model_configured: self.assistant.model.is_some(),
+            ..Findings::default()
+        };
+        for step in &route.steps {
+            match step.pipeline {
+                Pipeline::Summaries => self.summaries_pipeline(step, &mut findings).await?,
+                Pipeline::Search => {
+                    self.search_pipeline(step, collection.as_ref(), &mut findings)
+                        .await?;
+                }
+            }
+        }
+
+        let max_chars = self.assistant.config.max_cell_chars;
+        if findings.answered() {
+            let mut text = answer::answer(&findings, max_chars);
+            if let Some(message) = &sql_error {
+                text.push_str(&format!(
+                    "\n(The golden-question look-up failed: {message}.)"
+                ));
+            }
+            self.delta(&text).await?;
             return Ok(Ending {
-                status: AnswerStatus::Unanswered,
+                status: AnswerStatus::Answered,
                 note: None,
             });
         }
+        let text = answer::no_answer(&findings, !route.steps.is_empty(), &route.reason, &golden);
+        match sql_error {
+            Some(message) => {
+                self.delta(&format!("I could not look up an answer: {message}. {text}"))
+                    .await?;
+                Ok(Ending {
+                    status: AnswerStatus::Failed,
+                    note: None,
+                })
+            }
+            None => {
+                self.delta(&text).await?;
+                Ok(Ending {
+                    status: AnswerStatus::Unanswered,
+                    note: None,
+                })
+            }
+        }
+    }
+
+    /// Which router pipelines can run for this caller, and the collection
+    /// to search (named in the question, else the first). Listing failures
+    /// are logged and make the pipeline unavailable.
+    async fn router_tools(&self, question: &str) -> (Available, Option<CollectionInfo>) {
+        let summaries = match self.assistant.summaries.clone() {
+            None => false,
+            Some(mut client) => match client
+                .list_summary_kinds(self.request(ListSummaryKindsRequest {}))
+                .await
+            {
+                Ok(response) => !response.into_inner().kinds.is_empty(),
+                Err(status) => {
+                    warn!(error = %status.message(), "listing summary kinds failed");
+                    false
+                }
+            },
+        };
+        let collection = match self.assistant.search.clone() {
+            None => None,
+            Some(mut client) => match client
+                .list_collections(self.request(ListCollectionsRequest {}))
+                .await
+            {
+                Ok(response) => {
+                    let mut collections = response.into_inner().collections;
+                    let names: Vec<&str> = collections.iter().map(|c| c.name.as_str()).collect();
+                    router::pick_collection(question, &names).map(|i| collections.swap_remove(i))
+                }
+                Err(status) => {
+                    warn!(error = %status.message(), "listing search collections failed");
+                    None
+                }
+            },
+        };
+        let available = Available {
+            summaries,
+            search: collection.is_some(),
+        };
+        (available, collection)
+    }
+
+    /// The next router-mode tool call: id `call_<n>`, JSON arguments.
+    fn router_call(&mut self, name: &str, arguments: &serde_json::Value) -> ToolCall {
+        self.router_calls += 1;
+        ToolCall {
+            id: format!("call_{}", self.router_calls),
+            name: name.to_string(),
+            arguments: arguments.to_string(),
+        }
+    }
+
+    /// The summaries pipeline: the entity named in the question
+    /// (`GetSummaries`), else summaries matching every query word, else any
+    /// (`SearchSummaries`, 3 summaries); each try is a `get_summaries` call
+    /// in the stream, and the first that finds something ends it.
+    async fn summaries_pipeline(
+        &mut self,
+        step: &Step,
+        findings: &mut Findings,
+    ) -> Result<(), Gone> {
+        let mut tries: Vec<(serde_json::Value, SummarySource, String)> = Vec::new();
+        if let Some(entity) = &step.entity {
+            tries.push((
+                serde_json::json!({ "entity": entity }),
+                SummarySource::Entity {
+                    entity: entity.clone(),
+                    fuzzy: false,
+                },
+                format!("looking up “{entity}”"),
+            ));
+        }
+        if !step.query.is_empty() {
+            let query = step.query.clone();
+            tries.push((
+                serde_json::json!({ "query": query, "limit": ROUTER_SUMMARIES }),
+                SummarySource::AllWords {
+                    query: query.clone(),
+                },
+                format!("searching them for “{query}”"),
+            ));
+            let words: Vec<&str> = query.split_whitespace().collect();
+            if words.len() > 1 {
+                tries.push((
+                    serde_json::json!({ "query": words.join(" or "), "limit": ROUTER_SUMMARIES }),
+                    SummarySource::SomeWords {
+                        query: query.clone(),
+                    },
+                    format!("searching them for any of “{query}”"),
+                ));
+            }
+        }
+        for (arguments, mut source, what) in tries {
+            let call = self.router_call(GET_SUMMARIES, &arguments);
+            match self.call_summaries(&call).await? {
+                Ok(found) if !found.summaries.is_empty() => {
+                    if let SummarySource::Entity { fuzzy, .. } = &mut source {
+                        *fuzzy = found.r#match == EntityMatchKind::Fuzzy as i32;
+                    }
+                    findings.summaries = Some((found, source));
+                    return Ok(());
+                }
+                Ok(_) => findings
+                    .misses
+                    .push((Pipeline::Summaries, format!("{what} found nothing"))),
+                Err(message) => findings
+                    .misses
+                    .push((Pipeline::Summaries, format!("{what} failed ({message})"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// The search pipeline: one hybrid `search_documents` call over
+    /// `collection` for the step's words, returning the collection's text
+    /// and stored fields.
+    async fn search_pipeline(
+        &mut self,
+        step: &Step,
+        collection: Option<&CollectionInfo>,
+        findings: &mut Findings,
+    ) -> Result<(), Gone> {
+        let Some(info) = collection else {
+            findings.unavailable.push(Pipeline::Search);
+            return Ok(());
+        };
+        let mut fields: Vec<String> = Vec::new();
+        for field in info.text_fields.iter().chain(&info.stored_fields) {
+            if !fields.contains(field) {
+                fields.push(field.clone());
+            }
+        }
+        let request = SearchRequest {
+            collection: info.name.clone(),
+            query: step.query.clone(),
+            filter: None,
+            mode: SearchMode::Hybrid as i32,
+            k: ROUTER_HITS,
+            fields: fields.clone(),
+        };
+        let arguments = serde_json::json!({
+            "collection": info.name,
+            "query": step.query,
+            "k": ROUTER_HITS,
+            "mode": "hybrid",
+            "fields": fields,
+        });
+        let call = self.router_call(SEARCH_DOCUMENTS, &arguments);
+        let what = format!("searching “{}” for “{}”", info.name, step.query);
+        match self.call_search(&call, Ok(request)).await? {
+            Ok(found) if !found.hits.is_empty() => findings.hits = Some(found),
+            Ok(_) => findings
+                .misses
+                .push((Pipeline::Search, format!("{what} found nothing"))),
+            Err(message) => findings
+                .misses
+                .push((Pipeline::Search, format!("{what} failed ({message})"))),
+        }
+        Ok(())
+    }
+
+    /// Golden SQL matched (or, with a model behind the SQL tool, SQL was
+    /// written): run it and answer from its rows.
+    async fn known_sql(
+        &mut self,
+        generated: GenerateSqlResponse,
+        why: &str,
+    ) -> Result<Ending, Gone> {
+        let golden = generated.source == SqlSource::Golden as i32;
+        let (route, reason) = if golden {
+            (
+                "golden_sql",
+                format!(
+                    "{why}; the question matches the golden question “{}”",
+                    generated.explanation
+                ),
+            )
+        } else {
+            ("sql", format!("{why}; the SQL tool wrote a query"))
+        };
+        self.route(AskMode::Router, route, reason).await?;
         let call = ToolCall {
             id: "call_1".to_string(),
             name: QUERY_DATABASE.to_string(),
@@ -357,7 +627,11 @@ impl Run {
                 });
             }
         };
-        let intro = format!("Answer to the known question “{}”", generated.explanation);
+        let intro = if golden {
+            format!("Answer to the known question “{}”", generated.explanation)
+        } else {
+            "Result of the query the SQL tool wrote".to_string()
+        };
         let mut lines = Vec::new();
         match (rows.rows.len(), rows.columns.len()) {
             (0, _) => lines.push(format!("{intro}: the query returned no rows.")),
@@ -617,6 +891,17 @@ impl Run {
     /// for the model (summaries with facts and freshness, or the error, which
     /// for an unknown entity names the closest ones).
     async fn run_summaries(&mut self, call: &ToolCall) -> Result<String, Gone> {
+        Ok(match self.call_summaries(call).await? {
+            Ok(found) => summary::summaries_for_model(&call.id, &found, sanitize),
+            Err(message) => error_for_model(&call.id, &message),
+        })
+    }
+
+    /// [`Self::run_summaries`] returning the result itself (or the error).
+    async fn call_summaries(
+        &mut self,
+        call: &ToolCall,
+    ) -> Result<Result<SummaryToolResult, String>, Gone> {
         self.usage.tool_calls += 1;
         self.emit(Event::ToolCallStarted(ToolCallStarted {
             call_id: call.id.clone(),
@@ -659,7 +944,7 @@ impl Run {
                 .map_err(|status| status.message().to_string()),
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let (outcome, text) = match result {
+        let outcome = match &result {
             Ok(found) => {
                 for s in &found.summaries {
                     self.citations.push(Citation {
@@ -669,13 +954,9 @@ impl Run {
                         source_id: s.id.clone(),
                     });
                 }
-                let text = summary::summaries_for_model(&call.id, &found, sanitize);
-                (Outcome::Summaries(found), text)
+                Outcome::Summaries(found.clone())
             }
-            Err(message) => {
-                let text = error_for_model(&call.id, &message);
-                (Outcome::Error(message), text)
-            }
+            Err(message) => Outcome::Error(message.clone()),
         };
         self.emit(Event::ToolResult(ToolResult {
             call_id: call.id.clone(),
@@ -684,13 +965,33 @@ impl Run {
             elapsed_ms,
         }))
         .await?;
-        Ok(text)
+        Ok(result)
     }
 
     /// Runs one `search_documents` call: emits `tool_call_started`, searches,
     /// emits `tool_result`, cites every hit. Returns the text for the model
     /// (hits, or the error).
     async fn run_search(&mut self, call: &ToolCall) -> Result<String, Gone> {
+        let request = search::request_from_arguments(&call.arguments);
+        Ok(match self.call_search(call, request).await? {
+            Ok(found) => search::hits_for_model(
+                &call.id,
+                &found,
+                self.assistant.config.max_cell_chars,
+                sanitize,
+            ),
+            Err(message) => error_for_model(&call.id, &message),
+        })
+    }
+
+    /// [`Self::run_search`] with the request already made from the
+    /// arguments (or the message saying why it could not be), returning the
+    /// result itself (or the error).
+    async fn call_search(
+        &mut self,
+        call: &ToolCall,
+        request: Result<SearchRequest, String>,
+    ) -> Result<Result<SearchToolResult, String>, Gone> {
         self.usage.tool_calls += 1;
         self.emit(Event::ToolCallStarted(ToolCallStarted {
             call_id: call.id.clone(),
@@ -699,10 +1000,7 @@ impl Run {
         }))
         .await?;
         let started = Instant::now();
-        let result = match (
-            search::request_from_arguments(&call.arguments),
-            self.assistant.search.clone(),
-        ) {
+        let result = match (request, self.assistant.search.clone()) {
             (Err(message), _) => Err(message),
             (Ok(_), None) => Err("the search tool is not configured".to_string()),
             (Ok(request), Some(mut client)) => {
@@ -730,7 +1028,7 @@ impl Run {
             }
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let (outcome, text) = match result {
+        let outcome = match &result {
             Ok(found) => {
                 for hit in &found.hits {
                     self.citations.push(Citation {
@@ -740,18 +1038,9 @@ impl Run {
                         source_id: format!("{}/{}", found.collection, hit.key),
                     });
                 }
-                let text = search::hits_for_model(
-                    &call.id,
-                    &found,
-                    self.assistant.config.max_cell_chars,
-                    sanitize,
-                );
-                (Outcome::Search(found), text)
+                Outcome::Search(found.clone())
             }
-            Err(message) => {
-                let text = error_for_model(&call.id, &message);
-                (Outcome::Error(message), text)
-            }
+            Err(message) => Outcome::Error(message.clone()),
         };
         self.emit(Event::ToolResult(ToolResult {
             call_id: call.id.clone(),
@@ -760,7 +1049,7 @@ impl Run {
             elapsed_ms,
         }))
         .await?;
-        Ok(text)
+        Ok(result)
     }
 
     /// `query_database`: `{"question": "..."}` goes to `GenerateSql` (schema

@@ -2,7 +2,10 @@
 //! streaming each step to the client as it happens.
 //!
 //! - [`assistant`]: the domain — agentic tool-calling loop (a model chooses
-//!   tools) and router mode (golden question→SQL pairs, no model needed);
+//!   tools) and router mode (golden question→SQL pairs, then fixed
+//!   pipelines, no model needed);
+//! - [`router`]: router mode's deterministic classifier (rules over the
+//!   question's words → summaries, search, both or none) and its answer text;
 //! - [`grpc`]: the `quarry.v1.AssistantService` adapter;
 //! - [`search`]: the `search_documents` tool: its spec from the declared
 //!   collections, model arguments → `SearchRequest`, hits for the model;
@@ -18,6 +21,7 @@ pub mod assistant;
 pub mod config;
 pub mod grpc;
 pub mod render;
+pub mod router;
 pub mod search;
 pub mod summary;
 
