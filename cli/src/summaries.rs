@@ -218,9 +218,11 @@ pub async fn search(
     }
     writeln!(
         out,
-        "({} summaries; retrieval: {})",
+        "({} summaries; retrieval: {}, covering {} of {} summaries)",
         response.summaries.len(),
-        response.retrieval
+        response.retrieval,
+        response.covered,
+        response.searched
     )?;
     Ok(())
 }

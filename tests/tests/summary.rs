@@ -506,6 +506,11 @@ async fn entities_resolve_fuzzily_and_unknown_ones_name_the_closest() {
         .unwrap()
         .into_inner();
     assert_eq!(found.retrieval, "full_text");
+    assert_eq!(
+        (found.searched, found.covered),
+        (1, 1),
+        "one collection summary, all searchable"
+    );
     assert_eq!(found.summaries.len(), 1);
     assert_eq!(found.summaries[0].id, "summary:collection:tate");
     assert!(found.summaries[0].score > 0.0);

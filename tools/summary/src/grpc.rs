@@ -279,6 +279,8 @@ impl SummaryService for SummaryGrpc {
         Ok(Response::new(pb::SearchSummariesResponse {
             summaries: response.summaries.into_iter().map(Into::into).collect(),
             retrieval: response.retrieval.as_str().to_owned(),
+            searched: response.searched,
+            covered: response.covered,
         }))
     }
 

@@ -149,6 +149,13 @@ pub struct SearchResponse {
     pub summaries: Vec<Summary>,
     /// What ran.
     pub retrieval: Retrieval,
+    /// Summaries of the searched kinds.
+    pub searched: u64,
+    /// Of those, the ones vector retrieval can find (embedded by the
+    /// current embedder; texts are embedded after they are written, so a
+    /// fresh build is searchable by meaning progressively). Equal to
+    /// `searched` for full-text retrieval.
+    pub covered: u64,
 }
 
 /// A declared kind and the state of its summaries.
@@ -577,6 +584,7 @@ impl SummaryTool {
         if kinds.is_empty() {
             kinds = self.kinds.iter().map(|k| k.config.name.clone()).collect();
         }
+        let coverage: (i64, i64);
         let (rows, retrieval) = match &self.embedder {
             Some(embedder) => {
                 let mut vectors = embedder
@@ -591,6 +599,14 @@ impl SummaryTool {
                 let vector = pgvector::Vector::from(vector);
                 let op = format!("OPERATOR({}.<=>)", self.vector_schema);
                 let client = self.pool.get().await?;
+                let counts = client
+                    .query_one(
+                        "SELECT count(*), count(*) FILTER (WHERE embedder = $1 AND embedding IS NOT NULL) \
+                         FROM quarry.summaries WHERE kind = ANY($2)",
+                        &[&embedder.model_id(), &kinds],
+                    )
+                    .await?;
+                coverage = (counts.get::<_, i64>(0), counts.get::<_, i64>(1));
                 let rows = client
                     .query(
                         &format!(
@@ -606,6 +622,14 @@ impl SummaryTool {
             }
             None => {
                 let client = self.pool.get().await?;
+                let total: i64 = client
+                    .query_one(
+                        "SELECT count(*) FROM quarry.summaries WHERE kind = ANY($1)",
+                        &[&kinds],
+                    )
+                    .await?
+                    .get(0);
+                coverage = (total, total);
                 let rows = client
                     .query(
                         &format!(
@@ -629,6 +653,8 @@ impl SummaryTool {
         Ok(SearchResponse {
             summaries,
             retrieval,
+            searched: u64::try_from(coverage.0).unwrap_or(0),
+            covered: u64::try_from(coverage.1).unwrap_or(0),
         })
     }
 

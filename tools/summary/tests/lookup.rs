@@ -234,6 +234,8 @@ async fn vector_search_over_embedded_summaries() {
         .await
         .unwrap();
     assert_eq!(found.retrieval, Retrieval::Vector);
+    assert!(found.searched > 3, "{}", found.searched);
+    assert_eq!(found.covered, found.searched, "every summary embedded");
     assert_eq!(found.summaries.len(), 3);
     assert_eq!(found.summaries[0].entity_key, "1293");
     assert!(
