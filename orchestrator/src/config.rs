@@ -9,7 +9,16 @@ pub struct OrchestratorConfig {
     /// Model calls per question before the answer is cut off with
     /// `ANSWER_STATUS_LIMIT_REACHED`. Default 6.
     pub max_steps: u32,
-    /// Wall-time budget per question, in seconds, model and tools included.
+    /// Tokens per question (prompt plus completion, summed over the model
+    /// steps from the usage the model reports), checked after each step that
+    /// asks for tools: over it, the work stops with
+    /// `ANSWER_STATUS_LIMIT_REACHED` and a note giving the tokens used. A
+    /// step that answers is kept whatever it cost. A model that reports no
+    /// usage is not limited. `0` means no limit. Default 50 000.
+    pub max_tokens: u64,
+    /// Wall-time budget per question, in seconds, model and tools included;
+    /// when it runs out the work in flight is dropped and the answer ends
+    /// with `ANSWER_STATUS_LIMIT_REACHED` and a note naming the deadline.
     /// Default 60.
     pub deadline_secs: u64,
     /// Rows of each tool result streamed to the client when the request does
@@ -30,6 +39,7 @@ impl Default for OrchestratorConfig {
     fn default() -> Self {
         Self {
             max_steps: 6,
+            max_tokens: 50_000,
             deadline_secs: 60,
             preview_rows: 10,
             max_preview_rows: 100,
@@ -37,5 +47,21 @@ impl Default for OrchestratorConfig {
             max_cell_chars: 200,
             event_buffer: 32,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OrchestratorConfig;
+
+    #[test]
+    fn keys_left_out_keep_their_defaults() {
+        let config: OrchestratorConfig = serde_json::from_str(r#"{"max_steps": 3}"#).unwrap();
+        assert_eq!(config.max_steps, 3);
+        assert_eq!(config.max_tokens, 50_000);
+        assert_eq!(config.deadline_secs, 60);
+        let config: OrchestratorConfig = serde_json::from_str(r#"{"max_tokens": 0}"#).unwrap();
+        assert_eq!(config.max_tokens, 0, "0 means no limit");
+        assert!(serde_json::from_str::<OrchestratorConfig>(r#"{"max_token": 1}"#).is_err());
     }
 }

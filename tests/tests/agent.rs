@@ -1,0 +1,544 @@
+//! Agentic mode end to end (issue 6): parallel tool calls in one step,
+//! chained calls across steps, recovery from a tool error, the step, token
+//! and time limits, and a call of a tool that was not offered — over a real
+//! server and PostgreSQL, with the scripted OpenAI-compatible model.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+use std::time::{Duration, Instant};
+
+use quarry_llm::testing::{ScriptedServer, ScriptedToolCall, ScriptedTurn};
+use quarry_proto::v1::{
+    AnswerStatus, AskResponse, Citation, CitationKind, FinalAnswer, ListSummaryKindsRequest,
+    ToolCallStarted, ToolResult, Usage, ask_response::Event, tool_result::Outcome, value::Kind,
+};
+use quarry_tests::{Options, SLICE_LINES, TestServer, ask, ask_all, authed, token};
+use serde_json::Value as Json;
+
+/// How long the start-up summary build may take on a shared machine; nothing
+/// here asserts on speed.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+async fn start(model: &ScriptedServer, extra_toml: &str) -> TestServer {
+    TestServer::start(Options {
+        model_base_url: Some(model.base_url()),
+        extra_toml: extra_toml.to_string(),
+        ..Default::default()
+    })
+    .await
+}
+
+/// Polls `ListSummaryKinds` until the start-up build has finished.
+async fn wait_until_built(server: &TestServer) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let response = server
+            .summaries()
+            .list_summary_kinds(authed(ListSummaryKindsRequest {}, &token("t1")))
+            .await;
+        match response {
+            Ok(r) if r.get_ref().last_build.is_some() => return,
+            other if Instant::now() > deadline => {
+                panic!("the start-up build did not finish within {READY_TIMEOUT:?}: {other:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn started_calls(events: &[AskResponse]) -> Vec<ToolCallStarted> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::ToolCallStarted(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn tool_results(events: &[AskResponse]) -> Vec<ToolResult> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::ToolResult(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The tool result of `call_id`; panics unless there is exactly one.
+fn result_of(events: &[AskResponse], call_id: &str) -> ToolResult {
+    let found: Vec<ToolResult> = tool_results(events)
+        .into_iter()
+        .filter(|r| r.call_id == call_id)
+        .collect();
+    assert_eq!(found.len(), 1, "results of {call_id}: {found:?}");
+    found.into_iter().next().unwrap()
+}
+
+fn error_of(result: &ToolResult) -> String {
+    match &result.outcome {
+        Some(Outcome::Error(message)) => message.clone(),
+        other => panic!("an error outcome for {}: {other:?}", result.call_id),
+    }
+}
+
+fn final_answer(events: &[AskResponse]) -> FinalAnswer {
+    events
+        .iter()
+        .find_map(|e| match &e.event {
+            Some(Event::FinalAnswer(f)) => Some(f.clone()),
+            _ => None,
+        })
+        .expect("a final answer")
+}
+
+fn usage(events: &[AskResponse]) -> Usage {
+    match &events.last().expect("events").event {
+        Some(Event::Usage(u)) => *u,
+        other => panic!("the last event is usage: {other:?}"),
+    }
+}
+
+fn cited_calls(citations: &[Citation]) -> Vec<&str> {
+    citations.iter().map(|c| c.call_id.as_str()).collect()
+}
+
+/// The messages of the model's `n`th request.
+fn messages(model: &ScriptedServer, n: usize) -> Vec<Json> {
+    model.requests()[n]["messages"].as_array().unwrap().clone()
+}
+
+/// `(tool_call_id, content)` of each tool message, in order.
+fn tool_messages(messages: &[Json]) -> Vec<(String, String)> {
+    messages
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| {
+            (
+                m["tool_call_id"].as_str().unwrap().to_string(),
+                m["content"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Names of the tools offered in the model's first request.
+fn offered(model: &ScriptedServer) -> Vec<String> {
+    model.requests()[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn int_cell(result: &ToolResult) -> i64 {
+    let Some(Outcome::Sql(sql)) = &result.outcome else {
+        panic!("a SQL outcome: {result:?}")
+    };
+    match &sql.rows.as_ref().unwrap().rows[0].values[0].kind {
+        Some(Kind::Int64Value(n)) => *n,
+        other => panic!("an integer cell: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn two_calls_in_one_step_both_run_and_come_back_in_call_order() {
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_calls(vec![
+            ScriptedToolCall::new(
+                "query_database",
+                r#"{"sql": "SELECT count(*) AS artworks FROM tate.artworks"}"#,
+            )
+            .with_id("call_sql"),
+            ScriptedToolCall::new("get_summaries", r#"{"kind": "decade", "limit": 2}"#)
+                .with_id("call_summaries"),
+        ]),
+        ScriptedTurn::text("The slice holds 300 artworks; two decades are summarised."),
+    ])
+    .await;
+    let server = TestServer::start(Options {
+        model_base_url: Some(model.base_url()),
+        summaries: true,
+        ..Default::default()
+    })
+    .await;
+    wait_until_built(&server).await;
+
+    let events = ask_all(
+        &server,
+        ask("How many artworks, and what came in which decade?"),
+    )
+    .await
+    .unwrap();
+
+    let mut started: Vec<String> = started_calls(&events)
+        .into_iter()
+        .map(|s| s.call_id)
+        .collect();
+    started.sort();
+    assert_eq!(started, ["call_sql", "call_summaries"]);
+    let sql = result_of(&events, "call_sql");
+    assert_eq!(sql.tool_name, "query_database");
+    assert_eq!(int_cell(&sql), SLICE_LINES as i64);
+    let summaries = result_of(&events, "call_summaries");
+    assert_eq!(summaries.tool_name, "get_summaries");
+    let Some(Outcome::Summaries(found)) = &summaries.outcome else {
+        panic!("a summaries outcome: {summaries:?}")
+    };
+    assert_eq!(found.summaries.len(), 2, "{found:?}");
+
+    // the next step saw one tool message per call id, in the model's order,
+    // right after the assistant message that made the calls
+    let second = messages(&model, 1);
+    let assistant = second
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .expect("the assistant's tool calls sent back");
+    let ids: Vec<&str> = assistant["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["call_sql", "call_summaries"]);
+    let tools = tool_messages(&second);
+    let tool_ids: Vec<&str> = tools.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(tool_ids, ["call_sql", "call_summaries"]);
+    assert!(
+        tools[0].1.contains("call_id=\"call_sql\"") && tools[0].1.contains("300"),
+        "{}",
+        tools[0].1
+    );
+    for s in &found.summaries {
+        assert!(tools[1].1.contains(&s.id), "{} not in {}", s.id, tools[1].1);
+    }
+
+    // citations cover both calls, in call order
+    let answer = final_answer(&events);
+    assert_eq!(answer.status, AnswerStatus::Answered as i32);
+    assert_eq!(
+        cited_calls(&answer.citations),
+        ["call_sql", "call_summaries", "call_summaries"]
+    );
+    assert_eq!(answer.citations[0].kind, CitationKind::SqlRows as i32);
+    let cited_summaries: Vec<&str> = answer.citations[1..]
+        .iter()
+        .map(|c| {
+            assert_eq!(c.kind, CitationKind::Summary as i32);
+            c.source_id.as_str()
+        })
+        .collect();
+    let want: Vec<&str> = found.summaries.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(cited_summaries, want);
+    assert_eq!(
+        (usage(&events).model_calls, usage(&events).tool_calls),
+        (2, 2)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_later_call_uses_an_earlier_result() {
+    // the script is written once the data is known: the second call's
+    // argument is the first call's answer
+    let model = ScriptedServer::start(Vec::new()).await;
+    let server = start(&model, "").await;
+    let client = server.db.pool().get().await.unwrap();
+    let artist: i32 = client
+        .query_one(
+            "SELECT artist_id FROM tate.artwork_contributors
+              GROUP BY artist_id ORDER BY count(*) DESC, artist_id LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let works: i64 = client
+        .query_one(
+            "SELECT count(*) FROM tate.artwork_contributors WHERE artist_id = $1",
+            &[&artist],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    drop(client);
+    model.push(ScriptedTurn::tool_calls(vec![
+        ScriptedToolCall::new(
+            "query_database",
+            r#"{"sql": "SELECT artist_id FROM tate.artwork_contributors GROUP BY artist_id ORDER BY count(*) DESC, artist_id LIMIT 1"}"#,
+        )
+        .with_id("call_top"),
+    ]));
+    model.push(ScriptedTurn::tool_calls(vec![
+        ScriptedToolCall::new(
+            "query_database",
+            serde_json::json!({
+                "sql": format!(
+                    "SELECT count(*) AS works FROM tate.artwork_contributors WHERE artist_id = {artist}"
+                )
+            })
+            .to_string(),
+        )
+        .with_id("call_count"),
+    ]));
+    model.push(ScriptedTurn::text(format!(
+        "Artist {artist} has {works} works."
+    )));
+
+    let events = ask_all(&server, ask("How many works has the busiest artist?"))
+        .await
+        .unwrap();
+    assert_eq!(int_cell(&result_of(&events, "call_top")), i64::from(artist));
+    assert_eq!(int_cell(&result_of(&events, "call_count")), works);
+
+    // step 2 saw step 1's result; step 3 saw both, in order
+    let requests = model.requests();
+    assert_eq!(requests.len(), 3);
+    let second = tool_messages(&messages(&model, 1));
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].0, "call_top");
+    assert!(second[0].1.contains(&artist.to_string()), "{}", second[0].1);
+    let third = tool_messages(&messages(&model, 2));
+    let ids: Vec<&str> = third.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["call_top", "call_count"]);
+    assert!(third[1].1.contains(&works.to_string()), "{}", third[1].1);
+
+    let answer = final_answer(&events);
+    assert_eq!(answer.status, AnswerStatus::Answered as i32);
+    assert_eq!(answer.text, format!("Artist {artist} has {works} works."));
+    assert_eq!(cited_calls(&answer.citations), ["call_top", "call_count"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_tool_error_is_shown_to_the_model_which_recovers() {
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_calls(vec![
+            ScriptedToolCall::new("query_database", r#"{"sql": "DELETE FROM tate.artworks"}"#)
+                .with_id("call_bad"),
+        ]),
+        ScriptedTurn::tool_calls(vec![
+            ScriptedToolCall::new(
+                "query_database",
+                r#"{"sql": "SELECT count(*) AS artworks FROM tate.artworks"}"#,
+            )
+            .with_id("call_good"),
+        ]),
+        ScriptedTurn::text("There are 300 artworks."),
+    ])
+    .await;
+    let server = start(&model, "").await;
+    let events = ask_all(&server, ask("How many artworks are there?"))
+        .await
+        .unwrap();
+
+    let error = error_of(&result_of(&events, "call_bad"));
+    assert!(
+        error.contains("not_a_query") || error.contains("refused"),
+        "{error}"
+    );
+    assert_eq!(
+        int_cell(&result_of(&events, "call_good")),
+        SLICE_LINES as i64
+    );
+    let second = tool_messages(&messages(&model, 1));
+    assert_eq!(second[0].0, "call_bad");
+    assert!(second[0].1.contains("status=\"error\""), "{}", second[0].1);
+
+    let answer = final_answer(&events);
+    assert_eq!(answer.status, AnswerStatus::Answered as i32);
+    assert_eq!(answer.text, "There are 300 artworks.");
+    assert_eq!(
+        cited_calls(&answer.citations),
+        ["call_good"],
+        "a failed call is not cited"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_step_limit_stops_a_model_that_keeps_calling_tools() {
+    let step = |n: usize| {
+        ScriptedTurn::tool_calls(vec![
+            ScriptedToolCall::new("query_database", r#"{"sql": "SELECT 1 AS one"}"#)
+                .with_id(format!("call_{n}a")),
+            ScriptedToolCall::new("query_database", r#"{"sql": "SELECT 2 AS two"}"#)
+                .with_id(format!("call_{n}b")),
+        ])
+    };
+    let model = ScriptedServer::start(vec![step(1), step(2), step(3)]).await;
+    let server = start(&model, "[orchestrator]\nmax_steps = 2\n").await;
+    let events = ask_all(&server, ask("loop forever")).await.unwrap();
+
+    let answer = final_answer(&events);
+    assert_eq!(
+        answer.status,
+        AnswerStatus::LimitReached as i32,
+        "{answer:?}"
+    );
+    assert!(
+        answer.text.contains("limit of 2 model steps"),
+        "{}",
+        answer.text
+    );
+    assert_eq!(model.requests().len(), 2);
+    assert_eq!(model.remaining(), 1);
+    assert_eq!(
+        (usage(&events).model_calls, usage(&events).tool_calls),
+        (2, 4)
+    );
+    assert_eq!(
+        cited_calls(&answer.citations),
+        ["call_1a", "call_1b", "call_2a", "call_2b"]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_token_limit_stops_the_loop_and_names_the_tokens_used() {
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_call("query_database", r#"{"sql": "SELECT 1 AS one"}"#)
+            .with_usage(600, 100),
+        ScriptedTurn::tool_call("query_database", r#"{"sql": "SELECT 2 AS two"}"#)
+            .with_usage(900, 100),
+        ScriptedTurn::text("never sent"),
+    ])
+    .await;
+    let server = start(&model, "[orchestrator]\nmax_tokens = 1000\n").await;
+    let events = ask_all(&server, ask("How many artworks are there?"))
+        .await
+        .unwrap();
+
+    let answer = final_answer(&events);
+    assert_eq!(
+        answer.status,
+        AnswerStatus::LimitReached as i32,
+        "{answer:?}"
+    );
+    for part in ["token limit", "1700 tokens used", "limit of 1000 tokens"] {
+        assert!(
+            answer.text.contains(part),
+            "{part:?} not in {}",
+            answer.text
+        );
+    }
+    // step 1 (700 tokens) ran its tool; step 2 went over and its call did not run
+    assert_eq!(model.requests().len(), 2);
+    assert_eq!(started_calls(&events).len(), 1);
+    let u = usage(&events);
+    assert_eq!((u.model_calls, u.tool_calls, u.total_tokens), (2, 1, 1700));
+    assert_eq!(answer.citations.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_time_limit_ends_with_limit_reached_and_keeps_what_was_found() {
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_calls(vec![
+            ScriptedToolCall::new(
+                "query_database",
+                r#"{"sql": "SELECT count(*) AS artworks FROM tate.artworks"}"#,
+            )
+            .with_id("call_count"),
+        ]),
+        // the model is too slow for the deadline; the test does not rely on
+        // how long anything takes beyond that
+        ScriptedTurn::text("too late").with_delay(Duration::from_secs(120)),
+    ])
+    .await;
+    let server = start(&model, "[orchestrator]\ndeadline_secs = 5\n").await;
+    let events = ask_all(&server, ask("How many artworks are there?"))
+        .await
+        .unwrap();
+
+    let answer = final_answer(&events);
+    assert_eq!(
+        answer.status,
+        AnswerStatus::LimitReached as i32,
+        "{answer:?}"
+    );
+    assert!(
+        answer.text.contains("time limit") && answer.text.contains("deadline of 5s"),
+        "{}",
+        answer.text
+    );
+    assert!(!answer.text.contains("too late"), "{}", answer.text);
+    assert_eq!(
+        int_cell(&result_of(&events, "call_count")),
+        SLICE_LINES as i64
+    );
+    assert_eq!(cited_calls(&answer.citations), ["call_count"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_tool_that_was_not_offered_is_refused_and_the_model_recovers() {
+    // no search or summary service: only query_database is offered
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_calls(vec![
+            ScriptedToolCall::new("get_summaries", r#"{"entity": "Turner"}"#)
+                .with_id("call_summaries"),
+            ScriptedToolCall::new("drop_tables", r#"{"schema": "tate"}"#).with_id("call_drop"),
+            ScriptedToolCall::new(
+                "query_database",
+                r#"{"sql": "SELECT count(*) AS artworks FROM tate.artworks"}"#,
+            )
+            .with_id("call_sql"),
+        ]),
+        ScriptedTurn::text("There are 300 artworks."),
+    ])
+    .await;
+    let server = start(&model, "").await;
+    let events = ask_all(&server, ask("How many artworks are there?"))
+        .await
+        .unwrap();
+    assert_eq!(offered(&model), ["query_database"]);
+
+    for (call_id, tool) in [
+        ("call_summaries", "get_summaries"),
+        ("call_drop", "drop_tables"),
+    ] {
+        let result = result_of(&events, call_id);
+        assert_eq!(result.tool_name, tool);
+        let error = error_of(&result);
+        assert!(
+            error.contains(tool) && error.contains("not offered"),
+            "{error}"
+        );
+        assert!(
+            error.ends_with("the tools offered are: query_database"),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        int_cell(&result_of(&events, "call_sql")),
+        SLICE_LINES as i64
+    );
+
+    // the model was told, one message per call, in its order
+    let second = tool_messages(&messages(&model, 1));
+    let ids: Vec<&str> = second.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["call_summaries", "call_drop", "call_sql"]);
+    for (_, content) in &second[..2] {
+        assert!(
+            content.contains("status=\"error\"") && content.contains("query_database"),
+            "{content}"
+        );
+    }
+    // nothing was dropped
+    let client = server.db.pool().get().await.unwrap();
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM tate.artworks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, SLICE_LINES as i64);
+
+    let answer = final_answer(&events);
+    assert_eq!(answer.status, AnswerStatus::Answered as i32);
+    assert_eq!(answer.text, "There are 300 artworks.");
+    assert_eq!(cited_calls(&answer.citations), ["call_sql"]);
+    server.stop().await;
+}
