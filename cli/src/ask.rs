@@ -181,17 +181,27 @@ pub async fn ask(
                 status = AnswerStatus::try_from(f.status).unwrap_or(AnswerStatus::Unspecified);
                 writeln!(out, "» status: {}", status.as_str_name())?;
                 for c in &f.citations {
-                    writeln!(out, "  cites {}: {}", c.call_id, c.sql)?;
+                    let what = if c.sql.is_empty() {
+                        &c.source_id
+                    } else {
+                        &c.sql
+                    };
+                    writeln!(out, "  cites {}: {what}", c.call_id)?;
                 }
             }
             Event::Usage(u) => writeln!(
                 out,
-                "» usage: {} model calls, {} tool calls, {} tokens ({} prompt + {} completion), {} ms",
+                "» usage: {} model calls, {} tool calls, {} tokens ({} prompt + {} completion), {}, {} ms",
                 u.model_calls,
                 u.tool_calls,
                 u.total_tokens,
                 u.prompt_tokens,
                 u.completion_tokens,
+                if u.cost_known {
+                    format!("${:.6}", u.cost_usd)
+                } else {
+                    "cost unknown (no [model.price])".to_string()
+                },
                 u.elapsed_ms
             )?,
         }

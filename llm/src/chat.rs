@@ -4,6 +4,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+use crate::config::Price;
 use crate::error::{LlmError, Result};
 
 /// One message of a conversation, in the order the model should read them.
@@ -207,6 +208,13 @@ pub trait ChatModel: Send + Sync {
     /// Nothing is sent until the stream is first polled; dropping the stream
     /// cancels the request. Errors arrive as the stream's last item.
     fn chat_stream(&self, request: ChatRequest) -> BoxStream<'static, Result<ChatEvent>>;
+
+    /// What this model's tokens cost, for pricing the [`Usage`] its streams
+    /// report; `None` (the default) when no price is configured, so the cost
+    /// is unknown.
+    fn price(&self) -> Option<Price> {
+        None
+    }
 }
 
 /// A whole answer, for callers that do not stream.

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chat::Usage;
 use crate::error::{LlmError, Result};
 
 /// How to reach one chat model on an OpenAI-compatible endpoint.
@@ -12,6 +13,10 @@ use crate::error::{LlmError, Result};
 /// base_url = "http://localhost:11434/v1"   # Ollama
 /// model = "qwen2.5:7b-instruct"
 /// timeout_secs = 120
+///
+/// [model.price]                            # optional, USD per 1M tokens
+/// input_per_million = 0.15
+/// output_per_million = 0.60
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +56,60 @@ pub struct ModelConfig {
     /// never retried. Default 2.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// What the model costs, for the cost reported with each answer
+    /// ([`Price::cost_usd`]). `None` (the default) leaves the cost unknown.
+    #[serde(default)]
+    pub price: Option<Price>,
+}
+
+/// A model's token prices in US dollars per million tokens, the unit
+/// provider price lists quote them in (e.g. OpenAI lists gpt-4o-mini at
+/// $0.15 per 1M input tokens and $0.60 per 1M output tokens). Copy the
+/// numbers from the provider's price list; a local model costs what you
+/// decide (0 is allowed).
+///
+/// ```toml
+/// [model.price]
+/// input_per_million = 0.15    # prompt tokens
+/// output_per_million = 0.60   # completion tokens
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// USD per 1,000,000 prompt (input) tokens.
+    pub input_per_million: f64,
+    /// USD per 1,000,000 completion (output) tokens, hidden reasoning tokens
+    /// included (the server counts them as completion tokens).
+    pub output_per_million: f64,
+}
+
+impl Price {
+    /// The cost of `usage` in US dollars:
+    /// `(prompt_tokens × input_per_million + completion_tokens × output_per_million) / 1e6`.
+    /// `total_tokens` is not used (it is the sum of the two).
+    pub fn cost_usd(&self, usage: Usage) -> f64 {
+        (f64::from(usage.prompt_tokens) * self.input_per_million
+            + f64::from(usage.completion_tokens) * self.output_per_million)
+            / 1_000_000.0
+    }
+
+    /// Checks that both prices are finite and not negative.
+    ///
+    /// # Errors
+    /// [`LlmError::Config`] naming the offending field.
+    pub fn validate(&self) -> Result<()> {
+        for (name, value) in [
+            ("input_per_million", self.input_per_million),
+            ("output_per_million", self.output_per_million),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(LlmError::Config(format!(
+                    "price.{name} must be a finite number of US dollars, 0 or more, got {value}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_timeout_secs() -> u64 {
@@ -72,6 +131,7 @@ impl ModelConfig {
             max_tokens: None,
             temperature: None,
             max_retries: default_max_retries(),
+            price: None,
         }
     }
 
@@ -81,7 +141,7 @@ impl ModelConfig {
     }
 
     /// Checks what serde cannot: a usable URL, a model name, a non-zero
-    /// timeout and a temperature in range.
+    /// timeout, a temperature in range and sensible prices.
     ///
     /// # Errors
     /// [`LlmError::Config`] naming the offending field.
@@ -122,6 +182,9 @@ impl ModelConfig {
                 "api_key_env must name an environment variable".into(),
             ));
         }
+        if let Some(price) = &self.price {
+            price.validate()?;
+        }
         Ok(())
     }
 
@@ -154,6 +217,7 @@ mod tests {
         assert_eq!(cfg.timeout_secs, 120);
         assert_eq!(cfg.api_key_env, None);
         assert_eq!(cfg.max_retries, 2);
+        assert_eq!(cfg.price, None);
         cfg.validate().unwrap();
 
         let err = serde_json::from_str::<ModelConfig>(
@@ -181,6 +245,20 @@ mod tests {
                 temperature: Some(3.0),
                 ..ModelConfig::new("http://h/v1", "m")
             },
+            ModelConfig {
+                price: Some(Price {
+                    input_per_million: -0.1,
+                    output_per_million: 0.6,
+                }),
+                ..ModelConfig::new("http://h/v1", "m")
+            },
+            ModelConfig {
+                price: Some(Price {
+                    input_per_million: 0.15,
+                    output_per_million: f64::NAN,
+                }),
+                ..ModelConfig::new("http://h/v1", "m")
+            },
         ] {
             assert!(
                 matches!(bad.validate(), Err(LlmError::Config(_))),
@@ -194,5 +272,69 @@ mod tests {
         assert!(ModelConfig::new("https://api.openai.com/v1", "m").is_openai());
         assert!(!ModelConfig::new("http://localhost:11434/v1", "m").is_openai());
         assert!(!ModelConfig::new("https://api.openai.com.evil/v1", "m").is_openai());
+    }
+
+    #[test]
+    fn price_parses_from_the_model_section_and_refuses_unknown_keys() {
+        let cfg: ModelConfig = serde_json::from_str(
+            r#"{"base_url":"http://h/v1","model":"m",
+                "price":{"input_per_million":0.15,"output_per_million":0.6}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.price,
+            Some(Price {
+                input_per_million: 0.15,
+                output_per_million: 0.6
+            })
+        );
+        cfg.validate().unwrap();
+
+        let err = serde_json::from_str::<ModelConfig>(
+            r#"{"base_url":"http://h/v1","model":"m",
+                "price":{"input_per_million":0.15,"output_per_million":0.6,"per_request":1}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let err = serde_json::from_str::<ModelConfig>(
+            r#"{"base_url":"http://h/v1","model":"m","price":{"input_per_million":0.15}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("output_per_million"), "{err}");
+    }
+
+    fn usage(prompt_tokens: u32, completion_tokens: u32) -> Usage {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+
+    #[test]
+    fn cost_is_tokens_times_price_per_million() {
+        let price = Price {
+            input_per_million: 0.15,
+            output_per_million: 0.6,
+        };
+        // 1000 × 0.15 / 1e6 + 500 × 0.6 / 1e6 = 0.00015 + 0.0003
+        let cost = price.cost_usd(usage(1000, 500));
+        assert!((cost - 0.00045).abs() < 1e-15, "{cost}");
+        // a million of each costs exactly the two list prices
+        let cost = price.cost_usd(usage(1_000_000, 1_000_000));
+        assert!((cost - 0.75).abs() < 1e-12, "{cost}");
+        // input and output are priced separately: 2M output at $10/M = $20
+        let price = Price {
+            input_per_million: 2.5,
+            output_per_million: 10.0,
+        };
+        let cost = price.cost_usd(usage(0, 2_000_000));
+        assert!((cost - 20.0).abs() < 1e-12, "{cost}");
+        let cost = price.cost_usd(usage(400_000, 0));
+        assert!((cost - 1.0).abs() < 1e-12, "{cost}");
+        assert_eq!(price.cost_usd(Usage::default()), 0.0);
+        // the largest counts a server can report do not overflow
+        let cost = price.cost_usd(usage(u32::MAX, 0));
+        assert!((cost - f64::from(u32::MAX) * 2.5e-6).abs() < 1e-6, "{cost}");
     }
 }

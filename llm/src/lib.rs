@@ -7,7 +7,9 @@
 //! finish reason and token usage. [`OpenAiChatModel`] implements it on
 //! async-openai, configured by a [`ModelConfig`] (endpoint, model, key
 //! variable, whole-request timeout). Callers that want the whole answer at
-//! once use [`collect`] or [`chat`].
+//! once use [`collect`] or [`chat`]. A [`Price`] table in the model
+//! settings (`[model.price]`, USD per 1M tokens) turns reported [`Usage`]
+//! into a cost ([`Price::cost_usd`], [`ChatModel::price`]).
 //!
 //! ```no_run
 //! # async fn demo() -> quarry_llm::Result<()> {
@@ -44,6 +46,6 @@ pub use chat::{
     ChatEvent, ChatModel, ChatRequest, ChatResponse, FinishReason, Message, ResponseFormat,
     ToolCall, ToolSpec, Usage, chat, collect,
 };
-pub use config::ModelConfig;
+pub use config::{ModelConfig, Price};
 pub use error::{LlmError, Result};
 pub use openai::OpenAiChatModel;

@@ -29,7 +29,7 @@ use tower::ServiceExt;
 use crate::chat::{
     ChatEvent, ChatModel, ChatRequest, FinishReason, Message, ResponseFormat, ToolCall, Usage,
 };
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Price};
 use crate::error::{LlmError, Result};
 
 /// Longest piece of a server's error body kept in an error message, in bytes.
@@ -144,6 +144,11 @@ impl ChatModel for OpenAiChatModel {
             }
         })
         .boxed()
+    }
+
+    /// The configured `[model.price]`.
+    fn price(&self) -> Option<Price> {
+        self.config.price
     }
 }
 
@@ -639,5 +644,21 @@ mod tests {
         cfg.api_key_env = Some("QUARRY_LLM_TEST_SURELY_UNSET_VARIABLE".into());
         let err = OpenAiChatModel::new(cfg).unwrap_err();
         assert!(matches!(err, LlmError::Config(_)), "{err}");
+    }
+
+    #[test]
+    fn the_model_reports_its_configured_price() {
+        let cfg = ModelConfig::new("http://localhost:1/v1", "m");
+        assert_eq!(OpenAiChatModel::new(cfg.clone()).unwrap().price(), None);
+        let price = Price {
+            input_per_million: 0.15,
+            output_per_million: 0.6,
+        };
+        let model = OpenAiChatModel::new(ModelConfig {
+            price: Some(price),
+            ..cfg
+        })
+        .unwrap();
+        assert_eq!(model.price(), Some(price));
     }
 }

@@ -26,6 +26,13 @@
 //! they found, stating what could not be done — or says plainly that it
 //! cannot answer. The route event comes once per request, before any tool
 //! event: at once in agentic mode, after the golden look-up in router mode.
+//!
+//! The last event, `usage`, accounts for the request: tokens, tool calls and
+//! wall time, and one `ModelCallUsage` per model call (each agentic step; none
+//! in router mode) with its tokens, wall time and cost, priced with the
+//! model's [`quarry_llm::Price`] (`[model.price]`, USD per 1M tokens). The
+//! request's cost is the sum of its calls'; it is known when every call's
+//! is (a price is configured and the server reported the tokens).
 
 use std::{
     sync::Arc,
@@ -34,16 +41,16 @@ use std::{
 
 use futures::StreamExt;
 use quarry_auth::Principal;
-use quarry_llm::{ChatEvent, ChatModel, ChatRequest, Message, ToolCall, ToolSpec};
+use quarry_llm::{ChatEvent, ChatModel, ChatRequest, Message, Price, ToolCall, ToolSpec};
 use quarry_proto::v1::{
     AnswerDelta, AnswerStatus, AskMode, AskRequest, AskResponse, Citation, CitationKind,
     CollectionInfo, DescribeSchemaRequest, EntityMatchKind, ExecuteSqlRequest, FinalAnswer,
     GenerateSqlRequest, GenerateSqlResponse, ListCollectionsRequest, ListSummaryKindsRequest,
-    ResultDigest, RouteDecided, RowSet, SearchMode, SearchRequest, SearchToolResult, SqlAttempt,
-    SqlSource, SqlToolResult, Started, SummaryToolResult, ToolCallStarted, ToolResult, Usage,
-    ask_response::Event, search_service_client::SearchServiceClient,
-    sql_service_client::SqlServiceClient, summary_service_client::SummaryServiceClient,
-    tool_result::Outcome,
+    ModelCallUsage, ResultDigest, RouteDecided, RowSet, SearchMode, SearchRequest,
+    SearchToolResult, SqlAttempt, SqlSource, SqlToolResult, Started, SummaryToolResult,
+    ToolCallStarted, ToolResult, Usage, ask_response::Event,
+    search_service_client::SearchServiceClient, sql_service_client::SqlServiceClient,
+    summary_service_client::SummaryServiceClient, tool_result::Outcome,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -85,6 +92,11 @@ pub struct Caller {
     pub principal: Principal,
     /// The caller's `authorization` header, forwarded to tool services.
     pub authorization: Option<MetadataValue<Ascii>>,
+    /// The caller's gRPC deadline (`grpc-timeout`), if it set one: the run
+    /// stops at the earlier of it and `orchestrator.deadline_secs`. tonic
+    /// enforces `grpc-timeout` only until the response headers, which a
+    /// streaming `Ask` sends at once, so the run enforces it itself.
+    pub deadline: Option<Duration>,
 }
 
 /// The Assistant: a model (optional) plus tool clients.
@@ -179,6 +191,9 @@ struct Run {
     answer: String,
     citations: Vec<Citation>,
     usage: Usage,
+    /// When the model call in flight (the last of `usage.calls`) was sent;
+    /// `None` between calls.
+    open_call: Option<Instant>,
     preview_rows: usize,
     /// Whether the route event has been emitted.
     routed: bool,
@@ -232,6 +247,7 @@ impl Run {
             answer: String::new(),
             citations: Vec::new(),
             usage: Usage::default(),
+            open_call: None,
             preview_rows,
             routed: false,
             router_calls: 0,
@@ -269,7 +285,11 @@ impl Run {
         if request.preview_rows > 0 {
             self.preview_rows = request.preview_rows.min(config.max_preview_rows) as usize;
         }
-        let deadline = Duration::from_secs(config.deadline_secs);
+        let configured = Duration::from_secs(config.deadline_secs);
+        let deadline = match self.caller.deadline {
+            Some(d) if d < configured => d,
+            _ => configured,
+        };
         let conversation_id = if request.conversation_id.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {
@@ -282,6 +302,7 @@ impl Run {
         if self.emit(Event::Started(started)).await.is_err() {
             return;
         }
+        let closed = self.tx.clone();
         let work = async {
             match self.choose_mode(&request) {
                 (Some(model), why) => {
@@ -291,7 +312,18 @@ impl Run {
                 (None, why) => self.router(&request.question, &why).await,
             }
         };
-        let outcome = match tokio::time::timeout(deadline, work).await {
+        // The client going away must stop the work even while nothing is
+        // being emitted (a tool call running, a model not yet streaming):
+        // dropping `work` drops the in-flight tool RPC, which cancels its
+        // database query, and the model's HTTP stream.
+        let timed = tokio::select! {
+            timed = tokio::time::timeout(deadline, work) => timed,
+            () = closed.closed() => {
+                info!("client went away; stopping");
+                return;
+            }
+        };
+        let outcome = match timed {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(Gone)) => {
                 info!("client went away; stopping");
@@ -299,10 +331,17 @@ impl Run {
             }
             Err(_elapsed) => Ending {
                 status: AnswerStatus::LimitReached,
-                note: Some(format!(
-                    "\n\n(Stopped: the time limit was reached: the deadline of {}s for one question ran out before an answer was complete.)",
-                    deadline.as_secs()
-                )),
+                note: Some(if deadline < configured {
+                    format!(
+                        "\n\n(Stopped: the time limit was reached: the caller's deadline of {} ms ran out before an answer was complete.)",
+                        deadline.as_millis()
+                    )
+                } else {
+                    format!(
+                        "\n\n(Stopped: the time limit was reached: the deadline of {}s for one question ran out before an answer was complete.)",
+                        deadline.as_secs()
+                    )
+                }),
             },
         };
         if !self.routed {
@@ -336,16 +375,54 @@ impl Run {
             status: outcome.status as i32,
         };
         self.emit(Event::FinalAnswer(final_answer)).await?;
+        if let (Some(sent), Some(call)) = (self.open_call.take(), self.usage.calls.last_mut()) {
+            // the deadline cut the call short
+            call.elapsed_ms = sent.elapsed().as_millis() as u64;
+        }
+        self.usage.cost_usd = self.usage.calls.iter().map(|c| c.cost_usd).sum();
+        self.usage.cost_known = self.usage.calls.iter().all(|c| c.cost_known);
         self.usage.elapsed_ms = self.started.elapsed().as_millis() as u64;
         info!(
             status = ?outcome.status,
             model_calls = self.usage.model_calls,
             tool_calls = self.usage.tool_calls,
             total_tokens = self.usage.total_tokens,
+            cost_usd = self.usage.cost_known.then_some(self.usage.cost_usd),
             elapsed_ms = self.usage.elapsed_ms,
             "ask finished"
         );
-        self.emit(Event::Usage(self.usage)).await
+        let usage = std::mem::take(&mut self.usage);
+        self.emit(Event::Usage(usage)).await
+    }
+
+    /// Starts the accounting of model call number `step` (from 1).
+    fn model_call_sent(&mut self, step: u32) {
+        self.usage.model_calls += 1;
+        self.usage.calls.push(ModelCallUsage {
+            step,
+            ..ModelCallUsage::default()
+        });
+        self.open_call = Some(Instant::now());
+    }
+
+    /// Accounts an event of the model call in flight: its wall time so far
+    /// and, for the usage event, its tokens and their cost at `price`.
+    fn model_call_event(&mut self, usage: Option<quarry_llm::Usage>, price: Option<Price>) {
+        let (Some(sent), Some(call)) = (self.open_call, self.usage.calls.last_mut()) else {
+            return;
+        };
+        call.elapsed_ms = sent.elapsed().as_millis() as u64;
+        let Some(u) = usage else {
+            return;
+        };
+        call.prompt_tokens = u64::from(u.prompt_tokens);
+        call.completion_tokens = u64::from(u.completion_tokens);
+        call.total_tokens = u64::from(u.total_tokens);
+        call.cost_known = price.is_some();
+        call.cost_usd = price.map_or(0.0, |p| p.cost_usd(u));
+        self.usage.prompt_tokens += call.prompt_tokens;
+        self.usage.completion_tokens += call.completion_tokens;
+        self.usage.total_tokens += call.total_tokens;
     }
 
     /// The model for agentic mode, or `None` for router mode, with the
@@ -757,25 +834,27 @@ impl Run {
         ];
         let max_steps = self.assistant.config.max_steps;
         let max_tokens = self.assistant.config.max_tokens;
-        for _step in 0..max_steps {
+        let price = model.price();
+        for step in 1..=max_steps {
             let mut stream = model.chat_stream(ChatRequest::new(messages.clone(), tools.clone()));
-            self.usage.model_calls += 1;
+            self.model_call_sent(step);
             let mut content = String::new();
             let mut calls = Vec::new();
             while let Some(event) = stream.next().await {
+                let usage = match &event {
+                    Ok(ChatEvent::Usage(u)) => Some(*u),
+                    _ => None,
+                };
+                self.model_call_event(usage, price);
                 match event {
                     Ok(ChatEvent::ContentDelta(text)) => {
                         content.push_str(&text);
                         self.delta(&text).await?;
                     }
                     Ok(ChatEvent::ToolCall(call)) => calls.push(call),
-                    Ok(ChatEvent::Finished { .. }) => {}
-                    Ok(ChatEvent::Usage(u)) => {
-                        self.usage.prompt_tokens += u64::from(u.prompt_tokens);
-                        self.usage.completion_tokens += u64::from(u.completion_tokens);
-                        self.usage.total_tokens += u64::from(u.total_tokens);
-                    }
+                    Ok(ChatEvent::Finished { .. } | ChatEvent::Usage(_)) => {}
                     Err(error) => {
+                        self.open_call = None;
                         warn!(%error, "model call failed");
                         let note = format!("\n\n(The model call failed: {error}.)");
                         return Ok(Ending {
@@ -785,6 +864,7 @@ impl Run {
                     }
                 }
             }
+            self.open_call = None;
             if calls.is_empty() {
                 // the answer is complete; tokens already spent on it do not
                 // take it back

@@ -95,7 +95,7 @@ fn final_answer(events: &[AskResponse]) -> FinalAnswer {
 
 fn usage(events: &[AskResponse]) -> Usage {
     match &events.last().expect("events").event {
-        Some(Event::Usage(u)) => *u,
+        Some(Event::Usage(u)) => u.clone(),
         other => panic!("the last event is usage: {other:?}"),
     }
 }

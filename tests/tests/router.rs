@@ -148,7 +148,7 @@ fn final_answer(events: &[AskResponse]) -> FinalAnswer {
 
 fn usage(events: &[AskResponse]) -> Usage {
     match &events.last().unwrap().event {
-        Some(Event::Usage(u)) => *u,
+        Some(Event::Usage(u)) => u.clone(),
         other => panic!("usage last: {other:?}"),
     }
 }
