@@ -20,7 +20,8 @@ use std::{
 use flate2::{Compression, read::GzDecoder, write::GzEncoder};
 use futures::StreamExt;
 use quarry_proto::v1::{
-    AskRequest, AskResponse, assistant_service_client::AssistantServiceClient,
+    AskRequest, AskResponse, ListSummaryKindsRequest, ListSummaryKindsResponse,
+    ask_response::Event, assistant_service_client::AssistantServiceClient,
     search_service_client::SearchServiceClient, sql_service_client::SqlServiceClient,
     summary_service_client::SummaryServiceClient,
 };
@@ -316,4 +317,48 @@ pub fn ask(question: &str) -> AskRequest {
         question: question.to_string(),
         ..Default::default()
     }
+}
+
+/// How long a server's start-up summary build may take on a shared machine
+/// (a bound on a wait, not a speed assertion).
+pub const SUMMARIES_READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Polls `ListSummaryKinds` until the start-up summary build has finished
+/// (its report is listed), for a server started with [`Options::summaries`].
+pub async fn wait_until_summaries_built(server: &TestServer) -> ListSummaryKindsResponse {
+    let deadline = std::time::Instant::now() + SUMMARIES_READY_TIMEOUT;
+    loop {
+        let response = server
+            .summaries()
+            .list_summary_kinds(authed(ListSummaryKindsRequest {}, &token("t1")))
+            .await;
+        match response {
+            Ok(r) if r.get_ref().last_build.is_some() => return r.into_inner(),
+            other if std::time::Instant::now() > deadline => panic!(
+                "the start-up build did not finish within {SUMMARIES_READY_TIMEOUT:?}: {other:?}"
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The kinds of the events, in order, a run of answer deltas collapsed to one.
+pub fn event_kinds(events: &[AskResponse]) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for e in events {
+        let k = match &e.event {
+            Some(Event::Started(_)) => "started",
+            Some(Event::Route(_)) => "route",
+            Some(Event::ToolCallStarted(_)) => "tool_call_started",
+            Some(Event::ToolResult(_)) => "tool_result",
+            Some(Event::AnswerDelta(_)) => "answer_delta",
+            Some(Event::FinalAnswer(_)) => "final_answer",
+            Some(Event::Usage(_)) => "usage",
+            None => "empty",
+        };
+        if !(k == "answer_delta" && out.last() == Some(&"answer_delta")) {
+            out.push(k);
+        }
+    }
+    out
 }

@@ -5,19 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quarry_llm::testing::{ScriptedServer, ScriptedToolCall, ScriptedTurn};
 use quarry_proto::v1::{
-    AnswerStatus, AskResponse, Citation, CitationKind, FinalAnswer, ListSummaryKindsRequest,
-    ToolCallStarted, ToolResult, Usage, ask_response::Event, tool_result::Outcome, value::Kind,
+    AnswerStatus, AskResponse, Citation, CitationKind, FinalAnswer, ToolCallStarted, ToolResult,
+    Usage, ask_response::Event, tool_result::Outcome, value::Kind,
 };
-use quarry_tests::{Options, SLICE_LINES, TestServer, ask, ask_all, authed, token};
+use quarry_tests::{Options, SLICE_LINES, TestServer, ask, ask_all};
 use serde_json::Value as Json;
-
-/// How long the start-up summary build may take on a shared machine; nothing
-/// here asserts on speed.
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 async fn start(model: &ScriptedServer, extra_toml: &str) -> TestServer {
     TestServer::start(Options {
@@ -26,24 +22,6 @@ async fn start(model: &ScriptedServer, extra_toml: &str) -> TestServer {
         ..Default::default()
     })
     .await
-}
-
-/// Polls `ListSummaryKinds` until the start-up build has finished.
-async fn wait_until_built(server: &TestServer) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let response = server
-            .summaries()
-            .list_summary_kinds(authed(ListSummaryKindsRequest {}, &token("t1")))
-            .await;
-        match response {
-            Ok(r) if r.get_ref().last_build.is_some() => return,
-            other if Instant::now() > deadline => {
-                panic!("the start-up build did not finish within {READY_TIMEOUT:?}: {other:?}")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 fn started_calls(events: &[AskResponse]) -> Vec<ToolCallStarted> {
@@ -164,7 +142,7 @@ async fn two_calls_in_one_step_both_run_and_come_back_in_call_order() {
         ..Default::default()
     })
     .await;
-    wait_until_built(&server).await;
+    quarry_tests::wait_until_summaries_built(&server).await;
 
     let events = ask_all(
         &server,

@@ -11,26 +11,6 @@ use quarry_proto::v1::{
 };
 use quarry_tests::{Options, SLICE_LINES, TestServer, ask, ask_all};
 
-fn kinds(events: &[AskResponse]) -> Vec<&'static str> {
-    let mut out: Vec<&'static str> = Vec::new();
-    for e in events {
-        let k = match e.event.as_ref().unwrap() {
-            Event::Started(_) => "started",
-            Event::Route(_) => "route",
-            Event::ToolCallStarted(_) => "tool_call_started",
-            Event::ToolResult(_) => "tool_result",
-            Event::AnswerDelta(_) => "answer_delta",
-            Event::FinalAnswer(_) => "final_answer",
-            Event::Usage(_) => "usage",
-        };
-        // collapse runs of deltas
-        if !(k == "answer_delta" && out.last() == Some(&"answer_delta")) {
-            out.push(k);
-        }
-    }
-    out
-}
-
 fn final_answer(events: &[AskResponse]) -> quarry_proto::v1::FinalAnswer {
     events
         .iter()
@@ -73,7 +53,7 @@ async fn agentic_tool_call_runs_sql_and_streams_the_answer() {
         .await
         .unwrap();
     assert_eq!(
-        kinds(&events),
+        quarry_tests::event_kinds(&events),
         [
             "started",
             "route",
@@ -243,7 +223,7 @@ async fn router_mode_answers_a_golden_question_from_the_data() {
         .await
         .unwrap();
     assert_eq!(
-        kinds(&events),
+        quarry_tests::event_kinds(&events),
         [
             "started",
             "route",
@@ -279,7 +259,7 @@ async fn router_mode_says_plainly_when_it_cannot_answer() {
     .await
     .unwrap();
     assert_eq!(
-        kinds(&events),
+        quarry_tests::event_kinds(&events),
         ["started", "route", "answer_delta", "final_answer", "usage"]
     );
     let answer = final_answer(&events);

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::{
     AnswerStatus, AskMode, AskRequest, AskResponse, CitationKind, FinalAnswer, GetSummariesRequest,
-    ListCollectionsRequest, ListSummaryKindsRequest, RouteDecided, SearchToolResult,
-    SummaryToolResult, ToolResult, Usage, ask_response::Event, tool_result::Outcome, value::Kind,
+    ListCollectionsRequest, RouteDecided, SearchToolResult, SummaryToolResult, ToolResult, Usage,
+    ask_response::Event, tool_result::Outcome, value::Kind,
 };
 use quarry_tests::{Options, SLICE_LINES, TestServer, ask, ask_all, authed, token};
 
@@ -30,27 +30,9 @@ async fn start() -> TestServer {
         ..Default::default()
     })
     .await;
-    wait_until_built(&server).await;
+    quarry_tests::wait_until_summaries_built(&server).await;
     wait_until_indexed(&server).await;
     server
-}
-
-/// Polls `ListSummaryKinds` until the start-up build has finished.
-async fn wait_until_built(server: &TestServer) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let response = server
-            .summaries()
-            .list_summary_kinds(authed(ListSummaryKindsRequest {}, &token("t1")))
-            .await;
-        match response {
-            Ok(r) if r.get_ref().last_build.is_some() => return,
-            other if Instant::now() > deadline => {
-                panic!("the start-up build did not finish within {READY_TIMEOUT:?}: {other:?}")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 /// Polls `ListCollections` until the index holds every source row.
@@ -74,26 +56,6 @@ async fn wait_until_indexed(server: &TestServer) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn kinds(events: &[AskResponse]) -> Vec<&'static str> {
-    let mut out: Vec<&'static str> = Vec::new();
-    for e in events {
-        let k = match e.event.as_ref().unwrap() {
-            Event::Started(_) => "started",
-            Event::Route(_) => "route",
-            Event::ToolCallStarted(_) => "tool_call_started",
-            Event::ToolResult(_) => "tool_result",
-            Event::AnswerDelta(_) => "answer_delta",
-            Event::FinalAnswer(_) => "final_answer",
-            Event::Usage(_) => "usage",
-        };
-        // collapse runs of deltas
-        if !(k == "answer_delta" && out.last() == Some(&"answer_delta")) {
-            out.push(k);
-        }
-    }
-    out
 }
 
 /// The one route event.
@@ -213,7 +175,7 @@ async fn a_trend_question_is_answered_from_summaries() {
     .await
     .unwrap();
     assert_eq!(
-        kinds(&events),
+        quarry_tests::event_kinds(&events),
         [
             "started",
             "route",
@@ -322,7 +284,7 @@ async fn a_descriptive_question_is_answered_from_search() {
     .await
     .unwrap();
     assert_eq!(
-        kinds(&events),
+        quarry_tests::event_kinds(&events),
         [
             "started",
             "route",
@@ -417,7 +379,7 @@ async fn a_compound_question_runs_both_pipelines() {
     .await
     .unwrap();
     assert_eq!(
-        kinds(&events),
+        quarry_tests::event_kinds(&events),
         [
             "started",
             "route",
@@ -487,7 +449,7 @@ async fn a_golden_question_still_routes_to_golden_sql() {
     .await
     .unwrap();
     assert_eq!(
-        kinds(&events),
+        quarry_tests::event_kinds(&events),
         [
             "started",
             "route",
@@ -530,7 +492,7 @@ async fn small_talk_is_unanswered_with_the_reason() {
     let server = start().await;
     let events = ask_all(&server, ask("hello there")).await.unwrap();
     assert_eq!(
-        kinds(&events),
+        quarry_tests::event_kinds(&events),
         ["started", "route", "answer_delta", "final_answer", "usage"]
     );
     let decided = route(&events);

@@ -8,23 +8,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::{
     BuildReport, BuildSummariesRequest, CitationKind, EntityMatchKind, GetSummariesRequest,
-    GetSummariesResponse, ListSummaryKindsRequest, ListSummaryKindsResponse,
-    SearchSummariesRequest, Summary, ask_response::Event, build_summaries_response,
-    tool_result::Outcome,
+    GetSummariesResponse, SearchSummariesRequest, Summary, ask_response::Event,
+    build_summaries_response, tool_result::Outcome,
 };
 use quarry_tests::{Options, TestServer, ask, ask_all, authed, token, token_with_scopes};
 use serde_json::Value as Json;
 use tonic::Code;
-
-/// How long the start-up build may take on a shared machine; nothing here
-/// asserts on speed.
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 async fn start() -> TestServer {
     TestServer::start(Options {
@@ -32,24 +26,6 @@ async fn start() -> TestServer {
         ..Default::default()
     })
     .await
-}
-
-/// Polls `ListSummaryKinds` until the start-up build has finished.
-async fn wait_until_built(server: &TestServer) -> ListSummaryKindsResponse {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let response = server
-            .summaries()
-            .list_summary_kinds(authed(ListSummaryKindsRequest {}, &token("t1")))
-            .await;
-        match response {
-            Ok(r) if r.get_ref().last_build.is_some() => return r.into_inner(),
-            other if Instant::now() > deadline => {
-                panic!("the start-up build did not finish within {READY_TIMEOUT:?}: {other:?}")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 async fn get(server: &TestServer, kind: &str, entity: &str) -> GetSummariesResponse {
@@ -164,7 +140,7 @@ fn points(series: &Json) -> Vec<(i64, i64)> {
 #[tokio::test]
 async fn built_at_start_up_with_figures_that_match_independent_sql() {
     let server = start().await;
-    let listed = wait_until_built(&server).await;
+    let listed = quarry_tests::wait_until_summaries_built(&server).await;
     let report = listed.last_build.clone().unwrap();
     assert_eq!(report.failed, 0, "{:?}", report.failures);
     assert_eq!(report.trigger, "startup");
@@ -307,7 +283,7 @@ fn thousands(n: i64) -> String {
 #[tokio::test]
 async fn rebuilds_skip_unchanged_entities_and_reproduce_identical_text() {
     let server = start().await;
-    wait_until_built(&server).await;
+    quarry_tests::wait_until_summaries_built(&server).await;
     let before = all_summaries(&server).await;
     assert!(before.len() > 10, "{} summaries", before.len());
 
@@ -417,7 +393,7 @@ async fn rebuilds_skip_unchanged_entities_and_reproduce_identical_text() {
 #[tokio::test]
 async fn entities_resolve_fuzzily_and_unknown_ones_name_the_closest() {
     let server = start().await;
-    wait_until_built(&server).await;
+    quarry_tests::wait_until_summaries_built(&server).await;
     let (id, name, _) = busiest_artist(&server).await;
 
     // a typo in the last name still finds the artist
@@ -552,7 +528,7 @@ async fn a_definition_whose_sql_fails_is_refused_at_start_up_with_its_name() {
 async fn the_model_gets_summaries_and_the_answer_cites_them() {
     // find the artist first, on a server without a model
     let probe = start().await;
-    wait_until_built(&probe).await;
+    quarry_tests::wait_until_summaries_built(&probe).await;
     let (id, name, works) = busiest_artist(&probe).await;
     probe.stop().await;
 
@@ -569,7 +545,7 @@ async fn the_model_gets_summaries_and_the_answer_cites_them() {
         ..Default::default()
     })
     .await;
-    wait_until_built(&server).await;
+    quarry_tests::wait_until_summaries_built(&server).await;
     let events = ask_all(&server, ask(&format!("How has the Tate collected {name}?")))
         .await
         .unwrap();
