@@ -180,6 +180,13 @@ pub async fn ask(
             Event::FinalAnswer(f) => {
                 status = AnswerStatus::try_from(f.status).unwrap_or(AnswerStatus::Unspecified);
                 writeln!(out, "» status: {}", status.as_str_name())?;
+                if !f.ungrounded_numbers.is_empty() {
+                    writeln!(
+                        out,
+                        "» numbers in no tool result: {}",
+                        f.ungrounded_numbers.join(", ")
+                    )?;
+                }
                 for c in &f.citations {
                     let what = if c.sql.is_empty() {
                         &c.source_id

@@ -199,6 +199,9 @@ struct Run {
     routed: bool,
     /// Tool calls router mode has made (its call ids are `call_1`, `call_2`, …).
     router_calls: u32,
+    /// What a model-written answer may take numbers from: the question and
+    /// every tool result as the model was shown it; `None` in router mode.
+    evidence: Option<Vec<String>>,
 }
 
 /// What one tool call produced: its result (or the error message, which the
@@ -251,6 +254,7 @@ impl Run {
             preview_rows,
             routed: false,
             router_calls: 0,
+            evidence: None,
         }
     }
 
@@ -366,13 +370,22 @@ impl Run {
     }
 
     async fn finish(&mut self, outcome: Ending) -> Result<(), Gone> {
+        // the model's text only: Quarry's own note (limits, failures) is not checked
+        let ungrounded_numbers = match &self.evidence {
+            Some(evidence) => crate::grounding::ungrounded(&self.answer, evidence),
+            None => Vec::new(),
+        };
         if let Some(note) = outcome.note {
             self.delta(&note).await?;
+        }
+        if !ungrounded_numbers.is_empty() {
+            warn!(numbers = ?ungrounded_numbers, "answer states numbers no tool result holds");
         }
         let final_answer = FinalAnswer {
             text: self.answer.clone(),
             citations: std::mem::take(&mut self.citations),
             status: outcome.status as i32,
+            ungrounded_numbers,
         };
         self.emit(Event::FinalAnswer(final_answer)).await?;
         if let (Some(sent), Some(call)) = (self.open_call.take(), self.usage.calls.last_mut()) {
@@ -806,6 +819,7 @@ impl Run {
     /// (`max_tokens`), each with `LIMIT_REACHED` and a note naming it; the
     /// wall-time limit is [`Self::execute`]'s.
     async fn agentic(&mut self, model: Arc<dyn ChatModel>, question: &str) -> Result<Ending, Gone> {
+        self.evidence = Some(vec![question.to_string()]);
         let schema = match self.schema_text().await {
             Ok(schema) => schema,
             Err(status) => {
@@ -899,6 +913,9 @@ impl Run {
             // one tool message per call id, in the model's call order; the
             // citations in the same order, whatever order the calls finished in
             for (call, called) in calls.iter().zip(outputs) {
+                if let Some(evidence) = self.evidence.as_mut() {
+                    evidence.push(called.for_model.clone());
+                }
                 messages.push(Message::tool(call.id.clone(), called.for_model));
                 self.citations.extend(called.citations);
             }

@@ -11,6 +11,7 @@
 //!   collections, model arguments → `SearchRequest`, hits for the model;
 //! - [`summary`]: the `get_summaries` tool: its spec from the declared
 //!   kinds, model arguments → look-up or search, summaries for the model;
+//! - [`grounding`]: numbers in a model's answer that no tool result holds;
 //! - [`render`]: text rendering of typed rows for answers, the model and the CLI.
 //!
 //! Tools are reached through their generated gRPC clients whether they run in
@@ -19,6 +20,7 @@
 
 pub mod assistant;
 pub mod config;
+pub mod grounding;
 pub mod grpc;
 pub mod render;
 pub mod router;

@@ -520,3 +520,26 @@ async fn a_tool_that_was_not_offered_is_refused_and_the_model_recovers() {
     assert_eq!(cited_calls(&answer.citations), ["call_sql"]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn numbers_no_tool_result_holds_are_flagged_in_the_final_answer() {
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_call(
+            "query_database",
+            r#"{"sql": "SELECT count(*) AS works FROM tate.artworks"}"#,
+        ),
+        ScriptedTurn::text(format!(
+            "The collection holds {SLICE_LINES} works in this slice, 4,321 of them paintings, since 1950."
+        )),
+    ])
+    .await;
+    let server = start(&model, "").await;
+    let events = ask_all(&server, ask("How many works are there since 1950?"))
+        .await
+        .unwrap();
+    let answer = final_answer(&events);
+    assert_eq!(answer.status, AnswerStatus::Answered as i32, "{answer:?}");
+    // 300 comes from the tool result and 1950 from the question; 4,321 from nowhere
+    assert_eq!(answer.ungrounded_numbers, ["4,321"], "{}", answer.text);
+    server.stop().await;
+}
