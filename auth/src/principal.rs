@@ -23,6 +23,19 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The principal [`crate::AuthLayer`] put on `request`.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED` when there is none (a service served without the
+    /// auth layer).
+    pub fn of<T>(request: &tonic::Request<T>) -> std::result::Result<Principal, tonic::Status> {
+        request
+            .extensions()
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| tonic::Status::unauthenticated("no principal on the request"))
+    }
+
     /// Whether the principal holds `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope)

@@ -11,7 +11,6 @@ use quarry_proto::v1::{
     AnswerStatus, AskMode, AskRequest, AttemptStage, ask_response::Event,
     assistant_service_client::AssistantServiceClient, tool_result::Outcome,
 };
-use tonic::metadata::MetadataValue;
 
 /// Characters per cell in printed tables.
 const CELL_CHARS: usize = 60;
@@ -31,11 +30,7 @@ pub async fn ask(
     let mut client = AssistantServiceClient::connect(server.to_string())
         .await
         .with_context(|| format!("cannot connect to {server}"))?;
-    let mut call = tonic::Request::new(request);
-    let bearer: MetadataValue<_> = format!("Bearer {token}")
-        .parse()
-        .context("the token contains characters not allowed in a header")?;
-    call.metadata_mut().insert("authorization", bearer);
+    let call = crate::bearer_request(request, token)?;
     let mut stream = client
         .ask(call)
         .await
@@ -232,12 +227,7 @@ pub async fn search(
     let mut client = SearchServiceClient::connect(server.to_string())
         .await
         .with_context(|| format!("cannot connect to {server}"))?;
-    let mut call = tonic::Request::new(request);
-    call.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {token}"))
-            .context("token is not valid header text")?,
-    );
+    let call = crate::bearer_request(request, token)?;
     let response = client
         .search(call)
         .await

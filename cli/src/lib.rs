@@ -42,6 +42,21 @@ use tracing::{info, warn};
 
 pub use config::Config;
 
+/// `message` as a gRPC request carrying `authorization: Bearer <token>`.
+///
+/// # Errors
+/// The token holds characters a header may not.
+pub fn bearer_request<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .context("the token contains characters not allowed in a header")?,
+    );
+    Ok(request)
+}
+
 /// A connection pool for `url` of at most `size` connections; a request
 /// waits at most `wait` for one (no TLS: the development server has none;
 /// put TLS termination in front for remote databases until TLS lands).

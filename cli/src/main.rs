@@ -419,14 +419,7 @@ impl ClientArgs {
     }
 
     fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
-        let mut request = tonic::Request::new(message);
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.token)
-                .parse()
-                .context("the token contains characters not allowed in a header")?,
-        );
-        Ok(request)
+        quarry::bearer_request(message, &self.token)
     }
 }
 

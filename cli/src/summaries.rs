@@ -11,7 +11,7 @@ use quarry_proto::v1::{
     SearchSummariesRequest, Summary, summary_service_client::SummaryServiceClient,
 };
 use quarry_summary::BuildOptions;
-use tonic::{metadata::MetadataValue, transport::Channel};
+use tonic::transport::Channel;
 
 use crate::Config;
 
@@ -89,14 +89,13 @@ async fn client(server: &str) -> anyhow::Result<SummaryServiceClient<Channel>> {
         .with_context(|| format!("cannot connect to {server}"))
 }
 
-fn authed<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut call = tonic::Request::new(message);
-    call.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {token}"))
-            .context("token is not valid header text")?,
-    );
-    Ok(call)
+/// `2026-11-21 04:52:48 UTC`, or `missing` without a time.
+fn utc(t: Option<&prost_types::Timestamp>, missing: &str) -> String {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+        .map_or_else(
+            || missing.to_string(),
+            |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        )
 }
 
 fn status_error(status: tonic::Status) -> anyhow::Error {
@@ -111,13 +110,7 @@ fn write_summary(out: &mut impl Write, s: &Summary, facts: bool) -> anyhow::Resu
         s.entity_name,
         s.kind,
         s.entity_key,
-        s.computed_at
-            .as_ref()
-            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
-            .map_or_else(
-                || "?".to_string(),
-                |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-            ),
+        utc(s.computed_at.as_ref(), "?"),
         s.age_seconds,
         if s.last_error.is_empty() {
             String::new()
@@ -156,7 +149,7 @@ pub async fn show(
 ) -> anyhow::Result<()> {
     let response = client(server)
         .await?
-        .get_summaries(authed(
+        .get_summaries(crate::bearer_request(
             GetSummariesRequest {
                 kind: kind.unwrap_or_default(),
                 entity: entity.unwrap_or_default(),
@@ -208,7 +201,10 @@ pub async fn search(
 ) -> anyhow::Result<()> {
     let response = client(server)
         .await?
-        .search_summaries(authed(SearchSummariesRequest { query, kinds, k }, token)?)
+        .search_summaries(crate::bearer_request(
+            SearchSummariesRequest { query, kinds, k },
+            token,
+        )?)
         .await
         .map_err(status_error)?
         .into_inner();
@@ -235,7 +231,7 @@ pub async fn search(
 pub async fn status(server: &str, token: &str, out: &mut impl Write) -> anyhow::Result<()> {
     let response = client(server)
         .await?
-        .list_summary_kinds(authed(ListSummaryKindsRequest {}, token)?)
+        .list_summary_kinds(crate::bearer_request(ListSummaryKindsRequest {}, token)?)
         .await
         .map_err(status_error)?
         .into_inner();
@@ -247,13 +243,7 @@ pub async fn status(server: &str, token: &str, out: &mut impl Write) -> anyhow::
             k.summaries,
             k.failed,
             k.entity,
-            k.oldest_checked_at
-                .as_ref()
-                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
-                .map_or_else(
-                    || "never".to_string(),
-                    |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-                )
+            utc(k.oldest_checked_at.as_ref(), "never")
         )?;
     }
     match &response.last_build {

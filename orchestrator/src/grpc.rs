@@ -88,11 +88,7 @@ impl AssistantService for AssistantGrpc {
 
     #[instrument(skip(self, request))]
     async fn ask(&self, request: Request<AskRequest>) -> Result<Response<AskStream>, Status> {
-        let principal = request
-            .extensions()
-            .get::<Principal>()
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("no principal on the request"))?;
+        let principal = Principal::of(&request)?;
         let authorization = request.metadata().get("authorization").cloned();
         let deadline = match request.metadata().get("grpc-timeout") {
             None => None,

@@ -43,14 +43,6 @@ impl SqlGrpc {
     }
 }
 
-fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
-    request
-        .extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("no principal on the request"))
-}
-
 fn check_sql(sql: &str) -> Result<(), Status> {
     if sql.trim().is_empty() {
         return Err(bad_request("sql", "must not be empty"));
@@ -278,7 +270,7 @@ impl SqlService for SqlGrpc {
         &self,
         request: Request<pb::ValidateSqlRequest>,
     ) -> Result<Response<pb::ValidateSqlResponse>, Status> {
-        principal(&request)?;
+        Principal::of(&request)?;
         let sql = request.into_inner().sql;
         check_sql(&sql)?;
         let response = match self.tool.validate_async(&sql).await {
@@ -301,7 +293,7 @@ impl SqlService for SqlGrpc {
         &self,
         request: Request<pb::ExecuteSqlRequest>,
     ) -> Result<Response<pb::ExecuteSqlResponse>, Status> {
-        principal(&request)?;
+        Principal::of(&request)?;
         let request = request.into_inner();
         check_sql(&request.sql)?;
         let result = self
@@ -324,7 +316,7 @@ impl SqlService for SqlGrpc {
         &self,
         request: Request<pb::DescribeSchemaRequest>,
     ) -> Result<Response<pb::DescribeSchemaResponse>, Status> {
-        principal(&request)?;
+        Principal::of(&request)?;
         let request = request.into_inner();
         let (tables, compact) = self
             .tool
@@ -342,7 +334,7 @@ impl SqlService for SqlGrpc {
         &self,
         request: Request<pb::GenerateSqlRequest>,
     ) -> Result<Response<pb::GenerateSqlResponse>, Status> {
-        principal(&request)?;
+        Principal::of(&request)?;
         let request = request.into_inner();
         if request.question.trim().is_empty() {
             return Err(bad_request("question", "must not be empty"));
@@ -417,7 +409,7 @@ impl SqlService for SqlGrpc {
         &self,
         request: Request<pb::ExplainSqlRequest>,
     ) -> Result<Response<pb::ExplainSqlResponse>, Status> {
-        principal(&request)?;
+        Principal::of(&request)?;
         let sql = request.into_inner().sql;
         check_sql(&sql)?;
         let explained = self.tool.explain(&sql).await.map_err(|e| status_of(&e))?;
@@ -451,7 +443,7 @@ impl SqlService for SqlGrpc {
         &self,
         request: Request<pb::AddGoldenPairRequest>,
     ) -> Result<Response<pb::AddGoldenPairResponse>, Status> {
-        let caller = principal(&request)?;
+        let caller = Principal::of(&request)?;
         caller
             .require_scope(GOLDEN_WRITE_SCOPE)
             .map_err(tonic::Status::from)?;

@@ -8,8 +8,8 @@
 //!    transaction (one snapshot for all of the entity's figures) with
 //!    `SET LOCAL statement_timeout` and, when configured, `SET LOCAL ROLE`;
 //! 2. the **data version** is computed ([`data_version`]): the first 16 hex
-//!    digits of SHA-256 over the kind's fingerprint (its definition, the
-//!    analysis version [`ANALYSIS_VERSION`] and the embedder's model id),
+//!    digits of SHA-256 over the kind's fingerprint (its definition and the
+//!    analysis version [`ANALYSIS_VERSION`]),
 //!    the entity's name and every figure's rows in canonical order
 //!    ([`crate::analysis::canonical_rows`]);
 //! 3. if the stored summary has that version and the build is not forced,
@@ -181,7 +181,7 @@ pub(crate) struct PreparedKind {
     pub(crate) entities_sql: String,
     pub(crate) figures: Vec<PreparedFigure>,
     pub(crate) template: KindTemplate,
-    /// SHA-256 (hex) of the definition, [`ANALYSIS_VERSION`] and the embedder id.
+    /// SHA-256 (hex) of the definition and [`ANALYSIS_VERSION`].
     pub(crate) fingerprint: String,
 }
 
@@ -257,9 +257,10 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// SHA-256 (hex) of a kind's definition (canonical JSON), [`ANALYSIS_VERSION`]
-/// and the embedder's model id (empty without one).
-pub(crate) fn fingerprint(kind: &KindConfig, embedder: Option<&str>) -> String {
+/// SHA-256 (hex) of a kind's definition (canonical JSON) and
+/// [`ANALYSIS_VERSION`]. The embedder is not part of it: texts do not depend
+/// on it, and the embedding phase re-embeds whatever another embedder made.
+pub(crate) fn fingerprint(kind: &KindConfig) -> String {
     let definition = serde_json::to_value(kind)
         .map(|v| analysis::canonical_json(&v))
         .unwrap_or_default();
@@ -267,8 +268,6 @@ pub(crate) fn fingerprint(kind: &KindConfig, embedder: Option<&str>) -> String {
     hasher.update(definition.as_bytes());
     hasher.update([0]);
     hasher.update(ANALYSIS_VERSION.to_be_bytes());
-    hasher.update([0]);
-    hasher.update(embedder.unwrap_or_default().as_bytes());
     hex(&hasher.finalize())
 }
 
@@ -299,7 +298,6 @@ pub fn data_version(fingerprint: &str, name: &str, figures: &[(&str, &FigureRows
 pub(crate) async fn prepare_kind(
     client: &impl tokio_postgres::GenericClient,
     kind: &KindConfig,
-    embedder: Option<&str>,
 ) -> Result<PreparedKind> {
     let name = kind.name.as_str();
     let fail = |figure: Option<&str>, m: String| {
@@ -414,7 +412,7 @@ pub(crate) async fn prepare_kind(
         entities_sql,
         figures,
         template,
-        fingerprint: fingerprint(kind, embedder),
+        fingerprint: fingerprint(kind),
     })
 }
 
@@ -590,8 +588,7 @@ impl SummaryTool {
             }
         };
         let mut after: Option<(String, String)> = None;
-        let mut done = 0;
-        while done < total {
+        while report.embedded < total {
             let step = async {
                 let client = self.pool.get().await?;
                 let batch = store::unembedded(
@@ -624,11 +621,10 @@ impl SummaryTool {
             match step.await {
                 Ok(Some((last, n))) => {
                     after = Some(last);
-                    done += n as u64;
                     report.embedded += n as u64;
                     progress(BuildProgressEvent {
                         kind: "embeddings".to_owned(),
-                        done: done.min(total),
+                        done: report.embedded.min(total),
                         total,
                     });
                 }
@@ -636,7 +632,8 @@ impl SummaryTool {
                 Err(e) => {
                     tracing::warn!(error = %e, "embedding summaries failed; the next build carries on");
                     report.warnings.push(format!(
-                        "embedding summaries stopped after {done} of {total}: {e}; the next build carries on"
+                        "embedding summaries stopped after {} of {total}: {e}; the next build carries on",
+                        report.embedded
                     ));
                     break;
                 }

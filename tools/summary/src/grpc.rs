@@ -93,14 +93,6 @@ pub fn status_of(error: &SummaryError) -> Status {
     }
 }
 
-fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
-    request
-        .extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("no principal on the request"))
-}
-
 fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
@@ -305,7 +297,7 @@ impl SummaryService for SummaryGrpc {
         &self,
         request: Request<pb::BuildSummariesRequest>,
     ) -> Result<Response<Self::BuildSummariesStream>, Status> {
-        let caller = principal(&request)?;
+        let caller = Principal::of(&request)?;
         caller.require_scope(BUILD_SCOPE).map_err(Status::from)?;
         let options = build_options_from_proto(request.get_ref()).map_err(|e| status_of(&e))?;
         let (tx, rx) = tokio::sync::mpsc::channel(BUILD_EVENTS);

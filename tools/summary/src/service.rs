@@ -247,10 +247,9 @@ impl SummaryTool {
                 })?;
             tx.rollback().await?;
         }
-        let model = embedder.as_ref().map(|e| e.model_id().to_owned());
         let mut kinds = Vec::with_capacity(config.kinds.len());
         for kind in &config.kinds {
-            kinds.push(prepare_kind(&**client, kind, model.as_deref()).await?);
+            kinds.push(prepare_kind(&**client, kind).await?);
         }
         drop(client);
         Ok(SummaryTool {

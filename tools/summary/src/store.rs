@@ -170,8 +170,6 @@ pub fn summary_from_row(row: &Row, now: DateTime<Utc>) -> Result<Summary> {
 pub struct Existing {
     /// Its data version.
     pub data_version: String,
-    /// Model id of its embedding, if it has one.
-    pub embedder: Option<String>,
 }
 
 /// The stored summaries of `kind`: key → [`Existing`].
@@ -184,8 +182,7 @@ pub async fn existing(
 ) -> Result<std::collections::HashMap<String, Existing>> {
     let rows = client
         .query(
-            "SELECT entity_key, data_version, CASE WHEN embedding IS NULL THEN NULL ELSE embedder END \
-             FROM quarry.summaries WHERE kind = $1",
+            "SELECT entity_key, data_version FROM quarry.summaries WHERE kind = $1",
             &[&kind],
         )
         .await?;
@@ -195,7 +192,6 @@ pub async fn existing(
                 row.try_get(0)?,
                 Existing {
                     data_version: row.try_get(1)?,
-                    embedder: row.try_get(2)?,
                 },
             ))
         })
@@ -335,9 +331,9 @@ pub async fn unembedded(
         .query(
             "SELECT kind, entity_key, text FROM quarry.summaries \
              WHERE (embedding IS NULL OR embedder IS DISTINCT FROM $1) \
-               AND ($2 = '' OR (kind, entity_key) > ($3, $4)) \
-             ORDER BY kind, entity_key LIMIT $5",
-            &[&model, &kind, &kind, &key, &limit],
+               AND ($2 = '' OR (kind, entity_key) > ($2, $3)) \
+             ORDER BY kind, entity_key LIMIT $4",
+            &[&model, &kind, &key, &limit],
         )
         .await?;
     Ok(rows
