@@ -133,6 +133,24 @@ for q in "${questions[@]}"; do
   "$QUARRY" ask --preview-rows 12 "$q"
 done
 
+# A conversation: a known question, then two follow-ups that narrow its SQL
+# (router mode rewrites the previous turn's query; a model would be shown the
+# earlier turns instead), then the stored turns.
+section "A conversation: quarry ask, then two follow-ups with --conversation"
+first=$("$QUARRY" ask --preview-rows 10 "What are the 10 most common mediums?")
+printf '%s\n' "$first"
+conversation=$(printf '%s\n' "$first" | sed -n 's/^» conversation //p' | head -n 1)
+[[ -n "$conversation" ]] || {
+  echo "demo: quarry ask printed no conversation id" >&2
+  exit 1
+}
+for follow_up in "now only works acquired after 2000" "top 5 only"; do
+  section "quarry ask --conversation $conversation \"$follow_up\""
+  "$QUARRY" ask --conversation "$conversation" --preview-rows 10 "$follow_up"
+done
+section "quarry conversations show $conversation"
+"$QUARRY" conversations show "$conversation"
+
 section "Stop"
 kill -TERM "$server_pid"
 wait "$server_pid" || true

@@ -1,12 +1,17 @@
-//! `quarry bench`: load generators for the search tool's latency figures.
+//! `quarry bench`: load generators for the search tool's latency figures
+//! and the orchestrator's overhead.
 //!
 //! Speed targets are measured here, never by timed assertions in tests:
 //! - [`search`]: search latency per mode × filter on a configured collection
 //!   (e.g. Tate's `artworks`) or a [`synthetic`] one of any size, BM25
 //!   indexing and embedding throughput, query embedding time apart;
 //! - [`freshness`]: commit → searchable latency with the sync and the index
-//!   follower running in-process.
+//!   follower running in-process;
+//! - [`ask`]: the orchestrator's own overhead per `Ask` (end-to-end minus
+//!   model and database time) under N concurrent streams against a scripted
+//!   model with a fixed latency, with throughput and peak memory.
 
+pub mod ask;
 pub mod freshness;
 pub mod search;
 pub mod synthetic;

@@ -1,7 +1,8 @@
 //! Quarry's configuration: one TOML file plus `QUARRY__SECTION__KEY`
 //! environment overrides (e.g. `QUARRY__DATABASE__URL`,
-//! `QUARRY__MODEL__BASE_URL`), merged by figment. Every section rejects
-//! unknown keys, so a typo fails start-up instead of being ignored.
+//! `QUARRY__MODEL__BASE_URL`, `QUARRY__MODELS__ROUTING__MODEL`), merged by
+//! figment. Every section rejects unknown keys, so a typo fails start-up
+//! instead of being ignored.
 
 use std::{net::SocketAddr, path::Path};
 
@@ -10,7 +11,7 @@ use figment::{
     providers::{Env, Format, Serialized, Toml},
 };
 use quarry_auth::AuthConfig;
-use quarry_llm::{ModelConfig, embed::EmbeddingConfig};
+use quarry_llm::{LlmError, ModelConfig, ModelsConfig, TaskModels, embed::EmbeddingConfig};
 use quarry_orchestrator::OrchestratorConfig;
 use quarry_search::SearchConfig;
 use quarry_search_sync::SyncConfig;
@@ -33,9 +34,16 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// JWT verification and per-tenant rate limits.
     pub auth: AuthConfig,
-    /// The chat model; absent means no model (router mode only).
+    /// The chat model; absent means no model (router mode only) unless a
+    /// `[models.<task>]` table gives one.
     #[serde(default)]
     pub model: Option<ModelConfig>,
+    /// Per-task changes to `[model]`: `[models.routing]` (router
+    /// classification and the SQL judge), `[models.sql]` (SQL generation and
+    /// repair), `[models.answer]` (agentic mode). See [`ModelsConfig`];
+    /// [`Config::task_models`] resolves them.
+    #[serde(default)]
+    pub models: ModelsConfig,
     /// The embedding model for schema linking (and, later, search); absent
     /// means linking by words and values only.
     #[serde(default)]
@@ -161,6 +169,16 @@ impl Config {
         figment.extract().map_err(Box::new)
     }
 
+    /// Each task's model settings: `[models.<task>]` over `[model]`, `[model]`
+    /// alone for a task without a table, none for a task with neither.
+    ///
+    /// # Errors
+    /// [`LlmError::Config`] whose message starts with the key at fault
+    /// (`models.routing.base_url must be set: ...`, `model.temperature ...`).
+    pub fn task_models(&self) -> Result<TaskModels, LlmError> {
+        self.models.resolve(self.model.as_ref())
+    }
+
     /// Builds the figment with a given environment provider (tests inject a
     /// synthetic one instead of touching the process environment).
     pub fn figment(path: Option<&Path>, env: Env) -> Figment {
@@ -201,6 +219,58 @@ mod tests {
             assert!(config.model.is_none());
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_task_model_is_set_by_table_or_environment_and_inherits_the_rest() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "q.toml",
+                r#"
+                [auth]
+                jwt_secret = "0123456789abcdef0123456789abcdef"
+                [model]
+                base_url = "https://api.openai.com/v1"
+                model = "gpt-4o"
+                api_key_env = "OPENAI_API_KEY"
+                [models.sql]
+                temperature = 0.0
+                [models.routing.price]
+                input_per_million = 0.15
+                output_per_million = 0.6
+                "#,
+            )?;
+            jail.set_env("QUARRY__MODELS__ROUTING__MODEL", "gpt-4o-mini");
+            let config = Config::load(Some(Path::new("q.toml"))).map_err(|e| e.to_string())?;
+            let models = config.task_models().map_err(|e| e.to_string())?;
+            let routing = models.routing.ok_or("no routing model")?;
+            assert_eq!(routing.model, "gpt-4o-mini");
+            assert_eq!(routing.base_url, "https://api.openai.com/v1");
+            assert_eq!(routing.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+            assert_eq!(routing.price.map(|p| p.input_per_million), Some(0.15));
+            let sql = models.sql.ok_or("no sql model")?;
+            assert_eq!((sql.model.as_str(), sql.temperature), ("gpt-4o", Some(0.0)));
+            assert_eq!(models.answer.as_ref(), config.model.as_ref());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_task_table_without_a_model_section_must_name_its_endpoint() {
+        let config = Config::from_toml_layers(&[
+            "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n\
+             [models.routing]\nmodel = \"gpt-4o-mini\"\n",
+        ])
+        .unwrap();
+        let err = config.task_models().unwrap_err().to_string();
+        assert!(err.contains("models.routing.base_url"), "{err}");
+
+        let err = Config::from_toml_layers(&[
+            "[auth]\njwt_secret = \"x\"\n[models.routing]\nmodle = \"m\"\n",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("modle"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod ask;
 pub mod bench;
 pub mod config;
+pub mod conversations;
 pub mod eval;
 pub mod index;
 pub mod ingest;
@@ -18,8 +19,8 @@ use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use quarry_auth::{AuthLayer, RateLimitLayer};
 use quarry_llm::embed::Embedder;
-use quarry_llm::{ChatModel, OpenAiChatModel};
-use quarry_orchestrator::{Assistant, AssistantGrpc};
+use quarry_llm::{ChatModel, ModelConfig, OpenAiChatModel, Task};
+use quarry_orchestrator::{Assistant, AssistantGrpc, conversation::ConversationStore};
 use quarry_proto::v1::{
     assistant_service_server::AssistantServiceServer, sql_service_client::SqlServiceClient,
     sql_service_server::SqlServiceServer,
@@ -32,7 +33,10 @@ use quarry_proto::v1::{
 };
 use quarry_search::{Collection, SearchConfig, SearchGrpc, SearchTool};
 use quarry_search_sync::Syncer;
-use quarry_sql::{grpc::SqlGrpc, service::SqlTool};
+use quarry_sql::{
+    grpc::SqlGrpc,
+    service::{SqlModels, SqlTool},
+};
 use quarry_summary::{SummaryGrpc, SummaryTool};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -86,8 +90,86 @@ pub fn pool(url: &str, size: usize, wait: Duration) -> anyhow::Result<Pool> {
         .context("building the database pool")
 }
 
+/// The chat model of each task (`[model]` and `[models.<task>]`), one client
+/// per distinct configuration, so tasks that share settings share a client.
+#[derive(Clone, Default)]
+pub struct Models {
+    /// Router mode's classification and the SQL tool's judge.
+    pub routing: Option<Arc<dyn ChatModel>>,
+    /// SQL generation and repair.
+    pub sql: Option<Arc<dyn ChatModel>>,
+    /// Agentic mode's loop.
+    pub answer: Option<Arc<dyn ChatModel>>,
+}
+
+impl std::fmt::Debug for Models {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = |m: &Option<Arc<dyn ChatModel>>| m.as_ref().map(|m| m.name().to_string());
+        f.debug_struct("Models")
+            .field("routing", &name(&self.routing))
+            .field("sql", &name(&self.sql))
+            .field("answer", &name(&self.answer))
+            .finish()
+    }
+}
+
+impl Models {
+    /// Resolves each task's settings ([`Config::task_models`]) and builds
+    /// the clients, logging which model serves which task.
+    ///
+    /// # Errors
+    /// Invalid settings (the message names the key, e.g.
+    /// `models.routing.base_url`), or an `api_key_env` variable that is not set.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let resolved = config.task_models().context("model settings")?;
+        let mut built: Vec<(ModelConfig, Arc<dyn ChatModel>)> = Vec::new();
+        let mut models = Self::default();
+        for task in Task::ALL {
+            let Some(settings) = resolved.get(task) else {
+                info!(%task, "no model for this task");
+                continue;
+            };
+            let model = match built.iter().find(|(c, _)| c == settings) {
+                Some((_, model)) => Arc::clone(model),
+                None => {
+                    let model: Arc<dyn ChatModel> = Arc::new(
+                        OpenAiChatModel::new(settings.clone())
+                            .with_context(|| format!("model for the {task} task"))?,
+                    );
+                    built.push((settings.clone(), Arc::clone(&model)));
+                    model
+                }
+            };
+            info!(
+                %task,
+                base_url = %settings.base_url,
+                model = %settings.model,
+                priced = settings.price.is_some(),
+                "model configured"
+            );
+            match task {
+                Task::Routing => models.routing = Some(model),
+                Task::Sql => models.sql = Some(model),
+                Task::Answer => models.answer = Some(model),
+            }
+        }
+        Ok(models)
+    }
+
+    /// The SQL tool's models: the `sql` task's model writes SQL; the
+    /// `routing` task's model judges (the `sql` model when no routing model
+    /// resolves, i.e. only `[models.sql]` is configured).
+    pub fn sql_models(&self) -> SqlModels {
+        SqlModels {
+            sql: self.sql.clone(),
+            judge: self.routing.clone().or_else(|| self.sql.clone()),
+        }
+    }
+}
+
 /// Builds the SQL tool from `config` (pool, the `[embedding]` embedder,
-/// golden pairs from the file and from `quarry.golden_pairs`).
+/// golden pairs from the file and from `quarry.golden_pairs`) with `model`
+/// for both SQL generation and judging ([`SqlModels::single`]).
 ///
 /// # Errors
 /// Invalid configuration or golden pairs; the embedder cannot be loaded.
@@ -96,17 +178,17 @@ pub async fn sql_tool(
     model: Option<Arc<dyn ChatModel>>,
 ) -> anyhow::Result<Arc<SqlTool>> {
     let embedder = embedder(config).await?;
-    sql_tool_with(config, model, embedder).await
+    sql_tool_with(config, SqlModels::single(model), embedder).await
 }
 
-/// [`sql_tool`] with an embedder already loaded (so a process that also
-/// searches loads the model once).
+/// [`sql_tool`] with per-job models and an embedder already loaded (so a
+/// process that also searches loads the model once).
 ///
 /// # Errors
 /// Invalid configuration or golden pairs.
 pub async fn sql_tool_with(
     config: &Config,
-    model: Option<Arc<dyn ChatModel>>,
+    models: SqlModels,
     embedder: Option<Arc<dyn Embedder>>,
 ) -> anyhow::Result<Arc<SqlTool>> {
     let pool = pool(
@@ -114,7 +196,7 @@ pub async fn sql_tool_with(
         config.database.pool_size,
         Duration::from_millis(config.database.pool_wait_ms),
     )?;
-    let tool = SqlTool::new(pool, config.sql.clone(), model, embedder).context("sql tool")?;
+    let tool = SqlTool::new(pool, config.sql.clone(), models, embedder).context("sql tool")?;
     tool.load_stored_golden().await;
     Ok(Arc::new(tool))
 }
@@ -213,6 +295,9 @@ pub fn syncers(config: &Config, search: &SearchTool) -> anyhow::Result<Vec<Synce
     Ok(out)
 }
 
+/// How often `serve` deletes conversations past their retention.
+pub const CONVERSATION_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Serves every role (Assistant, SQL tool, health, reflection) on `listener`
 /// until `shutdown` resolves, then lets in-flight requests finish for at most
 /// `server.shutdown_grace_secs`.
@@ -228,19 +313,12 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let verifier = config.auth.verifier().context("auth")?;
     let limiter = config.auth.rate_limiter();
-    let model: Option<Arc<dyn ChatModel>> = match &config.model {
-        Some(model) => {
-            let chat = OpenAiChatModel::new(model.clone()).context("model")?;
-            info!(base_url = %model.base_url, model = %model.model, "model configured");
-            Some(Arc::new(chat))
-        }
-        None => {
-            info!(
-                "no model configured: router mode (golden question/SQL pairs, then summaries and search by rules)"
-            );
-            None
-        }
-    };
+    let models = Models::from_config(&config)?;
+    if models.answer.is_none() {
+        info!(
+            "no answer model configured: router mode (golden question/SQL pairs, then summaries and search by rules)"
+        );
+    }
     // Loaded once for schema linking and search.
     let embedder = embedder(&config).await?;
     if let Some(embedder) = &embedder {
@@ -250,7 +328,7 @@ pub async fn serve(
             warn!(%error, "embedder warm-up failed");
         }
     }
-    let tool = sql_tool_with(&config, model.clone(), embedder.clone()).await?;
+    let tool = sql_tool_with(&config, models.sql_models(), embedder.clone()).await?;
     let background = tokio_util::sync::CancellationToken::new();
     let search = match &config.search {
         Some(search) => Some(search_tool(&config, search.clone(), embedder.clone()).await?),
@@ -286,10 +364,13 @@ pub async fn serve(
         .with_context(|| format!("server.sql_url {sql_url:?} is not a valid URL"))?
         .connect_lazy();
     let mut assistant = Assistant::new(
-        model,
+        models.answer.clone(),
         SqlServiceClient::new(channel),
         config.orchestrator.clone(),
     );
+    if let Some(routing) = models.routing.clone() {
+        assistant = assistant.with_routing_model(routing);
+    }
     let search_url = match (&config.server.search_url, &search) {
         (Some(url), _) => Some(url.clone()),
         (None, Some(_)) => Some(format!("http://{local}")),
@@ -312,7 +393,26 @@ pub async fn serve(
             .connect_lazy();
         assistant = assistant.with_summaries(SummaryServiceClient::new(channel));
     }
-    let assistant = Arc::new(assistant);
+    // Conversations: every Ask is a stored turn; expired ones are purged hourly.
+    let conversations = ConversationStore::new(
+        pool(
+            &config.database.url,
+            config.database.pool_size,
+            Duration::from_millis(config.database.pool_wait_ms),
+        )?,
+        config.orchestrator.conversation_retention_days,
+    );
+    {
+        let store = conversations.clone();
+        let stop = background.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = store.purge_every(CONVERSATION_PURGE_INTERVAL) => {}
+            }
+        });
+    }
+    let assistant = Arc::new(assistant.with_conversations(conversations));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SqlServiceServer<SqlGrpc>>().await;

@@ -83,6 +83,12 @@ enum Command {
         #[command(subcommand)]
         action: IndexAction,
     },
+    /// Stored conversations of the caller: list, show, delete (continue one
+    /// with `quarry ask --conversation <id>`).
+    Conversations {
+        #[command(subcommand)]
+        action: ConversationsAction,
+    },
     /// Trend summaries: build them by hand; show, search and list them from a server.
     Summaries {
         #[command(subcommand)]
@@ -214,6 +220,78 @@ enum BenchWhat {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Orchestrator overhead: N concurrent agentic Ask streams against an
+    /// in-process server and a scripted model with a fixed latency;
+    /// end-to-end and overhead (end-to-end − model − database time)
+    /// p50/p90/p99/max, Asks/s, errors, process memory. Needs the `tate`
+    /// schema in the database.
+    Ask {
+        /// Concurrent Ask streams; several (e.g. 1,8,64) measure one level each.
+        #[arg(long, value_delimiter = ',', default_values_t = [64])]
+        streams: Vec<usize>,
+        /// The scripted model's latency per call, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        model_latency_ms: u64,
+        /// Measured seconds per level.
+        #[arg(long, default_value_t = 30)]
+        duration_secs: u64,
+        /// Timed Asks per level instead of --duration-secs.
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Untimed seconds of load before each level's measurement.
+        #[arg(long, default_value_t = 5)]
+        warmup_secs: u64,
+        /// HTTP/2 connections the streams share (multiplexed).
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// The question asked.
+        #[arg(long, default_value = bench::ask::DEFAULT_QUESTION)]
+        question: String,
+        /// The SQL the scripted model runs through `query_database`.
+        #[arg(long, default_value = bench::ask::DEFAULT_SQL)]
+        sql: String,
+        /// Idle calibration calls of each internal RPC (DescribeSchema, ExecuteSql).
+        #[arg(long, default_value_t = 200)]
+        probes: usize,
+        /// Overrides `database.pool_size` (connections per tool pool).
+        #[arg(long)]
+        pool_size: Option<usize>,
+        /// Serve `[summary]` too: each Ask then also lists summary kinds.
+        #[arg(long)]
+        summaries: bool,
+        /// Database; default `database.url` from the configuration.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConversationsAction {
+    /// The caller's conversations, most recently active first.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// One conversation, turn by turn (question, tool calls and SQL, answer).
+    Show {
+        /// Conversation id (from `quarry ask` or `list`).
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a conversation and its turns.
+    Delete {
+        /// Conversation id.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -574,6 +652,22 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", quarry::index::render(&statuses));
             Ok(())
         }
+        Command::Conversations { action } => {
+            let mut out = std::io::stdout();
+            match action {
+                ConversationsAction::List { limit, remote } => {
+                    quarry::conversations::list(&remote.server, &remote.token, limit, &mut out)
+                        .await
+                }
+                ConversationsAction::Show { id, remote } => {
+                    quarry::conversations::show(&remote.server, &remote.token, &id, &mut out).await
+                }
+                ConversationsAction::Delete { id, remote } => {
+                    quarry::conversations::delete(&remote.server, &remote.token, &id, &mut out)
+                        .await
+                }
+            }
+        }
         Command::Summaries { action } => {
             let mut out = std::io::stdout();
             match action {
@@ -918,6 +1012,53 @@ async fn main() -> anyhow::Result<()> {
                 progress: true,
             };
             let report = bench::freshness::run_freshness_bench(&options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Ask {
+                    streams,
+                    model_latency_ms,
+                    duration_secs,
+                    requests,
+                    warmup_secs,
+                    connections,
+                    question,
+                    sql,
+                    probes,
+                    pool_size,
+                    summaries,
+                    database_url,
+                    json,
+                },
+        } => {
+            let mut sections = bench::ask::ServerSections::load(cli.config.as_deref())?;
+            if let Some(url) = database_url {
+                sections.database.url = url;
+            }
+            if let Some(size) = pool_size {
+                sections.database.pool_size = size;
+            }
+            let options = bench::ask::AskBenchOptions {
+                sections,
+                streams,
+                connections,
+                model_latency: Duration::from_millis(model_latency_ms),
+                warmup: Duration::from_secs(warmup_secs),
+                duration: Duration::from_secs(duration_secs),
+                requests,
+                question,
+                sql,
+                probes,
+                summaries,
+                progress: true,
+            };
+            let report = bench::ask::run_ask_bench(&options).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report.to_json())?);
             } else {

@@ -90,7 +90,7 @@ async fn client(server: &str) -> anyhow::Result<SummaryServiceClient<Channel>> {
 }
 
 /// `2026-11-21 04:52:48 UTC`, or `missing` without a time.
-fn utc(t: Option<&prost_types::Timestamp>, missing: &str) -> String {
+pub(crate) fn utc(t: Option<&prost_types::Timestamp>, missing: &str) -> String {
     t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
         .map_or_else(
             || missing.to_string(),

@@ -215,6 +215,12 @@ pub trait ChatModel: Send + Sync {
     fn price(&self) -> Option<Price> {
         None
     }
+
+    /// The model's name as configured (e.g. `gpt-4o-mini`), for usage
+    /// reports; empty (the default) when unknown.
+    fn name(&self) -> &str {
+        ""
+    }
 }
 
 /// A whole answer, for callers that do not stream.

@@ -205,6 +205,276 @@ impl ModelConfig {
     }
 }
 
+/// The jobs Quarry gives a chat model, each of which may use its own model
+/// (`[models.<task>]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Task {
+    /// Router mode's classification (one cheap call per question) and the
+    /// SQL tool's judge (does this result answer the question?).
+    Routing,
+    /// SQL generation and repair in the SQL tool.
+    Sql,
+    /// Agentic mode's tool-calling loop, which writes the answer.
+    Answer,
+}
+
+impl Task {
+    /// Every task, in the order they are listed in logs.
+    pub const ALL: [Task; 3] = [Task::Answer, Task::Sql, Task::Routing];
+
+    /// `routing`, `sql` or `answer`: the key under `[models]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Routing => "routing",
+            Task::Sql => "sql",
+            Task::Answer => "answer",
+        }
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One task's changes to `[model]` (`[models.routing]`, `[models.sql]`,
+/// `[models.answer]`): every key of [`ModelConfig`], all optional. A key
+/// that is set replaces `[model]`'s for this task; a key that is not set is
+/// inherited from `[model]` (or takes [`ModelConfig`]'s default when there
+/// is no `[model]`, in which case `base_url` and `model` must be set here).
+///
+/// ```toml
+/// [model]                       # the answer and sql tasks
+/// base_url = "https://api.openai.com/v1"
+/// model = "gpt-4o"
+/// api_key_env = "OPENAI_API_KEY"
+/// [model.price]
+/// input_per_million = 2.5
+/// output_per_million = 10.0
+///
+/// [models.routing]              # routing and judging: a cheaper model,
+/// model = "gpt-4o-mini"         # same endpoint and key
+/// [models.routing.price]
+/// input_per_million = 0.15
+/// output_per_million = 0.60
+/// ```
+///
+/// `api_key_env = ""` sends no key for this task even when `[model]` names
+/// one (a local server next to a hosted one). The price is inherited like
+/// every other key: a task that names another model should give its own
+/// `[models.<task>.price]`, or its calls are priced at `[model]`'s rates
+/// (start-up warns).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOverrides {
+    /// See [`ModelConfig::base_url`].
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// See [`ModelConfig::model`].
+    #[serde(default)]
+    pub model: Option<String>,
+    /// See [`ModelConfig::api_key_env`]; `""` means no key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// See [`ModelConfig::timeout_secs`] (seconds).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// See [`ModelConfig::max_tokens`] (completion tokens per request).
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// See [`ModelConfig::temperature`].
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// See [`ModelConfig::max_retries`].
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// See [`ModelConfig::price`] (USD per 1M tokens).
+    #[serde(default)]
+    pub price: Option<Price>,
+}
+
+impl ModelOverrides {
+    /// `base` with these overrides applied, or, without a `base`, a config
+    /// made of these keys and the defaults. `task` names the table in errors.
+    ///
+    /// # Errors
+    /// [`LlmError::Config`] naming `models.<task>.base_url` or
+    /// `models.<task>.model` when there is no `base` and the key is unset.
+    pub fn apply(&self, base: Option<&ModelConfig>, task: Task) -> Result<ModelConfig> {
+        let required = |value: &Option<String>, inherited: Option<&String>, key: &str| {
+            value.clone().or_else(|| inherited.cloned()).ok_or_else(|| {
+                LlmError::Config(format!(
+                    "models.{task}.{key} must be set: there is no [model] section to inherit it from"
+                ))
+            })
+        };
+        let base_url = required(&self.base_url, base.map(|b| &b.base_url), "base_url")?;
+        let model = required(&self.model, base.map(|b| &b.model), "model")?;
+        let mut config = match base {
+            Some(base) => ModelConfig {
+                base_url,
+                model,
+                ..base.clone()
+            },
+            None => ModelConfig::new(base_url, model),
+        };
+        if let Some(var) = &self.api_key_env {
+            config.api_key_env = (!var.trim().is_empty()).then(|| var.clone());
+        }
+        if let Some(timeout_secs) = self.timeout_secs {
+            config.timeout_secs = timeout_secs;
+        }
+        if self.max_tokens.is_some() {
+            config.max_tokens = self.max_tokens;
+        }
+        if self.temperature.is_some() {
+            config.temperature = self.temperature;
+        }
+        if let Some(max_retries) = self.max_retries {
+            config.max_retries = max_retries;
+        }
+        if self.price.is_some() {
+            config.price = self.price;
+        }
+        Ok(config)
+    }
+}
+
+/// `[models]`: a model per task, each table changing `[model]` for its task
+/// (see [`ModelOverrides`]). A task without a table uses `[model]` as it is;
+/// without `[models]` every task does.
+///
+/// | task | used for |
+/// | --- | --- |
+/// | `routing` | router mode's classification, and the SQL tool's judge |
+/// | `sql` | SQL generation and repair |
+/// | `answer` | agentic mode's tool-calling loop (the answer) |
+///
+/// ```toml
+/// [models.routing]
+/// model = "gpt-4o-mini"
+/// [models.routing.price]
+/// input_per_million = 0.15
+/// output_per_million = 0.60
+///
+/// [models.sql]                  # a local coder model for SQL
+/// base_url = "http://localhost:11434/v1"
+/// model = "qwen2.5-coder:7b"
+/// api_key_env = ""              # no key, even if [model] names one
+/// [models.sql.price]
+/// input_per_million = 0.0
+/// output_per_million = 0.0
+/// ```
+///
+/// Environment overrides reach every key, e.g.
+/// `QUARRY__MODELS__ROUTING__MODEL=gpt-4o-mini`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// `[models.routing]`: router classification and the SQL judge.
+    #[serde(default)]
+    pub routing: Option<ModelOverrides>,
+    /// `[models.sql]`: SQL generation and repair.
+    #[serde(default)]
+    pub sql: Option<ModelOverrides>,
+    /// `[models.answer]`: agentic mode's loop.
+    #[serde(default)]
+    pub answer: Option<ModelOverrides>,
+}
+
+/// The model settings of each task, resolved from `[model]` and `[models]`
+/// ([`ModelsConfig::resolve`]); `None` where a task has no model.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskModels {
+    /// Router classification and the SQL judge.
+    pub routing: Option<ModelConfig>,
+    /// SQL generation and repair.
+    pub sql: Option<ModelConfig>,
+    /// Agentic mode's loop.
+    pub answer: Option<ModelConfig>,
+}
+
+impl TaskModels {
+    /// The settings of `task`.
+    pub fn get(&self, task: Task) -> Option<&ModelConfig> {
+        match task {
+            Task::Routing => self.routing.as_ref(),
+            Task::Sql => self.sql.as_ref(),
+            Task::Answer => self.answer.as_ref(),
+        }
+    }
+}
+
+impl ModelsConfig {
+    /// The table of `task`, if any.
+    pub fn get(&self, task: Task) -> Option<&ModelOverrides> {
+        match task {
+            Task::Routing => self.routing.as_ref(),
+            Task::Sql => self.sql.as_ref(),
+            Task::Answer => self.answer.as_ref(),
+        }
+    }
+
+    /// Each task's settings: its `[models.<task>]` table over `base`
+    /// (`[model]`), `base` itself for a task without a table, `None` for a
+    /// task with neither. Every resolved config is validated
+    /// ([`ModelConfig::validate`]). Logs a warning for a task that names
+    /// another model or endpoint than `base` but inherits `base`'s price.
+    ///
+    /// # Errors
+    /// [`LlmError::Config`] whose message starts with the key at fault:
+    /// `model.<key>` for `[model]` itself, `models.<task>.<key>` for a task
+    /// table (e.g. `models.routing.base_url must be set: there is no [model]
+    /// section to inherit it from`).
+    pub fn resolve(&self, base: Option<&ModelConfig>) -> Result<TaskModels> {
+        if let Some(base) = base {
+            base.validate()
+                .map_err(|e| prefix_config_error(e, "model."))?;
+        }
+        let mut resolved = TaskModels::default();
+        for task in Task::ALL {
+            let config = match self.get(task) {
+                Some(overrides) => {
+                    let config = overrides.apply(base, task)?;
+                    config
+                        .validate()
+                        .map_err(|e| prefix_config_error(e, &format!("models.{task}.")))?;
+                    if let Some(base) = base
+                        && overrides.price.is_none()
+                        && base.price.is_some()
+                        && (config.model != base.model || config.api_base() != base.api_base())
+                    {
+                        tracing::warn!(
+                            %task,
+                            model = %config.model,
+                            "models.{task} names another model than [model] but no price; \
+                             its calls are priced at [model.price]"
+                        );
+                    }
+                    Some(config)
+                }
+                None => base.cloned(),
+            };
+            match task {
+                Task::Routing => resolved.routing = config,
+                Task::Sql => resolved.sql = config,
+                Task::Answer => resolved.answer = config,
+            }
+        }
+        Ok(resolved)
+    }
+}
+
+/// `error` with `prefix` before its message when it is a config error
+/// (whose messages start with the key at fault).
+fn prefix_config_error(error: LlmError, prefix: &str) -> LlmError {
+    match error {
+        LlmError::Config(message) => LlmError::Config(format!("{prefix}{message}")),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +571,138 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("output_per_million"), "{err}");
+    }
+
+    fn models(json: &str) -> ModelsConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn priced(base_url: &str, model: &str, input: f64, output: f64) -> ModelConfig {
+        ModelConfig {
+            api_key_env: Some("OPENAI_API_KEY".into()),
+            temperature: Some(0.2),
+            price: Some(Price {
+                input_per_million: input,
+                output_per_million: output,
+            }),
+            ..ModelConfig::new(base_url, model)
+        }
+    }
+
+    #[test]
+    fn without_models_every_task_uses_the_model_section_as_it_is() {
+        let base = priced("https://api.openai.com/v1", "gpt-4o", 2.5, 10.0);
+        let resolved = ModelsConfig::default().resolve(Some(&base)).unwrap();
+        for task in Task::ALL {
+            assert_eq!(resolved.get(task), Some(&base), "{task}");
+        }
+        let none = ModelsConfig::default().resolve(None).unwrap();
+        assert_eq!(none, TaskModels::default());
+    }
+
+    #[test]
+    fn a_task_table_overrides_its_keys_and_inherits_the_rest() {
+        let base = priced("https://api.openai.com/v1", "gpt-4o", 2.5, 10.0);
+        let config = models(
+            r#"{"routing": {"model": "gpt-4o-mini",
+                            "price": {"input_per_million": 0.15, "output_per_million": 0.6}},
+                "sql": {"base_url": "http://localhost:11434/v1", "model": "qwen2.5-coder",
+                        "api_key_env": "", "timeout_secs": 30, "max_tokens": 500,
+                        "temperature": 0.0, "max_retries": 0}}"#,
+        );
+        let resolved = config.resolve(Some(&base)).unwrap();
+
+        let routing = resolved.routing.unwrap();
+        assert_eq!(routing.model, "gpt-4o-mini");
+        assert_eq!(
+            routing.price,
+            Some(Price {
+                input_per_million: 0.15,
+                output_per_million: 0.6
+            })
+        );
+        // inherited: endpoint, key, temperature, timeout, retries
+        assert_eq!(routing.base_url, base.base_url);
+        assert_eq!(routing.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+        assert_eq!(routing.temperature, Some(0.2));
+        assert_eq!(
+            (routing.timeout_secs, routing.max_retries),
+            (base.timeout_secs, base.max_retries)
+        );
+
+        let sql = resolved.sql.unwrap();
+        assert_eq!(sql.base_url, "http://localhost:11434/v1");
+        assert_eq!(sql.model, "qwen2.5-coder");
+        assert_eq!(sql.api_key_env, None, "an empty api_key_env sends no key");
+        assert_eq!(
+            (
+                sql.timeout_secs,
+                sql.max_tokens,
+                sql.temperature,
+                sql.max_retries
+            ),
+            (30, Some(500), Some(0.0), 0)
+        );
+        assert_eq!(sql.price, base.price, "the price is inherited too");
+
+        assert_eq!(resolved.answer, Some(base), "no table: [model] as it is");
+    }
+
+    #[test]
+    fn a_task_table_without_a_model_section_must_name_endpoint_and_model() {
+        let config = models(r#"{"routing": {"model": "gpt-4o-mini"}}"#);
+        let err = config.resolve(None).unwrap_err().to_string();
+        assert!(err.contains("models.routing.base_url"), "{err}");
+
+        let config = models(r#"{"sql": {"base_url": "http://h/v1"}}"#);
+        let err = config.resolve(None).unwrap_err().to_string();
+        assert!(err.contains("models.sql.model"), "{err}");
+
+        // complete on its own: that task has a model, the others none
+        let config = models(r#"{"answer": {"base_url": "http://h/v1", "model": "m"}}"#);
+        let resolved = config.resolve(None).unwrap();
+        let answer = resolved.answer.unwrap();
+        assert_eq!(
+            (answer.base_url.as_str(), answer.model.as_str()),
+            ("http://h/v1", "m")
+        );
+        assert_eq!(answer.timeout_secs, 120, "defaults fill the rest");
+        assert_eq!((resolved.routing, resolved.sql), (None, None));
+    }
+
+    #[test]
+    fn resolved_configs_are_validated_and_errors_name_the_table() {
+        let base = ModelConfig::new("http://h/v1", "m");
+        let config = models(r#"{"routing": {"temperature": 5.0}}"#);
+        let err = config.resolve(Some(&base)).unwrap_err().to_string();
+        assert!(err.contains("models.routing.temperature"), "{err}");
+
+        let config =
+            models(r#"{"answer": {"price": {"input_per_million": -1, "output_per_million": 1}}}"#);
+        let err = config.resolve(Some(&base)).unwrap_err().to_string();
+        assert!(
+            err.contains("models.answer.price.input_per_million"),
+            "{err}"
+        );
+
+        let bad_base = ModelConfig::new("localhost/v1", "m");
+        let err = ModelsConfig::default()
+            .resolve(Some(&bad_base))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("model.base_url"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_tasks_are_refused() {
+        let err = serde_json::from_str::<ModelsConfig>(r#"{"routing": {"modle": "x"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("modle"), "{err}");
+        let err = serde_json::from_str::<ModelsConfig>(r#"{"judge": {"model": "x"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("judge"), "{err}");
     }
 
     fn usage(prompt_tokens: u32, completion_tokens: u32) -> Usage {

@@ -9,7 +9,10 @@
 //! variable, whole-request timeout). Callers that want the whole answer at
 //! once use [`collect`] or [`chat`]. A [`Price`] table in the model
 //! settings (`[model.price]`, USD per 1M tokens) turns reported [`Usage`]
-//! into a cost ([`Price::cost_usd`], [`ChatModel::price`]).
+//! into a cost ([`Price::cost_usd`], [`ChatModel::price`]). Each [`Task`]
+//! (routing and judging, SQL, answer writing) may use its own model:
+//! [`ModelsConfig`] (`[models.<task>]`) overrides `[model]` key by key and
+//! [`ModelsConfig::resolve`] gives each task's settings ([`TaskModels`]).
 //!
 //! ```no_run
 //! # async fn demo() -> quarry_llm::Result<()> {
@@ -46,6 +49,6 @@ pub use chat::{
     ChatEvent, ChatModel, ChatRequest, ChatResponse, FinishReason, Message, ResponseFormat,
     ToolCall, ToolSpec, Usage, chat, collect,
 };
-pub use config::{ModelConfig, Price};
+pub use config::{ModelConfig, ModelOverrides, ModelsConfig, Price, Task, TaskModels};
 pub use error::{LlmError, Result};
 pub use openai::OpenAiChatModel;

@@ -150,6 +150,11 @@ impl ChatModel for OpenAiChatModel {
     fn price(&self) -> Option<Price> {
         self.config.price
     }
+
+    /// The configured `model`.
+    fn name(&self) -> &str {
+        &self.config.model
+    }
 }
 
 /// Turns our provider-neutral request into the wire request.

@@ -11,6 +11,18 @@
 //! `stream: true` get one `chat.completion` JSON object. Every request body is
 //! recorded for assertions.
 //!
+//! For load tests, where many requests are in flight at once and a FIFO
+//! queue cannot say which answer belongs to which request, a server started
+//! with [`ScriptedServer::start_responder`] asks a function for each
+//! request's turn instead: it sees the request body (the `messages`, the
+//! `tools`, …) and returns the [`ScriptedTurn`] to play, delay included (the
+//! delay is applied per request, so concurrent requests wait concurrently).
+//! Turns queued with [`ScriptedServer::push`] are still served first, in
+//! order (e.g. to inject an error). A responder server keeps only the first
+//! [`RESPONDER_RECORD_LIMIT`] request bodies, so a long benchmark does not
+//! grow without bound; [`ScriptedServer::set_record_limit`] changes that and
+//! [`ScriptedServer::request_count`] counts every request.
+//!
 //! It also answers `POST /v1/embeddings` (and `/embeddings`): each input text
 //! gets [`scripted_embedding`] of the requested `dimensions` (default
 //! [`SCRIPTED_EMBEDDING_DIMENSION`]), with the `data` items in reverse order
@@ -30,11 +42,28 @@
 //! let config = quarry_llm::ModelConfig::new(server.base_url(), "scripted");
 //! // ... run the code under test, then:
 //! assert_eq!(server.requests().len(), 2);
+//!
+//! // One turn per request, decided from the request: a tool call first, the
+//! // answer once the tool's result is in the conversation; 50 ms each.
+//! let server = ScriptedServer::start_responder(|request: &serde_json::Value| {
+//!     let has_tool_result = request["messages"]
+//!         .as_array()
+//!         .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+//!     let turn = if has_tool_result {
+//!         ScriptedTurn::text("There is one row.")
+//!     } else {
+//!         ScriptedTurn::tool_call("run_sql", r#"{"sql":"select 1"}"#)
+//!     };
+//!     turn.with_delay(std::time::Duration::from_millis(50))
+//! })
+//! .await;
+//! server.set_record_limit(0); // count requests, keep no bodies
 //! # }
 //! ```
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -54,6 +83,11 @@ const CREATED: u64 = 1_700_000_000;
 
 /// Vector length of scripted embeddings when the request names no `dimensions`.
 pub const SCRIPTED_EMBEDDING_DIMENSION: usize = 8;
+
+/// Request bodies a server started with [`ScriptedServer::start_responder`]
+/// keeps (the first ones); later requests are counted, not stored. A
+/// FIFO-scripted server keeps every body.
+pub const RESPONDER_RECORD_LIMIT: usize = 1_000;
 
 /// The vector the scripted server returns for `text`: `dimension` values in
 /// `1.0..=256.0` derived from the text's bytes (FNV-1a), not unit length, so
@@ -257,15 +291,49 @@ fn pieces(text: &str) -> Vec<String> {
         .collect()
 }
 
-#[derive(Default)]
+/// Decides the turn for one request from its JSON body.
+type Responder = dyn Fn(&Value) -> ScriptedTurn + Send + Sync;
+
 struct Shared {
     script: Mutex<VecDeque<ScriptedTurn>>,
+    /// Recorded request bodies (at most `record_limit`).
     requests: Mutex<Vec<Value>>,
+    /// Requests received (chat and embeddings), recorded or not; updated
+    /// under the `requests` lock so that numbers follow recording order.
+    received: AtomicUsize,
+    /// Most request bodies kept.
+    record_limit: AtomicUsize,
+    /// Decides the turn when the script queue is empty.
+    responder: Option<Arc<Responder>>,
 }
 
 impl Shared {
+    fn new(responder: Option<Arc<Responder>>, record_limit: usize) -> Self {
+        Self {
+            script: Mutex::new(VecDeque::new()),
+            requests: Mutex::new(Vec::new()),
+            received: AtomicUsize::new(0),
+            record_limit: AtomicUsize::new(record_limit),
+            responder,
+        }
+    }
+
     fn requests(&self) -> std::sync::MutexGuard<'_, Vec<Value>> {
         self.requests.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a request and keeps its body while under the record limit
+    /// (unparseable bodies as a JSON string); returns its number, from 1.
+    fn record(&self, parsed: &Result<Value, serde_json::Error>, body: &Bytes) -> usize {
+        let mut requests = self.requests();
+        let number = self.received.fetch_add(1, Ordering::Relaxed) + 1;
+        if requests.len() < self.record_limit.load(Ordering::Relaxed) {
+            requests.push(match parsed {
+                Ok(value) => value.clone(),
+                Err(_) => Value::String(String::from_utf8_lossy(body).into_owned()),
+            });
+        }
+        number
     }
 
     fn script(&self) -> std::sync::MutexGuard<'_, VecDeque<ScriptedTurn>> {
@@ -286,6 +354,8 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("remaining", &self.script().len())
             .field("requests", &self.requests().len())
+            .field("received", &self.received.load(Ordering::Relaxed))
+            .field("responder", &self.responder.is_some())
             .finish()
     }
 }
@@ -308,10 +378,55 @@ impl ScriptedServer {
     /// # Errors
     /// The I/O error from binding the listener.
     pub async fn try_start(turns: Vec<ScriptedTurn>) -> std::io::Result<Self> {
+        let shared = Shared::new(None, usize::MAX);
+        shared.script().extend(turns);
+        Self::serve(shared).await
+    }
+
+    /// Binds `127.0.0.1:0` and answers each chat request with the turn
+    /// `responder` returns for its JSON body (after any turns queued with
+    /// [`ScriptedServer::push`], which go first). Each turn's
+    /// [`ScriptedTurn::with_delay`] is waited per request, concurrently with
+    /// other requests' waits, so a fixed model latency is
+    /// `responder`'s turns `.with_delay(latency)`. The responder runs on the
+    /// server's task for every request, so it should be quick, and must not
+    /// panic (a panic drops that request's connection). Unparseable bodies
+    /// get a 400 without reaching it. Keeps the first
+    /// [`RESPONDER_RECORD_LIMIT`] request bodies (see
+    /// [`ScriptedServer::set_record_limit`]).
+    ///
+    /// # Panics
+    /// If no local port can be bound (use
+    /// [`ScriptedServer::try_start_responder`] to handle that).
+    pub async fn start_responder<F>(responder: F) -> Self
+    where
+        F: Fn(&Value) -> ScriptedTurn + Send + Sync + 'static,
+    {
+        match Self::try_start_responder(responder).await {
+            Ok(server) => server,
+            Err(e) => panic!("scripted server cannot bind 127.0.0.1:0: {e}"),
+        }
+    }
+
+    /// As [`ScriptedServer::start_responder`], returning the bind error.
+    ///
+    /// # Errors
+    /// The I/O error from binding the listener.
+    pub async fn try_start_responder<F>(responder: F) -> std::io::Result<Self>
+    where
+        F: Fn(&Value) -> ScriptedTurn + Send + Sync + 'static,
+    {
+        Self::serve(Shared::new(
+            Some(Arc::new(responder)),
+            RESPONDER_RECORD_LIMIT,
+        ))
+        .await
+    }
+
+    async fn serve(shared: Shared) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::default());
-        shared.script().extend(turns);
+        let shared = Arc::new(shared);
         let router = Router::new()
             .route("/v1/chat/completions", post(handle))
             .route("/chat/completions", post(handle))
@@ -338,9 +453,24 @@ impl ScriptedServer {
     }
 
     /// Every request body received so far, in order (unparseable bodies as a
-    /// JSON string).
+    /// JSON string); only the first ones up to the record limit (unlimited
+    /// for [`ScriptedServer::start`], [`RESPONDER_RECORD_LIMIT`] for
+    /// [`ScriptedServer::start_responder`]).
     pub fn requests(&self) -> Vec<Value> {
         self.shared.requests().clone()
+    }
+
+    /// Requests received so far (chat completions and embeddings), whether
+    /// their bodies were recorded or not.
+    pub fn request_count(&self) -> usize {
+        self.shared.received.load(Ordering::Relaxed)
+    }
+
+    /// Keeps at most `limit` request bodies from now on (0: none; bodies
+    /// already kept stay). Requests are still counted
+    /// ([`ScriptedServer::request_count`]).
+    pub fn set_record_limit(&self, limit: usize) {
+        self.shared.record_limit.store(limit, Ordering::Relaxed);
     }
 
     /// Appends turns to the script.
@@ -380,10 +510,7 @@ fn error_response(status: StatusCode, message: &str) -> Response {
 
 async fn handle_embeddings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let parsed = serde_json::from_slice::<Value>(&body);
-    shared.requests().push(match &parsed {
-        Ok(value) => value.clone(),
-        Err(_) => Value::String(String::from_utf8_lossy(&body).into_owned()),
-    });
+    shared.record(&parsed, &body);
     let request = match parsed {
         Ok(value) => value,
         Err(e) => {
@@ -492,14 +619,7 @@ fn error_reply(status: u16, body: String, headers: Vec<(String, String)>) -> Res
 
 async fn handle(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let parsed = serde_json::from_slice::<Value>(&body);
-    let request_no = {
-        let mut requests = shared.requests();
-        requests.push(match &parsed {
-            Ok(value) => value.clone(),
-            Err(_) => Value::String(String::from_utf8_lossy(&body).into_owned()),
-        });
-        requests.len()
-    };
+    let request_no = shared.record(&parsed, &body);
     let request = match parsed {
         Ok(value) => value,
         Err(e) => {
@@ -509,11 +629,18 @@ async fn handle(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             );
         }
     };
-    let Some(turn) = shared.script().pop_front() else {
-        return error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("scripted server: script exhausted, no turn left for request {request_no}"),
-        );
+    let queued = shared.script().pop_front();
+    let turn = match (queued, &shared.responder) {
+        (Some(turn), _) => turn,
+        (None, Some(responder)) => responder(&request),
+        (None, None) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!(
+                    "scripted server: script exhausted, no turn left for request {request_no}"
+                ),
+            );
+        }
     };
     if !turn.delay.is_zero() {
         tokio::time::sleep(turn.delay).await;
@@ -748,4 +875,95 @@ fn sse_response(events: Vec<String>, chunk_delay: Duration) -> Response {
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{ChatEvent, ChatModel, ChatRequest, Message, ModelConfig, OpenAiChatModel};
+    use futures::StreamExt;
+
+    fn model(server: &ScriptedServer) -> OpenAiChatModel {
+        let mut config = ModelConfig::new(server.base_url(), "scripted");
+        config.timeout_secs = 10;
+        config.max_retries = 0;
+        OpenAiChatModel::new(config).unwrap()
+    }
+
+    /// The streamed answer text to `question`.
+    async fn answer(model: &OpenAiChatModel, question: &str) -> String {
+        let mut text = String::new();
+        let mut stream = model.chat_stream(ChatRequest::new(vec![Message::user(question)], vec![]));
+        while let Some(event) = stream.next().await {
+            if let ChatEvent::ContentDelta(delta) = event.unwrap() {
+                text.push_str(&delta);
+            }
+        }
+        text
+    }
+
+    /// The content of the request's last user message.
+    fn question(request: &Value) -> String {
+        request["messages"]
+            .as_array()
+            .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn responder_answers_interleaved_requests_each_from_its_own_body() {
+        let server = ScriptedServer::start_responder(|request| {
+            let question = question(request);
+            let delay = if question == "slow" {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
+            ScriptedTurn::text(format!("answer to {question}")).with_delay(delay)
+        })
+        .await;
+        let model = model(&server);
+        let slow = tokio::spawn({
+            let model = model.clone();
+            async move { answer(&model, "slow").await }
+        });
+        // the slow request arrives (and waits) before the fast one is sent
+        while server.request_count() < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(answer(&model, "fast").await, "answer to fast");
+        assert!(
+            !slow.is_finished(),
+            "the later request was answered while the earlier one still waited"
+        );
+        assert_eq!(slow.await.unwrap(), "answer to slow");
+        assert_eq!(server.request_count(), 2);
+        let recorded: Vec<String> = server.requests().iter().map(question).collect();
+        assert_eq!(recorded, ["slow", "fast"]);
+    }
+
+    #[tokio::test]
+    async fn responder_serves_queued_turns_first_and_records_only_up_to_the_limit() {
+        let server =
+            ScriptedServer::start_responder(|request| ScriptedTurn::text(question(request))).await;
+        server.push(ScriptedTurn::text("queued"));
+        server.set_record_limit(2);
+        let model = model(&server);
+        let mut answers = Vec::new();
+        for q in ["a", "b", "c", "d"] {
+            answers.push(answer(&model, q).await);
+        }
+        assert_eq!(answers, ["queued", "b", "c", "d"]);
+        assert_eq!(server.remaining(), 0);
+        assert_eq!(server.request_count(), 4);
+        let recorded: Vec<String> = server.requests().iter().map(question).collect();
+        assert_eq!(recorded, ["a", "b"]);
+        server.set_record_limit(0);
+        assert_eq!(answer(&model, "e").await, "e");
+        assert_eq!(server.request_count(), 5);
+        assert_eq!(server.requests().len(), 2, "bodies kept before stay");
+    }
 }

@@ -33,6 +33,19 @@ pub struct OrchestratorConfig {
     /// Capacity of the per-request event channel; a slow client makes the
     /// producer wait once this many events are queued (backpressure). Default 32.
     pub event_buffer: usize,
+    /// Days a conversation is kept after its last turn; older ones are
+    /// invisible at once and deleted by the hourly purge. 0 keeps them
+    /// forever. Default 30.
+    pub conversation_retention_days: u32,
+    /// Earlier turns of a conversation a follow-up is read with (the most
+    /// recent ones; each turn's question, answer and SQL). Default 6.
+    pub conversation_turns: u32,
+    /// In router mode, ask the routing model (`[models.routing]`, else
+    /// `[model]`) once which pipelines answer a question that matches no
+    /// golden pair, falling back to the rules when its reply is unusable.
+    /// `false` keeps router mode deterministic (rules only) even with a
+    /// model configured. Without a model it has no effect. Default true.
+    pub route_with_model: bool,
 }
 
 impl Default for OrchestratorConfig {
@@ -46,6 +59,9 @@ impl Default for OrchestratorConfig {
             model_rows: 50,
             max_cell_chars: 200,
             event_buffer: 32,
+            conversation_retention_days: 30,
+            conversation_turns: 6,
+            route_with_model: true,
         }
     }
 }

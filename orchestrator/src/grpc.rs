@@ -7,11 +7,18 @@ use quarry_proto::status::bad_request;
 use std::{sync::Arc, time::Duration};
 
 use quarry_auth::Principal;
-use quarry_proto::v1::{AskMode, AskRequest, assistant_service_server::AssistantService};
+use quarry_proto::v1::{
+    AskMode, AskRequest, DeleteConversationRequest, DeleteConversationResponse,
+    GetConversationRequest, GetConversationResponse, ListConversationsRequest,
+    ListConversationsResponse, assistant_service_server::AssistantService,
+};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::assistant::{AskStream, Assistant, Caller};
+use crate::{
+    assistant::{AskStream, Assistant, Caller},
+    conversation::{ConversationError, ConversationStore, MAX_PAGE_SIZE},
+};
 
 /// Longest question accepted, in characters.
 pub const MAX_QUESTION_CHARS: usize = 4_000;
@@ -26,6 +33,35 @@ impl AssistantGrpc {
     /// Serves `assistant`.
     pub fn new(assistant: Arc<Assistant>) -> Self {
         Self { assistant }
+    }
+}
+
+impl AssistantGrpc {
+    fn store(&self) -> Result<&ConversationStore, Status> {
+        self.assistant
+            .conversations()
+            .ok_or_else(|| Status::failed_precondition("this server does not keep conversations"))
+    }
+}
+
+/// A required `conversation_id` field.
+fn conversation_id(text: &str) -> Result<uuid::Uuid, Status> {
+    if text.is_empty() {
+        return Err(bad_request("conversation_id", "must not be empty"));
+    }
+    uuid::Uuid::parse_str(text).map_err(|_| bad_request("conversation_id", "must be a UUID"))
+}
+
+/// The status of a conversation store error: `NOT_FOUND`, `INVALID_ARGUMENT`
+/// (page token) or `UNAVAILABLE`.
+fn status_of(error: ConversationError) -> Status {
+    match error {
+        ConversationError::NotFound(_) => Status::not_found(error.to_string()),
+        ConversationError::BadPageToken => bad_request("page_token", error.to_string()),
+        ConversationError::Database(_) => {
+            tracing::warn!(%error, "conversation store failed");
+            Status::unavailable(error.to_string())
+        }
     }
 }
 
@@ -103,7 +139,57 @@ impl AssistantService for AssistantGrpc {
             authorization,
             deadline,
         };
-        Ok(Response::new(self.assistant.ask(ask, caller)))
+        Ok(Response::new(self.assistant.ask(ask, caller).await?))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn list_conversations(
+        &self,
+        request: Request<ListConversationsRequest>,
+    ) -> Result<Response<ListConversationsResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        if request.page_size > MAX_PAGE_SIZE {
+            return Err(bad_request(
+                "page_size",
+                format!("must be at most {MAX_PAGE_SIZE}"),
+            ));
+        }
+        let (conversations, next_page_token) = self
+            .store()?
+            .list(&principal, request.page_size, &request.page_token)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(ListConversationsResponse {
+            conversations,
+            next_page_token,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn get_conversation(
+        &self,
+        request: Request<GetConversationRequest>,
+    ) -> Result<Response<GetConversationResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let id = conversation_id(&request.get_ref().conversation_id)?;
+        let conversation = self.store()?.get(id, &principal).await.map_err(status_of)?;
+        Ok(Response::new(conversation))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn delete_conversation(
+        &self,
+        request: Request<DeleteConversationRequest>,
+    ) -> Result<Response<DeleteConversationResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let id = conversation_id(&request.get_ref().conversation_id)?;
+        let turns_deleted = self
+            .store()?
+            .delete(id, &principal)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(DeleteConversationResponse { turns_deleted }))
     }
 }
 

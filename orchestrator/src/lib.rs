@@ -11,6 +11,10 @@
 //!   collections, model arguments → `SearchRequest`, hits for the model;
 //! - [`summary`]: the `get_summaries` tool: its spec from the declared
 //!   kinds, model arguments → look-up or search, summaries for the model;
+//! - [`conversation`]: stored conversations (turns in the `quarry` schema),
+//!   owned by a principal, with retention; follow-ups read earlier turns;
+//! - [`refine`]: router mode's rules for follow-ups that narrow the previous
+//!   turn's SQL ("top 10 only", "now only works acquired after 2000");
 //! - [`grounding`]: numbers in a model's answer that no tool result holds;
 //! - [`render`]: text rendering of typed rows for answers, the model and the CLI.
 //!
@@ -20,8 +24,10 @@
 
 pub mod assistant;
 pub mod config;
+pub mod conversation;
 pub mod grounding;
 pub mod grpc;
+pub mod refine;
 pub mod render;
 pub mod router;
 pub mod search;

@@ -67,6 +67,7 @@
 use std::collections::BTreeSet;
 
 pub mod answer;
+pub mod model;
 
 /// Trend cues: the question asks how something developed, which stored
 /// summaries (figures per decade, peaks, trends) answer.

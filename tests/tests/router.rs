@@ -533,16 +533,26 @@ async fn small_talk_is_unanswered_with_the_reason() {
 
 #[tokio::test]
 async fn router_mode_with_a_model_runs_the_query_the_sql_tool_writes() {
-    // with a model behind the SQL tool, GenerateSql writes SQL for the
-    // question; router mode runs it, and names the route for what it is
-    let model = ScriptedServer::start(vec![ScriptedTurn::text(
+    // with a model, the routing model (here the same `[model]`) chooses the
+    // SQL pipeline for a sub-question, GenerateSql writes SQL for it; router
+    // mode runs it, and names the route for what it is
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::text(
+            serde_json::json!({
+                "steps": [{"pipeline": "sql", "query": "How many artworks are there?", "entity": ""}],
+                "reason": "a count"
+            })
+            .to_string(),
+        ),
+        ScriptedTurn::text(
         serde_json::json!({
             "sql": "SELECT count(*) AS artworks FROM tate.artworks",
             "tables_used": ["tate.artworks"],
             "assumptions": []
         })
         .to_string(),
-    )])
+        ),
+    ])
     .await;
     let server = TestServer::start(Options {
         model_base_url: Some(model.base_url()),
@@ -575,17 +585,60 @@ async fn router_mode_with_a_model_runs_the_query_the_sql_tool_writes() {
     );
     assert_eq!(
         answer.text,
-        format!("Result of the query the SQL tool wrote: artworks = {SLICE_LINES}.")
+        format!(
+            "Result of the query the SQL tool wrote for “How many artworks are there?”: artworks = {SLICE_LINES}."
+        )
     );
+    let tasks: Vec<String> = usage(&events).calls.into_iter().map(|c| c.task).collect();
     assert_eq!(
-        usage(&events).model_calls,
-        0,
-        "the orchestrator itself asked no model"
+        tasks,
+        ["routing", "sql"],
+        "the routing call, then the SQL tool's"
     );
     assert_eq!(
         model.requests().len(),
-        1,
-        "one generation, no judge on a dry run"
+        2,
+        "one routing call, one generation, no judge on a dry run"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn router_mode_can_stay_rules_only_with_a_model() {
+    // `orchestrator.route_with_model = false`: no routing call; GenerateSql
+    // (not golden-only) lets the SQL tool write SQL for the whole question
+    let model = ScriptedServer::start(vec![ScriptedTurn::text(
+        serde_json::json!({
+            "sql": "SELECT count(*) AS artworks FROM tate.artworks",
+            "tables_used": ["tate.artworks"],
+            "assumptions": []
+        })
+        .to_string(),
+    )])
+    .await;
+    let server = TestServer::start(Options {
+        model_base_url: Some(model.base_url()),
+        extra_toml: "[orchestrator]\nroute_with_model = false\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let events = ask_all(
+        &server,
+        AskRequest {
+            question: "Count the artworks".into(),
+            mode: AskMode::Router as i32,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(route(&events).route, "sql");
+    assert_eq!(
+        final_answer(&events).text,
+        format!("Result of the query the SQL tool wrote: artworks = {SLICE_LINES}.")
+    );
+    let tasks: Vec<String> = usage(&events).calls.into_iter().map(|c| c.task).collect();
+    assert_eq!(tasks, ["sql"], "only the SQL tool's generation");
+    assert_eq!(model.requests().len(), 1);
     server.stop().await;
 }

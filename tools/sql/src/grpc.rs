@@ -19,7 +19,7 @@ use crate::{
     Cell, ExecError, QueryResult, Rejection, RejectionKind, TableInfo, TableKind,
     chart::chart_hint,
     digest::{Digest, digest},
-    service::{SqlSource, SqlTool, Stage, ToolError},
+    service::{ModelCall, SqlSource, SqlTool, Stage, ToolError},
 };
 
 /// Longest SQL text accepted over the wire, in bytes.
@@ -215,6 +215,29 @@ pub fn digest_and_chart(result: &QueryResult) -> (pb::ResultDigest, String) {
     (digest_to_proto(&d), chart)
 }
 
+/// The model calls of one `GenerateSql`, numbered from 1 in order.
+pub fn model_calls_to_proto(calls: &[ModelCall]) -> Vec<pb::ModelCallUsage> {
+    calls
+        .iter()
+        .zip(1u32..)
+        .map(|(call, step)| {
+            let usage = call.usage.unwrap_or_default();
+            pb::ModelCallUsage {
+                step,
+                prompt_tokens: u64::from(usage.prompt_tokens),
+                completion_tokens: u64::from(usage.completion_tokens),
+                total_tokens: u64::from(usage.total_tokens),
+                cost_usd: call.cost_usd.unwrap_or(0.0),
+                cost_known: call.cost_usd.is_some(),
+                elapsed_ms: call.elapsed.as_millis() as u64,
+                task: call.task.to_string(),
+                model: call.model.clone(),
+                elapsed_us: call.elapsed.as_micros() as u64,
+            }
+        })
+        .collect()
+}
+
 fn stage_to_proto(stage: Stage) -> pb::AttemptStage {
     match stage {
         Stage::Generate => pb::AttemptStage::Generate,
@@ -305,6 +328,7 @@ impl SqlService for SqlGrpc {
         Ok(Response::new(pb::ExecuteSqlResponse {
             result: Some(result_to_proto(&result)),
             elapsed_ms: result.elapsed.as_millis() as u64,
+            elapsed_us: result.elapsed.as_micros() as u64,
             executed_sql: result.sql,
             digest: Some(digest),
             chart_spec_json,
@@ -358,10 +382,11 @@ impl SqlService for SqlGrpc {
                 &request.previous_sql,
                 request.dry_run,
                 u64::from(request.max_rows),
+                request.golden_only,
             )
             .await
             .map_err(|e| status_of(&e))?;
-        let (result, digest, chart_spec_json, executed_sql) = match &generated.result {
+        let (result, digest, chart_spec_json, executed_sql, database_us) = match &generated.result {
             Some(rows) => {
                 let (digest, chart) = digest_and_chart(rows);
                 (
@@ -369,9 +394,10 @@ impl SqlService for SqlGrpc {
                     Some(digest),
                     chart,
                     rows.sql.clone(),
+                    rows.elapsed.as_micros() as u64,
                 )
             }
-            None => (None, None, String::new(), String::new()),
+            None => (None, None, String::new(), String::new(), 0),
         };
         Ok(Response::new(pb::GenerateSqlResponse {
             sql: generated.sql.unwrap_or_default(),
@@ -401,6 +427,8 @@ impl SqlService for SqlGrpc {
                 full_tokens: u32::try_from(l.full_tokens).unwrap_or(u32::MAX),
             }),
             executed_sql,
+            model_calls: model_calls_to_proto(&generated.model_calls),
+            database_us,
         }))
     }
 

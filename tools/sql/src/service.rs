@@ -9,7 +9,7 @@ use std::{
 };
 
 use deadpool_postgres::Pool;
-use quarry_llm::{ChatModel, ChatRequest, Message, ResponseFormat, embed::Embedder};
+use quarry_llm::{ChatModel, ChatRequest, Message, ResponseFormat, Usage, embed::Embedder};
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -97,6 +97,64 @@ pub enum StartError {
     Config(String),
 }
 
+/// `ModelCallUsage.task` of SQL generation and repair calls.
+pub const TASK_SQL: &str = "sql";
+/// `ModelCallUsage.task` of the judge's calls (a result checked against the
+/// question).
+pub const TASK_JUDGE: &str = "judge";
+
+/// The models the SQL tool calls, by job. Both `None` (the default): golden
+/// pairs only.
+#[derive(Clone, Default)]
+pub struct SqlModels {
+    /// Writes and repairs SQL, and rewords `ExplainSql` explanations (task
+    /// `sql`, `[models.sql]`); `None` answers from golden pairs only.
+    pub sql: Option<Arc<dyn ChatModel>>,
+    /// Checks each result against the question (task `judge`, the routing
+    /// model `[models.routing]`); `None` accepts results unjudged. Only
+    /// used together with `sql`.
+    pub judge: Option<Arc<dyn ChatModel>>,
+}
+
+impl SqlModels {
+    /// `model` for both jobs (one model for everything, as with `[model]`
+    /// alone).
+    pub fn single(model: Option<Arc<dyn ChatModel>>) -> Self {
+        Self {
+            judge: model.clone(),
+            sql: model,
+        }
+    }
+}
+
+impl std::fmt::Debug for SqlModels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlModels")
+            .field("sql", &self.sql.as_ref().map(|m| m.name().to_string()))
+            .field("judge", &self.judge.as_ref().map(|m| m.name().to_string()))
+            .finish()
+    }
+}
+
+/// One model call made for a [`SqlTool::generate`] request, for usage
+/// reports (`GenerateSqlResponse.model_calls`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCall {
+    /// [`TASK_SQL`] or [`TASK_JUDGE`].
+    pub task: &'static str,
+    /// The model that served it, as configured ([`ChatModel::name`]).
+    pub model: String,
+    /// Token counts as the server reported them; `None` when it reported
+    /// none or the call failed.
+    pub usage: Option<Usage>,
+    /// Cost in US dollars from that model's [`ChatModel::price`]; `None`
+    /// when no price is configured or no usage was reported.
+    pub cost_usd: Option<f64>,
+    /// Wall time from sending the request to the end of the answer (or the
+    /// call's failure).
+    pub elapsed: Duration,
+}
+
 /// Where generated SQL came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SqlSource {
@@ -154,6 +212,8 @@ pub struct Generated {
     pub result: Option<QueryResult>,
     /// What schema linking chose (absent without a model).
     pub linking: Option<LinkedSchema>,
+    /// The model calls made, in order (empty for golden pairs).
+    pub model_calls: Vec<ModelCall>,
 }
 
 /// Errors of the tool's operations (beyond a rejection of the SQL itself).
@@ -191,7 +251,7 @@ pub struct SqlTool {
     executor: Executor,
     policy: ValidationPolicy,
     golden: RwLock<Arc<GoldenSet>>,
-    model: Option<Arc<dyn ChatModel>>,
+    models: SqlModels,
     embedder: Option<Arc<dyn Embedder>>,
     config: SqlToolConfig,
     index: tokio::sync::Mutex<Option<CachedIndex>>,
@@ -207,7 +267,7 @@ impl std::fmt::Debug for SqlTool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlTool")
             .field("config", &self.config)
-            .field("model", &self.model.as_ref().map(|_| "configured"))
+            .field("models", &self.models)
             .field(
                 "embedder",
                 &self.embedder.as_ref().map(|e| e.model_id().to_string()),
@@ -271,14 +331,15 @@ fn parse_json<T: serde::de::DeserializeOwned>(reply: &str) -> Option<T> {
 }
 
 impl SqlTool {
-    /// Builds the tool; loads and validates the golden pairs.
+    /// Builds the tool with `models` (SQL writer and judge); loads and
+    /// validates the golden pairs.
     ///
     /// # Errors
     /// [`StartError`] naming the golden file or the failing pair.
     pub fn new(
         pool: Pool,
         config: SqlToolConfig,
-        model: Option<Arc<dyn ChatModel>>,
+        models: SqlModels,
         embedder: Option<Arc<dyn Embedder>>,
     ) -> Result<Self, StartError> {
         if config.schemas.is_empty() {
@@ -314,7 +375,7 @@ impl SqlTool {
             executor,
             policy,
             golden: RwLock::new(Arc::new(golden)),
-            model,
+            models,
             embedder,
             config,
             index: tokio::sync::Mutex::new(None),
@@ -331,9 +392,9 @@ impl SqlTool {
         &self.executor
     }
 
-    /// Whether a model is configured.
+    /// Whether a model writes SQL (otherwise golden pairs only).
     pub fn has_model(&self) -> bool {
-        self.model.is_some()
+        self.models.sql.is_some()
     }
 
     fn golden(&self) -> Arc<GoldenSet> {
@@ -611,11 +672,14 @@ impl SqlTool {
         Ok(index.link(question, embedding.as_deref()))
     }
 
-    /// Turns `question` into SQL and, unless `dry_run`, runs it. With a model:
-    /// linked schema + few-shot golden pairs → structured output → validate →
-    /// execute → judge, retried up to `max_attempts` times with a scratchpad
-    /// of every failed attempt. Without one: the best golden pair above the
-    /// threshold. Never executes SQL that did not validate.
+    /// Turns `question` into SQL and, unless `dry_run`, runs it. With a SQL
+    /// model (and not `golden_only`): linked schema + few-shot golden pairs →
+    /// structured output → validate → execute → judge (the judge model),
+    /// retried up to `max_attempts` times with a scratchpad of every failed
+    /// attempt; every model call is listed in [`Generated::model_calls`].
+    /// Without one, or with `golden_only`: the best golden pair above the
+    /// threshold, no model call; without a match, `sql` is `None` and the
+    /// explanation says so. Never executes SQL that did not validate.
     ///
     /// # Errors
     /// Catalog errors; model failures end the loop and are reported as a
@@ -626,13 +690,17 @@ impl SqlTool {
         previous_sql: &str,
         dry_run: bool,
         max_rows: u64,
+        golden_only: bool,
     ) -> Result<Generated, ToolError> {
-        match &self.model {
-            Some(model) => {
+        match &self.models.sql {
+            Some(model) if !golden_only => {
                 self.generate_with_model(model.as_ref(), question, previous_sql, dry_run, max_rows)
                     .await
             }
-            None => self.generate_from_golden(question, dry_run, max_rows).await,
+            _ => {
+                self.generate_from_golden(question, dry_run, max_rows, golden_only)
+                    .await
+            }
         }
     }
 
@@ -641,6 +709,7 @@ impl SqlTool {
         question: &str,
         dry_run: bool,
         max_rows: u64,
+        golden_only: bool,
     ) -> Result<Generated, ToolError> {
         let threshold = self.config.golden_threshold;
         let golden = self.golden();
@@ -655,6 +724,7 @@ impl SqlTool {
                 tables_used: vec![],
                 result: None,
                 linking: None,
+                model_calls: vec![],
             },
             other => {
                 let closest = match other {
@@ -664,20 +734,30 @@ impl SqlTool {
                     ),
                     None => String::new(),
                 };
-                return Ok(Generated {
-                    sql: None,
-                    source: SqlSource::Golden,
-                    attempts: vec![],
-                    explanation: format!(
+                let explanation = if golden_only {
+                    format!(
+                        "Only golden question/SQL pairs were consulted (golden_only), and the \
+                         question matches none of the {} known questions.{closest}",
+                        golden.len()
+                    )
+                } else {
+                    format!(
                         "No language model is configured, and the question matches none of the {} \
                          questions this server can answer without one.{closest} Configure a model \
                          to answer free-form questions.",
                         golden.len()
-                    ),
+                    )
+                };
+                return Ok(Generated {
+                    sql: None,
+                    source: SqlSource::Golden,
+                    attempts: vec![],
+                    explanation,
                     assumptions: vec![],
                     tables_used: vec![],
                     result: None,
                     linking: None,
+                    model_calls: vec![],
                 });
             }
         };
@@ -752,9 +832,13 @@ impl SqlTool {
         prompt
     }
 
+    /// One model call for `task`, accounted in `calls` whether it succeeds
+    /// or not.
     async fn model_reply(
         &self,
         model: &dyn ChatModel,
+        task: &'static str,
+        calls: &mut Vec<ModelCall>,
         messages: Vec<Message>,
         name: &str,
         schema: serde_json::Value,
@@ -767,7 +851,17 @@ impl SqlTool {
                 strict: true,
             });
         }
-        Ok(quarry_llm::chat(model, request).await?.content)
+        let sent = Instant::now();
+        let reply = quarry_llm::chat(model, request).await;
+        let usage = reply.as_ref().ok().and_then(|r| r.usage);
+        calls.push(ModelCall {
+            task,
+            model: model.name().to_string(),
+            usage,
+            cost_usd: usage.and_then(|u| Some(model.price()?.cost_usd(u))),
+            elapsed: sent.elapsed(),
+        });
+        Ok(reply?.content)
     }
 
     async fn generate_with_model(
@@ -783,6 +877,7 @@ impl SqlTool {
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut assumptions = Vec::new();
         let mut tables_used = Vec::new();
+        let mut calls: Vec<ModelCall> = Vec::new();
         let max_attempts = self.config.max_attempts.max(1);
         for attempt_no in 1..=max_attempts {
             let mut user = format!("Question: {question}");
@@ -801,6 +896,8 @@ impl SqlTool {
             let reply = match self
                 .model_reply(
                     model,
+                    TASK_SQL,
+                    &mut calls,
                     vec![Message::system(system.clone()), Message::user(user)],
                     "sql_query",
                     generation_schema(),
@@ -871,6 +968,7 @@ impl SqlTool {
                     tables_used,
                     result: None,
                     linking: Some(linked),
+                    model_calls: calls,
                 });
             }
             let result = match self.executor.execute(&query).await {
@@ -886,8 +984,10 @@ impl SqlTool {
                 }
             };
             let row_count = result.total_rows.unwrap_or(result.rows.len() as u64);
-            if self.config.judge && attempt_no < max_attempts {
-                match self.judge(model, question, &sql, &result).await {
+            if let Some(judge) = self.models.judge.as_deref().filter(|_| self.config.judge)
+                && attempt_no < max_attempts
+            {
+                match self.judge(judge, &mut calls, question, &sql, &result).await {
                     Ok(None) => {}
                     Ok(Some(problem)) => {
                         attempts.push(Attempt {
@@ -916,6 +1016,7 @@ impl SqlTool {
                 tables_used,
                 result: Some(result),
                 linking: Some(linked),
+                model_calls: calls,
             });
         }
         Ok(Generated {
@@ -927,15 +1028,18 @@ impl SqlTool {
             tables_used,
             result: None,
             linking: Some(linked),
+            model_calls: calls,
         })
     }
 
-    /// A second model call that checks whether `result` answers `question`:
-    /// `Ok(None)` when it does, `Ok(Some(problem))` when not (empty result
-    /// where rows are expected, wrong granularity, implausible values).
+    /// A second model call (to the judge model, accounted in `calls`) that
+    /// checks whether `result` answers `question`: `Ok(None)` when it does,
+    /// `Ok(Some(problem))` when not (empty result where rows are expected,
+    /// wrong granularity, implausible values).
     async fn judge(
         &self,
         model: &dyn ChatModel,
+        calls: &mut Vec<ModelCall>,
         question: &str,
         sql: &str,
         result: &QueryResult,
@@ -958,6 +1062,8 @@ impl SqlTool {
         let reply = self
             .model_reply(
                 model,
+                TASK_JUDGE,
+                calls,
                 vec![Message::system(system), Message::user(user)],
                 "verdict",
                 judge_schema(),
@@ -1065,7 +1171,7 @@ impl SqlTool {
             &crate::explain::ExplainOptions::default(),
         )
         .await?;
-        if let Some(model) = &self.model {
+        if let Some(model) = &self.models.sql {
             let system = "Explain what this SQL query computes, in two or three plain-English sentences \
                           for a non-technical reader. Mention the tables, filters, grouping and ordering. \
                           Do not invent anything not in the query.";
@@ -1124,17 +1230,4 @@ pub fn extract_sql(reply: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::extract_sql;
-
-    #[test]
-    fn extracts_fenced_or_bare_sql() {
-        assert_eq!(
-            extract_sql("Here:\n```sql\nSELECT 1;\n```\nDone"),
-            "SELECT 1"
-        );
-        assert_eq!(extract_sql("```\nselect 2\n```"), "select 2");
-        assert_eq!(extract_sql("  SELECT 3;  "), "SELECT 3");
-        assert_eq!(extract_sql("```sql\nSELECT 4"), "SELECT 4");
-    }
-}
+mod tests;
