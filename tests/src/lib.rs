@@ -1,7 +1,9 @@
 //! Fixtures for Quarry's end-to-end tests: a real server on `127.0.0.1:0`
 //! (the same [`quarry::serve`] the binary runs) over a fresh PostgreSQL
 //! database holding a slice of the real Tate data, optionally wired to the
-//! scripted OpenAI-compatible server of `quarry_llm::testing`.
+//! scripted OpenAI-compatible server of `quarry_llm::testing` — and helpers
+//! that pick events out of the stream of an `Ask` ([`final_answer`],
+//! [`route_decided`], [`usage_of`], [`tool_results`], …).
 //!
 //! The database server comes from `QUARRY_TEST_DATABASE_URL` (set by
 //! `dev/test.sh`); without it the fixtures panic so that tests fail rather
@@ -19,11 +21,13 @@ use std::{
 
 use flate2::{Compression, read::GzDecoder, write::GzEncoder};
 use futures::StreamExt;
+use quarry_llm::testing::ScriptedServer;
 use quarry_proto::v1::{
-    AskRequest, AskResponse, ListSummaryKindsRequest, ListSummaryKindsResponse,
+    AskRequest, AskResponse, FinalAnswer, ListSummaryKindsRequest, ListSummaryKindsResponse,
+    ModelCallUsage, RouteDecided, SqlToolResult, ToolCallStarted, ToolResult, Usage,
     ask_response::Event, assistant_service_client::AssistantServiceClient,
     search_service_client::SearchServiceClient, sql_service_client::SqlServiceClient,
-    summary_service_client::SummaryServiceClient,
+    summary_service_client::SummaryServiceClient, tool_result::Outcome, value::Kind,
 };
 use quarry_sql::testing::TestDb;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -225,6 +229,17 @@ impl TestServer {
         }
     }
 
+    /// [`TestServer::start`] with the scripted `model` and `extra_toml`
+    /// merged over the generated configuration.
+    pub async fn with_model(model: &ScriptedServer, extra_toml: &str) -> Self {
+        Self::start(Options {
+            model_base_url: Some(model.base_url()),
+            extra_toml: extra_toml.to_string(),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// `http://addr`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -361,4 +376,137 @@ pub fn event_kinds(events: &[AskResponse]) -> Vec<&'static str> {
         }
     }
     out
+}
+
+// Events of an Ask stream (`Vec<AskResponse>`, as [`ask_all`] collects it).
+// The helpers that return one event panic when it is missing, naming the
+// kinds of the events the stream did hold.
+
+/// What `pick` takes from each event, in stream order.
+fn picked<T>(events: &[AskResponse], pick: impl FnMut(&Event) -> Option<T>) -> Vec<T> {
+    events
+        .iter()
+        .filter_map(|e| e.event.as_ref())
+        .filter_map(pick)
+        .collect()
+}
+
+/// What `pick` takes from the first event it takes anything from; panics,
+/// saying `what` was looked for, when it takes nothing.
+fn first_picked<T>(events: &[AskResponse], what: &str, pick: impl FnMut(&Event) -> Option<T>) -> T {
+    events
+        .iter()
+        .filter_map(|e| e.event.as_ref())
+        .find_map(pick)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {what} in the Ask stream, whose events are {:?}",
+                event_kinds(events)
+            )
+        })
+}
+
+/// The first `final_answer` event; panics if there is none.
+pub fn final_answer(events: &[AskResponse]) -> FinalAnswer {
+    first_picked(events, "final answer", |e| match e {
+        Event::FinalAnswer(f) => Some(f.clone()),
+        _ => None,
+    })
+}
+
+/// The first `route` event; panics if there is none.
+pub fn route_decided(events: &[AskResponse]) -> RouteDecided {
+    first_picked(events, "route event", |e| match e {
+        Event::Route(r) => Some(r.clone()),
+        _ => None,
+    })
+}
+
+/// The `usage` event, which must be the last event; panics if the stream is
+/// empty or ends with anything else.
+pub fn usage_of(events: &[AskResponse]) -> Usage {
+    let last = events
+        .last()
+        .expect("an empty Ask stream has no usage event");
+    match &last.event {
+        Some(Event::Usage(u)) => u.clone(),
+        other => panic!("the last event of the Ask stream is not usage: {other:?}"),
+    }
+}
+
+/// The conversation id of the `started` event, which must be the first
+/// event; panics if the stream is empty or starts with anything else.
+pub fn conversation_id(events: &[AskResponse]) -> String {
+    let first = events
+        .first()
+        .expect("an empty Ask stream has no started event");
+    match &first.event {
+        Some(Event::Started(s)) => s.conversation_id.clone(),
+        other => panic!("the first event of the Ask stream is not started: {other:?}"),
+    }
+}
+
+/// Every `tool_call_started` event, in order.
+pub fn tool_calls_started(events: &[AskResponse]) -> Vec<ToolCallStarted> {
+    picked(events, |e| match e {
+        Event::ToolCallStarted(s) => Some(s.clone()),
+        _ => None,
+    })
+}
+
+/// Every `tool_result` event, in order.
+pub fn tool_results(events: &[AskResponse]) -> Vec<ToolResult> {
+    picked(events, |e| match e {
+        Event::ToolResult(r) => Some(r.clone()),
+        _ => None,
+    })
+}
+
+/// The first `tool_result` event, whatever its outcome; panics if there is
+/// none.
+pub fn first_tool_result(events: &[AskResponse]) -> ToolResult {
+    first_picked(events, "tool result", |e| match e {
+        Event::ToolResult(r) => Some(r.clone()),
+        _ => None,
+    })
+}
+
+/// The SQL outcome of the first `tool_result` event that has one; panics if
+/// none has.
+pub fn sql_result(events: &[AskResponse]) -> SqlToolResult {
+    first_picked(events, "tool result with a SQL outcome", |e| match e {
+        Event::ToolResult(ToolResult {
+            outcome: Some(Outcome::Sql(sql)),
+            ..
+        }) => Some(sql.clone()),
+        _ => None,
+    })
+}
+
+/// The text of every `answer_delta` event, in order.
+pub fn answer_deltas(events: &[AskResponse]) -> Vec<String> {
+    picked(events, |e| match e {
+        Event::AnswerDelta(d) => Some(d.text.clone()),
+        _ => None,
+    })
+}
+
+/// The first cell of the first row of a tool result, which must be a SQL
+/// outcome whose cell is an integer; panics otherwise.
+pub fn int_cell(result: &ToolResult) -> i64 {
+    let Some(Outcome::Sql(sql)) = &result.outcome else {
+        panic!("a SQL outcome: {result:?}")
+    };
+    match &sql.rows.as_ref().unwrap().rows[0].values[0].kind {
+        Some(Kind::Int64Value(n)) => *n,
+        other => panic!("an integer cell: {other:?}"),
+    }
+}
+
+/// `(step, prompt, completion, total)` tokens of each model call, in order.
+pub fn call_tokens(calls: &[ModelCallUsage]) -> Vec<(u32, u64, u64, u64)> {
+    calls
+        .iter()
+        .map(|c| (c.step, c.prompt_tokens, c.completion_tokens, c.total_tokens))
+        .collect()
 }

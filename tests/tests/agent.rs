@@ -9,40 +9,13 @@ use std::time::Duration;
 
 use quarry_llm::testing::{ScriptedServer, ScriptedToolCall, ScriptedTurn};
 use quarry_proto::v1::{
-    AnswerStatus, AskResponse, Citation, CitationKind, FinalAnswer, ToolCallStarted, ToolResult,
-    Usage, ask_response::Event, tool_result::Outcome, value::Kind,
+    AnswerStatus, AskResponse, Citation, CitationKind, ToolResult, tool_result::Outcome,
 };
-use quarry_tests::{Options, SLICE_LINES, TestServer, ask, ask_all};
+use quarry_tests::{
+    Options, SLICE_LINES, TestServer, ask, ask_all, final_answer, int_cell, tool_calls_started,
+    tool_results, usage_of,
+};
 use serde_json::Value as Json;
-
-async fn start(model: &ScriptedServer, extra_toml: &str) -> TestServer {
-    TestServer::start(Options {
-        model_base_url: Some(model.base_url()),
-        extra_toml: extra_toml.to_string(),
-        ..Default::default()
-    })
-    .await
-}
-
-fn started_calls(events: &[AskResponse]) -> Vec<ToolCallStarted> {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::ToolCallStarted(s)) => Some(s.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn tool_results(events: &[AskResponse]) -> Vec<ToolResult> {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::ToolResult(r)) => Some(r.clone()),
-            _ => None,
-        })
-        .collect()
-}
 
 /// The tool result of `call_id`; panics unless there is exactly one.
 fn result_of(events: &[AskResponse], call_id: &str) -> ToolResult {
@@ -58,23 +31,6 @@ fn error_of(result: &ToolResult) -> String {
     match &result.outcome {
         Some(Outcome::Error(message)) => message.clone(),
         other => panic!("an error outcome for {}: {other:?}", result.call_id),
-    }
-}
-
-fn final_answer(events: &[AskResponse]) -> FinalAnswer {
-    events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::FinalAnswer(f)) => Some(f.clone()),
-            _ => None,
-        })
-        .expect("a final answer")
-}
-
-fn usage(events: &[AskResponse]) -> Usage {
-    match &events.last().expect("events").event {
-        Some(Event::Usage(u)) => u.clone(),
-        other => panic!("the last event is usage: {other:?}"),
     }
 }
 
@@ -111,16 +67,6 @@ fn offered(model: &ScriptedServer) -> Vec<String> {
         .collect()
 }
 
-fn int_cell(result: &ToolResult) -> i64 {
-    let Some(Outcome::Sql(sql)) = &result.outcome else {
-        panic!("a SQL outcome: {result:?}")
-    };
-    match &sql.rows.as_ref().unwrap().rows[0].values[0].kind {
-        Some(Kind::Int64Value(n)) => *n,
-        other => panic!("an integer cell: {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn two_calls_in_one_step_both_run_and_come_back_in_call_order() {
     let model = ScriptedServer::start(vec![
@@ -151,7 +97,7 @@ async fn two_calls_in_one_step_both_run_and_come_back_in_call_order() {
     .await
     .unwrap();
 
-    let mut started: Vec<String> = started_calls(&events)
+    let mut started: Vec<String> = tool_calls_started(&events)
         .into_iter()
         .map(|s| s.call_id)
         .collect();
@@ -211,7 +157,7 @@ async fn two_calls_in_one_step_both_run_and_come_back_in_call_order() {
     let want: Vec<&str> = found.summaries.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(cited_summaries, want);
     assert_eq!(
-        (usage(&events).model_calls, usage(&events).tool_calls),
+        (usage_of(&events).model_calls, usage_of(&events).tool_calls),
         (2, 2)
     );
     server.stop().await;
@@ -222,7 +168,7 @@ async fn a_later_call_uses_an_earlier_result() {
     // the script is written once the data is known: the second call's
     // argument is the first call's answer
     let model = ScriptedServer::start(Vec::new()).await;
-    let server = start(&model, "").await;
+    let server = TestServer::with_model(&model, "").await;
     let client = server.db.pool().get().await.unwrap();
     let artist: i32 = client
         .query_one(
@@ -307,7 +253,7 @@ async fn a_tool_error_is_shown_to_the_model_which_recovers() {
         ScriptedTurn::text("There are 300 artworks."),
     ])
     .await;
-    let server = start(&model, "").await;
+    let server = TestServer::with_model(&model, "").await;
     let events = ask_all(&server, ask("How many artworks are there?"))
         .await
         .unwrap();
@@ -347,7 +293,7 @@ async fn the_step_limit_stops_a_model_that_keeps_calling_tools() {
         ])
     };
     let model = ScriptedServer::start(vec![step(1), step(2), step(3)]).await;
-    let server = start(&model, "[orchestrator]\nmax_steps = 2\n").await;
+    let server = TestServer::with_model(&model, "[orchestrator]\nmax_steps = 2\n").await;
     let events = ask_all(&server, ask("loop forever")).await.unwrap();
 
     let answer = final_answer(&events);
@@ -364,7 +310,7 @@ async fn the_step_limit_stops_a_model_that_keeps_calling_tools() {
     assert_eq!(model.requests().len(), 2);
     assert_eq!(model.remaining(), 1);
     assert_eq!(
-        (usage(&events).model_calls, usage(&events).tool_calls),
+        (usage_of(&events).model_calls, usage_of(&events).tool_calls),
         (2, 4)
     );
     assert_eq!(
@@ -384,7 +330,7 @@ async fn the_token_limit_stops_the_loop_and_names_the_tokens_used() {
         ScriptedTurn::text("never sent"),
     ])
     .await;
-    let server = start(&model, "[orchestrator]\nmax_tokens = 1000\n").await;
+    let server = TestServer::with_model(&model, "[orchestrator]\nmax_tokens = 1000\n").await;
     let events = ask_all(&server, ask("How many artworks are there?"))
         .await
         .unwrap();
@@ -404,8 +350,8 @@ async fn the_token_limit_stops_the_loop_and_names_the_tokens_used() {
     }
     // step 1 (700 tokens) ran its tool; step 2 went over and its call did not run
     assert_eq!(model.requests().len(), 2);
-    assert_eq!(started_calls(&events).len(), 1);
-    let u = usage(&events);
+    assert_eq!(tool_calls_started(&events).len(), 1);
+    let u = usage_of(&events);
     assert_eq!((u.model_calls, u.tool_calls, u.total_tokens), (2, 1, 1700));
     assert_eq!(answer.citations.len(), 1);
     server.stop().await;
@@ -426,7 +372,7 @@ async fn the_time_limit_ends_with_limit_reached_and_keeps_what_was_found() {
         ScriptedTurn::text("too late").with_delay(Duration::from_secs(120)),
     ])
     .await;
-    let server = start(&model, "[orchestrator]\ndeadline_secs = 5\n").await;
+    let server = TestServer::with_model(&model, "[orchestrator]\ndeadline_secs = 5\n").await;
     let events = ask_all(&server, ask("How many artworks are there?"))
         .await
         .unwrap();
@@ -468,7 +414,7 @@ async fn a_tool_that_was_not_offered_is_refused_and_the_model_recovers() {
         ScriptedTurn::text("There are 300 artworks."),
     ])
     .await;
-    let server = start(&model, "").await;
+    let server = TestServer::with_model(&model, "").await;
     let events = ask_all(&server, ask("How many artworks are there?"))
         .await
         .unwrap();
@@ -533,7 +479,7 @@ async fn numbers_no_tool_result_holds_are_flagged_in_the_final_answer() {
         )),
     ])
     .await;
-    let server = start(&model, "").await;
+    let server = TestServer::with_model(&model, "").await;
     let events = ask_all(&server, ask("How many works are there since 1950?"))
         .await
         .unwrap();

@@ -6,30 +6,12 @@
 
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::{
-    AnswerStatus, AskMode, AskRequest, AskResponse, CitationKind, ask_response::Event,
-    tool_result::Outcome, value::Kind,
+    AnswerStatus, AskMode, AskRequest, CitationKind, ask_response::Event, tool_result::Outcome,
+    value::Kind,
 };
-use quarry_tests::{Options, SLICE_LINES, TestServer, ask, ask_all};
-
-fn final_answer(events: &[AskResponse]) -> quarry_proto::v1::FinalAnswer {
-    events
-        .iter()
-        .find_map(|e| match e.event.as_ref() {
-            Some(Event::FinalAnswer(f)) => Some(f.clone()),
-            _ => None,
-        })
-        .expect("a final answer")
-}
-
-fn deltas(events: &[AskResponse]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match e.event.as_ref() {
-            Some(Event::AnswerDelta(d)) => Some(d.text.clone()),
-            _ => None,
-        })
-        .collect()
-}
+use quarry_tests::{
+    Options, SLICE_LINES, TestServer, answer_deltas, ask, ask_all, final_answer, usage_of,
+};
 
 #[tokio::test]
 async fn agentic_tool_call_runs_sql_and_streams_the_answer() {
@@ -85,7 +67,7 @@ async fn agentic_tool_call_runs_sql_and_streams_the_answer() {
     );
 
     // the answer arrived as several deltas that make up the final text
-    let parts = deltas(&events);
+    let parts = answer_deltas(&events);
     assert_eq!(parts.len(), 3, "{parts:?}");
     let answer = final_answer(&events);
     assert_eq!(parts.concat(), answer.text);
@@ -95,9 +77,7 @@ async fn agentic_tool_call_runs_sql_and_streams_the_answer() {
     assert_eq!(answer.citations[0].kind, CitationKind::SqlRows as i32);
     assert_eq!(answer.citations[0].call_id, result.call_id);
 
-    let Some(Event::Usage(usage)) = &events.last().unwrap().event else {
-        panic!()
-    };
+    let usage = usage_of(&events);
     assert_eq!((usage.model_calls, usage.tool_calls), (2, 1));
     assert_eq!((usage.prompt_tokens, usage.completion_tokens), (320, 28));
 

@@ -24,7 +24,7 @@ use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::{
     AnswerStatus, AskResponse, ExecuteSqlRequest, ValidateSqlRequest, ask_response::Event,
 };
-use quarry_tests::{Options, SLICE_LINES, TestServer, ask, ask_all, authed, token};
+use quarry_tests::{Options, SLICE_LINES, TestServer, ask, ask_all, authed, final_answer, token};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -464,13 +464,7 @@ async fn client_cancel_stops_the_model_stream() {
 
     // the server is still healthy: the next question gets the next turn
     let events = ask_all(&server, ask("And a short one?")).await.unwrap();
-    let answer = events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::FinalAnswer(f)) => Some(f.clone()),
-            _ => None,
-        })
-        .expect("a final answer");
+    let answer = final_answer(&events);
     assert_eq!(answer.status, AnswerStatus::Answered as i32, "{events:?}");
     assert_eq!(answer.text, "The second answer.");
     assert_eq!(model.requests().len(), 2);

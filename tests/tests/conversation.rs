@@ -11,57 +11,19 @@ use std::time::Duration;
 
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::{
-    AnswerStatus, AskMode, AskRequest, AskResponse, DeleteConversationRequest, FinalAnswer,
-    GetConversationRequest, ListConversationsRequest, SqlToolResult, ask_response::Event,
-    tool_result::Outcome, value::Kind,
+    AnswerStatus, AskMode, AskRequest, DeleteConversationRequest, GetConversationRequest,
+    ListConversationsRequest, SqlToolResult, ask_response::Event, value::Kind,
 };
-use quarry_tests::{Options, SECRET, TestServer, ask, ask_all, authed, token};
+use quarry_tests::{
+    Options, SECRET, TestServer, ask, ask_all, authed, conversation_id, final_answer,
+    route_decided, sql_result, token,
+};
 use serde_json::Value as Json;
 use tonic::Code;
 
 fn token_for(tenant: &str, subject: &str) -> String {
     let claims = quarry_auth::Claims::issued_now(tenant, subject, Duration::from_secs(3600));
     quarry_auth::mint_hs256(SECRET.as_bytes(), &claims).unwrap()
-}
-
-fn conversation_id(events: &[AskResponse]) -> String {
-    match &events.first().expect("events").event {
-        Some(Event::Started(s)) => s.conversation_id.clone(),
-        other => panic!("the first event is started: {other:?}"),
-    }
-}
-
-fn final_answer(events: &[AskResponse]) -> FinalAnswer {
-    events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::FinalAnswer(f)) => Some(f.clone()),
-            _ => None,
-        })
-        .expect("a final answer")
-}
-
-fn route(events: &[AskResponse]) -> String {
-    events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::Route(r)) => Some(r.route.clone()),
-            _ => None,
-        })
-        .expect("a route event")
-}
-
-fn sql_result(events: &[AskResponse]) -> SqlToolResult {
-    events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::ToolResult(r)) => match &r.outcome {
-                Some(Outcome::Sql(sql)) => Some(sql.clone()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .expect("a SQL tool result")
 }
 
 fn follow_up(question: &str, conversation_id: &str) -> AskRequest {
@@ -255,7 +217,7 @@ async fn router_mode_narrows_the_previous_sql_without_a_model() {
     let first = ask_all(&server, ask("What are the 10 most common mediums?"))
         .await
         .unwrap();
-    assert_eq!(route(&first), "golden_sql");
+    assert_eq!(route_decided(&first).route, "golden_sql");
     let id = conversation_id(&first);
 
     let second = ask_all(
@@ -264,7 +226,7 @@ async fn router_mode_narrows_the_previous_sql_without_a_model() {
     )
     .await
     .unwrap();
-    assert_eq!(route(&second), "refine_sql");
+    assert_eq!(route_decided(&second).route, "refine_sql");
     assert_eq!(final_answer(&second).status, AnswerStatus::Answered as i32);
     let narrowed = sql_result(&second);
     assert!(
@@ -280,7 +242,7 @@ async fn router_mode_narrows_the_previous_sql_without_a_model() {
     let third = ask_all(&server, follow_up("top 5 only", &id))
         .await
         .unwrap();
-    assert_eq!(route(&third), "refine_sql");
+    assert_eq!(route_decided(&third).route, "refine_sql");
     let top = sql_result(&third);
     assert!(
         top.sql.contains("acquisition_year > 2000") && top.sql.contains("LIMIT 5"),
@@ -297,7 +259,7 @@ async fn router_mode_narrows_the_previous_sql_without_a_model() {
     let vague = ask_all(&server, follow_up("only those made after 1900", &id))
         .await
         .unwrap();
-    assert_eq!(route(&vague), "refine_sql");
+    assert_eq!(route_decided(&vague).route, "refine_sql");
     let answer = final_answer(&vague);
     assert_eq!(answer.status, AnswerStatus::Unanswered as i32);
     assert!(

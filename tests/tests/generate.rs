@@ -10,7 +10,9 @@ use quarry_proto::v1::{
     ExplanationSource, GenerateSqlRequest, SqlSource, ask_response::Event, tool_result::Outcome,
     value::Kind,
 };
-use quarry_tests::{Options, SLICE_LINES, TestServer, ask, ask_all, authed, token};
+use quarry_tests::{
+    Options, SLICE_LINES, TestServer, ask, ask_all, authed, first_tool_result, token,
+};
 use tonic::Code;
 
 fn sql_reply(sql: &str) -> ScriptedTurn {
@@ -31,15 +33,6 @@ fn generate(question: &str) -> GenerateSqlRequest {
     }
 }
 
-async fn server_with(model: &ScriptedServer, extra: &str) -> TestServer {
-    TestServer::start(Options {
-        model_base_url: Some(model.base_url()),
-        extra_toml: extra.into(),
-        ..Default::default()
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_refused_query_is_retried_with_the_scratchpad_until_it_validates() {
     let model = ScriptedServer::start(vec![
@@ -48,7 +41,7 @@ async fn a_refused_query_is_retried_with_the_scratchpad_until_it_validates() {
         verdict(true, ""),
     ])
     .await;
-    let server = server_with(&model, "").await;
+    let server = TestServer::with_model(&model, "").await;
     let response = server
         .sql()
         .generate_sql(authed(
@@ -124,7 +117,7 @@ async fn the_judge_sends_an_empty_result_back_for_another_attempt() {
         verdict(true, ""),
     ])
     .await;
-    let server = server_with(&model, "").await;
+    let server = TestServer::with_model(&model, "").await;
     let response = server
         .sql()
         .generate_sql(authed(
@@ -160,7 +153,8 @@ async fn without_structured_output_sql_is_extracted_from_text_and_still_validate
         ScriptedTurn::text("Here you go:\n```sql\nSELECT count(*) FROM tate.artists;\n```"),
     ])
     .await;
-    let server = server_with(&model, "[sql]\nstructured_output = false\njudge = false\n").await;
+    let server =
+        TestServer::with_model(&model, "[sql]\nstructured_output = false\njudge = false\n").await;
     let response = server
         .sql()
         .generate_sql(authed(generate("How many artists?"), &token("t1")))
@@ -192,7 +186,7 @@ async fn attempts_run_out_and_say_so() {
         sql_reply("SELECT still_nope FROM tate.artworks"),
     ])
     .await;
-    let server = server_with(&model, "[sql]\nmax_attempts = 2\n").await;
+    let server = TestServer::with_model(&model, "[sql]\nmax_attempts = 2\n").await;
     let response = server
         .sql()
         .generate_sql(authed(generate("How many artworks?"), &token("t1")))
@@ -228,17 +222,11 @@ async fn agentic_question_goes_through_generate_sql_and_the_trail_is_streamed() 
         ScriptedTurn::text("There are 300 artworks."),
     ])
     .await;
-    let server = server_with(&model, "").await;
+    let server = TestServer::with_model(&model, "").await;
     let events = ask_all(&server, ask("How many artworks are there?"))
         .await
         .unwrap();
-    let result = events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::ToolResult(r)) => Some(r.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let result = first_tool_result(&events);
     let Some(Outcome::Sql(sql)) = result.outcome else {
         panic!("{result:?}")
     };

@@ -7,8 +7,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
-use quarry_proto::v1::{GenerateSqlRequest, ModelCallUsage, SqlSource, value::Kind};
-use quarry_tests::{Options, SECRET, SLICE_LINES, TestServer, authed, token};
+use quarry_proto::v1::{
+    AskResponse, GenerateSqlRequest, ModelCallUsage, SqlSource, Usage, value::Kind,
+};
+use quarry_tests::{
+    SECRET, SLICE_LINES, TestServer, authed, final_answer, route_decided, token, usage_of,
+};
 
 /// A golden question of `dev/golden/tate.json`.
 const GOLDEN_QUESTION: &str = "How many artworks are in the Tate collection?";
@@ -33,15 +37,6 @@ fn generate(question: &str, golden_only: bool) -> GenerateSqlRequest {
         golden_only,
         ..Default::default()
     }
-}
-
-async fn start(model: &ScriptedServer, extra_toml: String) -> TestServer {
-    TestServer::start(Options {
-        model_base_url: Some(model.base_url()),
-        extra_toml,
-        ..Default::default()
-    })
-    .await
 }
 
 /// `(step, task, model, prompt, completion, total)` of each call.
@@ -78,9 +73,9 @@ async fn the_judge_runs_on_the_routing_model_and_each_call_is_priced_by_its_own_
     ])
     .await;
     let judge = ScriptedServer::start(vec![verdict(true).with_usage(500, 10)]).await;
-    let server = start(
+    let server = TestServer::with_model(
         &writer,
-        format!(
+        &format!(
             "{MODEL_PRICE}\n[models.routing]\nbase_url = \"{}\"\nmodel = \"judge-mini\"\n\
              [models.routing.price]\ninput_per_million = 0.15\noutput_per_million = 0.6\n",
             judge.base_url()
@@ -145,9 +140,9 @@ async fn a_routing_table_inherits_endpoint_and_price_from_the_model_section() {
         verdict(true).with_usage(500, 10),
     ])
     .await;
-    let server = start(
+    let server = TestServer::with_model(
         &model,
-        format!("{MODEL_PRICE}\n[models.routing]\nmodel = \"judge-mini\"\n"),
+        &format!("{MODEL_PRICE}\n[models.routing]\nmodel = \"judge-mini\"\n"),
     )
     .await;
     let response = server
@@ -180,7 +175,7 @@ async fn a_routing_table_inherits_endpoint_and_price_from_the_model_section() {
 #[tokio::test]
 async fn golden_only_never_calls_a_model_even_when_one_is_configured() {
     let model = ScriptedServer::start(vec![]).await;
-    let server = start(&model, String::new()).await;
+    let server = TestServer::with_model(&model, "").await;
     let mut sql = server.sql();
 
     let hit = sql
@@ -238,29 +233,13 @@ fn route_choice(steps: serde_json::Value) -> ScriptedTurn {
     ScriptedTurn::text(serde_json::json!({ "steps": steps, "reason": "a count" }).to_string())
 }
 
-fn ask_events(
-    events: &[quarry_proto::v1::AskResponse],
-) -> (String, String, quarry_proto::v1::Usage) {
-    use quarry_proto::v1::ask_response::Event;
-    let route = events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::Route(r)) => Some(r.route.clone()),
-            _ => None,
-        })
-        .expect("a route");
-    let answer = events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::FinalAnswer(f)) => Some(f.text.clone()),
-            _ => None,
-        })
-        .expect("a final answer");
-    let usage = match &events.last().expect("events").event {
-        Some(Event::Usage(u)) => u.clone(),
-        other => panic!("usage last: {other:?}"),
-    };
-    (route, answer, usage)
+/// The route, the final answer's text and the usage of an Ask stream.
+fn ask_events(events: &[AskResponse]) -> (String, String, Usage) {
+    (
+        route_decided(events).route,
+        final_answer(events).text,
+        usage_of(events),
+    )
 }
 
 #[tokio::test]
@@ -277,9 +256,9 @@ async fn in_router_mode_the_routing_model_picks_the_sql_pipeline_and_every_call_
         .with_usage(200, 20),
     ])
     .await;
-    let server = start(
+    let server = TestServer::with_model(
         &writer,
-        format!(
+        &format!(
             "{MODEL_PRICE}\n[models.routing]\nbase_url = \"{}\"\nmodel = \"router-mini\"\n\
              [models.routing.price]\ninput_per_million = 0.15\noutput_per_million = 0.6\n",
             router.base_url()
@@ -343,9 +322,9 @@ async fn an_unusable_routing_choice_falls_back_to_the_rules() {
     let writer = ScriptedServer::start(vec![]).await;
     let router =
         ScriptedServer::start(vec![ScriptedTurn::text("I think you should search!")]).await;
-    let server = start(
+    let server = TestServer::with_model(
         &writer,
-        format!(
+        &format!(
             "[models.routing]\nbase_url = \"{}\"\nmodel = \"router-mini\"\n",
             router.base_url()
         ),
@@ -360,14 +339,7 @@ async fn an_unusable_routing_choice_falls_back_to_the_rules() {
     )
     .await
     .unwrap();
-    use quarry_proto::v1::ask_response::Event;
-    let reason = events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::Route(r)) => Some(r.reason.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let reason = route_decided(&events).reason;
     assert!(
         reason.contains("the routing model's choice could not be used")
             && reason.contains("by rules"),
@@ -402,7 +374,7 @@ async fn in_agentic_mode_the_sql_tools_model_calls_are_in_the_ask_usage() {
         ScriptedTurn::text(format!("There are {SLICE_LINES} artworks.")).with_usage(400, 40),
     ])
     .await;
-    let server = start(&model, MODEL_PRICE.to_string()).await;
+    let server = TestServer::with_model(&model, MODEL_PRICE).await;
     let events = quarry_tests::ask_all(&server, quarry_tests::ask("How many artworks are there?"))
         .await
         .unwrap();

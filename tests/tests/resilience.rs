@@ -16,11 +16,11 @@
 use std::time::{Duration, Instant};
 
 use quarry_llm::testing::{ScriptedServer, ScriptedToolCall, ScriptedTurn};
-use quarry_proto::v1::{
-    AnswerStatus, AskMode, AskResponse, FinalAnswer, RouteDecided, ToolResult, Usage,
-    ask_response::Event, tool_result::Outcome, value::Kind,
+use quarry_proto::v1::{AnswerStatus, AskMode, AskResponse, FinalAnswer};
+use quarry_tests::{
+    SLICE_LINES, TestServer, answer_deltas, ask, ask_all, call_tokens, event_kinds, final_answer,
+    int_cell, route_decided, tool_results, usage_of,
 };
-use quarry_tests::{Options, SLICE_LINES, TestServer, ask, ask_all, event_kinds};
 use serde_json::json;
 
 /// Bound on waiting for an `Ask` whose model is scripted to stall for
@@ -33,15 +33,6 @@ const STALL: Duration = Duration::from_secs(300);
 /// The SQL the scripted model asks for; its single cell is [`SLICE_LINES`].
 const COUNT_SQL: &str = r#"{"sql": "SELECT count(*) AS artworks FROM tate.artworks"}"#;
 
-async fn start(model: &ScriptedServer, extra_toml: &str) -> TestServer {
-    TestServer::start(Options {
-        model_base_url: Some(model.base_url()),
-        extra_toml: extra_toml.to_string(),
-        ..Default::default()
-    })
-    .await
-}
-
 /// Asks `question`, at most [`WAIT`]; returns the events and the wall time.
 async fn ask_timed(server: &TestServer, question: &str) -> (Vec<AskResponse>, Duration) {
     let started = Instant::now();
@@ -52,84 +43,18 @@ async fn ask_timed(server: &TestServer, question: &str) -> (Vec<AskResponse>, Du
     (events, started.elapsed())
 }
 
-fn route(events: &[AskResponse]) -> RouteDecided {
-    events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::Route(r)) => Some(r.clone()),
-            _ => None,
-        })
-        .expect("a route event")
-}
-
-fn final_answer(events: &[AskResponse]) -> FinalAnswer {
-    events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::FinalAnswer(f)) => Some(f.clone()),
-            _ => None,
-        })
-        .expect("a final answer")
-}
-
-fn usage(events: &[AskResponse]) -> Usage {
-    match &events.last().expect("events").event {
-        Some(Event::Usage(u)) => u.clone(),
-        other => panic!("the last event is usage: {other:?}"),
-    }
-}
-
-/// The answer deltas, concatenated.
-fn streamed_text(events: &[AskResponse]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::AnswerDelta(d)) => Some(d.text.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn tool_results(events: &[AskResponse]) -> Vec<ToolResult> {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::ToolResult(r)) => Some(r.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn int_cell(result: &ToolResult) -> i64 {
-    let Some(Outcome::Sql(sql)) = &result.outcome else {
-        panic!("a SQL outcome: {result:?}")
-    };
-    match &sql.rows.as_ref().unwrap().rows[0].values[0].kind {
-        Some(Kind::Int64Value(n)) => *n,
-        other => panic!("an integer cell: {other:?}"),
-    }
-}
-
-/// `(step, prompt, completion, total)` of each model call.
-fn tokens(u: &Usage) -> Vec<(u32, u64, u64, u64)> {
-    u.calls
-        .iter()
-        .map(|c| (c.step, c.prompt_tokens, c.completion_tokens, c.total_tokens))
-        .collect()
-}
-
 /// What every `Ask` here shares, whatever failed: agentic route, the final
 /// answer's text is exactly what was streamed, Quarry's own failure note is
 /// not checked for ungrounded numbers (it quotes status codes and seconds),
 /// and usage comes last. Returns the final answer.
 fn common_checks(events: &[AskResponse]) -> FinalAnswer {
-    let route = route(events);
+    let route = route_decided(events);
     assert_eq!(route.mode, AskMode::Agentic as i32, "{route:?}");
     assert_eq!(route.route, "agent");
     let answer = final_answer(events);
     assert_eq!(
         answer.text,
-        streamed_text(events),
+        answer_deltas(events).concat(),
         "the final text is the deltas"
     );
     assert!(
@@ -138,7 +63,7 @@ fn common_checks(events: &[AskResponse]) -> FinalAnswer {
         answer.ungrounded_numbers,
         answer.text
     );
-    usage(events);
+    usage_of(events);
     answer
 }
 
@@ -171,7 +96,7 @@ async fn a_rate_limit_is_waited_out_and_the_question_answered() {
         ScriptedTurn::text("There are 300 artworks.").with_usage(1500, 6),
     ])
     .await;
-    let server = start(&model, "[model]\nmax_retries = 2\n").await;
+    let server = TestServer::with_model(&model, "[model]\nmax_retries = 2\n").await;
     let (events, elapsed) = ask_timed(&server, "How many artworks are there?").await;
 
     assert_eq!(
@@ -210,9 +135,12 @@ async fn a_rate_limit_is_waited_out_and_the_question_answered() {
 
     // the retry belongs to step 1's model call: two calls, not three, and
     // step 1's wall time covers the Retry-After wait
-    let u = usage(&events);
+    let u = usage_of(&events);
     assert_eq!((u.model_calls, u.tool_calls), (2, 1), "{u:?}");
-    assert_eq!(tokens(&u), [(1, 1000, 20, 1020), (2, 1500, 6, 1506)]);
+    assert_eq!(
+        call_tokens(&u.calls),
+        [(1, 1000, 20, 1020), (2, 1500, 6, 1506)]
+    );
     assert_eq!(u.total_tokens, 2526);
     assert!(
         u.calls[0].elapsed_ms >= 1000,
@@ -237,7 +165,7 @@ async fn a_server_error_on_every_attempt_fails_cleanly_after_the_retries() {
         ScriptedTurn::text("Recovered."),
     ])
     .await;
-    let server = start(&model, "[model]\nmax_retries = 2\n").await;
+    let server = TestServer::with_model(&model, "[model]\nmax_retries = 2\n").await;
     let (events, elapsed) = ask_timed(&server, "How many artworks are there?").await;
 
     assert_eq!(
@@ -268,10 +196,10 @@ async fn a_server_error_on_every_attempt_fails_cleanly_after_the_retries() {
         elapsed >= Duration::from_millis(300),
         "the retries did not back off: the ask took {elapsed:?}"
     );
-    let u = usage(&events);
+    let u = usage_of(&events);
     assert_eq!((u.model_calls, u.tool_calls), (1, 0), "{u:?}");
     assert_eq!(
-        tokens(&u),
+        call_tokens(&u.calls),
         [(1, 0, 0, 0)],
         "a failed call reports no tokens"
     );
@@ -291,7 +219,8 @@ async fn a_model_that_never_answers_fails_at_the_model_timeout() {
     let model = ScriptedServer::start(vec![ScriptedTurn::text("too late").with_delay(STALL)]).await;
     // the per-question deadline (60 s) is far away: the model's own timeout
     // ends the wait, so the status is FAILED, not LIMIT_REACHED
-    let server = start(&model, "[model]\ntimeout_secs = 1\nmax_retries = 2\n").await;
+    let server =
+        TestServer::with_model(&model, "[model]\ntimeout_secs = 1\nmax_retries = 2\n").await;
     let (events, elapsed) = ask_timed(&server, "How many artworks are there?").await;
 
     assert_eq!(
@@ -314,8 +243,8 @@ async fn a_model_that_never_answers_fails_at_the_model_timeout() {
     );
     // a timeout is not retried: the deadline covers the retries too
     assert_eq!(model.requests().len(), 1);
-    let u = usage(&events);
-    assert_eq!(tokens(&u), [(1, 0, 0, 0)], "{u:?}");
+    let u = usage_of(&events);
+    assert_eq!(call_tokens(&u.calls), [(1, 0, 0, 0)], "{u:?}");
     assert!(u.calls[0].elapsed_ms >= 1000, "{u:?}");
     server.stop().await;
 }
@@ -329,7 +258,8 @@ async fn a_retry_after_beyond_the_timeout_fails_at_the_timeout() {
         ScriptedTurn::text("too late"),
     ])
     .await;
-    let server = start(&model, "[model]\ntimeout_secs = 1\nmax_retries = 2\n").await;
+    let server =
+        TestServer::with_model(&model, "[model]\ntimeout_secs = 1\nmax_retries = 2\n").await;
     let (events, elapsed) = ask_timed(&server, "How many artworks are there?").await;
 
     let answer = common_checks(&events);
@@ -363,7 +293,7 @@ async fn a_malformed_chunk_keeps_what_was_streamed_and_is_not_retried() {
         ScriptedTurn::text("never asked for"),
     ])
     .await;
-    let server = start(&model, "[model]\nmax_retries = 2\n").await;
+    let server = TestServer::with_model(&model, "[model]\nmax_retries = 2\n").await;
     let (events, _) = ask_timed(&server, "How many artworks are there?").await;
 
     assert_eq!(
@@ -388,7 +318,7 @@ async fn a_malformed_chunk_keeps_what_was_streamed_and_is_not_retried() {
     assert!(!answer.text.contains("never shown"), "{}", answer.text);
     assert_eq!(model.requests().len(), 1, "a broken stream is not retried");
     assert_eq!(model.remaining(), 1);
-    assert_eq!(usage(&events).model_calls, 1);
+    assert_eq!(usage_of(&events).model_calls, 1);
     server.stop().await;
 }
 
@@ -409,7 +339,8 @@ async fn a_stream_that_stalls_part_way_keeps_what_was_streamed_and_is_not_retrie
         ScriptedTurn::text("never asked for"),
     ])
     .await;
-    let server = start(&model, "[model]\ntimeout_secs = 1\nmax_retries = 2\n").await;
+    let server =
+        TestServer::with_model(&model, "[model]\ntimeout_secs = 1\nmax_retries = 2\n").await;
     let (events, elapsed) = ask_timed(&server, "How many artworks are there?").await;
 
     assert_eq!(
@@ -449,7 +380,7 @@ async fn a_server_error_after_a_tool_call_fails_and_keeps_the_tool_result() {
         ScriptedTurn::text("never asked for"),
     ])
     .await;
-    let server = start(&model, "[model]\nmax_retries = 1\n").await;
+    let server = TestServer::with_model(&model, "[model]\nmax_retries = 1\n").await;
     let (events, _) = ask_timed(&server, "How many artworks are there?").await;
 
     assert_eq!(
@@ -503,9 +434,9 @@ async fn a_server_error_after_a_tool_call_fails_and_keeps_the_tool_result() {
     assert_eq!(tool_messages[0]["tool_call_id"], "call_count");
     assert_eq!(model.remaining(), 1);
 
-    let u = usage(&events);
+    let u = usage_of(&events);
     assert_eq!((u.model_calls, u.tool_calls), (2, 1), "{u:?}");
-    assert_eq!(tokens(&u), [(1, 1000, 20, 1020), (2, 0, 0, 0)]);
+    assert_eq!(call_tokens(&u.calls), [(1, 1000, 20, 1020), (2, 0, 0, 0)]);
     assert_eq!(u.total_tokens, 1020);
     // step 2's one call covers its retry and the 100 ms backoff before it
     assert!(u.calls[1].elapsed_ms >= 100, "{u:?}");

@@ -12,11 +12,14 @@ use std::time::{Duration, Instant};
 
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::{
-    AnswerStatus, AskMode, AskRequest, AskResponse, CitationKind, FinalAnswer, GetSummariesRequest,
-    ListCollectionsRequest, RouteDecided, SearchToolResult, SummaryToolResult, ToolResult, Usage,
-    ask_response::Event, tool_result::Outcome, value::Kind,
+    AnswerStatus, AskMode, AskRequest, AskResponse, CitationKind, GetSummariesRequest,
+    ListCollectionsRequest, RouteDecided, SearchToolResult, SummaryToolResult, ToolResult,
+    tool_result::Outcome, value::Kind,
 };
-use quarry_tests::{Options, SLICE_LINES, TestServer, ask, ask_all, authed, token};
+use quarry_tests::{
+    Options, SLICE_LINES, TestServer, ask, ask_all, authed, event_kinds, final_answer,
+    route_decided, token, tool_calls_started, tool_results, usage_of,
+};
 
 /// How long the start-up summary build and the index backfill may take on a
 /// shared machine; nothing here asserts on speed.
@@ -58,28 +61,23 @@ async fn wait_until_indexed(server: &TestServer) {
     }
 }
 
-/// The one route event.
-fn route(events: &[AskResponse]) -> RouteDecided {
-    let routes: Vec<RouteDecided> = events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::Route(r)) => Some(r.clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(routes.len(), 1, "one route event: {routes:?}");
-    assert_eq!(routes[0].mode, AskMode::Router as i32, "{routes:?}");
-    routes[0].clone()
+/// The one route event, which must be in router mode.
+fn router_route(events: &[AskResponse]) -> RouteDecided {
+    let kinds = event_kinds(events);
+    let routes = kinds.iter().filter(|k| **k == "route").count();
+    assert_eq!(routes, 1, "one route event: {kinds:?}");
+    let route = route_decided(events);
+    assert_eq!(route.mode, AskMode::Router as i32, "{route:?}");
+    route
 }
 
-fn tool_results(events: &[AskResponse]) -> Vec<ToolResult> {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::ToolResult(r)) => Some(r.clone()),
-            _ => None,
-        })
-        .collect()
+/// The arguments of the tool call `call_id`, as JSON.
+fn arguments(events: &[AskResponse], call_id: &str) -> serde_json::Value {
+    let call = tool_calls_started(events)
+        .into_iter()
+        .find(|s| s.call_id == call_id)
+        .unwrap_or_else(|| panic!("a tool call {call_id}"));
+    serde_json::from_str(&call.arguments_json).unwrap()
 }
 
 fn summaries_of(result: &ToolResult) -> &SummaryToolResult {
@@ -96,36 +94,6 @@ fn hits_of(result: &ToolResult) -> &SearchToolResult {
         Some(Outcome::Search(found)) => found,
         other => panic!("a search outcome: {other:?}"),
     }
-}
-
-fn final_answer(events: &[AskResponse]) -> FinalAnswer {
-    events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::FinalAnswer(f)) => Some(f.clone()),
-            _ => None,
-        })
-        .expect("a final answer")
-}
-
-fn usage(events: &[AskResponse]) -> Usage {
-    match &events.last().unwrap().event {
-        Some(Event::Usage(u)) => u.clone(),
-        other => panic!("usage last: {other:?}"),
-    }
-}
-
-/// The arguments of the tool call `call_id`, as JSON.
-fn arguments(events: &[AskResponse], call_id: &str) -> serde_json::Value {
-    events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::ToolCallStarted(s)) if s.call_id == call_id => {
-                Some(serde_json::from_str(&s.arguments_json).unwrap())
-            }
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("a tool call {call_id}"))
 }
 
 /// The stored text of the collection's summary, read independently.
@@ -186,7 +154,7 @@ async fn a_trend_question_is_answered_from_summaries() {
             "usage"
         ]
     );
-    let decided = route(&events);
+    let decided = router_route(&events);
     assert_eq!(decided.route, "summaries", "{decided:?}");
     for cue in [
         "no model is configured",
@@ -234,7 +202,7 @@ async fn a_trend_question_is_answered_from_summaries() {
         answer.text
     );
     assert!(answer.text.contains(OFFLINE), "{}", answer.text);
-    let used = usage(&events);
+    let used = usage_of(&events);
     assert_eq!((used.model_calls, used.tool_calls), (0, 1));
 
     // no name in the question: summaries searched by its words
@@ -244,7 +212,7 @@ async fn a_trend_question_is_answered_from_summaries() {
     )
     .await
     .unwrap();
-    assert_eq!(route(&events).route, "summaries");
+    assert_eq!(router_route(&events).route, "summaries");
     assert_eq!(
         arguments(&events, "call_1"),
         serde_json::json!({ "query": "acquisitions women", "limit": 3 })
@@ -295,7 +263,7 @@ async fn a_descriptive_question_is_answered_from_search() {
             "usage"
         ]
     );
-    let decided = route(&events);
+    let decided = router_route(&events);
     assert_eq!(decided.route, "search", "{decided:?}");
     assert!(
         decided.reason.contains("“credit line mentions”"),
@@ -392,7 +360,7 @@ async fn a_compound_question_runs_both_pipelines() {
             "usage"
         ]
     );
-    let decided = route(&events);
+    let decided = router_route(&events);
     assert_eq!(decided.route, "summaries+search", "{decided:?}");
     assert!(
         decided.reason.contains("“acquisition history”"),
@@ -435,7 +403,7 @@ async fn a_compound_question_runs_both_pipelines() {
         kinds_cited.contains(&(CitationKind::Document as i32, "call_2")),
         "{kinds_cited:?}"
     );
-    assert_eq!(usage(&events).tool_calls, 2);
+    assert_eq!(usage_of(&events).tool_calls, 2);
     server.stop().await;
 }
 
@@ -460,7 +428,7 @@ async fn a_golden_question_still_routes_to_golden_sql() {
             "usage"
         ]
     );
-    let decided = route(&events);
+    let decided = router_route(&events);
     assert_eq!(decided.route, "golden_sql", "{decided:?}");
     assert!(
         decided
@@ -495,7 +463,7 @@ async fn small_talk_is_unanswered_with_the_reason() {
         quarry_tests::event_kinds(&events),
         ["started", "route", "answer_delta", "final_answer", "usage"]
     );
-    let decided = route(&events);
+    let decided = router_route(&events);
     assert_eq!(decided.route, "none", "{decided:?}");
     let answer = final_answer(&events);
     assert_eq!(answer.status, AnswerStatus::Unanswered as i32);
@@ -512,7 +480,7 @@ async fn small_talk_is_unanswered_with_the_reason() {
     let events = ask_all(&server, ask("Show me works about zqxjv"))
         .await
         .unwrap();
-    assert_eq!(route(&events).route, "search");
+    assert_eq!(router_route(&events).route, "search");
     let answer = final_answer(&events);
     assert_eq!(
         answer.status,
@@ -569,7 +537,7 @@ async fn router_mode_with_a_model_runs_the_query_the_sql_tool_writes() {
     )
     .await
     .unwrap();
-    let decided = route(&events);
+    let decided = router_route(&events);
     assert_eq!(decided.route, "sql", "{decided:?}");
     assert!(
         decided.reason.starts_with("router mode requested"),
@@ -589,7 +557,11 @@ async fn router_mode_with_a_model_runs_the_query_the_sql_tool_writes() {
             "Result of the query the SQL tool wrote for “How many artworks are there?”: artworks = {SLICE_LINES}."
         )
     );
-    let tasks: Vec<String> = usage(&events).calls.into_iter().map(|c| c.task).collect();
+    let tasks: Vec<String> = usage_of(&events)
+        .calls
+        .into_iter()
+        .map(|c| c.task)
+        .collect();
     assert_eq!(
         tasks,
         ["routing", "sql"],
@@ -632,12 +604,16 @@ async fn router_mode_can_stay_rules_only_with_a_model() {
     )
     .await
     .unwrap();
-    assert_eq!(route(&events).route, "sql");
+    assert_eq!(router_route(&events).route, "sql");
     assert_eq!(
         final_answer(&events).text,
         format!("Result of the query the SQL tool wrote: artworks = {SLICE_LINES}.")
     );
-    let tasks: Vec<String> = usage(&events).calls.into_iter().map(|c| c.task).collect();
+    let tasks: Vec<String> = usage_of(&events)
+        .calls
+        .into_iter()
+        .map(|c| c.task)
+        .collect();
     assert_eq!(tasks, ["sql"], "only the SQL tool's generation");
     assert_eq!(model.requests().len(), 1);
     server.stop().await;

@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use quarry_llm::testing::{SCRIPTED_EMBEDDING_DIMENSION, ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::{
     CitationKind, CollectionInfo, FieldRange, FieldValue, Filter, FilterList,
-    ListCollectionsRequest, SearchMode, SearchRequest, SearchResponse, Value, ask_response::Event,
-    filter, tool_result::Outcome, value::Kind,
+    ListCollectionsRequest, SearchMode, SearchRequest, SearchResponse, Value, filter,
+    tool_result::Outcome, value::Kind,
 };
-use quarry_tests::{Options, SLICE_LINES, TestServer, ask, ask_all, authed, token};
+use quarry_tests::{
+    Options, SLICE_LINES, TestServer, ask, ask_all, authed, final_answer, first_tool_result, token,
+};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -827,13 +829,7 @@ async fn agentic_search_documents_cites_the_hits_and_the_model_sees_them() {
     )
     .await
     .unwrap();
-    let result = events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::ToolResult(r)) => Some(r.clone()),
-            _ => None,
-        })
-        .expect("a tool result");
+    let result = first_tool_result(&events);
     assert_eq!(result.tool_name, "search_documents");
     let Some(Outcome::Search(found)) = &result.outcome else {
         panic!("{result:?}")
@@ -861,13 +857,7 @@ async fn agentic_search_documents_cites_the_hits_and_the_model_sees_them() {
     .unwrap();
     assert_eq!(keys(&direct), hit_keys);
 
-    let answer = events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::FinalAnswer(f)) => Some(f.clone()),
-            _ => None,
-        })
-        .expect("a final answer");
+    let answer = final_answer(&events);
     assert_eq!(
         answer.text,
         "Tate holds several landscapes on paper acquired in the 1920s."

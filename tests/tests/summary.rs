@@ -13,10 +13,13 @@ use futures::StreamExt;
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::{
     BuildReport, BuildSummariesRequest, CitationKind, EntityMatchKind, GetSummariesRequest,
-    GetSummariesResponse, SearchSummariesRequest, Summary, ask_response::Event,
-    build_summaries_response, tool_result::Outcome,
+    GetSummariesResponse, SearchSummariesRequest, Summary, build_summaries_response,
+    tool_result::Outcome,
 };
-use quarry_tests::{Options, TestServer, ask, ask_all, authed, token, token_with_scopes};
+use quarry_tests::{
+    Options, TestServer, ask, ask_all, authed, final_answer, first_tool_result, token,
+    token_with_scopes,
+};
 use serde_json::Value as Json;
 use tonic::Code;
 
@@ -549,26 +552,14 @@ async fn the_model_gets_summaries_and_the_answer_cites_them() {
     let events = ask_all(&server, ask(&format!("How has the Tate collected {name}?")))
         .await
         .unwrap();
-    let result = events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::ToolResult(r)) => Some(r.clone()),
-            _ => None,
-        })
-        .expect("a tool result");
+    let result = first_tool_result(&events);
     assert_eq!(result.tool_name, "get_summaries");
     let Some(Outcome::Summaries(found)) = &result.outcome else {
         panic!("a summaries outcome: {result:?}");
     };
     let summary_id = format!("summary:artist:{id}");
     assert_eq!(found.summaries[0].id, summary_id);
-    let answer = events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::FinalAnswer(a)) => Some(a.clone()),
-            _ => None,
-        })
-        .expect("a final answer");
+    let answer = final_answer(&events);
     assert!(
         answer
             .citations

@@ -8,23 +8,14 @@
 use std::time::Duration;
 
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
-use quarry_proto::v1::{AnswerStatus, AskResponse, ModelCallUsage, Usage, ask_response::Event};
-use quarry_tests::{Options, TestServer, ask, ask_all};
+use quarry_proto::v1::AnswerStatus;
+use quarry_tests::{Options, TestServer, ask, ask_all, call_tokens, final_answer, usage_of};
 
 /// The price table of the tests: gpt-4o-mini's list price, USD per 1M tokens.
 const PRICE_TOML: &str = "[model.price]\ninput_per_million = 0.15\noutput_per_million = 0.6\n";
 
 /// How long the last scripted turn waits before answering.
 const ANSWER_DELAY: Duration = Duration::from_millis(300);
-
-async fn start(model: &ScriptedServer, extra_toml: &str) -> TestServer {
-    TestServer::start(Options {
-        model_base_url: Some(model.base_url()),
-        extra_toml: extra_toml.to_string(),
-        ..Default::default()
-    })
-    .await
-}
 
 /// Two tool-calling steps and an answer, each reporting its own usage; the
 /// answer comes after [`ANSWER_DELAY`].
@@ -41,31 +32,6 @@ async fn three_step_model() -> ScriptedServer {
     .await
 }
 
-fn usage(events: &[AskResponse]) -> Usage {
-    match &events.last().expect("events").event {
-        Some(Event::Usage(u)) => u.clone(),
-        other => panic!("the last event is usage: {other:?}"),
-    }
-}
-
-fn status(events: &[AskResponse]) -> i32 {
-    events
-        .iter()
-        .find_map(|e| match &e.event {
-            Some(Event::FinalAnswer(f)) => Some(f.status),
-            _ => None,
-        })
-        .expect("a final answer")
-}
-
-/// `(step, prompt, completion, total)` of each call.
-fn tokens(calls: &[ModelCallUsage]) -> Vec<(u32, u64, u64, u64)> {
-    calls
-        .iter()
-        .map(|c| (c.step, c.prompt_tokens, c.completion_tokens, c.total_tokens))
-        .collect()
-}
-
 fn assert_close(actual: f64, expected: f64, what: &str) {
     assert!(
         (actual - expected).abs() < 1e-12,
@@ -76,17 +42,17 @@ fn assert_close(actual: f64, expected: f64, what: &str) {
 #[tokio::test]
 async fn each_model_call_is_priced_and_the_request_costs_their_sum() {
     let model = three_step_model().await;
-    let server = start(&model, PRICE_TOML).await;
+    let server = TestServer::with_model(&model, PRICE_TOML).await;
     let events = ask_all(&server, ask("How many artworks are there?"))
         .await
         .unwrap();
-    assert_eq!(status(&events), AnswerStatus::Answered as i32);
-    let u = usage(&events);
+    assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
+    let u = usage_of(&events);
 
     assert_eq!(u.model_calls, 3);
     assert_eq!(u.tool_calls, 2);
     assert_eq!(
-        tokens(&u.calls),
+        call_tokens(&u.calls),
         [
             (1, 1000, 200, 1200),
             (2, 3000, 400, 3400),
@@ -130,15 +96,15 @@ async fn each_model_call_is_priced_and_the_request_costs_their_sum() {
 #[tokio::test]
 async fn without_a_price_table_tokens_are_counted_and_the_cost_is_unknown() {
     let model = three_step_model().await;
-    let server = start(&model, "").await;
+    let server = TestServer::with_model(&model, "").await;
     let events = ask_all(&server, ask("How many artworks are there?"))
         .await
         .unwrap();
-    assert_eq!(status(&events), AnswerStatus::Answered as i32);
-    let u = usage(&events);
+    assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
+    let u = usage_of(&events);
 
     assert_eq!(
-        tokens(&u.calls),
+        call_tokens(&u.calls),
         [
             (1, 1000, 200, 1200),
             (2, 3000, 400, 3400),
@@ -159,7 +125,7 @@ async fn without_a_price_table_tokens_are_counted_and_the_cost_is_unknown() {
 async fn a_zero_price_is_a_known_cost_of_nothing() {
     // a local model priced at 0 costs nothing, and says so
     let model = ScriptedServer::start(vec![ScriptedTurn::text("Done.").with_usage(700, 30)]).await;
-    let server = start(
+    let server = TestServer::with_model(
         &model,
         "[model.price]\ninput_per_million = 0.0\noutput_per_million = 0.0\n",
     )
@@ -167,8 +133,8 @@ async fn a_zero_price_is_a_known_cost_of_nothing() {
     let events = ask_all(&server, ask("How many artworks are there?"))
         .await
         .unwrap();
-    let u = usage(&events);
-    assert_eq!(tokens(&u.calls), [(1, 700, 30, 730)]);
+    let u = usage_of(&events);
+    assert_eq!(call_tokens(&u.calls), [(1, 700, 30, 730)]);
     assert!(u.cost_known && u.calls[0].cost_known, "{u:?}");
     assert_eq!(u.cost_usd, 0.0);
     server.stop().await;
@@ -180,7 +146,7 @@ async fn router_mode_calls_no_model_and_costs_nothing() {
     let events = ask_all(&server, ask("How many artworks are there?"))
         .await
         .unwrap();
-    let u = usage(&events);
+    let u = usage_of(&events);
     assert_eq!(u.model_calls, 0, "{u:?}");
     assert!(u.calls.is_empty(), "{u:?}");
     assert_eq!(u.total_tokens, 0);
