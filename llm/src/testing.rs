@@ -9,7 +9,8 @@
 //! the `finish_reason`, a `choices: []` chunk with `usage` when the request set
 //! `stream_options.include_usage`, then `data: [DONE]`. Requests without
 //! `stream: true` get one `chat.completion` JSON object. Every request body is
-//! recorded for assertions.
+//! recorded for assertions. Connections have `TCP_NODELAY` set, so streamed
+//! chunks are not held back by Nagle's algorithm.
 //!
 //! For load tests, where many requests are in flight at once and a FIFO
 //! queue cannot say which answer belongs to which request, a server started
@@ -73,6 +74,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt as _;
 use serde_json::{Value, json};
 
 /// Size of the pieces text and tool arguments are cut into, in characters.
@@ -426,6 +428,14 @@ impl ScriptedServer {
     async fn serve(shared: Shared) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        // Without TCP_NODELAY a streamed response's later small writes wait
+        // for the client's delayed ACK (about 40 ms on Linux) under Nagle's
+        // algorithm, which would add to every request's latency.
+        let listener = listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::warn!(%error, "scripted server cannot set TCP_NODELAY");
+            }
+        });
         let shared = Arc::new(shared);
         let router = Router::new()
             .route("/v1/chat/completions", post(handle))
@@ -738,18 +748,16 @@ struct Answer {
 
 impl Answer {
     fn chunk(&self, choices: Value, include_usage: bool) -> String {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": CREATED,
-            "model": self.model,
-            "system_fingerprint": "fp_scripted",
-            "choices": choices,
-        });
-        if include_usage && let Some(obj) = chunk.as_object_mut() {
-            obj.insert("usage".into(), Value::Null);
-        }
-        format!("data: {chunk}\n\n")
+        // The envelope is written directly (only `choices` goes through a
+        // `Value`): a load test streams tens of chunks per request, and the
+        // server shares the machine with the code it measures.
+        let usage = if include_usage { ",\"usage\":null" } else { "" };
+        format!(
+            "data: {{\"id\":{id},\"object\":\"chat.completion.chunk\",\"created\":{CREATED},\
+             \"model\":{model},\"system_fingerprint\":\"fp_scripted\",\"choices\":{choices}{usage}}}\n\n",
+            id = Value::from(self.id.as_str()),
+            model = Value::from(self.model.as_str()),
+        )
     }
 
     fn delta(&self, delta: Value, include_usage: bool) -> String {

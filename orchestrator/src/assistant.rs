@@ -599,6 +599,10 @@ impl Run {
         // follow-up finds this turn
         let stored = self.store_turn(outcome.status, citations, &usage).await;
         usage.database_us += stored.as_micros() as u64;
+        // the emitted wall time includes storing, like `database_us`
+        let elapsed = self.started.elapsed();
+        usage.elapsed_ms = elapsed.as_millis() as u64;
+        usage.elapsed_us = elapsed.as_micros() as u64;
         self.emit(Event::Usage(usage)).await
     }
 

@@ -19,22 +19,29 @@
 //!
 //! Per Ask the client measures the end-to-end time (request sent → `usage`
 //! event, the stream's last event) and the time to the first event, and
-//! reads the server's accounting from the `usage` event. Derived:
+//! reads the server's accounting from the `usage` event and the SQL tool's
+//! own database time from the `tool_result` events
+//! (`SqlToolResult.database_us`, "SQL database time" below). Derived:
 //! - **overhead** (client view) = end-to-end − `Usage.model_us` −
 //!   `Usage.database_us`: everything that is neither waiting for the model
-//!   nor the database executing the SQL — the orchestrator's loop, prompt
-//!   and message building, the DescribeSchema call (whose three catalog
-//!   queries are database time *not* in `database_us`), the gRPC hop to the
-//!   SQL tool and its validation, rewrite, pool wait and result encoding,
-//!   event streaming, the auth and rate-limit layers (once per RPC, internal
-//!   ones included), and the client's own gRPC work;
-//! - **server overhead** = `Usage.elapsed_us` − `model_us` − `database_us`:
-//!   the same without the client ↔ server transport and the client, split
-//!   into the SQL tool hop (`tool_us` − `database_us`) and the time outside
-//!   model and tool calls (`elapsed_us` − `model_us` − `tool_us`:
-//!   DescribeSchema, prompt building, streaming);
+//!   nor database time the server accounts for (the SQL statement, with its
+//!   transaction and pool wait, and storing the conversation turn) — the
+//!   orchestrator's loop, prompt and message building, the DescribeSchema
+//!   call (whose three catalog queries are database time *not* in
+//!   `database_us`), the gRPC hop to the SQL tool and its validation,
+//!   rewrite and result encoding, grounding, event streaming, the auth and
+//!   rate-limit layers (once per RPC, internal ones included), and the
+//!   client's own gRPC work;
+//! - **server overhead** = `Usage.elapsed_us` − `model_us` −
+//!   `database_us`: the same without the client ↔ server transport and the
+//!   client (`elapsed_us` runs to the usage event, so it includes storing
+//!   the turn), split into the SQL tool hop (`tool_us` − SQL database time)
+//!   and the time outside model and tool calls (`elapsed_us` − `model_us` −
+//!   `tool_us` − conversation store: DescribeSchema, prompt building,
+//!   streaming);
+//! - **conversation store** = `database_us` − SQL database time;
 //! - **transport** = end-to-end − `elapsed_us` (client and gRPC to and from
-//!   the server);
+//!   the server); overhead = server overhead + transport;
 //! - **model excess** = `model_us` − model calls × latency: the HTTP client
 //!   (request encoding, SSE parsing) and the scripted server's own work,
 //!   counted as model time above, so not in the overhead.
@@ -256,26 +263,32 @@ pub struct LevelReport {
     pub end_to_end: LatencySummary,
     /// Request sent → first event (`started`).
     pub first_event: LatencySummary,
-    /// End-to-end − model − database.
+    /// End-to-end − `model_us` − `database_us`.
     pub overhead: LatencySummary,
-    /// `elapsed_us` − model − database.
+    /// `elapsed_us` − `model_us` − `database_us`.
     pub server_overhead: LatencySummary,
-    /// `tool_us` − `database_us`: the SQL tool hop around the database.
+    /// `tool_us` − SQL database time: the SQL tool hop around the database.
     pub sql_tool_hop: LatencySummary,
-    /// `elapsed_us` − `model_us` − `tool_us`.
+    /// `elapsed_us` − `model_us` − `tool_us` − conversation store.
     pub outside_calls: LatencySummary,
     /// End-to-end − `elapsed_us`.
     pub transport: LatencySummary,
     /// `model_us` − model calls × latency.
     pub model_excess: LatencySummary,
-    /// `database_us`.
+    /// SQL database time (`SqlToolResult.database_us`, summed).
     pub database: LatencySummary,
+    /// `database_us` − SQL database time: storing the conversation turn.
+    pub conversation_store: LatencySummary,
     /// Mean model calls per Ask.
     pub model_calls_per_ask: f64,
     /// Mean tool calls per Ask.
     pub tool_calls_per_ask: f64,
     /// Process CPU time (user + system) per completed Ask, ms.
     pub cpu_ms_per_ask: Option<f64>,
+    /// Share of the machine's CPU time (all cores, every process —
+    /// PostgreSQL and anything else running included) that was busy during
+    /// the measured window, in `[0, 1]`.
+    pub machine_cpu_busy: Option<f64>,
     /// Process memory.
     pub memory: Memory,
 }
@@ -299,9 +312,11 @@ impl LevelReport {
             transport: LatencySummary::default(),
             model_excess: LatencySummary::default(),
             database: LatencySummary::default(),
+            conversation_store: LatencySummary::default(),
             model_calls_per_ask: 0.0,
             tool_calls_per_ask: 0.0,
             cpu_ms_per_ask: None,
+            machine_cpu_busy: None,
             memory: Memory::default(),
         }
     }
@@ -460,6 +475,7 @@ pub async fn run_ask_bench(options: &AskBenchOptions) -> anyhow::Result<AskBench
     model.set_record_limit(0);
     let config = server_config(options, &model.base_url())?;
     let pool_size = config.database.pool_size;
+    // bound as `quarry serve` is (which sets TCP_NODELAY on accepted sockets)
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -630,13 +646,21 @@ struct Sample {
     elapsed: Duration,
     model: Duration,
     tool: Duration,
+    /// `Usage.database_us`: the SQL tool's and the conversation store's.
     database: Duration,
+    /// The SQL tool's, from the tool results.
+    sql_database: Duration,
     model_calls: u32,
     tool_calls: u32,
 }
 
 impl Sample {
-    fn from_usage(end_to_end: Duration, first_event: Duration, usage: &Usage) -> Self {
+    fn from_usage(
+        end_to_end: Duration,
+        first_event: Duration,
+        usage: &Usage,
+        sql_database: Duration,
+    ) -> Self {
         Sample {
             end_to_end,
             first_event,
@@ -644,6 +668,7 @@ impl Sample {
             model: Duration::from_micros(usage.model_us),
             tool: Duration::from_micros(usage.tool_us),
             database: Duration::from_micros(usage.database_us),
+            sql_database,
             model_calls: usage.model_calls,
             tool_calls: usage.tool_calls,
         }
@@ -674,16 +699,19 @@ async fn one_ask(
     let mut first_event = None;
     let mut answered = None;
     let mut tool_error = None;
+    let mut sql_database = Duration::ZERO;
     let mut done = None;
     while let Some(message) = stream.message().await.map_err(|s| status_text(&s))? {
         let now = sent.elapsed();
         first_event.get_or_insert(now);
         match message.event {
-            Some(Event::ToolResult(result)) => {
-                if let Some(Outcome::Error(error)) = result.outcome {
+            Some(Event::ToolResult(result)) => match result.outcome {
+                Some(Outcome::Error(error)) => {
                     tool_error.get_or_insert(format!("tool {} failed: {error}", result.tool_name));
                 }
-            }
+                Some(Outcome::Sql(sql)) => sql_database += Duration::from_micros(sql.database_us),
+                _ => {}
+            },
             Some(Event::FinalAnswer(answer)) => {
                 answered = Some((answer.status, answer.text));
             }
@@ -709,6 +737,7 @@ async fn one_ask(
         end_to_end,
         first_event.unwrap_or(end_to_end),
         &usage,
+        sql_database,
     ))
 }
 
@@ -801,10 +830,9 @@ async fn run_level(
                 .push(mine);
         }));
     }
-    let cpu_from = {
-        tokio::time::sleep_until(measure_from.into()).await;
-        cpu_time()
-    };
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_from = cpu_time();
+    let machine_from = machine_cpu();
     let window_end = match options.requests {
         None => {
             tokio::time::sleep(options.duration).await;
@@ -821,6 +849,7 @@ async fn run_level(
         task.await.context("a client task failed")?;
     }
     let cpu_to = cpu_time();
+    let machine_to = machine_cpu();
     let rss_after_kib = proc_status_kib("VmRSS").unwrap_or(0);
     let peak_kib = proc_status_kib("VmHWM").unwrap_or(0);
     let collected = std::mem::take(&mut *collected.lock().unwrap_or_else(PoisonError::into_inner));
@@ -843,6 +872,12 @@ async fn run_level(
         }
         _ => None,
     };
+    let machine_cpu_busy = match (machine_from, machine_to) {
+        (Some((busy_from, total_from)), Some((busy_to, total_to))) if total_to > total_from => {
+            Some(busy_to.saturating_sub(busy_from) as f64 / (total_to - total_from) as f64)
+        }
+        _ => None,
+    };
     let report = summarise(
         &samples,
         options.model_latency,
@@ -852,6 +887,7 @@ async fn run_level(
             first_error,
             seconds,
             cpu_ms_per_ask,
+            machine_cpu_busy,
             memory: Memory {
                 rss_before_kib,
                 rss_after_kib,
@@ -889,6 +925,7 @@ fn summarise(
     let mut transport = Latencies::new()?;
     let mut model_excess = Latencies::new()?;
     let mut database = Latencies::new()?;
+    let mut conversation_store = Latencies::new()?;
     let (mut model_calls, mut tool_calls) = (0u64, 0u64);
     for s in samples {
         end_to_end.record(s.end_to_end);
@@ -898,12 +935,19 @@ fn summarise(
                 .saturating_sub(s.model)
                 .saturating_sub(s.database),
         );
+        let store = s.database.saturating_sub(s.sql_database);
         server_overhead.record(s.elapsed.saturating_sub(s.model).saturating_sub(s.database));
-        sql_tool_hop.record(s.tool.saturating_sub(s.database));
-        outside_calls.record(s.elapsed.saturating_sub(s.model).saturating_sub(s.tool));
+        sql_tool_hop.record(s.tool.saturating_sub(s.sql_database));
+        outside_calls.record(
+            s.elapsed
+                .saturating_sub(s.model)
+                .saturating_sub(s.tool)
+                .saturating_sub(store),
+        );
         transport.record(s.end_to_end.saturating_sub(s.elapsed));
         model_excess.record(s.model.saturating_sub(model_latency * s.model_calls));
-        database.record(s.database);
+        database.record(s.sql_database);
+        conversation_store.record(store);
         model_calls += u64::from(s.model_calls);
         tool_calls += u64::from(s.tool_calls);
     }
@@ -916,6 +960,7 @@ fn summarise(
     report.transport = transport.summary();
     report.model_excess = model_excess.summary();
     report.database = database.summary();
+    report.conversation_store = conversation_store.summary();
     if !samples.is_empty() {
         report.model_calls_per_ask = model_calls as f64 / samples.len() as f64;
         report.tool_calls_per_ask = tool_calls as f64 / samples.len() as f64;
@@ -954,6 +999,29 @@ fn parse_stat_cpu(stat: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64((utime + stime) as f64 / USER_HZ))
 }
 
+/// The machine's busy and total CPU time so far, in ticks, from the
+/// `cpu` line of `/proc/stat` (busy = total − idle − iowait); `None` off Linux.
+fn machine_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_cpu(&stat)
+}
+
+fn parse_machine_cpu(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already counted in user and nice)
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let total: u64 = ticks.iter().sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((total.saturating_sub(idle), total))
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -973,7 +1041,7 @@ impl AskBenchReport {
                 ", summaries served"
             } else {
                 ""
-            }
+            },
         );
         let _ = writeln!(out, "question: {}", self.question);
         let _ = writeln!(out, "sql: {}", self.sql);
@@ -1003,9 +1071,9 @@ impl AskBenchReport {
         let _ = writeln!(
             out,
             "overhead = end-to-end − model time (Usage.model_us) − database time \
-             (Usage.database_us): orchestrator, DescribeSchema, SQL tool hop (gRPC, validation, \
-             pool), streaming, auth, and the client's gRPC; server overhead = Usage.elapsed_us − \
-             model − database"
+             (Usage.database_us: the SQL statement and the conversation store): orchestrator, \
+             DescribeSchema, SQL tool hop (gRPC, validation), streaming, auth, and the client's \
+             gRPC; server overhead = Usage.elapsed_us − model − database time"
         );
         for level in &self.levels {
             out.push('\n');
@@ -1037,8 +1105,9 @@ impl AskBenchReport {
                 ("overhead (server view)", &level.server_overhead),
                 ("  SQL tool hop (tool − database)", &level.sql_tool_hop),
                 ("  outside model and tool calls", &level.outside_calls),
-                ("transport (end-to-end − server)", &level.transport),
-                ("database (SQL tool)", &level.database),
+                ("transport (client ↔ server gRPC)", &level.transport),
+                ("database: SQL statement", &level.database),
+                ("database: conversation store", &level.conversation_store),
                 ("model calls beyond the latency", &level.model_excess),
             ] {
                 let _ = writeln!(
@@ -1066,6 +1135,14 @@ impl AskBenchReport {
                     out,
                     "  process CPU per Ask: {cpu:.2} ms (server + scripted model + client; \
                      PostgreSQL not included)"
+                );
+            }
+            if let Some(busy) = level.machine_cpu_busy {
+                let _ = writeln!(
+                    out,
+                    "  machine CPU busy: {:.0} % of {} cores (every process, PostgreSQL included)",
+                    busy * 100.0,
+                    std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
                 );
             }
         }
@@ -1138,8 +1215,10 @@ impl AskBenchReport {
                 "outside_calls": l.outside_calls.to_json(),
                 "transport": l.transport.to_json(),
                 "database": l.database.to_json(),
+                "conversation_store": l.conversation_store.to_json(),
                 "model_excess": l.model_excess.to_json(),
                 "cpu_ms_per_ask": l.cpu_ms_per_ask.map(round3),
+                "machine_cpu_busy": l.machine_cpu_busy.map(round3),
                 "memory_kib": {
                     "rss_before": l.memory.rss_before_kib,
                     "rss_after": l.memory.rss_after_kib,
@@ -1165,6 +1244,8 @@ mod tests {
         // utime 250 ticks, stime 50 ticks; a command name with spaces and ')'
         let stat = "42 (tokio (x) y) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0";
         assert_eq!(parse_stat_cpu(stat), Some(Duration::from_secs(3)));
+        let machine = "cpu  100 5 20 800 10 1 2 0 0 0\ncpu0 50 2 10 400 5 0 1 0 0 0\n";
+        assert_eq!(parse_machine_cpu(machine), Some((128, 938)));
     }
 
     #[test]
@@ -1200,19 +1281,23 @@ mod tests {
         let sample = Sample {
             end_to_end: ms(110),
             first_event: ms(1),
-            elapsed: ms(108),
+            elapsed: ms(109),
             model: ms(100),
             tool: ms(5),
-            database: ms(2),
+            database: ms(3),
+            sql_database: ms(2),
             model_calls: 2,
             tool_calls: 1,
         };
+        // 1 ms of the database time is the conversation store, inside elapsed
         let r = summarise(&[sample], ms(45), LevelReport::new(1, 1)).unwrap();
-        assert!((r.overhead.p50_ms - 8.0).abs() < 0.01, "{:?}", r.overhead);
+        assert!((r.overhead.p50_ms - 7.0).abs() < 0.01, "{:?}", r.overhead);
         assert!((r.server_overhead.p50_ms - 6.0).abs() < 0.01);
         assert!((r.sql_tool_hop.p50_ms - 3.0).abs() < 0.01);
         assert!((r.outside_calls.p50_ms - 3.0).abs() < 0.01);
-        assert!((r.transport.p50_ms - 2.0).abs() < 0.01);
+        assert!((r.transport.p50_ms - 1.0).abs() < 0.01);
+        assert!((r.conversation_store.p50_ms - 1.0).abs() < 0.01);
+        assert!((r.database.p50_ms - 2.0).abs() < 0.01);
         assert!((r.model_excess.p50_ms - 10.0).abs() < 0.01);
         assert!((r.model_calls_per_ask - 2.0).abs() < f64::EPSILON);
     }
