@@ -205,6 +205,17 @@ impl ModelConfig {
     }
 }
 
+/// What a model call was for, as usage reports name it
+/// (`ModelCallUsage.task`): agentic mode's loop ([`Task::Answer`]).
+pub const TASK_ANSWER: &str = "answer";
+/// Router mode's classification ([`Task::Routing`]).
+pub const TASK_ROUTING: &str = "routing";
+/// The SQL tool's generation and repair ([`Task::Sql`]).
+pub const TASK_SQL: &str = "sql";
+/// The SQL tool's check of a result against the question (served by the
+/// [`Task::Routing`] model).
+pub const TASK_JUDGE: &str = "judge";
+
 /// The jobs Quarry gives a chat model, each of which may use its own model
 /// (`[models.<task>]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -49,6 +49,9 @@ pub use chat::{
     ChatEvent, ChatModel, ChatRequest, ChatResponse, FinishReason, Message, ResponseFormat,
     ToolCall, ToolSpec, Usage, chat, collect,
 };
-pub use config::{ModelConfig, ModelOverrides, ModelsConfig, Price, Task, TaskModels};
+pub use config::{
+    ModelConfig, ModelOverrides, ModelsConfig, Price, TASK_ANSWER, TASK_JUDGE, TASK_ROUTING,
+    TASK_SQL, Task, TaskModels,
+};
 pub use error::{LlmError, Result};
 pub use openai::OpenAiChatModel;

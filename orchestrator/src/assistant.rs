@@ -60,7 +60,10 @@ use std::{
 
 use futures::StreamExt;
 use quarry_auth::Principal;
-use quarry_llm::{ChatEvent, ChatModel, ChatRequest, Message, Price, ToolCall, ToolSpec};
+use quarry_llm::{
+    ChatEvent, ChatModel, ChatRequest, Message, Price, TASK_ANSWER, TASK_JUDGE, TASK_SQL, ToolCall,
+    ToolSpec,
+};
 use quarry_proto::v1::{
     AnswerDelta, AnswerStatus, AskMode, AskRequest, AskResponse, Citation, CitationKind,
     CollectionInfo, DescribeSchemaRequest, EntityMatchKind, ExecuteSqlRequest, FinalAnswer,
@@ -82,7 +85,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     config::OrchestratorConfig,
-    conversation::{ConversationError, ConversationStore, PriorTurn, TurnRecord},
+    conversation::{ConversationStore, PriorTurn, TurnRecord},
     refine,
     render::{markdown_table, value_text},
     router::{
@@ -95,13 +98,6 @@ use crate::{
 
 /// Name of the SQL tool as the model sees it.
 pub const QUERY_DATABASE: &str = "query_database";
-
-/// `ModelCallUsage.task` of agentic mode's model calls.
-pub const TASK_ANSWER: &str = "answer";
-/// `ModelCallUsage.task` of the SQL tool's generation and repair calls.
-pub const TASK_SQL: &str = "sql";
-/// `ModelCallUsage.task` of the SQL tool's result checks.
-pub const TASK_JUDGE: &str = "judge";
 
 /// Summaries a router-mode summary search asks for.
 const ROUTER_SUMMARIES: u32 = 3;
@@ -237,14 +233,7 @@ impl Assistant {
             };
             let history = store
                 .history(id, &caller.principal, self.config.conversation_turns)
-                .await
-                .map_err(|error| match error {
-                    ConversationError::NotFound(_) => Status::not_found(error.to_string()),
-                    other => {
-                        warn!(error = %other, "reading the conversation failed");
-                        Status::unavailable(other.to_string())
-                    }
-                })?;
+                .await?;
             (id, history)
         };
         let (tx, rx) = mpsc::channel(self.config.event_buffer.max(1));
@@ -580,6 +569,12 @@ impl Run {
             .map(|c| c.elapsed_us)
             .sum();
         self.account_tool_model_calls();
+        // the request's totals are the sums over its calls
+        let calls = &self.usage.calls;
+        self.usage.model_calls = u32::try_from(calls.len()).unwrap_or(u32::MAX);
+        self.usage.prompt_tokens = calls.iter().map(|c| c.prompt_tokens).sum();
+        self.usage.completion_tokens = calls.iter().map(|c| c.completion_tokens).sum();
+        self.usage.total_tokens = calls.iter().map(|c| c.total_tokens).sum();
         self.usage.cost_usd = self.usage.calls.iter().map(|c| c.cost_usd).sum();
         self.usage.cost_known = self.usage.calls.iter().all(|c| c.cost_known);
         let elapsed = self.started.elapsed();
@@ -655,7 +650,6 @@ impl Run {
 
     /// Starts the accounting of model call number `step` (from 1).
     fn model_call_sent(&mut self, step: u32, model: &str) {
-        self.usage.model_calls += 1;
         self.usage.calls.push(ModelCallUsage {
             step,
             task: TASK_ANSWER.to_string(),
@@ -681,9 +675,11 @@ impl Run {
         call.total_tokens = u64::from(u.total_tokens);
         call.cost_known = price.is_some();
         call.cost_usd = price.map_or(0.0, |p| p.cost_usd(u));
-        self.usage.prompt_tokens += call.prompt_tokens;
-        self.usage.completion_tokens += call.completion_tokens;
-        self.usage.total_tokens += call.total_tokens;
+    }
+
+    /// Tokens the request's model calls have used so far.
+    fn tokens_used(&self) -> u64 {
+        self.usage.calls.iter().map(|c| c.total_tokens).sum()
     }
 
     /// The model for agentic mode, or `None` for router mode, with the
@@ -1100,13 +1096,7 @@ impl Run {
     /// Adds model calls made outside the agentic loop (the routing model's,
     /// the SQL tool's) to the request's usage.
     fn account_calls(&mut self, calls: impl IntoIterator<Item = ModelCallUsage>) {
-        for call in calls {
-            self.usage.model_calls += 1;
-            self.usage.prompt_tokens += call.prompt_tokens;
-            self.usage.completion_tokens += call.completion_tokens;
-            self.usage.total_tokens += call.total_tokens;
-            self.usage.calls.push(call);
-        }
+        self.usage.calls.extend(calls);
     }
 
     /// Accounts the model calls the SQL tool made inside tool calls so far.
@@ -1333,16 +1323,17 @@ impl Run {
                     note: None,
                 });
             }
-            if max_tokens > 0 && self.usage.total_tokens > max_tokens {
+            let tokens_used = self.tokens_used();
+            if max_tokens > 0 && tokens_used > max_tokens {
                 info!(
-                    total_tokens = self.usage.total_tokens,
+                    total_tokens = tokens_used,
                     max_tokens, "token limit reached"
                 );
                 return Ok(Ending {
                     status: AnswerStatus::LimitReached,
                     note: Some(format!(
                         "\n\n(Stopped: the token limit was reached: {} tokens used, more than the limit of {max_tokens} tokens for one question, before a final answer.)",
-                        self.usage.total_tokens
+                        tokens_used
                     )),
                 });
             }
@@ -1464,12 +1455,18 @@ impl Run {
         outcome: Outcome,
         started: Instant,
     ) -> Result<(), Gone> {
-        let elapsed = self.clock().end(started);
-        if let Outcome::Sql(sql) = &outcome {
-            self.clock().database += Duration::from_micros(sql.database_us);
-        }
+        let elapsed = {
+            let mut clock = self.clock();
+            if let Outcome::Sql(sql) = &outcome {
+                clock.database += Duration::from_micros(sql.database_us);
+            }
+            clock.end(started)
+        };
         {
             let mut log = self.log();
+            if let Outcome::Sql(sql) = &outcome {
+                log.last_sql = Some(sql.sql.clone());
+            }
             if let Some(logged) = log.tool_calls.iter_mut().find(|c| c.call_id == call.id) {
                 match &outcome {
                     Outcome::Sql(sql) => {
@@ -1482,9 +1479,6 @@ impl Run {
                     }
                     Outcome::Error(message) => logged.error = message.clone(),
                 }
-            }
-            if let Outcome::Sql(sql) = &outcome {
-                log.last_sql = Some(sql.sql.clone());
             }
         }
         self.emit(Event::ToolResult(ToolResult {

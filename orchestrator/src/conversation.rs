@@ -55,6 +55,23 @@ pub enum ConversationError {
     Database(String),
 }
 
+/// `NOT_FOUND`, `INVALID_ARGUMENT` naming `page_token`, or `UNAVAILABLE`
+/// (logged) for a database failure.
+impl From<ConversationError> for tonic::Status {
+    fn from(error: ConversationError) -> Self {
+        match error {
+            ConversationError::NotFound(_) => Self::not_found(error.to_string()),
+            ConversationError::BadPageToken => {
+                quarry_proto::status::bad_request("page_token", error.to_string())
+            }
+            ConversationError::Database(_) => {
+                warn!(%error, "conversation store failed");
+                Self::unavailable(error.to_string())
+            }
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for ConversationError {
     fn from(e: tokio_postgres::Error) -> Self {
         Self::Database(e.to_string())
@@ -335,31 +352,24 @@ impl ConversationStore {
                 ],
             )
             .await?;
-        let more = rows.len() > size as usize;
-        let mut page: Vec<(ConversationSummary, DateTime<Utc>, Uuid)> = rows
-            .iter()
-            .take(size as usize)
-            .map(|row| {
-                let id: Uuid = row.get(0);
-                let updated: DateTime<Utc> = row.get(4);
-                (
-                    ConversationSummary {
-                        conversation_id: id.to_string(),
-                        title: row.get(1),
-                        turn_count: row.get::<_, i32>(2).max(0) as u32,
-                        created_at: Some(timestamp(row.get(3))),
-                        updated_at: Some(timestamp(updated)),
-                    },
-                    updated,
-                    id,
-                )
-            })
-            .collect();
-        let next = match (more, page.last()) {
-            (true, Some((_, at, id))) => page_token_of(*at, *id),
+        let page = &rows[..rows.len().min(size as usize)];
+        // one row beyond the page means there is a next page, which starts
+        // after the page's last row
+        let next = match page.last() {
+            Some(last) if rows.len() > page.len() => page_token_of(last.get(4), last.get(0)),
             _ => String::new(),
         };
-        Ok((page.drain(..).map(|(s, _, _)| s).collect(), next))
+        let conversations = page
+            .iter()
+            .map(|row| ConversationSummary {
+                conversation_id: row.get::<_, Uuid>(0).to_string(),
+                title: row.get(1),
+                turn_count: row.get::<_, i32>(2).max(0) as u32,
+                created_at: Some(timestamp(row.get(3))),
+                updated_at: Some(timestamp(row.get(4))),
+            })
+            .collect();
+        Ok((conversations, next))
     }
 
     /// `owner`'s conversation `id` with every turn, oldest first.

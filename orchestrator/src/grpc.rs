@@ -17,7 +17,7 @@ use tracing::instrument;
 
 use crate::{
     assistant::{AskStream, Assistant, Caller},
-    conversation::{ConversationError, ConversationStore, MAX_PAGE_SIZE},
+    conversation::{ConversationStore, MAX_PAGE_SIZE},
 };
 
 /// Longest question accepted, in characters.
@@ -50,19 +50,6 @@ fn conversation_id(text: &str) -> Result<uuid::Uuid, Status> {
         return Err(bad_request("conversation_id", "must not be empty"));
     }
     uuid::Uuid::parse_str(text).map_err(|_| bad_request("conversation_id", "must be a UUID"))
-}
-
-/// The status of a conversation store error: `NOT_FOUND`, `INVALID_ARGUMENT`
-/// (page token) or `UNAVAILABLE`.
-fn status_of(error: ConversationError) -> Status {
-    match error {
-        ConversationError::NotFound(_) => Status::not_found(error.to_string()),
-        ConversationError::BadPageToken => bad_request("page_token", error.to_string()),
-        ConversationError::Database(_) => {
-            tracing::warn!(%error, "conversation store failed");
-            Status::unavailable(error.to_string())
-        }
-    }
 }
 
 /// Checks an `AskRequest`; errors name the field at fault.
@@ -158,8 +145,7 @@ impl AssistantService for AssistantGrpc {
         let (conversations, next_page_token) = self
             .store()?
             .list(&principal, request.page_size, &request.page_token)
-            .await
-            .map_err(status_of)?;
+            .await?;
         Ok(Response::new(ListConversationsResponse {
             conversations,
             next_page_token,
@@ -173,7 +159,7 @@ impl AssistantService for AssistantGrpc {
     ) -> Result<Response<GetConversationResponse>, Status> {
         let principal = Principal::of(&request)?;
         let id = conversation_id(&request.get_ref().conversation_id)?;
-        let conversation = self.store()?.get(id, &principal).await.map_err(status_of)?;
+        let conversation = self.store()?.get(id, &principal).await?;
         Ok(Response::new(conversation))
     }
 
@@ -184,11 +170,7 @@ impl AssistantService for AssistantGrpc {
     ) -> Result<Response<DeleteConversationResponse>, Status> {
         let principal = Principal::of(&request)?;
         let id = conversation_id(&request.get_ref().conversation_id)?;
-        let turns_deleted = self
-            .store()?
-            .delete(id, &principal)
-            .await
-            .map_err(status_of)?;
+        let turns_deleted = self.store()?.delete(id, &principal).await?;
         Ok(Response::new(DeleteConversationResponse { turns_deleted }))
     }
 }

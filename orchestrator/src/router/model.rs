@@ -36,14 +36,11 @@
 
 use std::time::Instant;
 
-use quarry_llm::{ChatModel, ChatRequest, LlmError, Message, ResponseFormat};
+use quarry_llm::{ChatModel, ChatRequest, LlmError, Message, ResponseFormat, TASK_ROUTING};
 use quarry_proto::v1::ModelCallUsage;
 use serde::Deserialize;
 
 use super::{Available, Pipeline, Route, Step};
-
-/// `ModelCallUsage.task` of the routing model's classification call.
-pub const TASK_ROUTING: &str = "routing";
 
 /// The name of the SQL pipeline in the model's reply.
 pub const SQL_PIPELINE: &str = "sql";

@@ -98,11 +98,7 @@ pub enum StartError {
     Config(String),
 }
 
-/// `ModelCallUsage.task` of SQL generation and repair calls.
-pub const TASK_SQL: &str = "sql";
-/// `ModelCallUsage.task` of the judge's calls (a result checked against the
-/// question).
-pub const TASK_JUDGE: &str = "judge";
+pub use quarry_llm::{TASK_JUDGE, TASK_SQL};
 
 /// The models the SQL tool calls, by job. Both `None` (the default): golden
 /// pairs only.
