@@ -1,0 +1,20 @@
+//! Quarry's end-to-end tests, one test binary: every module starts real
+//! servers over gRPC against a real PostgreSQL (and, where a model is
+//! involved, the scripted OpenAI-compatible server). One binary instead of
+//! one per file: each would link the whole service (≈ 175 MB in a debug
+//! build), so fourteen of them cost 2.4 GB of disk and fourteen links.
+
+mod agent;
+mod assistant;
+mod auth;
+mod cancel;
+mod catalog;
+mod conversation;
+mod generate;
+mod models;
+mod resilience;
+mod router;
+mod search;
+mod sql;
+mod summary;
+mod usage;
