@@ -20,7 +20,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use quarry_auth::{AuthLayer, RateLimitLayer};
 use quarry_llm::embed::Embedder;
 use quarry_llm::{ChatModel, ModelConfig, OpenAiChatModel, Task};
-use quarry_orchestrator::{Assistant, AssistantGrpc, conversation::ConversationStore};
+use quarry_orchestrator::{
+    Assistant, AssistantGrpc, ToolChannel, conversation::ConversationStore, transport,
+};
 use quarry_proto::v1::{
     assistant_service_server::AssistantServiceServer, sql_service_client::SqlServiceClient,
     sql_service_server::SqlServiceServer,
@@ -40,7 +42,7 @@ use quarry_sql::{
 use quarry_summary::{SummaryGrpc, SummaryTool};
 use tokio::net::TcpListener;
 use tonic::transport::{Endpoint, Server, server::TcpIncoming};
-use tower::ServiceBuilder;
+use tower::{Layer as _, ServiceBuilder};
 use tracing::{info, warn};
 
 pub use config::Config;
@@ -354,42 +356,39 @@ pub async fn serve(
         }
     }
     let _stop_background = background.clone().drop_guard();
-    let sql_url = config
-        .server
-        .sql_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{local}"));
-    let channel = Endpoint::from_shared(sql_url.clone())
-        .with_context(|| format!("server.sql_url {sql_url:?} is not a valid URL"))?
-        .connect_lazy();
+    // Tools this process serves are called in process (their gRPC services
+    // behind the same authentication layer, no socket); a `server.*_url`
+    // sends the calls to another Deployment instead.
+    let auth = AuthLayer::new(verifier);
+    let sql_service = SqlServiceServer::new(SqlGrpc::new(tool));
+    let sql_channel = match &config.server.sql_url {
+        Some(url) => remote_tool("server.sql_url", url)?,
+        None => transport::in_process(auth.layer(sql_service.clone())),
+    };
     let mut assistant = Assistant::new(
         models.answer.clone(),
-        SqlServiceClient::new(channel),
+        SqlServiceClient::new(sql_channel),
         config.orchestrator.clone(),
     );
     if let Some(routing) = models.routing.clone() {
         assistant = assistant.with_routing_model(routing);
     }
-    let search_url = match (&config.server.search_url, &search) {
-        (Some(url), _) => Some(url.clone()),
-        (None, Some(_)) => Some(format!("http://{local}")),
+    let search_service = search.map(|tool| SearchServiceServer::new(SearchGrpc::new(tool)));
+    let search_channel = match (&config.server.search_url, &search_service) {
+        (Some(url), _) => Some(remote_tool("server.search_url", url)?),
+        (None, Some(service)) => Some(transport::in_process(auth.layer(service.clone()))),
         (None, None) => None,
     };
-    if let Some(url) = search_url {
-        let channel = Endpoint::from_shared(url.clone())
-            .with_context(|| format!("server.search_url {url:?} is not a valid URL"))?
-            .connect_lazy();
+    if let Some(channel) = search_channel {
         assistant = assistant.with_search(SearchServiceClient::new(channel));
     }
-    let summary_url = match (&config.server.summary_url, &summaries) {
-        (Some(url), _) => Some(url.clone()),
-        (None, Some(_)) => Some(format!("http://{local}")),
+    let summary_service = summaries.map(|tool| SummaryServiceServer::new(SummaryGrpc::new(tool)));
+    let summary_channel = match (&config.server.summary_url, &summary_service) {
+        (Some(url), _) => Some(remote_tool("server.summary_url", url)?),
+        (None, Some(service)) => Some(transport::in_process(auth.layer(service.clone()))),
         (None, None) => None,
     };
-    if let Some(url) = summary_url {
-        let channel = Endpoint::from_shared(url.clone())
-            .with_context(|| format!("server.summary_url {url:?} is not a valid URL"))?
-            .connect_lazy();
+    if let Some(channel) = summary_channel {
         assistant = assistant.with_summaries(SummaryServiceClient::new(channel));
     }
     // Conversations: every Ask is a stored turn; expired ones are purged hourly.
@@ -418,13 +417,11 @@ pub async fn serve(
     health
         .set_serving::<AssistantServiceServer<AssistantGrpc>>()
         .await;
-    let search_service = search.map(|tool| SearchServiceServer::new(SearchGrpc::new(tool)));
     if search_service.is_some() {
         health
             .set_serving::<SearchServiceServer<SearchGrpc>>()
             .await;
     }
-    let summary_service = summaries.map(|tool| SummaryServiceServer::new(SummaryGrpc::new(tool)));
     if summary_service.is_some() {
         health
             .set_serving::<SummaryServiceServer<SummaryGrpc>>()
@@ -440,7 +437,7 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let layers = ServiceBuilder::new()
-        .layer(AuthLayer::new(verifier))
+        .layer(auth)
         .layer(RateLimitLayer::new(limiter));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
@@ -448,7 +445,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(SqlServiceServer::new(SqlGrpc::new(tool)))
+        .add_service(sql_service)
         .add_service(AssistantServiceServer::new(AssistantGrpc::new(assistant)))
         .add_optional_service(search_service)
         .add_optional_service(summary_service)
@@ -480,6 +477,14 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// A tool served by another process at `url` (the value of `key`), connected
+/// on first use.
+fn remote_tool(key: &str, url: &str) -> anyhow::Result<ToolChannel> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("{key} {url:?} is not a valid URL"))?;
+    Ok(transport::remote(endpoint.connect_lazy()))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -79,7 +79,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     Status,
     metadata::{Ascii, MetadataValue},
-    transport::Channel,
 };
 use tracing::{Instrument, info, info_span, warn};
 
@@ -94,6 +93,7 @@ use crate::{
     },
     search::{self, SEARCH_DOCUMENTS},
     summary::{self, GET_SUMMARIES, SummaryCall},
+    transport::ToolChannel,
 };
 
 /// Name of the SQL tool as the model sees it.
@@ -128,9 +128,9 @@ pub struct Assistant {
     model: Option<Arc<dyn ChatModel>>,
     /// The model for router mode's classification (`[models.routing]`).
     routing_model: Option<Arc<dyn ChatModel>>,
-    sql: SqlServiceClient<Channel>,
-    search: Option<SearchServiceClient<Channel>>,
-    summaries: Option<SummaryServiceClient<Channel>>,
+    sql: SqlServiceClient<ToolChannel>,
+    search: Option<SearchServiceClient<ToolChannel>>,
+    summaries: Option<SummaryServiceClient<ToolChannel>>,
     conversations: Option<ConversationStore>,
     config: OrchestratorConfig,
 }
@@ -149,7 +149,7 @@ impl Assistant {
     /// is set, answers in agentic mode by default.
     pub fn new(
         model: Option<Arc<dyn ChatModel>>,
-        sql: SqlServiceClient<Channel>,
+        sql: SqlServiceClient<ToolChannel>,
         config: OrchestratorConfig,
     ) -> Self {
         Self {
@@ -166,7 +166,7 @@ impl Assistant {
     /// Offers the search tool (`search_documents`) to the model too, over the
     /// collections `search` declares.
     #[must_use]
-    pub fn with_search(mut self, search: SearchServiceClient<Channel>) -> Self {
+    pub fn with_search(mut self, search: SearchServiceClient<ToolChannel>) -> Self {
         self.search = Some(search);
         self
     }
@@ -174,7 +174,7 @@ impl Assistant {
     /// Offers the summaries tool (`get_summaries`) to the model too, over the
     /// kinds `summaries` declares.
     #[must_use]
-    pub fn with_summaries(mut self, summaries: SummaryServiceClient<Channel>) -> Self {
+    pub fn with_summaries(mut self, summaries: SummaryServiceClient<ToolChannel>) -> Self {
         self.summaries = Some(summaries);
         self
     }

@@ -263,8 +263,11 @@ impl ConversationStore {
         let usage = &record.usage;
         let cost = usage.cost_known.then_some(usage.cost_usd);
         let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
+        // Prepared once per pooled connection (deadpool's statement cache):
+        // every Ask stores a turn, and parsing and planning this statement
+        // each time cost a round trip and PostgreSQL CPU.
+        let statement = client
+            .prepare_cached(
                 "WITH c AS (
                      INSERT INTO quarry.conversations AS c (id, tenant, subject, title, turn_count)
                      VALUES ($1, $2, $3, $4, 1)
@@ -280,6 +283,11 @@ impl ConversationStore {
                         $16, $17, $18
                    FROM c
                  RETURNING turn",
+            )
+            .await?;
+        let row = client
+            .query_opt(
+                &statement,
                 &[
                     &id,
                     &owner.tenant,

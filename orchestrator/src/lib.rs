@@ -16,7 +16,9 @@
 //! - [`refine`]: router mode's rules for follow-ups that narrow the previous
 //!   turn's SQL ("top 10 only", "now only works acquired after 2000");
 //! - [`grounding`]: numbers in a model's answer that no tool result holds;
-//! - [`render`]: text rendering of typed rows for answers, the model and the CLI.
+//! - [`render`]: text rendering of typed rows for answers, the model and the CLI;
+//! - [`transport`]: how a tool is reached — a network channel, or the tool's
+//!   gRPC service called in process.
 //!
 //! Tools are reached through their generated gRPC clients whether they run in
 //! the same process or in another Deployment, with the caller's credentials
@@ -32,7 +34,9 @@ pub mod render;
 pub mod router;
 pub mod search;
 pub mod summary;
+pub mod transport;
 
 pub use assistant::{AskStream, Assistant, Caller, QUERY_DATABASE};
 pub use config::OrchestratorConfig;
 pub use grpc::AssistantGrpc;
+pub use transport::ToolChannel;

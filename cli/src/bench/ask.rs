@@ -28,10 +28,11 @@
 //!   transaction and pool wait, and storing the conversation turn) — the
 //!   orchestrator's loop, prompt and message building, the DescribeSchema
 //!   call (whose three catalog queries are database time *not* in
-//!   `database_us`), the gRPC hop to the SQL tool and its validation,
-//!   rewrite and result encoding, grounding, event streaming, the auth and
-//!   rate-limit layers (once per RPC, internal ones included), and the
-//!   client's own gRPC work;
+//!   `database_us`), the call into the SQL tool (its gRPC service, in
+//!   process: no socket) and its validation, rewrite and result encoding,
+//!   grounding, event streaming, the auth layer (on the Ask and on each
+//!   internal call), the rate limiter (on the Ask), and the client's own
+//!   gRPC work;
 //! - **server overhead** = `Usage.elapsed_us` − `model_us` −
 //!   `database_us`: the same without the client ↔ server transport and the
 //!   client (`elapsed_us` runs to the usage event, so it includes storing
@@ -1072,7 +1073,7 @@ impl AskBenchReport {
             out,
             "overhead = end-to-end − model time (Usage.model_us) − database time \
              (Usage.database_us: the SQL statement and the conversation store): orchestrator, \
-             DescribeSchema, SQL tool hop (gRPC, validation), streaming, auth, and the client's \
+             DescribeSchema, SQL tool hop (in-process gRPC service, validation), streaming, auth, and the client's \
              gRPC; server overhead = Usage.elapsed_us − model − database time"
         );
         for level in &self.levels {

@@ -13,6 +13,7 @@ mod conversation;
 mod generate;
 mod models;
 mod resilience;
+mod roles;
 mod router;
 mod search;
 mod sql;

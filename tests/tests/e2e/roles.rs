@@ -1,0 +1,114 @@
+//! Tools in another process: with `server.sql_url` set, the orchestrator
+//! sends its SQL tool calls over the network to that server (which checks
+//! the forwarded token itself) instead of calling the SQL tool of its own
+//! process, as one Deployment per role runs on Kubernetes; without it the
+//! calls stay in process. Either way the model sees the same results.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
+use quarry_proto::v1::AnswerStatus;
+use quarry_tests::{Options, TestServer, ask, ask_all, final_answer, first_tool_result, int_cell};
+
+const COUNT_SQL: &str = "SELECT count(*) AS n FROM tate.artworks";
+
+async fn count_artworks(url: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client.query_one(COUNT_SQL, &[]).await.unwrap().get(0)
+}
+
+async fn empty_artworks(url: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("TRUNCATE tate.artworks CASCADE")
+        .await
+        .unwrap();
+}
+
+fn count_then_answer() -> Vec<ScriptedTurn> {
+    vec![
+        ScriptedTurn::tool_call("query_database", format!(r#"{{"sql": "{COUNT_SQL}"}}"#)),
+        ScriptedTurn::text("Counted."),
+    ]
+}
+
+#[tokio::test]
+async fn sql_url_sends_sql_tool_calls_to_that_server() {
+    let sql_role = TestServer::start(Options::default()).await;
+    let model = ScriptedServer::start(count_then_answer()).await;
+    let orchestrator = TestServer::with_model(
+        &model,
+        &format!("[server]\nsql_url = \"{}\"\n", sql_role.url()),
+    )
+    .await;
+    // Tell the two databases apart: the orchestrator's own has no artworks.
+    empty_artworks(orchestrator.db.url()).await;
+    let remote_count = count_artworks(sql_role.db.url()).await;
+    assert!(remote_count > 0);
+
+    let events = ask_all(&orchestrator, ask("How many artworks are there?"))
+        .await
+        .unwrap();
+    assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
+    assert_eq!(
+        int_cell(&first_tool_result(&events)),
+        remote_count,
+        "the count comes from the SQL role's database"
+    );
+}
+
+#[tokio::test]
+async fn without_sql_url_the_sql_tool_of_this_process_answers() {
+    let model = ScriptedServer::start(count_then_answer()).await;
+    let server = TestServer::with_model(&model, "").await;
+    let expected = count_artworks(server.db.url()).await;
+    let events = ask_all(&server, ask("How many artworks are there?"))
+        .await
+        .unwrap();
+    assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
+    assert_eq!(int_cell(&first_tool_result(&events)), expected);
+}
+
+#[tokio::test]
+async fn an_unreachable_sql_role_fails_the_ask_saying_why() {
+    // Port 9 (discard) on loopback: nothing listens, connections are refused.
+    let model = ScriptedServer::start(count_then_answer()).await;
+    let orchestrator =
+        TestServer::with_model(&model, "[server]\nsql_url = \"http://127.0.0.1:9\"\n").await;
+    let events = ask_all(&orchestrator, ask("How many artworks are there?"))
+        .await
+        .unwrap();
+    let answer = final_answer(&events);
+    assert_eq!(answer.status, AnswerStatus::Failed as i32, "{answer:?}");
+    assert!(
+        answer.text.contains("could not read the database schema")
+            && answer.text.contains("connect"),
+        "{answer:?}"
+    );
+    assert_eq!(model.request_count(), 0, "no model call without a schema");
+}
+
+#[tokio::test]
+async fn the_rate_limit_counts_the_callers_requests_not_the_asks_tool_calls() {
+    // One request per second, no burst: the Ask takes the tenant's one cell;
+    // its DescribeSchema and ExecuteSql calls to the tool in this process
+    // must not be refused for it.
+    let model = ScriptedServer::start(count_then_answer()).await;
+    let server = TestServer::start(Options {
+        model_base_url: Some(model.base_url()),
+        rate_limit: Some((1, 1)),
+        ..Options::default()
+    })
+    .await;
+    let events = ask_all(&server, ask("How many artworks are there?"))
+        .await
+        .unwrap();
+    assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
+    assert!(int_cell(&first_tool_result(&events)) > 0);
+}
