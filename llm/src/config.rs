@@ -52,8 +52,9 @@ pub struct ModelConfig {
     /// How many times a request that failed before any answer arrived (HTTP
     /// 429 or 5xx, or a refused connection) is sent again, with exponential
     /// backoff from 100 ms or the server's `Retry-After` seconds. All attempts
-    /// share the one `timeout_secs` deadline. A stream that fails part-way is
-    /// never retried. Default 2.
+    /// share the one `timeout_secs` deadline; a `Retry-After` that would end
+    /// past it is not waited out (the response's error is returned at once).
+    /// A stream that fails part-way is never retried. Default 2.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
     /// What the model costs, for the cost reported with each answer

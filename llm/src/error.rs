@@ -9,7 +9,10 @@ pub enum LlmError {
     /// The endpoint answered with a non-success HTTP status (after any
     /// retries). `message` is the server's error message when it sent one in
     /// a known shape, else the start of the body.
-    #[error("model endpoint answered http {status}: {message}")]
+    #[error(
+        "model endpoint answered http {status}: {message}{}",
+        retry_after.map(|d| format!(" (retry after {}s)", d.as_secs())).unwrap_or_default()
+    )]
     Http {
         /// HTTP status code, e.g. 429 or 500.
         status: u16,

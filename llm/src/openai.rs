@@ -106,7 +106,7 @@ impl OpenAiChatModel {
             .connect_timeout(config.timeout().min(MAX_CONNECT_TIMEOUT))
             .build()
             .map_err(|e| LlmError::Config(format!("cannot build http client: {e}")))?;
-        let service = http_service(http.clone(), config.max_retries);
+        let service = http_service(http.clone(), config.max_retries, config.timeout());
         let client = Client::build(http, openai_config).with_http_service(service);
         Ok(Self {
             client,
@@ -458,6 +458,7 @@ fn wire_usage(usage: &CompletionUsage) -> Usage {
 fn http_service(
     http: reqwest::Client,
     max_retries: u32,
+    timeout: Duration,
 ) -> impl tower::Service<
     HttpRequestFactory,
     Response = reqwest::Response,
@@ -468,7 +469,7 @@ fn http_service(
 + Sync
 + 'static {
     let retrying = tower::ServiceBuilder::new()
-        .retry(SimpleRetryPolicy::new(max_retries as usize))
+        .retry(DeadlineRetry::new(max_retries, timeout))
         .service(ReqwestService::new(http));
     tower::service_fn(move |request: HttpRequestFactory| {
         let retrying = retrying.clone();
@@ -484,6 +485,72 @@ fn http_service(
     })
 }
 
+/// async-openai's [`SimpleRetryPolicy`] — retry 429, 5xx and refused
+/// connections up to `max_retries` times, after the response's
+/// `Retry-After` (whole seconds, RFC 9110 §10.2.3) or else an exponential
+/// backoff from 100 ms capped at 8 s — except that a `Retry-After` that ends
+/// at or after the request's deadline (`timeout`, counted from the first
+/// attempt, as the stream's own deadline is) is not waited out: that
+/// response is returned at once, so the caller is told it was rate limited
+/// and for how long instead of, `timeout` later, that it timed out.
+#[derive(Clone, Debug)]
+struct DeadlineRetry {
+    inner: SimpleRetryPolicy,
+    timeout: Duration,
+    /// When the first attempt was sent (set by `clone_request`, which tower
+    /// calls before it).
+    started: Option<Instant>,
+}
+
+impl DeadlineRetry {
+    fn new(max_retries: u32, timeout: Duration) -> Self {
+        Self {
+            inner: SimpleRetryPolicy::new(max_retries as usize),
+            timeout,
+            started: None,
+        }
+    }
+}
+
+impl tower::retry::Policy<HttpRequestFactory, reqwest::Response, OpenAIError> for DeadlineRetry {
+    type Future = <SimpleRetryPolicy as tower::retry::Policy<
+        HttpRequestFactory,
+        reqwest::Response,
+        OpenAIError,
+    >>::Future;
+
+    fn retry(
+        &mut self,
+        request: &mut HttpRequestFactory,
+        result: &mut std::result::Result<reqwest::Response, OpenAIError>,
+    ) -> Option<Self::Future> {
+        if let Ok(response) = result.as_ref()
+            && let Some(wait) = retry_after(response.headers())
+        {
+            let elapsed = self.started.map_or(Duration::ZERO, |s| s.elapsed());
+            if elapsed.saturating_add(wait) >= self.timeout {
+                return None;
+            }
+        }
+        self.inner.retry(request, result)
+    }
+
+    fn clone_request(&mut self, request: &HttpRequestFactory) -> Option<HttpRequestFactory> {
+        self.started.get_or_insert_with(Instant::now);
+        self.inner.clone_request(request)
+    }
+}
+
+/// A response's `Retry-After` in whole seconds (the HTTP-date form is not
+/// read, as async-openai's policy does not read it either).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
 /// A non-success HTTP response, carried through async-openai as
 /// `OpenAIError::Boxed` and turned into [`LlmError::Http`].
 #[derive(Debug, thiserror::Error)]
@@ -497,12 +564,7 @@ struct HttpStatusError {
 impl HttpStatusError {
     async fn read(response: reqwest::Response) -> Self {
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(response.headers());
         let message = match response.bytes().await {
             Ok(body) => error_message(&body),
             Err(e) => format!("error body unreadable: {e}"),

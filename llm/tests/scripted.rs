@@ -315,6 +315,34 @@ async fn rate_limit_keeps_status_message_and_retry_after() {
 }
 
 #[tokio::test]
+async fn a_retry_after_past_the_deadline_is_returned_not_waited_out() {
+    // Retry-After 30 s, deadline 10 s: waiting would only end in a timeout
+    let server = ScriptedServer::start(vec![
+        ScriptedTurn::rate_limited(30),
+        ScriptedTurn::text("too late"),
+    ])
+    .await;
+    let model = model_with(&server, |c| c.max_retries = 2);
+
+    let err = quarry_llm::chat(&model, ask("q")).await.unwrap_err();
+
+    assert_eq!(
+        err,
+        LlmError::Http {
+            status: 429,
+            message: "rate limit reached for requests".into(),
+            retry_after: Some(Duration::from_secs(30)),
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "model endpoint answered http 429: rate limit reached for requests (retry after 30s)"
+    );
+    assert_eq!(server.requests().len(), 1, "the retry was never sent");
+    assert_eq!(server.remaining(), 1);
+}
+
+#[tokio::test]
 async fn client_error_with_a_non_openai_body_keeps_its_status() {
     // vLLM's error shape; async-openai alone would report a json parse error
     let server = ScriptedServer::start(vec![ScriptedTurn::error(
