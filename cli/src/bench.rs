@@ -19,6 +19,7 @@ pub mod synthetic;
 use std::path::Path;
 use std::time::Duration;
 
+use figment::Figment;
 use hdrhistogram::Histogram;
 use quarry_llm::embed::EmbeddingConfig;
 use quarry_search::SearchConfig;
@@ -49,12 +50,25 @@ impl BenchConfig {
     /// # Errors
     /// An unreadable file or invalid values.
     pub fn load(path: Option<&Path>) -> anyhow::Result<BenchConfig> {
-        crate::Config::figment(
-            path,
-            figment::providers::Env::prefixed(crate::config::ENV_PREFIX).split("__"),
-        )
-        .extract()
-        .map_err(|e| anyhow::anyhow!("configuration: {e}"))
+        figment(path)
+            .extract()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))
+    }
+}
+
+/// The configuration figment: `path` (if any) and `QUARRY__…` variables, as
+/// `quarry serve` reads them.
+pub(crate) fn figment(path: Option<&Path>) -> Figment {
+    crate::Config::figment(
+        path,
+        figment::providers::Env::prefixed(crate::config::ENV_PREFIX).split("__"),
+    )
+}
+
+/// Prints `bench: <message>` on stderr when `on`.
+pub(crate) fn progress(on: bool, message: impl AsRef<str>) {
+    if on {
+        eprintln!("bench: {}", message.as_ref());
     }
 }
 

@@ -12,16 +12,12 @@ use quarry_proto::v1::{
 };
 use tonic::transport::Channel;
 
-use crate::summaries::utc;
+use crate::summaries::{status_error, utc};
 
 async fn client(server: &str) -> anyhow::Result<AssistantServiceClient<Channel>> {
     AssistantServiceClient::connect(server.to_string())
         .await
         .with_context(|| format!("cannot connect to {server}"))
-}
-
-fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
 /// Prints the caller's conversations, most recently active first, up to

@@ -360,11 +360,15 @@ pub async fn serve(
     // behind the same authentication layer, no socket); a `server.*_url`
     // sends the calls to another Deployment instead.
     let auth = AuthLayer::new(verifier);
+    let server_config = &config.server;
     let sql_service = SqlServiceServer::new(SqlGrpc::new(tool));
-    let sql_channel = match &config.server.sql_url {
-        Some(url) => remote_tool("server.sql_url", url)?,
-        None => transport::in_process(auth.layer(sql_service.clone())),
-    };
+    let sql_channel = tool_channel(
+        &auth,
+        "server.sql_url",
+        server_config.sql_url.as_deref(),
+        Some(&sql_service),
+    )?
+    .context("no SQL tool")?;
     let mut assistant = Assistant::new(
         models.answer.clone(),
         SqlServiceClient::new(sql_channel),
@@ -374,21 +378,23 @@ pub async fn serve(
         assistant = assistant.with_routing_model(routing);
     }
     let search_service = search.map(|tool| SearchServiceServer::new(SearchGrpc::new(tool)));
-    let search_channel = match (&config.server.search_url, &search_service) {
-        (Some(url), _) => Some(remote_tool("server.search_url", url)?),
-        (None, Some(service)) => Some(transport::in_process(auth.layer(service.clone()))),
-        (None, None) => None,
-    };
-    if let Some(channel) = search_channel {
+    let search_url = server_config.search_url.as_deref();
+    if let Some(channel) = tool_channel(
+        &auth,
+        "server.search_url",
+        search_url,
+        search_service.as_ref(),
+    )? {
         assistant = assistant.with_search(SearchServiceClient::new(channel));
     }
     let summary_service = summaries.map(|tool| SummaryServiceServer::new(SummaryGrpc::new(tool)));
-    let summary_channel = match (&config.server.summary_url, &summary_service) {
-        (Some(url), _) => Some(remote_tool("server.summary_url", url)?),
-        (None, Some(service)) => Some(transport::in_process(auth.layer(service.clone()))),
-        (None, None) => None,
-    };
-    if let Some(channel) = summary_channel {
+    let summary_url = server_config.summary_url.as_deref();
+    if let Some(channel) = tool_channel(
+        &auth,
+        "server.summary_url",
+        summary_url,
+        summary_service.as_ref(),
+    )? {
         assistant = assistant.with_summaries(SummaryServiceClient::new(channel));
     }
     // Conversations: every Ask is a stored turn; expired ones are purged hourly.
@@ -479,12 +485,33 @@ pub async fn serve(
     }
 }
 
-/// A tool served by another process at `url` (the value of `key`), connected
-/// on first use.
-fn remote_tool(key: &str, url: &str) -> anyhow::Result<ToolChannel> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("{key} {url:?} is not a valid URL"))?;
-    Ok(transport::remote(endpoint.connect_lazy()))
+/// How the orchestrator reaches one tool: over the network to `url` (the
+/// value of `key`, connected on first use) when one is configured, else
+/// `local`, this process's own gRPC service of the tool, in process behind
+/// `auth`; `None` when neither exists.
+fn tool_channel<S>(
+    auth: &AuthLayer,
+    key: &str,
+    url: Option<&str>,
+    local: Option<&S>,
+) -> anyhow::Result<Option<ToolChannel>>
+where
+    S: tower::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    if let Some(url) = url {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .with_context(|| format!("{key} {url:?} is not a valid URL"))?;
+        return Ok(Some(transport::remote(endpoint.connect_lazy())));
+    }
+    Ok(local.map(|service| transport::in_process(auth.layer(service.clone()))))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

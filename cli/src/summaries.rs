@@ -98,7 +98,7 @@ pub(crate) fn utc(t: Option<&prost_types::Timestamp>, missing: &str) -> String {
         )
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 

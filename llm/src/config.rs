@@ -237,9 +237,9 @@ impl Task {
     /// `routing`, `sql` or `answer`: the key under `[models]`.
     pub fn name(self) -> &'static str {
         match self {
-            Task::Routing => "routing",
-            Task::Sql => "sql",
-            Task::Answer => "answer",
+            Task::Routing => TASK_ROUTING,
+            Task::Sql => TASK_SQL,
+            Task::Answer => TASK_ANSWER,
         }
     }
 }

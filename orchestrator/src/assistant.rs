@@ -96,6 +96,24 @@ use crate::{
     transport::ToolChannel,
 };
 
+/// Sets `call`'s tokens from the `usage` its model reported and their cost
+/// at `price` (unknown without one); without `usage` the call is left as it
+/// is (no tokens, cost unknown).
+pub(crate) fn set_tokens(
+    call: &mut ModelCallUsage,
+    usage: Option<quarry_llm::Usage>,
+    price: Option<Price>,
+) {
+    let Some(u) = usage else {
+        return;
+    };
+    call.prompt_tokens = u64::from(u.prompt_tokens);
+    call.completion_tokens = u64::from(u.completion_tokens);
+    call.total_tokens = u64::from(u.total_tokens);
+    call.cost_known = price.is_some();
+    call.cost_usd = price.map_or(0.0, |p| p.cost_usd(u));
+}
+
 /// Name of the SQL tool as the model sees it.
 pub const QUERY_DATABASE: &str = "query_database";
 
@@ -574,7 +592,7 @@ impl Run {
         self.usage.model_calls = u32::try_from(calls.len()).unwrap_or(u32::MAX);
         self.usage.prompt_tokens = calls.iter().map(|c| c.prompt_tokens).sum();
         self.usage.completion_tokens = calls.iter().map(|c| c.completion_tokens).sum();
-        self.usage.total_tokens = calls.iter().map(|c| c.total_tokens).sum();
+        self.usage.total_tokens = self.tokens_used();
         self.usage.cost_usd = self.usage.calls.iter().map(|c| c.cost_usd).sum();
         self.usage.cost_known = self.usage.calls.iter().all(|c| c.cost_known);
         let elapsed = self.started.elapsed();
@@ -667,14 +685,7 @@ impl Run {
         };
         call.elapsed_ms = sent.elapsed().as_millis() as u64;
         call.elapsed_us = sent.elapsed().as_micros() as u64;
-        let Some(u) = usage else {
-            return;
-        };
-        call.prompt_tokens = u64::from(u.prompt_tokens);
-        call.completion_tokens = u64::from(u.completion_tokens);
-        call.total_tokens = u64::from(u.total_tokens);
-        call.cost_known = price.is_some();
-        call.cost_usd = price.map_or(0.0, |p| p.cost_usd(u));
+        set_tokens(call, usage, price);
     }
 
     /// Tokens the request's model calls have used so far.

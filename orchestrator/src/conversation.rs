@@ -87,13 +87,10 @@ impl From<deadpool_postgres::PoolError> for ConversationError {
 /// An earlier turn, as a follow-up needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PriorTurn {
-    /// Position in the conversation, from 1.
-    pub turn: u32,
     pub question: String,
     pub answer: String,
     /// The last SQL that ran in that turn.
     pub sql: Option<String>,
-    pub status: AnswerStatus,
 }
 
 /// One finished `Ask`, to store.
@@ -177,12 +174,13 @@ impl ConversationStore {
         max_turns: u32,
     ) -> Result<Vec<PriorTurn>, ConversationError> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT c.id, t.turn, t.question, t.answer, t.sql, t.status
+        // prepared once per pooled connection, as `append`'s statement
+        let statement = client
+            .prepare_cached(
+                "SELECT t.turn, t.question, t.answer, t.sql
                    FROM quarry.conversations c
                    LEFT JOIN LATERAL (
-                        SELECT turn, question, answer, sql, status
+                        SELECT turn, question, answer, sql
                           FROM quarry.conversation_turns
                          WHERE conversation_id = c.id
                          ORDER BY turn DESC
@@ -190,6 +188,11 @@ impl ConversationStore {
                   WHERE c.id = $1 AND c.tenant = $2 AND c.subject = $3
                     AND ($4 = 0 OR c.updated_at >= now() - make_interval(days => $4))
                   ORDER BY t.turn",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &statement,
                 &[
                     &id,
                     &owner.tenant,
@@ -204,15 +207,13 @@ impl ConversationStore {
         }
         let mut turns = Vec::with_capacity(rows.len());
         for row in rows {
-            let Some(turn) = row.get::<_, Option<i32>>(1) else {
+            if row.get::<_, Option<i32>>(0).is_none() {
                 continue; // a conversation row without turns (none yet)
-            };
+            }
             turns.push(PriorTurn {
-                turn: turn.max(0) as u32,
-                question: row.get(2),
-                answer: row.get(3),
-                sql: row.get(4),
-                status: status_from_name(row.get(5)),
+                question: row.get(1),
+                answer: row.get(2),
+                sql: row.get(3),
             });
         }
         Ok(turns)
@@ -557,10 +558,7 @@ fn parse_page_token(token: &str) -> Option<(DateTime<Utc>, Uuid)> {
 }
 
 fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: at.timestamp_subsec_nanos() as i32,
-    }
+    std::time::SystemTime::from(at).into()
 }
 
 fn mode_name(mode: AskMode) -> &'static str {

@@ -70,6 +70,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use figment::Figment;
 use quarry_llm::ModelConfig;
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_orchestrator::{OrchestratorConfig, QUERY_DATABASE};
@@ -81,12 +82,14 @@ use quarry_proto::v1::{
 };
 use quarry_sql::service::SqlToolConfig;
 use quarry_summary::SummaryConfig;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{Latencies, LatencySummary, round3};
+use super::{Latencies, LatencySummary, progress, round3};
 use crate::config::DatabaseConfig;
+use crate::summaries::status_error;
 
 /// The question every Ask sends (the scripted model ignores it; the
 /// orchestrator validates it, puts it in the prompt and checks the answer's
@@ -138,47 +141,32 @@ impl ServerSections {
     /// # Errors
     /// An unreadable file or invalid values in these sections.
     pub fn load(path: Option<&Path>) -> anyhow::Result<ServerSections> {
-        let figment = crate::Config::figment(
-            path,
-            figment::providers::Env::prefixed(crate::config::ENV_PREFIX).split("__"),
-        );
-        let section =
-            |name: &str, e: figment::Error| anyhow::anyhow!("configuration [{name}]: {e}");
-        let database = figment
-            .extract_inner::<DatabaseConfig>("database")
-            .map_err(|e| section("database", e))?;
-        let sql = if figment.contains("sql") {
-            figment
-                .extract_inner::<SqlToolConfig>("sql")
-                .map_err(|e| section("sql", e))?
-        } else {
-            SqlToolConfig {
+        let figment = super::figment(path);
+        Ok(ServerSections {
+            database: section(&figment, "database")?,
+            sql: optional(&figment, "sql")?.unwrap_or_else(|| SqlToolConfig {
                 schemas: vec!["tate".to_owned()],
                 ..SqlToolConfig::default()
-            }
-        };
-        let orchestrator = if figment.contains("orchestrator") {
-            figment
-                .extract_inner::<OrchestratorConfig>("orchestrator")
-                .map_err(|e| section("orchestrator", e))?
-        } else {
-            OrchestratorConfig::default()
-        };
-        let summary = if figment.contains("summary") {
-            Some(
-                figment
-                    .extract_inner::<SummaryConfig>("summary")
-                    .map_err(|e| section("summary", e))?,
-            )
-        } else {
-            None
-        };
-        Ok(ServerSections {
-            database,
-            sql,
-            orchestrator,
-            summary,
+            }),
+            orchestrator: optional(&figment, "orchestrator")?.unwrap_or_default(),
+            summary: optional(&figment, "summary")?,
         })
+    }
+}
+
+/// The configuration's `[name]` section.
+fn section<T: DeserializeOwned>(figment: &Figment, name: &str) -> anyhow::Result<T> {
+    figment
+        .extract_inner(name)
+        .map_err(|e| anyhow::anyhow!("configuration [{name}]: {e}"))
+}
+
+/// The configuration's `[name]` section, if present.
+fn optional<T: DeserializeOwned>(figment: &Figment, name: &str) -> anyhow::Result<Option<T>> {
+    if figment.contains(name) {
+        section(figment, name).map(Some)
+    } else {
+        Ok(None)
     }
 }
 
@@ -245,7 +233,7 @@ pub struct Memory {
 }
 
 /// One measured level of concurrency.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LevelReport {
     /// Concurrent Ask streams.
     pub streams: usize,
@@ -300,25 +288,7 @@ impl LevelReport {
         LevelReport {
             streams,
             connections,
-            asks: 0,
-            errors: 0,
-            first_error: None,
-            seconds: 0.0,
-            end_to_end: LatencySummary::default(),
-            first_event: LatencySummary::default(),
-            overhead: LatencySummary::default(),
-            server_overhead: LatencySummary::default(),
-            sql_tool_hop: LatencySummary::default(),
-            outside_calls: LatencySummary::default(),
-            transport: LatencySummary::default(),
-            model_excess: LatencySummary::default(),
-            database: LatencySummary::default(),
-            conversation_store: LatencySummary::default(),
-            model_calls_per_ask: 0.0,
-            tool_calls_per_ask: 0.0,
-            cpu_ms_per_ask: None,
-            machine_cpu_busy: None,
-            memory: Memory::default(),
+            ..Self::default()
         }
     }
 
@@ -349,12 +319,6 @@ pub struct AskBenchReport {
     pub calibration: Calibration,
     /// One per level, in order.
     pub levels: Vec<LevelReport>,
-}
-
-fn progress(on: bool, message: impl AsRef<str>) {
-    if on {
-        eprintln!("bench: {}", message.as_ref());
-    }
 }
 
 /// The in-process Quarry server and how to stop it.
@@ -552,10 +516,6 @@ async fn wait_ready(server: &mut RunningServer, token: &str) -> anyhow::Result<C
     }
 }
 
-fn status_text(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
-}
-
 /// Times the internal calls one at a time; looks up the answer value.
 async fn calibrate(
     options: &AskBenchOptions,
@@ -575,7 +535,7 @@ async fn calibrate(
     let first = sql
         .execute_sql(execute(options.sql.clone())?)
         .await
-        .map_err(|s| anyhow::anyhow!("the benchmark SQL fails: {}", status_text(&s)))?
+        .map_err(|s| anyhow::anyhow!("the benchmark SQL fails: {}", status_error(s)))?
         .into_inner();
     let answer_value = first
         .result
@@ -606,7 +566,7 @@ async fn calibrate(
         let response = sql
             .describe_schema(request)
             .await
-            .map_err(|s| anyhow::anyhow!("DescribeSchema: {}", status_text(&s)))?;
+            .map_err(|s| anyhow::anyhow!("DescribeSchema: {}", status_error(s)))?;
         describe.record(started.elapsed());
         calibration.schema_chars = response.get_ref().compact.chars().count();
 
@@ -615,7 +575,7 @@ async fn calibrate(
         let response = sql
             .execute_sql(request)
             .await
-            .map_err(|s| anyhow::anyhow!("ExecuteSql: {}", status_text(&s)))?;
+            .map_err(|s| anyhow::anyhow!("ExecuteSql: {}", status_error(s)))?;
         execute_wall.record(started.elapsed());
         execute_db.record(Duration::from_micros(response.get_ref().elapsed_us));
     }
@@ -631,7 +591,7 @@ async fn calibrate(
             summaries
                 .list_summary_kinds(request)
                 .await
-                .map_err(|s| anyhow::anyhow!("ListSummaryKinds: {}", status_text(&s)))?;
+                .map_err(|s| anyhow::anyhow!("ListSummaryKinds: {}", status_error(s)))?;
             list.record(started.elapsed());
         }
         calibration.list_summary_kinds = Some(list.summary());
@@ -695,14 +655,18 @@ async fn one_ask(
     let mut stream = client
         .ask(request)
         .await
-        .map_err(|s| status_text(&s))?
+        .map_err(|s| status_error(s).to_string())?
         .into_inner();
     let mut first_event = None;
     let mut answered = None;
     let mut tool_error = None;
     let mut sql_database = Duration::ZERO;
     let mut done = None;
-    while let Some(message) = stream.message().await.map_err(|s| status_text(&s))? {
+    while let Some(message) = stream
+        .message()
+        .await
+        .map_err(|s| status_error(s).to_string())?
+    {
         let now = sent.elapsed();
         first_event.get_or_insert(now);
         match message.event {

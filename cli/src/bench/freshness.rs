@@ -26,7 +26,7 @@ use quarry_search::{Mode, SearchConfig, SearchRequest, SearchTool};
 use quarry_search_sync::{Freshness, SyncConfig, Syncer};
 use tokio_util::sync::CancellationToken;
 
-use super::{Latencies, LatencySummary, round3};
+use super::{Latencies, LatencySummary, progress, round3};
 
 /// Pause between polling rounds.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(2);
@@ -78,12 +78,6 @@ fn collection_config() -> anyhow::Result<CollectionConfig> {
         "text": [{ "name": "title" }, { "name": "body" }],
         "filters": [{ "name": "year", "type": "integer" }],
     }))?)
-}
-
-fn progress(on: bool, message: impl AsRef<str>) {
-    if on {
-        eprintln!("bench: {}", message.as_ref());
-    }
 }
 
 /// Runs the benchmark.

@@ -28,7 +28,7 @@ use quarry_search_sync::{SyncConfig, Syncer};
 use std::ops::Bound;
 
 use super::synthetic::{self, Generator, LoadTimings, SyntheticSpec};
-use super::{Latencies, LatencySummary, round3};
+use super::{Latencies, LatencySummary, progress, round3};
 
 /// What to search.
 #[derive(Debug, Clone)]
@@ -185,12 +185,6 @@ pub struct SearchBenchReport {
 struct BenchQuery {
     text: String,
     vector: Option<Vec<f32>>,
-}
-
-fn progress(on: bool, message: impl AsRef<str>) {
-    if on {
-        eprintln!("bench: {}", message.as_ref());
-    }
 }
 
 fn mode_name(mode: Mode) -> &'static str {

@@ -41,6 +41,7 @@ use quarry_proto::v1::ModelCallUsage;
 use serde::Deserialize;
 
 use super::{Available, Pipeline, Route, Step};
+use crate::assistant::set_tokens;
 
 /// The name of the SQL pipeline in the model's reply.
 pub const SQL_PIPELINE: &str = "sql";
@@ -154,23 +155,19 @@ pub async fn classify_with_model(
     let sent = Instant::now();
     let reply = quarry_llm::chat(model, request).await;
     let elapsed = sent.elapsed();
-    let usage = reply.as_ref().ok().and_then(|r| r.usage);
-    let price = model.price();
-    let call = ModelCallUsage {
+    let mut call = ModelCallUsage {
         step: 1,
-        prompt_tokens: usage.map_or(0, |u| u64::from(u.prompt_tokens)),
-        completion_tokens: usage.map_or(0, |u| u64::from(u.completion_tokens)),
-        total_tokens: usage.map_or(0, |u| u64::from(u.total_tokens)),
-        cost_usd: match (price, usage) {
-            (Some(p), Some(u)) => p.cost_usd(u),
-            _ => 0.0,
-        },
-        cost_known: price.is_some() && usage.is_some(),
         elapsed_ms: elapsed.as_millis() as u64,
         task: TASK_ROUTING.to_string(),
         model: model.name().to_string(),
         elapsed_us: elapsed.as_micros() as u64,
+        ..ModelCallUsage::default()
     };
+    set_tokens(
+        &mut call,
+        reply.as_ref().ok().and_then(|r| r.usage),
+        model.price(),
+    );
     let route = match reply {
         Ok(reply) => parse_reply(&reply.content, available, sql_available),
         Err(error) => Err(ClassifyError::Model(error)),

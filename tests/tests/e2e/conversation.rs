@@ -51,11 +51,12 @@ fn messages(request: &Json) -> Vec<(String, String)> {
 /// Independent count of each medium's works, as `(medium, works)` in the
 /// order of the golden query (most works first), for artworks matching `filter`.
 async fn medium_counts(server: &TestServer, filter: &str, limit: u32) -> Vec<i64> {
-    let (client, connection) = tokio_postgres::connect(server.db.url(), tokio_postgres::NoTls)
+    let rows = server
+        .db
+        .pool()
+        .get()
         .await
-        .unwrap();
-    tokio::spawn(connection);
-    let rows = client
+        .unwrap()
         .query(
             &format!(
                 "SELECT medium, count(*) AS works FROM tate.artworks WHERE medium IS NOT NULL AND {filter} GROUP BY medium ORDER BY works DESC LIMIT {limit}"
@@ -465,10 +466,7 @@ async fn expired_conversations_are_invisible_and_purged() {
             .await
             .unwrap(),
     );
-    let (db, connection) = tokio_postgres::connect(server.db.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let db = server.db.pool().get().await.unwrap();
     db.execute(
         "UPDATE quarry.conversations SET updated_at = now() - interval '8 days' WHERE id = $1::text::uuid",
         &[&old],

@@ -277,10 +277,7 @@ async fn in_router_mode_the_routing_model_picks_the_sql_pipeline_and_every_call_
     let (route, answer, usage) = ask_events(&events);
     assert_eq!(route, "sql");
     let expected: i64 = {
-        let (db, connection) = tokio_postgres::connect(server.db.url(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+        let db = server.db.pool().get().await.unwrap();
         db.query_one(
             "SELECT count(*) FROM tate.artworks WHERE acquisition_year > 2000",
             &[],

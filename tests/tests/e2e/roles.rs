@@ -12,23 +12,9 @@ use quarry_tests::{Options, TestServer, ask, ask_all, final_answer, first_tool_r
 
 const COUNT_SQL: &str = "SELECT count(*) AS n FROM tate.artworks";
 
-async fn count_artworks(url: &str) -> i64 {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client.query_one(COUNT_SQL, &[]).await.unwrap().get(0)
-}
-
-async fn empty_artworks(url: &str) {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute("TRUNCATE tate.artworks CASCADE")
-        .await
-        .unwrap();
+async fn count_artworks(server: &TestServer) -> i64 {
+    let db = server.db.pool().get().await.unwrap();
+    db.query_one(COUNT_SQL, &[]).await.unwrap().get(0)
 }
 
 fn count_then_answer() -> Vec<ScriptedTurn> {
@@ -48,8 +34,16 @@ async fn sql_url_sends_sql_tool_calls_to_that_server() {
     )
     .await;
     // Tell the two databases apart: the orchestrator's own has no artworks.
-    empty_artworks(orchestrator.db.url()).await;
-    let remote_count = count_artworks(sql_role.db.url()).await;
+    orchestrator
+        .db
+        .pool()
+        .get()
+        .await
+        .unwrap()
+        .batch_execute("TRUNCATE tate.artworks CASCADE")
+        .await
+        .unwrap();
+    let remote_count = count_artworks(&sql_role).await;
     assert!(remote_count > 0);
 
     let events = ask_all(&orchestrator, ask("How many artworks are there?"))
@@ -67,7 +61,7 @@ async fn sql_url_sends_sql_tool_calls_to_that_server() {
 async fn without_sql_url_the_sql_tool_of_this_process_answers() {
     let model = ScriptedServer::start(count_then_answer()).await;
     let server = TestServer::with_model(&model, "").await;
-    let expected = count_artworks(server.db.url()).await;
+    let expected = count_artworks(&server).await;
     let events = ask_all(&server, ask("How many artworks are there?"))
         .await
         .unwrap();

@@ -342,14 +342,15 @@ impl SqlService for SqlGrpc {
     ) -> Result<Response<pb::DescribeSchemaResponse>, Status> {
         Principal::of(&request)?;
         let request = request.into_inner();
-        let (tables, compact) = self
+        let description = self
             .tool
             .describe(&request.schemas)
             .await
             .map_err(|e| status_of(&e))?;
+        let (tables, compact) = description.as_ref();
         Ok(Response::new(pb::DescribeSchemaResponse {
             tables: tables.iter().map(table_to_proto).collect(),
-            compact,
+            compact: compact.clone(),
         }))
     }
 

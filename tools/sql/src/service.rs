@@ -456,7 +456,7 @@ impl SqlTool {
     pub async fn describe(
         &self,
         schemas: &[String],
-    ) -> Result<(Vec<TableInfo>, String), ToolError> {
+    ) -> Result<Arc<(Vec<TableInfo>, String)>, ToolError> {
         let schemas: Vec<String> = if schemas.is_empty() {
             self.config.schemas.clone()
         } else {
@@ -471,15 +471,16 @@ impl SqlTool {
             schemas.to_vec()
         };
         if let Some(found) = self.descriptions.as_ref().and_then(|c| c.get(&schemas)) {
-            return Ok(found.as_ref().clone());
+            return Ok(found);
         }
         let client = self.pool.get().await?;
         let tables = describe_schema(&**client, &schemas).await?;
         let compact = compact_description(&tables);
+        let description = Arc::new((tables, compact));
         if let Some(cache) = &self.descriptions {
-            cache.insert(schemas, Arc::new((tables.clone(), compact.clone())));
+            cache.insert(schemas, Arc::clone(&description));
         }
-        Ok((tables, compact))
+        Ok(description)
     }
 
     /// The schema index for linking, rebuilt when the catalog hash changes
