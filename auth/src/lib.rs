@@ -15,6 +15,9 @@
 //!   [`TenantRateLimiter`] (governor's GCRA, keyed by tenant) and answers
 //!   `RESOURCE_EXHAUSTED` with a google.rpc `RetryInfo` when a tenant is over
 //!   its quota, so one tenant's load cannot starve another's.
+//! - [`Caller`] is the caller context (principal, request id, deadline)
+//!   that every tool's domain calls take; adapters build it with
+//!   [`Caller::of`].
 //! - [`AuthError`] is the crate's one error type; `From<AuthError> for
 //!   tonic::Status` is the one place that maps it to gRPC codes.
 //!
@@ -24,6 +27,7 @@
 //! Limits here are per process; limits that must hold across replicas need a
 //! shared store (see the architecture notes).
 
+mod caller;
 mod config;
 mod error;
 mod jwt;
@@ -31,6 +35,7 @@ mod layer;
 mod principal;
 mod rate_limit;
 
+pub use caller::{Caller, MAX_REQUEST_ID_BYTES, REQUEST_ID_HEADER, grpc_timeout};
 pub use config::{AuthConfig, DEFAULT_JWT_SECRET_ENV};
 pub use error::{AuthError, Result};
 pub use jwt::{
