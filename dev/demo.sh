@@ -5,7 +5,7 @@
 # server (and the database, if this script started it).
 #
 # Without a model configured, Quarry answers in router mode from the golden
-# question/SQL pairs in dev/golden/tate.json and says plainly when it cannot
+# question/SQL pairs in demo/golden/tate.json and says plainly when it cannot
 # answer. To run the demo against a real model, export for example
 #   QUARRY__MODEL__BASE_URL=http://localhost:11434/v1 QUARRY__MODEL__MODEL=qwen2.5:7b-instruct
 # (see README "Pointing Quarry at a model").

@@ -57,7 +57,7 @@ fi
 printf 'QUARRY_MODEL_DIR=%s\n' "$QUARRY_MODEL_DIR"
 
 step "cargo fmt --check" cargo fmt --all --check
-step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+step "cargo clippy" cargo clippy --workspace --all-targets --features quarry/dev-tools -- -D warnings
 step "buf lint" "$ROOT/dev/buf.sh" lint
 
 # nextest does not run doc tests; run them first.

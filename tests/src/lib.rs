@@ -1,5 +1,5 @@
 //! Fixtures for Quarry's end-to-end tests: a real server on `127.0.0.1:0`
-//! (the same [`quarry::serve`] the binary runs) over a fresh PostgreSQL
+//! (the same [`quarry_server::serve`] the binary runs) over a fresh PostgreSQL
 //! database holding a slice of the real Tate data, optionally wired to the
 //! scripted OpenAI-compatible server of `quarry_llm::testing` — and helpers
 //! that pick events out of the stream of an `Ask` ([`final_answer`],
@@ -134,10 +134,12 @@ pub struct Options {
     /// temporary folder the server removes when dropped; the sync polls
     /// every 100 ms besides listening for notifications).
     pub search: bool,
-    /// Serve the shipped Tate summary kinds (`dev/summaries/tate.toml`),
+    /// Serve the shipped Tate summary kinds (`demo/summaries/tate.toml`),
     /// built once at start-up, no schedule, no embedder (search over summary
     /// texts is then PostgreSQL full-text).
     pub summaries: bool,
+    /// The roles the server plays ([`quarry_server::Roles`]); `None` is all.
+    pub roles: Option<quarry_server::Roles>,
 }
 
 /// A running Quarry server over its own database.
@@ -164,16 +166,16 @@ impl TestServer {
                 .await
                 .unwrap();
             let connection = tokio::spawn(connection);
-            quarry::ingest::ingest_tate(&mut client, &slice, "tate", false)
+            quarry_demo::ingest_tate(&mut client, &slice, "tate", false)
                 .await
                 .unwrap();
-            quarry::migrate::run(&mut client).await.unwrap();
+            quarry_server::migrate::run(&mut client).await.unwrap();
             drop(client);
             let _ = connection.await;
         }
         let _ = std::fs::remove_dir_all(&slice);
         let (rps, burst) = options.rate_limit.unwrap_or((1000, 1000));
-        let golden = repo_root().join("dev/golden/tate.json");
+        let golden = repo_root().join("demo/golden/tate.json");
         let mut toml = format!(
             r#"
             [database]
@@ -206,15 +208,17 @@ impl TestServer {
         if options.summaries {
             toml.push_str(&format!(
                 "\n[summary]\nrefresh_interval_secs = 0\nbuild_on_start = true\ndefinitions = [\"{}\"]\n",
-                repo_root().join("dev/summaries/tate.toml").display()
+                repo_root().join("demo/summaries/tate.toml").display()
             ));
         }
-        let config = quarry::Config::from_toml_layers(&[&toml, &options.extra_toml]).unwrap();
+        let config =
+            quarry_server::Config::from_toml_layers(&[&toml, &options.extra_toml]).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let roles = options.roles.clone().unwrap_or_default();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(async move {
-            quarry::serve(listener, config, async {
+            quarry_server::serve(listener, config, roles, async {
                 let _ = rx.await;
             })
             .await

@@ -312,7 +312,7 @@ async fn quarry_ask_prints_the_event_stream_readably() {
     })
     .await;
     let mut out: Vec<u8> = Vec::new();
-    let status = quarry::ask::ask(
+    let status = quarry::commands::ask::ask(
         &server.url(),
         &quarry_tests::token("t1"),
         ask("Name three works"),

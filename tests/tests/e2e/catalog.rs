@@ -30,8 +30,8 @@ async fn the_catalog_is_stored_with_embeddings_and_refreshed_when_it_changes() {
         base = embeddings.base_url(),
         dim = SCRIPTED_EMBEDDING_DIMENSION,
     );
-    let config = quarry::Config::from_toml_layers(&[&toml]).unwrap();
-    let tool = quarry::sql_tool(&config, None).await.unwrap();
+    let config = quarry_server::Config::from_toml_layers(&[&toml]).unwrap();
+    let tool = quarry_server::sql_tool(&config, None).await.unwrap();
 
     let first = tool.refresh_catalog().await.unwrap();
     assert!(first.stored && first.embedded && !first.reused, "{first:?}");
@@ -73,7 +73,7 @@ async fn the_catalog_is_stored_with_embeddings_and_refreshed_when_it_changes() {
 
     // a new process with the same catalog reuses the stored vectors
     let requests_before = embeddings.requests().len();
-    let again = quarry::sql_tool(&config, None).await.unwrap();
+    let again = quarry_server::sql_tool(&config, None).await.unwrap();
     let index = again.schema_index().await.unwrap();
     assert!(index.embeddings().0.is_some());
     assert_eq!(
@@ -88,7 +88,7 @@ async fn the_catalog_is_stored_with_embeddings_and_refreshed_when_it_changes() {
         .batch_execute("COMMENT ON COLUMN tate.artworks.medium IS 'what the work is made of'")
         .await
         .unwrap();
-    let third = quarry::sql_tool(&config, None).await.unwrap();
+    let third = quarry_server::sql_tool(&config, None).await.unwrap();
     third.schema_index().await.unwrap();
     assert!(
         embeddings.requests().len() > requests_before,

@@ -14,7 +14,7 @@ use quarry_tests::{
     SECRET, SLICE_LINES, TestServer, authed, final_answer, route_decided, token, usage_of,
 };
 
-/// A golden question of `dev/golden/tate.json`.
+/// A golden question of `demo/golden/tate.json`.
 const GOLDEN_QUESTION: &str = "How many artworks are in the Tate collection?";
 
 /// `[model]`'s price table: gpt-4o's list price, USD per 1M tokens.
@@ -217,14 +217,19 @@ async fn golden_only_never_calls_a_model_even_when_one_is_configured() {
 
 #[tokio::test]
 async fn a_task_table_without_an_endpoint_anywhere_stops_start_up_naming_the_key() {
-    let config = quarry::Config::from_toml_layers(&[&format!(
+    let config = quarry_server::Config::from_toml_layers(&[&format!(
         "[auth]\njwt_secret = \"{SECRET}\"\n[models.routing]\nmodel = \"gpt-4o-mini\"\n"
     )])
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = quarry::serve(listener, config, std::future::pending())
-        .await
-        .expect_err("start-up must fail");
+    let err = quarry_server::serve(
+        listener,
+        config,
+        quarry_server::Roles::all(),
+        std::future::pending(),
+    )
+    .await
+    .expect_err("start-up must fail");
     let err = format!("{err:#}");
     assert!(err.contains("models.routing.base_url"), "{err}");
 }

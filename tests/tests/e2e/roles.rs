@@ -17,6 +17,14 @@ async fn count_artworks(server: &TestServer) -> i64 {
     db.query_one(COUNT_SQL, &[]).await.unwrap().get(0)
 }
 
+/// Empties `server`'s own artworks, to tell its database from another's.
+async fn empty_artworks(server: &TestServer) {
+    let db = server.db.pool().get().await.unwrap();
+    db.batch_execute("TRUNCATE tate.artworks CASCADE")
+        .await
+        .unwrap();
+}
+
 fn count_then_answer() -> Vec<ScriptedTurn> {
     vec![
         ScriptedTurn::tool_call("query_database", format!(r#"{{"sql": "{COUNT_SQL}"}}"#)),
@@ -34,15 +42,7 @@ async fn sql_url_sends_sql_tool_calls_to_that_server() {
     )
     .await;
     // Tell the two databases apart: the orchestrator's own has no artworks.
-    orchestrator
-        .db
-        .pool()
-        .get()
-        .await
-        .unwrap()
-        .batch_execute("TRUNCATE tate.artworks CASCADE")
-        .await
-        .unwrap();
+    empty_artworks(&orchestrator).await;
     let remote_count = count_artworks(&sql_role).await;
     assert!(remote_count > 0);
 
@@ -105,4 +105,87 @@ async fn the_rate_limit_counts_the_callers_requests_not_the_asks_tool_calls() {
         .unwrap();
     assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
     assert!(int_cell(&first_tool_result(&events)) > 0);
+}
+
+/// `quarry serve --role sql` in one server and `--role assistant` in
+/// another (with `server.sql_url`): the split ARCHITECTURE.md promises. Each
+/// serves only its own role's service, and an Ask on the assistant is
+/// answered from the SQL role's database.
+#[tokio::test]
+async fn an_assistant_role_and_a_sql_role_in_two_servers_answer_an_ask() {
+    use quarry_proto::v1::{AskRequest, DescribeSchemaRequest};
+    use quarry_server::{Role, Roles};
+    use quarry_tests::{authed, token};
+
+    let sql_role = TestServer::start(Options {
+        roles: Some(Roles::of([Role::Sql])),
+        ..Options::default()
+    })
+    .await;
+    let model = ScriptedServer::start(count_then_answer()).await;
+    let assistant_role = TestServer::start(Options {
+        model_base_url: Some(model.base_url()),
+        extra_toml: format!("[server]\nsql_url = \"{}\"\n", sql_role.url()),
+        roles: Some(Roles::of([Role::Assistant])),
+        ..Options::default()
+    })
+    .await;
+    empty_artworks(&assistant_role).await;
+    let remote_count = count_artworks(&sql_role).await;
+    assert!(remote_count > 0);
+
+    let events = ask_all(&assistant_role, ask("How many artworks are there?"))
+        .await
+        .unwrap();
+    assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
+    assert_eq!(int_cell(&first_tool_result(&events)), remote_count);
+
+    // Each process serves its own role only.
+    let err = assistant_role
+        .sql()
+        .describe_schema(authed(
+            DescribeSchemaRequest { schemas: vec![] },
+            &token("t1"),
+        ))
+        .await
+        .expect_err("the assistant role serves no SqlService");
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    let err = sql_role
+        .assistant()
+        .ask(authed(
+            AskRequest {
+                question: "How many artworks are there?".to_owned(),
+                ..AskRequest::default()
+            },
+            &token("t1"),
+        ))
+        .await
+        .expect_err("the sql role serves no AssistantService");
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    assistant_role.stop().await;
+    sql_role.stop().await;
+}
+
+/// An assistant role with neither the sql role beside it nor
+/// `server.sql_url` has no way to answer: start-up fails saying so.
+#[tokio::test]
+async fn an_assistant_role_without_a_sql_role_or_url_does_not_start() {
+    use quarry_server::{Role, Roles};
+
+    let config = quarry_server::Config::from_toml_layers(&[&format!(
+        "[auth]\njwt_secret = \"{}\"\n",
+        quarry_tests::SECRET
+    )])
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = quarry_server::serve(
+        listener,
+        config,
+        Roles::of([Role::Assistant]),
+        std::future::pending(),
+    )
+    .await
+    .expect_err("start-up must fail");
+    let err = format!("{err:#}");
+    assert!(err.contains("server.sql_url"), "{err}");
 }

@@ -1,5 +1,5 @@
 //! `SummaryService` end to end: a real server with the shipped Tate summary
-//! kinds (`dev/summaries/tate.toml`) over the Tate slice, built at start-up;
+//! kinds (`demo/summaries/tate.toml`) over the Tate slice, built at start-up;
 //! facts checked against independent SQL over the source rows; rebuilds that
 //! skip unchanged entities and reproduce identical text; fuzzy and unknown
 //! entities; bad definitions refused at start-up; and the Assistant's
@@ -500,7 +500,7 @@ async fn entities_resolve_fuzzily_and_unknown_ones_name_the_closest() {
 async fn a_definition_whose_sql_fails_is_refused_at_start_up_with_its_name() {
     let server = start().await;
     let url = server.db.url().to_string();
-    let config = quarry::Config::from_toml_layers(&[&format!(
+    let config = quarry_server::Config::from_toml_layers(&[&format!(
         r#"
         [database]
         url = "{url}"
@@ -520,7 +520,9 @@ async fn a_definition_whose_sql_fails_is_refused_at_start_up_with_its_name() {
         "#
     )])
     .unwrap();
-    let error = quarry::summary_tool(&config, None).await.unwrap_err();
+    let error = quarry_server::summary_tool(&config, None)
+        .await
+        .unwrap_err();
     let text = format!("{error:#}");
     assert!(text.contains("painter.works"), "{text}");
     assert!(text.contains("painter_id"), "PostgreSQL's message: {text}");

@@ -5,7 +5,7 @@
 //! ```toml
 //! [summary]
 //! refresh_interval_secs = 3600
-//! definitions = ["dev/summaries/tate.toml"]   # more [[kinds]] from files
+//! definitions = ["demo/summaries/tate.toml"]   # more [[kinds]] from files
 //!
 //! [[summary.kinds]]
 //! name = "artist"

@@ -299,7 +299,7 @@ pub fn tate_artworks_config() -> anyhow::Result<CollectionConfig> {
 /// Database, sync, index and embedder errors; a search failing other than
 /// for a query without searchable words.
 pub async fn run_search_bench(options: &SearchBenchOptions) -> anyhow::Result<SearchBenchReport> {
-    let pool = crate::pool(&options.database_url, 4, Duration::from_secs(60))?;
+    let pool = quarry_server::pool(&options.database_url, 4, Duration::from_secs(60))?;
     let mut report = SearchBenchReport {
         collection: String::new(),
         documents: 0,

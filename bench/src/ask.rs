@@ -8,7 +8,7 @@
 //!   call with [`AskBenchOptions::sql`], one that does gets a final answer
 //!   quoting the query's first value — so every Ask is a realistic two-step
 //!   agentic run (DescribeSchema, model, ExecuteSql, model, streamed answer);
-//! - a Quarry server ([`crate::serve`], agentic mode, the SQL tool over the
+//! - a Quarry server ([`quarry_server::serve`], agentic mode, the SQL tool over the
 //!   configured database with its `[sql]` settings, no search, summaries
 //!   only with [`AskBenchOptions::summaries`]), with the auth layer and the
 //!   rate limiter in place (the limit set out of reach);
@@ -88,8 +88,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{Latencies, LatencySummary, progress, round3};
-use crate::config::DatabaseConfig;
-use crate::summaries::status_error;
+use quarry_server::client::status_error;
+use quarry_server::config::DatabaseConfig;
 
 /// The question every Ask sends (the scripted model ignores it; the
 /// orchestrator validates it, puts it in the prompt and checks the answer's
@@ -350,7 +350,10 @@ impl RunningServer {
 
 /// The server configuration: the sections given, the scripted model, a
 /// fixed secret and a rate limit out of reach, no background work.
-fn server_config(options: &AskBenchOptions, model_url: &str) -> anyhow::Result<crate::Config> {
+fn server_config(
+    options: &AskBenchOptions,
+    model_url: &str,
+) -> anyhow::Result<quarry_server::Config> {
     let toml = format!(
         r#"
         [server]
@@ -363,7 +366,7 @@ fn server_config(options: &AskBenchOptions, model_url: &str) -> anyhow::Result<c
         burst = 1000000000
         "#
     );
-    let mut config = crate::Config::from_toml_layers(&[&toml])
+    let mut config = quarry_server::Config::from_toml_layers(&[&toml])
         .map_err(|e| anyhow::anyhow!("benchmark server configuration: {e}"))?;
     config.database = options.sections.database.clone();
     config.sql = options.sections.sql.clone();
@@ -444,9 +447,14 @@ pub async fn run_ask_bench(options: &AskBenchOptions) -> anyhow::Result<AskBench
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(crate::serve(listener, config, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(quarry_server::serve(
+        listener,
+        config,
+        quarry_server::Roles::all(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let mut server = RunningServer {
         url,
         stop: Some(stop),
@@ -495,7 +503,10 @@ async fn wait_ready(server: &mut RunningServer, token: &str) -> anyhow::Result<C
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let mut client = SqlServiceClient::new(channel.clone());
-        let request = crate::bearer_request(DescribeSchemaRequest { schemas: vec![] }, token)?;
+        let request = quarry_server::client::bearer_request(
+            DescribeSchemaRequest { schemas: vec![] },
+            token,
+        )?;
         let last = tokio::select! {
             joined = &mut server.task => {
                 server.exited = true;
@@ -524,7 +535,7 @@ async fn calibrate(
 ) -> anyhow::Result<Calibration> {
     let mut sql = SqlServiceClient::new(channel.clone());
     let execute = |sql_text: String| {
-        crate::bearer_request(
+        quarry_server::client::bearer_request(
             ExecuteSqlRequest {
                 sql: sql_text,
                 max_rows: 0,
@@ -561,7 +572,10 @@ async fn calibrate(
     let mut execute_wall = Latencies::new()?;
     let mut execute_db = Latencies::new()?;
     for _ in 0..options.probes {
-        let request = crate::bearer_request(DescribeSchemaRequest { schemas: vec![] }, token)?;
+        let request = quarry_server::client::bearer_request(
+            DescribeSchemaRequest { schemas: vec![] },
+            token,
+        )?;
         let started = Instant::now();
         let response = sql
             .describe_schema(request)
@@ -586,7 +600,7 @@ async fn calibrate(
         let mut summaries = SummaryServiceClient::new(channel.clone());
         let mut list = Latencies::new()?;
         for _ in 0..options.probes {
-            let request = crate::bearer_request(ListSummaryKindsRequest {}, token)?;
+            let request = quarry_server::client::bearer_request(ListSummaryKindsRequest {}, token)?;
             let started = Instant::now();
             summaries
                 .list_summary_kinds(request)
@@ -642,7 +656,7 @@ async fn one_ask(
     token: &str,
     question: &str,
 ) -> Result<Sample, String> {
-    let request = crate::bearer_request(
+    let request = quarry_server::client::bearer_request(
         AskRequest {
             question: question.to_owned(),
             mode: AskMode::Agentic as i32,

@@ -1,4 +1,4 @@
-//! Integration tests of `quarry::ingest` against a real PostgreSQL.
+//! Integration tests of `quarry_demo` against a real PostgreSQL.
 //!
 //! Needs `QUARRY_TEST_DATABASE_URL` (e.g. the URL `dev/pg.sh start` prints);
 //! every test creates and drops its own database, so they run in parallel.
@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use flate2::Compression;
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
-use quarry::ingest::{ARTISTS_FILE, ARTWORKS_FILE, IngestError, IngestReport, ingest_tate};
+use quarry_demo::{ARTISTS_FILE, ARTWORKS_FILE, IngestError, IngestReport, ingest_tate};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 
@@ -480,7 +480,7 @@ struct Golden {
 /// against it and returns rows.
 #[tokio::test]
 async fn full_ingest_answers_every_golden_question() {
-    let golden_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev/golden/tate.json");
+    let golden_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/tate.json");
     let golden: Vec<Golden> = serde_json::from_reader(
         File::open(&golden_path)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", golden_path.display())),

@@ -85,7 +85,7 @@ fn collection_config() -> anyhow::Result<CollectionConfig> {
 /// # Errors
 /// Database, sync and index errors; the backfill not finishing in time.
 pub async fn run_freshness_bench(options: &FreshnessOptions) -> anyhow::Result<FreshnessReport> {
-    let pool = crate::pool(&options.database_url, 6, Duration::from_secs(60))?;
+    let pool = quarry_server::pool(&options.database_url, 6, Duration::from_secs(60))?;
     let config = collection_config()?;
     let collection = Arc::new(Collection::from_config(&config, "bench")?);
     {

@@ -375,7 +375,7 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
         ));
     }
 
-    let pool = crate::pool(&options.database_url, 4, Duration::from_secs(30))
+    let pool = quarry_server::pool(&options.database_url, 4, Duration::from_secs(30))
         .map_err(|e| EvalError::Config(e.to_string()))?;
     let mut client = pool
         .get()
@@ -408,7 +408,7 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
     );
     let sync_error = |e: quarry_search_sync::SyncError| EvalError::Config(format!("sync: {e}"));
     syncer.install().await.map_err(sync_error)?;
-    let bar = crate::index::bar(options.progress, corpus.documents, "backfill");
+    let bar = quarry_server::progress::bar(options.progress, corpus.documents, "backfill");
     syncer
         .backfill(|p| {
             bar.set_length(p.total);
@@ -419,9 +419,10 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
     bar.finish_and_clear();
     let mut embedded_texts = 0;
     if needs_vectors {
-        let report = crate::index::embed_with_progress(&syncer, options.progress, "corpus")
-            .await
-            .map_err(|e| EvalError::Config(format!("sync: {e:#}")))?;
+        let report =
+            quarry_server::progress::embed_with_progress(&syncer, options.progress, "corpus")
+                .await
+                .map_err(|e| EvalError::Config(format!("sync: {e:#}")))?;
         embedded_texts = report.embedded_texts;
     }
     let sync = started.elapsed();
@@ -445,10 +446,11 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
 
     let mut modes = Vec::new();
     for &mode in &options.modes {
-        let bar = crate::index::bar(options.progress, queries.len() as u64, mode_name(mode));
+        let bar =
+            quarry_server::progress::bar(options.progress, queries.len() as u64, mode_name(mode));
         let mut runs = Runs::new();
         let mut latencies =
-            crate::bench::Latencies::new().map_err(|e| EvalError::Config(e.to_string()))?;
+            quarry_bench::Latencies::new().map_err(|e| EvalError::Config(e.to_string()))?;
         for query in &queries {
             let started = Instant::now();
             let response = tool

@@ -32,7 +32,7 @@ use serde::Deserialize;
 pub struct BenchConfig {
     /// `[database]`.
     #[serde(default)]
-    pub database: crate::config::DatabaseConfig,
+    pub database: quarry_server::config::DatabaseConfig,
     /// `[embedding]`.
     #[serde(default)]
     pub embedding: Option<EmbeddingConfig>,
@@ -59,9 +59,9 @@ impl BenchConfig {
 /// The configuration figment: `path` (if any) and `QUARRY__…` variables, as
 /// `quarry serve` reads them.
 pub(crate) fn figment(path: Option<&Path>) -> Figment {
-    crate::Config::figment(
+    quarry_server::Config::figment(
         path,
-        figment::providers::Env::prefixed(crate::config::ENV_PREFIX).split("__"),
+        figment::providers::Env::prefixed(quarry_server::config::ENV_PREFIX).split("__"),
     )
 }
 

@@ -3,6 +3,7 @@
 //! answer text as it arrives, citations and usage.
 
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::Context as _;
 use futures::StreamExt;
@@ -11,6 +12,58 @@ use quarry_proto::v1::{
     AnswerStatus, AskMode, AskRequest, AttemptStage, ask_response::Event,
     assistant_service_client::AssistantServiceClient, tool_result::Outcome,
 };
+
+/// Arguments of `quarry ask`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The question.
+    pub question: String,
+    /// Continue this conversation.
+    #[arg(long)]
+    pub conversation: Option<String>,
+    /// How the orchestrator chooses tools.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+    /// Rows of each tool result to show.
+    #[arg(long, default_value_t = 10)]
+    pub preview_rows: u32,
+    #[command(flatten)]
+    pub remote: super::Remote,
+}
+
+/// How the orchestrator chooses tools.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Mode {
+    /// Agentic with a model, router without.
+    Auto,
+    /// The model chooses and chains tools.
+    Agentic,
+    /// Rules (and optionally one routing call) pick fixed pipelines.
+    Router,
+}
+
+/// Asks and prints the stream; exits with status 2 when the answer failed.
+///
+/// # Errors
+/// As [`ask`].
+pub async fn run(args: Args, _config: Option<&Path>) -> anyhow::Result<()> {
+    let request = AskRequest {
+        question: args.question,
+        conversation_id: args.conversation.unwrap_or_default(),
+        mode: match args.mode {
+            Mode::Auto => AskMode::Unspecified,
+            Mode::Agentic => AskMode::Agentic,
+            Mode::Router => AskMode::Router,
+        } as i32,
+        preview_rows: args.preview_rows,
+    };
+    let mut out = std::io::stdout();
+    let status = ask(&args.remote.server, &args.remote.token, request, &mut out).await?;
+    if status == AnswerStatus::Failed {
+        std::process::exit(2);
+    }
+    Ok(())
+}
 
 /// Characters per cell in printed tables.
 const CELL_CHARS: usize = 60;
@@ -30,7 +83,7 @@ pub async fn ask(
     let mut client = AssistantServiceClient::connect(server.to_string())
         .await
         .with_context(|| format!("cannot connect to {server}"))?;
-    let call = crate::bearer_request(request, token)?;
+    let call = quarry_server::client::bearer_request(request, token)?;
     let mut stream = client
         .ask(call)
         .await
@@ -209,71 +262,4 @@ pub async fn ask(
         }
     }
     Ok(status)
-}
-
-/// Searches `request.collection` over gRPC and prints the hits (key, score,
-/// each retriever's rank, the returned fields), then a summary line.
-///
-/// # Errors
-/// Connection failures and the server's status (its message names the
-/// field at fault for bad requests).
-pub async fn search(
-    server: &str,
-    token: &str,
-    request: quarry_proto::v1::SearchRequest,
-    out: &mut impl Write,
-) -> anyhow::Result<()> {
-    use quarry_proto::v1::{SearchMode, search_service_client::SearchServiceClient};
-    let mut client = SearchServiceClient::connect(server.to_string())
-        .await
-        .with_context(|| format!("cannot connect to {server}"))?;
-    let call = crate::bearer_request(request, token)?;
-    let response = client
-        .search(call)
-        .await
-        .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))?
-        .into_inner();
-    for (i, hit) in response.hits.iter().enumerate() {
-        let ranks = [("bm25", &hit.bm25), ("vector", &hit.vector)]
-            .iter()
-            .filter_map(|(name, s)| {
-                s.as_ref()
-                    .map(|s| format!("{name} #{} {:.3}", s.rank, s.score))
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        writeln!(
-            out,
-            "{:>3}. {} score {:.4} ({ranks})",
-            i + 1,
-            hit.key,
-            hit.score
-        )?;
-        let mut fields: Vec<_> = hit.fields.iter().collect();
-        fields.sort_by(|a, b| a.0.cmp(b.0));
-        for (name, value) in fields {
-            let text = render::value_text(value);
-            if !text.is_empty() && text != "NULL" {
-                let cut: String = text.chars().take(160).collect();
-                writeln!(out, "     {name}: {cut}")?;
-            }
-        }
-    }
-    let mode = SearchMode::try_from(response.mode).unwrap_or(SearchMode::Unspecified);
-    writeln!(
-        out,
-        "» {} hits, mode {}, {} vector search; {} documents ({} embedded); {:.1} ms (query embedding {:.1} ms)",
-        response.hits.len(),
-        mode.as_str_name(),
-        if response.exact_vector_search {
-            "exact"
-        } else {
-            "HNSW/none"
-        },
-        response.documents,
-        response.embedded_documents,
-        response.total_ms,
-        response.embed_ms
-    )?;
-    Ok(())
 }

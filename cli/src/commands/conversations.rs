@@ -4,6 +4,7 @@
 //! `quarry ask --conversation <id> "<follow-up>"`.
 
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::Context as _;
 use quarry_proto::v1::{
@@ -12,7 +13,57 @@ use quarry_proto::v1::{
 };
 use tonic::transport::Channel;
 
-use crate::summaries::{status_error, utc};
+use quarry_server::client::status_error;
+
+use super::{Remote, summaries::utc};
+
+/// Arguments of `quarry conversations`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// The caller's conversations, most recently active first.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// One conversation, turn by turn (question, tool calls and SQL, answer).
+    Show {
+        /// Conversation id (from `quarry ask` or `list`).
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a conversation and its turns.
+    Delete {
+        /// Conversation id.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Lists, shows or deletes conversations on the server.
+///
+/// # Errors
+/// Connection and gRPC failures.
+pub async fn run(args: Args, _config: Option<&Path>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    match args.action {
+        Action::List { limit, remote } => {
+            list(&remote.server, &remote.token, limit, &mut out).await
+        }
+        Action::Show { id, remote } => show(&remote.server, &remote.token, &id, &mut out).await,
+        Action::Delete { id, remote } => delete(&remote.server, &remote.token, &id, &mut out).await,
+    }
+}
 
 async fn client(server: &str) -> anyhow::Result<AssistantServiceClient<Channel>> {
     AssistantServiceClient::connect(server.to_string())
@@ -36,7 +87,7 @@ pub async fn list(
     let mut shown = 0;
     loop {
         let page = client
-            .list_conversations(crate::bearer_request(
+            .list_conversations(quarry_server::client::bearer_request(
                 ListConversationsRequest {
                     page_size: 50,
                     page_token: std::mem::take(&mut page_token),
@@ -80,7 +131,7 @@ pub async fn list(
 pub async fn show(server: &str, token: &str, id: &str, out: &mut impl Write) -> anyhow::Result<()> {
     let response = client(server)
         .await?
-        .get_conversation(crate::bearer_request(
+        .get_conversation(quarry_server::client::bearer_request(
             GetConversationRequest {
                 conversation_id: id.to_string(),
             },
@@ -153,7 +204,7 @@ pub async fn delete(
 ) -> anyhow::Result<()> {
     let response = client(server)
         .await?
-        .delete_conversation(crate::bearer_request(
+        .delete_conversation(quarry_server::client::bearer_request(
             DeleteConversationRequest {
                 conversation_id: id.to_string(),
             },

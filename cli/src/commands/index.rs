@@ -2,13 +2,77 @@
 //! progress bar, pending changes, embeddings, tantivy index) and show its
 //! state. `quarry serve` does the same continuously (`server.run_sync`).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use quarry_search_sync::{EmbedReport, Status, Syncer};
+use quarry_search_sync::{Status, Syncer};
+use quarry_server::progress::{bar, embed_with_progress};
 
-use crate::Config;
+use quarry_server::Config;
+
+/// Arguments of `quarry index`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// Install triggers, backfill (resumable, with a progress bar), apply
+    /// pending changes, embed pending documents, update the tantivy index.
+    Sync {
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+        /// Skip embedding (BM25 works at once; `serve` embeds later).
+        #[arg(long)]
+        no_embed: bool,
+    },
+    /// Drop a collection's sidecar (documents, vectors, sync state); the next
+    /// sync starts over with the embedder configured then.
+    Reset {
+        /// The collection.
+        collection: String,
+    },
+    /// Documents, embeddings, backfill checkpoint and change backlog per collection.
+    Status {
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+    },
+}
+
+/// Syncs, resets or shows the search index of the configured collections.
+///
+/// # Errors
+/// Configuration, database, index and embedding errors.
+pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
+    let config = super::load(config)?;
+    let statuses = match args.action {
+        Action::Sync {
+            collection,
+            no_embed,
+        } => {
+            let options = SyncOptions {
+                collection,
+                no_embed,
+                progress: true,
+            };
+            sync(&config, &options).await?
+        }
+        Action::Reset { collection } => {
+            reset(&config, &collection).await?;
+            println!("{collection}: reset; the next sync (or `quarry serve`) rebuilds it");
+            return Ok(());
+        }
+        Action::Status { collection } => status(&config, collection.as_deref()).await?,
+    };
+    print!("{}", render(&statuses));
+    Ok(())
+}
 
 /// What `quarry index sync` does.
 #[derive(Debug, Clone, Default)]
@@ -47,9 +111,10 @@ fn selected(config: &Config, only: Option<&str>) -> anyhow::Result<quarry_search
 /// Configuration, database, embedding and index errors.
 pub async fn sync(config: &Config, options: &SyncOptions) -> anyhow::Result<Vec<Status>> {
     let search = selected(config, options.collection.as_deref())?;
-    let tool = crate::search_tool(config, search, crate::embedder(config).await?).await?;
+    let tool =
+        quarry_server::search_tool(config, search, quarry_server::embedder(config).await?).await?;
     let mut statuses = Vec::new();
-    for syncer in crate::syncers(config, &tool)? {
+    for syncer in quarry_server::syncers(config, &tool)? {
         let name = syncer.collection().name.clone();
         syncer
             .install()
@@ -104,47 +169,13 @@ pub async fn sync(config: &Config, options: &SyncOptions) -> anyhow::Result<Vec<
     Ok(statuses)
 }
 
-/// Runs [`Syncer::embed_pending`] with a progress bar fed by polling the
-/// sync status (`embed_pending` reports only when it is done).
-///
-/// # Errors
-/// Status and embedding failures.
-pub(crate) async fn embed_with_progress(
-    syncer: &Syncer,
-    progress: bool,
-    name: &str,
-) -> anyhow::Result<EmbedReport> {
-    let status = syncer.status().await?;
-    let pending = status.docs.saturating_sub(status.embedded);
-    if pending == 0 {
-        return Ok(EmbedReport::default());
-    }
-    let bar = bar(progress, pending, &format!("{name} embedding"));
-    let watcher = {
-        let syncer = syncer.clone();
-        let bar = bar.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                if let Ok(s) = syncer.status().await {
-                    bar.set_position(pending.saturating_sub(s.docs.saturating_sub(s.embedded)));
-                }
-            }
-        })
-    };
-    let report = syncer.embed_pending().await;
-    watcher.abort();
-    bar.finish_and_clear();
-    report.with_context(|| format!("{name}: embedding"))
-}
-
 /// The sync state of each selected collection.
 ///
 /// # Errors
 /// Configuration and database errors.
 pub async fn status(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<Status>> {
     let search = selected(config, only)?;
-    let pool = crate::pool(
+    let pool = quarry_server::pool(
         &config.database.url,
         2,
         Duration::from_millis(config.database.pool_wait_ms),
@@ -178,7 +209,7 @@ pub async fn reset(config: &Config, name: &str) -> anyhow::Result<()> {
     let search = selected(config, Some(name))?;
     let collection =
         quarry_search::Collection::from_config(&search.collections[0], "search.collections[0]")?;
-    let pool = crate::pool(
+    let pool = quarry_server::pool(
         &config.database.url,
         1,
         Duration::from_millis(config.database.pool_wait_ms),
@@ -230,19 +261,4 @@ pub fn render(statuses: &[Status]) -> String {
         ));
     }
     out
-}
-
-/// A progress bar on stderr (hidden when `visible` is false) labelled `what`.
-pub(crate) fn bar(visible: bool, total: u64, what: &str) -> indicatif::ProgressBar {
-    if !visible {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{msg:>24} {bar:40} {pos}/{len} ({per_sec}, eta {eta})",
-    ) {
-        bar.set_style(style);
-    }
-    bar.set_message(what.to_owned());
-    bar
 }

@@ -4,6 +4,7 @@
 //! `quarry serve` builds on its own schedule (`summary.refresh_interval_secs`).
 
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::Context as _;
 use quarry_proto::v1::{
@@ -13,7 +14,116 @@ use quarry_proto::v1::{
 use quarry_summary::BuildOptions;
 use tonic::transport::Channel;
 
-use crate::Config;
+use quarry_server::{Config, client::status_error};
+
+use super::Remote;
+
+/// Arguments of `quarry summaries`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// Build now, in this process (progress bar per kind): compute every
+    /// entity's figures, skip those whose data version is unchanged, rewrite
+    /// and re-embed the others.
+    Build {
+        /// Only this kind (repeat for several).
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// Only these entity keys (repeat; needs exactly one --kind).
+        #[arg(long = "entity")]
+        entity_keys: Vec<String>,
+        /// Recompute unchanged entities too.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the summary of an entity (key or name; fuzzy), or a kind's summaries.
+    Show {
+        /// Entity key or name, e.g. "turner", "1950s"; omit to list --kind.
+        entity: Option<String>,
+        /// Kind, e.g. artist, movement, decade, collection.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Summaries listed for a kind.
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        /// Print the facts JSON too.
+        #[arg(long)]
+        facts: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Summaries closest in meaning to a query.
+    Search {
+        /// Query text.
+        query: String,
+        /// Only this kind (repeat for several).
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// Summaries wanted.
+        #[arg(long, default_value_t = 5)]
+        k: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Summaries per kind, failures, freshness and the latest build.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Builds summaries here, or reads them from a server.
+///
+/// # Errors
+/// Build failures (including any entity that failed), connection and gRPC failures.
+pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    match args.action {
+        Action::Build {
+            kinds,
+            entity_keys,
+            force,
+        } => {
+            let config = super::load(config)?;
+            let report = build(&config, kinds, entity_keys, force, true).await?;
+            print!("{}", render_report(&report));
+            if report.failed > 0 {
+                anyhow::bail!("{} entities failed to build", report.failed);
+            }
+            Ok(())
+        }
+        Action::Show {
+            entity,
+            kind,
+            limit,
+            facts,
+            remote,
+        } => {
+            show(
+                &remote.server,
+                &remote.token,
+                kind,
+                entity,
+                limit,
+                facts,
+                &mut out,
+            )
+            .await
+        }
+        Action::Search {
+            query,
+            kinds,
+            k,
+            remote,
+        } => search(&remote.server, &remote.token, query, kinds, k, &mut out).await,
+        Action::Status { remote } => status(&remote.server, &remote.token, &mut out).await,
+    }
+}
 
 /// Runs the builder now over `kinds` (all when empty), or over `entity_keys`
 /// of one kind, recomputing unchanged entities too with `force`; draws a
@@ -28,10 +138,10 @@ pub async fn build(
     force: bool,
     progress: bool,
 ) -> anyhow::Result<BuildReport> {
-    let tool = crate::summary_tool(config, crate::embedder(config).await?)
+    let tool = quarry_server::summary_tool(config, quarry_server::embedder(config).await?)
         .await?
         .context("no [summary] section in the configuration: no summary kinds to build")?;
-    let bar = crate::index::bar(progress, 0, "summaries");
+    let bar = quarry_server::progress::bar(progress, 0, "summaries");
     let report = tool
         .build(
             BuildOptions {
@@ -98,10 +208,6 @@ pub(crate) fn utc(t: Option<&prost_types::Timestamp>, missing: &str) -> String {
         )
 }
 
-pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
-}
-
 fn write_summary(out: &mut impl Write, s: &Summary, facts: bool) -> anyhow::Result<()> {
     writeln!(
         out,
@@ -149,7 +255,7 @@ pub async fn show(
 ) -> anyhow::Result<()> {
     let response = client(server)
         .await?
-        .get_summaries(crate::bearer_request(
+        .get_summaries(quarry_server::client::bearer_request(
             GetSummariesRequest {
                 kind: kind.unwrap_or_default(),
                 entity: entity.unwrap_or_default(),
@@ -201,7 +307,7 @@ pub async fn search(
 ) -> anyhow::Result<()> {
     let response = client(server)
         .await?
-        .search_summaries(crate::bearer_request(
+        .search_summaries(quarry_server::client::bearer_request(
             SearchSummariesRequest { query, kinds, k },
             token,
         )?)
@@ -231,7 +337,10 @@ pub async fn search(
 pub async fn status(server: &str, token: &str, out: &mut impl Write) -> anyhow::Result<()> {
     let response = client(server)
         .await?
-        .list_summary_kinds(crate::bearer_request(ListSummaryKindsRequest {}, token)?)
+        .list_summary_kinds(quarry_server::client::bearer_request(
+            ListSummaryKindsRequest {},
+            token,
+        )?)
         .await
         .map_err(status_error)?
         .into_inner();

@@ -139,9 +139,9 @@ pub type Result<T, E = EvalError> = std::result::Result<T, E>;
 /// # Errors
 /// The file or environment does not parse.
 pub fn configured_database_url(path: Option<&std::path::Path>) -> anyhow::Result<String> {
-    let database: crate::config::DatabaseConfig = crate::Config::figment(
+    let database: quarry_server::config::DatabaseConfig = quarry_server::Config::figment(
         path,
-        figment::providers::Env::prefixed(crate::config::ENV_PREFIX).split("__"),
+        figment::providers::Env::prefixed(quarry_server::config::ENV_PREFIX).split("__"),
     )
     .extract_inner("database")
     .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
@@ -612,7 +612,7 @@ pub async fn run_sql_eval(options: &EvalOptions) -> Result<SqlEvalReport> {
         None => vec![None; questions.len()],
     };
 
-    let pool = crate::pool(&options.database_url, 2, std::time::Duration::from_secs(30))
+    let pool = quarry_server::pool(&options.database_url, 2, std::time::Duration::from_secs(30))
         .map_err(|e| EvalError::Config(format!("{e:#}")))?;
     let executor = Executor::new(
         pool.clone(),

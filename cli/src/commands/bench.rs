@@ -1,0 +1,285 @@
+//! `quarry bench` (feature `dev-tools`): measure speed with `quarry-bench`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::SearchMode;
+
+/// Arguments of `quarry bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum What {
+    /// Search latency p50/p99 per mode × filter (none, ~10 %, ~1 %), k = 10,
+    /// query embedding excluded (reported apart); BM25 indexing docs/s;
+    /// embedding docs/s.
+    Search {
+        /// A synthetic collection of this many documents (generated vectors,
+        /// no model), loaded into `quarry_bench` once and reused.
+        #[arg(
+            long,
+            conflicts_with = "collection",
+            required_unless_present = "collection"
+        )]
+        synthetic: Option<u64>,
+        /// A configured collection (`[[search.collections]]`); `artworks`
+        /// without configuration is Tate's artworks.
+        #[arg(long)]
+        collection: Option<String>,
+        /// Timed queries per mode and filter.
+        #[arg(long, default_value_t = 1000)]
+        queries: usize,
+        /// Untimed warm-up queries per mode and filter.
+        #[arg(long, default_value_t = 100)]
+        warmup: usize,
+        /// Hits per query.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Modes to measure.
+        #[arg(long, value_delimiter = ',', default_values = ["bm25", "vector", "hybrid"])]
+        modes: Vec<SearchMode>,
+        /// Seconds to spend embedding pending documents of a configured
+        /// collection first (its vector/hybrid latency covers what is embedded).
+        #[arg(long, default_value_t = 0)]
+        embed_seconds: u64,
+        /// Keep an up-to-date tantivy index instead of rebuilding it (then no
+        /// BM25 indexing figure).
+        #[arg(long)]
+        keep_index: bool,
+        /// Where the benchmark's tantivy indexes are kept.
+        #[arg(long, default_value = ".dev/bench-index")]
+        index_dir: PathBuf,
+        /// Database; default `database.url` from the configuration.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit → searchable latency with the sync and the index follower
+    /// running in-process, on a table of its own (`quarry_bench.fresh`).
+    Freshness {
+        /// Single-row changes committed.
+        #[arg(long, default_value_t = 300)]
+        changes: usize,
+        /// Changes per second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Rows in the table before the changes.
+        #[arg(long, default_value_t = 10_000)]
+        seed_rows: i64,
+        /// Seconds after which an unseen change counts as timed out.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+        /// Where the benchmark's tantivy index is kept.
+        #[arg(long, default_value = ".dev/bench-index")]
+        index_dir: PathBuf,
+        /// Database; default `database.url` from the configuration.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Orchestrator overhead: N concurrent agentic Ask streams against an
+    /// in-process server and a scripted model with a fixed latency;
+    /// end-to-end and overhead (end-to-end − model − database time)
+    /// p50/p90/p99/max, Asks/s, errors, process memory. Needs the `tate`
+    /// schema in the database.
+    Ask {
+        /// Concurrent Ask streams; several (e.g. 1,8,64) measure one level each.
+        #[arg(long, value_delimiter = ',', default_values_t = [64])]
+        streams: Vec<usize>,
+        /// The scripted model's latency per call, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        model_latency_ms: u64,
+        /// Measured seconds per level.
+        #[arg(long, default_value_t = 30)]
+        duration_secs: u64,
+        /// Timed Asks per level instead of --duration-secs.
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Untimed seconds of load before each level's measurement.
+        #[arg(long, default_value_t = 5)]
+        warmup_secs: u64,
+        /// HTTP/2 connections the streams share (multiplexed).
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// The question asked.
+        #[arg(long, default_value = quarry_bench::ask::DEFAULT_QUESTION)]
+        question: String,
+        /// The SQL the scripted model runs through `query_database`.
+        #[arg(long, default_value = quarry_bench::ask::DEFAULT_SQL)]
+        sql: String,
+        /// Idle calibration calls of each internal RPC (DescribeSchema, ExecuteSql).
+        #[arg(long, default_value_t = 200)]
+        probes: usize,
+        /// Overrides `database.pool_size` (connections per tool pool).
+        #[arg(long)]
+        pool_size: Option<usize>,
+        /// Serve `[summary]` too: each Ask then also lists summary kinds.
+        #[arg(long)]
+        summaries: bool,
+        /// Database; default `database.url` from the configuration.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the benchmark and prints its report (a table, or JSON).
+///
+/// # Errors
+/// Configuration and database errors, a failing benchmark run.
+pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
+    match args.what {
+        What::Search {
+            synthetic,
+            collection,
+            queries,
+            warmup,
+            k,
+            modes,
+            embed_seconds,
+            keep_index,
+            index_dir,
+            database_url,
+            json,
+        } => {
+            let config = quarry_bench::BenchConfig::load(config)?;
+            let database_url = database_url.unwrap_or(config.database.url.clone());
+            let search = config.search.clone().unwrap_or_default();
+            let (source, embedder) = match (synthetic, collection) {
+                (Some(docs), _) => (quarry_bench::search::BenchSource::Synthetic { docs }, None),
+                (None, Some(name)) => {
+                    let found = search.collections.iter().find(|c| c.name == name).cloned();
+                    let definition = match found {
+                        Some(c) => c,
+                        None if name == "artworks" => quarry_bench::search::tate_artworks_config()?,
+                        None => anyhow::bail!(
+                            "no collection {name:?} in [search] (only `artworks` has a built-in definition)"
+                        ),
+                    };
+                    // The configured embedder, else the local MiniLM; none if it cannot load.
+                    let embedding = config.embedding.clone().unwrap_or_default();
+                    let embedder = tokio::task::spawn_blocking(move || {
+                        quarry_llm::embed::embedder_from_config(&embedding)
+                    })
+                    .await?;
+                    let embedder = match embedder {
+                        Ok(e) => Some(e),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no embedder: bm25 only");
+                            None
+                        }
+                    };
+                    (
+                        quarry_bench::search::BenchSource::Collection { config: definition },
+                        embedder,
+                    )
+                }
+                (None, None) => anyhow::bail!("give --synthetic N or --collection NAME"),
+            };
+            let options = quarry_bench::search::SearchBenchOptions {
+                database_url,
+                index_dir,
+                reindex: !keep_index,
+                source,
+                search,
+                sync: config.sync.clone(),
+                embedder,
+                embed_for: Duration::from_secs(embed_seconds),
+                queries,
+                warmup,
+                k,
+                modes: modes.into_iter().map(Into::into).collect(),
+                progress: true,
+            };
+            let report = quarry_bench::search::run_search_bench(&options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+        What::Freshness {
+            changes,
+            rate,
+            seed_rows,
+            timeout_secs,
+            index_dir,
+            database_url,
+            json,
+        } => {
+            let config = quarry_bench::BenchConfig::load(config)?;
+            let options = quarry_bench::freshness::FreshnessOptions {
+                database_url: database_url.unwrap_or(config.database.url.clone()),
+                index_dir,
+                changes,
+                rate,
+                seed_rows,
+                timeout: Duration::from_secs(timeout_secs),
+                sync: config.sync.clone(),
+                progress: true,
+            };
+            let report = quarry_bench::freshness::run_freshness_bench(&options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+        What::Ask {
+            streams,
+            model_latency_ms,
+            duration_secs,
+            requests,
+            warmup_secs,
+            connections,
+            question,
+            sql,
+            probes,
+            pool_size,
+            summaries,
+            database_url,
+            json,
+        } => {
+            let mut sections = quarry_bench::ask::ServerSections::load(config)?;
+            if let Some(url) = database_url {
+                sections.database.url = url;
+            }
+            if let Some(size) = pool_size {
+                sections.database.pool_size = size;
+            }
+            let options = quarry_bench::ask::AskBenchOptions {
+                sections,
+                streams,
+                connections,
+                model_latency: Duration::from_millis(model_latency_ms),
+                warmup: Duration::from_secs(warmup_secs),
+                duration: Duration::from_secs(duration_secs),
+                requests,
+                question,
+                sql,
+                probes,
+                summaries,
+                progress: true,
+            };
+            let report = quarry_bench::ask::run_ask_bench(&options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! `quarry eval` (feature `dev-tools`): evaluate a tool against a benchmark
+//! with `quarry-eval`.
+
+use std::path::{Path, PathBuf};
+
+use super::SearchMode;
+
+/// Arguments of `quarry eval`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum What {
+    /// Text-to-SQL on a Spider-format folder: schema linking, validator false
+    /// rejects on gold SQL, and gold SQL through the pipeline vs. run directly.
+    Sql {
+        /// Folder with tables.json, dev.json and optionally database/<db>/<db>.sqlite.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// SQL dialect of the gold queries.
+        #[arg(long, value_enum, default_value_t = quarry_eval::GoldDialect::Sqlite)]
+        gold_dialect: quarry_eval::GoldDialect,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Database to load into; default `database.url` from the configuration.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Evaluate only the first N questions.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Also rank schema elements by embedding similarity (local MiniLM).
+        #[arg(long)]
+        embeddings: bool,
+    },
+    /// Retrieval on a BEIR-format folder (corpus.jsonl, queries*.jsonl,
+    /// qrels*.tsv): nDCG@10 and recall@100 per mode, through the real
+    /// search stack (PostgreSQL sidecar + pgvector, tantivy).
+    Search {
+        /// BEIR folder.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Split whose queries and judgements are used.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Modes to measure.
+        #[arg(long, value_delimiter = ',', default_values = ["bm25", "vector", "hybrid"])]
+        modes: Vec<SearchMode>,
+        /// Print one JSON object keyed by mode instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Database to load into; default `database.url` from the configuration.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Where the tantivy index is kept.
+        #[arg(long, default_value = ".dev/eval-index")]
+        index_dir: PathBuf,
+        /// Evaluate only the first N judged queries.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+/// Runs the evaluation and prints its report (a table, or JSON).
+///
+/// # Errors
+/// Unreadable data sets, database errors, embedder failures.
+pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
+    match args.what {
+        What::Sql {
+            dataset,
+            gold_dialect,
+            json,
+            database_url,
+            limit,
+            embeddings,
+        } => {
+            let database_url = match database_url {
+                Some(url) => url,
+                None => quarry_eval::configured_database_url(config)?,
+            };
+            let options = quarry_eval::EvalOptions {
+                dataset,
+                gold_dialect,
+                database_url,
+                limit,
+                embeddings,
+            };
+            let report = quarry_eval::run_sql_eval(&options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+        What::Search {
+            dataset,
+            split,
+            modes,
+            json,
+            database_url,
+            index_dir,
+            limit,
+        } => {
+            let database_url = match database_url {
+                Some(url) => url,
+                None => quarry_eval::configured_database_url(config)?,
+            };
+            let modes: Vec<quarry_search::Mode> = modes.into_iter().map(Into::into).collect();
+            let embedder = if modes.iter().any(|m| *m != quarry_search::Mode::Bm25) {
+                let embedder = tokio::task::spawn_blocking(|| {
+                    quarry_llm::embed::embedder_from_config(
+                        &quarry_llm::embed::EmbeddingConfig::default(),
+                    )
+                })
+                .await??;
+                Some(embedder)
+            } else {
+                None
+            };
+            let options = quarry_eval::search::SearchEvalOptions {
+                dataset,
+                split,
+                database_url,
+                index_dir,
+                modes,
+                limit,
+                embedder,
+                search: quarry_search::SearchConfig::default(),
+                progress: !json,
+            };
+            let report = quarry_eval::search::run_search_eval(&options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! `quarry-server`: a Quarry node. Owns the configuration ([`Config`]), the
+//! wiring of each tool from it, and [`serve`], which serves the [`Roles`]
+//! asked for on a listener until shutdown. The `quarry` binary only parses
+//! arguments and calls in here, so tests run the very same server on
+//! `127.0.0.1:0`.
+//!
+//! A question flows protocol → auth ([`quarry_auth`]) → orchestrator
+//! ([`quarry_orchestrator`]) → tool (`quarry-sql`, `quarry-search`,
+//! `quarry-summary`) → database; this crate only composes them.
+
+pub mod client;
+pub mod config;
+mod db;
+pub mod migrate;
+mod models;
+pub mod progress;
+mod role;
+mod serve;
+mod shutdown;
+mod tools;
+
+pub use config::Config;
+pub use db::pool;
+pub use models::Models;
+pub use role::{Role, Roles, UnknownRole};
+pub use serve::{CONVERSATION_PURGE_INTERVAL, serve};
+pub use shutdown::shutdown_signal;
+pub use tools::{embedder, search_tool, sql_tool, sql_tool_with, summary_tool, syncers};

@@ -1,0 +1,303 @@
+//! Composes a Quarry node: the services of the roles it plays, behind one
+//! auth and rate-limit stack, with health and reflection, until shutdown.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use quarry_auth::{AuthLayer, RateLimitLayer};
+use quarry_orchestrator::{
+    Assistant, AssistantGrpc, ToolChannel, conversation::ConversationStore, transport,
+};
+use quarry_proto::v1::{
+    assistant_service_server::AssistantServiceServer, search_service_client::SearchServiceClient,
+    search_service_server::SearchServiceServer, sql_service_client::SqlServiceClient,
+    sql_service_server::SqlServiceServer, summary_service_client::SummaryServiceClient,
+    summary_service_server::SummaryServiceServer,
+};
+use quarry_search::SearchGrpc;
+use quarry_sql::grpc::SqlGrpc;
+use quarry_summary::SummaryGrpc;
+use tokio::net::TcpListener;
+use tonic::transport::{Endpoint, Server, server::TcpIncoming};
+use tower::{Layer as _, ServiceBuilder};
+use tracing::{info, warn};
+
+use crate::{
+    Config, Models, Role, Roles, embedder, pool, search_tool, sql_tool_with, summary_tool, syncers,
+};
+
+/// How often `serve` deletes conversations past their retention.
+pub const CONVERSATION_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Serves `roles` ([`Role`]) on `listener` until `shutdown` resolves, then
+/// lets in-flight requests finish for at most `server.shutdown_grace_secs`.
+/// Health and reflection are served whatever the roles; the health service
+/// reports `SERVING` for each gRPC service this process serves.
+///
+/// The assistant role reaches each tool in this process when that tool's
+/// role runs here (in process, behind the same auth layer, no socket), or at
+/// `server.sql_url` / `search_url` / `summary_url` (which win when set).
+///
+/// # Errors
+/// Invalid configuration (auth secret, golden pairs, model settings, an
+/// assistant role with neither the sql role nor `server.sql_url`) or a
+/// transport failure.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    roles: Roles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    let verifier = config.auth.verifier().context("auth")?;
+    let limiter = config.auth.rate_limiter();
+    let server_config = &config.server;
+    if roles.has(Role::Assistant) && !roles.has(Role::Sql) && server_config.sql_url.is_none() {
+        anyhow::bail!(
+            "the assistant role needs the sql role in the same process or server.sql_url"
+        );
+    }
+    let models = Models::from_config(&config)?;
+    if roles.has(Role::Assistant) && models.answer.is_none() {
+        info!(
+            "no answer model configured: router mode (golden question/SQL pairs, then summaries and search by rules)"
+        );
+    }
+    // Loaded once for schema linking, search, summaries and the sync.
+    let needs_embedder = [Role::Sql, Role::Search, Role::Summary, Role::Sync]
+        .into_iter()
+        .any(|r| roles.has(r));
+    let embedder = if needs_embedder {
+        embedder(&config).await?
+    } else {
+        None
+    };
+    if let Some(embedder) = &embedder {
+        // Warm up (lazy weights, first-call allocations) here rather than in
+        // the first search: the demo's first query took 7 s to embed without this.
+        if let Err(error) = embedder.embed(vec!["warm-up".to_owned()]).await {
+            warn!(%error, "embedder warm-up failed");
+        }
+    }
+    let background = tokio_util::sync::CancellationToken::new();
+    let _stop_background = background.clone().drop_guard();
+
+    let sql_service = match roles.has(Role::Sql) {
+        true => {
+            let tool = sql_tool_with(&config, models.sql_models(), embedder.clone()).await?;
+            Some(SqlServiceServer::new(SqlGrpc::new(tool)))
+        }
+        false => None,
+    };
+    // The sync writes the sidecars the search tool prepares, so it opens
+    // the tool too (without serving or following it).
+    let search = match &config.search {
+        Some(search) if roles.has(Role::Search) || roles.has(Role::Sync) => {
+            Some(search_tool(&config, search.clone(), embedder.clone()).await?)
+        }
+        _ => None,
+    };
+    if let Some(search) = &search {
+        if roles.has(Role::Search) {
+            search.spawn_follower(background.clone().cancelled_owned());
+        }
+        if roles.has(Role::Sync) && server_config.run_sync {
+            for syncer in syncers(&config, search)? {
+                let stop = background.clone().cancelled_owned();
+                tokio::spawn(async move {
+                    let name = syncer.collection().name.clone();
+                    if let Err(error) = syncer.run(stop).await {
+                        warn!(collection = %name, %error, "index sync stopped");
+                    }
+                });
+            }
+        }
+    }
+    let search_service = search
+        .filter(|_| roles.has(Role::Search))
+        .map(|tool| SearchServiceServer::new(SearchGrpc::new(tool)));
+    let summaries = match roles.has(Role::Summary) {
+        true => summary_tool(&config, embedder).await?,
+        false => None,
+    };
+    if let Some(summaries) = &summaries
+        && server_config.run_summary_builder
+    {
+        summaries.clone().spawn_scheduler(background.clone());
+    }
+    let summary_service = summaries.map(|tool| SummaryServiceServer::new(SummaryGrpc::new(tool)));
+
+    let auth = AuthLayer::new(verifier);
+    let assistant_service = match roles.has(Role::Assistant) {
+        true => Some(AssistantServiceServer::new(AssistantGrpc::new(
+            assistant(
+                &config,
+                &models,
+                &auth,
+                &background,
+                sql_service.as_ref(),
+                search_service.as_ref(),
+                summary_service.as_ref(),
+            )
+            .await?,
+        ))),
+        false => None,
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    if sql_service.is_some() {
+        health.set_serving::<SqlServiceServer<SqlGrpc>>().await;
+    }
+    if assistant_service.is_some() {
+        health
+            .set_serving::<AssistantServiceServer<AssistantGrpc>>()
+            .await;
+    }
+    if search_service.is_some() {
+        health
+            .set_serving::<SearchServiceServer<SearchGrpc>>()
+            .await;
+    }
+    if summary_service.is_some() {
+        health
+            .set_serving::<SummaryServiceServer<SummaryGrpc>>()
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quarry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quarry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let layers = ServiceBuilder::new()
+        .layer(auth)
+        .layer(RateLimitLayer::new(limiter));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .layer(layers)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_optional_service(sql_service)
+        .add_optional_service(assistant_service)
+        .add_optional_service(search_service)
+        .add_optional_service(summary_service)
+        // TCP_NODELAY: without it Nagle's algorithm and delayed ACKs held
+        // small streamed events back ≈ 40 ms (`quarry bench ask`); tonic's
+        // own `tcp_nodelay` applies only to listeners it binds itself
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
+    info!(%local, %roles, "quarry serving");
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.context("server"),
+        () = shutdown => {}
+    }
+    info!("shutting down: no new connections; draining in-flight requests");
+    let _ = stop_tx.send(());
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result.context("server"),
+        Err(_) => {
+            warn!(
+                grace_secs = grace.as_secs(),
+                "requests still running after the grace period; stopping them"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The orchestrator with a channel to each tool it can reach, its
+/// conversation store, and the hourly purge of expired conversations
+/// (stopped with `background`).
+async fn assistant(
+    config: &Config,
+    models: &Models,
+    auth: &AuthLayer,
+    background: &tokio_util::sync::CancellationToken,
+    sql: Option<&SqlServiceServer<SqlGrpc>>,
+    search: Option<&SearchServiceServer<SearchGrpc>>,
+    summaries: Option<&SummaryServiceServer<SummaryGrpc>>,
+) -> anyhow::Result<Arc<Assistant>> {
+    let server_config = &config.server;
+    let sql_channel = tool_channel(
+        auth,
+        "server.sql_url",
+        server_config.sql_url.as_deref(),
+        sql,
+    )?
+    .context("no SQL tool")?;
+    let mut assistant = Assistant::new(
+        models.answer.clone(),
+        SqlServiceClient::new(sql_channel),
+        config.orchestrator.clone(),
+    );
+    if let Some(routing) = models.routing.clone() {
+        assistant = assistant.with_routing_model(routing);
+    }
+    let search_url = server_config.search_url.as_deref();
+    if let Some(channel) = tool_channel(auth, "server.search_url", search_url, search)? {
+        assistant = assistant.with_search(SearchServiceClient::new(channel));
+    }
+    let summary_url = server_config.summary_url.as_deref();
+    if let Some(channel) = tool_channel(auth, "server.summary_url", summary_url, summaries)? {
+        assistant = assistant.with_summaries(SummaryServiceClient::new(channel));
+    }
+    // Conversations: every Ask is a stored turn; expired ones are purged hourly.
+    let conversations = ConversationStore::new(
+        pool(
+            &config.database.url,
+            config.database.pool_size,
+            Duration::from_millis(config.database.pool_wait_ms),
+        )?,
+        config.orchestrator.conversation_retention_days,
+    );
+    {
+        let store = conversations.clone();
+        let stop = background.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = store.purge_every(CONVERSATION_PURGE_INTERVAL) => {}
+            }
+        });
+    }
+    Ok(Arc::new(assistant.with_conversations(conversations)))
+}
+
+/// How the orchestrator reaches one tool: over the network to `url` (the
+/// value of `key`, connected on first use) when one is configured, else
+/// `local`, this process's own gRPC service of the tool, in process behind
+/// `auth`; `None` when neither exists.
+fn tool_channel<S>(
+    auth: &AuthLayer,
+    key: &str,
+    url: Option<&str>,
+    local: Option<&S>,
+) -> anyhow::Result<Option<ToolChannel>>
+where
+    S: tower::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    if let Some(url) = url {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .with_context(|| format!("{key} {url:?} is not a valid URL"))?;
+        return Ok(Some(transport::remote(endpoint.connect_lazy())));
+    }
+    Ok(local.map(|service| transport::in_process(auth.layer(service.clone()))))
+}
