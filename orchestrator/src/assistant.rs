@@ -1,6 +1,6 @@
 //! One `Ask`: choose a mode, run tools, stream events.
 //!
-//! Agentic mode ([`agent`]) is a bounded tool-calling loop: the model sees
+//! Agentic mode (`agent`) is a bounded tool-calling loop: the model sees
 //! the caller's schema and the tools the [`ToolRegistry`] offers this caller
 //! — `query_database` always, `search_documents` and `get_summaries` when
 //! their services declare collections or kinds, and any tool registered with
@@ -17,7 +17,7 @@
 //! limit (`max_steps`), the token limit (`max_tokens`) or the deadline
 //! (`deadline_secs`).
 //!
-//! Router mode ([`pipelines`]; no model configured, or `ASK_MODE_ROUTER`)
+//! Router mode (`pipelines`; no model configured, or `ASK_MODE_ROUTER`)
 //! first asks `SqlService.GenerateSql` for a dry run (golden question→SQL
 //! pairs when no model is configured, golden pairs only when a routing model
 //! is); SQL found is executed and the rows answer (route `golden_sql`).
@@ -42,11 +42,14 @@
 //! before the last event, so that a follow-up sent after the stream ended
 //! finds it.
 //!
-//! The last event, `usage`, accounts for the request ([`crate::usage`]).
+//! The last event, `usage`, accounts for the request (`crate::usage`).
 //!
-//! The modules, by job: [`run`] the request's lifecycle (start, deadline,
-//! final answer, stored turn), [`agent`] the agent loop, [`pipelines`]
-//! router mode's pipelines, [`events`] the events streamed to the client.
+//! This module builds the assistant; the other jobs have a module each, and
+//! none imports from a module that imports from it: `run` the request's
+//! lifecycle ([`Assistant::ask`], start, deadline, final answer, stored
+//! turn), `agent` the agent loop, `pipelines` router mode's pipelines,
+//! `events` the events streamed to the client; usage accounting is
+//! `crate::usage`'s.
 
 mod agent;
 mod events;
@@ -57,22 +60,18 @@ use std::sync::Arc;
 
 use quarry_llm::ChatModel;
 use quarry_proto::v1::{
-    AskRequest, AskResponse, search_service_client::SearchServiceClient,
-    sql_service_client::SqlServiceClient, summary_service_client::SummaryServiceClient,
+    AskResponse, search_service_client::SearchServiceClient, sql_service_client::SqlServiceClient,
+    summary_service_client::SummaryServiceClient,
 };
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tracing::{Instrument, info_span};
 
 use crate::{
-    caller::AskCaller,
     config::OrchestratorConfig,
     conversation::ConversationStore,
     tools::{ModelTool, ToolRegistry, search::SearchTool, sql::SqlTool, summaries::SummariesTool},
     transport::ToolChannel,
 };
-use run::Run;
 
 /// The stream of events of one `Ask`.
 pub type AskStream = ReceiverStream<Result<AskResponse, Status>>;
@@ -193,56 +192,5 @@ impl Assistant {
     /// The settings in force.
     pub fn config(&self) -> &OrchestratorConfig {
         &self.config
-    }
-
-    /// Starts answering `request` (already validated by the caller) for
-    /// `caller` and returns the event stream once the conversation it
-    /// continues (if any) has been read. The request's id is the caller's
-    /// (`x-request-id`, else a fresh UUID). The work runs on its own task
-    /// and stops when the receiver is dropped (the client went away).
-    ///
-    /// # Errors
-    /// `NOT_FOUND` when `conversation_id` names no live conversation of the
-    /// caller; `FAILED_PRECONDITION` when it names one but conversations are
-    /// not kept; `UNAVAILABLE` when the conversation store fails.
-    pub async fn ask(
-        self: &Arc<Self>,
-        request: AskRequest,
-        caller: AskCaller,
-    ) -> Result<AskStream, Status> {
-        let (conversation_id, history) = if request.conversation_id.is_empty() {
-            (uuid::Uuid::new_v4(), Vec::new())
-        } else {
-            let id = uuid::Uuid::parse_str(&request.conversation_id).map_err(|_| {
-                quarry_proto::status::bad_request("conversation_id", "must be empty or a UUID")
-            })?;
-            let Some(store) = &self.conversations else {
-                return Err(Status::failed_precondition(
-                    "conversation_id: this server does not keep conversations; leave it empty",
-                ));
-            };
-            let history = store
-                .history(id, &caller.caller.principal, self.config.conversation_turns)
-                .await?;
-            (id, history)
-        };
-        let (tx, rx) = mpsc::channel(self.config.event_buffer.max(1));
-        let span = info_span!(
-            "ask",
-            request_id = %caller.caller.request_id,
-            tenant = %caller.caller.principal.tenant,
-            subject = %caller.caller.principal.subject,
-        );
-        let this = Arc::clone(self);
-        tokio::spawn(
-            async move {
-                let mut run = Run::new(this, caller, tx);
-                run.conversation_id = conversation_id;
-                run.history = history;
-                run.execute(request).await;
-            }
-            .instrument(span),
-        );
-        Ok(ReceiverStream::new(rx))
     }
 }

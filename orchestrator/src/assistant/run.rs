@@ -1,6 +1,6 @@
-//! The lifecycle of one `Ask`: the run's state, its start (`started`
-//! event, mode, deadline, the client going away), its end (final answer,
-//! usage) and the stored turn.
+//! The lifecycle of one `Ask`: [`Assistant::ask`], the run's state, its
+//! start (`started` event, mode, deadline, the client going away), its end
+//! (final answer, usage) and the stored turn.
 
 use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -13,16 +13,70 @@ use quarry_proto::v1::{
     Usage, ask_response::Event,
 };
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
-use super::Assistant;
+use super::{AskStream, Assistant};
 use crate::{
     caller::AskCaller,
     conversation::{PriorTurn, TurnRecord},
     tools::ToolContext,
     usage::{Accounting, ToolClock},
 };
+
+impl Assistant {
+    /// Starts answering `request` (already validated by the caller) for
+    /// `caller` and returns the event stream once the conversation it
+    /// continues (if any) has been read. The request's id is the caller's
+    /// (`x-request-id`, else a fresh UUID). The work runs on its own task
+    /// and stops when the receiver is dropped (the client went away).
+    ///
+    /// # Errors
+    /// `NOT_FOUND` when `conversation_id` names no live conversation of the
+    /// caller; `FAILED_PRECONDITION` when it names one but conversations are
+    /// not kept; `UNAVAILABLE` when the conversation store fails.
+    pub async fn ask(
+        self: &Arc<Self>,
+        request: AskRequest,
+        caller: AskCaller,
+    ) -> Result<AskStream, Status> {
+        let (conversation_id, history) = if request.conversation_id.is_empty() {
+            (uuid::Uuid::new_v4(), Vec::new())
+        } else {
+            let id = uuid::Uuid::parse_str(&request.conversation_id).map_err(|_| {
+                quarry_proto::status::bad_request("conversation_id", "must be empty or a UUID")
+            })?;
+            let Some(store) = &self.conversations else {
+                return Err(Status::failed_precondition(
+                    "conversation_id: this server does not keep conversations; leave it empty",
+                ));
+            };
+            let history = store
+                .history(id, &caller.caller.principal, self.config.conversation_turns)
+                .await?;
+            (id, history)
+        };
+        let (tx, rx) = mpsc::channel(self.config.event_buffer.max(1));
+        let span = info_span!(
+            "ask",
+            request_id = %caller.caller.request_id,
+            tenant = %caller.caller.principal.tenant,
+            subject = %caller.caller.principal.subject,
+        );
+        let this = Arc::clone(self);
+        tokio::spawn(
+            async move {
+                let mut run = Run::new(this, caller, tx);
+                run.conversation_id = conversation_id;
+                run.history = history;
+                run.execute(request).await;
+            }
+            .instrument(span),
+        );
+        Ok(ReceiverStream::new(rx))
+    }
+}
 
 /// The client stopped listening; stop working.
 #[derive(Debug)]
