@@ -19,10 +19,7 @@ use crate::{
         self, Available, Pipeline, Step,
         answer::{self, Findings, SummarySource},
     },
-    tools::{
-        search::SEARCH_DOCUMENTS,
-        summaries::{GET_SUMMARIES, SummariesTool, call_from_arguments},
-    },
+    tools::{ModelTool as _, ToolOutcome, search::SEARCH_DOCUMENTS, summaries::GET_SUMMARIES},
 };
 
 /// Summaries a router-mode summary search asks for.
@@ -250,15 +247,11 @@ impl Run {
         for (arguments, mut source, what) in tries {
             let call = self.router_call(GET_SUMMARIES, &arguments);
             let started = self.tool_started(&call).await?;
-            let result = match (
-                call_from_arguments(&call.arguments),
-                self.assistant.summaries.clone(),
-            ) {
-                (Err(message), _) => Err(message),
-                (Ok(_), None) => Err("the summaries tool is not configured".to_string()),
-                (Ok(lookup), Some(tool)) => tool.lookup(lookup, &self.caller).await,
+            // the same call the model makes: the arguments are the tool's
+            let outcome = match self.assistant.summaries.clone() {
+                Some(tool) => tool.call(&call, self.tool_context()).await,
+                None => ToolOutcome::failed(&call.id, "the summaries tool is not configured"),
             };
-            let outcome = SummariesTool::outcome(&call.id, result);
             self.tool_finished(&call, outcome.result.clone(), Vec::new(), started)
                 .await?;
             self.citations.extend(outcome.citations);
