@@ -1,10 +1,11 @@
 //! gRPC adapter: `quarry.v1.AssistantService` over [`Assistant`].
 //!
-//! Validates the request, takes the principal the auth layer put into the
-//! request extensions, and hands over to the domain.
+//! Validates the request, takes the caller (the principal the auth layer put
+//! into the request extensions, the request id, the deadline, the
+//! credentials to forward) and hands over to the domain.
 
 use quarry_proto::status::bad_request;
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use quarry_auth::Principal;
 use quarry_proto::v1::{
@@ -16,7 +17,8 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::{
-    assistant::{AskStream, Assistant, Caller},
+    assistant::{AskStream, Assistant},
+    caller::AskCaller,
     conversation::{ConversationStore, MAX_PAGE_SIZE},
 };
 
@@ -84,48 +86,15 @@ pub fn validate_ask(request: &AskRequest, max_preview_rows: u32) -> Result<(), S
     Ok(())
 }
 
-/// A `grpc-timeout` header value: up to 8 ASCII digits and a unit, `H`
-/// hours, `M` minutes, `S` seconds, `m` milliseconds, `u` microseconds, `n`
-/// nanoseconds (gRPC over HTTP/2, "Requests": `Timeout`). `None` when
-/// malformed.
-pub fn grpc_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 #[tonic::async_trait]
 impl AssistantService for AssistantGrpc {
     type AskStream = AskStream;
 
     #[instrument(skip(self, request))]
     async fn ask(&self, request: Request<AskRequest>) -> Result<Response<AskStream>, Status> {
-        let principal = Principal::of(&request)?;
-        let authorization = request.metadata().get("authorization").cloned();
-        let deadline = match request.metadata().get("grpc-timeout") {
-            None => None,
-            Some(value) => Some(value.to_str().ok().and_then(grpc_timeout).ok_or_else(|| {
-                bad_request("grpc-timeout", "not a gRPC timeout such as 500m or 2S")
-            })?),
-        };
+        let caller = AskCaller::of(&request)?;
         let ask = request.into_inner();
         validate_ask(&ask, self.assistant.config().max_preview_rows)?;
-        let caller = Caller {
-            principal,
-            authorization,
-            deadline,
-        };
         Ok(Response::new(self.assistant.ask(ask, caller).await?))
     }
 
@@ -179,21 +148,6 @@ impl AssistantService for AssistantGrpc {
 mod tests {
     use super::*;
 
-    #[test]
-    fn grpc_timeouts_parse_by_unit_and_malformed_ones_do_not() {
-        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
-        assert_eq!(grpc_timeout("3M"), Some(Duration::from_secs(180)));
-        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(grpc_timeout("250u"), Some(Duration::from_micros(250)));
-        assert_eq!(
-            grpc_timeout("99999999n"),
-            Some(Duration::from_nanos(99_999_999))
-        );
-        for bad in ["", "S", "5", "5s", "123456789S", "-1S", "1.5S", "é"] {
-            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
-        }
-    }
     use tonic::Code;
     use tonic_types::StatusExt as _;
 

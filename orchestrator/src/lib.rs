@@ -1,16 +1,18 @@
 //! The Assistant service: answers a question by choosing and running tools,
 //! streaming each step to the client as it happens.
 //!
-//! - [`assistant`]: the domain — agentic tool-calling loop (a model chooses
-//!   tools) and router mode (golden question→SQL pairs, then fixed
-//!   pipelines, no model needed);
+//! - [`assistant`]: the domain — one `Ask`'s lifecycle, the agentic
+//!   tool-calling loop (a model chooses tools) and router mode (golden
+//!   question→SQL pairs, then fixed pipelines, no model needed);
+//! - [`tools`]: the tools the model can call, one [`ModelTool`] each
+//!   (`query_database`, `search_documents`, `get_summaries`), and the
+//!   [`ToolRegistry`] the agent loop offers and calls them through;
+//! - [`caller`]: who asks ([`AskCaller`]: the `quarry_auth::Caller` plus
+//!   the credentials forwarded to tool services);
+//! - `usage`: tokens, cost and time accounting of one `Ask`;
 //! - [`router`]: router mode's deterministic classifier (rules over the
 //!   question's words → summaries, search, both or none) and its answer text;
 //! - [`grpc`]: the `quarry.v1.AssistantService` adapter;
-//! - [`search`]: the `search_documents` tool: its spec from the declared
-//!   collections, model arguments → `SearchRequest`, hits for the model;
-//! - [`summary`]: the `get_summaries` tool: its spec from the declared
-//!   kinds, model arguments → look-up or search, summaries for the model;
 //! - [`conversation`]: stored conversations (turns in the `quarry` schema),
 //!   owned by a principal, with retention; follow-ups read earlier turns;
 //! - [`refine`]: router mode's rules for follow-ups that narrow the previous
@@ -22,9 +24,11 @@
 //!
 //! Tools are reached through their generated gRPC clients whether they run in
 //! the same process or in another Deployment, with the caller's credentials
-//! forwarded so that every tool enforces the caller's scopes itself.
+//! forwarded (`authorization`, `x-request-id`) so that every tool enforces
+//! the caller's scopes itself and logs under the request's id.
 
 pub mod assistant;
+pub mod caller;
 pub mod config;
 pub mod conversation;
 pub mod grounding;
@@ -32,11 +36,16 @@ pub mod grpc;
 pub mod refine;
 pub mod render;
 pub mod router;
-pub mod search;
-pub mod summary;
+pub mod tools;
 pub mod transport;
+mod usage;
 
-pub use assistant::{AskStream, Assistant, Caller, QUERY_DATABASE};
+pub use assistant::{AskStream, Assistant};
+pub use caller::AskCaller;
 pub use config::OrchestratorConfig;
 pub use grpc::AssistantGrpc;
+/// The search tool's argument parsing, at its former path
+/// (`quarry_orchestrator::search::request_from_arguments`).
+pub use tools::search;
+pub use tools::{ModelTool, ToolContext, ToolOutcome, ToolRegistry, sql::QUERY_DATABASE};
 pub use transport::ToolChannel;

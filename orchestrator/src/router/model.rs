@@ -41,7 +41,7 @@ use quarry_proto::v1::ModelCallUsage;
 use serde::Deserialize;
 
 use super::{Available, Pipeline, Route, Step};
-use crate::assistant::set_tokens;
+use crate::usage::set_tokens;
 
 /// The name of the SQL pipeline in the model's reply.
 pub const SQL_PIPELINE: &str = "sql";

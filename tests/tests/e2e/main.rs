@@ -12,6 +12,7 @@ mod catalog;
 mod conversation;
 mod generate;
 mod models;
+mod registry;
 mod resilience;
 mod roles;
 mod router;

@@ -1,15 +1,20 @@
-//! The `search_documents` tool as the model sees it: its description (built
-//! from the collections the search service declares), its JSON arguments
-//! turned into a `SearchRequest`, and hits written as delimited data.
+//! The `search_documents` tool: hybrid search (`SearchService`) as the model
+//! sees it — its description (built from the collections the search service
+//! declares for the caller), its JSON arguments turned into a
+//! `SearchRequest`, and hits written as delimited data, each cited.
 
-use quarry_llm::ToolSpec;
+use futures::future::BoxFuture;
+use quarry_llm::{ToolCall, ToolSpec};
 use quarry_proto::v1::{
-    CollectionInfo, FieldRange, FieldValue, FieldValues, Filter, FilterList, SearchMode,
-    SearchRequest, SearchToolResult, Value, filter, value::Kind,
+    Citation, CitationKind, CollectionInfo, FieldRange, FieldValue, FieldValues, Filter,
+    FilterList, ListCollectionsRequest, SearchMode, SearchRequest, SearchToolResult, Value, filter,
+    search_service_client::SearchServiceClient, tool_result::Outcome, value::Kind,
 };
 use serde_json::{Map, Value as Json, json};
+use tracing::warn;
 
-use crate::render::value_text;
+use super::{ModelTool, ToolContext, ToolOutcome, sanitize};
+use crate::{caller::AskCaller, render::value_text, transport::ToolChannel};
 
 /// Name of the search tool as the model sees it.
 pub const SEARCH_DOCUMENTS: &str = "search_documents";
@@ -19,6 +24,125 @@ pub const MAX_MODEL_K: u32 = 50;
 
 /// Deepest filter nesting accepted from a model.
 const MAX_DEPTH: usize = 16;
+
+/// The search tool, reached through its gRPC client.
+#[derive(Debug, Clone)]
+pub struct SearchTool {
+    client: SearchServiceClient<ToolChannel>,
+    /// Characters per field shown to the model.
+    max_cell_chars: usize,
+}
+
+impl SearchTool {
+    /// The tool over `client`, showing the model at most `max_cell_chars`
+    /// characters of a field.
+    pub fn new(client: SearchServiceClient<ToolChannel>, max_cell_chars: usize) -> Self {
+        Self {
+            client,
+            max_cell_chars,
+        }
+    }
+
+    /// The collections the search service lists for `caller`; `None` when
+    /// listing fails (logged).
+    pub async fn collections(&self, caller: &AskCaller) -> Option<Vec<CollectionInfo>> {
+        let mut client = self.client.clone();
+        match client
+            .list_collections(caller.request(ListCollectionsRequest {}))
+            .await
+        {
+            Ok(response) => Some(response.into_inner().collections),
+            Err(status) => {
+                warn!(error = %status.message(), "listing search collections failed");
+                None
+            }
+        }
+    }
+
+    /// Runs `request` for `caller`; the hits, or the error message for the
+    /// model.
+    pub async fn search(
+        &self,
+        request: SearchRequest,
+        caller: &AskCaller,
+    ) -> Result<SearchToolResult, String> {
+        let mut client = self.client.clone();
+        let (collection, query, mode) = (
+            request.collection.clone(),
+            request.query.clone(),
+            request.mode,
+        );
+        client
+            .search(caller.request(request))
+            .await
+            .map(|r| {
+                let r = r.into_inner();
+                SearchToolResult {
+                    collection,
+                    query,
+                    mode: if r.mode == 0 { mode } else { r.mode },
+                    hits: r.hits,
+                    exact_vector_search: r.exact_vector_search,
+                    documents: r.documents,
+                    embedded_documents: r.embedded_documents,
+                }
+            })
+            .map_err(|status| status.message().to_string())
+    }
+
+    /// Shapes `result` to call `call_id`: the hits for the client and, as
+    /// delimited data, for the model; one document citation per hit.
+    pub fn outcome(&self, call_id: &str, result: Result<SearchToolResult, String>) -> ToolOutcome {
+        let found = match result {
+            Ok(found) => found,
+            Err(message) => return ToolOutcome::failed(call_id, message),
+        };
+        let citations = found
+            .hits
+            .iter()
+            .map(|hit| Citation {
+                kind: CitationKind::Document as i32,
+                call_id: call_id.to_string(),
+                sql: String::new(),
+                source_id: format!("{}/{}", found.collection, hit.key),
+            })
+            .collect();
+        ToolOutcome {
+            for_model: hits_for_model(call_id, &found, self.max_cell_chars, sanitize),
+            result: Outcome::Search(found),
+            citations,
+            model_calls: Vec::new(),
+        }
+    }
+}
+
+impl ModelTool for SearchTool {
+    fn name(&self) -> &str {
+        SEARCH_DOCUMENTS
+    }
+
+    /// Offered when the search service lists collections for the caller.
+    fn spec<'a>(&'a self, caller: &'a AskCaller) -> BoxFuture<'a, Option<ToolSpec>> {
+        Box::pin(async move { spec(&self.collections(caller).await?) })
+    }
+
+    fn guidance(&self) -> Option<String> {
+        Some(format!(
+            "You can also find documents by meaning with `{SEARCH_DOCUMENTS}` (free-text fields, \
+             with structured filters); cite hits by their key.\n"
+        ))
+    }
+
+    fn call<'a>(&'a self, call: &'a ToolCall, cx: ToolContext<'a>) -> BoxFuture<'a, ToolOutcome> {
+        Box::pin(async move {
+            let result = match request_from_arguments(&call.arguments) {
+                Ok(request) => self.search(request, cx.caller).await,
+                Err(message) => Err(message),
+            };
+            self.outcome(&call.id, result)
+        })
+    }
+}
 
 /// The tool spec, describing every collection (fields and filter types) so
 /// the model can choose one and write a filter; `None` with no collection.
@@ -300,107 +424,4 @@ pub fn hits_for_model(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use quarry_proto::v1::FilterFieldInfo;
-
-    #[test]
-    fn arguments_become_a_request_with_a_typed_filter() {
-        let request = request_from_arguments(
-            r#"{"collection": "artworks", "query": "storm at sea",
-                "filter": {"and": [{"eq": {"field": "classification", "value": "on paper, unique"}},
-                                   {"range": {"field": "acquisition_year", "gte": 1900, "lt": 1950.5}},
-                                   {"not": {"in": {"field": "artist", "values": ["A", "B"]}}}]},
-                "k": 5}"#,
-        )
-        .unwrap();
-        assert_eq!(request.k, 5);
-        assert_eq!(request.mode, SearchMode::Hybrid as i32);
-        let Some(filter::Kind::And(list)) = request.filter.unwrap().kind else {
-            panic!()
-        };
-        let Some(filter::Kind::Range(range)) = &list.filters[1].kind else {
-            panic!()
-        };
-        assert_eq!(
-            range.lower.as_ref().unwrap().kind,
-            Some(Kind::Int64Value(1900))
-        );
-        assert_eq!(
-            range.upper.as_ref().unwrap().kind,
-            Some(Kind::DoubleValue(1950.5))
-        );
-        assert!(range.upper_exclusive && !range.lower_exclusive);
-        assert!(matches!(list.filters[2].kind, Some(filter::Kind::Not(_))));
-    }
-
-    #[test]
-    fn bad_arguments_name_the_place() {
-        let error = |args: &str| request_from_arguments(args).unwrap_err();
-        assert!(error(r#"{"query": "x"}"#).contains("`collection`"));
-        assert!(error(r#"{"collection": "a", "query": "x", "k": 500}"#).contains("`k`"));
-        let e = error(
-            r#"{"collection": "a", "query": "x", "filter": {"and": [{"eq": {"field": "f", "value": [1]}}]}}"#,
-        );
-        assert!(e.starts_with("filter.and[0].eq.value:"), "{e}");
-        let e = error(
-            r#"{"collection": "a", "query": "x", "filter": {"range": {"field": "f", "gt": 1, "gte": 2}}}"#,
-        );
-        assert!(e.starts_with("filter.range:"), "{e}");
-        let e = error(r#"{"collection": "a", "query": "x", "filter": {"like": {}}}"#);
-        assert!(e.contains("unknown operator `like`"), "{e}");
-        let mut deep = String::from(r#"{"eq": {"field": "f", "value": 1}}"#);
-        for _ in 0..40 {
-            deep = format!(r#"{{"not": {deep}}}"#);
-        }
-        let e = error(&format!(
-            r#"{{"collection": "a", "query": "x", "filter": {deep}}}"#
-        ));
-        assert!(e.contains("nested deeper"), "{e}");
-    }
-
-    #[test]
-    fn spec_lists_collections_and_filter_types() {
-        assert!(spec(&[]).is_none());
-        let spec = spec(&[CollectionInfo {
-            name: "artworks".into(),
-            source: "tate.artworks".into(),
-            text_fields: vec!["title".into()],
-            filter_fields: vec![FilterFieldInfo {
-                name: "artist".into(),
-                r#type: "keywords".into(),
-            }],
-            stored_fields: vec!["url".into()],
-            ..Default::default()
-        }])
-        .unwrap();
-        assert!(spec.description.contains("`artworks` (from tate.artworks)"));
-        assert!(spec.description.contains("artist (keywords)"));
-        assert_eq!(
-            spec.parameters["properties"]["collection"]["enum"][0],
-            "artworks"
-        );
-    }
-
-    #[test]
-    fn the_coverage_note_appears_only_when_vectors_ran_over_a_partial_collection() {
-        let found = |mode: SearchMode, embedded| SearchToolResult {
-            collection: "artworks".into(),
-            mode: mode as i32,
-            hits: vec![quarry_proto::v1::SearchHit {
-                key: "7".into(),
-                score: 0.5,
-                ..Default::default()
-            }],
-            documents: 300,
-            embedded_documents: embedded,
-            ..Default::default()
-        };
-        let text = |mode| hits_for_model("c1", &found(mode, 0), 50, str::to_owned);
-        assert!(!text(SearchMode::Bm25).contains("note:"));
-        assert!(text(SearchMode::Hybrid).contains("covers 0 of 300"));
-        let full = hits_for_model("c1", &found(SearchMode::Vector, 300), 50, str::to_owned);
-        assert!(!full.contains("note:"));
-        assert!(full.contains("[1] key=7 score=0.5000"));
-    }
-}
+mod tests;

@@ -1,0 +1,305 @@
+//! The `query_database` tool: questions or SQL for the SQL tool
+//! (`SqlService`). `{"question": "..."}` goes to `GenerateSql` (schema
+//! linking, generation, validation, execution, judge), `{"sql": "..."}` to
+//! `ExecuteSql`; the rows come back to the model as delimited data with a
+//! digest of the whole result, and to the client cut to the preview.
+
+use futures::future::BoxFuture;
+use quarry_llm::{ToolCall, ToolSpec};
+use quarry_proto::v1::{
+    Citation, CitationKind, ExecuteSqlRequest, GenerateSqlRequest, ModelCallUsage, ResultDigest,
+    RowSet, SqlAttempt, SqlToolResult, sql_service_client::SqlServiceClient, tool_result::Outcome,
+};
+
+use super::{ModelTool, ToolContext, ToolOutcome, sanitize};
+use crate::{caller::AskCaller, render::value_text, transport::ToolChannel};
+
+/// Name of the SQL tool as the model sees it.
+pub const QUERY_DATABASE: &str = "query_database";
+
+/// The SQL tool, reached through its gRPC client.
+#[derive(Debug, Clone)]
+pub struct SqlTool {
+    client: SqlServiceClient<ToolChannel>,
+    /// Rows of a result shown to the model.
+    model_rows: usize,
+    /// Characters per cell shown to the model.
+    max_cell_chars: usize,
+}
+
+/// What the SQL tool answered to one call: the full result (rows not yet
+/// cut to the preview) or the error message for the model, and the model
+/// calls the SQL tool made for it (also when it failed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlAnswer {
+    /// The result, or why there is none.
+    pub result: Result<SqlToolResult, String>,
+    /// The SQL tool's generation and judge calls.
+    pub model_calls: Vec<ModelCallUsage>,
+}
+
+impl SqlTool {
+    /// The tool over `client`, showing the model at most `model_rows` rows
+    /// of a result and `max_cell_chars` characters of a cell.
+    pub fn new(
+        client: SqlServiceClient<ToolChannel>,
+        model_rows: u32,
+        max_cell_chars: usize,
+    ) -> Self {
+        Self {
+            client,
+            model_rows: model_rows as usize,
+            max_cell_chars,
+        }
+    }
+
+    /// Runs one call's `arguments`: `{"question": "..."}` through
+    /// `GenerateSql` (with `refines_previous`, starting from
+    /// `cx.previous_sql`), `{"sql": "..."}` through `ExecuteSql`.
+    pub async fn query(&self, arguments: &str, cx: ToolContext<'_>) -> SqlAnswer {
+        let mut model_calls = Vec::new();
+        let result = self.run(arguments, cx, &mut model_calls).await;
+        SqlAnswer {
+            result,
+            model_calls,
+        }
+    }
+
+    async fn run(
+        &self,
+        arguments: &str,
+        cx: ToolContext<'_>,
+        model_calls: &mut Vec<ModelCallUsage>,
+    ) -> Result<SqlToolResult, String> {
+        #[derive(serde::Deserialize)]
+        struct Args {
+            #[serde(default)]
+            question: Option<String>,
+            #[serde(default)]
+            sql: Option<String>,
+            #[serde(default)]
+            refines_previous: bool,
+        }
+        let args: Args = serde_json::from_str(arguments).map_err(|e| {
+            format!("arguments must be a JSON object {{\"question\": \"...\"}} or {{\"sql\": \"<one SELECT>\"}}: {e}")
+        })?;
+        let mut client = self.client.clone();
+        let caller: &AskCaller = cx.caller;
+        match (args.question, args.sql) {
+            (_, Some(sql)) if !sql.trim().is_empty() => {
+                let response = client
+                    .execute_sql(caller.request(ExecuteSqlRequest { sql, max_rows: 0 }))
+                    .await
+                    .map_err(|status| status.message().to_string())?
+                    .into_inner();
+                let row_count = response.result.as_ref().map_or(0, |r| r.rows.len() as u64);
+                Ok(SqlToolResult {
+                    sql: response.executed_sql,
+                    rows: response.result,
+                    row_count,
+                    attempts: vec![],
+                    digest: response.digest,
+                    chart_spec_json: response.chart_spec_json,
+                    database_us: response.elapsed_us,
+                })
+            }
+            (Some(question), _) if !question.trim().is_empty() => {
+                let response = client
+                    .generate_sql(caller.request(GenerateSqlRequest {
+                        question,
+                        previous_sql: if args.refines_previous {
+                            cx.previous_sql.unwrap_or_default().to_string()
+                        } else {
+                            String::new()
+                        },
+                        dry_run: false,
+                        max_rows: 0,
+                        golden_only: false,
+                    }))
+                    .await
+                    .map_err(|status| status.message().to_string())?
+                    .into_inner();
+                model_calls.extend(response.model_calls.iter().cloned());
+                if response.sql.is_empty() {
+                    let trail: Vec<String> = response
+                        .attempts
+                        .iter()
+                        .map(|a| format!("{} → {}", a.sql, a.error))
+                        .collect();
+                    return Err(format!(
+                        "no sql could be produced: {}{}",
+                        response.explanation,
+                        if trail.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; attempts: {}", trail.join("; "))
+                        }
+                    ));
+                }
+                let row_count = response.result.as_ref().map_or(0, |r| r.rows.len() as u64);
+                Ok(SqlToolResult {
+                    sql: response.executed_sql,
+                    rows: response.result,
+                    row_count,
+                    attempts: response.attempts,
+                    digest: response.digest,
+                    chart_spec_json: response.chart_spec_json,
+                    database_us: response.database_us,
+                })
+            }
+            _ => Err("give either a non-empty `question` or a non-empty `sql`".to_string()),
+        }
+    }
+
+    /// Shapes `answer` to call `call_id`: for the client, the result with
+    /// its rows cut to `preview_rows` (and `earlier_attempts`, those that
+    /// produced the SQL beforehand in router mode, when it has none of its
+    /// own); for the model, the rows and digest as delimited data; one SQL
+    /// citation on success. Also returns the full rows, or the error
+    /// message.
+    pub fn outcome(
+        &self,
+        call_id: &str,
+        answer: SqlAnswer,
+        earlier_attempts: Vec<SqlAttempt>,
+        preview_rows: usize,
+    ) -> (ToolOutcome, Result<RowSet, String>) {
+        let mut sql_result = match answer.result {
+            Ok(sql_result) => sql_result,
+            Err(message) => {
+                let mut outcome = ToolOutcome::failed(call_id, message.clone());
+                outcome.model_calls = answer.model_calls;
+                return (outcome, Err(message));
+            }
+        };
+        if sql_result.attempts.is_empty() {
+            sql_result.attempts = earlier_attempts;
+        }
+        let citation = Citation {
+            kind: CitationKind::SqlRows as i32,
+            call_id: call_id.to_string(),
+            sql: sql_result.sql.clone(),
+            source_id: String::new(),
+        };
+        let rows = sql_result.rows.clone().unwrap_or_default();
+        if let Some(preview) = sql_result.rows.as_mut()
+            && preview.rows.len() > preview_rows
+        {
+            preview.rows.truncate(preview_rows);
+            preview.truncated = true;
+        }
+        let for_model = rows_for_model(
+            call_id,
+            &rows,
+            sql_result.digest.as_ref(),
+            self.model_rows,
+            self.max_cell_chars,
+        );
+        let outcome = ToolOutcome {
+            result: Outcome::Sql(sql_result),
+            for_model,
+            citations: vec![citation],
+            model_calls: answer.model_calls,
+        };
+        (outcome, Ok(rows))
+    }
+}
+
+impl ModelTool for SqlTool {
+    fn name(&self) -> &str {
+        QUERY_DATABASE
+    }
+
+    fn spec<'a>(&'a self, _caller: &'a AskCaller) -> BoxFuture<'a, Option<ToolSpec>> {
+        Box::pin(async move { Some(query_database_spec(self.model_rows)) })
+    }
+
+    fn call<'a>(&'a self, call: &'a ToolCall, cx: ToolContext<'a>) -> BoxFuture<'a, ToolOutcome> {
+        Box::pin(async move {
+            let answer = self.query(&call.arguments, cx).await;
+            self.outcome(&call.id, answer, Vec::new(), cx.preview_rows)
+                .0
+        })
+    }
+}
+
+/// The `query_database` tool as offered to the model.
+fn query_database_spec(model_rows: usize) -> ToolSpec {
+    ToolSpec {
+        name: QUERY_DATABASE.to_string(),
+        description: format!(
+            "Get facts from the organisation's PostgreSQL database. Pass `question`: one precise, \
+             self-contained question in plain words (e.g. \"number of works acquired per decade since \
+             1950\"); the SQL tool finds the relevant tables, writes the SQL, validates it, runs it \
+             read-only and checks the result. Or pass `sql`: one read-only SELECT you wrote against \
+             the schema in the system message. Give exactly one of the two. At most {model_rows} rows are shown to you, with a \
+             digest of the whole result; aggregate rather than fetching many rows."
+        ),
+        parameters: serde_json::json!({
+            "type": "object",
+            "properties": {
+                "question": {
+                    "type": "string",
+                    "description": "A precise, self-contained question for the SQL tool."
+                },
+                "sql": {
+                    "type": "string",
+                    "description": "Alternatively: exactly one PostgreSQL SELECT statement, tables schema-qualified."
+                },
+                "refines_previous": {
+                    "type": "boolean",
+                    "description": "With `question`, in a conversation: true when the question narrows or changes the previous turn's query; the SQL tool then starts from that SQL."
+                }
+            },
+            "additionalProperties": false
+        }),
+    }
+}
+
+/// A SQL result as delimited data for the model: header with row count and
+/// truncation, then one `|`-separated line per row.
+fn rows_for_model(
+    call_id: &str,
+    rows: &RowSet,
+    digest: Option<&ResultDigest>,
+    max_rows: usize,
+    max_cell_chars: usize,
+) -> String {
+    let shown = rows.rows.len().min(max_rows);
+    let more = rows.truncated || rows.rows.len() > shown;
+    let mut out = format!(
+        "<tool_result call_id=\"{call_id}\" status=\"ok\">\nrows: {shown}{}\ncolumns: {}\n",
+        if more {
+            " shown; the result has more rows (truncated)"
+        } else {
+            " (complete result)"
+        },
+        rows.columns
+            .iter()
+            .map(|c| format!("{} ({})", sanitize(&c.name), sanitize(&c.type_name)))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    for row in rows.rows.iter().take(shown) {
+        let cells: Vec<String> = row
+            .values
+            .iter()
+            .map(|v| {
+                let text = value_text(v);
+                let cut: String = text.chars().take(max_cell_chars).collect();
+                sanitize(&cut.replace('\n', " "))
+            })
+            .collect();
+        out.push_str(&cells.join(" | "));
+        out.push('\n');
+    }
+    if let Some(digest) = digest
+        && !digest.text.is_empty()
+    {
+        out.push_str("digest of the whole result:\n");
+        out.push_str(&sanitize(&digest.text));
+        out.push('\n');
+    }
+    out.push_str("</tool_result>");
+    out
+}
