@@ -12,7 +12,7 @@ use std::path::Path;
 use quarry::eval::compare::{Comparison, Value, compare};
 use quarry::eval::convert::{Rule, gold_refs, is_ordered, sqlite_to_postgres};
 use quarry::eval::{EvalOptions, GoldDialect, run_sql_eval};
-use quarry_sql::testing::TestDb;
+use quarry_db::testing::TestDb;
 use serde_json::json;
 
 /// Six questions over two databases: a double-quoted string literal, a

@@ -26,15 +26,14 @@ use futures::future::BoxFuture;
 use quarry_llm::embed::Embedder;
 use serde::{Deserialize, Serialize};
 
-use crate::collection::{
-    Collection, CollectionConfig, FilterType, ensure_sidecar, filter_column, quote_ident,
-    text_column,
-};
+use crate::collection::{Collection, CollectionConfig, FilterType, filter_column, text_column};
+use crate::ddl::ensure_sidecar;
 use crate::error::{Result, SearchError};
 use crate::filter::{CheckedFilter, Filter};
 use crate::fusion::{DEFAULT_RRF_K, RetrieverScore, fuse};
 use crate::index::{CollectionIndex, MAX_QUERY_BYTES, analyse, follow};
 use crate::vector::{self, VectorOptions};
+use quarry_db::quote_ident;
 
 /// How long a collection's embedded-document count is reused.
 pub const COUNT_TTL: Duration = Duration::from_secs(5);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use quarry_db::testing::TestDb;
 use quarry_llm::embed::Embedder;
 use quarry_proto::v1 as pb;
 use quarry_search::grpc::{request_from_proto, status_of};
@@ -15,7 +16,6 @@ use quarry_search::{
     CollectionConfig, Filter, Mode, Reranker, SearchConfig, SearchError, SearchRequest, SearchTool,
     Value,
 };
-use quarry_sql::testing::TestDb;
 use tonic_types::StatusExt;
 
 const DIM: usize = 8;

@@ -206,7 +206,7 @@ impl std::fmt::Debug for SummaryTool {
 impl SummaryTool {
     /// Checks the configuration ([`SummaryConfig::validate_static`]),
     /// creates the `quarry.summaries` tables when missing
-    /// ([`store::ensure_schema`]), checks `role` exists, and prepares every
+    /// (the `quarry` schema's migrations, [`quarry_db::migrate`]), checks `role` exists, and prepares every
     /// kind against the database: each wrapped figure and entities query is
     /// prepared (PostgreSQL checks tables, columns, types and casts), `$1`
     /// must be of a supported type, `groups`/`shares` need a grouped series,
@@ -233,10 +233,11 @@ impl SummaryTool {
             ));
         }
         let mut client = pool.get().await?;
-        let vector_schema = store::ensure_schema(&mut client).await?;
+        quarry_db::migrate_client(&mut client).await?;
+        let vector_schema = store::vector_type_schema(&**client).await?;
         if let Some(role) = &config.role {
             let tx = client.transaction().await?;
-            tx.batch_execute(&format!("SET LOCAL ROLE {}", store::quote_ident(role)))
+            tx.batch_execute(&format!("SET LOCAL ROLE {}", quarry_db::quote_ident(role)))
                 .await
                 .map_err(|e| {
                     SummaryError::Config(format!(

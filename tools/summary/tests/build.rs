@@ -10,7 +10,7 @@ mod fixture;
 use std::sync::{Arc, Mutex};
 
 use fixture::{ENTITIES, Scripted};
-use quarry_sql::testing::{TestDb, pool_for};
+use quarry_db::testing::{TestDb, pool_for};
 use quarry_summary::{
     BUILD_LOCK_KEY, BuildOptions, BuildProgressEvent, BuildReport, GetRequest, SummaryError,
     SummaryTool,

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use fixture::ENTITIES;
 use quarry_auth::Principal;
+use quarry_db::testing::TestDb;
 use quarry_proto::v1 as pb;
 use quarry_proto::v1::summary_service_client::SummaryServiceClient;
 use quarry_proto::v1::summary_service_server::SummaryServiceServer;
-use quarry_sql::testing::TestDb;
 use quarry_summary::{
     BuildOptions, GetRequest, GetResponse, MatchKind, Retrieval, SearchRequest, SummaryError,
     SummaryGrpc, SummaryTool,

@@ -4,7 +4,7 @@ use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_llm::{ModelConfig, OpenAiChatModel, Price};
 
 use super::*;
-use crate::testing::TestDb;
+use quarry_db::testing::TestDb;
 
 #[test]
 fn extracts_fenced_or_bare_sql() {

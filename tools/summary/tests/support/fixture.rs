@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use quarry_db::testing::TestDb;
 use quarry_llm::embed::Embedder;
-use quarry_sql::testing::TestDb;
 use quarry_summary::{SummaryConfig, SummaryTool};
 
 /// Vector length of [`Scripted`].
@@ -77,7 +77,7 @@ impl Embedder for Hanging {
 /// when its backend exits, shortly after the close), giving up after 400
 /// tries 25 ms apart.
 pub async fn lock_released(db: &TestDb) -> bool {
-    let pool = quarry_sql::testing::pool_for(db.url(), 1);
+    let pool = quarry_db::testing::pool_for(db.url(), 1);
     let client = pool.get().await.unwrap();
     for _ in 0..400 {
         let taken: bool = client
