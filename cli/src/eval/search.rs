@@ -452,14 +452,17 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
         for query in &queries {
             let started = Instant::now();
             let response = tool
-                .search(SearchRequest {
-                    collection: corpus.collection.name.clone(),
-                    query: query.text.clone(),
-                    filter: None,
-                    mode,
-                    k: 100,
-                    fields: Vec::new(),
-                })
+                .search(
+                    &caller(),
+                    SearchRequest {
+                        collection: corpus.collection.name.clone(),
+                        query: query.text.clone(),
+                        filter: None,
+                        mode,
+                        k: 100,
+                        fields: Vec::new(),
+                    },
+                )
                 .await;
             latencies.record(started.elapsed());
             let ranked = match response {
@@ -488,5 +491,16 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
         sync,
         embedded_texts,
         index,
+    })
+}
+
+/// The caller of in-process searches: a local, unscoped principal (the
+/// command is its own operator).
+fn caller() -> quarry_auth::Caller {
+    quarry_auth::Caller::new(quarry_auth::Principal {
+        tenant: "local".to_owned(),
+        subject: "quarry eval search".to_owned(),
+        roles: vec![],
+        scopes: vec![],
     })
 }

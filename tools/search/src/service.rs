@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
+use quarry_auth::Caller;
 use quarry_llm::embed::Embedder;
 use serde::{Deserialize, Serialize};
+use tracing::instrument;
 
 use crate::collection::{Collection, CollectionConfig, FilterType, filter_column, text_column};
 use crate::ddl::ensure_sidecar;
@@ -445,7 +447,8 @@ impl SearchTool {
     ///
     /// # Errors
     /// Database errors while counting.
-    pub async fn collections(&self) -> Result<Vec<CollectionInfo>> {
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    pub async fn collections(&self, caller: &Caller) -> Result<Vec<CollectionInfo>> {
         let mut out = Vec::new();
         for entry in &self.entries {
             let (documents, embedded_documents) = self.counts(entry).await?;
@@ -468,7 +471,8 @@ impl SearchTool {
     /// [`SearchError::FailedPrecondition`] for vector mode without an
     /// embedder; [`SearchError::Unavailable`] when the database or embedder
     /// cannot be reached.
-    pub async fn search(&self, request: SearchRequest) -> Result<SearchResponse> {
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    pub async fn search(&self, caller: &Caller, request: SearchRequest) -> Result<SearchResponse> {
         self.search_inner(request, None).await
     }
 
@@ -482,8 +486,10 @@ impl SearchTool {
     /// `query_vector` when its length is not the collection's recorded
     /// embedding dimension (or the collection has no vectors), or when a
     /// component is not finite.
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn search_with_query_vector(
         &self,
+        caller: &Caller,
         request: SearchRequest,
         query_vector: Vec<f32>,
     ) -> Result<SearchResponse> {

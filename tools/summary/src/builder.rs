@@ -483,7 +483,10 @@ impl Drop for BuildLock {
 
 impl SummaryTool {
     /// Runs one build (see the module docs), calling `progress` as batches
-    /// complete (and with `done = 0` when a kind starts).
+    /// complete (and with `done = 0` when a kind starts). Takes no caller:
+    /// builds are background work (the scheduler, `quarry summaries build`)
+    /// whose results serve every caller; a build a client asks for goes
+    /// through [`SummaryTool::refresh`], which records the caller.
     ///
     /// # Errors
     /// [`SummaryError::InvalidArgument`] for an unknown kind (`kinds[i]`)

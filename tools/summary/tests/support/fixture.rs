@@ -299,3 +299,13 @@ pub async fn stored(db: &TestDb) -> Vec<(String, String, String, String, String)
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect()
 }
+
+/// A caller for domain calls in tests.
+pub fn caller() -> quarry_auth::Caller {
+    quarry_auth::Caller::new(quarry_auth::Principal {
+        tenant: "t1".into(),
+        subject: "tester".into(),
+        roles: vec![],
+        scopes: vec![],
+    })
+}
