@@ -13,9 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use quarry_db::testing::TestDb;
 use quarry_search::collection::{Collection, CollectionConfig};
 use quarry_search_sync::{SyncConfig, Syncer};
-use quarry_sql::testing::TestDb;
 
 const TABLE: &str = "(id int PRIMARY KEY, title text, body text, year int, tags text[])";
 const FILL: &str = "SELECT i, 'title ' || i, repeat('body text ', 20) || i, 1800 + i % 200, \

@@ -85,7 +85,7 @@ fn collection_config() -> anyhow::Result<CollectionConfig> {
 /// # Errors
 /// Database, sync and index errors; the backfill not finishing in time.
 pub async fn run_freshness_bench(options: &FreshnessOptions) -> anyhow::Result<FreshnessReport> {
-    let pool = quarry_server::pool(&options.database_url, 6, Duration::from_secs(60))?;
+    let pool = quarry_db::pool(&options.database_url, 6, Duration::from_secs(60))?;
     let config = collection_config()?;
     let collection = Arc::new(Collection::from_config(&config, "bench")?);
     {
@@ -159,7 +159,11 @@ async fn measure(
     let seed = u64::try_from(options.seed_rows).unwrap_or(0);
     loop {
         let status = syncer.status().await?;
-        let documents = tool.collections().await?.first().map_or(0, |c| c.documents);
+        let documents = tool
+            .collections(&caller())
+            .await?
+            .first()
+            .map_or(0, |c| c.documents);
         if status.backfill_done && documents >= seed {
             break;
         }
@@ -236,14 +240,17 @@ async fn measure(
         let mut still = Vec::with_capacity(pending.len());
         for (word, committed) in pending.drain(..) {
             let response = tool
-                .search(SearchRequest {
-                    collection: COLLECTION.to_owned(),
-                    query: word.clone(),
-                    filter: None,
-                    mode: Mode::Bm25,
-                    k: 1,
-                    fields: vec!["year".into()],
-                })
+                .search(
+                    &caller(),
+                    SearchRequest {
+                        collection: COLLECTION.to_owned(),
+                        query: word.clone(),
+                        filter: None,
+                        mode: Mode::Bm25,
+                        k: 1,
+                        fields: vec!["year".into()],
+                    },
+                )
                 .await?;
             if !response.hits.is_empty() {
                 latencies.record(committed.elapsed());
@@ -309,4 +316,15 @@ impl FreshnessReport {
             },
         })
     }
+}
+
+/// The caller of in-process searches: a local, unscoped principal (the
+/// command is its own operator).
+fn caller() -> quarry_auth::Caller {
+    quarry_auth::Caller::new(quarry_auth::Principal {
+        tenant: "local".to_owned(),
+        subject: "quarry bench freshness".to_owned(),
+        roles: vec![],
+        scopes: vec![],
+    })
 }

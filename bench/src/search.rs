@@ -299,7 +299,7 @@ pub fn tate_artworks_config() -> anyhow::Result<CollectionConfig> {
 /// Database, sync, index and embedder errors; a search failing other than
 /// for a query without searchable words.
 pub async fn run_search_bench(options: &SearchBenchOptions) -> anyhow::Result<SearchBenchReport> {
-    let pool = quarry_server::pool(&options.database_url, 4, Duration::from_secs(60))?;
+    let pool = quarry_db::pool(&options.database_url, 4, Duration::from_secs(60))?;
     let mut report = SearchBenchReport {
         collection: String::new(),
         documents: 0,
@@ -509,7 +509,7 @@ pub async fn run_search_bench(options: &SearchBenchOptions) -> anyhow::Result<Se
 }
 
 async fn collection_counts(tool: &SearchTool) -> anyhow::Result<(u64, u64)> {
-    let info = tool.collections().await?;
+    let info = tool.collections(&caller()).await?;
     Ok(info
         .first()
         .map_or((0, 0), |c| (c.documents, c.embedded_documents)))
@@ -583,9 +583,10 @@ async fn measure(
         let started = Instant::now();
         let result = match (&q.vector, mode) {
             (Some(v), Mode::Vector | Mode::Hybrid) => {
-                tool.search_with_query_vector(request, v.clone()).await
+                tool.search_with_query_vector(&caller(), request, v.clone())
+                    .await
             }
-            _ => tool.search(request).await,
+            _ => tool.search(&caller(), request).await,
         };
         let elapsed = started.elapsed();
         match result {
@@ -758,4 +759,15 @@ impl SearchBenchReport {
             })).collect::<Vec<_>>(),
         })
     }
+}
+
+/// The caller of in-process searches: a local, unscoped principal (the
+/// command is its own operator).
+fn caller() -> quarry_auth::Caller {
+    quarry_auth::Caller::new(quarry_auth::Principal {
+        tenant: "local".to_owned(),
+        subject: "quarry bench search".to_owned(),
+        roles: vec![],
+        scopes: vec![],
+    })
 }

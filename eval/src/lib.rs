@@ -612,7 +612,7 @@ pub async fn run_sql_eval(options: &EvalOptions) -> Result<SqlEvalReport> {
         None => vec![None; questions.len()],
     };
 
-    let pool = quarry_server::pool(&options.database_url, 2, std::time::Duration::from_secs(30))
+    let pool = quarry_db::pool(&options.database_url, 2, std::time::Duration::from_secs(30))
         .map_err(|e| EvalError::Config(format!("{e:#}")))?;
     let executor = Executor::new(
         pool.clone(),

@@ -375,7 +375,7 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
         ));
     }
 
-    let pool = quarry_server::pool(&options.database_url, 4, Duration::from_secs(30))
+    let pool = quarry_db::pool(&options.database_url, 4, Duration::from_secs(30))
         .map_err(|e| EvalError::Config(e.to_string()))?;
     let mut client = pool
         .get()
@@ -454,14 +454,17 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
         for query in &queries {
             let started = Instant::now();
             let response = tool
-                .search(SearchRequest {
-                    collection: corpus.collection.name.clone(),
-                    query: query.text.clone(),
-                    filter: None,
-                    mode,
-                    k: 100,
-                    fields: Vec::new(),
-                })
+                .search(
+                    &caller(),
+                    SearchRequest {
+                        collection: corpus.collection.name.clone(),
+                        query: query.text.clone(),
+                        filter: None,
+                        mode,
+                        k: 100,
+                        fields: Vec::new(),
+                    },
+                )
                 .await;
             latencies.record(started.elapsed());
             let ranked = match response {
@@ -490,5 +493,16 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
         sync,
         embedded_texts,
         index,
+    })
+}
+
+/// The caller of in-process searches: a local, unscoped principal (the
+/// command is its own operator).
+fn caller() -> quarry_auth::Caller {
+    quarry_auth::Caller::new(quarry_auth::Principal {
+        tenant: "local".to_owned(),
+        subject: "quarry eval search".to_owned(),
+        roles: vec![],
+        scopes: vec![],
     })
 }

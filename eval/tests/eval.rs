@@ -9,10 +9,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
+use quarry_db::testing::TestDb;
 use quarry_eval::compare::{Comparison, Value, compare};
 use quarry_eval::convert::{Rule, gold_refs, is_ordered, sqlite_to_postgres};
 use quarry_eval::{EvalOptions, GoldDialect, run_sql_eval};
-use quarry_sql::testing::TestDb;
 use serde_json::json;
 
 /// Six questions over two databases: a double-quoted string literal, a

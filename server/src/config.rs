@@ -118,11 +118,21 @@ pub struct DatabaseConfig {
     /// libpq-style URL, e.g. `postgres://quarry_reader@db:5432/data`.
     /// Default: the development server `dev/pg.sh` starts.
     pub url: String,
-    /// Most pooled connections. Default 16.
+    /// Most pooled connections of this process to `url`: one pool, shared
+    /// by the tools, the orchestrator's conversation store and the index
+    /// sync ([`quarry_db::Pools`]). Default 16.
     pub pool_size: usize,
     /// How long a request waits for a free connection before it fails with
     /// `UNAVAILABLE`, in milliseconds. Default 5,000.
     pub pool_wait_ms: u64,
+}
+
+impl DatabaseConfig {
+    /// An empty registry of shared pools whose connections are waited for
+    /// at most `pool_wait_ms`: one per process (or per one-off command).
+    pub fn pools(&self) -> quarry_db::Pools {
+        quarry_db::Pools::new(std::time::Duration::from_millis(self.pool_wait_ms))
+    }
 }
 
 impl Default for DatabaseConfig {

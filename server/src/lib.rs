@@ -10,8 +10,6 @@
 
 pub mod client;
 pub mod config;
-mod db;
-pub mod migrate;
 mod models;
 pub mod progress;
 mod role;
@@ -20,9 +18,10 @@ mod shutdown;
 mod tools;
 
 pub use config::Config;
-pub use db::pool;
 pub use models::Models;
 pub use role::{Role, Roles, UnknownRole};
 pub use serve::{CONVERSATION_PURGE_INTERVAL, serve};
 pub use shutdown::shutdown_signal;
-pub use tools::{embedder, search_tool, sql_tool, sql_tool_with, summary_tool, syncers};
+pub use tools::{
+    database_pool, embedder, search_tool, sql_tool, sql_tool_with, summary_tool, syncers,
+};

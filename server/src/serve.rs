@@ -23,7 +23,8 @@ use tower::{Layer as _, ServiceBuilder};
 use tracing::{info, warn};
 
 use crate::{
-    Config, Models, Role, Roles, embedder, pool, search_tool, sql_tool_with, summary_tool, syncers,
+    Config, Models, Role, Roles, database_pool, embedder, search_tool, sql_tool_with, summary_tool,
+    syncers,
 };
 
 /// How often `serve` deletes conversations past their retention.
@@ -81,10 +82,13 @@ pub async fn serve(
     }
     let background = tokio_util::sync::CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
+    // One pool per database URL for everything this process runs.
+    let pools = config.database.pools();
 
     let sql_service = match roles.has(Role::Sql) {
         true => {
-            let tool = sql_tool_with(&config, models.sql_models(), embedder.clone()).await?;
+            let tool =
+                sql_tool_with(&config, &pools, models.sql_models(), embedder.clone()).await?;
             Some(SqlServiceServer::new(SqlGrpc::new(tool)))
         }
         false => None,
@@ -93,7 +97,7 @@ pub async fn serve(
     // the tool too (without serving or following it).
     let search = match &config.search {
         Some(search) if roles.has(Role::Search) || roles.has(Role::Sync) => {
-            Some(search_tool(&config, search.clone(), embedder.clone()).await?)
+            Some(search_tool(&config, &pools, search.clone(), embedder.clone()).await?)
         }
         _ => None,
     };
@@ -102,7 +106,7 @@ pub async fn serve(
             search.spawn_follower(background.clone().cancelled_owned());
         }
         if roles.has(Role::Sync) && server_config.run_sync {
-            for syncer in syncers(&config, search)? {
+            for syncer in syncers(&config, &pools, search)? {
                 let stop = background.clone().cancelled_owned();
                 tokio::spawn(async move {
                     let name = syncer.collection().name.clone();
@@ -117,7 +121,7 @@ pub async fn serve(
         .filter(|_| roles.has(Role::Search))
         .map(|tool| SearchServiceServer::new(SearchGrpc::new(tool)));
     let summaries = match roles.has(Role::Summary) {
-        true => summary_tool(&config, embedder).await?,
+        true => summary_tool(&config, &pools, embedder).await?,
         false => None,
     };
     if let Some(summaries) = &summaries
@@ -132,6 +136,7 @@ pub async fn serve(
         true => Some(AssistantServiceServer::new(AssistantGrpc::new(
             assistant(
                 &config,
+                &pools,
                 &models,
                 &auth,
                 &background,
@@ -218,8 +223,10 @@ pub async fn serve(
 /// The orchestrator with a channel to each tool it can reach, its
 /// conversation store, and the hourly purge of expired conversations
 /// (stopped with `background`).
+#[allow(clippy::too_many_arguments)] // the node's parts, each named
 async fn assistant(
     config: &Config,
+    pools: &quarry_db::Pools,
     models: &Models,
     auth: &AuthLayer,
     background: &tokio_util::sync::CancellationToken,
@@ -253,11 +260,7 @@ async fn assistant(
     }
     // Conversations: every Ask is a stored turn; expired ones are purged hourly.
     let conversations = ConversationStore::new(
-        pool(
-            &config.database.url,
-            config.database.pool_size,
-            Duration::from_millis(config.database.pool_wait_ms),
-        )?,
+        database_pool(config, pools)?,
         config.orchestrator.conversation_retention_days,
     );
     {

@@ -1,6 +1,6 @@
 //! Builds each tool's domain object from the configuration.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use quarry_llm::ChatModel;
@@ -11,7 +11,9 @@ use quarry_sql::service::{SqlModels, SqlTool};
 use quarry_summary::SummaryTool;
 use tracing::info;
 
-use crate::{Config, pool};
+use quarry_db::{Pool, Pools};
+
+use crate::Config;
 
 /// Builds the SQL tool from `config` (pool, the `[embedding]` embedder,
 /// golden pairs from the file and from `quarry.golden_pairs`) with `model`
@@ -24,7 +26,8 @@ pub async fn sql_tool(
     model: Option<Arc<dyn ChatModel>>,
 ) -> anyhow::Result<Arc<SqlTool>> {
     let embedder = embedder(config).await?;
-    sql_tool_with(config, SqlModels::single(model), embedder).await
+    let pools = config.database.pools();
+    sql_tool_with(config, &pools, SqlModels::single(model), embedder).await
 }
 
 /// [`sql_tool`] with per-job models and an embedder already loaded (so a
@@ -34,14 +37,11 @@ pub async fn sql_tool(
 /// Invalid configuration or golden pairs.
 pub async fn sql_tool_with(
     config: &Config,
+    pools: &Pools,
     models: SqlModels,
     embedder: Option<Arc<dyn Embedder>>,
 ) -> anyhow::Result<Arc<SqlTool>> {
-    let pool = pool(
-        &config.database.url,
-        config.database.pool_size,
-        Duration::from_millis(config.database.pool_wait_ms),
-    )?;
+    let pool = database_pool(config, pools)?;
     let tool = SqlTool::new(pool, config.sql.clone(), models, embedder).context("sql tool")?;
     tool.load_stored_golden().await;
     Ok(Arc::new(tool))
@@ -74,14 +74,11 @@ pub async fn embedder(config: &Config) -> anyhow::Result<Option<Arc<dyn Embedder
 /// Invalid collections, an embedder mismatch, database or index errors.
 pub async fn search_tool(
     config: &Config,
+    pools: &Pools,
     search: SearchConfig,
     embedder: Option<Arc<dyn Embedder>>,
 ) -> anyhow::Result<Arc<SearchTool>> {
-    let pool = pool(
-        &config.database.url,
-        config.database.pool_size,
-        Duration::from_millis(config.database.pool_wait_ms),
-    )?;
+    let pool = database_pool(config, pools)?;
     let tool = SearchTool::open(pool, config.database.url.clone(), search, embedder)
         .await
         .context("search")?;
@@ -97,6 +94,7 @@ pub async fn search_tool(
 /// A definition that fails validation (the error names it), database errors.
 pub async fn summary_tool(
     config: &Config,
+    pools: &Pools,
     embedder: Option<Arc<dyn Embedder>>,
 ) -> anyhow::Result<Option<Arc<SummaryTool>>> {
     let Some(mut summary) = config.summary.clone() else {
@@ -105,11 +103,7 @@ pub async fn summary_tool(
     summary
         .load_definitions(std::path::Path::new("."))
         .context("summary.definitions")?;
-    let pool = pool(
-        &config.database.url,
-        config.database.pool_size,
-        Duration::from_millis(config.database.pool_wait_ms),
-    )?;
+    let pool = database_pool(config, pools)?;
     let tool = SummaryTool::open(pool, summary, embedder)
         .await
         .context("summary")?;
@@ -121,12 +115,8 @@ pub async fn summary_tool(
 ///
 /// # Errors
 /// Invalid collections, the embedder cannot be loaded, or the pool cannot be built.
-pub fn syncers(config: &Config, search: &SearchTool) -> anyhow::Result<Vec<Syncer>> {
-    let pool = pool(
-        &config.database.url,
-        4,
-        Duration::from_millis(config.database.pool_wait_ms),
-    )?;
+pub fn syncers(config: &Config, pools: &Pools, search: &SearchTool) -> anyhow::Result<Vec<Syncer>> {
+    let pool = database_pool(config, pools)?;
     let mut out = Vec::new();
     for (i, c) in search.config().collections.iter().enumerate() {
         let collection = Collection::from_config(c, &format!("search.collections[{i}]"))?;
@@ -139,4 +129,15 @@ pub fn syncers(config: &Config, search: &SearchTool) -> anyhow::Result<Vec<Synce
         ));
     }
     Ok(out)
+}
+
+/// The process's shared pool of `database.url` (`database.pool_size`
+/// connections), from `pools`.
+///
+/// # Errors
+/// The URL does not parse or the pool cannot be built.
+pub fn database_pool(config: &Config, pools: &Pools) -> anyhow::Result<Pool> {
+    pools
+        .get(&config.database.url, config.database.pool_size)
+        .context("database.url")
 }

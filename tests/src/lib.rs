@@ -21,6 +21,7 @@ use std::{
 
 use flate2::{Compression, read::GzDecoder, write::GzEncoder};
 use futures::StreamExt;
+use quarry_db::testing::TestDb;
 use quarry_llm::testing::ScriptedServer;
 use quarry_proto::v1::{
     AskRequest, AskResponse, FinalAnswer, ListSummaryKindsRequest, ListSummaryKindsResponse,
@@ -29,7 +30,6 @@ use quarry_proto::v1::{
     search_service_client::SearchServiceClient, sql_service_client::SqlServiceClient,
     summary_service_client::SummaryServiceClient, tool_result::Outcome, value::Kind,
 };
-use quarry_sql::testing::TestDb;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Request, Status, transport::Channel};
 
@@ -169,7 +169,7 @@ impl TestServer {
             quarry_demo::ingest_tate(&mut client, &slice, "tate", false)
                 .await
                 .unwrap();
-            quarry_server::migrate::run(&mut client).await.unwrap();
+            quarry_db::migrate_client(&mut client).await.unwrap();
             drop(client);
             let _ = connection.await;
         }

@@ -111,10 +111,16 @@ fn selected(config: &Config, only: Option<&str>) -> anyhow::Result<quarry_search
 /// Configuration, database, embedding and index errors.
 pub async fn sync(config: &Config, options: &SyncOptions) -> anyhow::Result<Vec<Status>> {
     let search = selected(config, options.collection.as_deref())?;
-    let tool =
-        quarry_server::search_tool(config, search, quarry_server::embedder(config).await?).await?;
+    let pools = config.database.pools();
+    let tool = quarry_server::search_tool(
+        config,
+        &pools,
+        search,
+        quarry_server::embedder(config).await?,
+    )
+    .await?;
     let mut statuses = Vec::new();
-    for syncer in quarry_server::syncers(config, &tool)? {
+    for syncer in quarry_server::syncers(config, &pools, &tool)? {
         let name = syncer.collection().name.clone();
         syncer
             .install()
@@ -175,7 +181,7 @@ pub async fn sync(config: &Config, options: &SyncOptions) -> anyhow::Result<Vec<
 /// Configuration and database errors.
 pub async fn status(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<Status>> {
     let search = selected(config, only)?;
-    let pool = quarry_server::pool(
+    let pool = quarry_db::pool(
         &config.database.url,
         2,
         Duration::from_millis(config.database.pool_wait_ms),
@@ -209,7 +215,7 @@ pub async fn reset(config: &Config, name: &str) -> anyhow::Result<()> {
     let search = selected(config, Some(name))?;
     let collection =
         quarry_search::Collection::from_config(&search.collections[0], "search.collections[0]")?;
-    let pool = quarry_server::pool(
+    let pool = quarry_db::pool(
         &config.database.url,
         1,
         Duration::from_millis(config.database.pool_wait_ms),

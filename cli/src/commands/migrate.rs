@@ -16,7 +16,7 @@ pub struct Args {}
 pub async fn run(_args: Args, config: Option<&Path>) -> anyhow::Result<()> {
     let config = super::load(config)?;
     let (mut client, connection) = super::connect(&config.database.url).await?;
-    let applied = quarry_server::migrate::run(&mut client).await?;
+    let applied = quarry_db::migrate_client(&mut client).await?;
     if applied.is_empty() {
         println!("schema quarry is up to date");
     }

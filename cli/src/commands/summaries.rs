@@ -138,9 +138,13 @@ pub async fn build(
     force: bool,
     progress: bool,
 ) -> anyhow::Result<BuildReport> {
-    let tool = quarry_server::summary_tool(config, quarry_server::embedder(config).await?)
-        .await?
-        .context("no [summary] section in the configuration: no summary kinds to build")?;
+    let tool = quarry_server::summary_tool(
+        config,
+        &config.database.pools(),
+        quarry_server::embedder(config).await?,
+    )
+    .await?
+    .context("no [summary] section in the configuration: no summary kinds to build")?;
     let bar = quarry_server::progress::bar(progress, 0, "summaries");
     let report = tool
         .build(

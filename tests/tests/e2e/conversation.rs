@@ -492,7 +492,7 @@ async fn expired_conversations_are_invisible_and_purged() {
     assert_eq!(expired.code(), Code::NotFound);
 
     // the purge deletes it (and its turns) but keeps the fresh one
-    let pool = quarry_server::pool(server.db.url(), 2, Duration::from_secs(5)).unwrap();
+    let pool = quarry_db::pool(server.db.url(), 2, Duration::from_secs(5)).unwrap();
     let store = quarry_orchestrator::conversation::ConversationStore::new(pool, 7);
     assert_eq!(store.purge_expired().await.unwrap(), 1);
     let left: i64 = db

@@ -520,7 +520,7 @@ async fn a_definition_whose_sql_fails_is_refused_at_start_up_with_its_name() {
         "#
     )])
     .unwrap();
-    let error = quarry_server::summary_tool(&config, None)
+    let error = quarry_server::summary_tool(&config, &config.database.pools(), None)
         .await
         .unwrap_err();
     let text = format!("{error:#}");

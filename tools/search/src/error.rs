@@ -28,7 +28,7 @@ pub enum SearchError {
     #[error("collection: {0}")]
     Collection(#[from] CollectionError),
     /// PostgreSQL reported an error.
-    #[error("database: {0}")]
+    #[error("database: {}", quarry_db::error_text(.0))]
     Database(#[from] tokio_postgres::Error),
     /// tantivy failed (I/O on the index directory, a corrupt index).
     #[error("index: {0}")]

@@ -33,7 +33,9 @@ use tantivy::query::{
 use tantivy::schema::{IndexRecordOption, Schema};
 use tokio_postgres::types::ToSql;
 
-use crate::collection::{Collection, FilterType, filter_column, quote_ident};
+use quarry_db::quote_ident;
+
+use crate::collection::{Collection, FilterType, filter_column};
 
 /// Deepest nesting of `and`/`or`/`not` accepted (the root is depth 1).
 pub const MAX_DEPTH: usize = 32;

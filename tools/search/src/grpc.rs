@@ -1,13 +1,16 @@
 //! gRPC adapter: `quarry.v1.SearchService` over [`SearchTool`].
 //!
-//! Converts protocol messages to domain values (errors name the request
-//! field, e.g. `filter.and[1].range.lower`), calls the domain, and maps
+//! Builds the [`Caller`] of each request (the auth layer's principal,
+//! request id, deadline), converts protocol messages to domain values
+//! (errors name the request field, e.g. `filter.and[1].range.lower`),
+//! calls the domain with the caller, and maps
 //! [`SearchError`] to `tonic::Status` in [`status_of`], the one place that
 //! decides codes.
 
 use quarry_proto::status::bad_request;
 use std::sync::Arc;
 
+use quarry_auth::Caller;
 use quarry_proto::v1 as pb;
 use quarry_proto::v1::search_service_server::SearchService;
 use tonic::{Request, Response, Status};
@@ -20,6 +23,18 @@ use crate::service::{FieldData, Mode, SearchRequest, SearchTool};
 /// Deepest proto filter nesting converted (deeper is refused before
 /// recursion; validation applies the tighter [`crate::filter::MAX_DEPTH`]).
 const MAX_PROTO_DEPTH: usize = 64;
+
+/// The caller of `request` ([`Caller::of`]: the principal the auth layer
+/// put into the extensions, the request id, the deadline), recorded on the
+/// handler's span (`tenant`, `subject`, `request_id`).
+fn caller_of<T>(request: &Request<T>) -> Result<Caller, Status> {
+    let caller = Caller::of(request)?;
+    let span = tracing::Span::current();
+    span.record("tenant", caller.principal.tenant.as_str());
+    span.record("subject", caller.principal.subject.as_str());
+    span.record("request_id", caller.request_id.as_str());
+    Ok(caller)
+}
 
 /// The tonic service implementation.
 #[derive(Debug, Clone)]
@@ -203,13 +218,21 @@ pub fn request_from_proto(request: &pb::SearchRequest) -> Result<SearchRequest, 
 
 #[tonic::async_trait]
 impl SearchService for SearchGrpc {
-    #[instrument(skip(self, request), fields(collection = %request.get_ref().collection))]
+    #[instrument(
+        skip(self, request),
+        fields(collection = %request.get_ref().collection, tenant, subject, request_id)
+    )]
     async fn search(
         &self,
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
+        let caller = caller_of(&request)?;
         let domain = request_from_proto(request.get_ref()).map_err(|e| status_of(&e))?;
-        let response = self.tool.search(domain).await.map_err(|e| status_of(&e))?;
+        let response = self
+            .tool
+            .search(&caller, domain)
+            .await
+            .map_err(|e| status_of(&e))?;
         Ok(Response::new(pb::SearchResponse {
             hits: response
                 .hits
@@ -241,12 +264,17 @@ impl SearchService for SearchGrpc {
         }))
     }
 
-    #[instrument(skip(self, _request))]
+    #[instrument(skip(self, request), fields(tenant, subject, request_id))]
     async fn list_collections(
         &self,
-        _request: Request<pb::ListCollectionsRequest>,
+        request: Request<pb::ListCollectionsRequest>,
     ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
-        let collections = self.tool.collections().await.map_err(|e| status_of(&e))?;
+        let caller = caller_of(&request)?;
+        let collections = self
+            .tool
+            .collections(&caller)
+            .await
+            .map_err(|e| status_of(&e))?;
         Ok(Response::new(pb::ListCollectionsResponse {
             collections: collections
                 .iter()

@@ -45,7 +45,9 @@ use tantivy::tokenizer::{
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::collection::{Collection, FilterType, filter_column, quote_ident, text_column};
+use quarry_db::quote_ident;
+
+use crate::collection::{Collection, FilterType, filter_column, text_column};
 use crate::error::{Result, SearchError};
 use crate::filter::{CheckedFilter, normalise_float};
 

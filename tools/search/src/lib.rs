@@ -3,7 +3,9 @@
 //!
 //! - [`collection`] declares what is searched (source table, text, filter and
 //!   stored fields) and owns the sidecar table in PostgreSQL that holds each
-//!   collection's documents and embeddings (written by `quarry-search-sync`).
+//!   collection's documents and embeddings (written by `quarry-search-sync`);
+//!   [`ddl`] creates that table (the fixed bookkeeping tables are
+//!   migrations of `quarry-db`).
 //! - [`filter`]: one typed filter, translated to parameterised SQL and to a
 //!   tantivy query with identical meaning.
 //! - [`index`]: a tantivy index per collection (BM25, English stemming),
@@ -16,6 +18,7 @@
 //!   `quarry.v1.SearchService` adapter. [`error`]: the crate's one error type.
 
 pub mod collection;
+pub mod ddl;
 pub mod error;
 pub mod filter;
 pub mod fusion;

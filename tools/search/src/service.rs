@@ -23,18 +23,19 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
+use quarry_auth::Caller;
 use quarry_llm::embed::Embedder;
 use serde::{Deserialize, Serialize};
+use tracing::instrument;
 
-use crate::collection::{
-    Collection, CollectionConfig, FilterType, ensure_sidecar, filter_column, quote_ident,
-    text_column,
-};
+use crate::collection::{Collection, CollectionConfig, FilterType, filter_column, text_column};
+use crate::ddl::ensure_sidecar;
 use crate::error::{Result, SearchError};
 use crate::filter::{CheckedFilter, Filter};
 use crate::fusion::{DEFAULT_RRF_K, RetrieverScore, fuse};
 use crate::index::{CollectionIndex, MAX_QUERY_BYTES, analyse, follow};
 use crate::vector::{self, VectorOptions};
+use quarry_db::quote_ident;
 
 /// How long a collection's embedded-document count is reused.
 pub const COUNT_TTL: Duration = Duration::from_secs(5);
@@ -446,7 +447,8 @@ impl SearchTool {
     ///
     /// # Errors
     /// Database errors while counting.
-    pub async fn collections(&self) -> Result<Vec<CollectionInfo>> {
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    pub async fn collections(&self, caller: &Caller) -> Result<Vec<CollectionInfo>> {
         let mut out = Vec::new();
         for entry in &self.entries {
             let (documents, embedded_documents) = self.counts(entry).await?;
@@ -469,7 +471,8 @@ impl SearchTool {
     /// [`SearchError::FailedPrecondition`] for vector mode without an
     /// embedder; [`SearchError::Unavailable`] when the database or embedder
     /// cannot be reached.
-    pub async fn search(&self, request: SearchRequest) -> Result<SearchResponse> {
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    pub async fn search(&self, caller: &Caller, request: SearchRequest) -> Result<SearchResponse> {
         self.search_inner(request, None).await
     }
 
@@ -483,8 +486,10 @@ impl SearchTool {
     /// `query_vector` when its length is not the collection's recorded
     /// embedding dimension (or the collection has no vectors), or when a
     /// component is not finite.
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn search_with_query_vector(
         &self,
+        caller: &Caller,
         request: SearchRequest,
         query_vector: Vec<f32>,
     ) -> Result<SearchResponse> {

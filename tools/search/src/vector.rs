@@ -33,7 +33,9 @@
 use pgvector::Vector;
 use tokio_postgres::Client;
 
-use crate::collection::{Collection, quote_ident, vector_column};
+use quarry_db::quote_ident;
+
+use crate::collection::{Collection, vector_column};
 use crate::error::{Result, SearchError};
 use crate::filter::{CheckedFilter, SqlParams, param_refs};
 

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
+use quarry_db::testing::TestDb;
 use quarry_search::collection::{Collection, CollectionConfig, ensure_sidecar};
 use quarry_search::filter::{SqlParams, param_refs};
 use quarry_search::index::CollectionIndex;
 use quarry_search::{Filter, Value};
-use quarry_sql::testing::TestDb;
 
 #[derive(Debug, Clone)]
 struct Doc {

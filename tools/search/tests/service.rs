@@ -7,6 +7,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use quarry_auth::{Caller, Principal};
+use quarry_db::testing::TestDb;
 use quarry_llm::embed::Embedder;
 use quarry_proto::v1 as pb;
 use quarry_search::grpc::{request_from_proto, status_of};
@@ -15,7 +17,6 @@ use quarry_search::{
     CollectionConfig, Filter, Mode, Reranker, SearchConfig, SearchError, SearchRequest, SearchTool,
     Value,
 };
-use quarry_sql::testing::TestDb;
 use tonic_types::StatusExt;
 
 const DIM: usize = 8;
@@ -148,7 +149,7 @@ async fn modes_fields_and_filters() {
     let (db, tool, dir) = setup(true).await;
 
     let r = tool
-        .search(request("running dogs", Mode::Bm25))
+        .search(&caller(), request("running dogs", Mode::Bm25))
         .await
         .unwrap();
     assert_eq!(r.mode, Mode::Bm25);
@@ -163,10 +164,10 @@ async fn modes_fields_and_filters() {
 
     // The text of a body, embedded, is nearest to that document.
     let r = tool
-        .search(request(
-            "memory safety without garbage collection",
-            Mode::Vector,
-        ))
+        .search(
+            &caller(),
+            request("memory safety without garbage collection", Mode::Vector),
+        )
         .await
         .unwrap();
     assert_eq!(r.hits[0].key, "3");
@@ -180,7 +181,7 @@ async fn modes_fields_and_filters() {
         value: Value::Text("animals".into()),
     });
     hybrid.fields = vec!["year".into(), "title".into()];
-    let r = tool.search(hybrid).await.unwrap();
+    let r = tool.search(&caller(), hybrid).await.unwrap();
     assert_eq!(r.mode, Mode::Hybrid);
     let keys: Vec<&str> = r.hits.iter().map(|h| h.key.as_str()).collect();
     assert_eq!(keys, ["1", "2"]);
@@ -198,23 +199,33 @@ async fn modes_fields_and_filters() {
     // Bad input names the field.
     let mut r = request("dog", Mode::Bm25);
     r.collection = "nope".into();
-    assert_eq!(field_of(tool.search(r).await.unwrap_err()), "collection");
+    assert_eq!(
+        field_of(tool.search(&caller(), r).await.unwrap_err()),
+        "collection"
+    );
     let mut r = request("dog", Mode::Bm25);
     r.k = 1001;
-    assert_eq!(field_of(tool.search(r).await.unwrap_err()), "k");
+    assert_eq!(field_of(tool.search(&caller(), r).await.unwrap_err()), "k");
     let mut r = request("dog", Mode::Bm25);
     r.fields = vec!["title".into(), "nope".into()];
-    assert_eq!(field_of(tool.search(r).await.unwrap_err()), "fields[1]");
+    assert_eq!(
+        field_of(tool.search(&caller(), r).await.unwrap_err()),
+        "fields[1]"
+    );
     assert_eq!(
         field_of(
-            tool.search(request("the of and", Mode::Bm25))
+            tool.search(&caller(), request("the of and", Mode::Bm25))
                 .await
                 .unwrap_err()
         ),
         "query"
     );
     assert_eq!(
-        field_of(tool.search(request("  ", Mode::Hybrid)).await.unwrap_err()),
+        field_of(
+            tool.search(&caller(), request("  ", Mode::Hybrid))
+                .await
+                .unwrap_err()
+        ),
         "query"
     );
     let mut r = request("dog", Mode::Bm25);
@@ -222,13 +233,16 @@ async fn modes_fields_and_filters() {
         field: "year".into(),
         value: Value::Text("2001".into()),
     }]));
-    let e = tool.search(r).await.unwrap_err();
+    let e = tool.search(&caller(), r).await.unwrap_err();
     let status = status_of(&e);
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     let violations = status.get_details_bad_request().unwrap().field_violations;
     assert_eq!(violations[0].field, "filter.or[0].eq.value");
 
-    let count = tool.search(request("dog", Mode::Bm25)).await.unwrap();
+    let count = tool
+        .search(&caller(), request("dog", Mode::Bm25))
+        .await
+        .unwrap();
     assert_eq!(count.hits.len(), 1);
     drop(tool);
     db.drop_db().await;
@@ -238,10 +252,16 @@ async fn modes_fields_and_filters() {
 #[tokio::test]
 async fn without_an_embedder_vector_fails_and_hybrid_is_bm25() {
     let (db, tool, dir) = setup(false).await;
-    let e = tool.search(request("dog", Mode::Vector)).await.unwrap_err();
+    let e = tool
+        .search(&caller(), request("dog", Mode::Vector))
+        .await
+        .unwrap_err();
     assert!(matches!(e, SearchError::FailedPrecondition(_)), "{e}");
     assert_eq!(status_of(&e).code(), tonic::Code::FailedPrecondition);
-    let r = tool.search(request("dog", Mode::Hybrid)).await.unwrap();
+    let r = tool
+        .search(&caller(), request("dog", Mode::Hybrid))
+        .await
+        .unwrap();
     assert_eq!(r.mode, Mode::Bm25);
     assert_eq!(r.hits[0].key, "1");
     assert!(r.hits[0].vector.is_none());
@@ -257,7 +277,7 @@ async fn a_given_query_vector_is_used_instead_of_the_embedder() {
     // The query text is about Rust; the vector is the title "Dogs".
     let text = "memory safety without garbage collection";
     let r = tool
-        .search_with_query_vector(request(text, Mode::Vector), unit("Dogs"))
+        .search_with_query_vector(&caller(), request(text, Mode::Vector), unit("Dogs"))
         .await
         .unwrap();
     assert_eq!(r.mode, Mode::Vector);
@@ -267,7 +287,7 @@ async fn a_given_query_vector_is_used_instead_of_the_embedder() {
     assert!(r.exact_vector_search);
 
     let r = tool
-        .search_with_query_vector(request(text, Mode::Hybrid), unit("Dogs"))
+        .search_with_query_vector(&caller(), request(text, Mode::Hybrid), unit("Dogs"))
         .await
         .unwrap();
     assert_eq!(r.mode, Mode::Hybrid);
@@ -278,7 +298,7 @@ async fn a_given_query_vector_is_used_instead_of_the_embedder() {
 
     // A wrong length or a non-finite component is INVALID_ARGUMENT on query_vector.
     let e = tool
-        .search_with_query_vector(request("dog", Mode::Vector), vec![0.5; DIM + 1])
+        .search_with_query_vector(&caller(), request("dog", Mode::Vector), vec![0.5; DIM + 1])
         .await
         .unwrap_err();
     assert_eq!(status_of(&e).code(), tonic::Code::InvalidArgument);
@@ -286,7 +306,7 @@ async fn a_given_query_vector_is_used_instead_of_the_embedder() {
     let mut nan = unit("Dogs");
     nan[2] = f32::NAN;
     let e = tool
-        .search_with_query_vector(request("dog", Mode::Hybrid), nan)
+        .search_with_query_vector(&caller(), request("dog", Mode::Hybrid), nan)
         .await
         .unwrap_err();
     assert_eq!(field_of(e), "query_vector");
@@ -325,7 +345,7 @@ async fn reranker_reorders_the_fused_list() {
         .with_reranker(Arc::new(ReverseKeys));
     let mut r = request("dog park", Mode::Hybrid);
     r.k = 2;
-    let r = tool.search(r).await.unwrap();
+    let r = tool.search(&caller(), r).await.unwrap();
     let keys: Vec<&str> = r.hits.iter().map(|h| h.key.as_str()).collect();
     assert_eq!(keys, ["4", "3"]);
     assert!(
@@ -355,8 +375,14 @@ async fn the_follower_picks_up_writes_and_tombstones() {
         .unwrap();
     let mut seen = false;
     for _ in 0..200 {
-        let zebra = tool.search(request("zebra", Mode::Bm25)).await.unwrap();
-        let dog = tool.search(request("dog", Mode::Bm25)).await.unwrap();
+        let zebra = tool
+            .search(&caller(), request("zebra", Mode::Bm25))
+            .await
+            .unwrap();
+        let dog = tool
+            .search(&caller(), request("dog", Mode::Bm25))
+            .await
+            .unwrap();
         if zebra.hits.len() == 1 && dog.hits.is_empty() {
             seen = true;
             break;
@@ -388,7 +414,7 @@ fn hostile_query_text_never_fails_otherwise() {
                 Just("*".repeat(100)),
             ],
             |query| {
-                match runtime.block_on(tool.search(request(&query, Mode::Hybrid))) {
+                match runtime.block_on(tool.search(&caller(), request(&query, Mode::Hybrid))) {
                     Ok(r) => prop_assert!(r.hits.len() <= 10),
                     Err(SearchError::InvalidArgument { field, .. }) => {
                         prop_assert_eq!(field, "query")
@@ -420,4 +446,13 @@ fn hostile_query_text_never_fails_otherwise() {
     drop(tool);
     runtime.block_on(db.drop_db());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+fn caller() -> Caller {
+    Caller::new(Principal {
+        tenant: "t1".into(),
+        subject: "tester".into(),
+        roles: vec![],
+        scopes: vec![],
+    })
 }

@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! `ensure_sidecar` against a real PostgreSQL with pgvector.
 
+use quarry_db::testing::TestDb;
 use quarry_search::collection::{Collection, CollectionConfig, CollectionError, ensure_sidecar};
-use quarry_sql::testing::TestDb;
 
 fn collection(extra_stored: bool) -> Collection {
     let mut config: CollectionConfig = toml::from_str(

@@ -11,11 +11,11 @@
 use std::ops::Bound;
 
 use pgvector::Vector;
+use quarry_db::testing::TestDb;
 use quarry_search::collection::{Collection, CollectionConfig, ensure_sidecar};
 use quarry_search::filter::CheckedFilter;
 use quarry_search::vector::{VectorOptions, VectorPath, search};
 use quarry_search::{Filter, Value};
-use quarry_sql::testing::TestDb;
 
 const N: usize = 30_000;
 const DIM: usize = 16;

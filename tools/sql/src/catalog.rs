@@ -137,7 +137,7 @@ pub struct StoredCatalog {
 pub enum CatalogError {
     /// A database error (a missing `quarry` schema means `quarry migrate`
     /// has not run).
-    #[error("catalog storage: {0}")]
+    #[error("catalog storage: {}", quarry_db::error_text(.0))]
     Database(#[from] tokio_postgres::Error),
     /// Reading the live catalog failed.
     #[error(transparent)]

@@ -600,36 +600,18 @@ fn decodes_as_element(ty: &Type) -> bool {
         || ty.name() == "citext"
 }
 
-/// The `SET LOCAL` batch every guarded read-only transaction starts with
-/// (query execution, the truncation count, `EXPLAIN`):
-/// - `statement_timeout` from [`ExecConfig::statement_timeout_ms`];
-/// - `standard_conforming_strings = on`, so backslashes in `'…'` are
-///   ordinary characters, as the validator's parser reads them (PostgreSQL 16
-///   docs §4.1.2.1; a database or role could set it off);
-/// - with a schema restriction, `search_path` = `pg_catalog`, the schemas,
-///   `pg_temp` — `pg_catalog` first, so an allowlisted built-in name always
-///   resolves to the built-in, never to a same-named function in a data schema;
-/// - with [`ExecConfig::role`], `SET LOCAL ROLE`.
-pub(crate) fn guard_settings(config: &ExecConfig, search_path: Option<&[String]>) -> String {
-    let timeout_ms = config.statement_timeout_ms.max(1);
-    let mut settings = format!(
-        "SET LOCAL statement_timeout = {timeout_ms}; SET LOCAL standard_conforming_strings = on"
-    );
-    if let Some(schemas) = search_path {
-        let mut path = vec!["pg_catalog".to_owned()];
-        path.extend(schemas.iter().map(|s| quote_ident(s)));
-        path.push("pg_temp".into());
-        settings.push_str(&format!("; SET LOCAL search_path = {}", path.join(", ")));
-    }
-    if let Some(role) = &config.role {
-        settings.push_str(&format!("; SET LOCAL ROLE {}", quote_ident(role)));
-    }
-    settings
-}
-
-/// `"name"` quoted as a PostgreSQL identifier.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+/// The guarded read-only transaction every query of the tool runs in (query
+/// execution, the truncation count, `EXPLAIN`; see [`quarry_db::ReadOnly`]):
+/// `statement_timeout` from [`ExecConfig::statement_timeout_ms`] (at least
+/// 1 ms: 0 would disable it), `standard_conforming_strings = on`, the
+/// schema restriction as `search_path`, and [`ExecConfig::role`].
+pub(crate) fn guard<'a>(
+    config: &'a ExecConfig,
+    search_path: Option<&'a [String]>,
+) -> quarry_db::ReadOnly<'a> {
+    quarry_db::ReadOnly::new(config.statement_timeout_ms.max(1))
+        .search_path(search_path)
+        .role(config.role.as_deref())
 }
 
 async fn run_in_transaction(
@@ -645,15 +627,7 @@ async fn run_in_transaction(
     } = *plan;
     let timeout_ms = config.statement_timeout_ms.max(1);
     let pg = |e| ExecError::from_pg(e, timeout_ms);
-    let tx = client
-        .build_transaction()
-        .read_only(true)
-        .start()
-        .await
-        .map_err(pg)?;
-    tx.batch_execute(&guard_settings(config, search_path))
-        .await
-        .map_err(pg)?;
+    let tx = guard(config, search_path).begin(client).await.map_err(pg)?;
 
     if let Some(limit) = config.max_estimated_cost {
         let estimated = estimated_cost(&tx, sql).await.map_err(pg)??;

@@ -16,7 +16,9 @@ use sqlparser::ast::{
     Expr, GroupByExpr, JoinOperator, Query, Select, SelectItem, SetExpr, TableFactor, Visit,
 };
 
-use crate::execute::{ExecError, Executor, quote_ident};
+use quarry_db::quote_ident;
+
+use crate::execute::{ExecError, Executor};
 use crate::validate::ValidatedQuery;
 
 /// What a query does, read off its AST.
@@ -264,13 +266,8 @@ pub async fn explain_plan(
     let timeout_ms = config.statement_timeout_ms.max(1);
     let pg = |e| ExecError::from_pg(e, timeout_ms);
     let mut client = executor.pool().get().await?;
-    let tx = client
-        .build_transaction()
-        .read_only(true)
-        .start()
-        .await
-        .map_err(pg)?;
-    tx.batch_execute(&crate::execute::guard_settings(config, q.allowed_schemas()))
+    let tx = crate::execute::guard(config, q.allowed_schemas())
+        .begin(&mut client)
         .await
         .map_err(pg)?;
     let row = tx

@@ -1,7 +1,8 @@
 //! gRPC adapter: `quarry.v1.SqlService` over [`SqlTool`].
 //!
-//! Validates requests, requires the principal the auth layer put into the
-//! request extensions, calls the domain, and maps domain values and errors to
+//! Validates requests, builds the [`Caller`] (principal, request id,
+//! deadline) from a request that passed the auth layer and passes it into
+//! every domain call, calls the domain, and maps domain values and errors to
 //! `quarry.v1` messages and `tonic::Status` (in [`status_of`], the one place
 //! that decides codes).
 
@@ -9,7 +10,7 @@ use quarry_proto::status::bad_request;
 use std::sync::Arc;
 
 use chrono::{Datelike, Timelike};
-use quarry_auth::Principal;
+use quarry_auth::Caller;
 use quarry_proto::v1 as pb;
 use quarry_proto::v1::sql_service_server::SqlService;
 use tonic::{Request, Response, Status};
@@ -41,6 +42,17 @@ impl SqlGrpc {
     pub fn new(tool: Arc<SqlTool>) -> Self {
         Self { tool }
     }
+}
+
+/// The caller of `request` ([`Caller::of`]), recorded on the handler's span
+/// (`tenant`, `subject`, `request_id`).
+fn caller_of<T>(request: &Request<T>) -> Result<Caller, Status> {
+    let caller = Caller::of(request)?;
+    let span = tracing::Span::current();
+    span.record("tenant", caller.principal.tenant.as_str());
+    span.record("subject", caller.principal.subject.as_str());
+    span.record("request_id", caller.request_id.as_str());
+    Ok(caller)
 }
 
 fn check_sql(sql: &str) -> Result<(), Status> {
@@ -288,15 +300,15 @@ fn table_to_proto(table: &TableInfo) -> pb::TableInfo {
 
 #[tonic::async_trait]
 impl SqlService for SqlGrpc {
-    #[instrument(skip(self, request))]
+    #[instrument(skip(self, request), fields(tenant, subject, request_id))]
     async fn validate_sql(
         &self,
         request: Request<pb::ValidateSqlRequest>,
     ) -> Result<Response<pb::ValidateSqlResponse>, Status> {
-        Principal::of(&request)?;
+        let caller = caller_of(&request)?;
         let sql = request.into_inner().sql;
         check_sql(&sql)?;
-        let response = match self.tool.validate_async(&sql).await {
+        let response = match self.tool.validate_async(&caller, &sql).await {
             Ok(query) => pb::ValidateSqlResponse {
                 valid: true,
                 rejection: None,
@@ -311,17 +323,17 @@ impl SqlService for SqlGrpc {
         Ok(Response::new(response))
     }
 
-    #[instrument(skip(self, request))]
+    #[instrument(skip(self, request), fields(tenant, subject, request_id))]
     async fn execute_sql(
         &self,
         request: Request<pb::ExecuteSqlRequest>,
     ) -> Result<Response<pb::ExecuteSqlResponse>, Status> {
-        Principal::of(&request)?;
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
         check_sql(&request.sql)?;
         let result = self
             .tool
-            .execute(&request.sql, u64::from(request.max_rows))
+            .execute(&caller, &request.sql, u64::from(request.max_rows))
             .await
             .map_err(|e| status_of(&e))?;
         let (digest, chart_spec_json) = digest_and_chart(&result);
@@ -335,16 +347,16 @@ impl SqlService for SqlGrpc {
         }))
     }
 
-    #[instrument(skip(self, request))]
+    #[instrument(skip(self, request), fields(tenant, subject, request_id))]
     async fn describe_schema(
         &self,
         request: Request<pb::DescribeSchemaRequest>,
     ) -> Result<Response<pb::DescribeSchemaResponse>, Status> {
-        Principal::of(&request)?;
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
         let description = self
             .tool
-            .describe(&request.schemas)
+            .describe(&caller, &request.schemas)
             .await
             .map_err(|e| status_of(&e))?;
         let (tables, compact) = description.as_ref();
@@ -354,12 +366,12 @@ impl SqlService for SqlGrpc {
         }))
     }
 
-    #[instrument(skip(self, request))]
+    #[instrument(skip(self, request), fields(tenant, subject, request_id))]
     async fn generate_sql(
         &self,
         request: Request<pb::GenerateSqlRequest>,
     ) -> Result<Response<pb::GenerateSqlResponse>, Status> {
-        Principal::of(&request)?;
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
         if request.question.trim().is_empty() {
             return Err(bad_request("question", "must not be empty"));
@@ -379,6 +391,7 @@ impl SqlService for SqlGrpc {
         let generated = self
             .tool
             .generate(
+                &caller,
                 &request.question,
                 &request.previous_sql,
                 request.dry_run,
@@ -433,15 +446,19 @@ impl SqlService for SqlGrpc {
         }))
     }
 
-    #[instrument(skip(self, request))]
+    #[instrument(skip(self, request), fields(tenant, subject, request_id))]
     async fn explain_sql(
         &self,
         request: Request<pb::ExplainSqlRequest>,
     ) -> Result<Response<pb::ExplainSqlResponse>, Status> {
-        Principal::of(&request)?;
+        let caller = caller_of(&request)?;
         let sql = request.into_inner().sql;
         check_sql(&sql)?;
-        let explained = self.tool.explain(&sql).await.map_err(|e| status_of(&e))?;
+        let explained = self
+            .tool
+            .explain(&caller, &sql)
+            .await
+            .map_err(|e| status_of(&e))?;
         Ok(Response::new(pb::ExplainSqlResponse {
             explanation: explained.text,
             source: if explained.by_model {
@@ -467,13 +484,14 @@ impl SqlService for SqlGrpc {
         }))
     }
 
-    #[instrument(skip(self, request))]
+    #[instrument(skip(self, request), fields(tenant, subject, request_id))]
     async fn add_golden_pair(
         &self,
         request: Request<pb::AddGoldenPairRequest>,
     ) -> Result<Response<pb::AddGoldenPairResponse>, Status> {
-        let caller = Principal::of(&request)?;
+        let caller = caller_of(&request)?;
         caller
+            .principal
             .require_scope(GOLDEN_WRITE_SCOPE)
             .map_err(tonic::Status::from)?;
         let request = request.into_inner();
@@ -489,11 +507,7 @@ impl SqlService for SqlGrpc {
         check_sql(&request.sql)?;
         let (row_count, pairs) = self
             .tool
-            .add_golden(
-                request.question.trim(),
-                &request.sql,
-                &format!("{}/{}", caller.tenant, caller.subject),
-            )
+            .add_golden(&caller, request.question.trim(), &request.sql)
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(pb::AddGoldenPairResponse {

@@ -26,9 +26,9 @@
 //! [`service::SqlTool`] puts it together — generation loop (model →
 //! validate → execute → judge → retry), [`digest`], [`explain`], [`chart`]
 //! hints — with [`service::ToolError`] as the one error type; [`grpc`] maps
-//! it to `quarry.v1`, and the other modules never see tonic types. With the
-//! `test-util` feature, `testing::TestDb` creates a throw-away database for
-//! tests.
+//! it to `quarry.v1`, and the other modules never see tonic types. The
+//! read-only transaction, identifier quoting and the test fixture come from
+//! `quarry-db`.
 
 pub mod catalog;
 pub mod chart;
@@ -41,8 +41,6 @@ pub mod linking;
 pub mod role;
 pub mod schema;
 pub mod service;
-#[cfg(any(test, feature = "test-util"))]
-pub mod testing;
 pub mod validate;
 
 pub use execute::{Cell, Column, ExecConfig, ExecError, Executor, QueryResult};

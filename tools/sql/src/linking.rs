@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use tokio_postgres::GenericClient;
 
-use crate::execute::quote_ident;
 use crate::schema::{SchemaError, TableInfo, compact_description};
+use quarry_db::quote_ident;
 
 /// Rough token count of `text` for budgeting prompts: one token per four
 /// characters, OpenAI's published rule of thumb for English text. Consistent

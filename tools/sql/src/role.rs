@@ -23,12 +23,7 @@
 //!
 //! [`ExecConfig::role`]: crate::ExecConfig::role
 
-use crate::execute::quote_ident;
-
-/// `text` quoted as a PostgreSQL string literal (standard-conforming).
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
+use quarry_db::{quote_ident, quote_literal};
 
 /// Idempotent SQL (several statements; run with a simple-query `batch_execute`)
 /// that creates the `NOLOGIN` read-only role `role` if missing, strips any

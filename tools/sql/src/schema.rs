@@ -23,7 +23,7 @@ use tokio_postgres::GenericClient;
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     /// A catalog query failed.
-    #[error("cannot read the schema catalog: {0}")]
+    #[error("cannot read the schema catalog: {}", quarry_db::error_text(.0))]
     Catalog(#[from] tokio_postgres::Error),
 }
 

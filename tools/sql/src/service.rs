@@ -9,9 +9,10 @@ use std::{
 };
 
 use deadpool_postgres::Pool;
+use quarry_auth::Caller;
 use quarry_llm::{ChatModel, ChatRequest, Message, ResponseFormat, Usage, embed::Embedder};
 use serde::Deserialize;
-use tracing::{info, warn};
+use tracing::{info, instrument, warn};
 
 use crate::{
     ExecConfig, Executor, QueryResult, Rejection, TableInfo, ValidatedQuery, ValidationPolicy,
@@ -417,7 +418,8 @@ impl SqlTool {
     ///
     /// # Errors
     /// The [`Rejection`] saying why it is refused.
-    pub fn validate(&self, sql: &str) -> Result<ValidatedQuery, Rejection> {
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    pub fn validate(&self, caller: &Caller, sql: &str) -> Result<ValidatedQuery, Rejection> {
         validate(sql, &self.policy)
     }
 
@@ -425,7 +427,12 @@ impl SqlTool {
     ///
     /// # Errors
     /// The [`Rejection`] saying why it is refused.
-    pub async fn validate_async(&self, sql: &str) -> Result<ValidatedQuery, Rejection> {
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    pub async fn validate_async(
+        &self,
+        caller: &Caller,
+        sql: &str,
+    ) -> Result<ValidatedQuery, Rejection> {
         crate::validate::validate_off_runtime(sql, &self.policy).await
     }
 
@@ -435,7 +442,13 @@ impl SqlTool {
     /// # Errors
     /// [`ToolError::Rejected`] for refused SQL, [`ToolError::Exec`] when the
     /// database fails or a cap or the timeout is hit.
-    pub async fn execute(&self, sql: &str, max_rows: u64) -> Result<QueryResult, ToolError> {
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    pub async fn execute(
+        &self,
+        caller: &Caller,
+        sql: &str,
+        max_rows: u64,
+    ) -> Result<QueryResult, ToolError> {
         let mut policy = self.policy.clone();
         if max_rows > 0 {
             policy.max_rows = max_rows.min(self.config.exec.max_rows);
@@ -453,8 +466,10 @@ impl SqlTool {
     /// # Errors
     /// [`ToolError::UnknownSchema`] for a schema outside the configured set;
     /// catalog errors.
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn describe(
         &self,
+        caller: &Caller,
         schemas: &[String],
     ) -> Result<Arc<(Vec<TableInfo>, String)>, ToolError> {
         let schemas: Vec<String> = if schemas.is_empty() {
@@ -484,7 +499,9 @@ impl SqlTool {
     }
 
     /// The schema index for linking, rebuilt when the catalog hash changes
-    /// (checked at most every [`SqlToolConfig::catalog_check_secs`]).
+    /// (checked at most every [`SqlToolConfig::catalog_check_secs`]). Shared
+    /// by every caller (a cache, not a request), so it takes no [`Caller`];
+    /// [`Self::link`] is the per-request entry.
     ///
     /// # Errors
     /// Catalog errors; embedding errors are logged and linking falls back to
@@ -604,7 +621,9 @@ impl SqlTool {
     }
 
     /// Rebuilds and stores the catalog now, whatever the hash says (`quarry
-    /// catalog refresh`).
+    /// catalog refresh`). Takes no [`Caller`]: it is operator and background
+    /// work (start-up, the command line), not a request, and the catalog it
+    /// stores serves every caller.
     ///
     /// # Errors
     /// Catalog, embedding and storage errors.
@@ -623,7 +642,7 @@ impl SqlTool {
 
     /// Loads golden pairs stored with [`Self::add_golden`] in earlier runs and
     /// adds them to the file's pairs. Logs and keeps the file's pairs when
-    /// the `quarry` schema does not exist.
+    /// the `quarry` schema does not exist. Start-up work, so no [`Caller`].
     pub async fn load_stored_golden(&self) {
         let rows = match self.pool.get().await {
             Ok(client) => client
@@ -646,7 +665,7 @@ impl SqlTool {
                             keywords: vec![],
                         })
                     })
-                    .filter(|p| self.validate(&p.sql).is_ok())
+                    .filter(|p| validate(&p.sql, &self.policy).is_ok())
                     .collect();
                 if !stored.is_empty() {
                     info!(pairs = stored.len(), "loaded stored golden pairs");
@@ -676,7 +695,8 @@ impl SqlTool {
     ///
     /// # Errors
     /// As [`Self::schema_index`].
-    pub async fn link(&self, question: &str) -> Result<LinkedSchema, ToolError> {
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    pub async fn link(&self, caller: &Caller, question: &str) -> Result<LinkedSchema, ToolError> {
         let index = self.schema_index().await?;
         let embedding = match &self.embedder {
             Some(embedder) => match embedder.embed(vec![question.to_string()]).await {
@@ -703,8 +723,10 @@ impl SqlTool {
     /// # Errors
     /// Catalog errors; model failures end the loop and are reported as a
     /// failed attempt.
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn generate(
         &self,
+        caller: &Caller,
         question: &str,
         previous_sql: &str,
         dry_run: bool,
@@ -713,11 +735,18 @@ impl SqlTool {
     ) -> Result<Generated, ToolError> {
         match &self.models.sql {
             Some(model) if !golden_only => {
-                self.generate_with_model(model.as_ref(), question, previous_sql, dry_run, max_rows)
-                    .await
+                self.generate_with_model(
+                    caller,
+                    model.as_ref(),
+                    question,
+                    previous_sql,
+                    dry_run,
+                    max_rows,
+                )
+                .await
             }
             _ => {
-                self.generate_from_golden(question, dry_run, max_rows, golden_only)
+                self.generate_from_golden(caller, question, dry_run, max_rows, golden_only)
                     .await
             }
         }
@@ -725,6 +754,7 @@ impl SqlTool {
 
     async fn generate_from_golden(
         &self,
+        caller: &Caller,
         question: &str,
         dry_run: bool,
         max_rows: u64,
@@ -790,7 +820,7 @@ impl SqlTool {
             });
             return Ok(generated);
         }
-        match self.execute(&sql, max_rows).await {
+        match self.execute(caller, &sql, max_rows).await {
             Ok(result) => {
                 generated.attempts.push(Attempt {
                     sql,
@@ -885,13 +915,14 @@ impl SqlTool {
 
     async fn generate_with_model(
         &self,
+        caller: &Caller,
         model: &dyn ChatModel,
         question: &str,
         previous_sql: &str,
         dry_run: bool,
         max_rows: u64,
     ) -> Result<Generated, ToolError> {
-        let linked = self.link(question).await?;
+        let linked = self.link(caller, question).await?;
         let system = self.generation_prompt(&linked, question, previous_sql);
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut assumptions = Vec::new();
@@ -1107,13 +1138,15 @@ impl SqlTool {
     ///
     /// # Errors
     /// Rejections, execution errors, [`ToolError::EmptyGolden`].
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn add_golden(
         &self,
+        caller: &Caller,
         question: &str,
         sql: &str,
-        created_by: &str,
     ) -> Result<(u64, usize), ToolError> {
-        let result = self.execute(sql, 0).await?;
+        let created_by = format!("{}/{}", caller.principal.tenant, caller.principal.subject);
+        let result = self.execute(caller, sql, 0).await?;
         if result.rows.is_empty() {
             return Err(ToolError::EmptyGolden);
         }
@@ -1181,8 +1214,9 @@ impl SqlTool {
     ///
     /// # Errors
     /// Rejections and database errors (EXPLAIN of an invalid query fails).
-    pub async fn explain(&self, sql: &str) -> Result<Explained, ToolError> {
-        let query = self.validate_async(sql).await?;
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    pub async fn explain(&self, caller: &Caller, sql: &str) -> Result<Explained, ToolError> {
+        let query = self.validate_async(caller, sql).await?;
         let description = crate::explain::describe_query(&query);
         let plan = crate::explain::explain_plan(
             &self.executor,

@@ -47,6 +47,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool};
 use futures::StreamExt as _;
+use quarry_db::lock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio_postgres::types::{ToSql, Type};
@@ -235,17 +236,9 @@ pub(crate) fn wrap_entities(sql: &str, weighted: bool) -> String {
     )
 }
 
+/// PostgreSQL's message, detail and SQLSTATE ([`quarry_db::error_text`]).
 fn db_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut m = db.message().to_owned();
-            if let Some(detail) = db.detail() {
-                let _ = write!(m, " ({detail})");
-            }
-            m
-        }
-        None => e.to_string(),
-    }
+    quarry_db::error_text(e)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -455,11 +448,7 @@ struct BuildLock {
 impl BuildLock {
     async fn acquire(pool: &Pool) -> Result<BuildLock> {
         let conn = pool.get().await?;
-        let taken: bool = conn
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&BUILD_LOCK_KEY])
-            .await?
-            .try_get(0)?;
-        if !taken {
+        if !lock::try_lock(&**conn, BUILD_LOCK_KEY).await? {
             // this session holds nothing: the connection goes back to the pool
             return Err(SummaryError::BuildRunning);
         }
@@ -470,11 +459,8 @@ impl BuildLock {
     /// (or this future is dropped), `Drop` detaches and closes it instead.
     async fn release(mut self) {
         let unlocked = match &self.conn {
-            Some(conn) => conn
-                .query_one("SELECT pg_advisory_unlock($1)", &[&BUILD_LOCK_KEY])
+            Some(conn) => lock::unlock(&***conn, BUILD_LOCK_KEY)
                 .await
-                .ok()
-                .and_then(|row| row.try_get::<_, bool>(0).ok())
                 .unwrap_or(false),
             None => return,
         };
@@ -497,7 +483,10 @@ impl Drop for BuildLock {
 
 impl SummaryTool {
     /// Runs one build (see the module docs), calling `progress` as batches
-    /// complete (and with `done = 0` when a kind starts).
+    /// complete (and with `done = 0` when a kind starts). Takes no caller:
+    /// builds are background work (the scheduler, `quarry summaries build`)
+    /// whose results serve every caller; a build a client asks for goes
+    /// through [`SummaryTool::refresh`], which records the caller.
     ///
     /// # Errors
     /// [`SummaryError::InvalidArgument`] for an unknown kind (`kinds[i]`)
@@ -730,26 +719,16 @@ impl SummaryTool {
     }
 
     /// A `READ ONLY`, `REPEATABLE READ` transaction with the statement
-    /// timeout and role applied.
+    /// timeout and role applied ([`quarry_db::ReadOnly`]).
     async fn read_only<'a>(
         &self,
         client: &'a mut Object,
     ) -> std::result::Result<deadpool_postgres::Transaction<'a>, tokio_postgres::Error> {
-        let tx = client
-            .build_transaction()
-            .read_only(true)
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .start()
-            .await?;
-        let mut settings = format!(
-            "SET LOCAL statement_timeout = {}",
-            self.config.statement_timeout_ms
-        );
-        if let Some(role) = &self.config.role {
-            let _ = write!(settings, "; SET LOCAL ROLE {}", store::quote_ident(role));
-        }
-        tx.batch_execute(&settings).await?;
-        Ok(tx)
+        quarry_db::ReadOnly::new(self.config.statement_timeout_ms)
+            .role(self.config.role.as_deref())
+            .isolation(tokio_postgres::IsolationLevel::RepeatableRead)
+            .begin(client)
+            .await
     }
 
     async fn build_kind(
@@ -1041,7 +1020,7 @@ fn read_rows(
     figure: &PreparedFigure,
     rows: &[tokio_postgres::Row],
 ) -> std::result::Result<FigureRows, String> {
-    let get = |e: tokio_postgres::Error| e.to_string();
+    let get = |e: tokio_postgres::Error| quarry_db::error_text(&e);
     match figure.config.shape {
         Shape::Values => {
             if rows.len() > 1 {

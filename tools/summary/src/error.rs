@@ -57,7 +57,7 @@ pub enum SummaryError {
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// PostgreSQL reported an error.
-    #[error("database: {0}")]
+    #[error("database: {}", quarry_db::error_text(.0))]
     Database(#[from] tokio_postgres::Error),
     /// Anything else that is our fault.
     #[error("internal: {0}")]
@@ -82,6 +82,16 @@ fn not_found_message(entity: &str, kind: Option<&str>, closest: &[Candidate]) ->
 impl From<deadpool_postgres::PoolError> for SummaryError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         SummaryError::Unavailable(format!("database pool: {e}"))
+    }
+}
+
+impl From<quarry_db::DbError> for SummaryError {
+    fn from(e: quarry_db::DbError) -> Self {
+        match e {
+            quarry_db::DbError::Database(e) => SummaryError::Database(e),
+            quarry_db::DbError::Pool(e) => SummaryError::from(e),
+            other => SummaryError::Internal(other.to_string()),
+        }
     }
 }
 

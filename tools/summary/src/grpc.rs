@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use quarry_auth::Principal;
+use quarry_auth::Caller;
 use quarry_proto::v1 as pb;
 use quarry_proto::v1::summary_service_server::SummaryService;
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,6 +32,18 @@ pub const BUILD_RUNNING_RETRY: Duration = Duration::from_secs(30);
 /// Events buffered for a BuildSummaries stream; progress events that do not
 /// fit (a slow reader) are dropped, the report never is.
 const BUILD_EVENTS: usize = 64;
+
+/// The caller of `request` ([`Caller::of`]: the principal the auth layer
+/// put into the extensions, the request id, the deadline), recorded on the
+/// handler's span (`tenant`, `subject`, `request_id`).
+fn caller_of<T>(request: &Request<T>) -> Result<Caller, Status> {
+    let caller = Caller::of(request)?;
+    let span = tracing::Span::current();
+    span.record("tenant", caller.principal.tenant.as_str());
+    span.record("subject", caller.principal.subject.as_str());
+    span.record("request_id", caller.request_id.as_str());
+    Ok(caller)
+}
 
 /// The tonic service implementation.
 #[derive(Debug, Clone)]
@@ -238,13 +250,21 @@ fn event(e: pb::build_summaries_response::Event) -> pb::BuildSummariesResponse {
 impl SummaryService for SummaryGrpc {
     type BuildSummariesStream = ReceiverStream<Result<pb::BuildSummariesResponse, Status>>;
 
-    #[instrument(skip(self, request), fields(kind = %request.get_ref().kind))]
+    #[instrument(
+        skip(self, request),
+        fields(kind = %request.get_ref().kind, tenant, subject, request_id)
+    )]
     async fn get_summaries(
         &self,
         request: Request<pb::GetSummariesRequest>,
     ) -> Result<Response<pb::GetSummariesResponse>, Status> {
+        let caller = caller_of(&request)?;
         let domain = get_request_from_proto(request.get_ref());
-        let response = self.tool.get(domain).await.map_err(|e| status_of(&e))?;
+        let response = self
+            .tool
+            .get(&caller, domain)
+            .await
+            .map_err(|e| status_of(&e))?;
         Ok(Response::new(pb::GetSummariesResponse {
             summaries: response.summaries.into_iter().map(Into::into).collect(),
             r#match: pb::EntityMatchKind::from(response.matched) as i32,
@@ -253,19 +273,23 @@ impl SummaryService for SummaryGrpc {
         }))
     }
 
-    #[instrument(skip(self, request))]
+    #[instrument(skip(self, request), fields(tenant, subject, request_id))]
     async fn search_summaries(
         &self,
         request: Request<pb::SearchSummariesRequest>,
     ) -> Result<Response<pb::SearchSummariesResponse>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
         let response = self
             .tool
-            .search(SearchRequest {
-                query: request.query,
-                kinds: request.kinds,
-                k: request.k,
-            })
+            .search(
+                &caller,
+                SearchRequest {
+                    query: request.query,
+                    kinds: request.kinds,
+                    k: request.k,
+                },
+            )
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(pb::SearchSummariesResponse {
@@ -276,13 +300,18 @@ impl SummaryService for SummaryGrpc {
         }))
     }
 
-    #[instrument(skip(self, _request))]
+    #[instrument(skip(self, request), fields(tenant, subject, request_id))]
     async fn list_summary_kinds(
         &self,
-        _request: Request<pb::ListSummaryKindsRequest>,
+        request: Request<pb::ListSummaryKindsRequest>,
     ) -> Result<Response<pb::ListSummaryKindsResponse>, Status> {
-        let kinds = self.tool.kinds().await.map_err(|e| status_of(&e))?;
-        let last = self.tool.last_build().await.map_err(|e| status_of(&e))?;
+        let caller = caller_of(&request)?;
+        let kinds = self.tool.kinds(&caller).await.map_err(|e| status_of(&e))?;
+        let last = self
+            .tool
+            .last_build(&caller)
+            .await
+            .map_err(|e| status_of(&e))?;
         Ok(Response::new(pb::ListSummaryKindsResponse {
             kinds: kinds.into_iter().map(Into::into).collect(),
             last_build: last.map(Into::into),
@@ -292,13 +321,16 @@ impl SummaryService for SummaryGrpc {
     /// Streams progress, then the report (or the build's error status).
     /// The build runs in its own task and is cancelled when the client goes
     /// away (the response stream is dropped).
-    #[instrument(skip(self, request))]
+    #[instrument(skip(self, request), fields(tenant, subject, request_id))]
     async fn build_summaries(
         &self,
         request: Request<pb::BuildSummariesRequest>,
     ) -> Result<Response<Self::BuildSummariesStream>, Status> {
-        let caller = Principal::of(&request)?;
-        caller.require_scope(BUILD_SCOPE).map_err(Status::from)?;
+        let caller = caller_of(&request)?;
+        caller
+            .principal
+            .require_scope(BUILD_SCOPE)
+            .map_err(Status::from)?;
         let options = build_options_from_proto(request.get_ref()).map_err(|e| status_of(&e))?;
         let (tx, rx) = tokio::sync::mpsc::channel(BUILD_EVENTS);
         let tool = Arc::clone(&self.tool);
@@ -314,7 +346,7 @@ impl SummaryService for SummaryGrpc {
                     tracing::info!("summary build cancelled: the client went away");
                     return;
                 }
-                result = tool.build(options, &progress) => result,
+                result = tool.refresh(&caller, options, &progress) => result,
             };
             let message = match result {
                 Ok(report) => Ok(event(pb::build_summaries_response::Event::Report(

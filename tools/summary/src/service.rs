@@ -15,10 +15,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
+use quarry_auth::Caller;
 use quarry_llm::embed::Embedder;
 use tokio_util::sync::CancellationToken;
+use tracing::instrument;
 
-use crate::builder::{BuildOptions, BuildReport, PreparedKind, prepare_kind};
+use crate::builder::{BuildOptions, BuildProgressEvent, BuildReport, PreparedKind, prepare_kind};
 use crate::definition::SummaryConfig;
 use crate::error::{Candidate, Result, SummaryError};
 use crate::lookup::{
@@ -206,7 +208,7 @@ impl std::fmt::Debug for SummaryTool {
 impl SummaryTool {
     /// Checks the configuration ([`SummaryConfig::validate_static`]),
     /// creates the `quarry.summaries` tables when missing
-    /// ([`store::ensure_schema`]), checks `role` exists, and prepares every
+    /// (the `quarry` schema's migrations, [`quarry_db::migrate`]), checks `role` exists, and prepares every
     /// kind against the database: each wrapped figure and entities query is
     /// prepared (PostgreSQL checks tables, columns, types and casts), `$1`
     /// must be of a supported type, `groups`/`shares` need a grouped series,
@@ -233,10 +235,11 @@ impl SummaryTool {
             ));
         }
         let mut client = pool.get().await?;
-        let vector_schema = store::ensure_schema(&mut client).await?;
+        quarry_db::migrate_client(&mut client).await?;
+        let vector_schema = store::vector_type_schema(&**client).await?;
         if let Some(role) = &config.role {
             let tx = client.transaction().await?;
-            tx.batch_execute(&format!("SET LOCAL ROLE {}", store::quote_ident(role)))
+            tx.batch_execute(&format!("SET LOCAL ROLE {}", quarry_db::quote_ident(role)))
                 .await
                 .map_err(|e| {
                     SummaryError::Config(format!(
@@ -370,7 +373,8 @@ impl SummaryTool {
     /// letters or digits) or `limit` (above 100);
     /// [`SummaryError::NotFound`] with the closest entities when no name is
     /// close enough; database errors.
-    pub async fn get(&self, request: GetRequest) -> Result<GetResponse> {
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    pub async fn get(&self, caller: &Caller, request: GetRequest) -> Result<GetResponse> {
         let limit = Self::check_limit(request.limit, DEFAULT_LIMIT, "limit")?;
         let kind = match request.kind.as_deref().map(str::trim) {
             Some("") | None => None,
@@ -555,7 +559,8 @@ impl SummaryTool {
     /// [`SummaryError::InvalidArgument`] naming `query` (empty or longer
     /// than [`MAX_QUERY_CHARS`]), `k` (above 100) or `kinds[i]` (unknown);
     /// [`SummaryError::Unavailable`] when the embedder fails; database errors.
-    pub async fn search(&self, request: SearchRequest) -> Result<SearchResponse> {
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    pub async fn search(&self, caller: &Caller, request: SearchRequest) -> Result<SearchResponse> {
         let query = request.query.trim();
         if query.is_empty() {
             return Err(SummaryError::invalid("query", "must not be empty"));
@@ -661,7 +666,8 @@ impl SummaryTool {
     ///
     /// # Errors
     /// Database errors.
-    pub async fn kinds(&self) -> Result<Vec<KindStatus>> {
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    pub async fn kinds(&self, caller: &Caller) -> Result<Vec<KindStatus>> {
         let names: Vec<String> = self.kinds.iter().map(|k| k.config.name.clone()).collect();
         let client = self.pool.get().await?;
         let rows = client
@@ -706,9 +712,28 @@ impl SummaryTool {
     ///
     /// # Errors
     /// Database errors.
-    pub async fn last_build(&self) -> Result<Option<BuildReport>> {
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    pub async fn last_build(&self, caller: &Caller) -> Result<Option<BuildReport>> {
         let client = self.pool.get().await?;
         store::last_build(&**client).await
+    }
+
+    /// A build requested by `caller` (the BuildSummaries RPC): [`Self::build`]
+    /// with the caller on its span. The caller's right to build is checked
+    /// by the adapter (scope `summaries:build`); the summaries serve every
+    /// caller, so the build itself does not depend on who asked.
+    ///
+    /// # Errors
+    /// As [`Self::build`].
+    #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    pub async fn refresh(
+        &self,
+        caller: &Caller,
+        options: BuildOptions,
+        progress: &(dyn Fn(BuildProgressEvent) + Send + Sync),
+    ) -> Result<BuildReport> {
+        tracing::info!(trigger = %options.trigger, "summary build requested");
+        self.build(options, progress).await
     }
 
     /// Spawns the build schedule: a build at once when `build_on_start`

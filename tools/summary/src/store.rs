@@ -1,5 +1,6 @@
-//! Where summaries live: two tables in the `quarry` schema, created
-//! idempotently when the tool opens ([`ensure_schema`]).
+//! Where summaries live: two tables in the `quarry` schema, created by the
+//! migration `db/migrations/V3__summaries.sql`, which the tool applies when
+//! it opens ([`quarry_db::migrate`]).
 //!
 //! `quarry.summaries`, one row per (kind, entity):
 //!
@@ -38,92 +39,27 @@ use crate::service::Summary;
 /// Builds whose reports are kept in `quarry.summary_builds`.
 pub const BUILDS_KEPT: i64 = 1000;
 
-/// Serialises schema creation across processes (transaction-level advisory lock).
-const SCHEMA_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('quarry.summaries'))";
-
 /// The columns [`summary_from_row`] reads, in order.
 pub const SUMMARY_COLUMNS: &str = "kind, entity_key, entity_name, text, facts, data_version, \
      computed_at, checked_at, last_error";
 
-/// The DDL of the module docs; `vector_type` is the schema-qualified,
-/// quoted pgvector type (e.g. `"public".vector`).
-pub fn ddl(vector_type: &str) -> Vec<String> {
-    vec![
-        "CREATE SCHEMA IF NOT EXISTS quarry".to_owned(),
-        format!(
-            "CREATE TABLE IF NOT EXISTS quarry.summaries (
-                kind text NOT NULL,
-                entity_key text NOT NULL,
-                entity_name text NOT NULL,
-                name_folded text NOT NULL,
-                weight float8,
-                text text NOT NULL,
-                facts jsonb NOT NULL,
-                data_version text NOT NULL,
-                embedder text,
-                embedding {vector_type},
-                computed_at timestamptz NOT NULL,
-                checked_at timestamptz NOT NULL,
-                last_error text,
-                PRIMARY KEY (kind, entity_key)
-            )"
-        ),
-        "CREATE INDEX IF NOT EXISTS summaries_entity_key_idx ON quarry.summaries (entity_key)"
-            .to_owned(),
-        "CREATE INDEX IF NOT EXISTS summaries_name_folded_idx ON quarry.summaries (kind, name_folded)"
-            .to_owned(),
-        "CREATE INDEX IF NOT EXISTS summaries_text_fts_idx ON quarry.summaries \
-         USING gin (to_tsvector('english', text))"
-            .to_owned(),
-        "CREATE TABLE IF NOT EXISTS quarry.summary_builds (
-            id bigserial PRIMARY KEY,
-            started_at timestamptz NOT NULL,
-            finished_at timestamptz NOT NULL,
-            trigger text NOT NULL,
-            report jsonb NOT NULL
-        )"
-        .to_owned(),
-    ]
-}
-
-/// Quotes an SQL identifier (PostgreSQL docs §4.1.1).
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// Creates the `quarry` schema, the pgvector extension (only when it is not
-/// installed yet, in whatever schema: creating it needs privileges a
-/// deployment may not grant once it exists) and the tables, in one
-/// transaction under an advisory lock so that replicas starting together do
-/// not race. Returns the quoted schema of the `vector` type, for
-/// qualifying the type and its operators.
+/// The quoted schema of pgvector's `vector` type (for qualifying the type
+/// and its operators): `extnamespace::regnamespace::text`, which is already
+/// quoted when it needs to be, plain names quoted too; `"public"` when the
+/// extension is missing (the migrations create it, so only a dropped
+/// extension gets here).
 ///
 /// # Errors
-/// Database errors (e.g. pgvector not available on the server).
-pub async fn ensure_schema(client: &mut Client) -> Result<String> {
-    let tx = client.transaction().await?;
-    tx.execute(SCHEMA_LOCK, &[]).await?;
-    let schema: String = match vector_schema(&tx).await? {
-        Some(schema) => schema,
-        None => {
-            tx.batch_execute("CREATE EXTENSION IF NOT EXISTS vector")
-                .await?;
-            vector_schema(&tx)
-                .await?
-                .unwrap_or_else(|| "public".to_owned())
-        }
-    };
-    // regnamespace::text is already quoted when needed; quote plain names too
-    let schema = if schema.starts_with('"') {
+/// Database errors.
+pub async fn vector_type_schema(client: &impl GenericClient) -> Result<String> {
+    let schema = vector_schema(client)
+        .await?
+        .unwrap_or_else(|| "public".to_owned());
+    Ok(if schema.starts_with('"') {
         schema
     } else {
-        quote_ident(&schema)
-    };
-    for statement in ddl(&format!("{schema}.vector")) {
-        tx.batch_execute(&statement).await?;
-    }
-    tx.commit().await?;
-    Ok(schema)
+        quarry_db::quote_ident(&schema)
+    })
 }
 
 /// The schema pgvector is installed in, as `regnamespace` text (quoted

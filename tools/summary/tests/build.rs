@@ -10,7 +10,7 @@ mod fixture;
 use std::sync::{Arc, Mutex};
 
 use fixture::{ENTITIES, Scripted};
-use quarry_sql::testing::{TestDb, pool_for};
+use quarry_db::testing::{TestDb, pool_for};
 use quarry_summary::{
     BUILD_LOCK_KEY, BuildOptions, BuildProgressEvent, BuildReport, GetRequest, SummaryError,
     SummaryTool,
@@ -22,11 +22,14 @@ async fn build(tool: &SummaryTool, options: BuildOptions) -> BuildReport {
 
 async fn get_key(tool: &SummaryTool, kind: &str, key: &str) -> quarry_summary::Summary {
     let mut response = tool
-        .get(GetRequest {
-            kind: Some(kind.into()),
-            entity: Some(key.into()),
-            ..GetRequest::default()
-        })
+        .get(
+            &fixture::caller(),
+            GetRequest {
+                kind: Some(kind.into()),
+                entity: Some(key.into()),
+                ..GetRequest::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(response.matched, quarry_summary::MatchKind::Key);
@@ -107,9 +110,9 @@ async fn second_build_skips_unchanged_entities() {
     assert_eq!(unembedded, 0);
 
     // the run is recorded, and the kinds report their counts
-    let last = tool.last_build().await.unwrap().unwrap();
+    let last = tool.last_build(&fixture::caller()).await.unwrap().unwrap();
     assert_eq!(last, second);
-    let kinds = tool.kinds().await.unwrap();
+    let kinds = tool.kinds(&fixture::caller()).await.unwrap();
     assert_eq!(kinds.len(), 2);
     assert_eq!(
         (kinds[0].name.as_str(), kinds[0].summaries, kinds[0].failed),
@@ -273,7 +276,7 @@ async fn a_failing_entity_is_reported_and_the_rest_build() {
             .unwrap()
             .contains("division by zero")
     );
-    let kinds = bad.kinds().await.unwrap();
+    let kinds = bad.kinds(&fixture::caller()).await.unwrap();
     assert_eq!(kinds[0].failed, 1);
     // other entities were rebuilt with the new definition and have no error
     let riley = get_key(&bad, "artist", "10").await;
@@ -354,11 +357,14 @@ async fn entities_that_disappear_are_removed() {
         "{report:?}"
     );
     let gone = tool
-        .get(GetRequest {
-            kind: Some("artist".into()),
-            entity: Some("W. Turner".into()),
-            ..GetRequest::default()
-        })
+        .get(
+            &fixture::caller(),
+            GetRequest {
+                kind: Some("artist".into()),
+                entity: Some("W. Turner".into()),
+                ..GetRequest::default()
+            },
+        )
         .await
         .unwrap();
     // no exact name any more: the best fuzzy match is another Turner
@@ -685,7 +691,7 @@ async fn the_scheduler_builds_at_start_and_stops_on_cancel() {
         .spawn_scheduler(cancel.clone())
         .await
         .unwrap();
-    let last = tool.last_build().await.unwrap().unwrap();
+    let last = tool.last_build(&fixture::caller()).await.unwrap().unwrap();
     assert_eq!((last.trigger.as_str(), last.built), ("startup", ENTITIES));
 
     // a schedule an hour apart: cancelling stops the task without a build
@@ -700,6 +706,13 @@ async fn the_scheduler_builds_at_start_and_stops_on_cancel() {
     let handle = Arc::clone(&tool).spawn_scheduler(cancel.clone());
     cancel.cancel();
     handle.await.unwrap();
-    assert_eq!(tool.last_build().await.unwrap().unwrap().trigger, "startup");
+    assert_eq!(
+        tool.last_build(&fixture::caller())
+            .await
+            .unwrap()
+            .unwrap()
+            .trigger,
+        "startup"
+    );
     db.drop_db().await;
 }

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use fixture::ENTITIES;
 use quarry_auth::Principal;
+use quarry_db::testing::TestDb;
 use quarry_proto::v1 as pb;
 use quarry_proto::v1::summary_service_client::SummaryServiceClient;
 use quarry_proto::v1::summary_service_server::SummaryServiceServer;
-use quarry_sql::testing::TestDb;
 use quarry_summary::{
     BuildOptions, GetRequest, GetResponse, MatchKind, Retrieval, SearchRequest, SummaryError,
     SummaryGrpc, SummaryTool,
@@ -40,11 +40,14 @@ async fn get(
     kind: Option<&str>,
     entity: &str,
 ) -> Result<GetResponse, SummaryError> {
-    tool.get(GetRequest {
-        kind: kind.map(str::to_owned),
-        entity: Some(entity.to_owned()),
-        ..GetRequest::default()
-    })
+    tool.get(
+        &fixture::caller(),
+        GetRequest {
+            kind: kind.map(str::to_owned),
+            entity: Some(entity.to_owned()),
+            ..GetRequest::default()
+        },
+    )
     .await
 }
 
@@ -164,17 +167,20 @@ async fn entities_resolve_by_key_name_and_fuzzy_name() {
             "entity",
         ),
     ] {
-        let e = tool.get(request).await.unwrap_err();
+        let e = tool.get(&fixture::caller(), request).await.unwrap_err();
         assert!(
             matches!(e, SummaryError::InvalidArgument { field: ref f, .. } if f == field),
             "{e}"
         );
     }
     let e = tool
-        .get(GetRequest {
-            kind: Some("painter".into()),
-            ..GetRequest::default()
-        })
+        .get(
+            &fixture::caller(),
+            GetRequest {
+                kind: Some("painter".into()),
+                ..GetRequest::default()
+            },
+        )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("kinds: artist, collection"), "{e}");
@@ -184,13 +190,17 @@ async fn entities_resolve_by_key_name_and_fuzzy_name() {
 #[tokio::test]
 async fn a_kind_lists_by_weight_with_its_total() {
     let (db, tool) = built(false).await;
+    let caller = fixture::caller();
     let page = |limit, offset| {
-        tool.get(GetRequest {
-            kind: Some("artist".into()),
-            entity: None,
-            limit,
-            offset,
-        })
+        tool.get(
+            &caller,
+            GetRequest {
+                kind: Some("artist".into()),
+                entity: None,
+                limit,
+                offset,
+            },
+        )
     };
     let first_page = page(3, 0).await.unwrap();
     assert_eq!(first_page.matched, MatchKind::Listing);
@@ -226,11 +236,14 @@ async fn vector_search_over_embedded_summaries() {
         .remove(0);
     // the scripted embedder maps equal texts to equal vectors
     let found = tool
-        .search(SearchRequest {
-            query: hockney.text.clone(),
-            kinds: vec![],
-            k: 3,
-        })
+        .search(
+            &fixture::caller(),
+            SearchRequest {
+                query: hockney.text.clone(),
+                kinds: vec![],
+                k: 3,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(found.retrieval, Retrieval::Vector);
@@ -246,11 +259,14 @@ async fn vector_search_over_embedded_summaries() {
     assert!(found.summaries[1].score <= found.summaries[0].score);
 
     let only = tool
-        .search(SearchRequest {
-            query: hockney.text.clone(),
-            kinds: vec!["collection".into()],
-            k: 0,
-        })
+        .search(
+            &fixture::caller(),
+            SearchRequest {
+                query: hockney.text.clone(),
+                kinds: vec!["collection".into()],
+                k: 0,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(only.summaries.len(), 1);
@@ -281,7 +297,7 @@ async fn vector_search_over_embedded_summaries() {
             "kinds[1]",
         ),
     ] {
-        let e = tool.search(request).await.unwrap_err();
+        let e = tool.search(&fixture::caller(), request).await.unwrap_err();
         assert!(
             matches!(e, SummaryError::InvalidArgument { field: ref f, .. } if f == field),
             "{e}"
@@ -294,11 +310,14 @@ async fn vector_search_over_embedded_summaries() {
 async fn full_text_search_without_an_embedder() {
     let (db, tool) = built(false).await;
     let found = tool
-        .search(SearchRequest {
-            query: "Hockney etching".into(),
-            kinds: vec![],
-            k: 5,
-        })
+        .search(
+            &fixture::caller(),
+            SearchRequest {
+                query: "Hockney etching".into(),
+                kinds: vec![],
+                k: 5,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(found.retrieval, Retrieval::FullText);
@@ -306,11 +325,14 @@ async fn full_text_search_without_an_embedder() {
     assert_eq!(found.summaries[0].entity_name, "David Hockney");
     assert!(found.summaries[0].score > 0.0);
     let bronze = tool
-        .search(SearchRequest {
-            query: "bronze".into(),
-            kinds: vec!["artist".into()],
-            k: 5,
-        })
+        .search(
+            &fixture::caller(),
+            SearchRequest {
+                query: "bronze".into(),
+                kinds: vec!["artist".into()],
+                k: 5,
+            },
+        )
         .await
         .unwrap();
     let keys: Vec<&str> = bronze

@@ -3,7 +3,8 @@
 use std::collections::{HashMap, HashSet};
 
 use pgvector::Vector;
-use quarry_search::collection::{content_hash, hash_column, quote_ident, vector_column};
+use quarry_db::quote_ident;
+use quarry_search::collection::{content_hash, hash_column, vector_column};
 
 use crate::config::SyncConfig;
 use crate::syncer::Syncer;

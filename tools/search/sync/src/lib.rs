@@ -89,20 +89,8 @@ pub enum SyncError {
     #[error("connection pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     /// PostgreSQL failed; the message includes the server's.
-    #[error("database: {}", db_message(.0))]
+    #[error("database: {}", quarry_db::error_text(.0))]
     Database(#[from] tokio_postgres::Error),
-}
-
-/// The server's message of a database error (the driver's own `Display`
-/// says only "db error"), or the driver's message for other failures.
-pub(crate) fn db_message(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => match db.detail() {
-            Some(detail) => format!("{} ({detail})", db.message()),
-            None => db.message().to_owned(),
-        },
-        None => error.to_string(),
-    }
 }
 
 /// Result alias of this crate.

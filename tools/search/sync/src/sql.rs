@@ -4,9 +4,9 @@
 
 use std::fmt::Write as _;
 
+use quarry_db::quote_ident;
 use quarry_search::collection::{
-    Collection, FilterType, TableName, filter_column, hash_column, quote_ident, text_column,
-    vector_column,
+    Collection, FilterType, TableName, filter_column, hash_column, text_column, vector_column,
 };
 
 /// Channel the source triggers notify (payload: collection name).

@@ -21,7 +21,9 @@ use crate::sql::{
     self, DOCS_CHANNEL, OUTBOX_CHANNEL, SourceShape, Statements, TRIGGER_FUNCTIONS,
     TRIGGER_SUFFIXES,
 };
-use crate::{Result, SyncError, db_message};
+use quarry_db::error_text as db_message;
+
+use crate::{Result, SyncError};
 
 /// Backfill progress, reported after every committed batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,11 +213,7 @@ impl Syncer {
         let statements = Arc::new(self.probe(&**client).await?);
 
         let tx = client.transaction().await?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('quarry.search'))",
-            &[],
-        )
-        .await?;
+        quarry_db::lock::xact_lock(&*tx, quarry_search::ddl::SEARCH_LOCK).await?;
         for statement in TRIGGER_FUNCTIONS {
             tx.batch_execute(statement).await?;
         }
@@ -472,10 +470,7 @@ impl Syncer {
         let statements = self.statements().await?;
         let limit = SyncConfig::limit(self.inner.config.backfill_batch);
         let source = self.inner.collection.source.quoted();
-        let key = format!(
-            "src.{}",
-            quarry_search::collection::quote_ident(&self.inner.collection.key)
-        );
+        let key = format!("src.{}", quarry_db::quote_ident(&self.inner.collection.key));
         let mut report = BackfillReport::default();
         let mut client = self.inner.pool.get().await?;
         let state = self.backfill_state(&**client).await?;

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use quarry_db::testing::TestDb;
 use quarry_llm::embed::Embedder;
 use quarry_search::collection::{Collection, CollectionConfig, CollectionError};
 use quarry_search_sync::{SyncConfig, SyncError, Syncer};
-use quarry_sql::testing::TestDb;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 const SCHEMA: &str = "

@@ -1,8 +1,8 @@
 use chrono::{NaiveDate, NaiveTime, TimeZone};
 
 use super::*;
-use crate::testing::TestDb;
 use crate::validate::{ValidationPolicy, validate};
+use quarry_db::testing::TestDb;
 
 fn executor(db: &TestDb, config: ExecConfig) -> Executor {
     Executor::new(db.pool().clone(), config)

@@ -1,7 +1,7 @@
 use super::*;
 use crate::execute::ExecConfig;
-use crate::testing::TestDb;
 use crate::validate::{ValidationPolicy, validate};
+use quarry_db::testing::TestDb;
 
 fn q(sql: &str) -> ValidatedQuery {
     validate(sql, &ValidationPolicy::default()).unwrap()

@@ -1,7 +1,7 @@
 use super::*;
 use crate::execute::{Cell, ExecConfig, Executor};
-use crate::testing::TestDb;
 use crate::validate::{ValidationPolicy, validate};
+use quarry_db::testing::TestDb;
 
 #[test]
 fn quotes_names() {

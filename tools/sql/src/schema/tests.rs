@@ -1,5 +1,5 @@
 use super::*;
-use crate::testing::TestDb;
+use quarry_db::testing::TestDb;
 
 #[tokio::test]
 async fn describes_keys_and_comments() {

@@ -4,7 +4,17 @@ use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_llm::{ModelConfig, OpenAiChatModel, Price};
 
 use super::*;
-use crate::testing::TestDb;
+use quarry_auth::{Caller, Principal};
+use quarry_db::testing::TestDb;
+
+fn caller() -> Caller {
+    Caller::new(Principal {
+        tenant: "t1".into(),
+        subject: "tester".into(),
+        roles: vec![],
+        scopes: vec![],
+    })
+}
 
 #[test]
 fn extracts_fenced_or_bare_sql() {
@@ -127,7 +137,7 @@ async fn golden_only_answers_from_golden_pairs_and_never_calls_the_model() {
     let tool = shop.tool(SqlModels::single(Some(model(&server, "m", None))));
 
     let hit = tool
-        .generate(GOLDEN_QUESTION, "", false, 0, true)
+        .generate(&caller(), GOLDEN_QUESTION, "", false, 0, true)
         .await
         .unwrap();
     assert_eq!(hit.source, SqlSource::Golden);
@@ -137,7 +147,14 @@ async fn golden_only_answers_from_golden_pairs_and_never_calls_the_model() {
     assert!(hit.model_calls.is_empty(), "{:?}", hit.model_calls);
 
     let miss = tool
-        .generate("Which item is the most expensive?", "", false, 0, true)
+        .generate(
+            &caller(),
+            "Which item is the most expensive?",
+            "",
+            false,
+            0,
+            true,
+        )
         .await
         .unwrap();
     assert_eq!(miss.sql, None);
@@ -160,7 +177,14 @@ async fn golden_only_answers_from_golden_pairs_and_never_calls_the_model() {
     ));
     server.push(verdict(true));
     let by_model = tool
-        .generate("Which item is the most expensive?", "", false, 0, false)
+        .generate(
+            &caller(),
+            "Which item is the most expensive?",
+            "",
+            false,
+            0,
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(by_model.source, SqlSource::Model);
@@ -187,7 +211,14 @@ async fn generation_and_judging_go_to_their_own_models_and_each_call_is_accounte
     });
 
     let generated = tool
-        .generate("How many items cost more than 10?", "", false, 0, false)
+        .generate(
+            &caller(),
+            "How many items cost more than 10?",
+            "",
+            false,
+            0,
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(generated.source, SqlSource::Model);
@@ -251,7 +282,7 @@ async fn failed_and_unpriced_calls_are_accounted_and_no_judge_means_no_judging()
     });
 
     let failed = tool
-        .generate("What is the highest price?", "", false, 0, false)
+        .generate(&caller(), "What is the highest price?", "", false, 0, false)
         .await
         .unwrap();
     assert_eq!(failed.sql, None);
@@ -261,7 +292,7 @@ async fn failed_and_unpriced_calls_are_accounted_and_no_judge_means_no_judging()
     assert!(call.elapsed >= Duration::from_millis(50), "{call:?}");
 
     let accepted = tool
-        .generate("What is the highest price?", "", false, 0, false)
+        .generate(&caller(), "What is the highest price?", "", false, 0, false)
         .await
         .unwrap();
     assert!(accepted.sql.is_some(), "{:?}", accepted.attempts);

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use quarry_db::testing::TestDb;
 use quarry_llm::embed::Embedder;
-use quarry_sql::testing::TestDb;
 use quarry_summary::{SummaryConfig, SummaryTool};
 
 /// Vector length of [`Scripted`].
@@ -77,7 +77,7 @@ impl Embedder for Hanging {
 /// when its backend exits, shortly after the close), giving up after 400
 /// tries 25 ms apart.
 pub async fn lock_released(db: &TestDb) -> bool {
-    let pool = quarry_sql::testing::pool_for(db.url(), 1);
+    let pool = quarry_db::testing::pool_for(db.url(), 1);
     let client = pool.get().await.unwrap();
     for _ in 0..400 {
         let taken: bool = client
@@ -298,4 +298,14 @@ pub async fn stored(db: &TestDb) -> Vec<(String, String, String, String, String)
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect()
+}
+
+/// A caller for domain calls in tests.
+pub fn caller() -> quarry_auth::Caller {
+    quarry_auth::Caller::new(quarry_auth::Principal {
+        tenant: "t1".into(),
+        subject: "tester".into(),
+        roles: vec![],
+        scopes: vec![],
+    })
 }

@@ -2,7 +2,7 @@
 //!
 //! ```no_run
 //! # async fn example() {
-//! let db = quarry_sql::testing::TestDb::create().await;
+//! let db = quarry_db::testing::TestDb::create().await;
 //! let client = db.pool().get().await.unwrap();
 //! client.batch_execute("CREATE TABLE t (id int)").await.unwrap();
 //! db.drop_db().await; // or let it drop: best effort, on a helper thread

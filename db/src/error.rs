@@ -1,0 +1,62 @@
+//! The crate's error type and the rendering of PostgreSQL errors.
+
+use std::fmt;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database URL does not parse.
+    #[error("database.url is not a valid PostgreSQL URL: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// The pool could not be built.
+    #[error("building the database pool: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+    /// No connection could be taken from the pool.
+    #[error("no database connection available: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A migration failed; refinery's message names it and PostgreSQL's error.
+    #[error("applying migrations: {0}")]
+    Migrate(#[from] refinery::Error),
+    /// PostgreSQL reported an error.
+    #[error("database: {}", error_text(.0))]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = DbError> = std::result::Result<T, E>;
+
+/// A driver error that displays as [`error_text`] does: PostgreSQL's message
+/// and SQLSTATE rather than the driver's bare "db error". Wrap an error in it
+/// where it is formatted (`PgError(&e)` or `PgError(e)`).
+#[derive(Debug)]
+pub struct PgError<E = tokio_postgres::Error>(pub E);
+
+impl<E: std::borrow::Borrow<tokio_postgres::Error>> fmt::Display for PgError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let error = self.0.borrow();
+        match error.as_db_error() {
+            Some(db) => {
+                f.write_str(db.message())?;
+                if let Some(detail) = db.detail() {
+                    write!(f, " ({detail})")?;
+                }
+                write!(f, " (SQLSTATE {})", db.code().code())
+            }
+            None => match std::error::Error::source(error) {
+                // e.g. "error communicating with the server: connection refused"
+                Some(source) => write!(f, "{error}: {source}"),
+                None => write!(f, "{error}"),
+            },
+        }
+    }
+}
+
+impl<E: std::borrow::Borrow<tokio_postgres::Error> + fmt::Debug> std::error::Error for PgError<E> {}
+
+/// `error` as text: for an error PostgreSQL reported, its primary message,
+/// its detail in parentheses when there is one, and its SQLSTATE, e.g.
+/// `division by zero (SQLSTATE 22012)`; for other failures (connection,
+/// protocol, decoding) the driver's message and its cause.
+pub fn error_text(error: &tokio_postgres::Error) -> String {
+    PgError(error).to_string()
+}

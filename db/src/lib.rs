@@ -1,0 +1,35 @@
+//! Quarry's database layer, shared by the tools, the orchestrator and the
+//! server: everything that talks to PostgreSQL the same way everywhere.
+//!
+//! - [`pool()`] builds a connection pool; [`Pools`] hands out one shared pool
+//!   per database URL, so the tools of one process share connections.
+//! - [`ReadOnly`] is the one guarded read-only transaction (`READ ONLY`,
+//!   `statement_timeout`, `standard_conforming_strings`, optional
+//!   `search_path` and `ROLE`) every query on source data runs in.
+//! - [`quote_ident`] and [`quote_literal`] quote identifiers and literals.
+//! - [`PgError`] / [`error_text`] render a driver error with PostgreSQL's
+//!   SQLSTATE and message (the driver's own text says only "db error").
+//! - [`lock`]: advisory locks (session try-lock/unlock, transaction locks).
+//! - [`migrate()`] applies the migrations of the `quarry` schema
+//!   (`db/migrations/V*__*.sql`, refinery), idempotently and serialised
+//!   across processes, so a tool can run it when it opens.
+//! - With the `test-util` feature, `testing::TestDb` creates a throw-away
+//!   database per test.
+
+mod error;
+mod ident;
+pub mod lock;
+mod migrate;
+mod pool;
+mod read_only;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+pub use error::{DbError, PgError, Result, error_text};
+pub use ident::{quote_ident, quote_literal};
+pub use migrate::{migrate, migrate_client};
+pub use pool::{Pools, pool};
+pub use read_only::ReadOnly;
+
+/// The pool type every Quarry crate uses (deadpool-postgres).
+pub use deadpool_postgres::Pool;
