@@ -105,7 +105,18 @@ impl From<AuthError> for Status {
                 // do not leak server configuration to callers
                 Status::new(code, "authentication is misconfigured")
             }
-            other => Status::new(code, other.to_string()),
+            other @ (AuthError::MissingToken
+            | AuthError::NotBearer
+            | AuthError::Malformed(_)
+            | AuthError::UnsupportedAlgorithm(_)
+            | AuthError::BadSignature
+            | AuthError::Expired
+            | AuthError::NotYetValid
+            | AuthError::MissingClaim(_)
+            | AuthError::InvalidIssuer
+            | AuthError::InvalidAudience
+            | AuthError::MissingScope(_)
+            | AuthError::MissingRole(_)) => Status::new(code, other.to_string()),
         }
     }
 }

@@ -294,7 +294,18 @@ fn map_jwt_error(err: &jsonwebtoken::errors::Error) -> AuthError {
         }
         ErrorKind::Base64(_) => AuthError::Malformed("invalid base64url".to_owned()),
         ErrorKind::Json(_) | ErrorKind::Utf8(_) => AuthError::Malformed("invalid json".to_owned()),
-        _ => AuthError::Malformed(err.to_string().to_lowercase()),
+        // Key and signing problems, and kinds a later jsonwebtoken adds
+        // (`ErrorKind` is non-exhaustive).
+        ErrorKind::InvalidToken
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::RsaFailedSigning
+        | ErrorKind::Signing(_)
+        | ErrorKind::InvalidKeyFormat
+        | ErrorKind::InvalidSubject
+        | ErrorKind::Provider(_)
+        | _ => AuthError::Malformed(err.to_string().to_lowercase()),
     }
 }
 

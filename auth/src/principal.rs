@@ -48,6 +48,9 @@ impl Principal {
 
     /// `Ok` if the principal holds `scope`, else [`AuthError::MissingScope`]
     /// (`PERMISSION_DENIED`: the token is valid, the caller is not allowed).
+    ///
+    /// # Errors
+    /// [`AuthError::MissingScope`] naming `scope`.
     pub fn require_scope(&self, scope: &str) -> Result<()> {
         if self.has_scope(scope) {
             Ok(())
@@ -58,6 +61,9 @@ impl Principal {
 
     /// `Ok` if the principal holds `role`, else [`AuthError::MissingRole`]
     /// (`PERMISSION_DENIED`).
+    ///
+    /// # Errors
+    /// [`AuthError::MissingRole`] naming `role`.
     pub fn require_role(&self, role: &str) -> Result<()> {
         if self.has_role(role) {
             Ok(())

@@ -84,6 +84,9 @@ impl TenantRateLimiter {
 
     /// Admit one request for `tenant`, or return how long until one would be
     /// admitted (governor's wait time from now).
+    ///
+    /// # Errors
+    /// The tenant is over its quota: the wait until a request would be admitted.
     pub fn check(&self, tenant: &str) -> Result<(), Duration> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
             self.limiter.retain_recent();

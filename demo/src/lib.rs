@@ -164,7 +164,10 @@ impl std::error::Error for IngestError {
         match self {
             IngestError::Open { source, .. } | IngestError::Read { source, .. } => Some(source),
             IngestError::Database { source, .. } => Some(source),
-            _ => None,
+            IngestError::InvalidSchema(_)
+            | IngestError::MissingFile { .. }
+            | IngestError::Malformed { .. }
+            | IngestError::Worker(_) => None,
         }
     }
 }

@@ -181,7 +181,7 @@ pub(crate) struct ArtistRow {
 impl ArtistRow {
     /// Country part of a place ("Philadelphia, United States" → "United
     /// States"; "Polska" → "Polska").
-    pub fn country(place: Option<&str>) -> Option<String> {
+    pub(crate) fn country(place: Option<&str>) -> Option<String> {
         let place = place?;
         let country = place.rsplit(',').next().unwrap_or(place).trim();
         (!country.is_empty()).then(|| country.to_owned())
@@ -257,7 +257,7 @@ pub(crate) struct Movements {
 }
 
 impl Movements {
-    pub fn id(&mut self, name: &str) -> Option<i32> {
+    pub(crate) fn id(&mut self, name: &str) -> Option<i32> {
         let name = name.trim();
         if name.is_empty() {
             return None;
@@ -282,7 +282,7 @@ pub(crate) struct Subjects {
 impl Subjects {
     /// The id of the node `path` ("people > adults > man"), creating it and
     /// its ancestors when new.
-    pub fn id(&mut self, path: &str) -> Result<i32, String> {
+    pub(crate) fn id(&mut self, path: &str) -> Result<i32, String> {
         if let Some(id) = self.ids.get(path) {
             return Ok(*id);
         }
@@ -416,7 +416,7 @@ pub(crate) struct Lines {
 
 impl Lines {
     /// Wraps an opened file (possibly behind a progress reader).
-    pub fn new(path: &Path, file: Box<dyn Read + Send>) -> Self {
+    pub(crate) fn new(path: &Path, file: Box<dyn Read + Send>) -> Self {
         Self {
             path: path.to_owned(),
             reader: BufReader::with_capacity(1 << 16, MultiGzDecoder::new(file)),
@@ -426,7 +426,7 @@ impl Lines {
     }
 
     /// The next non-blank line and its 1-based number, `None` at the end.
-    pub fn next_line(&mut self) -> Result<Option<(u64, &str)>, IngestError> {
+    pub(crate) fn next_line(&mut self) -> Result<Option<(u64, &str)>, IngestError> {
         loop {
             self.buf.clear();
             self.line_no += 1;
@@ -448,7 +448,7 @@ impl Lines {
     }
 
     /// Parses the next non-blank line as `T`.
-    pub fn next_record<T: serde::de::DeserializeOwned>(
+    pub(crate) fn next_record<T: serde::de::DeserializeOwned>(
         &mut self,
     ) -> Result<Option<(u64, T)>, IngestError> {
         let path = self.path.clone();
@@ -465,7 +465,7 @@ impl Lines {
         }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }

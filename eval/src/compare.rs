@@ -80,7 +80,11 @@ impl Value {
             // renders them as the server prints them)
             Cell::Time(_) | Cell::Interval { .. } | Cell::Array(_) => match cell.to_json() {
                 serde_json::Value::String(s) => Value::Text(s),
-                other => Value::Text(other.to_string()),
+                other @ (serde_json::Value::Null
+                | serde_json::Value::Bool(_)
+                | serde_json::Value::Number(_)
+                | serde_json::Value::Array(_)
+                | serde_json::Value::Object(_)) => Value::Text(other.to_string()),
             },
         }
     }
@@ -89,7 +93,7 @@ impl Value {
         match self {
             Value::Int(i) => Some(*i as f64),
             Value::Num(f) => Some(*f),
-            _ => None,
+            Value::Null | Value::Bool(_) | Value::Text(_) => None,
         }
     }
 
@@ -131,9 +135,9 @@ fn cmp_values(a: &Value, b: &Value) -> Ordering {
 
 fn cmp_rows(a: &[Value], b: &[Value]) -> Ordering {
     for (x, y) in a.iter().zip(b) {
-        match cmp_values(x, y) {
-            Ordering::Equal => {}
-            other => return other,
+        let ordering = cmp_values(x, y);
+        if ordering.is_ne() {
+            return ordering;
         }
     }
     a.len().cmp(&b.len())

@@ -157,6 +157,10 @@ impl VisitorMut for Converter<'_> {
         ControlFlow::Continue(())
     }
 
+    #[allow(
+        clippy::wildcard_enum_match_arm,
+        reason = "sqlparser's AST has dozens of kinds: only those named are rewritten or read, the visitor walks the rest"
+    )]
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
         match expr {
             // runs before the identifier itself is visited (and re-quoted)
@@ -252,6 +256,10 @@ fn last_name(name: &ObjectName) -> Option<String> {
         .map(|ident| ident.value.to_lowercase())
 }
 
+#[allow(
+    clippy::wildcard_enum_match_arm,
+    reason = "sqlparser's AST has dozens of kinds: only those named are rewritten or read, the visitor walks the rest"
+)]
 fn collect_factor(factor: &TableFactor, scope: &mut Vec<(String, Source)>) {
     match factor {
         TableFactor::Table { name, alias, .. } => {
@@ -320,6 +328,10 @@ impl RefCollector<'_> {
 impl Visitor for RefCollector<'_> {
     type Break = ();
 
+    #[allow(
+        clippy::wildcard_enum_match_arm,
+        reason = "sqlparser's AST has dozens of kinds: only those named are rewritten or read, the visitor walks the rest"
+    )]
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
         // the query's ORDER BY sees the FROM clause of its body
         let scope = match query.body.as_ref() {
@@ -354,6 +366,10 @@ impl Visitor for RefCollector<'_> {
         ControlFlow::Continue(())
     }
 
+    #[allow(
+        clippy::wildcard_enum_match_arm,
+        reason = "sqlparser's AST has dozens of kinds: only those named are rewritten or read, the visitor walks the rest"
+    )]
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         match expr {
             Expr::Identifier(ident) => {
@@ -385,10 +401,9 @@ impl Visitor for RefCollector<'_> {
 /// `ORDER BY`, so that row order is part of its result.
 pub fn is_ordered(sql: &str) -> bool {
     match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(statements) => statements.iter().any(|s| match s {
-            Statement::Query(query) => query.order_by.is_some(),
-            _ => false,
-        }),
+        Ok(statements) => statements
+            .iter()
+            .any(|s| matches!(s, Statement::Query(query) if query.order_by.is_some())),
         Err(_) => false,
     }
 }

@@ -782,7 +782,10 @@ pub async fn run_sql_eval(options: &EvalOptions) -> Result<SqlEvalReport> {
                         ordered,
                     ) {
                         Comparison::Equal => Ok(Some(())),
-                        other => Err(format!(
+                        other @ (Comparison::ColumnCount
+                        | Comparison::RowCount
+                        | Comparison::Order
+                        | Comparison::Rows) => Err(format!(
                             "results differ ({other:?}): direct {} rows, pipeline {} rows",
                             direct.rows.len(),
                             rows.len()

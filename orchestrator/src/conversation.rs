@@ -443,7 +443,11 @@ impl ConversationStore {
                         tool_name: c.tool_name,
                         arguments_json: match c.arguments {
                             serde_json::Value::String(text) => text,
-                            other => other.to_string(),
+                            other @ (serde_json::Value::Null
+                            | serde_json::Value::Bool(_)
+                            | serde_json::Value::Number(_)
+                            | serde_json::Value::Array(_)
+                            | serde_json::Value::Object(_)) => other.to_string(),
                         },
                         sql: c.sql,
                         result_count: c.result_count,

@@ -55,6 +55,11 @@ fn conversation_id(text: &str) -> Result<uuid::Uuid, Status> {
 }
 
 /// Checks an `AskRequest`; errors name the field at fault.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` with a `BadRequest` violation naming the field: an
+/// empty or too long question, a conversation id that is not a UUID, an
+/// unknown mode, or more preview rows than `max_preview_rows`.
 pub fn validate_ask(request: &AskRequest, max_preview_rows: u32) -> Result<(), Status> {
     if request.question.trim().is_empty() {
         return Err(bad_request("question", "must not be empty"));

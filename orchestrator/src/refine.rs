@@ -441,10 +441,13 @@ pub fn apply(
             Some(LimitClause::LimitOffset {
                 limit: Some(Expr::Value(v)),
                 ..
-            }) => match &v.value {
-                SqlValue::Number(text, _) => text.parse::<u64>().ok(),
-                _ => None,
-            },
+            }) => {
+                if let SqlValue::Number(text, _) = &v.value {
+                    text.parse::<u64>().ok()
+                } else {
+                    None
+                }
+            }
             _ => None,
         };
         if existing.is_none_or(|e| e > n) {

@@ -10,7 +10,13 @@
 //! than skip.
 
 // Test support: failing loudly is the point.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Picking one kind of event out of a stream names only that kind.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::wildcard_enum_match_arm
+)]
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -317,6 +323,9 @@ pub fn authed<T>(message: T, token: &str) -> Request<T> {
 }
 
 /// Asks `question` as tenant `t1` and collects every event.
+///
+/// # Errors
+/// The status the Ask or its stream ended with.
 pub async fn ask_all(server: &TestServer, request: AskRequest) -> Result<Vec<AskResponse>, Status> {
     let mut stream = server
         .assistant()

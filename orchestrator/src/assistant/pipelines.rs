@@ -266,7 +266,7 @@ impl Run {
                 Outcome::Error(message) => findings
                     .misses
                     .push((Pipeline::Summaries, format!("{what} failed ({message})"))),
-                _ => findings
+                Outcome::Summaries(_) | Outcome::Sql(_) | Outcome::Search(_) => findings
                     .misses
                     .push((Pipeline::Summaries, format!("{what} found nothing"))),
             }
@@ -321,7 +321,7 @@ impl Run {
             Outcome::Error(message) => findings
                 .misses
                 .push((Pipeline::Search, format!("{what} failed ({message})"))),
-            _ => findings
+            Outcome::Search(_) | Outcome::Sql(_) | Outcome::Summaries(_) => findings
                 .misses
                 .push((Pipeline::Search, format!("{what} found nothing"))),
         }

@@ -61,6 +61,9 @@ impl SearchTool {
 
     /// Runs `request` for `caller`; the hits, or the error message for the
     /// model.
+    ///
+    /// # Errors
+    /// The search service's status, as a message the model can read.
     pub async fn search(
         &self,
         request: SearchRequest,

@@ -68,6 +68,9 @@ impl SummariesTool {
     /// Looks up or searches as `call` says, for `caller`; the summaries
     /// found, or the error message for the model (for an unknown entity it
     /// names the closest ones).
+    ///
+    /// # Errors
+    /// The summary service's status, as a message the model can read.
     pub async fn lookup(
         &self,
         call: SummaryCall,
