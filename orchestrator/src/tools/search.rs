@@ -391,7 +391,8 @@ pub fn hits_for_model(
     let (hits, documents, embedded) = (&found.hits, found.documents, found.embedded_documents);
     let mode = SearchMode::try_from(found.mode).unwrap_or(SearchMode::Hybrid);
     let mut out = format!(
-        "<tool_result call_id=\"{call_id}\" status=\"ok\">\ncollection: {}\nhits: {}\n",
+        "{}\ncollection: {}\nhits: {}\n",
+        super::open_tag(call_id, "ok"),
         sanitize(&found.collection),
         hits.len()
     );

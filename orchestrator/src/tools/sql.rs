@@ -268,7 +268,8 @@ fn rows_for_model(
     let shown = rows.rows.len().min(max_rows);
     let more = rows.truncated || rows.rows.len() > shown;
     let mut out = format!(
-        "<tool_result call_id=\"{call_id}\" status=\"ok\">\nrows: {shown}{}\ncolumns: {}\n",
+        "{}\nrows: {shown}{}\ncolumns: {}\n",
+        super::open_tag(call_id, "ok"),
         if more {
             " shown; the result has more rows (truncated)"
         } else {

@@ -264,7 +264,8 @@ pub fn summaries_for_model(
     sanitize: impl Fn(&str) -> String,
 ) -> String {
     let mut out = format!(
-        "<tool_result call_id=\"{call_id}\" status=\"ok\">\nsummaries: {}\n",
+        "{}\nsummaries: {}\n",
+        super::open_tag(call_id, "ok"),
         found.summaries.len()
     );
     let matched = EntityMatchKind::try_from(found.r#match).unwrap_or(EntityMatchKind::Unspecified);
