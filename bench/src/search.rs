@@ -526,9 +526,7 @@ async fn sample_queries(
     let Some(field) = collection.text.first() else {
         anyhow::bail!("collection {} has no text field", collection.name);
     };
-    let column = quarry_search::collection::quote_ident(&quarry_search::collection::text_column(
-        &field.name,
-    ));
+    let column = quarry_db::quote_ident(&quarry_search::collection::text_column(&field.name));
     let client = pool.get().await?;
     let rows = client
         .query(

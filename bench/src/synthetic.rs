@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use futures::pin_mut;
 use pgvector::Vector;
-use quarry_search::collection::{
-    Collection, CollectionConfig, content_hash, ensure_sidecar, quote_ident,
-};
+use quarry_db::quote_ident;
+use quarry_search::collection::{Collection, CollectionConfig, content_hash};
+use quarry_search::ddl::ensure_sidecar;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use rand_distr::{Distribution as _, StandardNormal, Zipf};

@@ -79,6 +79,46 @@ pub async fn xact_lock(
         .map(drop)
 }
 
+/// Takes the session-level two-key advisory lock (`purpose`, `name`) if it
+/// is free (`pg_try_advisory_lock(hashtext(purpose), hashtext(name))`, a
+/// key space apart from the one-key locks); `false` when another session
+/// holds it. The session keeps it until it unlocks or closes.
+///
+/// # Errors
+/// PostgreSQL's error.
+pub async fn try_lock_pair(
+    client: &impl GenericClient,
+    purpose: &str,
+    name: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    client
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))",
+            &[&purpose, &name],
+        )
+        .await?
+        .try_get(0)
+}
+
+/// Waits for and takes the transaction-level two-key advisory lock
+/// (`purpose`, `name`); it is released when the transaction ends.
+///
+/// # Errors
+/// PostgreSQL's error.
+pub async fn xact_lock_pair(
+    client: &impl GenericClient,
+    purpose: &str,
+    name: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
+            &[&purpose, &name],
+        )
+        .await
+        .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +137,8 @@ mod tests {
         assert!(unlock(&**b, 42).await.unwrap());
         lock(&**a, "quarry.test").await.unwrap();
         assert!(unlock_named(&**a, "quarry.test").await.unwrap());
+        assert!(try_lock_pair(&**a, "purpose", "x").await.unwrap());
+        assert!(!try_lock_pair(&**b, "purpose", "x").await.unwrap());
+        assert!(try_lock_pair(&**b, "purpose", "y").await.unwrap());
     }
 }

@@ -4,8 +4,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Price;
 use crate::error::{LlmError, Result};
+use crate::usage::{Price, Usage};
 
 /// One message of a conversation, in the order the model should read them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,17 +165,6 @@ pub enum FinishReason {
     ContentFilter,
     /// Any other reason a server reported (e.g. the deprecated `function_call`).
     Other(String),
-}
-
-/// Token counts for one request, as reported by the server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    /// Tokens in the prompt (messages and tool definitions).
-    pub prompt_tokens: u32,
-    /// Tokens generated (text, tool calls and any hidden reasoning).
-    pub completion_tokens: u32,
-    /// `prompt_tokens + completion_tokens`.
-    pub total_tokens: u32,
 }
 
 /// One event of a streamed answer.

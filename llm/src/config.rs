@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::chat::Usage;
 use crate::error::{LlmError, Result};
+use crate::usage::Price;
 
 /// How to reach one chat model on an OpenAI-compatible endpoint.
 ///
@@ -61,56 +61,6 @@ pub struct ModelConfig {
     /// ([`Price::cost_usd`]). `None` (the default) leaves the cost unknown.
     #[serde(default)]
     pub price: Option<Price>,
-}
-
-/// A model's token prices in US dollars per million tokens, the unit
-/// provider price lists quote them in (e.g. OpenAI lists gpt-4o-mini at
-/// $0.15 per 1M input tokens and $0.60 per 1M output tokens). Copy the
-/// numbers from the provider's price list; a local model costs what you
-/// decide (0 is allowed).
-///
-/// ```toml
-/// [model.price]
-/// input_per_million = 0.15    # prompt tokens
-/// output_per_million = 0.60   # completion tokens
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Price {
-    /// USD per 1,000,000 prompt (input) tokens.
-    pub input_per_million: f64,
-    /// USD per 1,000,000 completion (output) tokens, hidden reasoning tokens
-    /// included (the server counts them as completion tokens).
-    pub output_per_million: f64,
-}
-
-impl Price {
-    /// The cost of `usage` in US dollars:
-    /// `(prompt_tokens × input_per_million + completion_tokens × output_per_million) / 1e6`.
-    /// `total_tokens` is not used (it is the sum of the two).
-    pub fn cost_usd(&self, usage: Usage) -> f64 {
-        (f64::from(usage.prompt_tokens) * self.input_per_million
-            + f64::from(usage.completion_tokens) * self.output_per_million)
-            / 1_000_000.0
-    }
-
-    /// Checks that both prices are finite and not negative.
-    ///
-    /// # Errors
-    /// [`LlmError::Config`] naming the offending field.
-    pub fn validate(&self) -> Result<()> {
-        for (name, value) in [
-            ("input_per_million", self.input_per_million),
-            ("output_per_million", self.output_per_million),
-        ] {
-            if !value.is_finite() || value < 0.0 {
-                return Err(LlmError::Config(format!(
-                    "price.{name} must be a finite number of US dollars, 0 or more, got {value}"
-                )));
-            }
-        }
-        Ok(())
-    }
 }
 
 fn default_timeout_secs() -> u64 {
@@ -490,6 +440,7 @@ fn prefix_config_error(error: LlmError, prefix: &str) -> LlmError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::Usage;
 
     #[test]
     fn defaults_fill_optional_fields_and_unknown_fields_are_refused() {

@@ -44,14 +44,16 @@ mod error;
 mod openai;
 #[cfg(feature = "test-util")]
 pub mod testing;
+mod usage;
 
 pub use chat::{
     ChatEvent, ChatModel, ChatRequest, ChatResponse, FinishReason, Message, ResponseFormat,
-    ToolCall, ToolSpec, Usage, chat, collect,
+    ToolCall, ToolSpec, chat, collect,
 };
 pub use config::{
-    ModelConfig, ModelOverrides, ModelsConfig, Price, TASK_ANSWER, TASK_JUDGE, TASK_ROUTING,
-    TASK_SQL, Task, TaskModels,
+    ModelConfig, ModelOverrides, ModelsConfig, TASK_ANSWER, TASK_JUDGE, TASK_ROUTING, TASK_SQL,
+    Task, TaskModels,
 };
 pub use error::{LlmError, Result};
 pub use openai::OpenAiChatModel;
+pub use usage::{Price, Usage};

@@ -27,10 +27,11 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use crate::chat::{
-    ChatEvent, ChatModel, ChatRequest, FinishReason, Message, ResponseFormat, ToolCall, Usage,
+    ChatEvent, ChatModel, ChatRequest, FinishReason, Message, ResponseFormat, ToolCall,
 };
-use crate::config::{ModelConfig, Price};
+use crate::config::ModelConfig;
 use crate::error::{LlmError, Result};
+use crate::usage::{Price, Usage};
 
 /// Longest piece of a server's error body kept in an error message, in bytes.
 const MAX_ERROR_BODY: usize = 2_000;

@@ -5,6 +5,9 @@
 //! `buf breaking` (FILE) guard them. Code is generated at build time by
 //! `tonic-prost-build` from a descriptor set produced by `protox`, so no system
 //! `protoc` is needed.
+//!
+//! [`error`] is the one contract that maps every service's errors to gRPC
+//! status codes ([`ServiceErrorCode`], [`ServiceError`], [`status_of`]).
 
 /// Generated messages, clients (`*_client`) and servers (`*_server`) of `quarry.v1`.
 pub mod v1 {
@@ -16,21 +19,21 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/quarry_descriptor.bin"));
 
+pub mod error;
+
+pub use error::{FieldViolation, ServiceError, ServiceErrorCode, status_of};
+
 /// Status helpers every Quarry service shares.
 pub mod status {
-    use tonic::{Code, Status};
-    use tonic_types::{ErrorDetails, StatusExt as _};
+    use tonic::Status;
+
+    use crate::error::{FieldViolation, status_of};
 
     /// `INVALID_ARGUMENT` reading `invalid <field>: <description>`, with a
     /// google.rpc `BadRequest` field violation naming `field` (a request
     /// field path such as `filter.and[1].range.lower`) so a client can point
-    /// at it.
+    /// at it ([`FieldViolation`] as a status).
     pub fn bad_request(field: &str, description: impl Into<String>) -> Status {
-        let description = description.into();
-        Status::with_error_details(
-            Code::InvalidArgument,
-            format!("invalid {field}: {description}"),
-            ErrorDetails::with_bad_request_violation(field, description),
-        )
+        status_of(&FieldViolation::new(field, description))
     }
 }

@@ -43,10 +43,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-// Re-exported for callers that imported them from here before the sidecar
-// DDL moved to its own module and quoting to `quarry-db`.
-pub use crate::ddl::{SidecarState, ensure_sidecar};
-pub use quarry_db::quote_ident;
+use quarry_db::quote_ident;
 
 /// Longest collection name, in bytes (keeps generated identifiers within
 /// PostgreSQL's 63-byte `NAMEDATALEN` limit, PostgreSQL docs §4.1.1).

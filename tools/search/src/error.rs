@@ -1,5 +1,9 @@
-//! The crate's one error type. [`crate::grpc::status_of`] is the one place
-//! that maps it to gRPC status codes.
+//! The crate's one error type, [`SearchError`], and its kinds in the error
+//! contract of `quarry-proto` ([`ServiceError`]); the gRPC adapter turns it
+//! into a status in one place ([`crate::grpc::status_of`]).
+
+use quarry_proto::{FieldViolation, ServiceError, ServiceErrorCode};
+use tonic_types::ErrorDetails;
 
 use crate::collection::CollectionError;
 use crate::filter::FilterError;
@@ -65,6 +69,35 @@ impl SearchError {
         SearchError::InvalidArgument {
             field: field.into(),
             message: message.into(),
+        }
+    }
+}
+
+/// The caller's mistakes are `BadRequest` with a BadRequest detail naming
+/// the field; a missing embedder is `FailedPrecondition`; an unreachable
+/// database or embedder `Unavailable` (a database error on a broken
+/// connection too); anything else `Internal`.
+impl ServiceError for SearchError {
+    fn error_code(&self) -> ServiceErrorCode {
+        match self {
+            Self::InvalidArgument { .. } => ServiceErrorCode::BadRequest,
+            Self::FailedPrecondition(_) => ServiceErrorCode::FailedPrecondition,
+            Self::Unavailable(_) => ServiceErrorCode::Unavailable,
+            Self::Database(e) if e.is_closed() || e.code().is_none() => {
+                ServiceErrorCode::Unavailable
+            }
+            Self::Database(_) | Self::Index(_) | Self::Collection(_) | Self::Internal(_) => {
+                ServiceErrorCode::Internal
+            }
+        }
+    }
+
+    fn error_details(&self) -> Option<ErrorDetails> {
+        match self {
+            Self::InvalidArgument { field, message } => {
+                Some(FieldViolation::new(field.clone(), message.clone()).details())
+            }
+            _ => None,
         }
     }
 }

@@ -4,10 +4,9 @@
 //! request id, deadline), converts protocol messages to domain values
 //! (errors name the request field, e.g. `filter.and[1].range.lower`),
 //! calls the domain with the caller, and maps
-//! [`SearchError`] to `tonic::Status` in [`status_of`], the one place that
-//! decides codes.
+//! [`SearchError`] to `tonic::Status` in [`status_of`], through the error
+//! contract of `quarry-proto`.
 
-use quarry_proto::status::bad_request;
 use std::sync::Arc;
 
 use quarry_auth::Caller;
@@ -49,24 +48,11 @@ impl SearchGrpc {
     }
 }
 
-/// Maps a domain error to a status: the caller's mistakes are
-/// `INVALID_ARGUMENT` with a BadRequest detail naming the field, a missing
-/// embedder is `FAILED_PRECONDITION`, an unreachable database or embedder
-/// `UNAVAILABLE` (a database error on a broken connection too), anything
-/// else `INTERNAL`.
+/// A domain error as a status: the one mapping of `quarry-proto`
+/// ([`quarry_proto::status_of`]) applied to [`SearchError`]'s kinds (see its
+/// [`ServiceError`](quarry_proto::ServiceError) impl).
 pub fn status_of(error: &SearchError) -> Status {
-    match error {
-        SearchError::InvalidArgument { field, message } => bad_request(field, message.clone()),
-        SearchError::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
-        SearchError::Unavailable(_) => Status::unavailable(error.to_string()),
-        SearchError::Database(e) if e.is_closed() || e.code().is_none() => {
-            Status::unavailable(error.to_string())
-        }
-        SearchError::Database(_)
-        | SearchError::Index(_)
-        | SearchError::Collection(_)
-        | SearchError::Internal(_) => Status::internal(error.to_string()),
-    }
+    quarry_proto::status_of(error)
 }
 
 fn value_from_proto(value: Option<&pb::Value>, path: &str) -> Result<Value, SearchError> {

@@ -27,7 +27,8 @@ pub mod index;
 pub mod service;
 pub mod vector;
 
-pub use collection::{Collection, CollectionConfig, CollectionError, FilterType, ensure_sidecar};
+pub use collection::{Collection, CollectionConfig, CollectionError, FilterType};
+pub use ddl::ensure_sidecar;
 pub use error::{Result, SearchError};
 pub use filter::{CheckedFilter, Filter, FilterError, Value};
 pub use grpc::SearchGrpc;

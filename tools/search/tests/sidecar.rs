@@ -2,7 +2,8 @@
 //! `ensure_sidecar` against a real PostgreSQL with pgvector.
 
 use quarry_db::testing::TestDb;
-use quarry_search::collection::{Collection, CollectionConfig, CollectionError, ensure_sidecar};
+use quarry_search::collection::{Collection, CollectionConfig, CollectionError};
+use quarry_search::ddl::ensure_sidecar;
 
 fn collection(extra_stored: bool) -> Collection {
     let mut config: CollectionConfig = toml::from_str(

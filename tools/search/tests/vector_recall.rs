@@ -12,7 +12,8 @@ use std::ops::Bound;
 
 use pgvector::Vector;
 use quarry_db::testing::TestDb;
-use quarry_search::collection::{Collection, CollectionConfig, ensure_sidecar};
+use quarry_search::collection::{Collection, CollectionConfig};
+use quarry_search::ddl::ensure_sidecar;
 use quarry_search::filter::CheckedFilter;
 use quarry_search::vector::{VectorOptions, VectorPath, search};
 use quarry_search::{Filter, Value};

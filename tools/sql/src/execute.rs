@@ -431,6 +431,19 @@ impl Executor {
 
     /// Run `query` read-only with the configured caps. The row cap is the
     /// smaller of [`ExecConfig::max_rows`] and [`ValidatedQuery::max_rows`].
+    ///
+    /// # Errors
+    /// [`ExecError::Pool`] when no connection can be had in time;
+    /// [`ExecError::Timeout`] when `statement_timeout` fires or the call's
+    /// budget runs out (the server-side query is cancelled);
+    /// [`ExecError::Database`] with PostgreSQL's SQLSTATE, message, position,
+    /// detail and hint when it refuses or fails the query (e.g. `42703`
+    /// undefined column, `25006` a write in the read-only transaction);
+    /// [`ExecError::TooExpensive`] when the planner's estimate is above
+    /// [`ExecConfig::max_estimated_cost`] (nothing runs then);
+    /// [`ExecError::TooLarge`] past [`ExecConfig::max_bytes`];
+    /// [`ExecError::Decode`] for a value that cannot be decoded;
+    /// [`ExecError::Connection`] when the connection breaks.
     pub async fn execute(&self, query: &ValidatedQuery) -> Result<QueryResult, ExecError> {
         let max_rows = self.config.max_rows.min(query.max_rows());
         let sql = query.rewritten_sql(max_rows);

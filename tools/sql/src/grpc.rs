@@ -3,8 +3,8 @@
 //! Validates requests, builds the [`Caller`] (principal, request id,
 //! deadline) from a request that passed the auth layer and passes it into
 //! every domain call, calls the domain, and maps domain values and errors to
-//! `quarry.v1` messages and `tonic::Status` (in [`status_of`], the one place
-//! that decides codes).
+//! `quarry.v1` messages and `tonic::Status` (in [`status_of`], through the
+//! error contract of `quarry-proto`).
 
 use quarry_proto::status::bad_request;
 use std::sync::Arc;
@@ -17,10 +17,11 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::{
-    Cell, ExecError, QueryResult, Rejection, RejectionKind, TableInfo, TableKind,
+    Cell, QueryResult, Rejection, RejectionKind, TableInfo, TableKind,
     chart::chart_hint,
     digest::{Digest, digest},
-    service::{ModelCall, SqlSource, SqlTool, Stage, ToolError},
+    error::SqlError,
+    service::{ModelCall, SqlSource, SqlTool, Stage},
 };
 
 /// Longest SQL text accepted over the wire, in bytes.
@@ -96,34 +97,11 @@ pub fn rejection_to_proto(rejection: &Rejection) -> pb::Rejection {
     }
 }
 
-/// Maps a domain error to a status: refused SQL and unknown schemas are the
-/// caller's fault (`INVALID_ARGUMENT`, with a BadRequest detail naming the
-/// field), a timeout is `DEADLINE_EXCEEDED`, a cap is `RESOURCE_EXHAUSTED`
-/// (the byte cap, and the cost ceiling: like a quota, the query asks for more
-/// than this caller may spend, and a cheaper query can succeed; the message
-/// names the estimate and the limit), an error the database reports for the query is `INVALID_ARGUMENT` (the SQL
-/// is wrong for this schema), an unreachable database is `UNAVAILABLE`.
-pub fn status_of(error: &ToolError) -> Status {
-    match error {
-        ToolError::Rejected(rejection) => bad_request(
-            "sql",
-            format!("refused ({}): {}", rejection.kind, rejection.message),
-        ),
-        ToolError::UnknownSchema(..) => bad_request("schemas", error.to_string()),
-        ToolError::Exec(exec) => match exec {
-            ExecError::Timeout { .. } => Status::deadline_exceeded(exec.to_string()),
-            ExecError::Pool(_) | ExecError::Connection(_) => Status::unavailable(exec.to_string()),
-            ExecError::Database { .. } => Status::invalid_argument(exec.to_string()),
-            ExecError::TooLarge { .. } | ExecError::TooExpensive { .. } => {
-                Status::resource_exhausted(exec.to_string())
-            }
-            ExecError::Decode { .. } => Status::internal(exec.to_string()),
-        },
-        ToolError::Schema(_) | ToolError::Pool(_) => Status::unavailable(error.to_string()),
-        ToolError::Model(_) => Status::unavailable(error.to_string()),
-        ToolError::EmptyGolden => bad_request("sql", error.to_string()),
-        ToolError::Catalog(_) => Status::failed_precondition(error.to_string()),
-    }
+/// A domain error as a status: the one mapping of `quarry-proto`
+/// ([`quarry_proto::status_of`]) applied to [`SqlError`]'s kinds and field
+/// violations (see its [`ServiceError`](quarry_proto::ServiceError) impl).
+pub fn status_of(error: &SqlError) -> Status {
+    quarry_proto::status_of(error)
 }
 
 fn cell_to_value(cell: &Cell) -> pb::Value {

@@ -25,7 +25,7 @@
 //!
 //! [`service::SqlTool`] puts it together — generation loop (model →
 //! validate → execute → judge → retry), [`digest`], [`explain`], [`chart`]
-//! hints — with [`service::ToolError`] as the one error type; [`grpc`] maps
+//! hints — with [`SqlError`] as the one error type; [`grpc`] maps
 //! it to `quarry.v1`, and the other modules never see tonic types. The
 //! read-only transaction, identifier quoting and the test fixture come from
 //! `quarry-db`.
@@ -33,6 +33,7 @@
 pub mod catalog;
 pub mod chart;
 pub mod digest;
+pub mod error;
 pub mod execute;
 pub mod explain;
 pub mod golden;
@@ -43,6 +44,7 @@ pub mod schema;
 pub mod service;
 pub mod validate;
 
+pub use error::SqlError;
 pub use execute::{Cell, Column, ExecConfig, ExecError, Executor, QueryResult};
 pub use schema::{
     ColumnInfo, ForeignKey, SchemaError, TableInfo, TableKind, compact_description, describe_schema,

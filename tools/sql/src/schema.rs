@@ -157,6 +157,10 @@ ORDER BY con.conrelid, con.conname";
 
 /// Describe the tables and views of `schemas` (in schema, then table name
 /// order). Schemas that do not exist contribute nothing.
+///
+/// # Errors
+/// [`SchemaError::Catalog`] when a catalog query fails (PostgreSQL's
+/// SQLSTATE and message in its text).
 pub async fn describe_schema<C>(
     client: &C,
     schemas: &[String],

@@ -18,6 +18,7 @@ use crate::{
     ExecConfig, Executor, QueryResult, Rejection, TableInfo, ValidatedQuery, ValidationPolicy,
     catalog::{self, CatalogError, StoredCatalog},
     compact_description, describe_schema,
+    error::SqlError,
     golden::{GoldenError, GoldenPair, GoldenSet},
     linking::{LinkedSchema, LinkingConfig, SchemaIndex, ValueIndex},
     validate,
@@ -212,35 +213,6 @@ pub struct Generated {
     pub linking: Option<LinkedSchema>,
     /// The model calls made, in order (empty for golden pairs).
     pub model_calls: Vec<ModelCall>,
-}
-
-/// Errors of the tool's operations (beyond a rejection of the SQL itself).
-#[derive(Debug, thiserror::Error)]
-pub enum ToolError {
-    /// The SQL was refused.
-    #[error(transparent)]
-    Rejected(#[from] Rejection),
-    /// Execution failed.
-    #[error(transparent)]
-    Exec(#[from] crate::ExecError),
-    /// The catalog could not be read.
-    #[error(transparent)]
-    Schema(#[from] crate::SchemaError),
-    /// No connection for a catalog read.
-    #[error("database unavailable: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
-    /// A requested schema is not one callers may see.
-    #[error("schema {0:?} is not available; available: {1}")]
-    UnknownSchema(String, String),
-    /// The model failed.
-    #[error("model error: {0}")]
-    Model(#[from] quarry_llm::LlmError),
-    /// The stored catalog or golden pairs could not be read or written.
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    /// A golden pair's SQL returned no rows, so it is not stored.
-    #[error("the sql returned no rows; a golden pair must answer its question")]
-    EmptyGolden,
 }
 
 /// The SQL tool.
@@ -440,7 +412,7 @@ impl SqlTool {
     /// cap; never above it). The result carries the SQL as executed.
     ///
     /// # Errors
-    /// [`ToolError::Rejected`] for refused SQL, [`ToolError::Exec`] when the
+    /// [`SqlError::Rejected`] for refused SQL, [`SqlError::Exec`] when the
     /// database fails or a cap or the timeout is hit.
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn execute(
@@ -448,7 +420,7 @@ impl SqlTool {
         caller: &Caller,
         sql: &str,
         max_rows: u64,
-    ) -> Result<QueryResult, ToolError> {
+    ) -> Result<QueryResult, SqlError> {
         let mut policy = self.policy.clone();
         if max_rows > 0 {
             policy.max_rows = max_rows.min(self.config.exec.max_rows);
@@ -464,20 +436,20 @@ impl SqlTool {
     /// that time, as for schema linking; 0 reads the catalog every time.
     ///
     /// # Errors
-    /// [`ToolError::UnknownSchema`] for a schema outside the configured set;
+    /// [`SqlError::UnknownSchema`] for a schema outside the configured set;
     /// catalog errors.
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn describe(
         &self,
         caller: &Caller,
         schemas: &[String],
-    ) -> Result<Arc<(Vec<TableInfo>, String)>, ToolError> {
+    ) -> Result<Arc<(Vec<TableInfo>, String)>, SqlError> {
         let schemas: Vec<String> = if schemas.is_empty() {
             self.config.schemas.clone()
         } else {
             for schema in schemas {
                 if !self.config.schemas.contains(schema) {
-                    return Err(ToolError::UnknownSchema(
+                    return Err(SqlError::UnknownSchema(
                         schema.clone(),
                         self.config.schemas.join(", "),
                     ));
@@ -506,7 +478,7 @@ impl SqlTool {
     /// # Errors
     /// Catalog errors; embedding errors are logged and linking falls back to
     /// lexical and value scores.
-    pub async fn schema_index(&self) -> Result<Arc<SchemaIndex>, ToolError> {
+    pub async fn schema_index(&self) -> Result<Arc<SchemaIndex>, SqlError> {
         let mut cached = self.index.lock().await;
         let check_every = Duration::from_secs(self.config.catalog_check_secs);
         if let Some(c) = cached.as_ref()
@@ -542,7 +514,7 @@ impl SqlTool {
         &self,
         hash: &str,
         force: bool,
-    ) -> Result<(SchemaIndex, CatalogReport), ToolError> {
+    ) -> Result<(SchemaIndex, CatalogReport), SqlError> {
         let started = Instant::now();
         let mut client = self.pool.get().await?;
         let tables = describe_schema(&**client, &self.config.schemas).await?;
@@ -562,7 +534,7 @@ impl SqlTool {
                 warn!(%error, "no stored catalog (run `quarry migrate`); building in memory");
                 None
             }
-            Err(error) => return Err(ToolError::Catalog(error)),
+            Err(error) => return Err(SqlError::Catalog(error)),
         };
         let reusable = stored.filter(|s| {
             !force && s.hash == hash && s.embedding_model == model_id && s.tables == tables
@@ -580,7 +552,7 @@ impl SqlTool {
                     Err(error) if !force => {
                         warn!(%error, "embedding the schema failed; linking without embeddings")
                     }
-                    Err(error) => return Err(ToolError::Model(error)),
+                    Err(error) => return Err(SqlError::Model(error)),
                 }
             }
             let (table_embeddings, column_embeddings) = index.embeddings();
@@ -605,7 +577,7 @@ impl SqlTool {
                 Err(error) if !force => {
                     warn!(%error, "could not store the catalog (run `quarry migrate`)")
                 }
-                Err(error) => return Err(ToolError::Catalog(error)),
+                Err(error) => return Err(SqlError::Catalog(error)),
             }
         }
         report.elapsed = started.elapsed();
@@ -627,7 +599,7 @@ impl SqlTool {
     ///
     /// # Errors
     /// Catalog, embedding and storage errors.
-    pub async fn refresh_catalog(&self) -> Result<CatalogReport, ToolError> {
+    pub async fn refresh_catalog(&self) -> Result<CatalogReport, SqlError> {
         let client = self.pool.get().await?;
         let hash = catalog::catalog_hash(&**client, &self.config.schemas).await?;
         drop(client);
@@ -696,7 +668,7 @@ impl SqlTool {
     /// # Errors
     /// As [`Self::schema_index`].
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
-    pub async fn link(&self, caller: &Caller, question: &str) -> Result<LinkedSchema, ToolError> {
+    pub async fn link(&self, caller: &Caller, question: &str) -> Result<LinkedSchema, SqlError> {
         let index = self.schema_index().await?;
         let embedding = match &self.embedder {
             Some(embedder) => match embedder.embed(vec![question.to_string()]).await {
@@ -732,7 +704,7 @@ impl SqlTool {
         dry_run: bool,
         max_rows: u64,
         golden_only: bool,
-    ) -> Result<Generated, ToolError> {
+    ) -> Result<Generated, SqlError> {
         match &self.models.sql {
             Some(model) if !golden_only => {
                 self.generate_with_model(
@@ -759,7 +731,7 @@ impl SqlTool {
         dry_run: bool,
         max_rows: u64,
         golden_only: bool,
-    ) -> Result<Generated, ToolError> {
+    ) -> Result<Generated, SqlError> {
         let threshold = self.config.golden_threshold;
         let golden = self.golden();
         let closest = golden.closest(question);
@@ -921,7 +893,7 @@ impl SqlTool {
         previous_sql: &str,
         dry_run: bool,
         max_rows: u64,
-    ) -> Result<Generated, ToolError> {
+    ) -> Result<Generated, SqlError> {
         let linked = self.link(caller, question).await?;
         let system = self.generation_prompt(&linked, question, previous_sql);
         let mut attempts: Vec<Attempt> = Vec::new();
@@ -1137,18 +1109,18 @@ impl SqlTool {
     /// and returns rows; it is used for matching and few-shots from then on.
     ///
     /// # Errors
-    /// Rejections, execution errors, [`ToolError::EmptyGolden`].
+    /// Rejections, execution errors, [`SqlError::EmptyGolden`].
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn add_golden(
         &self,
         caller: &Caller,
         question: &str,
         sql: &str,
-    ) -> Result<(u64, usize), ToolError> {
+    ) -> Result<(u64, usize), SqlError> {
         let created_by = format!("{}/{}", caller.principal.tenant, caller.principal.subject);
         let result = self.execute(caller, sql, 0).await?;
         if result.rows.is_empty() {
-            return Err(ToolError::EmptyGolden);
+            return Err(SqlError::EmptyGolden);
         }
         let row_count = result.total_rows.unwrap_or(result.rows.len() as u64);
         let client = self.pool.get().await?;
@@ -1168,7 +1140,7 @@ impl SqlTool {
                 ],
             )
             .await
-            .map_err(|e| ToolError::Catalog(CatalogError::Database(e)))?;
+            .map_err(|e| SqlError::Catalog(CatalogError::Database(e)))?;
         let count = self.merge_golden(vec![GoldenPair {
             question: question.to_string(),
             sql: sql.to_string(),
@@ -1215,7 +1187,7 @@ impl SqlTool {
     /// # Errors
     /// Rejections and database errors (EXPLAIN of an invalid query fails).
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
-    pub async fn explain(&self, caller: &Caller, sql: &str) -> Result<Explained, ToolError> {
+    pub async fn explain(&self, caller: &Caller, sql: &str) -> Result<Explained, SqlError> {
         let query = self.validate_async(caller, sql).await?;
         let description = crate::explain::describe_query(&query);
         let plan = crate::explain::explain_plan(

@@ -319,6 +319,17 @@ impl ValidatedQuery {
 
 /// Parse `sql` and accept it only if it is a single read-only query allowed
 /// by `policy`. See the module docs for the rules.
+///
+/// # Errors
+/// A [`Rejection`] whose [`RejectionKind`] says why (with a message and,
+/// for parse errors, the line and column): [`RejectionKind::Parse`] for
+/// text that is not PostgreSQL SQL, [`RejectionKind::Empty`],
+/// [`RejectionKind::TooLong`] (above [`ValidationPolicy::max_sql_bytes`]),
+/// [`RejectionKind::MultipleStatements`], [`RejectionKind::NotAQuery`],
+/// [`RejectionKind::SelectInto`], [`RejectionKind::DataModifyingCte`],
+/// [`RejectionKind::LockingClause`], [`RejectionKind::DeniedFunction`],
+/// [`RejectionKind::SchemaNotAllowed`], [`RejectionKind::Unsupported`] and
+/// [`RejectionKind::TooComplex`] (nesting deeper than [`MAX_DEPTH`]).
 pub fn validate(sql: &str, policy: &ValidationPolicy) -> Result<ValidatedQuery, Rejection> {
     if sql.len() > policy.max_sql_bytes {
         return Err(Rejection::new(
@@ -360,6 +371,10 @@ pub fn validate(sql: &str, policy: &ValidationPolicy) -> Result<ValidatedQuery, 
 /// [`validate`] for async callers: text longer than the inline limit (which
 /// is checked on a thread with a large stack) goes to tokio's blocking pool,
 /// so a long or deeply nested query never stalls an async worker.
+///
+/// # Errors
+/// As [`validate`] (a [`Rejection`] saying why); a blocking task that
+/// failed is a [`RejectionKind::TooComplex`] rejection.
 pub async fn validate_off_runtime(
     sql: &str,
     policy: &ValidationPolicy,

@@ -1,7 +1,19 @@
-//! The crate's one error type. [`crate::grpc::status_of`] is the one place
-//! that maps it to gRPC status codes.
+//! The crate's one error type, [`SummaryError`], and its kinds and details
+//! in the error contract of `quarry-proto` ([`ServiceError`]); the gRPC
+//! adapter turns it into a status in one place ([`crate::grpc::status_of`]).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use quarry_proto::{FieldViolation, ServiceError, ServiceErrorCode};
+use tonic_types::ErrorDetails;
 
 use crate::definition::DefinitionError;
+
+/// `google.rpc.ErrorInfo.domain` of this service's errors.
+pub const ERROR_DOMAIN: &str = "quarry.summaries";
+/// Retry delay suggested when a build is already running.
+pub const BUILD_RUNNING_RETRY: Duration = Duration::from_secs(30);
 
 /// An entity that might be the one meant, with its name similarity.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -107,6 +119,58 @@ impl SummaryError {
         SummaryError::InvalidArgument {
             field: field.into(),
             message: message.into(),
+        }
+    }
+}
+
+/// The caller's mistakes are `BadRequest` with a BadRequest detail naming
+/// the field; an unknown entity is `NotFound` naming the closest entities,
+/// with an ErrorInfo (reason `ENTITY_NOT_FOUND`, metadata `entity`, `kind`
+/// and `closest`, a JSON array of `{kind, key, name, score}`); a build
+/// already running is `Aborted` with RetryInfo; a definition or
+/// configuration problem `FailedPrecondition`; an unreachable database or
+/// embedder `Unavailable` (a database error on a broken connection too);
+/// anything else `Internal`.
+impl ServiceError for SummaryError {
+    fn error_code(&self) -> ServiceErrorCode {
+        match self {
+            Self::InvalidArgument { .. } => ServiceErrorCode::BadRequest,
+            Self::NotFound { .. } => ServiceErrorCode::NotFound,
+            Self::BuildRunning => ServiceErrorCode::Aborted,
+            Self::Definition(_) | Self::Config(_) => ServiceErrorCode::FailedPrecondition,
+            Self::Unavailable(_) => ServiceErrorCode::Unavailable,
+            Self::Database(e) if e.is_closed() || e.code().is_none() => {
+                ServiceErrorCode::Unavailable
+            }
+            Self::Database(_) | Self::Internal(_) => ServiceErrorCode::Internal,
+        }
+    }
+
+    fn error_details(&self) -> Option<ErrorDetails> {
+        match self {
+            Self::InvalidArgument { field, message } => {
+                Some(FieldViolation::new(field.clone(), message.clone()).details())
+            }
+            Self::NotFound {
+                entity,
+                kind,
+                closest,
+            } => {
+                let mut metadata = HashMap::new();
+                metadata.insert("entity".to_owned(), entity.clone());
+                metadata.insert("kind".to_owned(), kind.clone().unwrap_or_default());
+                metadata.insert(
+                    "closest".to_owned(),
+                    serde_json::to_string(closest).unwrap_or_default(),
+                );
+                Some(ErrorDetails::with_error_info(
+                    "ENTITY_NOT_FOUND",
+                    ERROR_DOMAIN,
+                    metadata,
+                ))
+            }
+            Self::BuildRunning => Some(ErrorDetails::with_retry_info(Some(BUILD_RUNNING_RETRY))),
+            _ => None,
         }
     }
 }

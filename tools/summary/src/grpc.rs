@@ -5,30 +5,23 @@
 //! domain, and maps [`SummaryError`] to `tonic::Status` in [`status_of`],
 //! the one place that decides codes.
 
-use quarry_proto::status::bad_request;
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use quarry_auth::Caller;
 use quarry_proto::v1 as pb;
 use quarry_proto::v1::summary_service_server::SummaryService;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::builder::{BuildFailure, BuildOptions, BuildProgressEvent, BuildReport};
+pub use crate::error::{BUILD_RUNNING_RETRY, ERROR_DOMAIN};
 use crate::error::{Candidate, SummaryError};
-use crate::service::{GetRequest, KindStatus, MatchKind, SearchRequest, Summary, SummaryTool};
+use crate::model::{BuildFailure, BuildOptions, BuildProgressEvent, BuildReport, Summary};
+use crate::service::{GetRequest, KindStatus, MatchKind, SearchRequest, SummaryTool};
 
 /// Scope a token needs to run BuildSummaries.
 pub const BUILD_SCOPE: &str = "summaries:build";
-/// `google.rpc.ErrorInfo.domain` of this service's errors.
-pub const ERROR_DOMAIN: &str = "quarry.summaries";
-/// Retry delay suggested when a build is already running.
-pub const BUILD_RUNNING_RETRY: Duration = Duration::from_secs(30);
 /// Events buffered for a BuildSummaries stream; progress events that do not
 /// fit (a slow reader) are dropped, the report never is.
 const BUILD_EVENTS: usize = 64;
@@ -58,51 +51,11 @@ impl SummaryGrpc {
     }
 }
 
-/// Maps a domain error to a status: the caller's mistakes are
-/// `INVALID_ARGUMENT` with a BadRequest detail naming the field; an unknown
-/// entity is `NOT_FOUND` naming the closest entities, with an ErrorInfo
-/// (reason `ENTITY_NOT_FOUND`, metadata `entity`, `kind` and `closest`, a
-/// JSON array of `{kind, key, name, score}`); a build already running is
-/// `ABORTED` with RetryInfo; a definition or configuration problem
-/// `FAILED_PRECONDITION`; an unreachable database or embedder `UNAVAILABLE`
-/// (a database error on a broken connection too); anything else `INTERNAL`.
+/// A domain error as a status: the one mapping of `quarry-proto`
+/// ([`quarry_proto::status_of`]) applied to [`SummaryError`]'s kinds and
+/// details (see its [`ServiceError`](quarry_proto::ServiceError) impl).
 pub fn status_of(error: &SummaryError) -> Status {
-    match error {
-        SummaryError::InvalidArgument { field, message } => bad_request(field, message.clone()),
-        SummaryError::NotFound {
-            entity,
-            kind,
-            closest,
-        } => {
-            let mut metadata = HashMap::new();
-            metadata.insert("entity".to_owned(), entity.clone());
-            metadata.insert("kind".to_owned(), kind.clone().unwrap_or_default());
-            metadata.insert(
-                "closest".to_owned(),
-                serde_json::to_string(closest).unwrap_or_default(),
-            );
-            Status::with_error_details(
-                Code::NotFound,
-                error.to_string(),
-                ErrorDetails::with_error_info("ENTITY_NOT_FOUND", ERROR_DOMAIN, metadata),
-            )
-        }
-        SummaryError::BuildRunning => Status::with_error_details(
-            Code::Aborted,
-            error.to_string(),
-            ErrorDetails::with_retry_info(Some(BUILD_RUNNING_RETRY)),
-        ),
-        SummaryError::Definition(_) | SummaryError::Config(_) => {
-            Status::failed_precondition(error.to_string())
-        }
-        SummaryError::Unavailable(_) => Status::unavailable(error.to_string()),
-        SummaryError::Database(e) if e.is_closed() || e.code().is_none() => {
-            Status::unavailable(error.to_string())
-        }
-        SummaryError::Database(_) | SummaryError::Internal(_) => {
-            Status::internal(error.to_string())
-        }
-    }
+    quarry_proto::status_of(error)
 }
 
 fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -363,6 +316,9 @@ impl SummaryService for SummaryGrpc {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
+    use tonic::Code;
+    use tonic_types::StatusExt as _;
+
     use super::*;
     use crate::definition::DefinitionError;
 

@@ -19,6 +19,9 @@
 //!   failures per entity, advisory lock across replicas).
 //! - [`store`]: the `quarry.summaries` and `quarry.summary_builds` tables.
 //! - [`lookup`]: name folding and fuzzy name scoring.
+//! - [`model`]: the shared values (a stored [`Summary`], build options,
+//!   progress and reports); [`prepare`]: the kinds prepared against the
+//!   database at start-up.
 //! - [`service`]: [`SummaryTool`], the domain service (open, get, search,
 //!   kinds, scheduler); [`grpc`]: the `quarry.v1.SummaryService` adapter.
 //!   [`error`]: the crate's one error type.
@@ -29,17 +32,21 @@ pub mod definition;
 pub mod error;
 pub mod grpc;
 pub mod lookup;
+pub mod model;
+pub mod prepare;
 pub mod render;
 pub mod service;
 pub mod store;
+mod validation;
 
-pub use builder::{BUILD_LOCK_KEY, BuildFailure, BuildOptions, BuildProgressEvent, BuildReport};
+pub use builder::BUILD_LOCK_KEY;
 pub use definition::{
     Computation, DefinitionError, DefinitionsFile, FigureConfig, KindConfig, Shape, SummaryConfig,
 };
 pub use error::{Candidate, Result, SummaryError};
 pub use grpc::{BUILD_SCOPE, SummaryGrpc, status_of};
+pub use model::{BuildFailure, BuildOptions, BuildProgressEvent, BuildReport, Summary};
 pub use service::{
     GetRequest, GetResponse, KindStatus, MatchKind, Retrieval, SearchRequest, SearchResponse,
-    Summary, SummaryTool,
+    SummaryTool,
 };

@@ -430,11 +430,19 @@ fn format_num(n: Num) -> String {
 }
 
 /// `count`: thousands separators; floats with one decimal.
+///
+/// # Errors
+/// A MiniJinja `InvalidOperation` error naming the filter when the value
+/// is not of the shape it takes (e.g. text where a number is expected).
 pub fn count(value: Value) -> Result<String, Error> {
     Ok(format_num(number("count", &value)?))
 }
 
 /// `pct`: a percentage to one decimal, `12.345` → `12.3%`.
+///
+/// # Errors
+/// A MiniJinja `InvalidOperation` error naming the filter when the value
+/// is not of the shape it takes (e.g. text where a number is expected).
 pub fn pct(value: Value) -> Result<String, Error> {
     let t = match number("pct", &value)? {
         Num::Int(i) => i.saturating_mul(10),
@@ -444,6 +452,10 @@ pub fn pct(value: Value) -> Result<String, Error> {
 }
 
 /// `pp`: signed percentage points to one decimal, `4.25` → `+4.3 pp`.
+///
+/// # Errors
+/// A MiniJinja `InvalidOperation` error naming the filter when the value
+/// is not of the shape it takes (e.g. text where a number is expected).
 pub fn pp(value: Value) -> Result<String, Error> {
     let t = match number("pp", &value)? {
         Num::Int(i) => i.saturating_mul(10),
@@ -454,6 +466,10 @@ pub fn pp(value: Value) -> Result<String, Error> {
 }
 
 /// `signed`: a count with its sign, `12` → `+12`, `-1234` → `-1,234`.
+///
+/// # Errors
+/// A MiniJinja `InvalidOperation` error naming the filter when the value
+/// is not of the shape it takes (e.g. text where a number is expected).
 pub fn signed(value: Value) -> Result<String, Error> {
     let n = number("signed", &value)?;
     let positive = match n {
@@ -495,6 +511,10 @@ fn bounds(filter: &str, value: &Value) -> Result<(i128, i128), Error> {
 }
 
 /// `years`: `{first, last}` → `1856–1999`, one year when equal.
+///
+/// # Errors
+/// A MiniJinja `InvalidOperation` error naming the filter when the value
+/// is not of the shape it takes (e.g. text where a number is expected).
 pub fn years(value: Value) -> Result<String, Error> {
     let (first, last) = bounds("years", &value)?;
     Ok(if first == last {
@@ -509,6 +529,10 @@ fn decade_of(year: i128) -> String {
 }
 
 /// `decade`: `1950` → `1950s` (any year of the decade names it).
+///
+/// # Errors
+/// A MiniJinja `InvalidOperation` error naming the filter when the value
+/// is not of the shape it takes (e.g. text where a number is expected).
 pub fn decade(value: Value) -> Result<String, Error> {
     match number("decade", &value)? {
         Num::Int(i) => Ok(decade_of(i)),
@@ -518,6 +542,10 @@ pub fn decade(value: Value) -> Result<String, Error> {
 }
 
 /// `decades`: `{first: 1850, last: 1990}` → `1850s–1990s`, one decade when equal.
+///
+/// # Errors
+/// A MiniJinja `InvalidOperation` error naming the filter when the value
+/// is not of the shape it takes (e.g. text where a number is expected).
 pub fn decades(value: Value) -> Result<String, Error> {
     let (first, last) = bounds("decades", &value)?;
     let (first, last) = (decade_of(first), decade_of(last));
@@ -530,6 +558,10 @@ pub fn decades(value: Value) -> Result<String, Error> {
 
 /// `listing`: `[{label, value, share_pct}]` → `label (1,234; 12.3%), …`
 /// (`label (1,234)` when `share_pct` is none or missing).
+///
+/// # Errors
+/// A MiniJinja `InvalidOperation` error naming the filter when the value
+/// is not of the shape it takes (e.g. text where a number is expected).
 pub fn listing(value: Value) -> Result<String, Error> {
     if value.kind() != minijinja::value::ValueKind::Seq {
         return Err(invalid(

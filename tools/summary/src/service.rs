@@ -20,12 +20,13 @@ use quarry_llm::embed::Embedder;
 use tokio_util::sync::CancellationToken;
 use tracing::instrument;
 
-use crate::builder::{BuildOptions, BuildProgressEvent, BuildReport, PreparedKind, prepare_kind};
 use crate::definition::SummaryConfig;
 use crate::error::{Candidate, Result, SummaryError};
 use crate::lookup::{
     ALTERNATIVE_THRESHOLD, MATCH_THRESHOLD, MAX_ALTERNATIVES, NameEntry, Scored, fold, rank,
 };
+use crate::model::{BuildOptions, BuildProgressEvent, BuildReport, Summary};
+use crate::prepare::{PreparedKind, prepare_kind};
 use crate::store::{self, SUMMARY_COLUMNS, summary_from_row};
 
 /// How long a kind's entity names are reused for fuzzy lookups (a build in
@@ -39,40 +40,6 @@ pub const MAX_LIMIT: u32 = 100;
 pub const DEFAULT_K: u32 = 5;
 /// Longest entity text or search query, in characters.
 pub const MAX_QUERY_CHARS: usize = 1000;
-
-/// One stored summary.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
-    /// Kind name.
-    pub kind: String,
-    /// Entity key (text form).
-    pub entity_key: String,
-    /// Entity display name.
-    pub entity_name: String,
-    /// The paragraph.
-    pub text: String,
-    /// The facts, an object keyed by figure name.
-    pub facts: serde_json::Value,
-    /// Hash of the inputs (16 hex digits).
-    pub data_version: String,
-    /// When text and facts were last computed.
-    pub computed_at: DateTime<Utc>,
-    /// When a build last confirmed (or recomputed) them.
-    pub checked_at: DateTime<Utc>,
-    /// Seconds from `checked_at` to the response.
-    pub age_seconds: u64,
-    /// Why the latest build of this entity failed, if it did.
-    pub last_error: Option<String>,
-    /// Search: cosine similarity or `ts_rank_cd`; get: match score; listing: 0.
-    pub score: f64,
-}
-
-impl Summary {
-    /// Citation id, `summary:<kind>:<entity_key>`.
-    pub fn id(&self) -> String {
-        format!("summary:{}:{}", self.kind, self.entity_key)
-    }
-}
 
 /// How a lookup resolved the entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

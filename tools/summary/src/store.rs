@@ -32,9 +32,8 @@
 use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, GenericClient, Row};
 
-use crate::builder::BuildReport;
 use crate::error::Result;
-use crate::service::Summary;
+use crate::model::{BuildReport, Summary};
 
 /// Builds whose reports are kept in `quarry.summary_builds`.
 pub const BUILDS_KEPT: i64 = 1000;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use futures::StreamExt as _;
 use quarry_llm::embed::Embedder;
-use quarry_search::collection::{Collection, ensure_sidecar};
+use quarry_search::collection::Collection;
+use quarry_search::ddl::ensure_sidecar;
 use tokio::sync::Notify;
 use tokio_postgres::types::Kind;
 use tokio_postgres::{AsyncMessage, GenericClient, NoTls};
@@ -120,7 +121,8 @@ pub(crate) struct Inner {
     freshness: Mutex<Window>,
 }
 
-/// Two-key advisory locks (`pg_advisory_lock(int, int)`): the first key
+/// Two-key advisory locks ([`quarry_db::lock::try_lock_pair`],
+/// `pg_advisory_lock(int, int)`): the first key
 /// names the purpose, the second the collection. They live in a different
 /// key space from `ensure_sidecar`'s one-key lock.
 const LEADER_LOCK: &str = "quarry.search.leader";
@@ -420,11 +422,7 @@ impl Syncer {
 
     /// Serialises this collection's document writers until the transaction ends.
     async fn lock_writes(&self, tx: &impl GenericClient) -> Result<()> {
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
-            &[&WRITE_LOCK, &self.name()],
-        )
-        .await?;
+        quarry_db::lock::xact_lock_pair(tx, WRITE_LOCK, self.name()).await?;
         Ok(())
     }
 
@@ -806,14 +804,7 @@ impl Syncer {
         };
         let _driver = AbortOnDrop(driver);
         loop {
-            let leader: bool = client
-                .query_one(
-                    "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))",
-                    &[&LEADER_LOCK, &name],
-                )
-                .await?
-                .get(0);
-            if leader {
+            if quarry_db::lock::try_lock_pair(&client, LEADER_LOCK, &name).await? {
                 break;
             }
             debug!(collection = %name, "another syncer leads; waiting");

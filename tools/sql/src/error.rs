@@ -1,0 +1,109 @@
+//! The SQL tool's one error type, [`SqlError`], and its place in the error
+//! contract of `quarry-proto` ([`ServiceError`]): the kind of each failure
+//! is decided here, the gRPC code in `quarry_proto::error` alone.
+
+use quarry_proto::{FieldViolation, ServiceError, ServiceErrorCode};
+use tonic_types::ErrorDetails;
+
+use crate::catalog::CatalogError;
+use crate::execute::ExecError;
+use crate::schema::SchemaError;
+use crate::validate::Rejection;
+
+/// Everything that can go wrong in the SQL tool (a [`Rejection`] of the SQL
+/// included).
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The SQL was refused.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// Execution failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// The catalog could not be read.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// No connection for a catalog read.
+    #[error("database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A requested schema is not one callers may see.
+    #[error("schema {0:?} is not available; available: {1}")]
+    UnknownSchema(String, String),
+    /// The model failed.
+    #[error("model error: {0}")]
+    Model(#[from] quarry_llm::LlmError),
+    /// The stored catalog or golden pairs could not be read or written.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A golden pair's SQL returned no rows, so it is not stored.
+    #[error("the sql returned no rows; a golden pair must answer its question")]
+    EmptyGolden,
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = SqlError> = std::result::Result<T, E>;
+
+impl SqlError {
+    /// The request field at fault, for the errors that are the caller's:
+    /// refused SQL and a golden pair without rows (`sql`), an unknown schema
+    /// (`schemas`).
+    fn violation(&self) -> Option<FieldViolation> {
+        match self {
+            Self::Rejected(rejection) => Some(FieldViolation::new(
+                "sql",
+                format!("refused ({}): {}", rejection.kind, rejection.message),
+            )),
+            Self::UnknownSchema(..) => Some(FieldViolation::new("schemas", self.to_string())),
+            Self::EmptyGolden => Some(FieldViolation::new("sql", self.to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// A timeout is [`ServiceErrorCode::Timeout`]; a cap is
+/// `ResourceExhausted` (the byte cap, and the cost ceiling: like a quota,
+/// the query asks for more than this caller may spend, and a cheaper query
+/// can succeed; the message names the estimate and the limit); an error the
+/// database reports for the query is `BadRequest` (the SQL is wrong for this
+/// schema); an unreachable database is `Unavailable`; a value that cannot be
+/// decoded is `Internal`.
+impl ServiceError for ExecError {
+    fn error_code(&self) -> ServiceErrorCode {
+        match self {
+            Self::Timeout { .. } => ServiceErrorCode::Timeout,
+            Self::Pool(_) | Self::Connection(_) => ServiceErrorCode::Unavailable,
+            Self::Database { .. } => ServiceErrorCode::BadRequest,
+            Self::TooLarge { .. } | Self::TooExpensive { .. } => {
+                ServiceErrorCode::ResourceExhausted
+            }
+            Self::Decode { .. } => ServiceErrorCode::Internal,
+        }
+    }
+}
+
+/// Refused SQL, an unknown schema and a golden pair without rows are
+/// `BadRequest` with a BadRequest detail naming the field (`invalid sql: …`,
+/// `invalid schemas: …`); execution errors as [`ExecError`] says; an
+/// unreadable catalog, no connection or a failing model `Unavailable`;
+/// a stored catalog that cannot be used `FailedPrecondition`.
+impl ServiceError for SqlError {
+    fn error_code(&self) -> ServiceErrorCode {
+        match self {
+            Self::Rejected(_) | Self::UnknownSchema(..) | Self::EmptyGolden => {
+                ServiceErrorCode::BadRequest
+            }
+            Self::Exec(exec) => exec.error_code(),
+            Self::Schema(_) | Self::Pool(_) | Self::Model(_) => ServiceErrorCode::Unavailable,
+            Self::Catalog(_) => ServiceErrorCode::FailedPrecondition,
+        }
+    }
+
+    fn error_details(&self) -> Option<ErrorDetails> {
+        self.violation().map(|v| v.details())
+    }
+
+    fn status_message(&self) -> String {
+        self.violation()
+            .map_or_else(|| self.to_string(), |v| v.to_string())
+    }
+}

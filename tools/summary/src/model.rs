@@ -1,0 +1,120 @@
+//! The values the tool's modules share: a stored [`Summary`], and what a
+//! build is asked to do ([`BuildOptions`]), reports as it goes
+//! ([`BuildProgressEvent`]) and reports at the end ([`BuildReport`]). Plain
+//! data, so the service, the builder and the store each import it rather
+//! than one another.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One stored summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Kind name.
+    pub kind: String,
+    /// Entity key (text form).
+    pub entity_key: String,
+    /// Entity display name.
+    pub entity_name: String,
+    /// The paragraph.
+    pub text: String,
+    /// The facts, an object keyed by figure name.
+    pub facts: serde_json::Value,
+    /// Hash of the inputs (16 hex digits).
+    pub data_version: String,
+    /// When text and facts were last computed.
+    pub computed_at: DateTime<Utc>,
+    /// When a build last confirmed (or recomputed) them.
+    pub checked_at: DateTime<Utc>,
+    /// Seconds from `checked_at` to the response.
+    pub age_seconds: u64,
+    /// Why the latest build of this entity failed, if it did.
+    pub last_error: Option<String>,
+    /// Search: cosine similarity or `ts_rank_cd`; get: match score; listing: 0.
+    pub score: f64,
+}
+
+impl Summary {
+    /// Citation id, `summary:<kind>:<entity_key>`.
+    pub fn id(&self) -> String {
+        format!("summary:{}:{}", self.kind, self.entity_key)
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BuildOptions {
+    /// Kinds to build; empty builds every kind.
+    pub kinds: Vec<String>,
+    /// Entity keys to build (requires exactly one kind); empty builds all.
+    pub entity_keys: Vec<String>,
+    /// Recompute even when the data version is unchanged.
+    pub force: bool,
+    /// What started the build: `schedule`, `rpc`, `cli`, `startup`.
+    pub trigger: String,
+}
+
+impl BuildOptions {
+    /// Every entity of every kind, started by `trigger`.
+    pub fn all(trigger: impl Into<String>) -> BuildOptions {
+        BuildOptions {
+            trigger: trigger.into(),
+            ..BuildOptions::default()
+        }
+    }
+}
+
+/// Progress of a running build: entities of `kind` processed so far, of `total`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildProgressEvent {
+    /// Kind being built.
+    pub kind: String,
+    /// Entities of the kind processed so far (built, unchanged or failed).
+    pub done: u64,
+    /// Entities of the kind in this build.
+    pub total: u64,
+}
+
+/// An entity whose build failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildFailure {
+    /// Kind.
+    pub kind: String,
+    /// Entity key; empty when the kind's entities query itself failed.
+    pub entity_key: String,
+    /// Entity name; empty when unknown.
+    pub entity_name: String,
+    /// What went wrong, e.g. `figure acquisitions: division by zero`.
+    pub error: String,
+}
+
+/// What a build did (stored as JSON in `quarry.summary_builds.report`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildReport {
+    /// When the build started (after taking the lock).
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+    /// What started it: `schedule`, `rpc`, `cli`, `startup`.
+    pub trigger: String,
+    /// Entities examined.
+    pub entities: u64,
+    /// Summaries written because the data version changed (or `force`).
+    pub built: u64,
+    /// Entities whose data version was unchanged (only `checked_at` moved).
+    pub unchanged: u64,
+    /// Entities whose build failed (plus kinds whose entities query failed).
+    pub failed: u64,
+    /// Summaries deleted because their entity no longer exists.
+    pub removed: u64,
+    /// Summaries embedded (new or changed texts, and any left unembedded by
+    /// an earlier build).
+    #[serde(default)]
+    pub embedded: u64,
+    /// The failures, in kind then key order.
+    pub failures: Vec<BuildFailure>,
+    /// Problems that lost nothing (an embedder failure: texts stored without
+    /// embeddings; entities-query rows without a key, or with a duplicate key).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
