@@ -431,9 +431,10 @@ impl ModelsConfig {
 /// `error` with `prefix` before its message when it is a config error
 /// (whose messages start with the key at fault).
 fn prefix_config_error(error: LlmError, prefix: &str) -> LlmError {
-    match error {
-        LlmError::Config(message) => LlmError::Config(format!("{prefix}{message}")),
-        other => other,
+    if let LlmError::Config(message) = error {
+        LlmError::Config(format!("{prefix}{message}"))
+    } else {
+        error
     }
 }
 

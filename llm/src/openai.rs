@@ -657,7 +657,9 @@ fn map_error(error: OpenAIError) -> LlmError {
             }
         },
         OpenAIError::InvalidArgument(text) => LlmError::Config(text),
-        other => LlmError::Transport(other.to_string()),
+        other @ (OpenAIError::FileSaveError(_) | OpenAIError::FileReadError(_)) => {
+            LlmError::Transport(other.to_string())
+        }
     }
 }
 

@@ -141,12 +141,14 @@ impl OpenAiEmbedder {
             if attempt >= self.config.max_retries || !retryable(&error) {
                 return Err(error);
             }
-            let delay = match &error {
-                LlmError::Http {
-                    retry_after: Some(after),
-                    ..
-                } => *after,
-                _ => (FIRST_BACKOFF * 2_u32.saturating_pow(attempt)).min(MAX_BACKOFF),
+            let delay = if let LlmError::Http {
+                retry_after: Some(after),
+                ..
+            } = &error
+            {
+                *after
+            } else {
+                (FIRST_BACKOFF * 2_u32.saturating_pow(attempt)).min(MAX_BACKOFF)
             };
             tracing::debug!(%error, attempt, ?delay, "retrying embeddings request");
             tokio::time::sleep(delay).await;
@@ -220,7 +222,10 @@ fn retryable(error: &LlmError) -> bool {
     match error {
         LlmError::Http { status, .. } => *status == 429 || *status >= 500,
         LlmError::Transport(_) => true,
-        _ => false,
+        LlmError::Timeout { .. }
+        | LlmError::Protocol(_)
+        | LlmError::Config(_)
+        | LlmError::LocalModel(_) => false,
     }
 }
 

@@ -97,7 +97,12 @@ impl ServiceError for SearchError {
             Self::InvalidArgument { field, message } => {
                 Some(FieldViolation::new(field.clone(), message.clone()).details())
             }
-            _ => None,
+            Self::FailedPrecondition(_)
+            | Self::Unavailable(_)
+            | Self::Collection(_)
+            | Self::Database(_)
+            | Self::Index(_)
+            | Self::Internal(_) => None,
         }
     }
 }

@@ -494,9 +494,12 @@ fn array_param(values: &[Scalar]) -> (Box<dyn ToSql + Sync + Send>, &'static str
             Box::new(
                 values
                     .iter()
-                    .filter_map(|v| match v {
-                        Scalar::Int(i) => Some(*i),
-                        _ => None,
+                    .filter_map(|v| {
+                        if let Scalar::Int(i) = v {
+                            Some(*i)
+                        } else {
+                            None
+                        }
                     })
                     .collect::<Vec<i64>>(),
             ),
@@ -506,9 +509,12 @@ fn array_param(values: &[Scalar]) -> (Box<dyn ToSql + Sync + Send>, &'static str
             Box::new(
                 values
                     .iter()
-                    .filter_map(|v| match v {
-                        Scalar::Float(f) => Some(*f),
-                        _ => None,
+                    .filter_map(|v| {
+                        if let Scalar::Float(f) = v {
+                            Some(*f)
+                        } else {
+                            None
+                        }
                     })
                     .collect::<Vec<f64>>(),
             ),
@@ -518,9 +524,12 @@ fn array_param(values: &[Scalar]) -> (Box<dyn ToSql + Sync + Send>, &'static str
             Box::new(
                 values
                     .iter()
-                    .filter_map(|v| match v {
-                        Scalar::Text(s) => Some(s.clone()),
-                        _ => None,
+                    .filter_map(|v| {
+                        if let Scalar::Text(s) = v {
+                            Some(s.clone())
+                        } else {
+                            None
+                        }
                     })
                     .collect::<Vec<String>>(),
             ),

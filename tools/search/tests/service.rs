@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::wildcard_enum_match_arm
+)]
 //! The search tool end to end over a real PostgreSQL: modes, fusion, fields,
 //! the rerank hook, the follower, and bad input.
 

@@ -55,7 +55,18 @@ fn is_year_like(column: &Column, values: &[&Cell]) -> bool {
         && values.iter().all(|c| match c {
             Cell::Int(y) => (1000..=9999).contains(y),
             Cell::Null => true,
-            _ => false,
+            Cell::Bool(_)
+            | Cell::Float(_)
+            | Cell::Decimal(_)
+            | Cell::Text(_)
+            | Cell::Bytes(_)
+            | Cell::Date(_)
+            | Cell::Timestamp(_)
+            | Cell::TimestampTz(_)
+            | Cell::Time(_)
+            | Cell::Interval { .. }
+            | Cell::Array(_)
+            | Cell::Json(_) => false,
         })
 }
 
@@ -74,7 +85,17 @@ fn number(cell: &Cell) -> Option<f64> {
         Cell::Int(i) => Some(*i as f64),
         Cell::Float(f) => Some(*f),
         Cell::Decimal(d) => d.parse().ok(),
-        _ => None,
+        Cell::Null
+        | Cell::Bool(_)
+        | Cell::Text(_)
+        | Cell::Bytes(_)
+        | Cell::Date(_)
+        | Cell::Timestamp(_)
+        | Cell::TimestampTz(_)
+        | Cell::Time(_)
+        | Cell::Interval { .. }
+        | Cell::Array(_)
+        | Cell::Json(_) => None,
     }
 }
 

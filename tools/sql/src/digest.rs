@@ -122,7 +122,15 @@ fn key(cell: &Cell, text: &str) -> Option<Key> {
             (f64::from(*months) * 30.0 + f64::from(*days)) * 86_400e6 + *microseconds as f64,
         )),
         // ISO dates and times order correctly as text
-        _ => Some(Key::Text(text.to_owned())),
+        Cell::Bool(_)
+        | Cell::Text(_)
+        | Cell::Bytes(_)
+        | Cell::Date(_)
+        | Cell::Timestamp(_)
+        | Cell::TimestampTz(_)
+        | Cell::Time(_)
+        | Cell::Array(_)
+        | Cell::Json(_) => Some(Key::Text(text.to_owned())),
     }
 }
 
@@ -130,7 +138,11 @@ fn key(cell: &Cell, text: &str) -> Option<Key> {
 pub fn cell_text(cell: &Cell) -> String {
     let text = match cell.to_json() {
         serde_json::Value::String(s) => s,
-        other => other.to_string(),
+        other @ serde_json::Value::Null
+        | other @ serde_json::Value::Bool(_)
+        | other @ serde_json::Value::Number(_)
+        | other @ serde_json::Value::Array(_)
+        | other @ serde_json::Value::Object(_) => other.to_string(),
     };
     if text.chars().count() > MAX_VALUE_CHARS {
         let mut cut: String = text.chars().take(MAX_VALUE_CHARS - 1).collect();

@@ -55,7 +55,9 @@ impl SqlError {
             )),
             Self::UnknownSchema(..) => Some(FieldViolation::new("schemas", self.to_string())),
             Self::EmptyGolden => Some(FieldViolation::new("sql", self.to_string())),
-            _ => None,
+            Self::Exec(_) | Self::Schema(_) | Self::Pool(_) | Self::Model(_) | Self::Catalog(_) => {
+                None
+            }
         }
     }
 }

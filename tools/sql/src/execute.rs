@@ -393,7 +393,11 @@ impl ExecError {
         match self {
             Self::Database { code, .. } => Some(code),
             Self::Timeout { .. } => Some(SqlState::QUERY_CANCELED.code()),
-            _ => None,
+            Self::Pool(_)
+            | Self::TooExpensive { .. }
+            | Self::TooLarge { .. }
+            | Self::Decode { .. }
+            | Self::Connection(_) => None,
         }
     }
 }
@@ -577,7 +581,14 @@ struct Plan<'a> {
 fn decodes_natively(ty: &Type) -> bool {
     match ty.kind() {
         Kind::Array(element) => decodes_as_element(element),
-        _ => decodes_as_element(ty),
+        Kind::Simple
+        | Kind::Enum(_)
+        | Kind::Pseudo
+        | Kind::Range(_)
+        | Kind::Multirange(_)
+        | Kind::Domain(_)
+        | Kind::Composite(_)
+        | _ => decodes_as_element(ty),
     }
 }
 

@@ -96,9 +96,9 @@ pub fn describe_query(q: &ValidatedQuery) -> QueryDescription {
             d.grouping = exprs.iter().map(ToString::to_string).collect();
         }
         for item in &select.projection {
-            let expr = match item {
-                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
-                _ => continue,
+            let (SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. }) = item
+            else {
+                continue;
             };
             let _ = sqlparser::ast::visit_expressions(expr, |e| {
                 if let Expr::Function(f) = e {
@@ -127,13 +127,19 @@ pub fn describe_query(q: &ValidatedQuery) -> QueryDescription {
 }
 
 fn outer_select(query: &Query) -> Option<&Select> {
-    match query.body.as_ref() {
-        SetExpr::Select(select) => Some(select),
-        SetExpr::Query(inner) => outer_select(inner),
-        _ => None,
+    if let SetExpr::Select(select) = query.body.as_ref() {
+        Some(select)
+    } else if let SetExpr::Query(inner) = query.body.as_ref() {
+        outer_select(inner)
+    } else {
+        None
     }
 }
 
+#[allow(
+    clippy::wildcard_enum_match_arm,
+    reason = "a description: sqlparser's dialect-specific join kinds (semi, anti, apply, as-of, array) read as a plain join"
+)]
 fn describe_join(join: &sqlparser::ast::Join) -> String {
     let (kind, constraint) = match &join.join_operator {
         JoinOperator::Join(c) | JoinOperator::Inner(c) => ("inner join", Some(c)),

@@ -179,7 +179,10 @@ where
             TableKind::View => None,
             // -1 means "never vacuumed or analysed" (PostgreSQL 14+)
             _ if reltuples < 0.0 => None,
-            _ => Some(reltuples.round() as u64),
+            TableKind::Table
+            | TableKind::PartitionedTable
+            | TableKind::MaterializedView
+            | TableKind::ForeignTable => Some(reltuples.round() as u64),
         };
         by_oid.insert(oid, infos.len());
         infos.push(TableInfo {
@@ -251,7 +254,7 @@ fn describe_table(out: &mut String, table: &TableInfo) {
     match table.kind {
         TableKind::View => out.push_str("view "),
         TableKind::MaterializedView => out.push_str("materialized view "),
-        _ => {}
+        TableKind::Table | TableKind::PartitionedTable | TableKind::ForeignTable => {}
     }
     let _ = write!(out, "{}(", table.qualified_name());
     let single_pk = table.primary_key.len() == 1;

@@ -560,9 +560,12 @@ fn significant_tokens(sql: &str) -> Vec<TokenWithSpan> {
 }
 
 fn keyword(token: &TokenWithSpan) -> Option<Keyword> {
-    match &token.token {
-        Token::Word(word) if word.quote_style.is_none() => Some(word.keyword),
-        _ => None,
+    if let Token::Word(word) = &token.token
+        && word.quote_style.is_none()
+    {
+        Some(word.keyword)
+    } else {
+        None
     }
 }
 
@@ -603,9 +606,12 @@ fn second_statement_start(sql: &str) -> Option<Location> {
 fn first_keyword(sql: &str) -> String {
     significant_tokens(sql)
         .first()
-        .and_then(|t| match &t.token {
-            Token::Word(word) => Some(word.value.to_lowercase()),
-            _ => None,
+        .and_then(|t| {
+            if let Token::Word(word) = &t.token {
+                Some(word.value.to_lowercase())
+            } else {
+                None
+            }
         })
         .unwrap_or_else(|| "another statement".into())
 }
@@ -1128,7 +1134,21 @@ impl Visitor for Checker<'_> {
                 ..
             }
             | TableFactor::Function { name, .. } => self.check_function(name),
-            _ => ControlFlow::Continue(()),
+            // Every other kind is named, so that a kind a later sqlparser
+            // adds must be looked at here; their parts are walked by the
+            // visitor (derived tables, joins, expressions).
+            TableFactor::Derived { .. }
+            | TableFactor::TableFunction { .. }
+            | TableFactor::UNNEST { .. }
+            | TableFactor::JsonTable { .. }
+            | TableFactor::OpenJsonTable { .. }
+            | TableFactor::NestedJoin { .. }
+            | TableFactor::Pivot { .. }
+            | TableFactor::Unpivot { .. }
+            | TableFactor::UnpivotExpr { .. }
+            | TableFactor::MatchRecognize { .. }
+            | TableFactor::XmlTable { .. }
+            | TableFactor::SemanticView { .. } => ControlFlow::Continue(()),
         }
     }
 

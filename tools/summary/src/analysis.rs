@@ -144,7 +144,7 @@ fn normalise(value: &Value) -> Value {
         Value::Object(map) => {
             Value::Object(map.iter().map(|(k, v)| (k.clone(), normalise(v))).collect())
         }
-        _ => value.clone(),
+        Value::Null | Value::Bool(_) | Value::String(_) => value.clone(),
     }
 }
 
@@ -570,7 +570,10 @@ pub fn canonical_json(value: &Value) -> String {
                 Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
             }
             Value::Array(items) => Value::Array(items.iter().map(sort).collect()),
-            other => other.clone(),
+            other @ Value::Null
+            | other @ Value::Bool(_)
+            | other @ Value::Number(_)
+            | other @ Value::String(_) => other.clone(),
         }
     }
     sort(value).to_string()

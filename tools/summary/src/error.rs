@@ -102,7 +102,9 @@ impl From<quarry_db::DbError> for SummaryError {
         match e {
             quarry_db::DbError::Database(e) => SummaryError::Database(e),
             quarry_db::DbError::Pool(e) => SummaryError::from(e),
-            other => SummaryError::Internal(other.to_string()),
+            other @ quarry_db::DbError::Url(_)
+            | other @ quarry_db::DbError::Build(_)
+            | other @ quarry_db::DbError::Migrate(_) => SummaryError::Internal(other.to_string()),
         }
     }
 }
@@ -170,7 +172,11 @@ impl ServiceError for SummaryError {
                 ))
             }
             Self::BuildRunning => Some(ErrorDetails::with_retry_info(Some(BUILD_RUNNING_RETRY))),
-            _ => None,
+            Self::Definition(_)
+            | Self::Config(_)
+            | Self::Unavailable(_)
+            | Self::Database(_)
+            | Self::Internal(_) => None,
         }
     }
 }

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::wildcard_enum_match_arm
+)]
 //! The builder over a real PostgreSQL: skipping unchanged entities,
 //! rebuilding changed ones, failures per entity, removal, the build lock,
 //! determinism across databases, facts checked against independent SQL, and

@@ -1,3 +1,6 @@
+// an unexpected variant fails the test with its value
+#![allow(clippy::wildcard_enum_match_arm)]
+
 use chrono::{NaiveDate, NaiveTime, TimeZone};
 
 use super::*;

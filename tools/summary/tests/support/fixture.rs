@@ -13,11 +13,11 @@ use quarry_llm::embed::Embedder;
 use quarry_summary::{SummaryConfig, SummaryTool};
 
 /// Vector length of [`Scripted`].
-pub const DIM: usize = 8;
+pub(crate) const DIM: usize = 8;
 
 /// Unit vectors derived from the text's bytes
 /// ([`quarry_llm::testing::scripted_embedding`]): equal texts, equal vectors.
-pub struct Scripted;
+pub(crate) struct Scripted;
 
 impl Embedder for Scripted {
     fn model_id(&self) -> &str {
@@ -32,14 +32,14 @@ impl Embedder for Scripted {
 }
 
 /// The scripted embedding of `text`, normalised.
-pub fn unit(text: &str) -> Vec<f32> {
+pub(crate) fn unit(text: &str) -> Vec<f32> {
     let v = quarry_llm::testing::scripted_embedding(text, DIM);
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.iter().map(|x| x / n).collect()
 }
 
 /// An embedder that always fails.
-pub struct Broken;
+pub(crate) struct Broken;
 
 impl Embedder for Broken {
     fn model_id(&self) -> &str {
@@ -54,7 +54,7 @@ impl Embedder for Broken {
 }
 
 /// Embeds nothing, ever: tells the test it was called, then hangs.
-pub struct Hanging(pub tokio::sync::mpsc::Sender<()>);
+pub(crate) struct Hanging(pub tokio::sync::mpsc::Sender<()>);
 
 impl Embedder for Hanging {
     fn model_id(&self) -> &str {
@@ -76,7 +76,7 @@ impl Embedder for Hanging {
 /// connection of its own (the server releases a closed session's locks
 /// when its backend exits, shortly after the close), giving up after 400
 /// tries 25 ms apart.
-pub async fn lock_released(db: &TestDb) -> bool {
+pub(crate) async fn lock_released(db: &TestDb) -> bool {
     let pool = quarry_db::testing::pool_for(db.url(), 1);
     let client = pool.get().await.unwrap();
     for _ in 0..400 {
@@ -103,7 +103,7 @@ pub async fn lock_released(db: &TestDb) -> bool {
     false
 }
 
-pub const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
     CREATE SCHEMA tate;
     CREATE TABLE tate.artists (
         id int PRIMARY KEY, name text NOT NULL, gender text, total_works int
@@ -115,7 +115,7 @@ pub const SCHEMA: &str = "
 ";
 
 /// (id, name, gender, total works at Tate).
-pub const ARTISTS: &[(i32, &str, Option<&str>, i32)] = &[
+pub(crate) const ARTISTS: &[(i32, &str, Option<&str>, i32)] = &[
     (558, "Joseph Mallord William Turner", Some("Male"), 41_861),
     (2076, "Alfred Turner", Some("Male"), 2),
     (559, "William Turner of Oxford", Some("Male"), 4),
@@ -127,7 +127,7 @@ pub const ARTISTS: &[(i32, &str, Option<&str>, i32)] = &[
 ];
 
 /// (id, artist, acquisition year, medium).
-pub const ARTWORKS: &[(i32, i32, Option<i32>, Option<&str>)] = &[
+pub(crate) const ARTWORKS: &[(i32, i32, Option<i32>, Option<&str>)] = &[
     (1, 558, Some(1856), Some("Oil paint on canvas")),
     (2, 558, Some(1856), Some("Graphite on paper")),
     (3, 558, Some(1856), Some("Graphite on paper")),
@@ -157,7 +157,7 @@ pub const ARTWORKS: &[(i32, i32, Option<i32>, Option<&str>)] = &[
 
 /// The summary kinds under test: `artist` (acquisitions by decade, media)
 /// and `collection` (one entity: works by gender since 1950, size).
-pub const KINDS: &str = r#"
+pub(crate) const KINDS: &str = r#"
 batch_size = 3
 concurrency = 2
 statement_timeout_ms = 10000
@@ -228,16 +228,16 @@ sql = "SELECT count(*) AS works, count(DISTINCT artist_id) AS artists FROM tate.
 "#;
 
 /// Entities in the fixture: every artist plus the collection.
-pub const ENTITIES: u64 = ARTISTS.len() as u64 + 1;
+pub(crate) const ENTITIES: u64 = ARTISTS.len() as u64 + 1;
 
 /// The fixture's kinds.
-pub fn config() -> SummaryConfig {
+pub(crate) fn config() -> SummaryConfig {
     toml::from_str(KINDS).unwrap()
 }
 
 /// Creates the fixture's tables and rows; `reversed` inserts them in the
 /// opposite order (so the database returns rows in another order).
-pub async fn load(db: &TestDb, reversed: bool) {
+pub(crate) async fn load(db: &TestDb, reversed: bool) {
     let client = db.pool().get().await.unwrap();
     client.batch_execute(SCHEMA).await.unwrap();
     let mut artists: Vec<_> = ARTISTS.to_vec();
@@ -267,26 +267,26 @@ pub async fn load(db: &TestDb, reversed: bool) {
 }
 
 /// A fresh database with the fixture.
-pub async fn database() -> TestDb {
+pub(crate) async fn database() -> TestDb {
     let db = TestDb::create().await;
     load(&db, false).await;
     db
 }
 
 /// Opens the tool over `db` with the fixture's kinds.
-pub async fn open(db: &TestDb, embedder: Option<Arc<dyn Embedder>>) -> SummaryTool {
+pub(crate) async fn open(db: &TestDb, embedder: Option<Arc<dyn Embedder>>) -> SummaryTool {
     SummaryTool::open(db.pool().clone(), config(), embedder)
         .await
         .unwrap()
 }
 
 /// Opens the tool with the scripted embedder.
-pub async fn open_embedded(db: &TestDb) -> SummaryTool {
+pub(crate) async fn open_embedded(db: &TestDb) -> SummaryTool {
     open(db, Some(Arc::new(Scripted))).await
 }
 
 /// Every stored summary as `(kind, key, text, facts::text, data_version)`.
-pub async fn stored(db: &TestDb) -> Vec<(String, String, String, String, String)> {
+pub(crate) async fn stored(db: &TestDb) -> Vec<(String, String, String, String, String)> {
     let client = db.pool().get().await.unwrap();
     client
         .query(
@@ -301,7 +301,7 @@ pub async fn stored(db: &TestDb) -> Vec<(String, String, String, String, String)
 }
 
 /// A caller for domain calls in tests.
-pub fn caller() -> quarry_auth::Caller {
+pub(crate) fn caller() -> quarry_auth::Caller {
     quarry_auth::Caller::new(quarry_auth::Principal {
         tenant: "t1".into(),
         subject: "tester".into(),
