@@ -29,6 +29,7 @@
 //! does not undo the load. Spider's natural-language names become table and
 //! column comments, so schema linking has descriptions to match.
 
+use quarry_db::{quote_ident, quote_literal};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
@@ -43,16 +44,6 @@ use super::{EvalError, Result};
 /// lower-cased.
 pub fn schema_name(db_id: &str) -> String {
     format!("spider_{}", db_id.to_lowercase())
-}
-
-/// `name` quoted as a PostgreSQL identifier.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `text` as a PostgreSQL string literal.
-pub(crate) fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// One entry of `primary_keys`: a column index, or a list of them (composite

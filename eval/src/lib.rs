@@ -96,7 +96,7 @@ pub enum EvalError {
     #[error("{0}")]
     Dataset(String),
     /// PostgreSQL refused a load or catalog step.
-    #[error("{context}: {}", db_message(source))]
+    #[error("{context}: {}", quarry_db::error_text(source))]
     Database {
         /// What was being done, naming the database.
         context: String,
@@ -120,13 +120,6 @@ pub enum EvalError {
     /// A blocking task panicked or was cancelled.
     #[error("eval worker failed: {0}")]
     Worker(String),
-}
-
-fn db_message(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => db.message().to_owned(),
-        None => error.to_string(),
-    }
 }
 
 /// Result with [`EvalError`].
@@ -861,6 +854,8 @@ struct DirectResult {
 /// Runs `sql` as given, read-only, with `search_path` set to `schema` (then
 /// `pg_catalog`, `pg_temp`, as the executor sets it) and the oracle's
 /// timeout; values are PostgreSQL's text output parsed by column type.
+/// Written out here rather than through `quarry_db::ReadOnly`, so the
+/// oracle does not share the code path of the pipeline it checks.
 async fn run_direct(
     pool: &deadpool_postgres::Pool,
     schema: &str,
@@ -872,21 +867,27 @@ async fn run_direct(
         .read_only(true)
         .start()
         .await
-        .map_err(|e| db_message(&e))?;
+        .map_err(|e| quarry_db::error_text(&e))?;
     tx.batch_execute(&format!(
         "SET LOCAL statement_timeout = {ORACLE_TIMEOUT_MS}; \
          SET LOCAL search_path = {}, pg_catalog, pg_temp",
-        dataset::quote_ident(schema)
+        quarry_db::quote_ident(schema)
     ))
     .await
-    .map_err(|e| db_message(&e))?;
-    let statement = tx.prepare(sql).await.map_err(|e| db_message(&e))?;
+    .map_err(|e| quarry_db::error_text(&e))?;
+    let statement = tx
+        .prepare(sql)
+        .await
+        .map_err(|e| quarry_db::error_text(&e))?;
     let types: Vec<_> = statement
         .columns()
         .iter()
         .map(|c| c.type_().clone())
         .collect();
-    let messages = tx.simple_query(sql).await.map_err(|e| db_message(&e))?;
+    let messages = tx
+        .simple_query(sql)
+        .await
+        .map_err(|e| quarry_db::error_text(&e))?;
     let mut rows = Vec::new();
     for message in messages {
         if let SimpleQueryMessage::Row(row) = message {
