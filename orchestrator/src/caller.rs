@@ -39,9 +39,14 @@ impl AskCaller {
     }
 
     /// `message` as a request to a tool service on the caller's behalf: with
-    /// the caller's `authorization` and `x-request-id`.
+    /// the caller's `authorization` and `x-request-id`, and the time left
+    /// before the caller's deadline as `grpc-timeout`, so the tool's own
+    /// [`Caller`] has the same deadline.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
+        if let Some(left) = self.caller.remaining() {
+            request.set_timeout(left);
+        }
         let metadata = request.metadata_mut();
         if let Some(auth) = &self.authorization {
             metadata.insert("authorization", auth.clone());
@@ -79,5 +84,28 @@ mod tests {
             "Bearer t0ken"
         );
         assert_eq!(outgoing.metadata().get(REQUEST_ID_HEADER).unwrap(), "req-7");
+        assert!(outgoing.metadata().get("grpc-timeout").is_none());
+    }
+
+    #[test]
+    fn tool_requests_carry_the_time_left_before_the_deadline() {
+        let mut incoming = tonic::Request::new(());
+        incoming.extensions_mut().insert(Principal {
+            tenant: "acme".to_owned(),
+            subject: "alice".to_owned(),
+            roles: vec![],
+            scopes: vec![],
+        });
+        incoming
+            .metadata_mut()
+            .insert("grpc-timeout", "5S".parse().unwrap());
+        let caller = AskCaller::of(&incoming).unwrap();
+        let outgoing = caller.request(());
+        let header = outgoing.metadata().get("grpc-timeout").unwrap();
+        let left = quarry_auth::grpc_timeout(header.to_str().unwrap()).unwrap();
+        assert!(
+            left > std::time::Duration::from_secs(4) && left <= std::time::Duration::from_secs(5),
+            "{left:?}"
+        );
     }
 }
