@@ -90,6 +90,21 @@ impl Caller {
         })
     }
 
+    /// [`Caller::of`], recorded on the current span as `tenant`, `subject`
+    /// and `request_id` (declare them on the handler's `#[instrument]` with
+    /// `fields(tenant, subject, request_id)`).
+    ///
+    /// # Errors
+    /// As [`Caller::of`].
+    pub fn of_traced<T>(request: &tonic::Request<T>) -> Result<Self, Status> {
+        let caller = Self::of(request)?;
+        let span = tracing::Span::current();
+        span.record("tenant", caller.principal.tenant.as_str());
+        span.record("subject", caller.principal.subject.as_str());
+        span.record("request_id", caller.request_id.as_str());
+        Ok(caller)
+    }
+
     /// Time left before the deadline (zero once passed); `None` without one.
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline

@@ -23,18 +23,6 @@ use crate::service::{FieldData, Mode, SearchRequest, SearchTool};
 /// recursion; validation applies the tighter [`crate::filter::MAX_DEPTH`]).
 const MAX_PROTO_DEPTH: usize = 64;
 
-/// The caller of `request` ([`Caller::of`]: the principal the auth layer
-/// put into the extensions, the request id, the deadline), recorded on the
-/// handler's span (`tenant`, `subject`, `request_id`).
-fn caller_of<T>(request: &Request<T>) -> Result<Caller, Status> {
-    let caller = Caller::of(request)?;
-    let span = tracing::Span::current();
-    span.record("tenant", caller.principal.tenant.as_str());
-    span.record("subject", caller.principal.subject.as_str());
-    span.record("request_id", caller.request_id.as_str());
-    Ok(caller)
-}
-
 /// The tonic service implementation.
 #[derive(Debug, Clone)]
 pub struct SearchGrpc {
@@ -212,7 +200,7 @@ impl SearchService for SearchGrpc {
         &self,
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let caller = Caller::of_traced(&request)?;
         let domain = request_from_proto(request.get_ref()).map_err(|e| status_of(&e))?;
         let response = self
             .tool
@@ -255,7 +243,7 @@ impl SearchService for SearchGrpc {
         &self,
         request: Request<pb::ListCollectionsRequest>,
     ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let caller = Caller::of_traced(&request)?;
         let collections = self
             .tool
             .collections(&caller)

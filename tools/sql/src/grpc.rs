@@ -45,17 +45,6 @@ impl SqlGrpc {
     }
 }
 
-/// The caller of `request` ([`Caller::of`]), recorded on the handler's span
-/// (`tenant`, `subject`, `request_id`).
-fn caller_of<T>(request: &Request<T>) -> Result<Caller, Status> {
-    let caller = Caller::of(request)?;
-    let span = tracing::Span::current();
-    span.record("tenant", caller.principal.tenant.as_str());
-    span.record("subject", caller.principal.subject.as_str());
-    span.record("request_id", caller.request_id.as_str());
-    Ok(caller)
-}
-
 fn check_sql(sql: &str) -> Result<(), Status> {
     if sql.trim().is_empty() {
         return Err(bad_request("sql", "must not be empty"));
@@ -283,7 +272,7 @@ impl SqlService for SqlGrpc {
         &self,
         request: Request<pb::ValidateSqlRequest>,
     ) -> Result<Response<pb::ValidateSqlResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let caller = Caller::of_traced(&request)?;
         let sql = request.into_inner().sql;
         check_sql(&sql)?;
         let response = match self.tool.validate_async(&caller, &sql).await {
@@ -306,7 +295,7 @@ impl SqlService for SqlGrpc {
         &self,
         request: Request<pb::ExecuteSqlRequest>,
     ) -> Result<Response<pb::ExecuteSqlResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let caller = Caller::of_traced(&request)?;
         let request = request.into_inner();
         check_sql(&request.sql)?;
         let result = self
@@ -330,7 +319,7 @@ impl SqlService for SqlGrpc {
         &self,
         request: Request<pb::DescribeSchemaRequest>,
     ) -> Result<Response<pb::DescribeSchemaResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let caller = Caller::of_traced(&request)?;
         let request = request.into_inner();
         let description = self
             .tool
@@ -349,7 +338,7 @@ impl SqlService for SqlGrpc {
         &self,
         request: Request<pb::GenerateSqlRequest>,
     ) -> Result<Response<pb::GenerateSqlResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let caller = Caller::of_traced(&request)?;
         let request = request.into_inner();
         if request.question.trim().is_empty() {
             return Err(bad_request("question", "must not be empty"));
@@ -429,7 +418,7 @@ impl SqlService for SqlGrpc {
         &self,
         request: Request<pb::ExplainSqlRequest>,
     ) -> Result<Response<pb::ExplainSqlResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let caller = Caller::of_traced(&request)?;
         let sql = request.into_inner().sql;
         check_sql(&sql)?;
         let explained = self
@@ -467,7 +456,7 @@ impl SqlService for SqlGrpc {
         &self,
         request: Request<pb::AddGoldenPairRequest>,
     ) -> Result<Response<pb::AddGoldenPairResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let caller = Caller::of_traced(&request)?;
         caller
             .principal
             .require_scope(GOLDEN_WRITE_SCOPE)

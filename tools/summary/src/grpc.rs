@@ -26,18 +26,6 @@ pub const BUILD_SCOPE: &str = "summaries:build";
 /// fit (a slow reader) are dropped, the report never is.
 const BUILD_EVENTS: usize = 64;
 
-/// The caller of `request` ([`Caller::of`]: the principal the auth layer
-/// put into the extensions, the request id, the deadline), recorded on the
-/// handler's span (`tenant`, `subject`, `request_id`).
-fn caller_of<T>(request: &Request<T>) -> Result<Caller, Status> {
-    let caller = Caller::of(request)?;
-    let span = tracing::Span::current();
-    span.record("tenant", caller.principal.tenant.as_str());
-    span.record("subject", caller.principal.subject.as_str());
-    span.record("request_id", caller.request_id.as_str());
-    Ok(caller)
-}
-
 /// The tonic service implementation.
 #[derive(Debug, Clone)]
 pub struct SummaryGrpc {
@@ -211,7 +199,7 @@ impl SummaryService for SummaryGrpc {
         &self,
         request: Request<pb::GetSummariesRequest>,
     ) -> Result<Response<pb::GetSummariesResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let caller = Caller::of_traced(&request)?;
         let domain = get_request_from_proto(request.get_ref());
         let response = self
             .tool
@@ -231,7 +219,7 @@ impl SummaryService for SummaryGrpc {
         &self,
         request: Request<pb::SearchSummariesRequest>,
     ) -> Result<Response<pb::SearchSummariesResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let caller = Caller::of_traced(&request)?;
         let request = request.into_inner();
         let response = self
             .tool
@@ -258,7 +246,7 @@ impl SummaryService for SummaryGrpc {
         &self,
         request: Request<pb::ListSummaryKindsRequest>,
     ) -> Result<Response<pb::ListSummaryKindsResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let caller = Caller::of_traced(&request)?;
         let kinds = self.tool.kinds(&caller).await.map_err(|e| status_of(&e))?;
         let last = self
             .tool
@@ -279,7 +267,7 @@ impl SummaryService for SummaryGrpc {
         &self,
         request: Request<pb::BuildSummariesRequest>,
     ) -> Result<Response<Self::BuildSummariesStream>, Status> {
-        let caller = caller_of(&request)?;
+        let caller = Caller::of_traced(&request)?;
         caller
             .principal
             .require_scope(BUILD_SCOPE)
