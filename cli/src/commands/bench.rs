@@ -118,7 +118,7 @@ enum What {
         /// Idle calibration calls of each internal RPC (DescribeSchema, ExecuteSql).
         #[arg(long, default_value_t = 200)]
         probes: usize,
-        /// Overrides `database.pool_size` (connections per tool pool).
+        /// Overrides `database.pool_size` (the server's one shared pool).
         #[arg(long)]
         pool_size: Option<usize>,
         /// Serve `[summary]` too: each Ask then also lists summary kinds.
