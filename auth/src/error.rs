@@ -19,6 +19,9 @@ pub enum AuthError {
     /// No `authorization` header (or metadata) on the request.
     #[error("missing bearer token")]
     MissingToken,
+    /// More than one `authorization` header: exactly one is accepted.
+    #[error("more than one authorization header")]
+    SeveralTokens,
     /// An `authorization` header that is not `Bearer <token>`.
     #[error("authorization header is not a bearer token")]
     NotBearer,
@@ -76,6 +79,7 @@ impl AuthError {
     pub fn code(&self) -> Code {
         match self {
             AuthError::MissingToken
+            | AuthError::SeveralTokens
             | AuthError::NotBearer
             | AuthError::Malformed(_)
             | AuthError::UnsupportedAlgorithm(_)
@@ -106,6 +110,7 @@ impl From<AuthError> for Status {
                 Status::new(code, "authentication is misconfigured")
             }
             other @ (AuthError::MissingToken
+            | AuthError::SeveralTokens
             | AuthError::NotBearer
             | AuthError::Malformed(_)
             | AuthError::UnsupportedAlgorithm(_)

@@ -115,10 +115,16 @@ where
     }
 }
 
-/// The token of an `authorization: Bearer <token>` header. The scheme is
-/// case-insensitive (RFC 7235 §2.1).
+/// The token of the one `authorization: Bearer <token>` header. The scheme
+/// is case-insensitive (RFC 7235 §2.1). A second `authorization` header is
+/// refused rather than ignored: which of two credentials a proxy, the
+/// server and a log each read first is not something to leave to chance.
 fn bearer_token(headers: &http::HeaderMap) -> Result<&str> {
-    let value = headers.get(AUTHORIZATION).ok_or(AuthError::MissingToken)?;
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthError::MissingToken)?;
+    if values.next().is_some() {
+        return Err(AuthError::SeveralTokens);
+    }
     let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
     let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::NotBearer)?;
     if !scheme.eq_ignore_ascii_case("bearer") {

@@ -82,6 +82,27 @@ async fn bad_tokens_are_unauthenticated() {
 }
 
 #[tokio::test]
+async fn a_second_authorization_header_is_refused_not_ignored() {
+    let svc = AuthLayer::new(JwtVerifier::hs256(SECRET)).layer(service_fn(echo));
+    let mut req = request(
+        "/quarry.v1.SqlService/ExecuteSql",
+        Some(&format!("Bearer {}", token("acme"))),
+    );
+    req.headers_mut().append(
+        "authorization",
+        format!("Bearer {}", token("other")).parse().unwrap(),
+    );
+    let response = svc.oneshot(req).await.unwrap();
+    assert_eq!(grpc_status(&response), Some(tonic::Code::Unauthenticated));
+    assert!(
+        response.headers().get("x-tenant").is_none(),
+        "the inner service ran for one of the two tokens"
+    );
+    let status = Status::from_header_map(response.headers()).unwrap();
+    assert_eq!(status.message(), "more than one authorization header");
+}
+
+#[tokio::test]
 async fn health_and_reflection_pass_without_token() {
     let svc = AuthLayer::new(JwtVerifier::hs256(SECRET)).layer(service_fn(echo));
     for path in [

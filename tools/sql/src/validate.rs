@@ -19,6 +19,7 @@
 //! | [`RejectionKind::DeniedFunction`] | `SELECT pg_catalog.pg_sleep(1)`, anywhere in the tree |
 //! | [`RejectionKind::DeniedFunction`] | `SELECT current_setting('x')`: not on the allowlist |
 //! | [`RejectionKind::SchemaNotAllowed`] | `SELECT * FROM pg_catalog.pg_authid` with a schema restriction |
+//! | [`RejectionKind::SchemaNotAllowed`] | `SELECT 'quarry'::regnamespace::oid` (a catalog look-up type) with a schema restriction |
 //! | [`RejectionKind::Unsupported`] | dialect clauses PostgreSQL does not have (`FOR XML`, pipe operators, …) |
 //! | [`RejectionKind::TooComplex`] | `1 + 1 + … + 1` with more than [`MAX_DEPTH`] levels |
 //!
@@ -76,7 +77,7 @@ use std::ops::ControlFlow;
 use serde::{Deserialize, Serialize};
 use sqlparser::ast::{
     ArrayElemTypeDef, DataType, Expr, Ident, LimitClause, ObjectName, ObjectNamePart, Query,
-    Select, SetExpr, Spanned, Statement, TableFactor, Visit, Visitor,
+    Select, SetExpr, Spanned, Statement, TableFactor, TypedString, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
@@ -614,6 +615,50 @@ fn first_keyword(sql: &str) -> String {
             }
         })
         .unwrap_or_else(|| "another statement".into())
+}
+
+/// PostgreSQL's object identifier alias types (PostgreSQL 16 docs §8.19,
+/// "Object Identifier Types"): a cast of text to one of them looks the name
+/// up in a system catalog (`'quarry'::regnamespace::oid` tells whether a
+/// schema exists), so with a schema restriction they are refused like the
+/// catalogs themselves.
+const CATALOG_LOOKUP_TYPES: &[&str] = &[
+    "regclass",
+    "regcollation",
+    "regconfig",
+    "regdictionary",
+    "regnamespace",
+    "regoper",
+    "regoperator",
+    "regproc",
+    "regprocedure",
+    "regrole",
+    "regtype",
+];
+
+/// The object identifier alias type `data_type` is (or is an array of),
+/// lower case; `None` for any other type.
+fn catalog_lookup_type(data_type: &DataType) -> Option<String> {
+    let mut current = data_type;
+    while let DataType::Array(
+        ArrayElemTypeDef::SquareBracket(inner, _)
+        | ArrayElemTypeDef::AngleBracket(inner)
+        | ArrayElemTypeDef::Parenthesis(inner)
+        | ArrayElemTypeDef::Qualified(inner, _),
+    ) = current
+    {
+        current = inner;
+    }
+    if let DataType::Regclass = current {
+        return Some("regclass".to_owned());
+    }
+    let DataType::Custom(name, _) = current else {
+        return None;
+    };
+    let name = name_parts(name)?.last()?.clone();
+    CATALOG_LOOKUP_TYPES
+        .contains(&name.as_str())
+        .then_some(name)
 }
 
 /// Extra nesting of a cast's type: `int[][]` is two `Array` levels deep.
@@ -1159,6 +1204,18 @@ impl Visitor for Checker<'_> {
         }
         if let Expr::Function(function) = expr {
             self.check_function(&function.name)?;
+        }
+        if let Expr::Cast { data_type, .. } | Expr::TypedString(TypedString { data_type, .. }) =
+            expr
+            && !self.schema_allowed("pg_catalog")
+            && let Some(name) = catalog_lookup_type(data_type)
+        {
+            return ControlFlow::Break(Rejection::new(
+                RejectionKind::SchemaNotAllowed,
+                format!(
+                    "a cast to {name} looks names up in the system catalogs, which are not allowed"
+                ),
+            ));
         }
         if let Expr::Identifier(ident) = expr
             && ident.quote_style.is_none()

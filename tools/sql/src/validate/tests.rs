@@ -718,3 +718,40 @@ fn bare_session_functions_are_refused_but_qualified_columns_pass() {
     }
     validate(r#"SELECT t.user, "current_role" FROM t"#, &policy).unwrap();
 }
+
+/// Casts to object identifier alias types look names up in the system
+/// catalogs: with a schema restriction they enumerate schemas, roles and
+/// tables as surely as reading `pg_namespace` would.
+#[test]
+fn catalog_lookup_casts_are_refused_under_a_schema_restriction() {
+    let policy = restricted(&["tate"]);
+    for sql in [
+        "SELECT 'quarry'::regnamespace::oid",
+        "SELECT 'postgres'::regrole::oid",
+        "SELECT CAST('tate.artists' AS regclass)",
+        "SELECT 'tate.artists'::pg_catalog.regclass",
+        "SELECT 'pg_sleep'::REGPROC",
+        "SELECT '+'::regoperator, TRY_CAST('x' AS regtype)",
+        "SELECT ARRAY['a']::regclass[]",
+        "SELECT regclass 'tate.artists'",
+        "SELECT id FROM tate.artists WHERE id = 'tate.artists'::regclass::oid::int",
+    ] {
+        let rejection = refuses(sql, &policy, RejectionKind::SchemaNotAllowed);
+        assert!(
+            rejection.message.contains("system catalogs"),
+            "{sql}: {}",
+            rejection.message
+        );
+    }
+    // ordinary casts and types are untouched
+    accepts(
+        "SELECT '1'::int, CAST('2' AS text), date '2020-01-01'",
+        &policy,
+    );
+    accepts(
+        "SELECT id::regular_type_name_is_not_reg FROM tate.artists",
+        &policy,
+    );
+    // without a schema restriction the catalogs are readable anyway
+    accepts("SELECT 'tate'::regnamespace::oid", &open());
+}
