@@ -8,7 +8,7 @@
 //! 3. freshness: single-row autocommit updates at a steady rate while
 //!    `Syncer::run` follows, reported as commit → sidecar latency.
 //!
-//! `cargo run -p quarry-search-sync --example sync_bench -- [rows] [changes]`
+//! `cargo run -p quarry-bench --example sync_bench -- [rows] [changes]`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
