@@ -98,30 +98,19 @@ impl AuthError {
 
 impl From<AuthError> for Status {
     fn from(err: AuthError) -> Self {
+        // the code of every variant is decided in `AuthError::code`
         let code = err.code();
-        match err {
-            AuthError::RateLimited { retry_after, .. } => Status::with_error_details(
+        if let AuthError::RateLimited { retry_after, .. } = &err {
+            return Status::with_error_details(
                 code,
                 err.to_string(),
-                ErrorDetails::with_retry_info(Some(retry_after)),
-            ),
-            AuthError::Signing(_) | AuthError::Config(_) => {
-                // do not leak server configuration to callers
-                Status::new(code, "authentication is misconfigured")
-            }
-            other @ (AuthError::MissingToken
-            | AuthError::SeveralTokens
-            | AuthError::NotBearer
-            | AuthError::Malformed(_)
-            | AuthError::UnsupportedAlgorithm(_)
-            | AuthError::BadSignature
-            | AuthError::Expired
-            | AuthError::NotYetValid
-            | AuthError::MissingClaim(_)
-            | AuthError::InvalidIssuer
-            | AuthError::InvalidAudience
-            | AuthError::MissingScope(_)
-            | AuthError::MissingRole(_)) => Status::new(code, other.to_string()),
+                ErrorDetails::with_retry_info(Some(*retry_after)),
+            );
         }
+        if matches!(err, AuthError::Signing(_) | AuthError::Config(_)) {
+            // do not leak server configuration to callers
+            return Status::new(code, "authentication is misconfigured");
+        }
+        Status::new(code, err.to_string())
     }
 }

@@ -160,7 +160,7 @@ async fn measure(
     loop {
         let status = syncer.status().await?;
         let documents = tool
-            .collections(&caller())
+            .collections(&crate::local_caller("quarry bench freshness"))
             .await?
             .first()
             .map_or(0, |c| c.documents);
@@ -241,7 +241,7 @@ async fn measure(
         for (word, committed) in pending.drain(..) {
             let response = tool
                 .search(
-                    &caller(),
+                    &crate::local_caller("quarry bench freshness"),
                     SearchRequest {
                         collection: COLLECTION.to_owned(),
                         query: word.clone(),
@@ -316,15 +316,4 @@ impl FreshnessReport {
             },
         })
     }
-}
-
-/// The caller of in-process searches: a local, unscoped principal (the
-/// command is its own operator).
-fn caller() -> quarry_auth::Caller {
-    quarry_auth::Caller::new(quarry_auth::Principal {
-        tenant: "local".to_owned(),
-        subject: "quarry bench freshness".to_owned(),
-        roles: vec![],
-        scopes: vec![],
-    })
 }

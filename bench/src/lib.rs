@@ -58,6 +58,18 @@ impl BenchConfig {
 
 /// The configuration figment: `path` (if any) and `QUARRY__…` variables, as
 /// `quarry serve` reads them.
+/// The caller of a benchmark's or evaluation's own calls into a tool: a
+/// local principal (tenant `local`, no roles or scopes) named `subject`,
+/// with a fresh request id and no deadline.
+pub fn local_caller(subject: &str) -> quarry_auth::Caller {
+    quarry_auth::Caller::new(quarry_auth::Principal {
+        tenant: "local".to_owned(),
+        subject: subject.to_owned(),
+        roles: vec![],
+        scopes: vec![],
+    })
+}
+
 pub(crate) fn figment(path: Option<&Path>) -> Figment {
     quarry_server::Config::figment(
         path,

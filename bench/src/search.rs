@@ -509,7 +509,9 @@ pub async fn run_search_bench(options: &SearchBenchOptions) -> anyhow::Result<Se
 }
 
 async fn collection_counts(tool: &SearchTool) -> anyhow::Result<(u64, u64)> {
-    let info = tool.collections(&caller()).await?;
+    let info = tool
+        .collections(&crate::local_caller("quarry bench search"))
+        .await?;
     Ok(info
         .first()
         .map_or((0, 0), |c| (c.documents, c.embedded_documents)))
@@ -581,10 +583,17 @@ async fn measure(
         let started = Instant::now();
         let result = match (&q.vector, mode) {
             (Some(v), Mode::Vector | Mode::Hybrid) => {
-                tool.search_with_query_vector(&caller(), request, v.clone())
+                tool.search_with_query_vector(
+                    &crate::local_caller("quarry bench search"),
+                    request,
+                    v.clone(),
+                )
+                .await
+            }
+            _ => {
+                tool.search(&crate::local_caller("quarry bench search"), request)
                     .await
             }
-            _ => tool.search(&caller(), request).await,
         };
         let elapsed = started.elapsed();
         match result {
@@ -757,15 +766,4 @@ impl SearchBenchReport {
             })).collect::<Vec<_>>(),
         })
     }
-}
-
-/// The caller of in-process searches: a local, unscoped principal (the
-/// command is its own operator).
-fn caller() -> quarry_auth::Caller {
-    quarry_auth::Caller::new(quarry_auth::Principal {
-        tenant: "local".to_owned(),
-        subject: "quarry bench search".to_owned(),
-        roles: vec![],
-        scopes: vec![],
-    })
 }

@@ -99,6 +99,24 @@ impl From<SearchMode> for quarry_proto::v1::SearchMode {
     }
 }
 
+/// Prints a report: one pretty JSON object with `json`, else its text.
+///
+/// # Errors
+/// The JSON cannot be rendered.
+#[cfg(feature = "dev-tools")]
+pub fn print_report(
+    json: bool,
+    as_json: impl FnOnce() -> serde_json::Value,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&as_json())?);
+    } else {
+        print!("{}", text());
+    }
+    Ok(())
+}
+
 /// One connection to `url` for a command, with its connection task.
 ///
 /// # Errors

@@ -455,7 +455,7 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
             let started = Instant::now();
             let response = tool
                 .search(
-                    &caller(),
+                    &quarry_bench::local_caller("quarry eval search"),
                     SearchRequest {
                         collection: corpus.collection.name.clone(),
                         query: query.text.clone(),
@@ -493,16 +493,5 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
         sync,
         embedded_texts,
         index,
-    })
-}
-
-/// The caller of in-process searches: a local, unscoped principal (the
-/// command is its own operator).
-fn caller() -> quarry_auth::Caller {
-    quarry_auth::Caller::new(quarry_auth::Principal {
-        tenant: "local".to_owned(),
-        subject: "quarry eval search".to_owned(),
-        roles: vec![],
-        scopes: vec![],
     })
 }

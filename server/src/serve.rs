@@ -85,13 +85,11 @@ pub async fn serve(
     // One pool per database URL for everything this process runs.
     let pools = config.database.pools();
 
-    let sql_service = match roles.has(Role::Sql) {
-        true => {
-            let tool =
-                sql_tool_with(&config, &pools, models.sql_models(), embedder.clone()).await?;
-            Some(SqlServiceServer::new(SqlGrpc::new(tool)))
-        }
-        false => None,
+    let sql_service = if roles.has(Role::Sql) {
+        let tool = sql_tool_with(&config, &pools, models.sql_models(), embedder.clone()).await?;
+        Some(SqlServiceServer::new(SqlGrpc::new(tool)))
+    } else {
+        None
     };
     // The sync writes the sidecars the search tool prepares, so it opens
     // the tool too (without serving or following it).
@@ -120,9 +118,10 @@ pub async fn serve(
     let search_service = search
         .filter(|_| roles.has(Role::Search))
         .map(|tool| SearchServiceServer::new(SearchGrpc::new(tool)));
-    let summaries = match roles.has(Role::Summary) {
-        true => summary_tool(&config, &pools, embedder).await?,
-        false => None,
+    let summaries = if roles.has(Role::Summary) {
+        summary_tool(&config, &pools, embedder).await?
+    } else {
+        None
     };
     if let Some(summaries) = &summaries
         && server_config.run_summary_builder
@@ -132,8 +131,8 @@ pub async fn serve(
     let summary_service = summaries.map(|tool| SummaryServiceServer::new(SummaryGrpc::new(tool)));
 
     let auth = AuthLayer::new(verifier);
-    let assistant_service = match roles.has(Role::Assistant) {
-        true => Some(AssistantServiceServer::new(AssistantGrpc::new(
+    let assistant_service = if roles.has(Role::Assistant) {
+        Some(AssistantServiceServer::new(AssistantGrpc::new(
             assistant(
                 &config,
                 &pools,
@@ -145,8 +144,9 @@ pub async fn serve(
                 summary_service.as_ref(),
             )
             .await?,
-        ))),
-        false => None,
+        )))
+    } else {
+        None
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -202,12 +202,7 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
                 progress: true,
             };
             let report = quarry_bench::search::run_search_bench(&options).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
-            } else {
-                print!("{}", report.table());
-            }
-            Ok(())
+            super::print_report(json, || report.to_json(), || report.table())
         }
         What::Freshness {
             changes,
@@ -230,12 +225,7 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
                 progress: true,
             };
             let report = quarry_bench::freshness::run_freshness_bench(&options).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
-            } else {
-                print!("{}", report.table());
-            }
-            Ok(())
+            super::print_report(json, || report.to_json(), || report.table())
         }
         What::Ask {
             streams,
@@ -274,12 +264,7 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
                 progress: true,
             };
             let report = quarry_bench::ask::run_ask_bench(&options).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
-            } else {
-                print!("{}", report.table());
-            }
-            Ok(())
+            super::print_report(json, || report.to_json(), || report.table())
         }
     }
 }

@@ -90,12 +90,7 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
                 embeddings,
             };
             let report = quarry_eval::run_sql_eval(&options).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
-            } else {
-                println!("{report}");
-            }
-            Ok(())
+            super::print_report(json, || report.to_json(), || format!("{report}\n"))
         }
         What::Search {
             dataset,
@@ -134,12 +129,7 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
                 progress: !json,
             };
             let report = quarry_eval::search::run_search_eval(&options).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
-            } else {
-                print!("{}", report.table());
-            }
-            Ok(())
+            super::print_report(json, || report.to_json(), || report.table())
         }
     }
 }

@@ -52,21 +52,8 @@ fn is_year_like(column: &Column, values: &[&Cell]) -> bool {
         name == "year" || name.ends_with("_year") || name.starts_with("year_") || name == "yr";
     named
         && matches!(column.type_name.as_str(), "int2" | "int4" | "int8")
-        && values.iter().all(|c| match c {
-            Cell::Int(y) => (1000..=9999).contains(y),
-            Cell::Null => true,
-            Cell::Bool(_)
-            | Cell::Float(_)
-            | Cell::Decimal(_)
-            | Cell::Text(_)
-            | Cell::Bytes(_)
-            | Cell::Date(_)
-            | Cell::Timestamp(_)
-            | Cell::TimestampTz(_)
-            | Cell::Time(_)
-            | Cell::Interval { .. }
-            | Cell::Array(_)
-            | Cell::Json(_) => false,
+        && values.iter().all(|c| {
+            matches!(c, Cell::Null) || matches!(c, Cell::Int(y) if (1000..=9999).contains(y))
         })
 }
 
