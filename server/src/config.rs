@@ -95,6 +95,11 @@ pub struct ServerConfig {
     /// processes may: a PostgreSQL advisory lock lets one build at a time.
     /// Default true.
     pub run_summary_builder: bool,
+    /// A development setup: allows an inline HS256 secret without `iss` and
+    /// `aud`, and a database login or query role that is a superuser or has
+    /// `BYPASSRLS`. Production configs leave it false (the default), and
+    /// Quarry then refuses to start with any of those.
+    pub development: bool,
 }
 
 impl Default for ServerConfig {
@@ -107,6 +112,7 @@ impl Default for ServerConfig {
             run_sync: true,
             summary_url: None,
             run_summary_builder: true,
+            development: false,
         }
     }
 }
