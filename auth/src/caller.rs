@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use crate::Principal;
+use std::sync::Arc;
+
+use crate::{Grant, Principal};
 
 /// Metadata key of the request id (`x-request-id`, the de-facto header that
 /// proxies such as nginx and Envoy set and forward).
@@ -23,7 +25,7 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 /// reference into every domain call, so a tool's domain code always knows
 /// whose request it serves (ARCHITECTURE.md, "the caller's context travels
 /// with it into every domain call").
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Caller {
     /// The verified principal.
     pub principal: Principal,
@@ -32,17 +34,35 @@ pub struct Caller {
     pub request_id: String,
     /// When the caller stops waiting: now + its `grpc-timeout`, if it set one.
     pub deadline: Option<Instant>,
+    /// What the caller may do under the policy in force (resolved once per
+    /// request by [`crate::PolicyLayer`]).
+    pub grant: Arc<Grant>,
 }
 
 impl Caller {
-    /// A caller for `principal` with a fresh request id and no deadline
-    /// (background work, tests, command-line tools).
+    /// A caller for `principal` with a fresh request id, no deadline and a
+    /// grant that allows nothing; give it one with [`Caller::with_grant`].
     pub fn new(principal: Principal) -> Self {
         Self {
             principal,
             request_id: uuid::Uuid::new_v4().to_string(),
             deadline: None,
+            grant: Arc::new(Grant::none()),
         }
+    }
+
+    /// A caller for operator commands and background work of this process
+    /// (`principal` names it in logs): [`Grant::unrestricted`]. Never for a
+    /// request that arrived over the network.
+    pub fn operator(principal: Principal) -> Self {
+        Self::new(principal).with_grant(Arc::new(Grant::unrestricted()))
+    }
+
+    /// The same caller with `grant`.
+    #[must_use]
+    pub fn with_grant(mut self, grant: Arc<Grant>) -> Self {
+        self.grant = grant;
+        self
     }
 
     /// The same caller with `deadline`.
@@ -87,6 +107,7 @@ impl Caller {
             principal,
             request_id,
             deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
+            grant: crate::policy::grant_of(request),
         })
     }
 

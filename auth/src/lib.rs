@@ -15,6 +15,10 @@
 //!   [`TenantRateLimiter`] (governor's GCRA, keyed by tenant) and answers
 //!   `RESOURCE_EXHAUSTED` with a google.rpc `RetryInfo` when a tenant is over
 //!   its quota, so one tenant's load cannot starve another's.
+//! - [`Policy`] (from [`PolicyConfig`], the `[policy]` section) maps roles
+//!   to scopes, tables, columns, masks, row filters and a database role;
+//!   [`PolicyLayer`], placed after [`AuthLayer`], resolves each request's
+//!   [`Grant`] and refuses an RPC whose scope the grant lacks (default deny).
 //! - [`Caller`] is the caller context (principal, request id, deadline)
 //!   that every tool's domain calls take; adapters build it with
 //!   [`Caller::of`].
@@ -32,6 +36,7 @@ mod config;
 mod error;
 mod jwt;
 mod layer;
+mod policy;
 mod principal;
 mod rate_limit;
 
@@ -42,5 +47,9 @@ pub use jwt::{
     Claims, DEFAULT_LEEWAY_SECS, JwtVerifier, MAX_TOKEN_BYTES, MIN_HS256_SECRET_BYTES, mint_hs256,
 };
 pub use layer::{Auth, AuthLayer, is_public_path};
+pub use policy::{
+    Access, DEVELOPMENT_HASH_SALT, Grant, Mask, Policy, PolicyConfig, PolicyLayer, PolicyService,
+    PolicyStore, RoleConfig, RpcScopes, TableName, TableView, scopes,
+};
 pub use principal::Principal;
 pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer, TenantRateLimiter};

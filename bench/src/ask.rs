@@ -350,6 +350,9 @@ impl RunningServer {
 
 /// The server configuration: the sections given, the scripted model, a
 /// fixed secret and a rate limit out of reach, no background work.
+/// The policy role the benchmark's token carries.
+const BENCH_ROLE: &str = "bench";
+
 fn server_config(
     options: &AskBenchOptions,
     model_url: &str,
@@ -370,6 +373,29 @@ fn server_config(
         .map_err(|e| anyhow::anyhow!("benchmark server configuration: {e}"))?;
     config.database = options.sections.database.clone();
     config.sql = options.sections.sql.clone();
+    // One role that reads every configured schema with every read scope.
+    let role = quarry_auth::RoleConfig {
+        scopes: [
+            "ask",
+            "sql:query",
+            "sql:explain",
+            "schema:read",
+            "search",
+            "summaries",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        tables: config
+            .sql
+            .schemas
+            .iter()
+            .map(|s| format!("{s}.*"))
+            .collect(),
+        collections: vec!["*".to_owned()],
+        summary_kinds: vec!["*".to_owned()],
+        ..quarry_auth::RoleConfig::default()
+    };
+    config.policy.roles.insert(BENCH_ROLE.to_owned(), role);
     config.orchestrator = options.sections.orchestrator.clone();
     if options.summaries {
         config.summary = Some(
@@ -416,8 +442,9 @@ fn responder(
 
 /// A one-day token for tenant `bench`.
 fn token() -> anyhow::Result<String> {
-    let claims =
+    let mut claims =
         quarry_auth::Claims::issued_now("bench", "bench-ask", Duration::from_secs(24 * 3600));
+    claims.roles = vec![BENCH_ROLE.to_owned()];
     quarry_auth::mint_hs256(BENCH_SECRET.as_bytes(), &claims).context("minting the token")
 }
 

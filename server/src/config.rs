@@ -10,7 +10,7 @@ use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
 };
-use quarry_auth::AuthConfig;
+use quarry_auth::{AuthConfig, PolicyConfig};
 use quarry_llm::{LlmError, ModelConfig, ModelsConfig, TaskModels, embed::EmbeddingConfig};
 use quarry_orchestrator::OrchestratorConfig;
 use quarry_search::SearchConfig;
@@ -34,6 +34,15 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// JWT verification and per-tenant rate limits.
     pub auth: AuthConfig,
+    /// Who may do and see what: roles → scopes, tables, columns, masks, row
+    /// filters, database role, collections, summary kinds. Absent: no role
+    /// is known and every request is refused (default deny). Reloaded from
+    /// the configuration file on SIGHUP.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// The file this configuration was loaded from (for reloads).
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
     /// The chat model; absent means no model (router mode only) unless a
     /// `[models.<task>]` table gives one.
     #[serde(default)]
@@ -163,9 +172,11 @@ impl Config {
     /// # Errors
     /// A figment error naming the key and source at fault.
     pub fn load(path: Option<&Path>) -> Result<Self, Box<figment::Error>> {
-        Self::figment(path, Env::prefixed(ENV_PREFIX).split("__"))
+        let mut config: Self = Self::figment(path, Env::prefixed(ENV_PREFIX).split("__"))
             .extract()
-            .map_err(Box::new)
+            .map_err(Box::new)?;
+        config.source = path.map(Path::to_path_buf);
+        Ok(config)
     }
 
     /// Parses a configuration from TOML layers, later layers overriding

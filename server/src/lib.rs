@@ -13,6 +13,7 @@ pub mod config;
 mod models;
 pub mod progress;
 mod role;
+mod scopes;
 mod serve;
 mod shutdown;
 mod tools;
@@ -20,6 +21,7 @@ mod tools;
 pub use config::Config;
 pub use models::Models;
 pub use role::{Role, Roles, UnknownRole};
+pub use scopes::rpc_scope;
 pub use serve::{CONVERSATION_PURGE_INTERVAL, serve};
 pub use shutdown::shutdown_signal;
 pub use tools::{

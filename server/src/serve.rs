@@ -4,7 +4,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use quarry_auth::{AuthLayer, RateLimitLayer};
+use quarry_auth::{AuthLayer, Policy, PolicyLayer, PolicyStore, RateLimitLayer};
 use quarry_orchestrator::{
     Assistant, AssistantGrpc, ToolChannel, conversation::ConversationStore, transport,
 };
@@ -52,6 +52,12 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let verifier = config.auth.verifier().context("auth")?;
     let limiter = config.auth.rate_limiter();
+    let policy = Arc::new(PolicyStore::new(
+        Policy::new(&config.policy).context("policy")?,
+    ));
+    if config.policy.roles.is_empty() {
+        warn!("no [policy] roles: every request will be refused (default deny)");
+    }
     let server_config = &config.server;
     if roles.has(Role::Assistant) && !roles.has(Role::Sql) && server_config.sql_url.is_none() {
         anyhow::bail!(
@@ -130,7 +136,13 @@ pub async fn serve(
     }
     let summary_service = summaries.map(|tool| SummaryServiceServer::new(SummaryGrpc::new(tool)));
 
-    let auth = AuthLayer::new(verifier);
+    let auth = Guard {
+        auth: AuthLayer::new(verifier),
+        policy: PolicyLayer::new(Arc::clone(&policy), crate::rpc_scope),
+    };
+    if let Some(path) = config.source.clone() {
+        spawn_policy_reload(path, Arc::clone(&policy), background.clone());
+    }
     let assistant_service = if roles.has(Role::Assistant) {
         Some(AssistantServiceServer::new(AssistantGrpc::new(
             assistant(
@@ -178,8 +190,9 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let layers = ServiceBuilder::new()
-        .layer(auth)
-        .layer(RateLimitLayer::new(limiter));
+        .layer(auth.auth)
+        .layer(RateLimitLayer::new(limiter))
+        .layer(auth.policy);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .layer(layers)
@@ -228,7 +241,7 @@ async fn assistant(
     config: &Config,
     pools: &quarry_db::Pools,
     models: &Models,
-    auth: &AuthLayer,
+    auth: &Guard,
     background: &tokio_util::sync::CancellationToken,
     sql: Option<&SqlServiceServer<SqlGrpc>>,
     search: Option<&SearchServiceServer<SearchGrpc>>,
@@ -281,7 +294,7 @@ async fn assistant(
 /// `local`, this process's own gRPC service of the tool, in process behind
 /// `auth`; `None` when neither exists.
 fn tool_channel<S>(
-    auth: &AuthLayer,
+    auth: &Guard,
     key: &str,
     url: Option<&str>,
     local: Option<&S>,
@@ -302,5 +315,49 @@ where
             .with_context(|| format!("{key} {url:?} is not a valid URL"))?;
         return Ok(Some(transport::remote(endpoint.connect_lazy())));
     }
-    Ok(local.map(|service| transport::in_process(auth.layer(service.clone()))))
+    Ok(local
+        .map(|service| transport::in_process(auth.auth.layer(auth.policy.layer(service.clone())))))
+}
+
+/// The layers every request passes before a service sees it: the token
+/// ([`AuthLayer`]) and the policy ([`PolicyLayer`]); in-process tool calls
+/// pass both too.
+struct Guard {
+    auth: AuthLayer,
+    policy: PolicyLayer,
+}
+
+/// Reloads `[policy]` from `path` on every SIGHUP until `stop`: a policy
+/// that fails validation is logged and the one in force stays.
+fn spawn_policy_reload(
+    path: std::path::PathBuf,
+    store: Arc<PolicyStore>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(error) => {
+                warn!(%error, "cannot listen for SIGHUP; policy reload disabled");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                got = hangups.recv() => if got.is_none() { return },
+            }
+            match Config::load(Some(&path)) {
+                Ok(config) => match store.reload(&config.policy) {
+                    Ok(version) => info!(version, path = %path.display(), "policy reloaded"),
+                    Err(error) => warn!(%error, "policy not reloaded; the old one stays"),
+                },
+                Err(error) => warn!(%error, "configuration not reloaded; the old policy stays"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (path, store, stop);
 }

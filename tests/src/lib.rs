@@ -195,6 +195,13 @@ impl TestServer {
             [sql]
             schemas = ["tate"]
             golden_path = "{golden}"
+            [policy.roles.tester]
+            scopes = ["ask", "sql:query", "sql:explain", "schema:read", "search", "summaries"]
+            tables = ["tate.*"]
+            collections = ["*"]
+            summary_kinds = ["*"]
+            [policy.roles.curator]
+            scopes = ["golden:write", "summaries:build", "audit:read"]
             "#,
             url = db.url(),
             golden = golden.display(),
@@ -300,15 +307,32 @@ impl TestServer {
     }
 }
 
-/// A valid token for `tenant`, one hour.
+/// A valid token for `tenant`, one hour, with the test policy's `tester`
+/// role (every read scope over `tate.*`, no write scope).
 pub fn token(tenant: &str) -> String {
-    let claims = quarry_auth::Claims::issued_now(tenant, "tester", Duration::from_secs(3600));
-    quarry_auth::mint_hs256(SECRET.as_bytes(), &claims).unwrap()
+    token_with_roles(tenant, "tester", &["tester"], &[])
 }
 
-/// A valid token for `tenant` carrying `scopes`, one hour.
+/// A valid token for `tenant`, one hour, with the `tester` role's scopes
+/// plus `scopes` (granted by the test policy's `curator` role).
 pub fn token_with_scopes(tenant: &str, scopes: &[&str]) -> String {
-    let mut claims = quarry_auth::Claims::issued_now(tenant, "tester", Duration::from_secs(3600));
+    let mut all = vec![
+        "ask",
+        "sql:query",
+        "sql:explain",
+        "schema:read",
+        "search",
+        "summaries",
+    ];
+    all.extend_from_slice(scopes);
+    token_with_roles(tenant, "tester", &["tester", "curator"], &all)
+}
+
+/// A valid token for `tenant` and `subject`, one hour, with `roles` and (if
+/// not empty) `scopes`, which narrow what the roles grant.
+pub fn token_with_roles(tenant: &str, subject: &str, roles: &[&str], scopes: &[&str]) -> String {
+    let mut claims = quarry_auth::Claims::issued_now(tenant, subject, Duration::from_secs(3600));
+    claims.roles = roles.iter().map(|s| s.to_string()).collect();
     claims.scopes = scopes.iter().map(|s| s.to_string()).collect();
     quarry_auth::mint_hs256(SECRET.as_bytes(), &claims).unwrap()
 }

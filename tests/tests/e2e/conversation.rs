@@ -15,15 +15,14 @@ use quarry_proto::v1::{
     ListConversationsRequest, SqlToolResult, ask_response::Event, value::Kind,
 };
 use quarry_tests::{
-    Options, SECRET, TestServer, ask, ask_all, authed, conversation_id, final_answer,
-    route_decided, sql_result, token,
+    Options, TestServer, ask, ask_all, authed, conversation_id, final_answer, route_decided,
+    sql_result, token,
 };
 use serde_json::Value as Json;
 use tonic::Code;
 
 fn token_for(tenant: &str, subject: &str) -> String {
-    let claims = quarry_auth::Claims::issued_now(tenant, subject, Duration::from_secs(3600));
-    quarry_auth::mint_hs256(SECRET.as_bytes(), &claims).unwrap()
+    quarry_tests::token_with_roles(tenant, subject, &["tester"], &[])
 }
 
 fn follow_up(question: &str, conversation_id: &str) -> AskRequest {

@@ -11,6 +11,7 @@ mod cancel;
 mod catalog;
 mod conversation;
 mod generate;
+mod governance;
 mod models;
 mod registry;
 mod resilience;
