@@ -57,13 +57,14 @@ impl<S> Layer<S> for AuthLayer {
 ///
 /// Reads `authorization: Bearer <jwt>` (RFC 6750 §2.1), verifies the token
 /// with [`JwtVerifier`] (inside the response future: with a key set,
-/// verification may wait for a refetch of the set), inserts the [`Principal`](crate::Principal) into the request
-/// extensions and runs the inner service inside an `info_span!("request",
-/// tenant, subject)` so every log line of the call carries the tenant. A
-/// missing or invalid token is answered directly with a trailers-only gRPC
-/// response, `grpc-status: 16` (`UNAUTHENTICATED`; `14`, `UNAVAILABLE`,
-/// when an unknown key could not be fetched); the inner service is not
-/// called. Paths for which [`is_public_path`] holds pass through untouched.
+/// verification may wait for a refetch of the set), inserts the
+/// [`Principal`](crate::Principal) into the request extensions and runs the
+/// inner service inside an `info_span!("request", tenant, subject)` so every
+/// log line of the call carries the tenant. A missing or invalid token is
+/// answered directly with a trailers-only gRPC response, `grpc-status: 16`
+/// (`UNAUTHENTICATED`; `14`, `UNAVAILABLE`, when an unknown key could not be
+/// fetched); the inner service is not called. Paths for which
+/// [`is_public_path`] holds pass through untouched.
 ///
 /// Works for any response body with a `Default` (an empty body), which
 /// includes `tonic::body::Body`; errors are the inner service's own.

@@ -2,7 +2,7 @@
 //! rotate, counting the fetches it answers.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Mutex, OnceLock};
 
 use axum::extract::State;
@@ -131,6 +131,8 @@ struct Served {
     set: Mutex<serde_json::Value>,
     fetches: AtomicUsize,
     down: AtomicBool,
+    /// Milliseconds to wait before answering.
+    delay_ms: AtomicU64,
 }
 
 /// A JWKS endpoint on 127.0.0.1 whose set can change at run time.
@@ -148,6 +150,8 @@ impl JwksServer {
     async fn start_with(set: serde_json::Value) -> Self {
         async fn handler(State(served): State<Arc<Served>>) -> Response {
             served.fetches.fetch_add(1, SeqCst);
+            let delay = served.delay_ms.load(SeqCst);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
             if served.down.load(SeqCst) {
                 return StatusCode::SERVICE_UNAVAILABLE.into_response();
             }
@@ -158,6 +162,7 @@ impl JwksServer {
             set: Mutex::new(set),
             fetches: AtomicUsize::new(0),
             down: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
         });
         let app = axum::Router::new()
             .route("/.well-known/jwks.json", axum::routing::get(handler))
@@ -321,6 +326,8 @@ async fn concurrent_unknown_kids_share_one_fetch() {
     let verifier = server.verifier().await;
     server.publish(&[&a, &b]);
     key_set_of(&verifier).expire_floor().await;
+    // a slow answer, so the misses certainly overlap the fetch
+    server.served.delay_ms.store(200, SeqCst);
     let token = b.sign(&claims("acme"));
     let calls: Vec<_> = (0..16)
         .map(|_| {
