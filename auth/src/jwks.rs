@@ -58,6 +58,16 @@ pub const MAX_JWKS_BYTES: usize = 512 * 1024;
 const MIN_RSA_BITS: usize = 2048;
 
 /// Where a key set is and how it is kept fresh; see [`crate::JwtVerifier::jwks`].
+///
+/// The set is fetched once when the verifier is built and cached in memory
+/// by `kid` (RFC 7517 §4.5). A token whose `kid` is not cached refetches the
+/// set if the last fetch began at least `refresh_floor` ago (else it is
+/// refused without a fetch); concurrent misses share one fetch. A set older
+/// than `max_age` is refetched in the background, also at most once per
+/// `refresh_floor`. A failed fetch is logged and keeps the cached keys.
+/// Keys whose `use` is not `sig`, whose `key_ops` lack `verify`, symmetric
+/// (`oct`) keys, RSA keys under 2048 bits, curves other than P-256, P-384
+/// and Ed25519, and keys without `kid` are skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwksOptions {
     /// The `http(s)` URL of the JWK Set document (RFC 7517 §5).

@@ -3,7 +3,7 @@
 //! A token is a JWS in compact serialization (RFC 7515 §7.1) whose payload
 //! is a JWT claims set (RFC 7519 §4). A verifier either holds one HMAC
 //! secret (`HS256`, RFC 7518 §3.2; development) or an identity provider's
-//! key set ([`crate::jwks`]: `RS256`, `ES256`, `EdDSA` and the like). The
+//! key set ([`JwksOptions`]: `RS256`, `ES256`, `EdDSA` and the like). The
 //! algorithm is pinned by the server's key, never taken from the token, so
 //! `alg: none` (RFC 7518 §3.6) and algorithm confusion (an `RS256` header
 //! presented to an HMAC key, or an `HS256` token presented to a key set) are
@@ -167,7 +167,7 @@ impl JwtVerifier {
 
     /// A verifier for tokens signed with the keys of the JWK Set at
     /// `options.url` (RFC 7517 §5), fetched now and kept fresh as
-    /// [`JwksOptions`] says; see [`crate::jwks`] for the caching rules.
+    /// [`JwksOptions`] says (caching by `kid`, refetch rules).
     ///
     /// # Errors
     /// [`AuthError::Config`], naming `auth.jwks_url`, if the first fetch
