@@ -1,10 +1,16 @@
 //! [`AuthConfig`]: the `auth` section of Quarry's configuration.
 
 use std::fmt;
+use std::time::Duration;
 
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AuthError, Result};
+use crate::jwks::{
+    DEFAULT_JWKS_ALGORITHMS, DEFAULT_JWKS_MAX_AGE_SECS, DEFAULT_JWKS_REFRESH_FLOOR_SECS,
+    DEFAULT_JWKS_TIMEOUT_SECS, JwksOptions,
+};
 use crate::jwt::{DEFAULT_LEEWAY_SECS, JwtVerifier, MIN_HS256_SECRET_BYTES};
 use crate::rate_limit::{RateLimitConfig, TenantRateLimiter};
 
@@ -17,11 +23,20 @@ pub const DEFAULT_JWT_SECRET_ENV: &str = "QUARRY_JWT_SECRET";
 
 /// Authentication and admission settings.
 ///
+/// Tokens are verified either against an identity provider's JSON Web Key
+/// Set at `jwks_url` (RFC 7517 §5; `RS256`, `ES256`, `EdDSA` by default, see
+/// [`JwtVerifier::jwks`]) or with an HS256 secret. Setting `jwks_url`
+/// together with `jwt_secret_env` or `jwt_secret` is an error; without
+/// `jwks_url` the HS256 secret is used.
+///
 /// The HS256 secret comes from the environment variable named by
 /// `jwt_secret_env` (default [`DEFAULT_JWT_SECRET_ENV`]) or, for development
 /// only, inline from `jwt_secret`; setting both is an error. The secret must
 /// be at least [`MIN_HS256_SECRET_BYTES`] bytes (RFC 7518 §3.2). `Debug`
 /// redacts the secret.
+///
+/// Outside development ([`AuthConfig::validate`] with `development` false)
+/// `issuer` and `audience` are required and `jwt_secret` is refused.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
@@ -40,6 +55,27 @@ pub struct AuthConfig {
     /// Clock skew allowed on `exp`/`nbf`, seconds (default 30).
     #[serde(default = "default_leeway_secs")]
     pub leeway_secs: u64,
+    /// `https` URL of the identity provider's JWK Set (RFC 7517 §5), e.g.
+    /// `https://idp.example/.well-known/jwks.json` (an OpenID provider's
+    /// `jwks_uri`). Plain `http` is accepted in development only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// Algorithms accepted from the key set, RFC 7518 §3.1 names (default
+    /// `["RS256", "ES256", "EdDSA"]`); HMAC algorithms are refused.
+    #[serde(default = "default_jwks_algorithms")]
+    pub jwks_algorithms: Vec<Algorithm>,
+    /// Least time between two key-set fetches, seconds (default 60): a token
+    /// with an unknown `kid` refetches the set only if the last fetch began
+    /// at least this long ago.
+    #[serde(default = "default_jwks_refresh_floor_secs")]
+    pub jwks_refresh_floor_secs: u64,
+    /// Age after which the cached key set is refetched, seconds (default
+    /// 3600).
+    #[serde(default = "default_jwks_max_age_secs")]
+    pub jwks_max_age_secs: u64,
+    /// Timeout of one key-set fetch, seconds (default 10).
+    #[serde(default = "default_jwks_timeout_secs")]
+    pub jwks_timeout_secs: u64,
     /// Per-tenant request quota.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
@@ -47,6 +83,22 @@ pub struct AuthConfig {
 
 fn default_leeway_secs() -> u64 {
     DEFAULT_LEEWAY_SECS
+}
+
+fn default_jwks_algorithms() -> Vec<Algorithm> {
+    DEFAULT_JWKS_ALGORITHMS.to_vec()
+}
+
+fn default_jwks_refresh_floor_secs() -> u64 {
+    DEFAULT_JWKS_REFRESH_FLOOR_SECS
+}
+
+fn default_jwks_max_age_secs() -> u64 {
+    DEFAULT_JWKS_MAX_AGE_SECS
+}
+
+fn default_jwks_timeout_secs() -> u64 {
+    DEFAULT_JWKS_TIMEOUT_SECS
 }
 
 impl Default for AuthConfig {
@@ -57,6 +109,11 @@ impl Default for AuthConfig {
             issuer: None,
             audience: None,
             leeway_secs: DEFAULT_LEEWAY_SECS,
+            jwks_url: None,
+            jwks_algorithms: default_jwks_algorithms(),
+            jwks_refresh_floor_secs: DEFAULT_JWKS_REFRESH_FLOOR_SECS,
+            jwks_max_age_secs: DEFAULT_JWKS_MAX_AGE_SECS,
+            jwks_timeout_secs: DEFAULT_JWKS_TIMEOUT_SECS,
             rate_limit: RateLimitConfig::default(),
         }
     }
@@ -73,12 +130,104 @@ impl fmt::Debug for AuthConfig {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("leeway_secs", &self.leeway_secs)
+            .field("jwks_url", &self.jwks_url)
+            .field("jwks_algorithms", &self.jwks_algorithms)
+            .field("jwks_refresh_floor_secs", &self.jwks_refresh_floor_secs)
+            .field("jwks_max_age_secs", &self.jwks_max_age_secs)
+            .field("jwks_timeout_secs", &self.jwks_timeout_secs)
             .field("rate_limit", &self.rate_limit)
             .finish()
     }
 }
 
 impl AuthConfig {
+    /// Check the settings that need no network or environment.
+    ///
+    /// Always: `jwks_url` excludes `jwt_secret_env`/`jwt_secret`, must be an
+    /// `http(s)` URL, and `jwks_algorithms` must be non-empty and free of
+    /// HMAC algorithms (RFC 8725 §3.1: a public key used as an HMAC secret).
+    /// Unless `development` (`server.development`): `issuer` and `audience`
+    /// are required (RFC 7519 §4.1.1, §4.1.3; a token of another issuer or
+    /// for another service must not pass), `jwt_secret` (inline) is refused,
+    /// and `jwks_url` must be `https`.
+    ///
+    /// # Errors
+    /// [`AuthError::Config`] naming the field, e.g. `auth.issuer is required
+    /// outside development (server.development = false)`.
+    pub fn validate(&self, development: bool) -> Result<()> {
+        let config = |message: String| Err(AuthError::Config(message));
+        if let Some(url) = &self.jwks_url {
+            if self.jwt_secret_env.is_some() || self.jwt_secret.is_some() {
+                return config(
+                    "set auth.jwks_url or an hs256 secret (auth.jwt_secret_env, auth.jwt_secret), not both"
+                        .to_owned(),
+                );
+            }
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| AuthError::Config(format!("auth.jwks_url is not a url: {e}")))?;
+            match parsed.scheme() {
+                "https" => {}
+                "http" if development => {}
+                "http" => {
+                    return config(
+                        "auth.jwks_url must be https outside development (server.development = false)"
+                            .to_owned(),
+                    );
+                }
+                other => return config(format!("auth.jwks_url must be an https url, not {other}")),
+            }
+            if self.jwks_algorithms.is_empty() {
+                return config("auth.jwks_algorithms is empty".to_owned());
+            }
+            if let Some(hmac) = self
+                .jwks_algorithms
+                .iter()
+                .find(|a| a.family() == AlgorithmFamily::Hmac)
+            {
+                return config(format!(
+                    "auth.jwks_algorithms may not contain {hmac:?}: key set keys are public (algorithm confusion)"
+                ));
+            }
+            if self.jwks_timeout_secs == 0 {
+                return config("auth.jwks_timeout_secs must be positive".to_owned());
+            }
+        }
+        if !development {
+            if self.issuer.as_deref().is_none_or(str::is_empty) {
+                return config(
+                    "auth.issuer is required outside development (server.development = false)"
+                        .to_owned(),
+                );
+            }
+            if self.audience.as_deref().is_none_or(str::is_empty) {
+                return config(
+                    "auth.audience is required outside development (server.development = false)"
+                        .to_owned(),
+                );
+            }
+            if self.jwt_secret.is_some() {
+                return config(
+                    "auth.jwt_secret (an inline secret) is for development only (server.development = false); use auth.jwt_secret_env or auth.jwks_url"
+                        .to_owned(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The key-set options of `jwks_url` and the `jwks_*` settings, if
+    /// `jwks_url` is set.
+    pub fn jwks_options(&self) -> Option<JwksOptions> {
+        let url = self.jwks_url.as_ref()?;
+        Some(JwksOptions {
+            url: url.clone(),
+            algorithms: self.jwks_algorithms.clone(),
+            refresh_floor: Duration::from_secs(self.jwks_refresh_floor_secs),
+            max_age: Duration::from_secs(self.jwks_max_age_secs),
+            timeout: Duration::from_secs(self.jwks_timeout_secs),
+        })
+    }
+
     /// The HS256 secret, looking environment variables up with `env`
     /// (tests pass a closure; [`AuthConfig::secret`] uses the process
     /// environment).
@@ -119,13 +268,23 @@ impl AuthConfig {
     }
 
     /// A verifier for this configuration, looking environment variables up
-    /// with `env`.
+    /// with `env`: [`AuthConfig::validate`]d for `development`, then for the
+    /// key set at `jwks_url` (fetched now) if set, else for the HS256 secret.
     ///
     /// # Errors
-    /// As [`AuthConfig::secret_with`].
-    pub fn verifier_with(&self, env: impl Fn(&str) -> Option<String>) -> Result<JwtVerifier> {
-        let mut verifier =
-            JwtVerifier::hs256(&self.secret_with(env)?).with_leeway(self.leeway_secs);
+    /// As [`AuthConfig::validate`], [`JwtVerifier::jwks`] (the first fetch
+    /// failed) and [`AuthConfig::secret_with`].
+    pub async fn verifier_with(
+        &self,
+        development: bool,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<JwtVerifier> {
+        self.validate(development)?;
+        let verifier = match self.jwks_options() {
+            Some(options) => JwtVerifier::jwks(options).await?,
+            None => JwtVerifier::hs256(&self.secret_with(env)?),
+        };
+        let mut verifier = verifier.with_leeway(self.leeway_secs);
         if let Some(issuer) = &self.issuer {
             verifier = verifier.with_issuer(issuer.clone());
         }
@@ -136,12 +295,13 @@ impl AuthConfig {
     }
 
     /// A verifier for this configuration, secret from the process
-    /// environment.
+    /// environment; `development` is `server.development`.
     ///
     /// # Errors
-    /// As [`AuthConfig::secret_with`].
-    pub fn verifier(&self) -> Result<JwtVerifier> {
-        self.verifier_with(|name| std::env::var(name).ok())
+    /// As [`AuthConfig::verifier_with`].
+    pub async fn verifier(&self, development: bool) -> Result<JwtVerifier> {
+        self.verifier_with(development, |name| std::env::var(name).ok())
+            .await
     }
 
     /// A per-tenant limiter with the configured quota.

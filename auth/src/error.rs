@@ -12,7 +12,8 @@ pub type Result<T, E = AuthError> = std::result::Result<T, E>;
 ///
 /// Token problems map to `UNAUTHENTICATED`, a valid token without the needed
 /// scope or role to `PERMISSION_DENIED`, a tenant over its quota to
-/// `RESOURCE_EXHAUSTED` (with `RetryInfo`), configuration and signing failures
+/// `RESOURCE_EXHAUSTED` (with `RetryInfo`), an identity provider whose key
+/// set cannot be fetched to `UNAVAILABLE`, configuration and signing failures
 /// to `INTERNAL` — see `From<AuthError> for tonic::Status`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -29,11 +30,23 @@ pub enum AuthError {
     /// JSON, or claims that do not fit [`crate::Claims`].
     #[error("malformed token: {0}")]
     Malformed(String),
-    /// The JOSE header names an algorithm other than HS256 (including
-    /// `none`, RFC 7518 §3.6, and asymmetric algorithms such as RS256).
-    #[error("unsupported token algorithm {0:?}, only HS256 is accepted")]
+    /// The JOSE `alg` (RFC 7515 §4.1.1) is not accepted: with an HS256
+    /// secret anything but `HS256`; with a key set an algorithm outside the
+    /// allowed list (HMAC algorithms always are) or one the token's key does
+    /// not allow (RFC 7518 §3.1). `none` (RFC 7518 §3.6) is never accepted.
+    #[error("token algorithm {0:?} is not accepted")]
     UnsupportedAlgorithm(String),
-    /// The HMAC over header and payload does not match (RFC 7518 §3.2).
+    /// The token's `kid` (RFC 7515 §4.1.4) names no key of the identity
+    /// provider's key set (RFC 7517 §5), even after a refetch or because
+    /// the set was fetched too recently to fetch again.
+    #[error("token key {0:?} is not in the key set")]
+    UnknownKey(String),
+    /// The token's `kid` was unknown and refetching the identity provider's
+    /// key set failed; retrying later may succeed.
+    #[error("the identity provider's key set is unavailable")]
+    KeySetUnavailable,
+    /// The signature over header and payload does not verify under the key
+    /// (RFC 7518 §3.2 HMAC, §3.3 RSA, §3.4 ECDSA; RFC 8037 §3.1 EdDSA).
     #[error("invalid token signature")]
     BadSignature,
     /// `exp` (RFC 7519 §4.1.4) is in the past, beyond the allowed leeway.
@@ -83,6 +96,7 @@ impl AuthError {
             | AuthError::NotBearer
             | AuthError::Malformed(_)
             | AuthError::UnsupportedAlgorithm(_)
+            | AuthError::UnknownKey(_)
             | AuthError::BadSignature
             | AuthError::Expired
             | AuthError::NotYetValid
@@ -91,6 +105,7 @@ impl AuthError {
             | AuthError::InvalidAudience => Code::Unauthenticated,
             AuthError::MissingScope(_) | AuthError::MissingRole(_) => Code::PermissionDenied,
             AuthError::RateLimited { .. } => Code::ResourceExhausted,
+            AuthError::KeySetUnavailable => Code::Unavailable,
             AuthError::Signing(_) | AuthError::Config(_) => Code::Internal,
         }
     }

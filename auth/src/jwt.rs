@@ -1,12 +1,17 @@
-//! HS256 JSON Web Tokens: verification into a [`Principal`] and minting.
+//! JSON Web Tokens: verification into a [`Principal`], and HS256 minting.
 //!
 //! A token is a JWS in compact serialization (RFC 7515 §7.1) whose payload
-//! is a JWT claims set (RFC 7519 §4). Only HMAC with SHA-256 (`HS256`,
-//! RFC 7518 §3.2) is accepted; the algorithm is pinned by the server, never
-//! taken from the token, so `alg: none` (RFC 7518 §3.6) and algorithm
-//! confusion (an `RS256` header presented to an HMAC key) are refused.
+//! is a JWT claims set (RFC 7519 §4). A verifier either holds one HMAC
+//! secret (`HS256`, RFC 7518 §3.2; development) or an identity provider's
+//! key set ([`JwksOptions`]: `RS256`, `ES256`, `EdDSA` and the like). The
+//! algorithm is pinned by the server's key, never taken from the token, so
+//! `alg: none` (RFC 7518 §3.6) and algorithm confusion (an `RS256` header
+//! presented to an HMAC key, or an `HS256` token presented to a key set) are
+//! refused.
 
 use std::fmt;
+use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -16,6 +21,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AuthError, Result};
+use crate::jwks::{JwksOptions, KeySet};
 use crate::principal::Principal;
 
 #[cfg(test)]
@@ -96,24 +102,49 @@ impl Claims {
     }
 }
 
-/// Verifies HS256 bearer tokens and turns them into [`Principal`]s.
+/// Verifies bearer tokens and turns them into [`Principal`]s.
+///
+/// Built either for one HS256 secret ([`JwtVerifier::hs256`], development)
+/// or for an identity provider's JSON Web Key Set ([`JwtVerifier::jwks`]).
 ///
 /// Checks, in order: size and shape (three base64url parts), the JOSE header
-/// (`alg` must be `HS256`; a `crit` header is refused, RFC 7515 §4.1.11), the
-/// HMAC signature, `exp` (required) and `nbf` (if present) with
+/// (RFC 7515 §4.1; a `crit` header is refused, §4.1.11), the algorithm,
+/// the key, the signature, `exp` (required) and `nbf` (if present) with
 /// [`DEFAULT_LEEWAY_SECS`] of skew unless changed, `iss` and `aud` when
 /// configured (each then required). A token carrying `aud` is refused when
-/// no audience is configured, as RFC 7519 §4.1.3 asks. Cheap to clone.
+/// no audience is configured, as RFC 7519 §4.1.3 asks.
+///
+/// The algorithm: with a secret, `alg` must be `HS256`. With a key set,
+/// `alg` must be one of the allowed algorithms ([`JwksOptions::algorithms`],
+/// never HMAC or `none`), the header must name the key by `kid`
+/// (RFC 7515 §4.1.4; a token without `kid` is refused, however many keys
+/// the set holds), and the key must allow that `alg` (its JWK `alg`, or the
+/// family of its `kty`/`crv`, RFC 7518 §6). Keys a token carries or points
+/// to (`jwk`, `jku`, `x5u`, `x5c`) are ignored. Cheap to clone; clones share
+/// the key cache.
 #[derive(Clone)]
 pub struct JwtVerifier {
-    key: DecodingKey,
+    keys: Keys,
     validation: Validation,
+}
+
+/// Where a verifier's keys come from.
+#[derive(Clone)]
+enum Keys {
+    /// One HMAC secret.
+    Hs256(DecodingKey),
+    /// A cached JWK Set.
+    Jwks(Arc<KeySet>),
 }
 
 impl fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwtVerifier")
-            .field("algorithm", &"HS256")
+        let mut debug = f.debug_struct("JwtVerifier");
+        match &self.keys {
+            Keys::Hs256(_) => debug.field("algorithm", &"HS256"),
+            Keys::Jwks(set) => debug.field("jwks", set.options()),
+        };
+        debug
             .field("issuer", &self.validation.iss)
             .field("audience", &self.validation.aud)
             .field("leeway_secs", &self.validation.leeway)
@@ -128,14 +159,37 @@ impl JwtVerifier {
     /// (RFC 7518 §3.2); [`crate::AuthConfig`] enforces that.
     pub fn hs256(secret: &[u8]) -> Self {
         ensure_crypto_provider();
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = DEFAULT_LEEWAY_SECS;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
         JwtVerifier {
-            key: DecodingKey::from_secret(secret),
-            validation,
+            keys: Keys::Hs256(DecodingKey::from_secret(secret)),
+            validation: base_validation(Algorithm::HS256),
+        }
+    }
+
+    /// A verifier for tokens signed with the keys of the JWK Set at
+    /// `options.url` (RFC 7517 §5), fetched now and kept fresh as
+    /// [`JwksOptions`] says (caching by `kid`, refetch rules).
+    ///
+    /// # Errors
+    /// [`AuthError::Config`], naming `auth.jwks_url`, if the first fetch
+    /// fails (transport, timeout, HTTP status, a document larger than
+    /// [`crate::MAX_JWKS_BYTES`] or not a JWK Set) or yields no usable key,
+    /// or if `options.algorithms` contains an HMAC algorithm.
+    pub async fn jwks(options: JwksOptions) -> Result<Self> {
+        ensure_crypto_provider();
+        let keys = KeySet::load(options).await?;
+        Ok(JwtVerifier {
+            keys: Keys::Jwks(keys),
+            // `algorithms` is set per token to the one the key allows
+            validation: base_validation(Algorithm::RS256),
+        })
+    }
+
+    /// The key set of a key-set verifier.
+    #[cfg(test)]
+    pub(crate) fn key_set(&self) -> Option<Arc<KeySet>> {
+        match &self.keys {
+            Keys::Jwks(set) => Some(Arc::clone(set)),
+            Keys::Hs256(_) => None,
         }
     }
 
@@ -165,20 +219,24 @@ impl JwtVerifier {
 
     /// Verify `token` (the part after `Bearer `) and return its principal.
     ///
+    /// With a key set this may wait for one refetch of the set (an unknown
+    /// `kid`, at most once per refresh floor); otherwise it does not wait.
+    ///
     /// # Errors
     /// [`AuthError::Malformed`], [`AuthError::UnsupportedAlgorithm`],
+    /// [`AuthError::UnknownKey`], [`AuthError::KeySetUnavailable`],
     /// [`AuthError::BadSignature`], [`AuthError::Expired`],
     /// [`AuthError::NotYetValid`], [`AuthError::MissingClaim`],
     /// [`AuthError::InvalidIssuer`], [`AuthError::InvalidAudience`].
-    pub fn verify(&self, token: &str) -> Result<Principal> {
-        self.verify_claims(token).map(Claims::into_principal)
+    pub async fn verify(&self, token: &str) -> Result<Principal> {
+        self.verify_claims(token).await.map(Claims::into_principal)
     }
 
     /// Verify `token` and return its full claims set.
     ///
     /// # Errors
     /// As [`JwtVerifier::verify`].
-    pub fn verify_claims(&self, token: &str) -> Result<Claims> {
+    pub async fn verify_claims(&self, token: &str) -> Result<Claims> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::Malformed(format!(
                 "token longer than {MAX_TOKEN_BYTES} bytes"
@@ -199,13 +257,41 @@ impl JwtVerifier {
         if ![header, payload, signature].into_iter().all(is_b64url) {
             return Err(AuthError::Malformed("parts are not base64url".to_owned()));
         }
-        check_header(header)?;
+        let header = check_header(header)?;
 
         // Decode into a loose JSON value first so that jsonwebtoken's own
         // claim validation runs (and reports a missing `exp` as such) before
         // the claims are given Quarry's shape.
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)
-            .map_err(|e| map_jwt_error(&e))?;
+        let decoded = match &self.keys {
+            Keys::Hs256(key) => {
+                if header.alg != "HS256" {
+                    return Err(AuthError::UnsupportedAlgorithm(header.alg));
+                }
+                jsonwebtoken::decode::<serde_json::Value>(token, key, &self.validation)
+            }
+            Keys::Jwks(set) => {
+                // the allowed list first, so that no algorithm it refuses
+                // (`none`, HMAC) costs a key look-up or a refetch
+                let alg = Algorithm::from_str(&header.alg)
+                    .ok()
+                    .filter(|a| set.options().algorithms.contains(a))
+                    .ok_or_else(|| AuthError::UnsupportedAlgorithm(header.alg.clone()))?;
+                let kid = header.kid.ok_or_else(|| {
+                    AuthError::Malformed(
+                        "header lacks kid, which a key set needs (rfc 7515 section 4.1.4)"
+                            .to_owned(),
+                    )
+                })?;
+                let key = set.key(&kid).await?;
+                if !key.algorithms.contains(&alg) {
+                    return Err(AuthError::UnsupportedAlgorithm(header.alg));
+                }
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![alg];
+                jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation)
+            }
+        };
+        let data = decoded.map_err(|e| map_jwt_error(&e))?;
         let claims: Claims = serde_json::from_value(data.claims)
             .map_err(|e| AuthError::Malformed(format!("claims: {e}")))?;
         if claims.tenant.is_empty() {
@@ -253,28 +339,50 @@ fn ensure_crypto_provider() {
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
 }
 
-/// Check the JOSE header (RFC 7515 §4) before anything else: the algorithm
-/// must be HS256, and no critical extensions are understood.
-fn check_header(encoded: &str) -> Result<()> {
+/// The JWT validation shared by both kinds of key: `exp` required, `exp`
+/// and `nbf` checked with [`DEFAULT_LEEWAY_SECS`].
+fn base_validation(alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = DEFAULT_LEEWAY_SECS;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp"]);
+    validation
+}
+
+/// What the JOSE header says about the key to use.
+struct JoseHeader {
+    /// `alg` (RFC 7515 §4.1.1), not yet checked against anything.
+    alg: String,
+    /// `kid` (RFC 7515 §4.1.4), if present.
+    kid: Option<String>,
+}
+
+/// Read the JOSE header (RFC 7515 §4) before anything else: `alg` must be
+/// a string, `kid` a string if present, and no critical extensions are
+/// understood.
+fn check_header(encoded: &str) -> Result<JoseHeader> {
     let bytes = URL_SAFE_NO_PAD
         .decode(encoded)
         .map_err(|_| AuthError::Malformed("header is not base64url".to_owned()))?;
     let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
         .map_err(|_| AuthError::Malformed("header is not a json object".to_owned()))?;
-    match header.get("alg") {
-        Some(serde_json::Value::String(alg)) if alg == "HS256" => {}
-        Some(serde_json::Value::String(alg)) => {
-            return Err(AuthError::UnsupportedAlgorithm(alg.clone()));
-        }
+    let alg = match header.get("alg") {
+        Some(serde_json::Value::String(alg)) => alg.clone(),
         Some(other) => return Err(AuthError::UnsupportedAlgorithm(other.to_string())),
         None => return Err(AuthError::Malformed("header lacks alg".to_owned())),
-    }
+    };
+    let kid = match header.get("kid") {
+        Some(serde_json::Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(AuthError::Malformed("kid is not a string".to_owned())),
+        None => None,
+    };
     if header.contains_key("crit") {
         return Err(AuthError::Malformed(
             "critical header extensions are not supported".to_owned(),
         ));
     }
-    Ok(())
+    Ok(JoseHeader { alg, kid })
 }
 
 fn map_jwt_error(err: &jsonwebtoken::errors::Error) -> AuthError {

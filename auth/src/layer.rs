@@ -4,6 +4,7 @@ use std::mem;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::FutureExt as _;
 use futures::future::{self, BoxFuture};
 use http::header::AUTHORIZATION;
 use tonic::Status;
@@ -55,12 +56,15 @@ impl<S> Layer<S> for AuthLayer {
 /// Authenticates each HTTP request of a gRPC server.
 ///
 /// Reads `authorization: Bearer <jwt>` (RFC 6750 §2.1), verifies the token
-/// with [`JwtVerifier`], inserts the [`Principal`](crate::Principal) into the request
-/// extensions and runs the inner service inside an `info_span!("request",
-/// tenant, subject)` so every log line of the call carries the tenant. A
-/// missing or invalid token is answered directly with a trailers-only gRPC
-/// response, `grpc-status: 16` (`UNAUTHENTICATED`); the inner service is not
-/// called. Paths for which [`is_public_path`] holds pass through untouched.
+/// with [`JwtVerifier`] (inside the response future: with a key set,
+/// verification may wait for a refetch of the set), inserts the
+/// [`Principal`](crate::Principal) into the request extensions and runs the
+/// inner service inside an `info_span!("request", tenant, subject)` so every
+/// log line of the call carries the tenant. A missing or invalid token is
+/// answered directly with a trailers-only gRPC response, `grpc-status: 16`
+/// (`UNAUTHENTICATED`; `14`, `UNAVAILABLE`, when an unknown key could not be
+/// fetched); the inner service is not called. Paths for which
+/// [`is_public_path`] holds pass through untouched.
 ///
 /// Works for any response body with a `Default` (an empty body), which
 /// includes `tonic::body::Body`; errors are the inner service's own.
@@ -75,6 +79,7 @@ where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    ReqBody: Send + 'static,
     ResBody: Default + Send + 'static,
 {
     type Response = http::Response<ResBody>;
@@ -92,27 +97,38 @@ where
             return Box::pin(inner.call(req));
         }
 
-        let principal = match bearer_token(req.headers()).and_then(|t| self.verifier.verify(t)) {
-            Ok(principal) => principal,
-            Err(err) => {
-                tracing::debug!(path = req.uri().path(), error = %err, "request not authenticated");
-                let response = Status::from(err).into_http::<ResBody>();
-                return Box::pin(future::ready(Ok(response)));
-            }
+        let token = match bearer_token(req.headers()) {
+            Ok(token) => token.to_owned(),
+            Err(err) => return Box::pin(future::ready(Ok(refuse(&req, err)))),
         };
-
-        let span = tracing::info_span!(
-            "request",
-            tenant = %principal.tenant,
-            subject = %principal.subject,
-        );
-        req.extensions_mut().insert(principal);
-
+        let verifier = Arc::clone(&self.verifier);
         let clone = self.inner.clone();
         let mut inner = mem::replace(&mut self.inner, clone);
-        let fut = span.in_scope(|| inner.call(req));
-        Box::pin(fut.instrument(span))
+        async move {
+            let principal = match verifier.verify(&token).await {
+                Ok(principal) => principal,
+                Err(err) => return Ok(refuse(&req, err)),
+            };
+            let span = tracing::info_span!(
+                "request",
+                tenant = %principal.tenant,
+                subject = %principal.subject,
+            );
+            req.extensions_mut().insert(principal);
+            let fut = span.in_scope(|| inner.call(req));
+            fut.instrument(span).await
+        }
+        .boxed()
     }
+}
+
+/// The trailers-only gRPC response refusing `req` for `err`.
+fn refuse<ReqBody, ResBody: Default>(
+    req: &http::Request<ReqBody>,
+    err: AuthError,
+) -> http::Response<ResBody> {
+    tracing::debug!(path = req.uri().path(), error = %err, "request not authenticated");
+    Status::from(err).into_http::<ResBody>()
 }
 
 /// The token of the one `authorization: Bearer <token>` header. The scheme

@@ -4,9 +4,15 @@
 //! that header into a typed [`Principal`] (tenant, subject, roles, scopes) and
 //! refuses callers that exceed their tenant's request rate:
 //!
-//! - [`JwtVerifier`] checks an HS256 JSON Web Token (RFC 7519, algorithm from
-//!   RFC 7518 §3.2) and yields a [`Principal`]; [`mint_hs256`] issues one for
-//!   the `quarry token` development command.
+//! - [`JwtVerifier`] checks a JSON Web Token (RFC 7519) and yields a
+//!   [`Principal`]: signed by an identity provider whose keys it fetches from
+//!   a JSON Web Key Set URL (RFC 7517 §5; `RS256`, `ES256`, `EdDSA`, RFC 7518
+//!   §3.3–3.4, RFC 8037 §3.1; see [`JwksOptions`] for key rotation), or, for
+//!   development, with an HS256 secret (RFC 7518 §3.2), which [`mint_hs256`]
+//!   uses to issue tokens for the `quarry token` command.
+//! - [`AuthConfig`] is the `[auth]` section; [`AuthConfig::validate`] refuses
+//!   a non-development setup without `issuer` and `audience` or with an
+//!   inline secret, and [`AuthConfig::verifier`] builds the verifier.
 //! - [`AuthLayer`] is a tower layer over the HTTP request that tonic serves: it
 //!   verifies the token, puts the [`Principal`] into the request extensions
 //!   (handlers read `request.extensions().get::<Principal>()`), and answers
@@ -34,6 +40,7 @@
 mod caller;
 mod config;
 mod error;
+mod jwks;
 mod jwt;
 mod layer;
 mod policy;
@@ -43,6 +50,10 @@ mod rate_limit;
 pub use caller::{Caller, MAX_REQUEST_ID_BYTES, REQUEST_ID_HEADER, grpc_timeout};
 pub use config::{AuthConfig, DEFAULT_JWT_SECRET_ENV};
 pub use error::{AuthError, Result};
+pub use jwks::{
+    DEFAULT_JWKS_ALGORITHMS, DEFAULT_JWKS_MAX_AGE_SECS, DEFAULT_JWKS_REFRESH_FLOOR_SECS,
+    DEFAULT_JWKS_TIMEOUT_SECS, JwksOptions, MAX_JWKS_BYTES,
+};
 pub use jwt::{
     Claims, DEFAULT_LEEWAY_SECS, JwtVerifier, MAX_TOKEN_BYTES, MIN_HS256_SECRET_BYTES, mint_hs256,
 };

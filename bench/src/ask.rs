@@ -360,6 +360,7 @@ fn server_config(
     let toml = format!(
         r#"
         [server]
+        development = true
         run_sync = false
         run_summary_builder = false
         [auth]

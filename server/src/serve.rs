@@ -40,9 +40,10 @@ pub const CONVERSATION_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 /// `server.sql_url` / `search_url` / `summary_url` (which win when set).
 ///
 /// # Errors
-/// Invalid configuration (auth secret, golden pairs, model settings, an
-/// assistant role with neither the sql role nor `server.sql_url`) or a
-/// transport failure.
+/// Invalid configuration (auth secret, issuer or audience outside
+/// `server.development`, an unreachable `auth.jwks_url`, golden pairs, model
+/// settings, an assistant role with neither the sql role nor
+/// `server.sql_url`) or a transport failure.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
@@ -50,14 +51,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
-    let verifier = config.auth.verifier().context("auth")?;
-    let limiter = config.auth.rate_limiter();
-    let policy = Arc::new(PolicyStore::new(
-        Policy::new(&config.policy).context("policy")?,
-    ));
-    if config.policy.roles.is_empty() {
-        warn!("no [policy] roles: every request will be refused (default deny)");
-    }
     let server_config = &config.server;
     if roles.has(Role::Assistant) && !roles.has(Role::Sql) && server_config.sql_url.is_none() {
         anyhow::bail!(
@@ -65,6 +58,19 @@ pub async fn serve(
         );
     }
     let models = Models::from_config(&config)?;
+    // After the checks that need no network: with a key set this fetches it.
+    let verifier = config
+        .auth
+        .verifier(server_config.development)
+        .await
+        .context("auth")?;
+    let limiter = config.auth.rate_limiter();
+    let policy = Arc::new(PolicyStore::new(
+        Policy::new(&config.policy).context("policy")?,
+    ));
+    if config.policy.roles.is_empty() {
+        warn!("no [policy] roles: every request will be refused (default deny)");
+    }
     if roles.has(Role::Assistant) && models.answer.is_none() {
         info!(
             "no answer model configured: router mode (golden question/SQL pairs, then summaries and search by rules)"

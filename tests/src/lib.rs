@@ -184,6 +184,8 @@ impl TestServer {
         let golden = repo_root().join("demo/golden/tate.json");
         let mut toml = format!(
             r#"
+            [server]
+            development = true
             [database]
             url = "{url}"
             pool_size = 4

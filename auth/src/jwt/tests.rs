@@ -32,10 +32,10 @@ fn sign_raw(header: &serde_json::Value, payload: &serde_json::Value, secret: &[u
     format!("{message}.{}", URL_SAFE_NO_PAD.encode(sig))
 }
 
-#[test]
-fn verify_ok_yields_principal() {
+#[tokio::test]
+async fn verify_ok_yields_principal() {
     let token = mint_hs256(SECRET, &claims()).unwrap();
-    let principal = JwtVerifier::hs256(SECRET).verify(&token).unwrap();
+    let principal = JwtVerifier::hs256(SECRET).verify(&token).await.unwrap();
     assert_eq!(
         principal,
         Principal {
@@ -47,35 +47,35 @@ fn verify_ok_yields_principal() {
     );
 }
 
-#[test]
-fn scopes_and_roles_default_to_empty() {
+#[tokio::test]
+async fn scopes_and_roles_default_to_empty() {
     let payload = serde_json::json!({"sub": "svc", "tenant": "acme", "exp": unix_now() + 60});
     let token = sign_raw(
         &serde_json::json!({"alg": "HS256", "typ": "JWT"}),
         &payload,
         SECRET,
     );
-    let p = JwtVerifier::hs256(SECRET).verify(&token).unwrap();
+    let p = JwtVerifier::hs256(SECRET).verify(&token).await.unwrap();
     assert!(p.scopes.is_empty() && p.roles.is_empty());
 }
 
-#[test]
-fn missing_exp_is_rejected() {
+#[tokio::test]
+async fn missing_exp_is_rejected() {
     let payload = serde_json::json!({"sub": "alice", "tenant": "acme", "roles": []});
     let token = sign_raw(&serde_json::json!({"alg": "HS256"}), &payload, SECRET);
     assert_eq!(
-        JwtVerifier::hs256(SECRET).verify(&token),
+        JwtVerifier::hs256(SECRET).verify(&token).await,
         Err(AuthError::MissingClaim("exp".to_owned()))
     );
 }
 
-#[test]
-fn expired_token_is_rejected_beyond_leeway() {
+#[tokio::test]
+async fn expired_token_is_rejected_beyond_leeway() {
     let mut c = claims();
     c.exp = unix_now() - 120;
     let token = mint_hs256(SECRET, &c).unwrap();
     assert_eq!(
-        JwtVerifier::hs256(SECRET).verify(&token),
+        JwtVerifier::hs256(SECRET).verify(&token).await,
         Err(AuthError::Expired)
     );
     // within a generous leeway the same token is still accepted
@@ -83,15 +83,16 @@ fn expired_token_is_rejected_beyond_leeway() {
         JwtVerifier::hs256(SECRET)
             .with_leeway(600)
             .verify(&token)
+            .await
             .is_ok()
     );
 }
 
-#[test]
-fn bad_signature_is_rejected() {
+#[tokio::test]
+async fn bad_signature_is_rejected() {
     let token = mint_hs256(b"another-secret-another-secret-xx", &claims()).unwrap();
     assert_eq!(
-        JwtVerifier::hs256(SECRET).verify(&token),
+        JwtVerifier::hs256(SECRET).verify(&token).await,
         Err(AuthError::BadSignature)
     );
 
@@ -103,24 +104,24 @@ fn bad_signature_is_rejected() {
     let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
     parts[1] = &forged_payload;
     assert_eq!(
-        JwtVerifier::hs256(SECRET).verify(&parts.join(".")),
+        JwtVerifier::hs256(SECRET).verify(&parts.join(".")).await,
         Err(AuthError::BadSignature)
     );
 }
 
-#[test]
-fn alg_none_is_rejected() {
+#[tokio::test]
+async fn alg_none_is_rejected() {
     let header = b64(&serde_json::json!({"alg": "none", "typ": "JWT"}));
     let payload = b64(&serde_json::to_value(claims()).unwrap());
     let token = format!("{header}.{payload}.");
     assert_eq!(
-        JwtVerifier::hs256(SECRET).verify(&token),
+        JwtVerifier::hs256(SECRET).verify(&token).await,
         Err(AuthError::UnsupportedAlgorithm("none".to_owned()))
     );
 }
 
-#[test]
-fn rs256_header_with_hmac_secret_is_rejected() {
+#[tokio::test]
+async fn rs256_header_with_hmac_secret_is_rejected() {
     // algorithm confusion: HMAC-signed with the shared secret but labelled RS256
     let token = sign_raw(
         &serde_json::json!({"alg": "RS256", "typ": "JWT"}),
@@ -128,13 +129,13 @@ fn rs256_header_with_hmac_secret_is_rejected() {
         SECRET,
     );
     assert_eq!(
-        JwtVerifier::hs256(SECRET).verify(&token),
+        JwtVerifier::hs256(SECRET).verify(&token).await,
         Err(AuthError::UnsupportedAlgorithm("RS256".to_owned()))
     );
 }
 
-#[test]
-fn malformed_tokens_are_rejected() {
+#[tokio::test]
+async fn malformed_tokens_are_rejected() {
     let verifier = JwtVerifier::hs256(SECRET);
     for token in [
         "",
@@ -147,20 +148,20 @@ fn malformed_tokens_are_rejected() {
         &format!("{}.!!!.sig", b64(&serde_json::json!({"alg": "HS256"}))),
     ] {
         assert!(
-            matches!(verifier.verify(token), Err(AuthError::Malformed(_))),
+            matches!(verifier.verify(token).await, Err(AuthError::Malformed(_))),
             "{token:?} gave {:?}",
-            verifier.verify(token)
+            verifier.verify(token).await
         );
     }
     let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
     assert!(matches!(
-        verifier.verify(&huge),
+        verifier.verify(&huge).await,
         Err(AuthError::Malformed(_))
     ));
 }
 
-#[test]
-fn garbage_payload_under_valid_signature_is_malformed() {
+#[tokio::test]
+async fn garbage_payload_under_valid_signature_is_malformed() {
     let header = b64(&serde_json::json!({"alg": "HS256"}));
     let message = format!("{header}.bm90LWpzb24");
     let signer = (jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.signer_factory)(
@@ -173,52 +174,57 @@ fn garbage_payload_under_valid_signature_is_malformed() {
         URL_SAFE_NO_PAD.encode(signer.try_sign(message.as_bytes()).unwrap())
     );
     assert!(matches!(
-        JwtVerifier::hs256(SECRET).verify(&token),
+        JwtVerifier::hs256(SECRET).verify(&token).await,
         Err(AuthError::Malformed(_))
     ));
 }
 
-#[test]
-fn claims_of_the_wrong_shape_are_malformed() {
+#[tokio::test]
+async fn claims_of_the_wrong_shape_are_malformed() {
     let payload = serde_json::json!({"sub": "alice", "exp": unix_now() + 60}); // no tenant
     let token = sign_raw(&serde_json::json!({"alg": "HS256"}), &payload, SECRET);
     assert!(matches!(
-        JwtVerifier::hs256(SECRET).verify(&token),
+        JwtVerifier::hs256(SECRET).verify(&token).await,
         Err(AuthError::Malformed(_))
     ));
 }
 
-#[test]
-fn issuer_and_audience_are_enforced_when_configured() {
+#[tokio::test]
+async fn issuer_and_audience_are_enforced_when_configured() {
     let verifier = JwtVerifier::hs256(SECRET)
         .with_issuer("quarry-dev")
         .with_audience("quarry");
     let mut c = claims();
     c.aud = vec!["quarry".to_owned()];
     assert_eq!(
-        verifier.verify(&mint_hs256(SECRET, &c).unwrap()),
+        verifier.verify(&mint_hs256(SECRET, &c).unwrap()).await,
         Err(AuthError::MissingClaim("iss".to_owned()))
     );
     c.iss = Some("quarry-dev".to_owned());
     c.aud = vec![];
     assert_eq!(
-        verifier.verify(&mint_hs256(SECRET, &c).unwrap()),
+        verifier.verify(&mint_hs256(SECRET, &c).unwrap()).await,
         Err(AuthError::MissingClaim("aud".to_owned()))
     );
     c.iss = Some("someone-else".to_owned());
     c.aud = vec!["quarry".to_owned()];
     assert_eq!(
-        verifier.verify(&mint_hs256(SECRET, &c).unwrap()),
+        verifier.verify(&mint_hs256(SECRET, &c).unwrap()).await,
         Err(AuthError::InvalidIssuer)
     );
     c.iss = Some("quarry-dev".to_owned());
     c.aud = vec!["other".to_owned()];
     assert_eq!(
-        verifier.verify(&mint_hs256(SECRET, &c).unwrap()),
+        verifier.verify(&mint_hs256(SECRET, &c).unwrap()).await,
         Err(AuthError::InvalidAudience)
     );
     c.aud = vec!["other".to_owned(), "quarry".to_owned()];
-    assert!(verifier.verify(&mint_hs256(SECRET, &c).unwrap()).is_ok());
+    assert!(
+        verifier
+            .verify(&mint_hs256(SECRET, &c).unwrap())
+            .await
+            .is_ok()
+    );
 }
 
 #[test]
@@ -242,7 +248,7 @@ fn mint_refuses_short_secret() {
 proptest! {
     #[test]
     fn arbitrary_tokens_never_panic(token in ".{0,300}") {
-        let _ = JwtVerifier::hs256(SECRET).verify(&token);
+        let _ = futures::executor::block_on(JwtVerifier::hs256(SECRET).verify(&token));
     }
 
     #[test]
@@ -252,6 +258,6 @@ proptest! {
         c in "[A-Za-z0-9_-]{0,80}",
     ) {
         let token = format!("{a}.{b}.{c}");
-        prop_assert!(JwtVerifier::hs256(SECRET).verify(&token).is_err());
+        prop_assert!(futures::executor::block_on(JwtVerifier::hs256(SECRET).verify(&token)).is_err());
     }
 }
