@@ -34,6 +34,13 @@
 //! a remote OpenAI-compatible `/embeddings` endpoint, and a content-hash
 //! cache in front of either.
 //!
+//! [`pii`] keeps personal data out of prompts: a per-request
+//! [`pii::Pseudonymizer`] replaces e-mail addresses, phone numbers, card
+//! numbers, IBANs and values of PII-tagged columns by placeholders
+//! (`<EMAIL_1>`), and [`pii::Redacting`] wraps any [`ChatModel`] so that it
+//! sends only pseudonymised text and restores the values in the answer for
+//! a caller allowed to see them.
+//!
 //! With the `test-util` feature, [`testing::ScriptedServer`] is a scripted
 //! OpenAI-compatible HTTP server for tests of anything that calls a model.
 
@@ -42,6 +49,7 @@ mod config;
 pub mod embed;
 mod error;
 mod openai;
+pub mod pii;
 #[cfg(feature = "test-util")]
 pub mod testing;
 mod usage;
