@@ -60,9 +60,11 @@ impl BenchConfig {
 /// `quarry serve` reads them.
 /// The caller of a benchmark's or evaluation's own calls into a tool: a
 /// local principal (tenant `local`, no roles or scopes) named `subject`,
-/// with a fresh request id and no deadline.
+/// with a fresh request id, no deadline and the unrestricted grant of
+/// operator work (benchmarks and evaluations measure the tools, not the
+/// policy).
 pub fn local_caller(subject: &str) -> quarry_auth::Caller {
-    quarry_auth::Caller::new(quarry_auth::Principal {
+    quarry_auth::Caller::operator(quarry_auth::Principal {
         tenant: "local".to_owned(),
         subject: subject.to_owned(),
         roles: vec![],

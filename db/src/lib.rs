@@ -29,7 +29,7 @@ pub use error::{DbError, PgError, Result, error_text};
 pub use ident::{quote_ident, quote_literal};
 pub use migrate::{migrate, migrate_client};
 pub use pool::{Pools, pool};
-pub use read_only::ReadOnly;
+pub use read_only::{ReadOnly, Session};
 
 /// The pool type every Quarry crate uses (deadpool-postgres).
 pub use deadpool_postgres::Pool;

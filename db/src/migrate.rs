@@ -1,6 +1,6 @@
 //! The migrations of Quarry's own `quarry` schema (`db/migrations/V*__*.sql`,
 //! embedded with refinery): V1 the stored catalog and golden pairs, V2
-//! conversations, V3 summaries, V4 search bookkeeping. Per-collection search
+//! conversations, V3 summaries, V4 search bookkeeping, V5 golden pairs per tenant. Per-collection search
 //! sidecar tables are not here: their shape follows each collection's
 //! definition, so the search tool creates them (`quarry_search::ddl`).
 
@@ -74,7 +74,8 @@ mod tests {
                 "V1__quarry_schema",
                 "V2__conversations",
                 "V3__summaries",
-                "V4__search"
+                "V4__search",
+                "V5__golden_per_tenant",
             ]
         );
         assert!(migrate(db.pool()).await.unwrap().is_empty());

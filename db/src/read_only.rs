@@ -3,7 +3,7 @@
 use deadpool_postgres::{ClientWrapper, Transaction};
 use tokio_postgres::IsolationLevel;
 
-use crate::ident::quote_ident;
+use crate::ident::{quote_ident, quote_literal};
 
 /// The settings of a guarded read-only transaction. [`ReadOnly::begin`]
 /// starts `READ ONLY` (PostgreSQL itself refuses any write) at `isolation`,
@@ -17,7 +17,13 @@ use crate::ident::quote_ident;
 /// - with `search_path`, `pg_catalog`, the schemas, then `pg_temp` —
 ///   `pg_catalog` first, so an allowlisted built-in name always resolves to
 ///   the built-in, never to a same-named function in a data schema;
-/// - with `role`, `SET LOCAL ROLE` (the pool's login role must be a member).
+/// - with `role`, `SET LOCAL ROLE` (the pool's login role must be a member);
+/// - with a [`Session`], `quarry.tenant`, `quarry.subject` and `quarry.roles`
+///   (a PostgreSQL text-array literal such as `{analyst,"a b"}`) set with
+///   `set_config(…, true)`, the transaction-local form of `SET LOCAL`, for
+///   row-level security policies to read with `current_setting` (PostgreSQL
+///   16 docs §5.8 "Row Security Policies" and §9.27.1). The values are
+///   quoted as literals: a tenant or subject is data, never SQL.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadOnly<'a> {
     /// `statement_timeout`, in milliseconds.
@@ -29,6 +35,34 @@ pub struct ReadOnly<'a> {
     pub role: Option<&'a str>,
     /// Isolation level; `None` is the server default (`READ COMMITTED`).
     pub isolation: Option<IsolationLevel>,
+    /// Whose request this is, for row-level security; `None` sets nothing.
+    pub session: Option<Session<'a>>,
+}
+
+/// The caller as row-level security policies see it: `quarry.tenant`,
+/// `quarry.subject` and `quarry.roles`.
+#[derive(Debug, Clone, Copy)]
+pub struct Session<'a> {
+    /// `quarry.tenant`.
+    pub tenant: &'a str,
+    /// `quarry.subject`.
+    pub subject: &'a str,
+    /// `quarry.roles`, written as a text-array literal.
+    pub roles: &'a [String],
+}
+
+impl Session<'_> {
+    /// The roles as a PostgreSQL array literal (docs §8.15.6): every element
+    /// double-quoted with `"` and `\` escaped, so `current_setting(
+    /// 'quarry.roles')::text[]` gives the roles back exactly.
+    pub fn roles_array(&self) -> String {
+        let elements: Vec<String> = self
+            .roles
+            .iter()
+            .map(|r| format!("\"{}\"", r.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect();
+        format!("{{{}}}", elements.join(","))
+    }
 }
 
 impl<'a> ReadOnly<'a> {
@@ -39,7 +73,15 @@ impl<'a> ReadOnly<'a> {
             search_path: None,
             role: None,
             isolation: None,
+            session: None,
         }
+    }
+
+    /// With the caller's `session` set for row-level security.
+    #[must_use]
+    pub fn session(mut self, session: Option<Session<'a>>) -> Self {
+        self.session = session;
+        self
     }
 
     /// With `search_path` restricted to `schemas` (when `Some`).
@@ -77,6 +119,15 @@ impl<'a> ReadOnly<'a> {
         }
         if let Some(role) = self.role {
             settings.push_str(&format!("; SET LOCAL ROLE {}", quote_ident(role)));
+        }
+        if let Some(session) = &self.session {
+            settings.push_str(&format!(
+                "; SELECT set_config('quarry.tenant', {}, true), \
+                 set_config('quarry.subject', {}, true), set_config('quarry.roles', {}, true)",
+                quote_literal(session.tenant),
+                quote_literal(session.subject),
+                quote_literal(&session.roles_array()),
+            ));
         }
         settings
     }
@@ -148,5 +199,51 @@ mod tests {
             crate::error_text(&error),
             "cannot execute CREATE TABLE in a read-only transaction (SQLSTATE 25006)"
         );
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+    use crate::testing::TestDb;
+
+    /// Hostile tenant, subject and role strings arrive in PostgreSQL as
+    /// the very same text: data, never SQL.
+    #[tokio::test]
+    async fn the_session_reaches_current_setting_exactly() {
+        let db = TestDb::create().await;
+        let mut client = db.pool().get().await.unwrap();
+        let roles = vec![
+            "analyst".to_owned(),
+            "a\"b,c}".to_owned(),
+            "back\\slash".to_owned(),
+        ];
+        let tenant = "acme'; SET ROLE postgres; --";
+        let subject = "ali\\ce";
+        let guard = ReadOnly::new(1000).session(Some(Session {
+            tenant,
+            subject,
+            roles: &roles,
+        }));
+        let tx = guard.begin(&mut client).await.unwrap();
+        let row = tx
+            .query_one(
+                "SELECT current_setting('quarry.tenant'), current_setting('quarry.subject'), \
+                 current_setting('quarry.roles')::text[], current_user::text",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (t, s, r): (String, String, Vec<String>) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!((t.as_str(), s.as_str()), (tenant, subject));
+        assert_eq!(r, roles);
+        tx.rollback().await.unwrap();
+        // transaction-local: gone after the transaction
+        let row = client
+            .query_one("SELECT current_setting('quarry.tenant', true)", &[])
+            .await
+            .unwrap();
+        let after: Option<String> = row.get(0);
+        assert!(after.as_deref().is_none_or(str::is_empty), "{after:?}");
     }
 }

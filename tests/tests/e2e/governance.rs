@@ -214,3 +214,288 @@ async fn each_rpc_needs_its_scope_and_the_refusal_names_it() {
     assert_eq!(status.code(), Code::Ok, "{}", status.message());
     server.stop().await;
 }
+
+/// A role that sees two tables, one column hidden, two masked, artworks
+/// filtered to acquisitions since 1900.
+const MASKED_POLICY: &str = r#"
+    [policy.roles.masked]
+    scopes = ["sql:query", "sql:explain", "schema:read", "golden:write"]
+    tables = ["tate.artists", "tate.artworks"]
+    deny_columns = ["tate.artists.gender"]
+    masks = { "tate.artists.birth_place" = "redact", "tate.artists.name" = "hash" }
+    row_filters = { "tate.artworks" = "acquisition_year >= 1900" }
+"#;
+
+async fn masked_server() -> TestServer {
+    TestServer::start(Options {
+        extra_toml: MASKED_POLICY.into(),
+        ..Options::default()
+    })
+    .await
+}
+
+/// Rows of `sql` run through ExecuteSql with `token`, each cell as text.
+async fn rows(server: &TestServer, token: &str, sql: &str) -> Result<Vec<Vec<String>>, Status> {
+    use quarry_proto::v1::value::Kind;
+    let response = server
+        .sql()
+        .execute_sql(authed(
+            ExecuteSqlRequest {
+                sql: sql.into(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await?
+        .into_inner();
+    let result = response.result.unwrap_or_default();
+    Ok(result
+        .rows
+        .iter()
+        .map(|row| {
+            row.values
+                .iter()
+                .map(|v| match &v.kind {
+                    Some(Kind::TextValue(s) | Kind::DecimalValue(s)) => s.clone(),
+                    Some(Kind::Int64Value(n)) => n.to_string(),
+                    Some(Kind::NullValue(_)) | None => "NULL".to_owned(),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// The same query straight on the database, as the superuser: the raw
+/// values the policy must keep from the caller.
+async fn raw(server: &TestServer, sql: &str) -> Vec<tokio_postgres::Row> {
+    let pool = quarry_db::pool(server.db.url(), 1, std::time::Duration::from_secs(5)).unwrap();
+    let client = pool.get().await.unwrap();
+    client.query(sql, &[]).await.unwrap()
+}
+
+#[tokio::test]
+async fn masked_columns_reveal_nothing_to_predicates_aggregates_orderings_or_joins() {
+    let server = masked_server().await;
+    let t = token_with_roles("t1", "ann", &["masked"], &[]);
+    // the raw data has what the probes look for
+    let london: i64 = raw(
+        &server,
+        "SELECT count(*) FROM tate.artists WHERE birth_place LIKE 'London%'",
+    )
+    .await[0]
+        .get(0);
+    assert!(london > 0, "the test data has artists born in London");
+    let with_place: i64 = raw(
+        &server,
+        "SELECT count(*) FROM tate.artists WHERE birth_place IS NOT NULL",
+    )
+    .await[0]
+        .get(0);
+    let probes = [
+        // predicates
+        (
+            "SELECT count(*) FROM tate.artists WHERE birth_place LIKE 'London%'",
+            vec![vec!["0"]],
+        ),
+        (
+            "SELECT count(*) FROM tate.artists a WHERE a.birth_place ILIKE '%l%'",
+            vec![vec!["0"]],
+        ),
+        // aggregates and functions
+        (
+            "SELECT min(birth_place), max(birth_place) FROM tate.artists",
+            vec![vec!["[redacted]", "[redacted]"]],
+        ),
+        (
+            "SELECT DISTINCT length(birth_place) FROM tate.artists WHERE birth_place IS NOT NULL",
+            vec![vec!["10"]],
+        ),
+        // grouping: one group of redacted values (the nulls stay null)
+        (
+            "SELECT count(*) FROM (SELECT birth_place FROM tate.artists WHERE birth_place IS NOT NULL GROUP BY birth_place) g",
+            vec![vec!["1"]],
+        ),
+        // joins on the raw value find nothing
+        (
+            "SELECT count(*) FROM tate.artists a JOIN (SELECT 'London, United Kingdom' AS p) v ON a.birth_place = v.p",
+            vec![vec!["0"]],
+        ),
+        // a hash: equality with a raw name finds nothing, and prefixes are hex
+        (
+            "SELECT count(*) FROM tate.artists WHERE name LIKE 'J%' OR name = 'Blake, William'",
+            vec![vec!["0"]],
+        ),
+    ];
+    for (sql, expected) in probes {
+        let got = rows(&server, &t, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        assert_eq!(got, expected, "{sql}");
+    }
+    // ordering: the first rows in raw order are not the first rows shown
+    let ordered = rows(
+        &server,
+        &t,
+        "SELECT birth_place FROM tate.artists WHERE birth_place IS NOT NULL ORDER BY birth_place LIMIT 5",
+    )
+    .await
+    .unwrap();
+    assert!(ordered.iter().all(|r| r[0] == "[redacted]"), "{ordered:?}");
+    let counted = rows(&server, &t, "SELECT count(birth_place) FROM tate.artists")
+        .await
+        .unwrap();
+    assert_eq!(counted, vec![vec![with_place.to_string()]]);
+    // SELECT * shows masked values and never the hidden column
+    let response = server
+        .sql()
+        .execute_sql(authed(
+            ExecuteSqlRequest {
+                sql: "SELECT * FROM tate.artists ORDER BY id LIMIT 3".into(),
+                ..Default::default()
+            },
+            &t,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let columns: Vec<String> = response
+        .result
+        .unwrap()
+        .columns
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    assert!(columns.contains(&"birth_place".to_owned()), "{columns:?}");
+    assert!(!columns.contains(&"gender".to_owned()), "{columns:?}");
+    // the caller is shown its own SQL, not the policy's rewrite
+    assert!(
+        !response.executed_sql.contains("redacted"),
+        "{}",
+        response.executed_sql
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn hidden_tables_columns_and_rows_stay_hidden() {
+    let server = masked_server().await;
+    let t = token_with_roles("t1", "ann", &["masked"], &[]);
+    for (sql, object) in [
+        (
+            "SELECT gender FROM tate.artists",
+            "column tate.artists.gender",
+        ),
+        (
+            "SELECT count(*) FROM tate.artists WHERE gender = 'Female'",
+            "column tate.artists.gender",
+        ),
+        ("SELECT name FROM tate.movements", "table tate.movements"),
+        (
+            "SELECT 1 FROM tate.artworks w JOIN tate.artwork_subjects s ON s.artwork_id = w.id",
+            "table tate.artwork_subjects",
+        ),
+    ] {
+        let status = rows(&server, &t, sql).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{sql}: {}",
+            status.message()
+        );
+        assert!(
+            status.message().contains(object),
+            "{sql}: {}",
+            status.message()
+        );
+    }
+    // row filter: the caller sees exactly the rows since 1900
+    let direct: i64 = raw(
+        &server,
+        "SELECT count(*) FROM tate.artworks WHERE acquisition_year >= 1900",
+    )
+    .await[0]
+        .get(0);
+    let total: i64 = raw(&server, "SELECT count(*) FROM tate.artworks").await[0].get(0);
+    assert!(total > direct, "the test data has older acquisitions");
+    let seen = rows(
+        &server,
+        &t,
+        "SELECT count(*), min(acquisition_year) >= 1900 FROM tate.artworks",
+    )
+    .await
+    .unwrap();
+    assert_eq!(seen[0][0], direct.to_string());
+    assert_eq!(seen[0][1], "Some(BoolValue(true))");
+    // the schema the caller is shown
+    let schema = server
+        .sql()
+        .describe_schema(authed(DescribeSchemaRequest::default(), &t))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut tables: Vec<String> = schema.tables.iter().map(|t| t.name.clone()).collect();
+    tables.sort();
+    assert_eq!(tables, vec!["artists", "artworks"]);
+    let artists = schema.tables.iter().find(|t| t.name == "artists").unwrap();
+    assert!(artists.columns.iter().all(|c| c.name != "gender"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn golden_pairs_belong_to_their_tenant_and_shared_ones_cannot_be_overridden() {
+    let server = masked_server().await;
+    let a = token_with_roles("tenant-a", "ann", &["masked"], &[]);
+    let b = token_with_roles("tenant-b", "bob", &["masked"], &[]);
+    let mut sql = server.sql();
+    let question = "How many artworks were acquired in 2010 exactly?";
+    sql.add_golden_pair(authed(
+        AddGoldenPairRequest {
+            question: question.into(),
+            sql: "SELECT count(*) AS poisoned FROM tate.artworks".into(),
+        },
+        &a,
+    ))
+    .await
+    .unwrap();
+    let generate = |token: &str| {
+        authed(
+            GenerateSqlRequest {
+                question: question.into(),
+                dry_run: true,
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    let for_a = sql.generate_sql(generate(&a)).await.unwrap().into_inner();
+    assert!(for_a.sql.contains("poisoned"), "{for_a:?}");
+    let for_b = sql.generate_sql(generate(&b)).await.unwrap().into_inner();
+    assert!(
+        !for_b.sql.contains("poisoned"),
+        "tenant b got tenant a's pair: {for_b:?}"
+    );
+    // a shared pair from the golden file cannot be overridden by a tenant
+    let shared: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(quarry_tests::repo_root().join("demo/golden/tate.json")).unwrap(),
+    )
+    .unwrap();
+    let shared_question = shared[0]["question"].as_str().unwrap();
+    let refused = sql
+        .add_golden_pair(authed(
+            AddGoldenPairRequest {
+                question: shared_question.into(),
+                sql: "SELECT count(*) FROM tate.artworks".into(),
+            },
+            &a,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::FailedPrecondition,
+        "{}",
+        refused.message()
+    );
+    server.stop().await;
+}

@@ -454,7 +454,7 @@ fn hostile_query_text_never_fails_otherwise() {
 }
 
 fn caller() -> Caller {
-    Caller::new(Principal {
+    Caller::operator(Principal {
         tenant: "t1".into(),
         subject: "tester".into(),
         roles: vec![],

@@ -8,7 +8,7 @@ use tonic_types::ErrorDetails;
 use crate::catalog::CatalogError;
 use crate::execute::ExecError;
 use crate::schema::SchemaError;
-use crate::validate::Rejection;
+use crate::validate::{Rejection, RejectionKind};
 
 /// Everything that can go wrong in the SQL tool (a [`Rejection`] of the SQL
 /// included).
@@ -38,6 +38,10 @@ pub enum SqlError {
     /// A golden pair's SQL returned no rows, so it is not stored.
     #[error("the sql returned no rows; a golden pair must answer its question")]
     EmptyGolden,
+    /// A shared golden pair (from the golden file) answers this question;
+    /// a tenant cannot override it.
+    #[error("a shared golden pair answers this question; shared pairs cannot be overridden")]
+    SharedGolden,
 }
 
 /// Result alias of this crate.
@@ -55,6 +59,7 @@ impl SqlError {
             )),
             Self::UnknownSchema(..) => Some(FieldViolation::new("schemas", self.to_string())),
             Self::EmptyGolden => Some(FieldViolation::new("sql", self.to_string())),
+            Self::SharedGolden => Some(FieldViolation::new("question", self.to_string())),
             Self::Exec(_) | Self::Schema(_) | Self::Pool(_) | Self::Model(_) | Self::Catalog(_) => {
                 None
             }
@@ -91,9 +96,13 @@ impl ServiceError for ExecError {
 impl ServiceError for SqlError {
     fn error_code(&self) -> ServiceErrorCode {
         match self {
+            Self::Rejected(rejection) if rejection.kind == RejectionKind::Forbidden => {
+                ServiceErrorCode::PermissionDenied
+            }
             Self::Rejected(_) | Self::UnknownSchema(..) | Self::EmptyGolden => {
                 ServiceErrorCode::BadRequest
             }
+            Self::SharedGolden => ServiceErrorCode::FailedPrecondition,
             Self::Exec(exec) => exec.error_code(),
             Self::Schema(_) | Self::Pool(_) | Self::Model(_) => ServiceErrorCode::Unavailable,
             Self::Catalog(_) => ServiceErrorCode::FailedPrecondition,

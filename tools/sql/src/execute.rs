@@ -43,7 +43,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, Kind, Type};
 use tokio_postgres::{NoTls, Row};
 
-use crate::validate::ValidatedQuery;
+use crate::validate::{QuerySession, ValidatedQuery};
 
 /// Limits for one query execution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -299,7 +299,9 @@ pub struct QueryResult {
     /// Wall time of the execution, connection checkout included.
     pub elapsed: Duration,
     /// The statement as executed: the validated query rendered with the row
-    /// limit ([`ValidatedQuery::rewritten_sql`]).
+    /// limit ([`ValidatedQuery::rewritten_sql`]); for a governed query, the
+    /// caller's own query with the limit ([`ValidatedQuery::shown_rewritten_sql`]),
+    /// since the rewrite holds the policy's masks and filters.
     pub sql: String,
 }
 
@@ -455,13 +457,19 @@ impl Executor {
             .config
             .count_when_truncated
             .then(|| format!("SELECT count(*) FROM ({}) AS quarry_c", query.sql()));
-        self.run(
-            &sql,
-            count_sql.as_deref(),
-            query.allowed_schemas(),
-            max_rows,
-        )
-        .await
+        let mut result = self
+            .run(
+                &sql,
+                count_sql.as_deref(),
+                query.allowed_schemas(),
+                query.session(),
+                max_rows,
+            )
+            .await?;
+        if query.session().is_some() {
+            result.sql = query.shown_rewritten_sql(max_rows);
+        }
+        Ok(result)
     }
 
     /// Run `sql` as given inside the guarded transaction. Not public: SQL
@@ -474,7 +482,7 @@ impl Executor {
         search_path: Option<&[String]>,
         max_rows: u64,
     ) -> Result<QueryResult, ExecError> {
-        self.run(sql, None, search_path, max_rows).await
+        self.run(sql, None, search_path, None, max_rows).await
     }
 
     /// Cancel-safe: if this future is dropped before it completes (the
@@ -487,6 +495,7 @@ impl Executor {
         sql: &str,
         count_sql: Option<&str>,
         search_path: Option<&[String]>,
+        session: Option<&QuerySession>,
         max_rows: u64,
     ) -> Result<QueryResult, ExecError> {
         let started = Instant::now();
@@ -501,6 +510,7 @@ impl Executor {
             sql,
             count_sql,
             search_path,
+            session,
             max_rows,
             deadline: started + budget,
         };
@@ -573,6 +583,7 @@ struct Plan<'a> {
     sql: &'a str,
     count_sql: Option<&'a str>,
     search_path: Option<&'a [String]>,
+    session: Option<&'a QuerySession>,
     max_rows: u64,
     deadline: Instant,
 }
@@ -632,10 +643,19 @@ fn decodes_as_element(ty: &Type) -> bool {
 pub(crate) fn guard<'a>(
     config: &'a ExecConfig,
     search_path: Option<&'a [String]>,
+    session: Option<&'a QuerySession>,
 ) -> quarry_db::ReadOnly<'a> {
+    let role = session
+        .and_then(|s| s.db_role.as_deref())
+        .or(config.role.as_deref());
     quarry_db::ReadOnly::new(config.statement_timeout_ms.max(1))
         .search_path(search_path)
-        .role(config.role.as_deref())
+        .role(role)
+        .session(session.map(|s| quarry_db::Session {
+            tenant: &s.tenant,
+            subject: &s.subject,
+            roles: &s.roles,
+        }))
 }
 
 async fn run_in_transaction(
@@ -646,12 +666,16 @@ async fn run_in_transaction(
     let Plan {
         sql,
         search_path,
+        session,
         max_rows,
         ..
     } = *plan;
     let timeout_ms = config.statement_timeout_ms.max(1);
     let pg = |e| ExecError::from_pg(e, timeout_ms);
-    let tx = guard(config, search_path).begin(client).await.map_err(pg)?;
+    let tx = guard(config, search_path, session)
+        .begin(client)
+        .await
+        .map_err(pg)?;
 
     if let Some(limit) = config.max_estimated_cost {
         let estimated = estimated_cost(&tx, sql).await.map_err(pg)??;

@@ -74,7 +74,7 @@ pub fn describe_query(q: &ValidatedQuery) -> QueryDescription {
         limit: None,
         text: String::new(),
     };
-    let sqlparser::ast::Statement::Query(query) = q.statement() else {
+    let sqlparser::ast::Statement::Query(query) = q.shown_statement() else {
         return d;
     };
     if let Some(select) = outer_select(query) {
@@ -272,7 +272,7 @@ pub async fn explain_plan(
     let timeout_ms = config.statement_timeout_ms.max(1);
     let pg = |e| ExecError::from_pg(e, timeout_ms);
     let mut client = executor.pool().get().await?;
-    let tx = crate::execute::guard(config, q.allowed_schemas())
+    let tx = crate::execute::guard(config, q.allowed_schemas(), q.session())
         .begin(&mut client)
         .await
         .map_err(pg)?;
@@ -300,6 +300,14 @@ pub async fn explain_plan(
         else {
             continue;
         };
+        // only tables the query names (a policy's row filter may read others)
+        if !q
+            .tables()
+            .iter()
+            .any(|t| t.name == table && t.schema.as_deref().is_none_or(|s| s == schema))
+        {
+            continue;
+        }
         let qualified = format!("{}.{}", quote_ident(schema), quote_ident(table));
         let reltuples: f64 = tx
             .query_one(
@@ -365,7 +373,7 @@ pub async fn explain_plan(
     }
     // sorting without a limit
     let estimated_rows = top["Plan Rows"].as_f64().unwrap_or(0.0);
-    if let sqlparser::ast::Statement::Query(query) = q.statement()
+    if let sqlparser::ast::Statement::Query(query) = q.shown_statement()
         && query.order_by.is_some()
         && query.limit_clause.is_none()
         && query.fetch.is_none()
@@ -445,12 +453,12 @@ fn cartesian_in_ast(q: &ValidatedQuery) -> bool {
         }
     }
     let mut finder = Finder(false);
-    let _ = q.statement().visit(&mut finder);
+    let _ = q.shown_statement().visit(&mut finder);
     finder.0
 }
 
 fn selects_star(q: &ValidatedQuery) -> bool {
-    let sqlparser::ast::Statement::Query(query) = q.statement() else {
+    let sqlparser::ast::Statement::Query(query) = q.shown_statement() else {
         return false;
     };
     outer_select(query).is_some_and(|s| {

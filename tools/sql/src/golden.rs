@@ -32,6 +32,11 @@ pub struct GoldenPair {
     /// the pair; keywords the question does not use cost nothing.
     #[serde(default)]
     pub keywords: Vec<String>,
+    /// The tenant that stored the pair (`AddGoldenPair`); `None` for a
+    /// shared pair from the golden file, which every tenant sees and none
+    /// may override.
+    #[serde(skip)]
+    pub tenant: Option<String>,
 }
 
 /// Errors loading a golden file.
@@ -203,6 +208,16 @@ impl GoldenSet {
     /// threshold (numbers must still agree), or `None` for an empty set or a
     /// question without content terms.
     pub fn closest(&self, question: &str) -> Option<GoldenMatch<'_>> {
+        self.closest_where(question, &|_| true)
+    }
+
+    /// [`Self::closest`] among the pairs `keep` accepts (a caller's tenant
+    /// and policy); on equal scores a shared pair wins over a tenant's.
+    pub fn closest_where(
+        &self,
+        question: &str,
+        keep: &dyn Fn(&GoldenPair) -> bool,
+    ) -> Option<GoldenMatch<'_>> {
         let q_terms = terms(question);
         let q_numbers = numbers(question);
         if q_terms.is_empty() {
@@ -211,17 +226,31 @@ impl GoldenSet {
         self.indexed
             .iter()
             .zip(&self.pairs)
-            .filter(|(ix, _)| ix.numbers == q_numbers)
+            .filter(|(ix, pair)| ix.numbers == q_numbers && keep(pair))
             .map(|(ix, pair)| GoldenMatch {
                 pair,
                 score: self.score(&q_terms, ix),
             })
-            .max_by(|a, b| a.score.total_cmp(&b.score))
+            .max_by(|a, b| {
+                a.score
+                    .total_cmp(&b.score)
+                    .then(b.pair.tenant.is_some().cmp(&a.pair.tenant.is_some()))
+            })
     }
 
     /// The `k` best-scoring pairs for `question` (numbers need not agree),
     /// best first; for few-shot examples in a prompt.
     pub fn top_k(&self, question: &str, k: usize) -> Vec<GoldenMatch<'_>> {
+        self.top_k_where(question, k, &|_| true)
+    }
+
+    /// [`Self::top_k`] among the pairs `keep` accepts.
+    pub fn top_k_where(
+        &self,
+        question: &str,
+        k: usize,
+        keep: &dyn Fn(&GoldenPair) -> bool,
+    ) -> Vec<GoldenMatch<'_>> {
         let q_terms = terms(question);
         if q_terms.is_empty() || k == 0 {
             return Vec::new();
@@ -230,6 +259,7 @@ impl GoldenSet {
             .indexed
             .iter()
             .zip(&self.pairs)
+            .filter(|(_, pair)| keep(pair))
             .map(|(ix, pair)| GoldenMatch {
                 pair,
                 score: self.score(&q_terms, ix),
@@ -291,6 +321,7 @@ mod tests {
             question: q.into(),
             sql: sql.into(),
             keywords: vec![],
+            tenant: None,
         };
         GoldenSet::new(vec![
             pair("How many artworks are in the collection?", "select 1"),

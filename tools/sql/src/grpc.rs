@@ -68,7 +68,10 @@ fn rejection_kind(kind: RejectionKind) -> pb::RejectionKind {
         RejectionKind::DataModifyingCte => pb::RejectionKind::DataModifyingCte,
         RejectionKind::LockingClause => pb::RejectionKind::LockingClause,
         RejectionKind::DeniedFunction => pb::RejectionKind::ForbiddenFunction,
-        RejectionKind::SchemaNotAllowed => pb::RejectionKind::ForbiddenRelation,
+        RejectionKind::SchemaNotAllowed | RejectionKind::Forbidden => {
+            pb::RejectionKind::ForbiddenRelation
+        }
+        RejectionKind::Ambiguous => pb::RejectionKind::Other,
         RejectionKind::TooLong | RejectionKind::TooComplex | RejectionKind::Unsupported => {
             pb::RejectionKind::Other
         }
@@ -279,13 +282,14 @@ impl SqlService for SqlGrpc {
             Ok(query) => pb::ValidateSqlResponse {
                 valid: true,
                 rejection: None,
-                rewritten_sql: query.rewritten_sql(query.max_rows()),
+                rewritten_sql: query.shown_rewritten_sql(query.max_rows()),
             },
-            Err(rejection) => pb::ValidateSqlResponse {
+            Err(SqlError::Rejected(rejection)) => pb::ValidateSqlResponse {
                 valid: false,
                 rejection: Some(rejection_to_proto(&rejection)),
                 rewritten_sql: String::new(),
             },
+            Err(error) => return Err(status_of(&error)),
         };
         Ok(Response::new(response))
     }
@@ -458,8 +462,8 @@ impl SqlService for SqlGrpc {
     ) -> Result<Response<pb::AddGoldenPairResponse>, Status> {
         let caller = Caller::of_traced(&request)?;
         caller
-            .principal
-            .require_scope(GOLDEN_WRITE_SCOPE)
+            .grant
+            .require(GOLDEN_WRITE_SCOPE)
             .map_err(tonic::Status::from)?;
         let request = request.into_inner();
         if request.question.trim().is_empty() {

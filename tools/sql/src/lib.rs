@@ -37,6 +37,7 @@ pub mod error;
 pub mod execute;
 pub mod explain;
 pub mod golden;
+pub mod govern;
 pub mod grpc;
 pub mod linking;
 pub mod role;
@@ -50,5 +51,5 @@ pub use schema::{
     ColumnInfo, ForeignKey, SchemaError, TableInfo, TableKind, compact_description, describe_schema,
 };
 pub use validate::{
-    Rejection, RejectionKind, TableRef, ValidatedQuery, ValidationPolicy, validate,
+    QuerySession, Rejection, RejectionKind, TableRef, ValidatedQuery, ValidationPolicy, validate,
 };

@@ -180,6 +180,44 @@ pub type ColumnEmbeddings = Vec<Vec<Vec<f32>>>;
 /// `(table index, column index)` in the index's table list.
 type ColumnKey = (usize, usize);
 
+/// What a caller may see of the schema, for [`SchemaIndex::link_visible`].
+pub trait Visibility {
+    /// Whether `table` may be shown at all.
+    fn table(&self, table: &TableInfo) -> bool;
+    /// Whether `column` of `table` may be shown.
+    fn column(&self, table: &TableInfo, column: &str) -> bool;
+    /// Whether values of `column` may reach a model (shown, unmasked, not PII).
+    fn values(&self, table: &TableInfo, column: &str) -> bool;
+}
+
+/// Everything visible: operator work and the unrestricted grant.
+#[derive(Debug, Clone, Copy)]
+pub struct Everything;
+
+impl Visibility for Everything {
+    fn table(&self, _: &TableInfo) -> bool {
+        true
+    }
+    fn column(&self, _: &TableInfo, _: &str) -> bool {
+        true
+    }
+    fn values(&self, _: &TableInfo, _: &str) -> bool {
+        true
+    }
+}
+
+impl Visibility for quarry_auth::Grant {
+    fn table(&self, table: &TableInfo) -> bool {
+        self.table(&table.schema, &table.name).is_some()
+    }
+    fn column(&self, table: &TableInfo, column: &str) -> bool {
+        self.shows_column(&table.schema, &table.name, column)
+    }
+    fn values(&self, table: &TableInfo, column: &str) -> bool {
+        self.exposes_values(&table.schema, &table.name, column)
+    }
+}
+
 /// Distinct values of text columns, for linking question words to columns.
 #[derive(Debug, Clone, Default)]
 pub struct ValueIndex {
@@ -440,9 +478,23 @@ impl SchemaIndex {
 
     /// Links `question` (and its embedding, when the index has embeddings).
     pub fn link(&self, question: &str, question_embedding: Option<&[f32]>) -> LinkedSchema {
+        self.link_visible(question, question_embedding, &Everything)
+    }
+
+    /// [`Self::link`] over only what `visible` lets the caller see: hidden
+    /// tables and columns are never scored, chosen or shown, and only
+    /// columns whose values may reach a model link by value or give sample
+    /// values (ARCHITECTURE.md: the model only sees what the caller may use).
+    pub fn link_visible(
+        &self,
+        question: &str,
+        question_embedding: Option<&[f32]>,
+        visible: &dyn Visibility,
+    ) -> LinkedSchema {
         let full_tokens = estimate_tokens(&self.full_context);
+        let shown: Vec<bool> = self.tables.iter().map(|t| visible.table(t)).collect();
         if self.tables.is_empty() || full_tokens <= self.config.whole_schema_tokens {
-            return self.whole(full_tokens);
+            return self.whole(full_tokens, &shown, visible);
         }
         let q_words: Vec<String> = words(question);
         let q_set: HashSet<&str> = q_words.iter().map(String::as_str).collect();
@@ -451,6 +503,16 @@ impl SchemaIndex {
         let mut value_hits: HashMap<ColumnKey, f64> = HashMap::new();
         for w in &q_set {
             if let Some(columns) = self.value_words.get(*w) {
+                let columns: Vec<&ColumnKey> = columns
+                    .iter()
+                    .filter(|(t, c)| {
+                        shown[*t]
+                            && visible.values(&self.tables[*t], &self.tables[*t].columns[*c].name)
+                    })
+                    .collect();
+                if columns.is_empty() {
+                    continue;
+                }
                 let weight = 1.0 / columns.len() as f64;
                 for key in columns {
                     *value_hits.entry(*key).or_default() += weight;
@@ -521,11 +583,16 @@ impl SchemaIndex {
             lexical_scores.push(lexical);
         }
 
+        for (score, shown) in table_scores.iter_mut().zip(&shown) {
+            if !shown {
+                *score = 0.0;
+            }
+        }
         let best = table_scores.iter().copied().fold(0.0, f64::max);
         if best <= 0.0 {
-            return self.whole(full_tokens);
+            return self.whole(full_tokens, &shown, visible);
         }
-        let mut ranked: Vec<usize> = (0..self.tables.len()).collect();
+        let mut ranked: Vec<usize> = (0..self.tables.len()).filter(|&t| shown[t]).collect();
         ranked.sort_by(|&a, &b| table_scores[b].total_cmp(&table_scores[a]).then(a.cmp(&b)));
         let mut chosen: Vec<usize> = ranked
             .iter()
@@ -538,7 +605,7 @@ impl SchemaIndex {
         for (i, &a) in seeds.iter().enumerate() {
             for &b in &seeds[i + 1..] {
                 for t in self.shortest_path(a, b) {
-                    if !chosen.contains(&t) {
+                    if shown[t] && !chosen.contains(&t) {
                         chosen.push(t);
                     }
                 }
@@ -553,8 +620,12 @@ impl SchemaIndex {
         for &ti in &chosen {
             let table = &self.tables[ti];
             let keep_all = table.columns.len() <= self.config.small_table_columns;
+            let table_visible = |c: &str| visible.column(table, c);
             let mut keep: BTreeSet<usize> = BTreeSet::new();
             for (ci, column) in table.columns.iter().enumerate() {
+                if !visible.column(table, &column.name) {
+                    continue;
+                }
                 let is_key = table.primary_key.contains(&column.name)
                     || table.foreign_keys.iter().any(|fk| {
                         fk.columns.contains(&column.name)
@@ -621,11 +692,13 @@ impl SchemaIndex {
             }
             let mut t = table.clone();
             t.columns = keep.iter().map(|&ci| table.columns[ci].clone()).collect();
+            t.primary_key.retain(|c| table_visible(c));
             t.foreign_keys.retain(|fk| {
-                chosen_set.iter().any(|&o| {
-                    self.tables[o].schema == fk.referenced_schema
-                        && self.tables[o].name == fk.referenced_table
-                })
+                fk.columns.iter().all(|c| table_visible(c))
+                    && chosen_set.iter().any(|&o| {
+                        self.tables[o].schema == fk.referenced_schema
+                            && self.tables[o].name == fk.referenced_table
+                    })
             });
             pruned.push(t);
         }
@@ -647,11 +720,39 @@ impl SchemaIndex {
         }
     }
 
-    fn whole(&self, full_tokens: usize) -> LinkedSchema {
+    fn whole(&self, full_tokens: usize, shown: &[bool], visible: &dyn Visibility) -> LinkedSchema {
+        let tables: Vec<TableInfo> = self
+            .tables
+            .iter()
+            .zip(shown)
+            .filter(|(_, shown)| **shown)
+            .map(|(t, _)| {
+                let mut t = t.clone();
+                let original = t.clone();
+                t.columns.retain(|c| visible.column(&original, &c.name));
+                t.primary_key.retain(|c| visible.column(&original, c));
+                t.foreign_keys.retain(|fk| {
+                    fk.columns.iter().all(|c| visible.column(&original, c))
+                        && self.tables.iter().zip(shown).any(|(o, s)| {
+                            *s && o.schema == fk.referenced_schema && o.name == fk.referenced_table
+                        })
+                });
+                t
+            })
+            .collect();
+        let everything = tables.len() == self.tables.len()
+            && tables
+                .iter()
+                .zip(&self.tables)
+                .all(|(a, b)| a.columns.len() == b.columns.len());
+        let context = if everything {
+            self.full_context.clone()
+        } else {
+            compact_description(&tables)
+        };
         LinkedSchema {
-            tables: self.tables.iter().map(TableInfo::qualified_name).collect(),
-            columns: self
-                .tables
+            tables: tables.iter().map(TableInfo::qualified_name).collect(),
+            columns: tables
                 .iter()
                 .flat_map(|t| {
                     t.columns
@@ -659,8 +760,8 @@ impl SchemaIndex {
                         .map(move |c| (t.qualified_name(), c.name.clone()))
                 })
                 .collect(),
-            context: self.full_context.clone(),
-            context_tokens: full_tokens,
+            context_tokens: estimate_tokens(&context),
+            context,
             full_tokens,
             whole_schema: true,
         }

@@ -404,8 +404,33 @@ impl SqlTool {
         &self,
         caller: &Caller,
         sql: &str,
-    ) -> Result<ValidatedQuery, Rejection> {
-        crate::validate::validate_off_runtime(sql, &self.policy).await
+    ) -> Result<ValidatedQuery, SqlError> {
+        let query = crate::validate::validate_off_runtime(sql, &self.policy).await?;
+        self.govern(caller, query).await
+    }
+
+    /// `query` checked against the caller's policy and rewritten so it sees
+    /// only what the policy shows ([`crate::govern`]).
+    ///
+    /// # Errors
+    /// [`SqlError::Rejected`] with [`crate::RejectionKind::Forbidden`] for
+    /// objects the caller may not use (and the other governance refusals);
+    /// catalog errors.
+    pub async fn govern(
+        &self,
+        caller: &Caller,
+        query: ValidatedQuery,
+    ) -> Result<ValidatedQuery, SqlError> {
+        if caller.grant.is_unrestricted() {
+            return Ok(query);
+        }
+        let catalog = self.catalog().await?;
+        Ok(crate::govern::govern(
+            query,
+            &catalog.0,
+            &self.config.schemas,
+            &caller.grant,
+        )?)
     }
 
     /// Validates and executes `sql`, capped at `max_rows` (0: the configured
@@ -426,11 +451,14 @@ impl SqlTool {
             policy.max_rows = max_rows.min(self.config.exec.max_rows);
         }
         let query = crate::validate::validate_off_runtime(sql, &policy).await?;
+        let query = self.govern(caller, query).await?;
         Ok(self.executor.execute(&query).await?)
     }
 
-    /// Tables of `schemas` (empty: all configured schemas) and their compact
-    /// text form for prompts. A result is reused for `catalog_check_secs`
+    /// Tables of `schemas` (empty: all configured schemas) as the caller
+    /// may see them — only granted tables, only shown columns (a masked
+    /// column is listed, its values are masked) — and their compact text
+    /// form for prompts. The catalog is reused for `catalog_check_secs`
     /// (agentic mode describes the schema on every `Ask`: three catalog
     /// queries, ≈ 3.6 ms on an idle machine), so a DDL change shows within
     /// that time, as for schema linking; 0 reads the catalog every time.
@@ -444,19 +472,49 @@ impl SqlTool {
         caller: &Caller,
         schemas: &[String],
     ) -> Result<Arc<(Vec<TableInfo>, String)>, SqlError> {
-        let schemas: Vec<String> = if schemas.is_empty() {
-            self.config.schemas.clone()
-        } else {
-            for schema in schemas {
-                if !self.config.schemas.contains(schema) {
-                    return Err(SqlError::UnknownSchema(
-                        schema.clone(),
-                        self.config.schemas.join(", "),
-                    ));
-                }
+        for schema in schemas {
+            if !self.config.schemas.contains(schema) {
+                return Err(SqlError::UnknownSchema(
+                    schema.clone(),
+                    self.config.schemas.join(", "),
+                ));
             }
-            schemas.to_vec()
-        };
+        }
+        let catalog = self.catalog().await?;
+        let grant = &caller.grant;
+        if schemas.is_empty() && grant.is_unrestricted() {
+            return Ok(catalog);
+        }
+        let tables: Vec<TableInfo> = catalog
+            .0
+            .iter()
+            .filter(|t| schemas.is_empty() || schemas.contains(&t.schema))
+            .filter_map(|t| {
+                let view = grant.table(&t.schema, &t.name)?;
+                let mut t = t.clone();
+                t.columns.retain(|c| view.shows(&c.name));
+                t.primary_key.retain(|c| view.shows(c));
+                t.foreign_keys.retain(|fk| {
+                    fk.columns.iter().all(|c| view.shows(c))
+                        && grant
+                            .table(&fk.referenced_schema, &fk.referenced_table)
+                            .is_some()
+                });
+                (!t.columns.is_empty()).then_some(t)
+            })
+            .collect();
+        let compact = compact_description(&tables);
+        Ok(Arc::new((tables, compact)))
+    }
+
+    /// Every table of the configured schemas, as the catalog has them (no
+    /// policy applied: for governance itself and operator work), cached for
+    /// `catalog_check_secs`.
+    ///
+    /// # Errors
+    /// Pool and catalog errors.
+    pub async fn catalog(&self) -> Result<Arc<Description>, SqlError> {
+        let schemas = self.config.schemas.clone();
         if let Some(found) = self.descriptions.as_ref().and_then(|c| c.get(&schemas)) {
             return Ok(found);
         }
@@ -619,7 +677,7 @@ impl SqlTool {
         let rows = match self.pool.get().await {
             Ok(client) => client
                 .query(
-                    "SELECT question, sql FROM quarry.golden_pairs WHERE source = $1 ORDER BY id",
+                    "SELECT question, sql, tenant FROM quarry.golden_pairs WHERE source = $1 ORDER BY id",
                     &[&self.config.source],
                 )
                 .await
@@ -635,6 +693,7 @@ impl SqlTool {
                             question: r.try_get(0).ok()?,
                             sql: r.try_get(1).ok()?,
                             keywords: vec![],
+                            tenant: Some(r.try_get(2).ok()?),
                         })
                     })
                     .filter(|p| validate(&p.sql, &self.policy).is_ok())
@@ -648,10 +707,39 @@ impl SqlTool {
         }
     }
 
+    /// Whether `pair` may answer or teach `caller`: a shared pair or one of
+    /// the caller's tenant, whose tables the caller's policy grants (the
+    /// model never sees an example over tables it may not use).
+    fn golden_visible(&self, caller: &Caller, pair: &GoldenPair) -> bool {
+        let grant = &caller.grant;
+        if grant.is_unrestricted() {
+            return true;
+        }
+        if pair
+            .tenant
+            .as_deref()
+            .is_some_and(|t| t != caller.principal.tenant)
+        {
+            return false;
+        }
+        let Ok(query) = validate(&pair.sql, &self.policy) else {
+            return false;
+        };
+        query.tables().iter().all(|t| match &t.schema {
+            Some(schema) => grant.table(schema, &t.name).is_some(),
+            None => self
+                .config
+                .schemas
+                .iter()
+                .any(|s| grant.table(s, &t.name).is_some()),
+        })
+    }
+
     fn merge_golden(&self, added: Vec<GoldenPair>) -> usize {
         let mut pairs = self.golden().pairs().to_vec();
         for pair in added {
-            pairs.retain(|p| p.question != pair.question);
+            // a tenant's pair replaces only that tenant's pair; shared ones stay
+            pairs.retain(|p| p.question != pair.question || p.tenant != pair.tenant);
             pairs.push(pair);
         }
         let count = pairs.len();
@@ -680,7 +768,7 @@ impl SqlTool {
             },
             None => None,
         };
-        Ok(index.link(question, embedding.as_deref()))
+        Ok(index.link_visible(question, embedding.as_deref(), caller.grant.as_ref()))
     }
 
     /// Turns `question` into SQL and, unless `dry_run`, runs it. With a SQL
@@ -734,7 +822,7 @@ impl SqlTool {
     ) -> Result<Generated, SqlError> {
         let threshold = self.config.golden_threshold;
         let golden = self.golden();
-        let closest = golden.closest(question);
+        let closest = golden.closest_where(question, &|p| self.golden_visible(caller, p));
         let mut generated = match closest {
             Some(m) if m.score >= threshold => Generated {
                 sql: Some(m.pair.sql.clone()),
@@ -821,6 +909,7 @@ impl SqlTool {
 
     fn generation_prompt(
         &self,
+        caller: &Caller,
         linked: &LinkedSchema,
         question: &str,
         previous_sql: &str,
@@ -838,7 +927,9 @@ impl SqlTool {
             linked.context
         );
         let golden = self.golden();
-        let shots = golden.top_k(question, self.config.few_shots);
+        let shots = golden.top_k_where(question, self.config.few_shots, &|p| {
+            self.golden_visible(caller, p)
+        });
         if !shots.is_empty() {
             prompt.push_str("\nExamples of questions and their SQL:\n");
             for m in shots {
@@ -895,7 +986,7 @@ impl SqlTool {
         max_rows: u64,
     ) -> Result<Generated, SqlError> {
         let linked = self.link(caller, question).await?;
-        let system = self.generation_prompt(&linked, question, previous_sql);
+        let system = self.generation_prompt(caller, &linked, question, previous_sql);
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut assumptions = Vec::new();
         let mut tables_used = Vec::new();
@@ -959,9 +1050,13 @@ impl SqlTool {
             if max_rows > 0 {
                 policy.max_rows = max_rows.min(self.config.exec.max_rows);
             }
-            let query = match crate::validate::validate_off_runtime(&sql, &policy).await {
+            let validated = match crate::validate::validate_off_runtime(&sql, &policy).await {
+                Ok(q) => self.govern(caller, q).await,
+                Err(rejection) => Err(SqlError::Rejected(rejection)),
+            };
+            let query = match validated {
                 Ok(q) => q,
-                Err(rejection) => {
+                Err(SqlError::Rejected(rejection)) => {
                     attempts.push(Attempt {
                         sql,
                         stage: Stage::Validate,
@@ -973,6 +1068,7 @@ impl SqlTool {
                     });
                     continue;
                 }
+                Err(other) => return Err(other),
             };
             if dry_run {
                 attempts.push(Attempt {
@@ -1118,6 +1214,15 @@ impl SqlTool {
         sql: &str,
     ) -> Result<(u64, usize), SqlError> {
         let created_by = format!("{}/{}", caller.principal.tenant, caller.principal.subject);
+        let tenant = caller.principal.tenant.clone();
+        if self
+            .golden()
+            .pairs()
+            .iter()
+            .any(|p| p.tenant.is_none() && p.question == question)
+        {
+            return Err(SqlError::SharedGolden);
+        }
         let result = self.execute(caller, sql, 0).await?;
         if result.rows.is_empty() {
             return Err(SqlError::EmptyGolden);
@@ -1126,9 +1231,9 @@ impl SqlTool {
         let client = self.pool.get().await?;
         client
             .execute(
-                "INSERT INTO quarry.golden_pairs (source, question, sql, row_count, created_by)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (source, question) DO UPDATE
+                "INSERT INTO quarry.golden_pairs (source, question, sql, row_count, created_by, tenant)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (source, tenant, question) DO UPDATE
                  SET sql = EXCLUDED.sql, row_count = EXCLUDED.row_count,
                      created_by = EXCLUDED.created_by, created_at = now()",
                 &[
@@ -1137,6 +1242,7 @@ impl SqlTool {
                     &sql,
                     &i64::try_from(row_count).unwrap_or(i64::MAX),
                     &created_by,
+                    &tenant,
                 ],
             )
             .await
@@ -1145,6 +1251,7 @@ impl SqlTool {
             question: question.to_string(),
             sql: sql.to_string(),
             keywords: vec![],
+            tenant: Some(tenant),
         }]);
         Ok((row_count, count))
     }

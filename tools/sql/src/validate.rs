@@ -153,6 +153,13 @@ pub enum RejectionKind {
 
     /// A table outside [`ValidationPolicy::allowed_schemas`].
     SchemaNotAllowed,
+    /// A table or column the caller's policy does not grant
+    /// ([`crate::govern`]); `PERMISSION_DENIED`.
+    Forbidden,
+    /// An unqualified table name found in more than one allowed schema
+    /// (the message lists the candidates), or a name the query's own CTE
+    /// shadows.
+    Ambiguous,
     /// Syntax sqlparser accepts for other dialects that PostgreSQL lacks.
     Unsupported,
     /// Expressions or set operations nested deeper than [`MAX_DEPTH`].
@@ -174,6 +181,8 @@ impl RejectionKind {
             Self::DeniedFunction => "denied_function",
 
             Self::SchemaNotAllowed => "schema_not_allowed",
+            Self::Forbidden => "forbidden",
+            Self::Ambiguous => "ambiguous",
             Self::Unsupported => "unsupported",
             Self::TooComplex => "too_complex",
         }
@@ -201,7 +210,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(kind: RejectionKind, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: RejectionKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
@@ -251,6 +260,23 @@ pub struct ValidatedQuery {
     tables: Vec<TableRef>,
     allowed_schemas: Option<Vec<String>>,
     max_rows: u64,
+    session: Option<QuerySession>,
+    /// The caller's statement, when [`Self::governed`] replaced it.
+    original: Option<Statement>,
+}
+
+/// The caller a governed query runs for ([`crate::govern`]): set in the
+/// transaction for row-level security, and the database role to run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuerySession {
+    /// `quarry.tenant`.
+    pub tenant: String,
+    /// `quarry.subject`.
+    pub subject: String,
+    /// `quarry.roles`.
+    pub roles: Vec<String>,
+    /// `SET LOCAL ROLE` to this instead of the configured role, when set.
+    pub db_role: Option<String>,
 }
 
 impl ValidatedQuery {
@@ -259,9 +285,44 @@ impl ValidatedQuery {
         &self.statement
     }
 
-    /// The validated query rendered back to SQL (normalised formatting).
+    /// The validated query rendered back to SQL (normalised formatting);
+    /// for a governed query, the SQL that runs (with its derived tables).
     pub fn sql(&self) -> String {
         self.statement.to_string()
+    }
+
+    /// The query as the caller wrote it (normalised), before governance
+    /// rewrote table references: what clients and models are shown, since
+    /// the rewrite holds the policy's masks and filters.
+    pub fn shown_sql(&self) -> String {
+        self.original
+            .as_ref()
+            .unwrap_or(&self.statement)
+            .to_string()
+    }
+
+    /// [`Self::rewritten_sql`] of the query as the caller wrote it (see
+    /// [`Self::shown_sql`]).
+    pub fn shown_rewritten_sql(&self, limit: u64) -> String {
+        limited(self.original.as_ref().unwrap_or(&self.statement), limit)
+    }
+
+    /// The statement as the caller wrote it (before governance rewrote it).
+    pub fn shown_statement(&self) -> &Statement {
+        self.original.as_ref().unwrap_or(&self.statement)
+    }
+
+    /// The caller this query was governed for, if it was.
+    pub fn session(&self) -> Option<&QuerySession> {
+        self.session.as_ref()
+    }
+
+    /// This query with `statement` (the governed rewrite of its own) and the
+    /// caller's `session`.
+    pub(crate) fn governed(mut self, statement: Statement, session: QuerySession) -> Self {
+        self.original = Some(std::mem::replace(&mut self.statement, statement));
+        self.session = Some(session);
+        self
     }
 
     /// Tables and views the query reads (CTE references excluded), in order
@@ -285,36 +346,42 @@ impl ValidatedQuery {
     /// tell whether the result was truncated at `limit` (see the module docs
     /// for how the limit is applied).
     pub fn rewritten_sql(&self, limit: u64) -> String {
-        let cap = limit.saturating_add(1);
-        let Statement::Query(query) = &self.statement else {
-            // unreachable by construction; render the statement unchanged
-            return self.statement.to_string();
-        };
-        if query.limit_clause.is_none() && query.fetch.is_none() {
-            // the common case, without cloning the tree: sqlparser renders
-            // the limit clause last but for clauses the validator refused
-            // (settings, locks, `FOR XML`, format, pipe operators), so this
-            // is exactly the text `limit_in_place` would give
-            return format!("{query} LIMIT {cap}");
-        }
-        if query.fetch.is_none()
-            && let Some(LimitClause::LimitOffset {
-                limit: Some(Expr::Value(value)),
-                limit_by,
-                ..
-            }) = &query.limit_clause
-            && limit_by.is_empty()
-            && value.to_string().parse::<u64>().is_ok_and(|n| n <= cap)
-        {
-            // a literal limit no larger than the cap stays as it is
-            return query.to_string();
-        }
-        let mut query = query.as_ref().clone();
-        if limit_in_place(&mut query, cap) {
-            query.to_string()
-        } else {
-            format!("SELECT * FROM ({query}) AS quarry_q LIMIT {cap}")
-        }
+        limited(&self.statement, limit)
+    }
+}
+
+/// `statement` returning at most `limit + 1` rows; see
+/// [`ValidatedQuery::rewritten_sql`].
+fn limited(statement: &Statement, limit: u64) -> String {
+    let cap = limit.saturating_add(1);
+    let Statement::Query(query) = statement else {
+        // unreachable by construction; render the statement unchanged
+        return statement.to_string();
+    };
+    if query.limit_clause.is_none() && query.fetch.is_none() {
+        // the common case, without cloning the tree: sqlparser renders
+        // the limit clause last but for clauses the validator refused
+        // (settings, locks, `FOR XML`, format, pipe operators), so this
+        // is exactly the text `limit_in_place` would give
+        return format!("{query} LIMIT {cap}");
+    }
+    if query.fetch.is_none()
+        && let Some(LimitClause::LimitOffset {
+            limit: Some(Expr::Value(value)),
+            limit_by,
+            ..
+        }) = &query.limit_clause
+        && limit_by.is_empty()
+        && value.to_string().parse::<u64>().is_ok_and(|n| n <= cap)
+    {
+        // a literal limit no larger than the cap stays as it is
+        return query.to_string();
+    }
+    let mut query = query.as_ref().clone();
+    if limit_in_place(&mut query, cap) {
+        query.to_string()
+    } else {
+        format!("SELECT * FROM ({query}) AS quarry_q LIMIT {cap}")
     }
 }
 
@@ -463,6 +530,8 @@ fn validate_here(sql: &str, policy: &ValidationPolicy) -> Result<ValidatedQuery,
         tables: checker.tables,
         allowed_schemas: policy.allowed_schemas.clone(),
         max_rows: policy.max_rows,
+        session: None,
+        original: None,
     })
 }
 
@@ -742,7 +811,7 @@ fn number_expr(n: u64) -> Option<Expr> {
 /// ASCII letters only (PostgreSQL 16 docs §4.1.1; in UTF-8 databases it does
 /// not fold other letters — Unicode folding would turn the Kelvin sign into
 /// `k` and let `pg_loc\u{212A}s` pass as a CTE name for `pg_locks`).
-fn normalise(ident: &Ident) -> String {
+pub(crate) fn normalise(ident: &Ident) -> String {
     if ident.quote_style.is_some() {
         ident.value.clone()
     } else {
@@ -752,7 +821,7 @@ fn normalise(ident: &Ident) -> String {
 
 /// Identifiers of an object name, normalised; `None` if a part is not a plain
 /// identifier (dialect-specific name functions).
-fn name_parts(name: &ObjectName) -> Option<Vec<String>> {
+pub(crate) fn name_parts(name: &ObjectName) -> Option<Vec<String>> {
     name.0
         .iter()
         .map(|part| match part {

@@ -268,10 +268,7 @@ impl SummaryService for SummaryGrpc {
         request: Request<pb::BuildSummariesRequest>,
     ) -> Result<Response<Self::BuildSummariesStream>, Status> {
         let caller = Caller::of_traced(&request)?;
-        caller
-            .principal
-            .require_scope(BUILD_SCOPE)
-            .map_err(Status::from)?;
+        caller.grant.require(BUILD_SCOPE).map_err(Status::from)?;
         let options = build_options_from_proto(request.get_ref()).map_err(|e| status_of(&e))?;
         let (tx, rx) = tokio::sync::mpsc::channel(BUILD_EVENTS);
         let tool = Arc::clone(&self.tool);

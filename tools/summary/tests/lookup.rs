@@ -347,7 +347,9 @@ async fn full_text_search_without_an_embedder() {
 }
 
 /// Serves `tool` on 127.0.0.1:0 with an interceptor that plays the auth
-/// layer: the principal's scopes come from the `x-scopes` header.
+/// and policy layers: the principal has the role `tester` (every summaries
+/// scope) narrowed to the scopes of the `x-scopes` header (`summaries` when
+/// absent), resolved into the request's grant.
 async fn serve(
     tool: SummaryTool,
 ) -> (
@@ -363,14 +365,33 @@ async fn serve(
                 .metadata()
                 .get("x-scopes")
                 .and_then(|v| v.to_str().ok())
-                .map(|s| s.split(',').map(str::to_owned).collect())
-                .unwrap_or_default();
-            request.extensions_mut().insert(Principal {
+                .map_or_else(
+                    || vec!["summaries".to_owned()],
+                    |s| s.split(',').map(str::to_owned).collect(),
+                );
+            let principal = Principal {
                 tenant: "t1".into(),
                 subject: "tester".into(),
-                roles: vec![],
+                roles: vec!["tester".into()],
                 scopes,
-            });
+            };
+            let policy = quarry_auth::Policy::new(&quarry_auth::PolicyConfig {
+                hash_salt: String::new(),
+                roles: [(
+                    "tester".to_owned(),
+                    quarry_auth::RoleConfig {
+                        scopes: vec!["summaries".into(), "summaries:build".into()],
+                        summary_kinds: vec!["*".into()],
+                        ..quarry_auth::RoleConfig::default()
+                    },
+                )]
+                .into(),
+            })
+            .expect("a valid policy");
+            request
+                .extensions_mut()
+                .insert(Arc::new(policy.grant(&principal)));
+            request.extensions_mut().insert(principal);
             Ok(request)
         },
     );

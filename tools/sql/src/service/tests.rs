@@ -8,7 +8,7 @@ use quarry_auth::{Caller, Principal};
 use quarry_db::testing::TestDb;
 
 fn caller() -> Caller {
-    Caller::new(Principal {
+    Caller::operator(Principal {
         tenant: "t1".into(),
         subject: "tester".into(),
         roles: vec![],

@@ -302,7 +302,7 @@ pub(crate) async fn stored(db: &TestDb) -> Vec<(String, String, String, String, 
 
 /// A caller for domain calls in tests.
 pub(crate) fn caller() -> quarry_auth::Caller {
-    quarry_auth::Caller::new(quarry_auth::Principal {
+    quarry_auth::Caller::operator(quarry_auth::Principal {
         tenant: "t1".into(),
         subject: "tester".into(),
         roles: vec![],
