@@ -97,6 +97,12 @@ pub async fn serve(
     // One pool per database URL for everything this process runs.
     let pools = config.database.pools();
 
+    if [Role::Sql, Role::Search, Role::Summary, Role::Sync]
+        .into_iter()
+        .any(|r| roles.has(r))
+    {
+        crate::check_database_roles(&config, &pools).await?;
+    }
     let sql_service = if roles.has(Role::Sql) {
         let tool = sql_tool_with(&config, &pools, models.sql_models(), embedder.clone()).await?;
         Some(SqlServiceServer::new(SqlGrpc::new(tool)))

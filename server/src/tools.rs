@@ -141,3 +141,68 @@ pub fn database_pool(config: &Config, pools: &Pools) -> anyhow::Result<Pool> {
         .get(&config.database.url, config.database.pool_size)
         .context("database.url")
 }
+
+/// Refuses to serve source data through a database role that bypasses
+/// row-level security: the login role of `database.url`, `sql.exec.role`,
+/// `summary.role` and every policy role's `db_role` must be neither a
+/// superuser nor `BYPASSRLS` (PostgreSQL 16 docs §5.8: both skip every row
+/// security policy). A development setup (`server.development`) is allowed
+/// them, with a warning. A role that does not exist is reported as such.
+///
+/// # Errors
+/// The first offending role and why, or the database error.
+pub async fn check_database_roles(config: &Config, pools: &Pools) -> anyhow::Result<()> {
+    let pool = database_pool(config, pools)?;
+    let client = pool.get().await.context("database.url")?;
+    let mut roles: Vec<(String, String)> = vec![(
+        "database.url (login role)".to_owned(),
+        client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .context("reading the login role")?
+            .get(0),
+    )];
+    if let Some(role) = &config.sql.exec.role {
+        roles.push(("sql.exec.role".to_owned(), role.clone()));
+    }
+    if let Some(role) = config.summary.as_ref().and_then(|s| s.role.clone()) {
+        roles.push(("summary.role".to_owned(), role));
+    }
+    for (name, role) in &config.policy.roles {
+        if let Some(db_role) = &role.db_role {
+            roles.push((format!("policy.roles.{name}.db_role"), db_role.clone()));
+        }
+    }
+    for (key, role) in roles {
+        let row = client
+            .query_opt(
+                "SELECT rolsuper, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .context("reading pg_roles")?;
+        let Some(row) = row else {
+            anyhow::bail!("{key}: database role {role:?} does not exist (run `quarry migrate`)");
+        };
+        let (superuser, bypass): (bool, bool) = (row.get(0), row.get(1));
+        let why = match (superuser, bypass) {
+            (true, _) => "is a superuser",
+            (false, true) => "has BYPASSRLS",
+            (false, false) => continue,
+        };
+        if config.server.development {
+            tracing::warn!(
+                key,
+                role,
+                "database role {why}: row-level security does not apply (accepted: server.development)"
+            );
+        } else {
+            anyhow::bail!(
+                "{key}: database role {role:?} {why}, so PostgreSQL row-level security would not \
+                 apply; use a role without it, or set server.development = true for a \
+                 development setup"
+            );
+        }
+    }
+    Ok(())
+}

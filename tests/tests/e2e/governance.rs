@@ -499,3 +499,47 @@ async fn golden_pairs_belong_to_their_tenant_and_shared_ones_cannot_be_overridde
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn quarry_refuses_a_database_role_that_bypasses_row_level_security() {
+    let db = quarry_db::testing::TestDb::create().await;
+    let config = |development: bool, db_role: &str| {
+        quarry_server::Config::from_toml_layers(&[&format!(
+            r#"
+            [server]
+            development = {development}
+            [database]
+            url = "{url}"
+            [auth]
+            jwt_secret = "{secret}"
+            [policy.roles.reader]
+            scopes = ["ask"]
+            db_role = "{db_role}"
+            "#,
+            url = db.url(),
+            secret = quarry_tests::SECRET,
+        )])
+        .unwrap()
+    };
+    let pools = quarry_db::Pools::new(std::time::Duration::from_secs(5));
+    // the test database's login role is the pgserver superuser
+    let refused = quarry_server::check_database_roles(&config(false, "pg_read_all_data"), &pools)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("database.url (login role)") && refused.contains("is a superuser"),
+        "{refused}"
+    );
+    // a development setup is allowed it
+    quarry_server::check_database_roles(&config(true, "pg_read_all_data"), &pools)
+        .await
+        .unwrap();
+    // a policy role that does not exist is named
+    let missing = quarry_server::check_database_roles(&config(true, "no_such_role_x"), &pools)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("policy.roles.reader.db_role"), "{missing}");
+    db.drop_db().await;
+}
