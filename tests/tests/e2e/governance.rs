@@ -543,3 +543,59 @@ async fn quarry_refuses_a_database_role_that_bypasses_row_level_security() {
     assert!(missing.contains("policy.roles.reader.db_role"), "{missing}");
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn search_collections_are_granted_per_role() {
+    let server = TestServer::start(Options {
+        search: true,
+        extra_toml: r#"
+            [policy.roles.elsewhere]
+            scopes = ["search"]
+            collections = ["letters"]
+        "#
+        .into(),
+        ..Options::default()
+    })
+    .await;
+    let t = token_with_roles("t1", "ann", &["elsewhere"], &[]);
+    let mut search = server.search();
+    let listed = search
+        .list_collections(authed(ListCollectionsRequest {}, &t))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.collections.is_empty(), "{listed:?}");
+    let status = search
+        .search(authed(
+            SearchRequest {
+                collection: "artworks".into(),
+                query: "sea".into(),
+                ..Default::default()
+            },
+            &t,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("artworks"),
+        "{}",
+        status.message()
+    );
+    // the tester role may: the same request succeeds
+    let ok = search
+        .list_collections(authed(
+            ListCollectionsRequest {},
+            &quarry_tests::token("t1"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.collections.len(), 1);
+    server.stop().await;
+}

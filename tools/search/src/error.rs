@@ -40,6 +40,10 @@ pub enum SearchError {
     /// Anything else that is our fault.
     #[error("internal: {0}")]
     Internal(String),
+    /// The caller's policy does not grant the collection
+    /// (`PERMISSION_DENIED`).
+    #[error("collection {0} is not available to your roles")]
+    Forbidden(String),
 }
 
 impl From<FilterError> for SearchError {
@@ -82,6 +86,7 @@ impl ServiceError for SearchError {
         match self {
             Self::InvalidArgument { .. } => ServiceErrorCode::BadRequest,
             Self::FailedPrecondition(_) => ServiceErrorCode::FailedPrecondition,
+            Self::Forbidden(_) => ServiceErrorCode::PermissionDenied,
             Self::Unavailable(_) => ServiceErrorCode::Unavailable,
             Self::Database(e) if e.is_closed() || e.code().is_none() => {
                 ServiceErrorCode::Unavailable
@@ -98,6 +103,7 @@ impl ServiceError for SearchError {
                 Some(FieldViolation::new(field.clone(), message.clone()).details())
             }
             Self::FailedPrecondition(_)
+            | Self::Forbidden(_)
             | Self::Unavailable(_)
             | Self::Collection(_)
             | Self::Database(_)

@@ -448,9 +448,13 @@ impl SearchTool {
     /// # Errors
     /// Database errors while counting.
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
+    /// Only the collections the caller's policy grants are listed.
     pub async fn collections(&self, caller: &Caller) -> Result<Vec<CollectionInfo>> {
         let mut out = Vec::new();
         for entry in &self.entries {
+            if !caller.grant.allows_collection(&entry.collection.name) {
+                continue;
+            }
             let (documents, embedded_documents) = self.counts(entry).await?;
             out.push(CollectionInfo {
                 collection: Arc::clone(&entry.collection),
@@ -473,6 +477,7 @@ impl SearchTool {
     /// cannot be reached.
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn search(&self, caller: &Caller, request: SearchRequest) -> Result<SearchResponse> {
+        allowed(caller, &request)?;
         self.search_inner(request, None).await
     }
 
@@ -493,6 +498,7 @@ impl SearchTool {
         request: SearchRequest,
         query_vector: Vec<f32>,
     ) -> Result<SearchResponse> {
+        allowed(caller, &request)?;
         self.search_inner(request, Some(query_vector)).await
     }
 
@@ -806,4 +812,13 @@ fn json_field(value: Option<serde_json::Value>) -> FieldData {
 /// A SQL string literal (field names are `[a-z][a-z0-9_]*`, but quote anyway).
 fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `Ok` when the caller's policy grants `request.collection`.
+fn allowed(caller: &Caller, request: &SearchRequest) -> Result<()> {
+    if caller.grant.allows_collection(&request.collection) {
+        Ok(())
+    } else {
+        Err(SearchError::Forbidden(request.collection.clone()))
+    }
 }
