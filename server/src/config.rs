@@ -329,6 +329,10 @@ mod tests {
             quarry_search::Collection::from_config(c, &format!("search.collections[{i}]")).unwrap();
         }
         assert!(config.server.run_sync);
+        // the demo policy validates and has at least three roles
+        let policy = quarry_auth::Policy::new(&config.policy).unwrap();
+        let roles: Vec<&str> = policy.role_names().collect();
+        assert_eq!(roles, ["analyst", "curator", "visitor"]);
         let mut summary = config.summary.unwrap();
         summary
             .load_definitions(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
