@@ -60,6 +60,9 @@ pub mod scopes {
     pub const SUMMARIES_BUILD: &str = "summaries:build";
     /// Reading the audit log of the caller's tenant.
     pub const AUDIT_READ: &str = "audit:read";
+    /// Seeing personal data in answers: placeholders that replaced PII on
+    /// the way to a model are restored in the answer only with this scope.
+    pub const PII_READ: &str = "pii:read";
     /// Every scope above; a role may only list these.
     pub const ALL: &[&str] = &[
         ASK,
@@ -71,6 +74,7 @@ pub mod scopes {
         SUMMARIES,
         SUMMARIES_BUILD,
         AUDIT_READ,
+        PII_READ,
     ];
 }
 

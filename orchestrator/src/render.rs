@@ -107,6 +107,7 @@ mod tests {
             columns: vec![Column {
                 name: "title".into(),
                 type_name: "text".into(),
+                pii: false,
             }],
             rows: (0..5)
                 .map(|i| Row {

@@ -75,10 +75,12 @@ impl ModelTool for WhoAmI {
                     Column {
                         name: "tenant".into(),
                         type_name: "text".into(),
+                        pii: false,
                     },
                     Column {
                         name: "subject".into(),
                         type_name: "text".into(),
+                        pii: false,
                     },
                 ],
                 rows: vec![Row {

@@ -100,6 +100,11 @@ pub struct Column {
     pub name: String,
     /// PostgreSQL type name, e.g. `int4`, `varchar`, `timestamptz`, `interval`.
     pub type_name: String,
+    /// Whether the column carries personal data under the caller's policy
+    /// (see [`QuerySession::pii_columns`]): its values must be replaced by
+    /// placeholders before they reach a model.
+    #[serde(default)]
+    pub pii: bool,
 }
 
 /// One value of a result row.
@@ -466,8 +471,11 @@ impl Executor {
                 max_rows,
             )
             .await?;
-        if query.session().is_some() {
+        if let Some(session) = query.session() {
             result.sql = query.shown_rewritten_sql(max_rows);
+            for column in &mut result.columns {
+                column.pii = session.pii_columns.binary_search(&column.name).is_ok();
+            }
         }
         Ok(result)
     }
@@ -691,6 +699,7 @@ async fn run_in_transaction(
         .map(|c| Column {
             name: c.name().to_owned(),
             type_name: c.type_().name().to_owned(),
+            pii: false,
         })
         .collect();
     let statement = if statement

@@ -180,11 +180,32 @@ pub fn govern(
     if let Some(error) = rewriter.error {
         return Err(error);
     }
+    // result columns that carry personal data: a PII-tagged column of a
+    // table the query reads, or an alias of an expression using one
+    let pii: HashSet<String> = referenced
+        .iter()
+        .filter_map(|t| view(t).map(|v| (t, v)))
+        .flat_map(|(t, v)| {
+            t.columns
+                .iter()
+                .filter(move |c| v.is_pii(&c.name))
+                .map(|c| c.name.clone())
+        })
+        .collect();
+    let mut pii_columns: Vec<String> = pii.iter().cloned().collect();
+    for (alias, names) in &facts.aliased {
+        if !names.is_disjoint(&pii) {
+            pii_columns.push(alias.clone());
+        }
+    }
+    pii_columns.sort();
+    pii_columns.dedup();
     let session = QuerySession {
         tenant: grant.tenant().to_owned(),
         subject: grant.subject().to_owned(),
         roles: grant.roles().into_iter().map(str::to_owned).collect(),
         db_role: grant.db_role().map(str::to_owned),
+        pii_columns,
     };
     Ok(query.governed(statement, session))
 }
@@ -303,6 +324,27 @@ struct Facts {
     fields: HashSet<String>,
     /// Whether a `TABLE name` query appears.
     table_queries: bool,
+    /// Select-list aliases and the column names their expressions use.
+    aliased: Vec<(String, HashSet<String>)>,
+}
+
+/// Column names an expression uses (the last part of each identifier).
+#[derive(Default)]
+struct Names(HashSet<String>);
+
+impl Visitor for Names {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if let Expr::Identifier(ident) = expr {
+            self.0.insert(normalise(ident));
+        } else if let Expr::CompoundIdentifier(parts) = expr
+            && let Some(last) = parts.last()
+        {
+            self.0.insert(normalise(last));
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 fn alias_names(alias: &TableAlias, out: &mut HashSet<String>) {
@@ -330,8 +372,11 @@ impl Visitor for Facts {
                 SetExpr::Select(select) => {
                     for item in &select.projection {
                         match item {
-                            SelectItem::ExprWithAlias { alias, .. } => {
+                            SelectItem::ExprWithAlias { alias, expr } => {
                                 self.output_names.insert(normalise(alias));
+                                let mut names = Names::default();
+                                let _ = expr.visit(&mut names);
+                                self.aliased.push((normalise(alias), names.0));
                             }
                             SelectItem::UnnamedExpr(Expr::Function(f)) => {
                                 if let Some(last) =

@@ -140,6 +140,7 @@ pub fn result_to_proto(result: &QueryResult) -> pb::RowSet {
             .map(|c| pb::Column {
                 name: c.name.clone(),
                 type_name: c.type_name.clone(),
+                pii: c.pii,
             })
             .collect(),
         rows: result

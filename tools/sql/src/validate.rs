@@ -277,6 +277,9 @@ pub struct QuerySession {
     pub roles: Vec<String>,
     /// `SET LOCAL ROLE` to this instead of the configured role, when set.
     pub db_role: Option<String>,
+    /// Result column names that carry personal data (policy `pii` tags, and
+    /// select-list aliases of expressions over such columns), sorted.
+    pub pii_columns: Vec<String>,
 }
 
 impl ValidatedQuery {

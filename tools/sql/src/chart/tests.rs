@@ -6,6 +6,7 @@ fn col(name: &str, type_name: &str) -> Column {
     Column {
         name: name.into(),
         type_name: type_name.into(),
+        pii: false,
     }
 }
 

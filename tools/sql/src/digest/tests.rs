@@ -12,18 +12,22 @@ fn result(rows: Vec<Vec<Cell>>, truncated: bool, total_rows: Option<u64>) -> Que
             Column {
                 name: "artist".into(),
                 type_name: "text".into(),
+                pii: false,
             },
             Column {
                 name: "year".into(),
                 type_name: "int4".into(),
+                pii: false,
             },
             Column {
                 name: "price".into(),
                 type_name: "numeric".into(),
+                pii: false,
             },
             Column {
                 name: "acquired".into(),
                 type_name: "date".into(),
+                pii: false,
             },
         ],
         rows,
@@ -147,7 +151,7 @@ proptest! {
     #[test]
     fn digest_is_order_independent(values in proptest::collection::vec(0i64..6, 0..40)) {
         let make = |vs: &[i64]| QueryResult {
-            columns: vec![Column { name: "v".into(), type_name: "int8".into() }],
+            columns: vec![Column { name: "v".into(), type_name: "int8".into(), pii: false }],
             rows: vs.iter().map(|v| vec![Cell::Int(*v)]).collect(),
             truncated: false,
             total_rows: None,

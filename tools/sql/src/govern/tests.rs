@@ -61,6 +61,7 @@ fn grant(roles: &[&str]) -> Grant {
         )]
         .into(),
         db_role: Some("quarry_reader".into()),
+        pii: strings(&["tate.artists.name"]),
         ..RoleConfig::default()
     };
     let policy = Policy::new(&PolicyConfig {
@@ -228,4 +229,14 @@ fn an_unrestricted_grant_is_not_rewritten() {
     let q = govern(query, &catalog(), &schemas, &Grant::unrestricted()).unwrap();
     assert!(q.session().is_none());
     assert_eq!(q.sql(), "SELECT gender FROM tate.artists");
+}
+
+#[test]
+fn pii_tagged_columns_and_their_aliases_are_marked() {
+    let q = run(
+        "SELECT a.name, upper(a.name) AS shout, a.id AS key FROM tate.artists a",
+        &["analyst"],
+    )
+    .unwrap();
+    assert_eq!(q.session().unwrap().pii_columns, ["name", "shout"]);
 }
