@@ -60,7 +60,7 @@ pub use jwt::{
 pub use layer::{Auth, AuthLayer, is_public_path};
 pub use policy::{
     Access, DEVELOPMENT_HASH_SALT, Grant, Mask, Policy, PolicyConfig, PolicyLayer, PolicyService,
-    PolicyStore, RoleConfig, RpcScopes, TableName, TableView, scopes,
+    PolicyStore, RefusalHook, RoleConfig, RpcScopes, TableName, TableView, scopes,
 };
 pub use principal::Principal;
 pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer, TenantRateLimiter};

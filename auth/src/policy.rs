@@ -36,7 +36,7 @@ mod layer;
 mod tests;
 
 pub(crate) use layer::grant_of;
-pub use layer::{PolicyLayer, PolicyService, RpcScopes};
+pub use layer::{PolicyLayer, PolicyService, RefusalHook, RpcScopes};
 
 /// The scopes Quarry's services check. A role lists the ones it grants.
 pub mod scopes {
@@ -145,7 +145,8 @@ pub enum Mask {
     /// A constant `'[redacted]'` (text) for every non-null value.
     Redact,
     /// `md5(salt || value)` as hex: equal values stay equal, nothing else
-    /// is revealed.
+    /// is revealed. The salt reaches PostgreSQL as the transaction setting
+    /// `quarry.hash_salt`, never as text of the statement.
     Hash,
     /// `NULL`.
     Null,
@@ -750,6 +751,11 @@ impl Grant {
     /// Whether the caller may read summaries of `kind`.
     pub fn allows_summary_kind(&self, kind: &str) -> bool {
         self.unrestricted || self.roles.iter().any(|r| r.summary_kinds.allows(kind))
+    }
+
+    /// The salt of `hash` masks (`policy.hash_salt`).
+    pub fn hash_salt(&self) -> &str {
+        &self.hash_salt
     }
 
     /// The tenant this grant was resolved for (empty for unrestricted).

@@ -3,6 +3,7 @@
 //! where the server is and who is calling, a database connection.
 
 pub mod ask;
+pub mod audit;
 #[cfg(feature = "dev-tools")]
 pub mod bench;
 pub mod catalog;

@@ -50,6 +50,9 @@ enum Command {
     Golden(commands::golden::Args),
     /// Explain a SQL query: plain English, planner estimates, inefficiency hints.
     Explain(commands::explain::Args),
+    /// The audit trail of the token's tenant: statements and refusals
+    /// (needs the audit:read scope).
+    Audit(commands::audit::Args),
     /// Evaluate a tool against a benchmark.
     #[cfg(feature = "dev-tools")]
     Eval(commands::eval::Args),
@@ -82,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Catalog(args) => commands::catalog::run(args, config).await,
         Command::Golden(args) => commands::golden::run(args, config).await,
         Command::Explain(args) => commands::explain::run(args, config).await,
+        Command::Audit(args) => commands::audit::run(args, config).await,
         #[cfg(feature = "dev-tools")]
         Command::Eval(args) => commands::eval::run(args, config).await,
         #[cfg(feature = "dev-tools")]

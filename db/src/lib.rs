@@ -13,9 +13,12 @@
 //! - [`migrate()`] applies the migrations of the `quarry` schema
 //!   (`db/migrations/V*__*.sql`, refinery), idempotently and serialised
 //!   across processes, so a tool can run it when it opens.
+//! - [`audit`]: the audit trail of statements and refusals
+//!   (`quarry.audit_log`).
 //! - With the `test-util` feature, `testing::TestDb` creates a throw-away
 //!   database per test.
 
+pub mod audit;
 mod error;
 mod ident;
 pub mod lock;

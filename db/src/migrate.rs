@@ -1,6 +1,6 @@
 //! The migrations of Quarry's own `quarry` schema (`db/migrations/V*__*.sql`,
 //! embedded with refinery): V1 the stored catalog and golden pairs, V2
-//! conversations, V3 summaries, V4 search bookkeeping, V5 golden pairs per tenant. Per-collection search
+//! conversations, V3 summaries, V4 search bookkeeping, V5 golden pairs per tenant, V6 the audit log. Per-collection search
 //! sidecar tables are not here: their shape follows each collection's
 //! definition, so the search tool creates them (`quarry_search::ddl`).
 
@@ -76,6 +76,7 @@ mod tests {
                 "V3__summaries",
                 "V4__search",
                 "V5__golden_per_tenant",
+                "V6__audit_log",
             ]
         );
         assert!(migrate(db.pool()).await.unwrap().is_empty());

@@ -49,6 +49,8 @@ pub struct Session<'a> {
     pub subject: &'a str,
     /// `quarry.roles`, written as a text-array literal.
     pub roles: &'a [String],
+    /// `quarry.hash_salt`, for `hash` column masks, when given.
+    pub hash_salt: Option<&'a str>,
 }
 
 impl Session<'_> {
@@ -128,6 +130,12 @@ impl<'a> ReadOnly<'a> {
                 quote_literal(session.subject),
                 quote_literal(&session.roles_array()),
             ));
+            if let Some(salt) = session.hash_salt {
+                settings.push_str(&format!(
+                    ", set_config('quarry.hash_salt', {}, true)",
+                    quote_literal(salt)
+                ));
+            }
         }
         settings
     }
@@ -224,6 +232,7 @@ mod session_tests {
             tenant,
             subject,
             roles: &roles,
+            hash_salt: None,
         }));
         let tx = guard.begin(&mut client).await.unwrap();
         let row = tx

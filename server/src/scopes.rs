@@ -19,6 +19,7 @@ pub fn rpc_scope(path: &str) -> Option<&'static str> {
         "/quarry.v1.SqlService/ExplainSql" => scopes::SQL_EXPLAIN,
         "/quarry.v1.SqlService/DescribeSchema" => scopes::SCHEMA_READ,
         "/quarry.v1.SqlService/AddGoldenPair" => scopes::GOLDEN_WRITE,
+        "/quarry.v1.SqlService/ListAuditEntries" => scopes::AUDIT_READ,
         "/quarry.v1.SearchService/Search" | "/quarry.v1.SearchService/ListCollections" => {
             scopes::SEARCH
         }
@@ -52,7 +53,7 @@ mod tests {
                 }
             }
         }
-        assert!(count >= 16, "only {count} RPCs found");
+        assert!(count >= 17, "only {count} RPCs found");
         assert_eq!(rpc_scope("/quarry.v1.SqlService/DropTable"), None);
     }
 }

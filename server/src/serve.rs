@@ -148,9 +148,24 @@ pub async fn serve(
     }
     let summary_service = summaries.map(|tool| SummaryServiceServer::new(SummaryGrpc::new(tool)));
 
+    // The audit trail: statements (written by the SQL tool) and refusals
+    // (written here for the policy layer); purged hourly past retention.
+    let audit =
+        quarry_db::audit::AuditLog::new(database_pool(&config, &pools)?, config.sql.audit.clone());
+    {
+        let audit = audit.clone();
+        let stop = background.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = audit.purge_every(CONVERSATION_PURGE_INTERVAL) => {}
+            }
+        });
+    }
     let auth = Guard {
         auth: AuthLayer::new(verifier),
-        policy: PolicyLayer::new(Arc::clone(&policy), crate::rpc_scope),
+        policy: PolicyLayer::new(Arc::clone(&policy), crate::rpc_scope)
+            .with_refusal_hook(audit_refusals(audit)),
     };
     if let Some(path) = config.source.clone() {
         spawn_policy_reload(path, Arc::clone(&policy), background.clone());
@@ -329,6 +344,30 @@ where
     }
     Ok(local
         .map(|service| transport::in_process(auth.auth.layer(auth.policy.layer(service.clone())))))
+}
+
+/// A [`quarry_auth::RefusalHook`] that records each refused call in the
+/// audit log (on its own task, so the refusal is not delayed).
+fn audit_refusals(audit: quarry_db::audit::AuditLog) -> quarry_auth::RefusalHook {
+    Arc::new(move |principal, path, message, request_id| {
+        let audit = audit.clone();
+        let entry = quarry_db::audit::AuditEntry {
+            id: 0,
+            at: String::new(),
+            tenant: principal.tenant.clone(),
+            subject: principal.subject.clone(),
+            request_id: request_id.unwrap_or_default().to_owned(),
+            tool: "rpc".to_owned(),
+            action: path.to_owned(),
+            outcome: quarry_db::audit::Outcome::Refused,
+            sql: None,
+            rows: None,
+            bytes: None,
+            duration_ms: None,
+            detail: Some(message.to_owned()),
+        };
+        tokio::spawn(async move { audit.record(entry).await });
+    })
 }
 
 /// The layers every request passes before a service sees it: the token

@@ -18,17 +18,42 @@ use crate::principal::Principal;
 /// deny: an RPC added without a scope is unreachable, not open).
 pub type RpcScopes = fn(&str) -> Option<&'static str>;
 
+/// Told of every request [`PolicyLayer`] refuses: `(principal, RPC path,
+/// refusal message, x-request-id)` — e.g. to write the audit log. Called
+/// on the request's task; spawn anything slow.
+pub type RefusalHook = Arc<dyn Fn(&Principal, &str, &str, Option<&str>) + Send + Sync>;
+
 /// Layer producing [`PolicyService`]; place it after [`crate::AuthLayer`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PolicyLayer {
     store: Arc<PolicyStore>,
     scopes: RpcScopes,
+    on_refusal: Option<RefusalHook>,
+}
+
+impl std::fmt::Debug for PolicyLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyLayer")
+            .field("policy_version", &self.store.current().version())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PolicyLayer {
     /// Apply the policy in `store`, with `scopes` naming each RPC's scope.
     pub fn new(store: Arc<PolicyStore>, scopes: RpcScopes) -> Self {
-        Self { store, scopes }
+        Self {
+            store,
+            scopes,
+            on_refusal: None,
+        }
+    }
+
+    /// Also tell `hook` of every refusal.
+    #[must_use]
+    pub fn with_refusal_hook(mut self, hook: RefusalHook) -> Self {
+        self.on_refusal = Some(hook);
+        self
     }
 }
 
@@ -40,6 +65,7 @@ impl<S> Layer<S> for PolicyLayer {
             inner,
             store: Arc::clone(&self.store),
             scopes: self.scopes,
+            on_refusal: self.on_refusal.clone(),
         }
     }
 }
@@ -50,11 +76,18 @@ impl<S> Layer<S> for PolicyLayer {
 /// `PERMISSION_DENIED` naming the scope when the grant lacks the RPC's
 /// scope. Health and reflection pass untouched; a request without a
 /// principal is `UNAUTHENTICATED`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PolicyService<S> {
     inner: S,
     store: Arc<PolicyStore>,
     scopes: RpcScopes,
+    on_refusal: Option<RefusalHook>,
+}
+
+impl<S> std::fmt::Debug for PolicyService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyService").finish_non_exhaustive()
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for PolicyService<S>
@@ -88,6 +121,13 @@ where
                             Status::from(e)
                         }),
                     };
+                    if let (Some(status), Some(hook)) = (&refusal, &self.on_refusal) {
+                        let request_id = req
+                            .headers()
+                            .get(crate::REQUEST_ID_HEADER)
+                            .and_then(|v| v.to_str().ok());
+                        hook(principal, path, status.message(), request_id);
+                    }
                     req.extensions_mut().insert(Arc::new(grant));
                     refusal
                 }

@@ -6,8 +6,9 @@
 
 use quarry_proto::v1::{
     AddGoldenPairRequest, AskRequest, DescribeSchemaRequest, ExecuteSqlRequest, ExplainSqlRequest,
-    GenerateSqlRequest, GetSummariesRequest, ListCollectionsRequest, ListConversationsRequest,
-    ListSummaryKindsRequest, SearchRequest, SearchSummariesRequest, ValidateSqlRequest,
+    GenerateSqlRequest, GetSummariesRequest, ListAuditEntriesRequest, ListCollectionsRequest,
+    ListConversationsRequest, ListSummaryKindsRequest, SearchRequest, SearchSummariesRequest,
+    ValidateSqlRequest,
 };
 use quarry_tests::{Options, TestServer, authed, token_with_roles};
 use tonic::{Code, Status};
@@ -597,5 +598,75 @@ async fn search_collections_are_granted_per_role() {
         .unwrap()
         .into_inner();
     assert_eq!(ok.collections.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn statements_and_refusals_land_in_the_tenants_audit_log() {
+    let server = TestServer::start(Options {
+        extra_toml: format!("{MASKED_POLICY}\n[policy.roles.auditor]\nscopes = [\"audit:read\"]\n"),
+        ..Options::default()
+    })
+    .await;
+    let ann = token_with_roles("t1", "ann", &["masked"], &[]);
+    let eve = token_with_roles("t2", "eve", &["masked"], &[]);
+    let auditor = token_with_roles("t1", "aud", &["auditor"], &[]);
+    let listed = |token: String| {
+        let mut sql = server.sql();
+        async move {
+            sql.list_audit_entries(authed(ListAuditEntriesRequest::default(), &token))
+                .await
+                .map(|r| r.into_inner().entries)
+        }
+    };
+    // the auditor may not run SQL, and ann may not read the audit log
+    let status = listed(ann.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    rows(&server, &ann, "SELECT count(*) FROM tate.artworks")
+        .await
+        .unwrap();
+    rows(&server, &ann, "SELECT name FROM tate.movements")
+        .await
+        .unwrap_err();
+    rows(&server, &eve, "SELECT count(*) FROM tate.artists")
+        .await
+        .unwrap();
+    // refusals of the policy layer are written on their own task
+    let mut entries = Vec::new();
+    for _ in 0..50 {
+        entries = listed(auditor.clone()).await.unwrap();
+        if entries.iter().any(|e| e.tool == "rpc") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(entries.iter().all(|e| e.tenant == "t1"), "{entries:?}");
+    let executed = entries
+        .iter()
+        .find(|e| e.action == "execute" && e.outcome == "ok")
+        .expect("the executed statement");
+    assert_eq!(executed.subject, "ann");
+    assert_eq!(executed.rows, 1);
+    assert!(
+        executed.sql.contains("acquisition_year >= 1900"),
+        "the statement as executed, with the policy's filter: {}",
+        executed.sql
+    );
+    assert!(!executed.request_id.is_empty());
+    let refused = entries
+        .iter()
+        .find(|e| e.action == "execute" && e.outcome == "refused")
+        .expect("the refused statement");
+    assert!(
+        refused.detail.contains("tate.movements"),
+        "{}",
+        refused.detail
+    );
+    let rpc = entries
+        .iter()
+        .find(|e| e.tool == "rpc")
+        .expect("the refused call to ListAuditEntries");
+    assert_eq!(rpc.action, "/quarry.v1.SqlService/ListAuditEntries");
+    assert_eq!(rpc.outcome, "refused");
     server.stop().await;
 }

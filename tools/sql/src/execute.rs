@@ -663,6 +663,7 @@ pub(crate) fn guard<'a>(
             tenant: &s.tenant,
             subject: &s.subject,
             roles: &s.roles,
+            hash_salt: Some(&s.hash_salt),
         }))
 }
 

@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 
 use quarry_auth::{Grant, Mask, TableView};
-use quarry_db::{quote_ident, quote_literal};
+use quarry_db::quote_ident;
 use sqlparser::ast::{
     Expr, Ident, Query, SelectItem, SetExpr, Statement, TableAlias, TableFactor, Visit, VisitMut,
     Visitor, VisitorMut,
@@ -206,6 +206,7 @@ pub fn govern(
         roles: grant.roles().into_iter().map(str::to_owned).collect(),
         db_role: grant.db_role().map(str::to_owned),
         pii_columns,
+        hash_salt: grant.hash_salt().to_owned(),
     };
     Ok(query.governed(statement, session))
 }
@@ -561,7 +562,7 @@ fn derived_query(info: &TableInfo, view: &TableView<'_>) -> Result<Box<Query>, R
             let name = quote_ident(&c.name);
             match view.mask(&c.name) {
                 None => name,
-                Some(mask) => format!("{} AS {name}", mask_sql(mask, &name, view.hash_salt())),
+                Some(mask) => format!("{} AS {name}", mask_sql(mask, &name)),
             }
         })
         .collect();
@@ -599,10 +600,13 @@ fn derived_query(info: &TableInfo, view: &TableView<'_>) -> Result<Box<Query>, R
 }
 
 /// The SQL expression that shows `column` (already quoted) under `mask`.
-fn mask_sql(mask: &Mask, column: &str, salt: &str) -> String {
+fn mask_sql(mask: &Mask, column: &str) -> String {
     match mask {
         Mask::Redact => format!("CASE WHEN {column} IS NULL THEN NULL ELSE '[redacted]' END"),
-        Mask::Hash => format!("md5({} || {column}::text)", quote_literal(salt)),
+        // the salt is a transaction setting, not text of the query, so the
+        // statement in the audit log does not carry it (and callers cannot
+        // read settings: `current_setting` is not on the allowlist)
+        Mask::Hash => format!("md5(current_setting('quarry.hash_salt') || {column}::text)"),
         Mask::Null => "NULL::text".to_owned(),
         Mask::KeepLast(n) => {
             format!(

@@ -457,6 +457,49 @@ impl SqlService for SqlGrpc {
     }
 
     #[instrument(skip(self, request), fields(tenant, subject, request_id))]
+    async fn list_audit_entries(
+        &self,
+        request: Request<pb::ListAuditEntriesRequest>,
+    ) -> Result<Response<pb::ListAuditEntriesResponse>, Status> {
+        let caller = Caller::of_traced(&request)?;
+        caller
+            .grant
+            .require(quarry_auth::scopes::AUDIT_READ)
+            .map_err(Status::from)?;
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => 100,
+            n => i64::from(n.min(1000)),
+        };
+        let entries = self
+            .tool
+            .audit_log()
+            .list(&caller.principal.tenant, limit, request.before_id)
+            .await
+            .map_err(Status::unavailable)?;
+        Ok(Response::new(pb::ListAuditEntriesResponse {
+            entries: entries
+                .into_iter()
+                .map(|e| pb::AuditEntry {
+                    id: e.id,
+                    at: e.at,
+                    tenant: e.tenant,
+                    subject: e.subject,
+                    request_id: e.request_id,
+                    tool: e.tool,
+                    action: e.action,
+                    outcome: e.outcome.as_str().to_owned(),
+                    sql: e.sql.unwrap_or_default(),
+                    rows: e.rows.unwrap_or_default(),
+                    bytes: e.bytes.unwrap_or_default(),
+                    duration_ms: e.duration_ms.unwrap_or_default(),
+                    detail: e.detail.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    #[instrument(skip(self, request), fields(tenant, subject, request_id))]
     async fn add_golden_pair(
         &self,
         request: Request<pb::AddGoldenPairRequest>,

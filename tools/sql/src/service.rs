@@ -10,6 +10,7 @@ use std::{
 
 use deadpool_postgres::Pool;
 use quarry_auth::Caller;
+use quarry_db::audit::{AuditConfig, AuditEntry, AuditLog, Outcome};
 use quarry_llm::{ChatModel, ChatRequest, Message, ResponseFormat, Usage, embed::Embedder};
 use serde::Deserialize;
 use tracing::{info, instrument, warn};
@@ -28,6 +29,8 @@ use crate::{
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqlToolConfig {
+    /// `[sql.audit]`: the audit trail of statements and refusals.
+    pub audit: AuditConfig,
     /// Schemas of the source database that callers may query and that
     /// `DescribeSchema` shows. Default `["public"]`.
     pub schemas: Vec<String>,
@@ -63,6 +66,7 @@ pub struct SqlToolConfig {
 impl Default for SqlToolConfig {
     fn default() -> Self {
         Self {
+            audit: AuditConfig::default(),
             schemas: vec!["public".to_string()],
             exec: ExecConfig::default(),
             golden_path: None,
@@ -218,6 +222,7 @@ pub struct Generated {
 /// The SQL tool.
 pub struct SqlTool {
     pool: Pool,
+    audit: AuditLog,
     executor: Executor,
     policy: ValidationPolicy,
     golden: RwLock<Arc<GoldenSet>>,
@@ -347,6 +352,7 @@ impl SqlTool {
         info!(golden_pairs = golden.len(), schemas = ?config.schemas, "sql tool ready");
         let executor = Executor::new(pool.clone(), config.exec.clone());
         Ok(Self {
+            audit: AuditLog::new(pool.clone(), config.audit.clone()),
             pool,
             executor,
             policy,
@@ -450,9 +456,69 @@ impl SqlTool {
         if max_rows > 0 {
             policy.max_rows = max_rows.min(self.config.exec.max_rows);
         }
-        let query = crate::validate::validate_off_runtime(sql, &policy).await?;
-        let query = self.govern(caller, query).await?;
-        Ok(self.executor.execute(&query).await?)
+        let query = match crate::validate::validate_off_runtime(sql, &policy).await {
+            Ok(query) => self.govern(caller, query).await,
+            Err(rejection) => Err(SqlError::Rejected(rejection)),
+        };
+        let query = match query {
+            Ok(query) => query,
+            Err(SqlError::Rejected(rejection)) => {
+                self.audit_refusal(caller, "execute", sql, &rejection).await;
+                return Err(SqlError::Rejected(rejection));
+            }
+            Err(other) => return Err(other),
+        };
+        Ok(self.execute_audited(caller, "execute", &query).await?)
+    }
+
+    /// Runs `query` and records it in the audit log (statement as executed,
+    /// rows, bytes, duration, outcome).
+    async fn execute_audited(
+        &self,
+        caller: &Caller,
+        action: &str,
+        query: &ValidatedQuery,
+    ) -> Result<QueryResult, crate::ExecError> {
+        let started = Instant::now();
+        let result = self.executor.execute(query).await;
+        let (outcome, rows, bytes, detail) = match &result {
+            Ok(r) => (
+                Outcome::Ok,
+                Some(
+                    i64::try_from(r.total_rows.unwrap_or(r.rows.len() as u64)).unwrap_or(i64::MAX),
+                ),
+                Some(i64::try_from(r.bytes).unwrap_or(i64::MAX)),
+                None,
+            ),
+            Err(error) => (Outcome::Error, None, None, Some(error.to_string())),
+        };
+        self.audit
+            .record(AuditEntry {
+                sql: Some(query.sql()),
+                rows,
+                bytes,
+                duration_ms: Some(started.elapsed().as_secs_f64() * 1e3),
+                detail,
+                ..audit_entry(caller, action, outcome)
+            })
+            .await;
+        result
+    }
+
+    /// Records a refused statement in the audit log.
+    async fn audit_refusal(&self, caller: &Caller, action: &str, sql: &str, rejection: &Rejection) {
+        self.audit
+            .record(AuditEntry {
+                sql: Some(sql.to_owned()),
+                detail: Some(format!("{}: {}", rejection.kind, rejection.message)),
+                ..audit_entry(caller, action, Outcome::Refused)
+            })
+            .await;
+    }
+
+    /// The audit log this tool writes.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// Tables of `schemas` (empty: all configured schemas) as the caller
@@ -1057,6 +1123,8 @@ impl SqlTool {
             let query = match validated {
                 Ok(q) => q,
                 Err(SqlError::Rejected(rejection)) => {
+                    self.audit_refusal(caller, "generate", &sql, &rejection)
+                        .await;
                     attempts.push(Attempt {
                         sql,
                         stage: Stage::Validate,
@@ -1089,7 +1157,7 @@ impl SqlTool {
                     model_calls: calls,
                 });
             }
-            let result = match self.executor.execute(&query).await {
+            let result = match self.execute_audited(caller, "generate", &query).await {
                 Ok(result) => result,
                 Err(error) => {
                     attempts.push(Attempt {
@@ -1295,14 +1363,36 @@ impl SqlTool {
     /// Rejections and database errors (EXPLAIN of an invalid query fails).
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn explain(&self, caller: &Caller, sql: &str) -> Result<Explained, SqlError> {
-        let query = self.validate_async(caller, sql).await?;
+        let query = match self.validate_async(caller, sql).await {
+            Ok(query) => query,
+            Err(SqlError::Rejected(rejection)) => {
+                self.audit_refusal(caller, "explain", sql, &rejection).await;
+                return Err(SqlError::Rejected(rejection));
+            }
+            Err(other) => return Err(other),
+        };
         let description = crate::explain::describe_query(&query);
+        let started = Instant::now();
         let plan = crate::explain::explain_plan(
             &self.executor,
             &query,
             &crate::explain::ExplainOptions::default(),
         )
-        .await?;
+        .await;
+        let outcome = if plan.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Error
+        };
+        self.audit
+            .record(AuditEntry {
+                sql: Some(query.sql()),
+                duration_ms: Some(started.elapsed().as_secs_f64() * 1e3),
+                detail: plan.as_ref().err().map(ToString::to_string),
+                ..audit_entry(caller, "explain", outcome)
+            })
+            .await;
+        let plan = plan?;
         if let Some(model) = &self.models.sql {
             let system = "Explain what this SQL query computes, in two or three plain-English sentences \
                           for a non-technical reader. Mention the tables, filters, grouping and ordering. \
@@ -1363,3 +1453,22 @@ pub fn extract_sql(reply: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// An audit entry of `caller` doing `action` with `outcome`, the rest empty.
+fn audit_entry(caller: &Caller, action: &str, outcome: Outcome) -> AuditEntry {
+    AuditEntry {
+        id: 0,
+        at: String::new(),
+        tenant: caller.principal.tenant.clone(),
+        subject: caller.principal.subject.clone(),
+        request_id: caller.request_id.clone(),
+        tool: "sql".to_owned(),
+        action: action.to_owned(),
+        outcome,
+        sql: None,
+        rows: None,
+        bytes: None,
+        duration_ms: None,
+        detail: None,
+    }
+}

@@ -280,6 +280,9 @@ pub struct QuerySession {
     /// Result column names that carry personal data (policy `pii` tags, and
     /// select-list aliases of expressions over such columns), sorted.
     pub pii_columns: Vec<String>,
+    /// The salt of `hash` masks, set as `quarry.hash_salt` in the
+    /// transaction.
+    pub hash_salt: String,
 }
 
 impl ValidatedQuery {
