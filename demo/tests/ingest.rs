@@ -530,16 +530,19 @@ async fn full_ingest_answers_every_golden_question() {
 /// Artworks a non-owner role sees with `quarry.tenant` set to `tenant`
 /// (`None`: not set), counted in a transaction that is rolled back.
 async fn visible_artworks(db: &TestDb, role: &str, tenant: Option<&str>) -> i64 {
-    db.client.batch_execute("BEGIN").await.unwrap();
+    db.client
+        .batch_execute("BEGIN")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     db.client
         .batch_execute(&format!("SET LOCAL ROLE {role}"))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     if let Some(tenant) = tenant {
         db.client
             .query("SELECT set_config('quarry.tenant', $1, true)", &[&tenant])
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     let seen = db
         .client
@@ -547,7 +550,10 @@ async fn visible_artworks(db: &TestDb, role: &str, tenant: Option<&str>) -> i64 
         .await
         .unwrap_or_else(|e| panic!("{tenant:?}: {e}"))
         .get(0);
-    db.client.batch_execute("ROLLBACK").await.unwrap();
+    db.client
+        .batch_execute("ROLLBACK")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     seen
 }
 
@@ -565,7 +571,7 @@ async fn artworks_are_tenanted_by_era_and_a_reload_keeps_the_tenants() {
              UPDATE {SCHEMA}.tenant_eras SET to_year = 1899 WHERE tenant = 'early'"
         ))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     ingest(&mut db, &dir.0)
         .await
         .unwrap_or_else(|e| panic!("second ingest failed: {e}"));
@@ -576,7 +582,7 @@ async fn artworks_are_tenanted_by_era_and_a_reload_keeps_the_tenants() {
             &[],
         )
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
@@ -602,11 +608,17 @@ async fn artworks_are_tenanted_by_era_and_a_reload_keeps_the_tenants() {
              GRANT SELECT ON ALL TABLES IN SCHEMA {SCHEMA} TO {role}"
         ))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     let count = |filter: &str| {
         let sql = format!("SELECT count(*) FROM {SCHEMA}.artworks WHERE {filter}");
         let client = &db.client;
-        async move { client.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) }
+        async move {
+            client
+                .query_one(&sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .get::<_, i64>(0)
+        }
     };
     let all = count("true").await;
     let late = count("acquisition_year >= 1900").await;
@@ -634,6 +646,6 @@ async fn artworks_are_tenanted_by_era_and_a_reload_keeps_the_tenants() {
     db.client
         .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
     db.drop_db().await;
 }
