@@ -12,6 +12,14 @@
 //! `artwork_contributors`, `subjects` (a three-level tree), `artwork_subjects`,
 //! `movements`, `artist_movements`, `artwork_movements`. Every table and column
 //! carries a `COMMENT` written for the language model that generates SQL.
+//!
+//! The demo's tenants share these tables under PostgreSQL row-level
+//! security: `artworks` is tenanted by acquisition era through the table
+//! `tenant_eras` (kept across loads; the demo tenants `demo`, `acme` and
+//! `bench` see every era, `modern` the works acquired in 1950 or later,
+//! `early` those acquired before), read from the `quarry.tenant` setting
+//! Quarry puts in every request's transaction. The rules, and why a
+//! transaction with no tenant sees every row, are on `schema::TENANCY`.
 
 mod schema;
 mod source;
@@ -178,7 +186,10 @@ fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Inges
 }
 
 /// Loads `dir/artists.jsonl.gz` and `dir/artworks.jsonl.gz` into `schema`
-/// (created if missing; its Tate tables are replaced), in one transaction.
+/// (created if missing; its Tate tables are replaced), in one transaction,
+/// and puts `artworks` under row-level security by tenant era (the table
+/// `tenant_eras` is created if missing and keeps its rows; missing demo
+/// tenants are added).
 ///
 /// With `progress`, draws a progress bar per file on stderr.
 ///
@@ -476,6 +487,13 @@ pub async fn ingest_tate(
     tx.batch_execute(&schema::render(schema::FINISH, &quoted))
         .await
         .map_err(db("cannot add keys and indexes"))?;
+    tx.batch_execute(&format!(
+        "{}{}",
+        schema::render(schema::TENANT_ERAS, &quoted),
+        schema::render(schema::TENANCY, &quoted)
+    ))
+    .await
+    .map_err(db("cannot set up row-level security"))?;
     tx.batch_execute(&schema::comment_statements(&quoted))
         .await
         .map_err(db("cannot add comments"))?;

@@ -125,6 +125,81 @@ CREATE INDEX artist_movements_movement_id_idx ON {s}.artist_movements (movement_
 CREATE INDEX artwork_movements_movement_id_idx ON {s}.artwork_movements (movement_id);
 "#;
 
+/// The table of demo tenants. Unlike the tables of [`TABLES`] it is kept
+/// across loads (`IF NOT EXISTS`): it is access configuration, not
+/// collection data, so tenants an operator added survive a reload.
+pub(crate) const TENANT_ERAS: &str = r#"
+CREATE TABLE IF NOT EXISTS {s}.tenant_eras (
+    tenant text PRIMARY KEY,
+    from_year integer,
+    to_year integer,
+    CHECK (from_year <= to_year)
+);
+"#;
+
+/// Row-level security over `artworks`, run after the load (the loader, as
+/// the tables' owner, is not subject to it anyway): the demo tenants (rows
+/// already there are left alone), and the policies that read the tenant
+/// Quarry sets in every request's transaction (`quarry.tenant`, with
+/// `set_config(…, true)`, the transaction-local `SET LOCAL`).
+///
+/// - A tenant sees the artworks acquired in its era, bounds inclusive, a
+///   null bound open; artworks with no acquisition year only with both
+///   bounds null (all eras). The demo tenants: `demo` (what `dev/demo.sh`
+///   mints), `acme` (the README's) and `bench` (`quarry bench ask`'s) see
+///   every era, `modern` the works acquired in 1950 or later, `early` the
+///   works acquired before 1950.
+/// - The era is looked up by uncorrelated subqueries, which PostgreSQL runs
+///   once per query (init plans), not once per row.
+/// - A tenant without a row sees nothing (default deny).
+/// - A transaction with no tenant (`quarry.tenant` unset, NULL, or `''`,
+///   what an ended `SET LOCAL` leaves) sees every row. That is Quarry's own
+///   background work: the summary builder (as `summary.role`), the search
+///   index sync (as the login role), operator commands. It is safe because
+///   only Quarry can act as the `NOLOGIN` read role (the login role is its
+///   only member), and every request transaction sets a non-empty tenant:
+///   a token must carry one, and the SQL validator refuses `set_config` and
+///   anything that is not a query (`SET`, `RESET`, `SET ROLE`), so a
+///   request cannot clear or change it.
+/// - `tenant_eras` itself is under the same rule: a tenant reads only its
+///   own row.
+///
+/// The policies are `FOR ALL`, so a writer that sets no tenant (a loader,
+/// an ETL role) may still write. Row security is enabled but not forced:
+/// the owner of the tables (the role that loaded them) bypasses it, as
+/// PostgreSQL intends, and queries never run as the owner — they run as the
+/// read role, which owns nothing and has no `BYPASSRLS` (Quarry refuses to
+/// start otherwise, outside development). Forcing it would also make the
+/// owner's `pg_dump` fail (row security is off in a dump).
+pub(crate) const TENANCY: &str = r#"
+INSERT INTO {s}.tenant_eras (tenant, from_year, to_year) VALUES
+    ('demo', NULL, NULL),
+    ('acme', NULL, NULL),
+    ('bench', NULL, NULL),
+    ('modern', 1950, NULL),
+    ('early', NULL, 1949)
+ON CONFLICT (tenant) DO NOTHING;
+ALTER TABLE {s}.tenant_eras ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS tenant_eras_own ON {s}.tenant_eras;
+CREATE POLICY tenant_eras_own ON {s}.tenant_eras
+    USING (coalesce(current_setting('quarry.tenant', true), '') IN ('', tenant));
+ALTER TABLE {s}.artworks ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS tenant_era ON {s}.artworks;
+CREATE POLICY tenant_era ON {s}.artworks
+    USING (
+        coalesce(current_setting('quarry.tenant', true), '') = ''
+        OR CASE
+            WHEN artworks.acquisition_year IS NULL THEN
+                (SELECT int4range(e.from_year, e.to_year, '[]') FROM {s}.tenant_eras e
+                  WHERE e.tenant = current_setting('quarry.tenant', true)) = '(,)'::int4range
+            ELSE
+                (SELECT int4range(e.from_year, e.to_year, '[]') FROM {s}.tenant_eras e
+                  WHERE e.tenant = current_setting('quarry.tenant', true))
+                @> artworks.acquisition_year
+        END
+    );
+"#;
+
 /// `(table, None | Some(column), comment)`: what a model needs to use each
 /// table and column — meaning, units, example values, how to join.
 pub(crate) const COMMENTS: &[(&str, Option<&str>, &str)] = &[
@@ -224,7 +299,8 @@ pub(crate) const COMMENTS: &[(&str, Option<&str>, &str)] = &[
         "Works in the Tate collection, one row per work (about 69,000; over half are by J.M.W. Turner, \
          mostly sketchbook pages from the Turner Bequest). Artists: join artwork_contributors \
          (artwork_contributors.artwork_id = artworks.id) then artists. Subjects: artwork_subjects. \
-         Art movements: artwork_movements.",
+         Art movements: artwork_movements. The database shows each caller only the works of its \
+         tenant's acquisition era (row-level security); never filter by tenant yourself.",
     ),
     (
         "artworks",
@@ -460,6 +536,29 @@ pub(crate) const COMMENTS: &[(&str, Option<&str>, &str)] = &[
         Some("movement_id"),
         "The movement, references movements.id.",
     ),
+    // tenant_eras
+    (
+        "tenant_eras",
+        None,
+        "Access configuration, not collection data: the acquisition years each tenant may see \
+         (row-level security on artworks). Only the caller's own row is visible. There is no need \
+         to filter artworks by it: the database already does.",
+    ),
+    (
+        "tenant_eras",
+        Some("tenant"),
+        "Tenant name as in the caller's token, primary key, e.g. 'modern'.",
+    ),
+    (
+        "tenant_eras",
+        Some("from_year"),
+        "First acquisition_year the tenant sees (inclusive); null for no lower bound.",
+    ),
+    (
+        "tenant_eras",
+        Some("to_year"),
+        "Last acquisition_year the tenant sees (inclusive); null for no upper bound.",
+    ),
 ];
 
 /// `COMMENT ON` statements for every table and column, in one batch.
@@ -491,11 +590,15 @@ mod tests {
     fn every_table_and_column_is_commented() {
         let mut created = Vec::new();
         let mut table = "";
-        for line in CREATE.lines().map(str::trim) {
-            if let Some(rest) = line.strip_prefix("CREATE TABLE {s}.") {
+        let ddl = format!("{CREATE}{TENANT_ERAS}");
+        for line in ddl.lines().map(str::trim) {
+            let rest = line
+                .strip_prefix("CREATE TABLE {s}.")
+                .or_else(|| line.strip_prefix("CREATE TABLE IF NOT EXISTS {s}."));
+            if let Some(rest) = rest {
                 table = rest.split_whitespace().next().unwrap_or_default();
                 created.push((table.to_owned(), None));
-            } else if !line.is_empty() && !line.starts_with(')') {
+            } else if !line.is_empty() && !line.starts_with(')') && !line.starts_with("CHECK") {
                 let column = line.split_whitespace().next().unwrap_or_default();
                 created.push((table.to_owned(), Some(column.to_owned())));
             }
@@ -512,7 +615,7 @@ mod tests {
         }
         assert_eq!(
             created.iter().filter(|(_, c)| c.is_none()).count(),
-            TABLES.len()
+            TABLES.len() + 1
         );
     }
 }

@@ -526,3 +526,126 @@ async fn full_ingest_answers_every_golden_question() {
     );
     db.drop_db().await;
 }
+
+/// Artworks a non-owner role sees with `quarry.tenant` set to `tenant`
+/// (`None`: not set), counted in a transaction that is rolled back.
+async fn visible_artworks(db: &TestDb, role: &str, tenant: Option<&str>) -> i64 {
+    db.client
+        .batch_execute("BEGIN")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    db.client
+        .batch_execute(&format!("SET LOCAL ROLE {role}"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(tenant) = tenant {
+        db.client
+            .query("SELECT set_config('quarry.tenant', $1, true)", &[&tenant])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let seen = db
+        .client
+        .query_one(&format!("SELECT count(*) FROM {SCHEMA}.artworks"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{tenant:?}: {e}"))
+        .get(0);
+    db.client
+        .batch_execute("ROLLBACK")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    seen
+}
+
+#[tokio::test]
+async fn artworks_are_tenanted_by_era_and_a_reload_keeps_the_tenants() {
+    let (dir, _, _) = slice(300, 200);
+    let mut db = TestDb::new().await;
+    ingest(&mut db, &dir.0)
+        .await
+        .unwrap_or_else(|e| panic!("first ingest failed: {e}"));
+    // an operator's tenant and an edited demo tenant survive a reload
+    db.client
+        .batch_execute(&format!(
+            "INSERT INTO {SCHEMA}.tenant_eras VALUES ('t-late', 1900, NULL);
+             UPDATE {SCHEMA}.tenant_eras SET to_year = 1899 WHERE tenant = 'early'"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ingest(&mut db, &dir.0)
+        .await
+        .unwrap_or_else(|e| panic!("second ingest failed: {e}"));
+    let tenants: Vec<(String, Option<i32>, Option<i32>)> = db
+        .client
+        .query(
+            &format!("SELECT tenant, from_year, to_year FROM {SCHEMA}.tenant_eras ORDER BY tenant"),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let era = |t: &str, from: Option<i32>, to: Option<i32>| (t.to_owned(), from, to);
+    assert_eq!(
+        tenants,
+        vec![
+            era("acme", None, None),
+            era("bench", None, None),
+            era("demo", None, None),
+            era("early", None, Some(1899)),
+            era("modern", Some(1950), None),
+            era("t-late", Some(1900), None),
+        ]
+    );
+
+    // the owner (here a superuser) is not subject to the policy; a role that
+    // only reads is
+    let role = format!("quarry_demo_ro_{}", unique_suffix());
+    db.client
+        .batch_execute(&format!(
+            "CREATE ROLE {role} NOLOGIN; GRANT USAGE ON SCHEMA {SCHEMA} TO {role};
+             GRANT SELECT ON ALL TABLES IN SCHEMA {SCHEMA} TO {role}"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let count = |filter: &str| {
+        let sql = format!("SELECT count(*) FROM {SCHEMA}.artworks WHERE {filter}");
+        let client = &db.client;
+        async move {
+            client
+                .query_one(&sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .get::<_, i64>(0)
+        }
+    };
+    let all = count("true").await;
+    let late = count("acquisition_year >= 1900").await;
+    let early = count("acquisition_year <= 1899").await;
+    assert!(
+        late > 0 && early > 0,
+        "the slice spans 1900: {early} {late}"
+    );
+    for (tenant, expected) in [
+        (Some("t-late"), late),
+        (Some("early"), early),
+        (Some("modern"), count("acquisition_year >= 1950").await),
+        (Some("demo"), all),
+        (Some("nobody"), 0),
+        // no tenant: Quarry's own background work
+        (Some(""), all),
+        (None, all),
+    ] {
+        assert_eq!(
+            visible_artworks(&db, &role, tenant).await,
+            expected,
+            "tenant {tenant:?}"
+        );
+    }
+    db.client
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    db.drop_db().await;
+}

@@ -146,6 +146,13 @@ pub struct Options {
     pub summaries: bool,
     /// The roles the server plays ([`quarry_server::Roles`]); `None` is all.
     pub roles: Option<quarry_server::Roles>,
+    /// Before serving, run `quarry migrate` with `sql.exec.role` set to this
+    /// role: it creates the `NOLOGIN` read-only role if the cluster lacks it
+    /// (roles are cluster-wide) and grants it `SELECT` on schema `tate`, so
+    /// a policy role may name it as `db_role` — queries then run under
+    /// row-level security, which the test server's superuser login bypasses.
+    /// The server's own configuration does not set `sql.exec.role`.
+    pub read_only_role: Option<String>,
 }
 
 /// A running Quarry server over its own database.
@@ -180,6 +187,9 @@ impl TestServer {
             let _ = connection.await;
         }
         let _ = std::fs::remove_dir_all(&slice);
+        if let Some(role) = &options.read_only_role {
+            migrate_read_only_role(db.url(), role).await;
+        }
         let (rps, burst) = options.rate_limit.unwrap_or((1000, 1000));
         let golden = repo_root().join("demo/golden/tate.json");
         let mut toml = format!(
@@ -305,6 +315,38 @@ impl TestServer {
                 .expect("server did not stop within 15 s")
                 .expect("server task panicked");
             result.expect("server failed");
+        }
+    }
+}
+
+/// Runs `quarry migrate` on the database at `url` with `sql.exec.role =
+/// role` and `sql.schemas = ["tate"]`. Tests in other databases of the
+/// cluster may alter the same role at the same moment (PostgreSQL then
+/// reports "tuple concurrently updated"), so a failure is retried a few
+/// times.
+async fn migrate_read_only_role(url: &str, role: &str) {
+    let dir = TempDir::new("migrate");
+    let path = dir.path().join("quarry.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\ndevelopment = true\n[database]\nurl = \"{url}\"\n\
+             [auth]\njwt_secret = \"{SECRET}\"\n\
+             [sql]\nschemas = [\"tate\"]\n[sql.exec]\nrole = \"{role}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match quarry::commands::migrate::run(quarry::commands::migrate::Args {}, Some(&path)).await
+        {
+            Ok(()) => return,
+            Err(e) if attempt < 5 => {
+                eprintln!("quarry migrate (attempt {attempt}): {e:#}");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => panic!("quarry migrate: {e:#}"),
         }
     }
 }

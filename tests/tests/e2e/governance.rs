@@ -670,3 +670,119 @@ async fn statements_and_refusals_land_in_the_tenants_audit_log() {
     assert_eq!(rpc.outcome, "refused");
     server.stop().await;
 }
+
+/// A role whose queries run as the read-only role `quarry migrate` creates
+/// (the test server's login role is a superuser, which row-level security
+/// does not apply to).
+const TENANTED_POLICY: &str = r#"
+    [policy.roles.reader]
+    scopes = ["sql:query"]
+    tables = ["tate.*"]
+    db_role = "quarry_reader"
+"#;
+
+/// `[count, ids in order]` of the artworks matching `filter`, straight on
+/// the database as the superuser.
+async fn artworks_where(server: &TestServer, filter: &str) -> Vec<String> {
+    let row = &raw(
+        server,
+        &format!(
+            "SELECT count(*), coalesce(string_agg(id::text, ',' ORDER BY id), '') \
+             FROM tate.artworks WHERE {filter}"
+        ),
+    )
+    .await[0];
+    vec![row.get::<_, i64>(0).to_string(), row.get(1)]
+}
+
+#[tokio::test]
+async fn row_level_security_shows_each_tenant_the_artworks_of_its_era() {
+    let server = TestServer::start(Options {
+        extra_toml: TENANTED_POLICY.into(),
+        read_only_role: Some("quarry_reader".into()),
+        ..Options::default()
+    })
+    .await;
+    // eras are data: two that split the slice (acquired 1880–1929)
+    raw(
+        &server,
+        "INSERT INTO tate.tenant_eras (tenant, from_year, to_year) \
+         VALUES ('t-early', NULL, 1899), ('t-late', 1900, NULL)",
+    )
+    .await;
+    let all = artworks_where(&server, "true").await;
+    let before_1900 = artworks_where(&server, "acquisition_year <= 1899").await;
+    let since_1900 = artworks_where(&server, "acquisition_year >= 1900").await;
+    let since_1950 = artworks_where(&server, "acquisition_year >= 1950").await;
+    let before_1950 = artworks_where(&server, "acquisition_year < 1950").await;
+    assert!(
+        before_1900[0] != "0" && since_1900[0] != "0",
+        "the slice has works on both sides of 1900: {} and {}",
+        before_1900[0],
+        since_1900[0]
+    );
+    let nothing = vec!["0".to_owned(), String::new()];
+    let seen = |tenant: &'static str| {
+        let server = &server;
+        async move {
+            let token = token_with_roles(tenant, "ann", &["reader"], &[]);
+            let got = rows(
+                server,
+                &token,
+                "SELECT count(*), coalesce(string_agg(id::text, ',' ORDER BY id), '') \
+                 FROM tate.artworks",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{tenant}: {e:?}"));
+            got.into_iter().next().unwrap()
+        }
+    };
+    for (tenant, expected) in [
+        ("t-early", &before_1900),
+        ("t-late", &since_1900),
+        ("modern", &since_1950),
+        ("early", &before_1950),
+        ("demo", &all),
+        ("t-unknown", &nothing),
+        ("t-early", &before_1900),
+    ] {
+        assert_eq!(&seen(tenant).await, expected, "tenant {tenant}");
+    }
+    // a tenant reads only its own row of the eras
+    let t_early = token_with_roles("t-early", "ann", &["reader"], &[]);
+    let eras = rows(&server, &t_early, "SELECT tenant FROM tate.tenant_eras")
+        .await
+        .unwrap();
+    assert_eq!(eras, vec![vec!["t-early".to_owned()]]);
+    // a query cannot change its tenant or role: set_config is refused, and
+    // SET / RESET are not queries
+    let unknown = token_with_roles("t-unknown", "mallory", &["reader"], &[]);
+    for (sql, reason) in [
+        (
+            "SELECT set_config('quarry.tenant', 'demo', true), count(*) FROM tate.artworks",
+            "function set_config is not allowed",
+        ),
+        (
+            "SELECT count(*) FROM tate.artworks WHERE set_config('quarry.tenant', '', true) = ''",
+            "function set_config is not allowed",
+        ),
+        ("SET ROLE postgres", "not_a_query"),
+        ("RESET ROLE", "not_a_query"),
+        ("SET quarry.tenant = 'demo'", "not_a_query"),
+    ] {
+        let status = rows(&server, &unknown, sql).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{sql}: {}",
+            status.message()
+        );
+        assert!(
+            status.message().contains(reason),
+            "{sql}: {}",
+            status.message()
+        );
+    }
+    assert_eq!(seen("t-unknown").await, nothing);
+    server.stop().await;
+}
