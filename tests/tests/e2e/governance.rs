@@ -786,3 +786,63 @@ async fn row_level_security_shows_each_tenant_the_artworks_of_its_era() {
     assert_eq!(seen("t-unknown").await, nothing);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn summary_kinds_are_granted_per_role() {
+    let server = TestServer::start(Options {
+        summaries: true,
+        extra_toml: r#"
+            [policy.roles.decades]
+            scopes = ["summaries"]
+            summary_kinds = ["decade"]
+        "#
+        .into(),
+        ..Options::default()
+    })
+    .await;
+    quarry_tests::wait_until_summaries_built(&server).await;
+    let t = token_with_roles("t1", "ann", &["decades"], &[]);
+    let mut summaries = server.summaries();
+    let kinds = summaries
+        .list_summary_kinds(authed(ListSummaryKindsRequest {}, &t))
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = kinds.kinds.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, ["decade"]);
+    let status = summaries
+        .get_summaries(authed(
+            GetSummariesRequest {
+                kind: "artist".into(),
+                ..Default::default()
+            },
+            &t,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "{}",
+        status.message()
+    );
+    assert!(status.message().contains("artist"), "{}", status.message());
+    let found = summaries
+        .search_summaries(authed(
+            SearchSummariesRequest {
+                query: "Turner".into(),
+                k: 20,
+                ..Default::default()
+            },
+            &t,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        found.summaries.iter().all(|s| s.kind == "decade"),
+        "{:?}",
+        found.summaries.iter().map(|s| &s.kind).collect::<Vec<_>>()
+    );
+    server.stop().await;
+}

@@ -74,6 +74,10 @@ pub enum SummaryError {
     /// Anything else that is our fault.
     #[error("internal: {0}")]
     Internal(String),
+    /// The caller's policy does not grant this summary kind
+    /// (`PERMISSION_DENIED`).
+    #[error("summary kind {0} is not available to your roles")]
+    Forbidden(String),
 }
 
 /// `no artist matching "zzzz"; closest: Joseph Mallord William Turner (artist 558), …`
@@ -141,6 +145,7 @@ impl ServiceError for SummaryError {
             Self::BuildRunning => ServiceErrorCode::Aborted,
             Self::Definition(_) | Self::Config(_) => ServiceErrorCode::FailedPrecondition,
             Self::Unavailable(_) => ServiceErrorCode::Unavailable,
+            Self::Forbidden(_) => ServiceErrorCode::PermissionDenied,
             Self::Database(e) if e.is_closed() || e.code().is_none() => {
                 ServiceErrorCode::Unavailable
             }
@@ -175,6 +180,7 @@ impl ServiceError for SummaryError {
             Self::Definition(_)
             | Self::Config(_)
             | Self::Unavailable(_)
+            | Self::Forbidden(_)
             | Self::Database(_)
             | Self::Internal(_) => None,
         }

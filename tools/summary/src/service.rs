@@ -345,7 +345,7 @@ impl SummaryTool {
         let limit = Self::check_limit(request.limit, DEFAULT_LIMIT, "limit")?;
         let kind = match request.kind.as_deref().map(str::trim) {
             Some("") | None => None,
-            Some(k) => Some(self.kind(k)?.config.name.clone()),
+            Some(k) => Some(allowed(caller, &self.kind(k)?.config.name)?),
         };
         let entity = request
             .entity
@@ -372,7 +372,7 @@ impl SummaryTool {
         }
         let kinds: Vec<String> = match &kind {
             Some(k) => vec![k.clone()],
-            None => self.kinds.iter().map(|k| k.config.name.clone()).collect(),
+            None => self.allowed_kinds(caller),
         };
         let now = Utc::now();
         let client = self.pool.get().await?;
@@ -550,10 +550,10 @@ impl SummaryTool {
                     ),
                 )
             })?;
-            kinds.push(kind.config.name.clone());
+            kinds.push(allowed(caller, &kind.config.name)?);
         }
         if kinds.is_empty() {
-            kinds = self.kinds.iter().map(|k| k.config.name.clone()).collect();
+            kinds = self.allowed_kinds(caller);
         }
         let coverage: (i64, i64);
         let (rows, retrieval) = match &self.embedder {
@@ -629,13 +629,24 @@ impl SummaryTool {
         })
     }
 
-    /// The declared kinds with counts and the oldest `checked_at`.
+    /// Names of the declared kinds the caller's policy grants
+    /// (`summary_kinds`), in declaration order.
+    fn allowed_kinds(&self, caller: &Caller) -> Vec<String> {
+        self.kinds
+            .iter()
+            .map(|k| k.config.name.clone())
+            .filter(|k| caller.grant.allows_summary_kind(k))
+            .collect()
+    }
+
+    /// The declared kinds the caller may read, with counts and the oldest
+    /// `checked_at`.
     ///
     /// # Errors
     /// Database errors.
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn kinds(&self, caller: &Caller) -> Result<Vec<KindStatus>> {
-        let names: Vec<String> = self.kinds.iter().map(|k| k.config.name.clone()).collect();
+        let names: Vec<String> = self.allowed_kinds(caller);
         let client = self.pool.get().await?;
         let rows = client
             .query(
@@ -660,6 +671,7 @@ impl SummaryTool {
         Ok(self
             .kinds
             .iter()
+            .filter(|k| names.contains(&k.config.name))
             .map(|k| {
                 let (summaries, failed, oldest) =
                     stats.get(&k.config.name).cloned().unwrap_or((0, 0, None));
@@ -770,4 +782,13 @@ fn found(
         matched,
         alternatives: Vec::new(),
     })
+}
+
+/// `kind` when the caller's policy grants it.
+fn allowed(caller: &Caller, kind: &str) -> Result<String> {
+    if caller.grant.allows_summary_kind(kind) {
+        Ok(kind.to_owned())
+    } else {
+        Err(SummaryError::Forbidden(kind.to_owned()))
+    }
 }
