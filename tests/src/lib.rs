@@ -140,6 +140,9 @@ pub struct Options {
     /// temporary folder the server removes when dropped; the sync polls
     /// every 100 ms besides listening for notifications).
     pub search: bool,
+    /// `[[search.collections]]` TOML served instead of
+    /// [`ARTWORKS_COLLECTION`] when [`Options::search`].
+    pub search_collection: Option<String>,
     /// Serve the shipped Tate summary kinds (`demo/summaries/tate.toml`),
     /// built once at start-up, no schedule, no embedder (search over summary
     /// texts is then PostgreSQL full-text).
@@ -226,8 +229,12 @@ impl TestServer {
         let index_dir = options.search.then(|| TempDir::new("search-index"));
         if let Some(dir) = &index_dir {
             toml.push_str(&format!(
-                "\n[sync]\npoll_interval_ms = 100\n[search]\nindex_dir = \"{}\"\n{ARTWORKS_COLLECTION}",
-                dir.path().display()
+                "\n[sync]\npoll_interval_ms = 100\n[search]\nindex_dir = \"{}\"\n{}",
+                dir.path().display(),
+                options
+                    .search_collection
+                    .as_deref()
+                    .unwrap_or(ARTWORKS_COLLECTION)
             ));
         }
         if options.summaries {

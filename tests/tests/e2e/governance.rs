@@ -846,3 +846,79 @@ async fn summary_kinds_are_granted_per_role() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn search_is_limited_to_the_callers_tenant_by_the_collections_tenant_filter() {
+    // the artworks collection, each document tagged with the tenants whose
+    // acquisition era holds it (the demo's tate.tenant_eras)
+    let collection = r#"
+[[search.collections]]
+name = "artworks"
+source = "tate.artworks"
+key = "id"
+text = [{ name = "title" }]
+filters = [
+  { name = "tenants", type = "keywords", sql = "ARRAY(SELECT e.tenant FROM tate.tenant_eras e WHERE int4range(e.from_year, e.to_year, '[]') @> src.acquisition_year ORDER BY e.tenant)" },
+]
+tenant_filter = "tenants"
+"#;
+    let server = TestServer::start(Options {
+        search: true,
+        search_collection: Some(collection.into()),
+        extra_toml: r#"
+            [policy.roles.finder]
+            scopes = ["search"]
+            collections = ["artworks"]
+        "#
+        .into(),
+        ..Options::default()
+    })
+    .await;
+    let mut search = server.search();
+    let tester = quarry_tests::token("t1");
+    for _ in 0..200 {
+        let listed = search
+            .list_collections(authed(ListCollectionsRequest {}, &tester))
+            .await
+            .unwrap()
+            .into_inner();
+        if listed
+            .collections
+            .first()
+            .is_some_and(|c| c.documents == 300)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut hits = |tenant: &'static str| {
+        let token = token_with_roles(tenant, "ann", &["finder"], &[]);
+        let mut search = server.search();
+        async move {
+            search
+                .search(authed(
+                    SearchRequest {
+                        collection: "artworks".into(),
+                        query: "study".into(),
+                        k: 100,
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .hits
+                .len()
+        }
+    };
+    // the slice's acquisitions are 1880–1929: `early` (to 1949) and `demo`
+    // (every era) see the same hits, `modern` (1950 on) and an unknown
+    // tenant none
+    let early = hits("early").await;
+    assert!(early > 0);
+    assert_eq!(hits("demo").await, early);
+    assert_eq!(hits("modern").await, 0);
+    assert_eq!(hits("nobody").await, 0);
+    server.stop().await;
+}

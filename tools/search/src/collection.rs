@@ -123,6 +123,12 @@ pub struct CollectionConfig {
     /// fields' SQL reads); a change there re-syncs the source rows it names.
     #[serde(default)]
     pub dependents: Vec<DependentConfig>,
+    /// A `keyword` or `keywords` filter field holding the tenant(s) a
+    /// document belongs to: when set, every search by a caller is limited
+    /// to documents whose field holds the caller's tenant (operator work is
+    /// not). Not part of the sidecar's shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_filter: Option<String>,
 }
 
 /// A text or stored field: a source column, or a SQL expression over `src`.
@@ -314,7 +320,7 @@ impl Collection {
         .into_iter()
         .map(|(name, source)| Field { name, source })
         .collect();
-        let filters = validate_fields(
+        let filters: Vec<FilterField> = validate_fields(
             config.filters.iter().map(|f| (&f.name, &f.column, &f.sql)),
             &format!("{path}.filters"),
             "filter",
@@ -346,6 +352,16 @@ impl Collection {
                 table,
                 key_column: dependent.key_column.clone(),
             });
+        }
+        if let Some(tenant) = &config.tenant_filter
+            && !filters.iter().any(|f| {
+                &f.name == tenant && matches!(f.kind, FilterType::Keyword | FilterType::Keywords)
+            })
+        {
+            return Err(invalid(
+                format!("{path}.tenant_filter"),
+                format!("{tenant:?} is not a keyword or keywords filter field of the collection"),
+            ));
         }
         let canonical = serde_json::to_vec(config).unwrap_or_default();
         let config_hash = hex(&Sha256::digest(&canonical));

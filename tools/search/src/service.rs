@@ -211,6 +211,8 @@ pub trait Reranker: Send + Sync {
 
 struct Entry {
     collection: Arc<Collection>,
+    /// The collection's `tenant_filter` field, if any.
+    tenant_filter: Option<String>,
     index: Arc<CollectionIndex>,
     embedding_model: Option<String>,
     embedding_dimension: Option<usize>,
@@ -307,6 +309,7 @@ impl SearchTool {
                 .await??;
             entries.push(Entry {
                 collection,
+                tenant_filter: c.tenant_filter.clone(),
                 index: Arc::new(index),
                 embedding_dimension: state.embedder.as_ref().map(|(_, d)| *d),
                 embedding_model: state.embedder.map(|(m, _)| m),
@@ -478,6 +481,7 @@ impl SearchTool {
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn search(&self, caller: &Caller, request: SearchRequest) -> Result<SearchResponse> {
         allowed(caller, &request)?;
+        let request = self.tenanted(caller, request)?;
         self.search_inner(request, None).await
     }
 
@@ -499,7 +503,27 @@ impl SearchTool {
         query_vector: Vec<f32>,
     ) -> Result<SearchResponse> {
         allowed(caller, &request)?;
+        let request = self.tenanted(caller, request)?;
         self.search_inner(request, Some(query_vector)).await
+    }
+
+    /// `request` limited to the caller's tenant when its collection has a
+    /// `tenant_filter` (the caller's own filter kept, and-ed with it).
+    fn tenanted(&self, caller: &Caller, mut request: SearchRequest) -> Result<SearchRequest> {
+        let entry = self.entry(&request.collection)?;
+        if let Some(field) = &entry.tenant_filter
+            && !caller.grant.is_unrestricted()
+        {
+            let tenant = Filter::Eq {
+                field: field.clone(),
+                value: crate::filter::Value::Text(caller.principal.tenant.clone()),
+            };
+            request.filter = Some(match request.filter.take() {
+                Some(own) => Filter::And(vec![tenant, own]),
+                None => tenant,
+            });
+        }
+        Ok(request)
     }
 
     async fn search_inner(
