@@ -10,7 +10,11 @@ use std::{
 
 use deadpool_postgres::Pool;
 use quarry_auth::Caller;
-use quarry_llm::{ChatModel, ChatRequest, Message, ResponseFormat, Usage, embed::Embedder};
+use quarry_llm::{
+    ChatModel, ChatRequest, Message, ResponseFormat, Usage,
+    embed::Embedder,
+    pii::{Pseudonymizer, Redacting, Reveal},
+};
 use serde::Deserialize;
 use tracing::{info, instrument, warn};
 
@@ -122,6 +126,39 @@ impl SqlModels {
         Self {
             judge: model.clone(),
             sql: model,
+        }
+    }
+}
+
+/// The SQL tool's models for one request: each behind [`Redacting`] over
+/// one fresh [`Pseudonymizer`] ([`SqlModels::redacting`]).
+struct RequestModels {
+    sql: Option<Arc<dyn ChatModel>>,
+    judge: Option<Arc<dyn ChatModel>>,
+    /// Shared by both, and used to replace PII cells shown to the judge.
+    pii: Arc<Pseudonymizer>,
+}
+
+impl SqlModels {
+    /// Both models behind [`Redacting`] over one fresh [`Pseudonymizer`],
+    /// for one request: personal data in the question, the scratchpad or
+    /// the rows is sent as placeholders, and replies come back with the
+    /// original values ([`Reveal::Originals`]: SQL filtering on a value
+    /// must hold the value to run; it is redacted again whenever it is sent
+    /// to a model).
+    fn redacting(&self) -> RequestModels {
+        let pii = Arc::new(Pseudonymizer::new());
+        let wrap = |model: &Arc<dyn ChatModel>| -> Arc<dyn ChatModel> {
+            Arc::new(Redacting::new(
+                Arc::clone(model),
+                Arc::clone(&pii),
+                Reveal::Originals,
+            ))
+        };
+        RequestModels {
+            sql: self.sql.as_ref().map(wrap),
+            judge: self.judge.as_ref().map(wrap),
+            pii: Arc::clone(&pii),
         }
     }
 }
@@ -793,10 +830,12 @@ impl SqlTool {
         max_rows: u64,
         golden_only: bool,
     ) -> Result<Generated, SqlError> {
-        match &self.models.sql {
+        let models = self.models.redacting();
+        match &models.sql {
             Some(model) if !golden_only => {
                 self.generate_with_model(
                     caller,
+                    &models,
                     model.as_ref(),
                     question,
                     previous_sql,
@@ -979,6 +1018,7 @@ impl SqlTool {
     async fn generate_with_model(
         &self,
         caller: &Caller,
+        models: &RequestModels,
         model: &dyn ChatModel,
         question: &str,
         previous_sql: &str,
@@ -1102,10 +1142,11 @@ impl SqlTool {
                 }
             };
             let row_count = result.total_rows.unwrap_or(result.rows.len() as u64);
-            if let Some(judge) = self.models.judge.as_deref().filter(|_| self.config.judge)
+            if let Some(judge) = models.judge.as_deref().filter(|_| self.config.judge)
                 && attempt_no < max_attempts
             {
-                match self.judge(judge, &mut calls, question, &sql, &result).await {
+                let shown = pii_as_placeholders(&result, &models.pii);
+                match self.judge(judge, &mut calls, question, &sql, &shown).await {
                     Ok(None) => {}
                     Ok(Some(problem)) => {
                         attempts.push(Attempt {
@@ -1151,7 +1192,8 @@ impl SqlTool {
     }
 
     /// A second model call (to the judge model, accounted in `calls`) that
-    /// checks whether `result` answers `question`: `Ok(None)` when it does,
+    /// checks whether `result` (PII cells already placeholders) answers
+    /// `question`: `Ok(None)` when it does,
     /// `Ok(Some(problem))` when not (empty result where rows are expected,
     /// wrong granularity, implausible values).
     async fn judge(
@@ -1303,7 +1345,7 @@ impl SqlTool {
             &crate::explain::ExplainOptions::default(),
         )
         .await?;
-        if let Some(model) = &self.models.sql {
+        if let Some(model) = &self.models.redacting().sql {
             let system = "Explain what this SQL query computes, in two or three plain-English sentences \
                           for a non-technical reader. Mention the tables, filters, grouping and ordering. \
                           Do not invent anything not in the query.";
@@ -1328,6 +1370,34 @@ impl SqlTool {
             plan,
         })
     }
+}
+
+/// `result` with every non-null cell of a `pii` column replaced by its
+/// placeholder from `pii` (the whole value, as JSON text for non-text
+/// cells), for a model to read.
+fn pii_as_placeholders(result: &QueryResult, pii: &Pseudonymizer) -> QueryResult {
+    let mut shown = result.clone();
+    for (i, column) in result.columns.iter().enumerate() {
+        if !column.pii {
+            continue;
+        }
+        for row in &mut shown.rows {
+            if let Some(cell) = row.get_mut(i)
+                && !matches!(cell, crate::Cell::Null)
+            {
+                let text = match cell.to_json() {
+                    serde_json::Value::String(s) => s,
+                    other @ (serde_json::Value::Null
+                    | serde_json::Value::Bool(_)
+                    | serde_json::Value::Number(_)
+                    | serde_json::Value::Array(_)
+                    | serde_json::Value::Object(_)) => other.to_string(),
+                };
+                *cell = crate::Cell::Text(pii.redact_value(&column.name, &text));
+            }
+        }
+    }
+    shown
 }
 
 fn stage_name(stage: Stage) -> &'static str {
