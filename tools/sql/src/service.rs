@@ -133,7 +133,7 @@ impl SqlModels {
 /// The SQL tool's models for one request: each behind [`Redacting`] over
 /// one fresh [`Pseudonymizer`] ([`SqlModels::redacting`]).
 struct RequestModels {
-    sql: Option<Arc<dyn ChatModel>>,
+    sql: Arc<dyn ChatModel>,
     judge: Option<Arc<dyn ChatModel>>,
     /// Shared by both, and used to replace PII cells shown to the judge.
     pii: Arc<Pseudonymizer>,
@@ -145,8 +145,8 @@ impl SqlModels {
     /// the rows is sent as placeholders, and replies come back with the
     /// original values ([`Reveal::Originals`]: SQL filtering on a value
     /// must hold the value to run; it is redacted again whenever it is sent
-    /// to a model).
-    fn redacting(&self) -> RequestModels {
+    /// to a model). `None` without a SQL model.
+    fn redacting(&self) -> Option<RequestModels> {
         let pii = Arc::new(Pseudonymizer::new());
         let wrap = |model: &Arc<dyn ChatModel>| -> Arc<dyn ChatModel> {
             Arc::new(Redacting::new(
@@ -155,11 +155,11 @@ impl SqlModels {
                 Reveal::Originals,
             ))
         };
-        RequestModels {
-            sql: self.sql.as_ref().map(wrap),
+        Some(RequestModels {
+            sql: wrap(self.sql.as_ref()?),
             judge: self.judge.as_ref().map(wrap),
             pii: Arc::clone(&pii),
-        }
+        })
     }
 }
 
@@ -830,19 +830,10 @@ impl SqlTool {
         max_rows: u64,
         golden_only: bool,
     ) -> Result<Generated, SqlError> {
-        let models = self.models.redacting();
-        match &models.sql {
-            Some(model) if !golden_only => {
-                self.generate_with_model(
-                    caller,
-                    &models,
-                    model.as_ref(),
-                    question,
-                    previous_sql,
-                    dry_run,
-                    max_rows,
-                )
-                .await
+        match self.models.redacting() {
+            Some(models) if !golden_only => {
+                self.generate_with_model(caller, &models, question, previous_sql, dry_run, max_rows)
+                    .await
             }
             _ => {
                 self.generate_from_golden(caller, question, dry_run, max_rows, golden_only)
@@ -1019,12 +1010,12 @@ impl SqlTool {
         &self,
         caller: &Caller,
         models: &RequestModels,
-        model: &dyn ChatModel,
         question: &str,
         previous_sql: &str,
         dry_run: bool,
         max_rows: u64,
     ) -> Result<Generated, SqlError> {
+        let model = models.sql.as_ref();
         let linked = self.link(caller, question).await?;
         let system = self.generation_prompt(caller, &linked, question, previous_sql);
         let mut attempts: Vec<Attempt> = Vec::new();
@@ -1345,7 +1336,7 @@ impl SqlTool {
             &crate::explain::ExplainOptions::default(),
         )
         .await?;
-        if let Some(model) = &self.models.redacting().sql {
+        if let Some(model) = self.models.redacting().map(|m| m.sql) {
             let system = "Explain what this SQL query computes, in two or three plain-English sentences \
                           for a non-technical reader. Mention the tables, filters, grouping and ordering. \
                           Do not invent anything not in the query.";
