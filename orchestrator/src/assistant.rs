@@ -42,17 +42,27 @@
 //! before the last event, so that a follow-up sent after the stream ended
 //! finds it.
 //!
+//! Personal data: an `Ask` reaches its models (answer and routing) only
+//! through `models`, which puts each behind
+//! [`quarry_llm::pii::Redacting`] over one
+//! [`quarry_llm::pii::Pseudonymizer`] per request: every message is sent
+//! with personal data as placeholders (`<EMAIL_1>`), tools write the cells
+//! of PII-tagged columns as placeholders ([`crate::tools::ToolContext::pii`]),
+//! and the streamed answer (and the model's tool-call arguments) get the
+//! original values back only when the caller holds `pii:read`.
+//!
 //! The last event, `usage`, accounts for the request (`crate::usage`).
 //!
 //! This module builds the assistant; the other jobs have a module each, and
 //! none imports from a module that imports from it: `run` the request's
 //! lifecycle ([`Assistant::ask`], start, deadline, final answer, stored
-//! turn), `agent` the agent loop, `pipelines` router mode's pipelines,
+//! turn), `models` the request's models, `agent` the agent loop, `pipelines` router mode's pipelines,
 //! `events` the events streamed to the client; usage accounting is
 //! `crate::usage`'s.
 
 mod agent;
 mod events;
+mod models;
 mod pipelines;
 mod run;
 
@@ -78,9 +88,10 @@ pub type AskStream = ReceiverStream<Result<AskResponse, Status>>;
 
 /// The Assistant: a model (optional) plus the tools it can offer.
 pub struct Assistant {
-    model: Option<Arc<dyn ChatModel>>,
-    /// The model for router mode's classification (`[models.routing]`).
-    routing_model: Option<Arc<dyn ChatModel>>,
+    /// The answer model and the routing model, reached by an `Ask` only
+    /// through [`models::Models::for_ask`] (behind the request's
+    /// pseudonymizer).
+    models: models::Models,
     /// The SQL tool's client, for what is not a tool call: the schema the
     /// model is shown and router mode's golden look-up and dry runs.
     sql: SqlServiceClient<ToolChannel>,
@@ -97,7 +108,7 @@ pub struct Assistant {
 impl std::fmt::Debug for Assistant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Assistant")
-            .field("model", &self.model.as_ref().map(|_| "configured"))
+            .field("model", &self.models.has_answer().then_some("configured"))
             .field("tools", &self.tools)
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -119,8 +130,7 @@ impl Assistant {
         ));
         let tools = ToolRegistry::new().with(sql_tool.clone());
         Self {
-            model,
-            routing_model: None,
+            models: models::Models::new(model),
             sql,
             sql_tool,
             search: None,
@@ -185,7 +195,7 @@ impl Assistant {
     /// `routing` task's model) before falling back to rules.
     #[must_use]
     pub fn with_routing_model(mut self, model: Arc<dyn ChatModel>) -> Self {
-        self.routing_model = Some(model);
+        self.models.set_routing(model);
         self
     }
 

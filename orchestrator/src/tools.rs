@@ -25,7 +25,7 @@ pub mod sql;
 pub mod summaries;
 
 use futures::future::BoxFuture;
-use quarry_llm::{ToolCall, ToolSpec};
+use quarry_llm::{ToolCall, ToolSpec, pii::Pseudonymizer};
 use quarry_proto::v1::{Citation, ModelCallUsage, tool_result::Outcome};
 
 pub use registry::{Offered, ToolRegistry};
@@ -39,6 +39,13 @@ pub struct ToolContext<'a> {
     /// The caller: principal, request id, deadline, forwarded credentials
     /// (use [`AskCaller::request`] for every call to a tool service).
     pub caller: &'a AskCaller,
+    /// The request's pseudonymizer, shared with its models: a tool writes
+    /// the cells of result columns the policy tags as PII into
+    /// [`ToolOutcome::for_model`] only as its placeholders
+    /// ([`Pseudonymizer::redact_value`], `<NAME_1>`). The rest of that text
+    /// is redacted by the model wrapper (detected e-mail addresses, phone
+    /// numbers, cards, IBANs, and values seen before in the request).
+    pub pii: &'a Pseudonymizer,
     /// Rows of a tabular result streamed to the client (the request's
     /// `preview_rows`, else `orchestrator.preview_rows`).
     pub preview_rows: usize,
@@ -55,7 +62,8 @@ pub struct ToolOutcome {
     pub result: Outcome,
     /// The text the model reads as the call's tool message: delimited data
     /// (`<tool_result call_id=… status=…>` … `</tool_result>`) with every
-    /// piece of data passed through [`sanitize`].
+    /// piece of data passed through [`sanitize`], except the placeholders
+    /// standing for personal data (see [`ToolContext::pii`]).
     pub for_model: String,
     /// The sources the answer rests on through this call, each naming the
     /// call's id; added to the answer's citations in the model's call order.

@@ -147,7 +147,9 @@ impl Run {
             // citations in the same order, whatever order the calls finished in
             for (call, called) in calls.iter().zip(outputs) {
                 if let Some(evidence) = self.evidence.as_mut() {
-                    evidence.push(called.for_model.clone());
+                    // with the original values, which the answer shows a
+                    // caller allowed to see them
+                    evidence.push(self.models.pii.restore(&called.for_model));
                 }
                 messages.push(Message::tool(call.id.clone(), called.for_model));
                 self.citations.extend(called.citations);

@@ -41,8 +41,8 @@ impl Run {
         // with a routing model, the look-up is golden pairs only: the
         // routing model decides whether the SQL tool should write SQL
         let routing = self
-            .assistant
-            .routing_model
+            .models
+            .routing
             .clone()
             .filter(|_| self.assistant.config.route_with_model);
         let mut sql = self.assistant.sql.clone();
@@ -126,7 +126,7 @@ impl Run {
 
         let mut findings = Findings {
             unavailable: route.unavailable.clone(),
-            model_configured: self.assistant.model.is_some(),
+            model_configured: self.assistant.models.has_answer(),
             ..Findings::default()
         };
         for step in &route.steps {

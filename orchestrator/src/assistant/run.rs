@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{AskStream, Assistant};
+use super::{AskStream, Assistant, models::AskModels};
 use crate::{
     caller::AskCaller,
     conversation::{PriorTurn, TurnRecord},
@@ -100,6 +100,9 @@ impl Ending {
 pub(super) struct Run {
     pub(super) assistant: Arc<Assistant>,
     pub(super) caller: AskCaller,
+    /// This request's models, behind its pseudonymizer: every model call of
+    /// the run goes through them.
+    pub(super) models: AskModels,
     pub(super) tx: mpsc::Sender<Result<AskResponse, Status>>,
     started: Instant,
     /// The answer text streamed so far.
@@ -144,9 +147,11 @@ impl Run {
         tx: mpsc::Sender<Result<AskResponse, Status>>,
     ) -> Self {
         let preview_rows = assistant.config.preview_rows as usize;
+        let models = assistant.models.for_ask(&caller.caller);
         Self {
             assistant,
             caller,
+            models,
             tx,
             started: Instant::now(),
             answer: String::new(),
@@ -167,6 +172,7 @@ impl Run {
     pub(super) fn tool_context(&self) -> ToolContext<'_> {
         ToolContext {
             caller: &self.caller,
+            pii: &self.models.pii,
             preview_rows: self.preview_rows,
             previous_sql: self.history.iter().rev().find_map(|t| t.sql.as_deref()),
         }
@@ -358,7 +364,7 @@ impl Run {
     /// chosen its pipelines; agentic mode at once.
     fn choose_mode(&self, request: &AskRequest) -> (Option<Arc<dyn ChatModel>>, String) {
         let asked = AskMode::try_from(request.mode).unwrap_or(AskMode::Unspecified);
-        match (asked, self.assistant.model.clone()) {
+        match (asked, self.models.answer.clone()) {
             (AskMode::Router, _) => (None, "router mode requested".to_string()),
             (_, Some(model)) => (
                 Some(model),

@@ -2,13 +2,16 @@
 //! (`SqlService`). `{"question": "..."}` goes to `GenerateSql` (schema
 //! linking, generation, validation, execution, judge), `{"sql": "..."}` to
 //! `ExecuteSql`; the rows come back to the model as delimited data with a
-//! digest of the whole result, and to the client cut to the preview.
+//! digest of the whole result, and to the client cut to the preview. Cells
+//! of columns the policy tags as PII (`Column.pii`) reach the model only as
+//! placeholders, in the rows and in the digest.
 
 use futures::future::BoxFuture;
-use quarry_llm::{ToolCall, ToolSpec};
+use quarry_llm::{ToolCall, ToolSpec, pii::Pseudonymizer};
 use quarry_proto::v1::{
-    Citation, CitationKind, ExecuteSqlRequest, GenerateSqlRequest, ModelCallUsage, ResultDigest,
-    RowSet, SqlAttempt, SqlToolResult, sql_service_client::SqlServiceClient, tool_result::Outcome,
+    Citation, CitationKind, Column, ColumnDigest, ExecuteSqlRequest, GenerateSqlRequest,
+    ModelCallUsage, ResultDigest, RowSet, SqlAttempt, SqlToolResult, Value,
+    sql_service_client::SqlServiceClient, tool_result::Outcome, value::Kind,
 };
 
 use super::{ModelTool, ToolContext, ToolOutcome, sanitize};
@@ -152,18 +155,20 @@ impl SqlTool {
     }
 
     /// Shapes `answer` to call `call_id`: for the client, the result with
-    /// its rows cut to `preview_rows` (and `earlier_attempts`, those that
+    /// its rows cut to `cx.preview_rows` (and `earlier_attempts`, those that
     /// produced the SQL beforehand in router mode, when it has none of its
-    /// own); for the model, the rows and digest as delimited data; one SQL
-    /// citation on success. Also returns the full rows, or the error
+    /// own), values as they are; for the model, the rows and digest as
+    /// delimited data, cells of PII columns as `cx.pii`'s placeholders; one
+    /// SQL citation on success. Also returns the full rows, or the error
     /// message.
     pub fn outcome(
         &self,
         call_id: &str,
         answer: SqlAnswer,
         earlier_attempts: Vec<SqlAttempt>,
-        preview_rows: usize,
+        cx: ToolContext<'_>,
     ) -> (ToolOutcome, Result<RowSet, String>) {
+        let preview_rows = cx.preview_rows;
         let mut sql_result = match answer.result {
             Ok(sql_result) => sql_result,
             Err(message) => {
@@ -194,6 +199,7 @@ impl SqlTool {
             sql_result.digest.as_ref(),
             self.model_rows,
             self.max_cell_chars,
+            cx.pii,
         );
         let outcome = ToolOutcome {
             result: Outcome::Sql(sql_result),
@@ -217,8 +223,7 @@ impl ModelTool for SqlTool {
     fn call<'a>(&'a self, call: &'a ToolCall, cx: ToolContext<'a>) -> BoxFuture<'a, ToolOutcome> {
         Box::pin(async move {
             let answer = self.query(&call.arguments, cx).await;
-            self.outcome(&call.id, answer, Vec::new(), cx.preview_rows)
-                .0
+            self.outcome(&call.id, answer, Vec::new(), cx).0
         })
     }
 }
@@ -257,13 +262,16 @@ fn query_database_spec(model_rows: usize) -> ToolSpec {
 }
 
 /// A SQL result as delimited data for the model: header with row count and
-/// truncation, then one `|`-separated line per row.
+/// truncation, then one `|`-separated line per row, then the digest. Cells
+/// of `pii` columns are `pii`'s placeholders (whole, never cut; `NULL`
+/// stays), as are the digest's min, max and top values of those columns.
 fn rows_for_model(
     call_id: &str,
     rows: &RowSet,
     digest: Option<&ResultDigest>,
     max_rows: usize,
     max_cell_chars: usize,
+    pii: &Pseudonymizer,
 ) -> String {
     let shown = rows.rows.len().min(max_rows);
     let more = rows.truncated || rows.rows.len() > shown;
@@ -285,10 +293,14 @@ fn rows_for_model(
         let cells: Vec<String> = row
             .values
             .iter()
-            .map(|v| {
-                let text = value_text(v);
-                let cut: String = text.chars().take(max_cell_chars).collect();
-                sanitize(&cut.replace('\n', " "))
+            .enumerate()
+            .map(|(i, v)| match rows.columns.get(i).filter(|c| c.pii) {
+                Some(column) => placeholder(pii, &column.name, v),
+                None => {
+                    let text = value_text(v);
+                    let cut: String = text.chars().take(max_cell_chars).collect();
+                    sanitize(&cut.replace('\n', " "))
+                }
             })
             .collect();
         out.push_str(&cells.join(" | "));
@@ -298,9 +310,164 @@ fn rows_for_model(
         && !digest.text.is_empty()
     {
         out.push_str("digest of the whole result:\n");
-        out.push_str(&sanitize(&digest.text));
+        out.push_str(&digest_for_model(digest, &rows.columns, pii));
         out.push('\n');
     }
     out.push_str("</tool_result>");
     out
+}
+
+/// The placeholder of cell `value` of PII column `column`; `NULL` for a
+/// null (nothing to hide, and `NULL` must not become a value searched for).
+fn placeholder(pii: &Pseudonymizer, column: &str, value: &Value) -> String {
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => "NULL".to_string(),
+        Some(_) => {
+            let text = value_text(value);
+            let replaced = pii.redact_value(column, &text);
+            // blank values come back as they are
+            if replaced == text {
+                sanitize(&replaced)
+            } else {
+                replaced
+            }
+        }
+    }
+}
+
+/// The digest's text for the model, [`sanitize`]d. Without PII columns,
+/// the SQL tool's text; with some, the same lines rebuilt from the
+/// structured digest, with the min, max and top values of PII columns (by
+/// position or name in `columns`) as placeholders.
+fn digest_for_model(digest: &ResultDigest, columns: &[Column], pii: &Pseudonymizer) -> String {
+    let tagged = |i: usize, c: &ColumnDigest| {
+        columns.get(i).is_some_and(|col| col.pii)
+            || columns.iter().any(|col| col.pii && col.name == c.name)
+    };
+    if !digest.columns.iter().enumerate().any(|(i, c)| tagged(i, c)) {
+        return sanitize(&digest.text);
+    }
+    // the first line (row count) names no value
+    let header = digest.text.split('\n').next().unwrap_or_default();
+    let mut out = sanitize(header);
+    out.push('\n');
+    for (i, c) in digest.columns.iter().enumerate() {
+        let is_pii = tagged(i, c);
+        let shown = |v: &Value| {
+            if is_pii {
+                placeholder(pii, &c.name, v)
+            } else {
+                sanitize(&value_text(v))
+            }
+        };
+        out.push_str(&sanitize(&format!(
+            "- {} {}: nulls {}, distinct {}",
+            c.name, c.type_name, c.null_count, c.distinct_count
+        )));
+        if let (Some(min), Some(max)) = (&c.min, &c.max) {
+            out.push_str(&format!(", min {}, max {}", shown(min), shown(max)));
+        }
+        let top: Vec<String> = c
+            .top_values
+            .iter()
+            .filter_map(|t| Some(format!("{}×{}", shown(t.value.as_ref()?), t.count)))
+            .collect();
+        if !top.is_empty() {
+            out.push_str(&format!(", top {}", top.join(", ")));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quarry_proto::v1::{Row, ValueCount};
+
+    fn text(s: &str) -> Value {
+        Value {
+            kind: Some(Kind::TextValue(s.to_string())),
+        }
+    }
+
+    fn column(name: &str, pii: bool) -> Column {
+        Column {
+            name: name.into(),
+            type_name: "text".into(),
+            pii,
+        }
+    }
+
+    fn column_digest(name: &str, min: &str, max: &str, top: &str) -> ColumnDigest {
+        ColumnDigest {
+            name: name.into(),
+            type_name: "text".into(),
+            null_count: 0,
+            distinct_count: 2,
+            min: Some(text(min)),
+            max: Some(text(max)),
+            top_values: vec![ValueCount {
+                value: Some(text(top)),
+                count: 2,
+            }],
+        }
+    }
+
+    #[test]
+    fn cells_and_digest_values_of_pii_columns_reach_the_model_as_placeholders() {
+        let rows = RowSet {
+            columns: vec![column("name", true), column("place", false)],
+            rows: vec![
+                Row {
+                    values: vec![text("Blake, William"), text("London")],
+                },
+                Row {
+                    values: vec![
+                        Value {
+                            kind: Some(Kind::NullValue(0)),
+                        },
+                        text("Paris"),
+                    ],
+                },
+            ],
+            truncated: false,
+        };
+        let digest = ResultDigest {
+            row_count: 2,
+            row_count_exact: true,
+            columns: vec![
+                column_digest("name", "Blake, William", "Turner, J. M. W.", "Blake, William"),
+                column_digest("place", "London", "Paris", "London"),
+            ],
+            text: "rows: 2 (exact)\n- name text: nulls 0, distinct 2, min Blake, William, max Turner, J. M. W., top Blake, William×2\n- place text: nulls 0, distinct 2, min London, max Paris, top London×2\n".into(),
+        };
+        let pii = Pseudonymizer::new();
+        let text = rows_for_model("c1", &rows, Some(&digest), 10, 100, &pii);
+        assert!(
+            !text.contains("Blake") && !text.contains("Turner"),
+            "{text}"
+        );
+        assert!(text.contains("<NAME_1> | London\nNULL | Paris\n"), "{text}");
+        assert!(
+            text.contains(
+                "- name text: nulls 0, distinct 2, min <NAME_1>, max <NAME_2>, top <NAME_1>×2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "- place text: nulls 0, distinct 2, min London, max Paris, top London×2\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(pii.restore("<NAME_2>"), "Turner, J. M. W.");
+
+        // without PII columns the text is the SQL tool's
+        let mut plain = rows.clone();
+        plain.columns[0].pii = false;
+        let text = rows_for_model("c1", &plain, Some(&digest), 10, 100, &Pseudonymizer::new());
+        assert!(text.contains("Blake, William | London"), "{text}");
+        assert!(text.contains(&digest.text), "{text}");
+    }
 }

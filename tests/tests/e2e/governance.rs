@@ -891,7 +891,7 @@ tenant_filter = "tenants"
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let mut hits = |tenant: &'static str| {
+    let hits = |tenant: &'static str| {
         let token = token_with_roles(tenant, "ann", &["finder"], &[]);
         let mut search = server.search();
         async move {

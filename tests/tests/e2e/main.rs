@@ -13,6 +13,7 @@ mod conversation;
 mod generate;
 mod governance;
 mod models;
+mod pii;
 mod registry;
 mod resilience;
 mod roles;

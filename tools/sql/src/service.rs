@@ -11,7 +11,11 @@ use std::{
 use deadpool_postgres::Pool;
 use quarry_auth::Caller;
 use quarry_db::audit::{AuditConfig, AuditEntry, AuditLog, Outcome};
-use quarry_llm::{ChatModel, ChatRequest, Message, ResponseFormat, Usage, embed::Embedder};
+use quarry_llm::{
+    ChatModel, ChatRequest, Message, ResponseFormat, Usage,
+    embed::Embedder,
+    pii::{Pseudonymizer, Redacting, Reveal},
+};
 use serde::Deserialize;
 use tracing::{info, instrument, warn};
 
@@ -127,6 +131,39 @@ impl SqlModels {
             judge: model.clone(),
             sql: model,
         }
+    }
+}
+
+/// The SQL tool's models for one request: each behind [`Redacting`] over
+/// one fresh [`Pseudonymizer`] ([`SqlModels::redacting`]).
+struct RequestModels {
+    sql: Arc<dyn ChatModel>,
+    judge: Option<Arc<dyn ChatModel>>,
+    /// Shared by both, and used to replace PII cells shown to the judge.
+    pii: Arc<Pseudonymizer>,
+}
+
+impl SqlModels {
+    /// Both models behind [`Redacting`] over one fresh [`Pseudonymizer`],
+    /// for one request: personal data in the question, the scratchpad or
+    /// the rows is sent as placeholders, and replies come back with the
+    /// original values ([`Reveal::Originals`]: SQL filtering on a value
+    /// must hold the value to run; it is redacted again whenever it is sent
+    /// to a model). `None` without a SQL model.
+    fn redacting(&self) -> Option<RequestModels> {
+        let pii = Arc::new(Pseudonymizer::new());
+        let wrap = |model: &Arc<dyn ChatModel>| -> Arc<dyn ChatModel> {
+            Arc::new(Redacting::new(
+                Arc::clone(model),
+                Arc::clone(&pii),
+                Reveal::Originals,
+            ))
+        };
+        Some(RequestModels {
+            sql: wrap(self.sql.as_ref()?),
+            judge: self.judge.as_ref().map(wrap),
+            pii: Arc::clone(&pii),
+        })
     }
 }
 
@@ -859,17 +896,10 @@ impl SqlTool {
         max_rows: u64,
         golden_only: bool,
     ) -> Result<Generated, SqlError> {
-        match &self.models.sql {
-            Some(model) if !golden_only => {
-                self.generate_with_model(
-                    caller,
-                    model.as_ref(),
-                    question,
-                    previous_sql,
-                    dry_run,
-                    max_rows,
-                )
-                .await
+        match self.models.redacting() {
+            Some(models) if !golden_only => {
+                self.generate_with_model(caller, &models, question, previous_sql, dry_run, max_rows)
+                    .await
             }
             _ => {
                 self.generate_from_golden(caller, question, dry_run, max_rows, golden_only)
@@ -1045,12 +1075,13 @@ impl SqlTool {
     async fn generate_with_model(
         &self,
         caller: &Caller,
-        model: &dyn ChatModel,
+        models: &RequestModels,
         question: &str,
         previous_sql: &str,
         dry_run: bool,
         max_rows: u64,
     ) -> Result<Generated, SqlError> {
+        let model = models.sql.as_ref();
         let linked = self.link(caller, question).await?;
         let system = self.generation_prompt(caller, &linked, question, previous_sql);
         let mut attempts: Vec<Attempt> = Vec::new();
@@ -1170,10 +1201,11 @@ impl SqlTool {
                 }
             };
             let row_count = result.total_rows.unwrap_or(result.rows.len() as u64);
-            if let Some(judge) = self.models.judge.as_deref().filter(|_| self.config.judge)
+            if let Some(judge) = models.judge.as_deref().filter(|_| self.config.judge)
                 && attempt_no < max_attempts
             {
-                match self.judge(judge, &mut calls, question, &sql, &result).await {
+                let shown = pii_as_placeholders(&result, &models.pii);
+                match self.judge(judge, &mut calls, question, &sql, &shown).await {
                     Ok(None) => {}
                     Ok(Some(problem)) => {
                         attempts.push(Attempt {
@@ -1219,7 +1251,8 @@ impl SqlTool {
     }
 
     /// A second model call (to the judge model, accounted in `calls`) that
-    /// checks whether `result` answers `question`: `Ok(None)` when it does,
+    /// checks whether `result` (PII cells already placeholders) answers
+    /// `question`: `Ok(None)` when it does,
     /// `Ok(Some(problem))` when not (empty result where rows are expected,
     /// wrong granularity, implausible values).
     async fn judge(
@@ -1393,7 +1426,7 @@ impl SqlTool {
             })
             .await;
         let plan = plan?;
-        if let Some(model) = &self.models.sql {
+        if let Some(model) = self.models.redacting().map(|m| m.sql) {
             let system = "Explain what this SQL query computes, in two or three plain-English sentences \
                           for a non-technical reader. Mention the tables, filters, grouping and ordering. \
                           Do not invent anything not in the query.";
@@ -1418,6 +1451,34 @@ impl SqlTool {
             plan,
         })
     }
+}
+
+/// `result` with every non-null cell of a `pii` column replaced by its
+/// placeholder from `pii` (the whole value, as JSON text for non-text
+/// cells), for a model to read.
+fn pii_as_placeholders(result: &QueryResult, pii: &Pseudonymizer) -> QueryResult {
+    let mut shown = result.clone();
+    for (i, column) in result.columns.iter().enumerate() {
+        if !column.pii {
+            continue;
+        }
+        for row in &mut shown.rows {
+            if let Some(cell) = row.get_mut(i)
+                && !matches!(cell, crate::Cell::Null)
+            {
+                let text = match cell.to_json() {
+                    serde_json::Value::String(s) => s,
+                    other @ (serde_json::Value::Null
+                    | serde_json::Value::Bool(_)
+                    | serde_json::Value::Number(_)
+                    | serde_json::Value::Array(_)
+                    | serde_json::Value::Object(_)) => other.to_string(),
+                };
+                *cell = crate::Cell::Text(pii.redact_value(&column.name, &text));
+            }
+        }
+    }
+    shown
 }
 
 fn stage_name(stage: Stage) -> &'static str {

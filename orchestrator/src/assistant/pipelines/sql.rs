@@ -151,7 +151,7 @@ impl Run {
         let tool = self.assistant.sql_tool.clone();
         let started = self.tool_started(&call).await?;
         let answer = tool.query(&call.arguments, self.tool_context()).await;
-        let (outcome, rows) = tool.outcome(&call.id, answer, attempts, self.preview_rows);
+        let (outcome, rows) = tool.outcome(&call.id, answer, attempts, self.tool_context());
         self.tool_finished(&call, outcome.result, outcome.model_calls, started)
             .await?;
         self.citations.extend(outcome.citations);

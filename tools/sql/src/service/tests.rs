@@ -308,3 +308,74 @@ async fn failed_and_unpriced_calls_are_accounted_and_no_judge_means_no_judging()
     assert_eq!(writer.requests().len(), 2);
     shop.remove().await;
 }
+
+/// A caller whose role tags `shop.items.name` as PII.
+fn pii_caller() -> Caller {
+    let role = quarry_auth::RoleConfig {
+        scopes: vec!["sql:query".into()],
+        tables: vec!["shop.*".into()],
+        pii: vec!["shop.items.name".into()],
+        ..quarry_auth::RoleConfig::default()
+    };
+    let policy = quarry_auth::Policy::new(&quarry_auth::PolicyConfig {
+        hash_salt: String::new(),
+        roles: [("clerk".to_string(), role)].into_iter().collect(),
+    })
+    .unwrap();
+    let principal = Principal {
+        tenant: "t1".into(),
+        subject: "clerk".into(),
+        roles: vec!["clerk".into()],
+        scopes: vec![],
+    };
+    let grant = policy.grant(&principal);
+    Caller::new(principal).with_grant(Arc::new(grant))
+}
+
+#[tokio::test]
+async fn the_sql_writer_and_the_judge_see_placeholders_and_the_sql_runs_with_the_value() {
+    let shop = Shop::create().await;
+    let server = ScriptedServer::start(vec![
+        // the writer filters on the placeholder it was shown
+        sql_reply(
+            "SELECT name, price FROM shop.items WHERE name <> '<EMAIL_1>' ORDER BY price DESC LIMIT 2",
+        ),
+        verdict(true),
+    ])
+    .await;
+    let tool = shop.tool(SqlModels::single(Some(model(&server, "m", None))));
+
+    let generated = tool
+        .generate(
+            &pii_caller(),
+            "Which two items are dearest, apart from what ada@example.com bought?",
+            "",
+            false,
+            0,
+            false,
+        )
+        .await
+        .unwrap();
+
+    let sql = generated.sql.expect("sql");
+    assert!(
+        sql.contains("'ada@example.com'"),
+        "restored for running: {sql}"
+    );
+    let rows = generated.result.expect("the sql ran");
+    assert_eq!(rows.rows[0][0], crate::Cell::Text("teapot".into()));
+    let bodies = server.requests();
+    assert_eq!(bodies.len(), 2, "writer and judge");
+    for body in &bodies {
+        let body = body.to_string();
+        for planted in ["ada@example.com", "teapot", "kettle"] {
+            assert!(!body.contains(planted), "{planted} sent: {body}");
+        }
+    }
+    let judge = bodies[1].to_string();
+    assert!(
+        judge.contains("<EMAIL_1>") && judge.contains("<NAME_2>"),
+        "the judge sees the sql and the rows as placeholders: {judge}"
+    );
+    shop.remove().await;
+}
