@@ -96,6 +96,13 @@ pub trait ModelTool: Send + Sync {
     /// at most 64 characters); unique in a registry.
     fn name(&self) -> &str;
 
+    /// The scope a caller needs for the tool to be offered at all (see
+    /// `quarry_auth::scopes`); `None` for a tool open to every caller of
+    /// `Ask`. No default: each tool decides. A caller without it never sees
+    /// the tool's spec (the model only sees tools the caller may use), and
+    /// the tool's service refuses the call anyway.
+    fn scope(&self) -> Option<&'static str>;
+
     /// The tool as offered to `caller`: name (the same as [`Self::name`]),
     /// description and JSON schema of the arguments, written for the model
     /// to read. `None` when the tool cannot serve this caller now (its

@@ -23,7 +23,18 @@ struct AgentCalled {
 }
 
 impl Run {
+    /// The compact schema the caller may query (DescribeSchema under the
+    /// caller's own grant); empty when the caller may not query at all, as
+    /// `query_database` is then not offered.
     async fn schema_text(&self) -> Result<String, Status> {
+        if !self
+            .caller
+            .caller
+            .grant
+            .has_scope(quarry_auth::scopes::SQL_QUERY)
+        {
+            return Ok(String::new());
+        }
         let mut sql = self.assistant.sql.clone();
         let schema = sql
             .describe_schema(

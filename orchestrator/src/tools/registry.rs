@@ -52,10 +52,18 @@ impl ToolRegistry {
     }
 
     /// The tools that can serve `caller` now, each with its spec, in
-    /// registration order. Specs are asked for one tool after the other.
+    /// registration order: those whose [`ModelTool::scope`] the caller's
+    /// grant holds and that give a spec. Specs are asked for one tool after
+    /// the other.
     pub async fn offer(&self, caller: &AskCaller) -> Offered {
         let mut offered = Vec::new();
         for tool in &self.tools {
+            if tool
+                .scope()
+                .is_some_and(|scope| !caller.caller.grant.has_scope(scope))
+            {
+                continue;
+            }
             if let Some(spec) = tool.spec(caller).await {
                 offered.push((Arc::clone(tool), spec));
             }
@@ -131,11 +139,16 @@ mod tests {
         name: &'static str,
         available: bool,
         note: &'static str,
+        scope: Option<&'static str>,
     }
 
     impl ModelTool for Fake {
         fn name(&self) -> &str {
             self.name
+        }
+
+        fn scope(&self) -> Option<&'static str> {
+            self.scope
         }
 
         fn spec<'a>(&'a self, _caller: &'a AskCaller) -> BoxFuture<'a, Option<ToolSpec>> {
@@ -166,6 +179,7 @@ mod tests {
             name,
             available,
             note,
+            scope: None,
         })
     }
 
@@ -179,6 +193,29 @@ mod tests {
             }),
             authorization: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_tool_is_offered_only_to_a_caller_with_its_scope() {
+        let scoped = Arc::new(Fake {
+            name: "query_database",
+            available: true,
+            note: "sql",
+            scope: Some(quarry_auth::scopes::SQL_QUERY),
+        });
+        let registry = ToolRegistry::new()
+            .with(fake("open", true, "open"))
+            .with(scoped);
+        // Caller::new holds a grant that allows nothing
+        let offered = registry.offer(&caller()).await;
+        assert_eq!(offered.names(), ["open"]);
+        assert!(offered.get("query_database").is_none());
+        let operator = AskCaller {
+            caller: Caller::operator(caller().caller.principal),
+            authorization: None,
+        };
+        let offered = registry.offer(&operator).await;
+        assert_eq!(offered.names(), ["open", "query_database"]);
     }
 
     #[tokio::test]

@@ -124,6 +124,10 @@ impl ModelTool for SearchTool {
         SEARCH_DOCUMENTS
     }
 
+    fn scope(&self) -> Option<&'static str> {
+        Some(quarry_auth::scopes::SEARCH)
+    }
+
     /// Offered when the search service lists collections for the caller.
     fn spec<'a>(&'a self, caller: &'a AskCaller) -> BoxFuture<'a, Option<ToolSpec>> {
         Box::pin(async move { spec(&self.collections(caller).await?) })

@@ -216,6 +216,10 @@ impl ModelTool for SqlTool {
         QUERY_DATABASE
     }
 
+    fn scope(&self) -> Option<&'static str> {
+        Some(quarry_auth::scopes::SQL_QUERY)
+    }
+
     fn spec<'a>(&'a self, _caller: &'a AskCaller) -> BoxFuture<'a, Option<ToolSpec>> {
         Box::pin(async move { Some(query_database_spec(self.model_rows)) })
     }

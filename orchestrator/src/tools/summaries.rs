@@ -138,6 +138,10 @@ impl ModelTool for SummariesTool {
         GET_SUMMARIES
     }
 
+    fn scope(&self) -> Option<&'static str> {
+        Some(quarry_auth::scopes::SUMMARIES)
+    }
+
     /// Offered when the summary service lists kinds for the caller.
     fn spec<'a>(&'a self, caller: &'a AskCaller) -> BoxFuture<'a, Option<ToolSpec>> {
         Box::pin(async move { spec(&self.kinds(caller).await?) })

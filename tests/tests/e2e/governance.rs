@@ -922,3 +922,77 @@ tenant_filter = "tenants"
     assert_eq!(hits("nobody").await, 0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_model_is_offered_only_the_tools_the_caller_may_use() {
+    use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::text("Only summaries for you."),
+        ScriptedTurn::text("Everything for you."),
+    ])
+    .await;
+    let server = TestServer::start(Options {
+        model_base_url: Some(model.base_url()),
+        summaries: true,
+        extra_toml: r#"
+            [policy.roles.summaries_only]
+            scopes = ["ask", "summaries"]
+            summary_kinds = ["*"]
+        "#
+        .into(),
+        ..Options::default()
+    })
+    .await;
+    let offered = |n: usize| -> Vec<String> {
+        model.requests()[n]["tools"]
+            .as_array()
+            .map(|tools| {
+                tools
+                    .iter()
+                    .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let ask = |token: String| {
+        let mut assistant = server.assistant();
+        async move {
+            let mut stream = assistant
+                .ask(authed(
+                    AskRequest {
+                        question: "What do you know about Turner?".into(),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            while let Some(event) = futures::StreamExt::next(&mut stream).await {
+                event.unwrap();
+            }
+        }
+    };
+    ask(token_with_roles("t1", "ann", &["summaries_only"], &[])).await;
+    assert_eq!(offered(0), ["get_summaries"]);
+    let system = model.requests()[0]["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        !system.contains("artworks("),
+        "no schema for a caller who may not query: {system}"
+    );
+    ask(quarry_tests::token("t1")).await;
+    let with_schema = model.requests()[1]["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(with_schema.contains("artworks("), "{with_schema}");
+    let all = offered(1);
+    assert!(
+        all.contains(&"query_database".to_owned()) && all.contains(&"get_summaries".to_owned()),
+        "{all:?}"
+    );
+    server.stop().await;
+}

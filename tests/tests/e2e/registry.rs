@@ -46,6 +46,10 @@ impl ModelTool for WhoAmI {
         WHO_AM_I
     }
 
+    fn scope(&self) -> Option<&'static str> {
+        None
+    }
+
     fn spec<'a>(&'a self, _caller: &'a AskCaller) -> BoxFuture<'a, Option<ToolSpec>> {
         Box::pin(async {
             Some(ToolSpec {
@@ -118,6 +122,10 @@ impl ModelTool for Unavailable {
         "unavailable_tool"
     }
 
+    fn scope(&self) -> Option<&'static str> {
+        None
+    }
+
     fn spec<'a>(&'a self, _caller: &'a AskCaller) -> BoxFuture<'a, Option<ToolSpec>> {
         Box::pin(async { None })
     }
@@ -139,9 +147,27 @@ async fn serve(
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let auth = AuthLayer::new(JwtVerifier::hs256(SECRET.as_bytes()));
+    // the test policy's `tester` role, which `token` carries
+    let tester = quarry_auth::RoleConfig {
+        scopes: ["ask", "sql:query", "schema:read"]
+            .map(str::to_owned)
+            .to_vec(),
+        tables: vec!["tate.*".to_owned()],
+        ..quarry_auth::RoleConfig::default()
+    };
+    let policy = quarry_auth::Policy::new(&quarry_auth::PolicyConfig {
+        hash_salt: String::new(),
+        roles: [("tester".to_owned(), tester)].into(),
+    })
+    .unwrap();
+    let policy = quarry_auth::PolicyLayer::new(
+        Arc::new(quarry_auth::PolicyStore::new(policy)),
+        quarry_server::rpc_scope,
+    );
     tokio::spawn(
         Server::builder()
             .layer(auth)
+            .layer(policy)
             .add_service(AssistantServiceServer::new(AssistantGrpc::new(Arc::new(
                 assistant,
             ))))
