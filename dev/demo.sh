@@ -72,7 +72,9 @@ for _ in $(seq 1 100); do
 done
 echo "quarry serving on 127.0.0.1:$port (log: $log)"
 export QUARRY_SERVER="http://127.0.0.1:$port"
-QUARRY_TOKEN=$("$QUARRY" token --tenant demo --subject demo-user --role analyst)
+# A curator sees everything (dev/quarry.toml [policy]); the governance
+# section below asks again as other roles and tenants.
+QUARRY_TOKEN=$("$QUARRY" token --tenant demo --subject demo-user --role curator)
 export QUARRY_TOKEN
 
 section "Search index (the sync inside serve: triggers, backfill, then every change)"
@@ -132,6 +134,14 @@ for q in "${questions[@]}"; do
   section "quarry ask \"$q\""
   "$QUARRY" ask --preview-rows 12 "$q"
 done
+
+# Governance: the same data as other roles and tenants see it.
+section "Governance: an analyst may not see artists' gender (dev/quarry.toml [policy.roles.analyst])"
+QUARRY_TOKEN=$("$QUARRY" token --tenant demo --subject ana --role analyst) \
+  "$QUARRY" ask --preview-rows 5 "How has the share of acquired works by women changed by decade of acquisition since 1950?" || true
+section "Row-level security: tenant 'modern' sees only works acquired since 1950 (tate.tenant_eras)"
+QUARRY_TOKEN=$("$QUARRY" token --tenant modern --subject mo --role curator) \
+  "$QUARRY" ask "How many artworks are in the Tate collection?"
 
 # A conversation: a known question, then two follow-ups that narrow its SQL
 # (router mode rewrites the previous turn's query; a model would be shown the
