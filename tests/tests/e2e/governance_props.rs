@@ -33,9 +33,9 @@ use tokio_postgres::SimpleQueryMessage;
 use tonic::Code;
 
 /// Policies generated, each served as a role.
-const POLICIES: usize = 8;
+const POLICIES: usize = 16;
 /// Random queries (and hidden-column probes) run per policy.
-const QUERIES_PER_POLICY: u32 = 24;
+const QUERIES_PER_POLICY: u32 = 64;
 /// Seed of the policy runner; each policy's query runner uses it with its
 /// last byte replaced by the policy's number.
 const SEED: [u8; 32] = *b"quarry governance isolation prop";
@@ -430,14 +430,29 @@ enum Select {
     Items(Vec<Item>),
 }
 
+/// How the query is nested.
+#[derive(Clone, Copy, Debug)]
+enum Wrap {
+    None,
+    /// `SELECT * FROM (<query>) AS q`.
+    Derived,
+    /// `WITH q AS (<query>) SELECT * FROM q`.
+    Cte,
+}
+
 #[derive(Clone, Debug)]
 struct Query {
     from: Source,
     select: Select,
     pred: Option<Pred>,
+    /// Single-table queries of a joinable policy: keep only the rows with a
+    /// contributor (artworks) or a contribution (artists) the role sees,
+    /// through a correlated `EXISTS` over the other table.
+    exists: bool,
     group: Option<Col>,
     order: Option<Col>,
     limit: Option<u32>,
+    wrap: Wrap,
 }
 
 impl Query {
@@ -487,6 +502,20 @@ impl Query {
             ),
         };
         let mut sql = format!("SELECT {select} FROM {from}");
+        let mut conditions = Vec::new();
+        if let (true, Source::One(table, _)) = (self.exists, self.from) {
+            let outer = self.col((table, 0), schema);
+            conditions.push(match table {
+                Table::Artists => format!(
+                    "EXISTS (SELECT 1 FROM {schema}.artwork_contributors AS c \
+                     JOIN {schema}.artworks AS w ON w.id = c.artwork_id WHERE c.artist_id = {outer})"
+                ),
+                Table::Artworks => format!(
+                    "EXISTS (SELECT 1 FROM {schema}.artwork_contributors AS c \
+                     JOIN {schema}.artists AS a ON a.id = c.artist_id WHERE c.artwork_id = {outer})"
+                ),
+            });
+        }
         if let Some(pred) = &self.pred {
             let column = self.col(pred.col, schema);
             let literal = &pred.literal;
@@ -499,7 +528,10 @@ impl Query {
                 Op::IsNull => format!("{column} IS NULL"),
                 Op::IsNotNull => format!("{column} IS NOT NULL"),
             };
-            write!(sql, " WHERE {condition}").unwrap();
+            conditions.push(condition);
+        }
+        if !conditions.is_empty() {
+            write!(sql, " WHERE {}", conditions.join(" AND ")).unwrap();
         }
         if let Some(group) = self.group {
             write!(sql, " GROUP BY {}", self.col(group, schema)).unwrap();
@@ -517,7 +549,11 @@ impl Query {
         if let Some(limit) = self.limit {
             write!(sql, " LIMIT {limit}").unwrap();
         }
-        sql
+        match self.wrap {
+            Wrap::None => sql,
+            Wrap::Derived => format!("SELECT * FROM ({sql}) AS q"),
+            Wrap::Cte => format!("WITH q AS ({sql}) SELECT * FROM q"),
+        }
     }
 
     /// The column each output shows values of (aggregates `min` and `max`
@@ -614,9 +650,11 @@ fn pred_strategy(cols: Vec<Col>, policy: Arc<Policy>, pools: Arc<Pools>) -> Boxe
         .boxed()
 }
 
-/// Queries over `from`, whose usable columns are `cols`.
+/// Queries over `from`, whose usable columns are `cols`; `exists`: whether
+/// [`Query::exists`] may be set.
 fn query_strategy(
     from: BoxedStrategy<Source>,
+    exists: bool,
     rows: Vec<Table>,
     cols: Vec<Col>,
     policy: &Arc<Policy>,
@@ -661,9 +699,11 @@ fn query_strategy(
             from,
             select,
             pred,
+            exists: false,
             group: None,
             order: order.or(limit.map(|_| first)),
             limit,
+            wrap: Wrap::None,
         });
     let aggregated = (
         from.clone(),
@@ -674,9 +714,11 @@ fn query_strategy(
             from,
             select: Select::Items(items),
             pred,
+            exists: false,
             group: None,
             order: None,
             limit: None,
+            wrap: Wrap::None,
         });
     let grouped = (
         from,
@@ -693,12 +735,26 @@ fn query_strategy(
                 from,
                 select: Select::Items(items),
                 pred,
+                exists: false,
                 group: Some(key),
                 order: (ordered || limit.is_some()).then_some(key),
                 limit,
+                wrap: Wrap::None,
             }
         });
-    prop_oneof![3 => plain, 2 => aggregated, 2 => grouped].boxed()
+    let exists = if exists { 0.3 } else { 0.0 };
+    let wrap = prop_oneof![4 => Just(Wrap::None), 1 => Just(Wrap::Derived), 1 => Just(Wrap::Cte)];
+    (
+        prop_oneof![3 => plain, 2 => aggregated, 2 => grouped],
+        proptest::bool::weighted(exists),
+        wrap,
+    )
+        .prop_map(|(query, exists, wrap)| Query {
+            exists,
+            wrap,
+            ..query
+        })
+        .boxed()
 }
 
 fn case_strategy(policy: &Arc<Policy>, pools: &Arc<Pools>) -> BoxedStrategy<Case> {
@@ -712,7 +768,14 @@ fn case_strategy(policy: &Arc<Policy>, pools: &Arc<Pools>) -> BoxedStrategy<Case
             Naming::SchemaDot,
         ]);
         let from = naming.prop_map(move |n| Source::One(table, n)).boxed();
-        let queries = query_strategy(from, vec![table], policy.usable(table), policy, pools);
+        let queries = query_strategy(
+            from,
+            policy.joinable(),
+            vec![table],
+            policy.usable(table),
+            policy,
+            pools,
+        );
         options.push(queries.prop_map(Case::Query).boxed());
     }
     if policy.joinable() {
@@ -720,6 +783,7 @@ fn case_strategy(policy: &Arc<Policy>, pools: &Arc<Pools>) -> BoxedStrategy<Case
         cols.extend(policy.usable(Table::Artists));
         let queries = query_strategy(
             Just(Source::Join).boxed(),
+            false,
             Table::ALL.to_vec(),
             cols,
             policy,
