@@ -12,6 +12,7 @@ mod catalog;
 mod conversation;
 mod generate;
 mod governance;
+mod governance_props;
 mod models;
 mod pii;
 mod registry;
