@@ -996,3 +996,84 @@ async fn the_model_is_offered_only_the_tools_the_caller_may_use() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_model_reaching_for_forbidden_tables_and_columns_is_refused() {
+    use quarry_llm::testing::{ScriptedServer, ScriptedToolCall, ScriptedTurn};
+    use quarry_proto::v1::tool_result::Outcome;
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_calls(vec![
+            ScriptedToolCall::new(
+                "query_database",
+                r#"{"sql": "SELECT gender, count(*) FROM tate.artists GROUP BY gender"}"#,
+            )
+            .with_id("call_column"),
+            ScriptedToolCall::new("query_database", r#"{"sql": "SELECT name FROM tate.movements"}"#)
+                .with_id("call_table"),
+            ScriptedToolCall::new(
+                "query_database",
+                r#"{"sql": "SELECT birth_place FROM tate.artists WHERE birth_place LIKE 'London%'"}"#,
+            )
+            .with_id("call_mask"),
+        ]),
+        ScriptedTurn::text("I may not see that."),
+    ])
+    .await;
+    let server = TestServer::start(Options {
+        model_base_url: Some(model.base_url()),
+        extra_toml: format!("{MASKED_POLICY}\n[policy.roles.asker]\nscopes = [\"ask\"]\n"),
+        ..Options::default()
+    })
+    .await;
+    let token = token_with_roles("t1", "ann", &["masked", "asker"], &[]);
+    let mut stream = server
+        .assistant()
+        .ask(authed(
+            AskRequest {
+                question: "How many artists of each gender, and which movements?".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = futures::StreamExt::next(&mut stream).await {
+        events.push(event.unwrap());
+    }
+    let results = quarry_tests::tool_results(&events);
+    let outcome = |id: &str| {
+        results
+            .iter()
+            .find(|r| r.call_id == id)
+            .and_then(|r| r.outcome.clone())
+            .unwrap_or_else(|| panic!("a result for {id}: {results:?}"))
+    };
+    for (id, object) in [
+        ("call_column", "column tate.artists.gender"),
+        ("call_table", "table tate.movements"),
+    ] {
+        let Outcome::Error(message) = outcome(id) else {
+            panic!("{id} was not refused: {:?}", outcome(id))
+        };
+        assert!(message.contains(object), "{id}: {message}");
+    }
+    // the masked column runs, but its raw values never match
+    let Outcome::Sql(sql) = outcome("call_mask") else {
+        panic!("call_mask: {:?}", outcome("call_mask"))
+    };
+    assert!(
+        sql.rows.is_none_or(|r| r.rows.is_empty()),
+        "a raw value matched a masked column"
+    );
+    // and nothing the policy hides went to the model
+    let bodies: Vec<String> = model.requests().iter().map(|r| r.to_string()).collect();
+    assert!(
+        bodies
+            .iter()
+            .all(|b| !b.contains("Female") && !b.contains("Male\"")),
+        "a gender value reached the model"
+    );
+    server.stop().await;
+}
