@@ -143,6 +143,10 @@ pub struct Options {
     /// `[[search.collections]]` TOML served instead of
     /// [`ARTWORKS_COLLECTION`] when [`Options::search`].
     pub search_collection: Option<String>,
+    /// Also write the configuration (the generated TOML, then
+    /// `extra_toml`, which must not repeat its tables) to this file and
+    /// load it from there, so that the server reloads it on SIGHUP.
+    pub config_file: Option<PathBuf>,
     /// Serve the shipped Tate summary kinds (`demo/summaries/tate.toml`),
     /// built once at start-up, no schedule, no embedder (search over summary
     /// texts is then PostgreSQL full-text).
@@ -243,8 +247,12 @@ impl TestServer {
                 repo_root().join("demo/summaries/tate.toml").display()
             ));
         }
-        let config =
+        let mut config =
             quarry_server::Config::from_toml_layers(&[&toml, &options.extra_toml]).unwrap();
+        if let Some(path) = &options.config_file {
+            std::fs::write(path, format!("{toml}\n{}\n", options.extra_toml)).unwrap();
+            config.source = Some(path.clone());
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let roles = options.roles.clone().unwrap_or_default();

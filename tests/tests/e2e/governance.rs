@@ -1077,3 +1077,78 @@ async fn a_model_reaching_for_forbidden_tables_and_columns_is_refused() {
     );
     server.stop().await;
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_policy_is_reloaded_on_sighup_and_a_broken_one_is_not_taken() {
+    use tokio::signal::unix::{SignalKind, signal};
+    // a SIGHUP handler of this process's own, installed first, so the
+    // signal can never take the default action (terminate) in a race with
+    // the server's
+    let mut hangups = signal(SignalKind::hangup()).unwrap();
+    let dir = quarry_tests::TempDir::new("policy-reload");
+    let path = dir.path().join("quarry.toml");
+    let server = TestServer::start(Options {
+        config_file: Some(path.clone()),
+        ..Options::default()
+    })
+    .await;
+    let late = token_with_roles("t1", "ann", &["late"], &[]);
+    let describe = |token: String| {
+        let mut sql = server.sql();
+        async move {
+            sql.describe_schema(authed(DescribeSchemaRequest::default(), &token))
+                .await
+                .map(drop)
+        }
+    };
+    let hup = || {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    let status = describe(late.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let original = std::fs::read_to_string(&path).unwrap();
+    // a broken policy is logged and the one in force stays
+    std::fs::write(
+        &path,
+        format!("{original}\n[policy.roles.late]\nscopes = [\"no:such:scope\"]\n"),
+    )
+    .unwrap();
+    hup();
+    hangups.recv().await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        describe(quarry_tests::token("t1"))
+            .await
+            .map_err(|s| s.code()),
+        Ok(())
+    );
+    assert_eq!(
+        describe(late.clone()).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    // a valid one is taken without a restart
+    std::fs::write(
+        &path,
+        format!(
+            "{original}\n[policy.roles.late]\nscopes = [\"schema:read\"]\ntables = [\"tate.*\"]\n"
+        ),
+    )
+    .unwrap();
+    hup();
+    hangups.recv().await;
+    let mut allowed = false;
+    for _ in 0..50 {
+        if describe(late.clone()).await.is_ok() {
+            allowed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(allowed, "the reloaded policy was not taken");
+    server.stop().await;
+}
