@@ -1152,3 +1152,45 @@ async fn the_policy_is_reloaded_on_sighup_and_a_broken_one_is_not_taken() {
     assert!(allowed, "the reloaded policy was not taken");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_golden_pair_over_tables_the_caller_may_not_use_neither_answers_nor_teaches() {
+    let server = masked_server().await;
+    let masked = token_with_roles("t1", "ann", &["masked"], &[]);
+    let mut sql = server.sql();
+    let generate = |question: &str, token: &str| {
+        authed(
+            GenerateSqlRequest {
+                question: question.into(),
+                dry_run: true,
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    // reads tate.movements, which the masked role is not granted
+    let question = "Which art movements have the most artists?";
+    let refused = sql
+        .generate_sql(generate(question, &masked))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(refused.sql.is_empty(), "{refused:?}");
+    let tester = sql
+        .generate_sql(generate(question, &quarry_tests::token("t1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tester.sql.contains("tate.movements"), "{tester:?}");
+    // a pair over granted tables still answers
+    let allowed = sql
+        .generate_sql(generate(
+            "How many artworks are in the Tate collection?",
+            &masked,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(allowed.sql.contains("tate.artworks"), "{allowed:?}");
+    server.stop().await;
+}

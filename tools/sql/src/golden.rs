@@ -37,6 +37,11 @@ pub struct GoldenPair {
     /// may override.
     #[serde(skip)]
     pub tenant: Option<String>,
+    /// The tables its SQL reads, as the validator found them; filled when
+    /// the SQL tool admits the pair (empty before), so deciding whether a
+    /// caller may see the pair parses nothing per request.
+    #[serde(skip)]
+    pub tables: Vec<crate::TableRef>,
 }
 
 /// Errors loading a golden file.
@@ -322,6 +327,7 @@ mod tests {
             sql: sql.into(),
             keywords: vec![],
             tenant: None,
+            tables: vec![],
         };
         GoldenSet::new(vec![
             pair("How many artworks are in the collection?", "select 1"),

@@ -379,13 +379,20 @@ impl SqlTool {
             Some(path) => GoldenSet::load(path)?,
             None => GoldenSet::default(),
         };
+        let mut admitted = Vec::with_capacity(golden.len());
         for (index, pair) in golden.pairs().iter().enumerate() {
-            validate(&pair.sql, &policy).map_err(|rejection| StartError::InvalidGolden {
-                index,
-                question: pair.question.clone(),
-                rejection,
-            })?;
+            let query =
+                validate(&pair.sql, &policy).map_err(|rejection| StartError::InvalidGolden {
+                    index,
+                    question: pair.question.clone(),
+                    rejection,
+                })?;
+            admitted.push(GoldenPair {
+                tables: query.tables().to_vec(),
+                ..pair.clone()
+            });
         }
+        let golden = GoldenSet::new(admitted);
         info!(golden_pairs = golden.len(), schemas = ?config.schemas, "sql tool ready");
         let executor = Executor::new(pool.clone(), config.exec.clone());
         Ok(Self {
@@ -792,14 +799,16 @@ impl SqlTool {
                 let stored: Vec<GoldenPair> = rows
                     .iter()
                     .filter_map(|r| {
+                        let sql: String = r.try_get(1).ok()?;
+                        let query = validate(&sql, &self.policy).ok()?;
                         Some(GoldenPair {
                             question: r.try_get(0).ok()?,
-                            sql: r.try_get(1).ok()?,
+                            tables: query.tables().to_vec(),
+                            sql,
                             keywords: vec![],
                             tenant: Some(r.try_get(2).ok()?),
                         })
                     })
-                    .filter(|p| validate(&p.sql, &self.policy).is_ok())
                     .collect();
                 if !stored.is_empty() {
                     info!(pairs = stored.len(), "loaded stored golden pairs");
@@ -825,10 +834,7 @@ impl SqlTool {
         {
             return false;
         }
-        let Ok(query) = validate(&pair.sql, &self.policy) else {
-            return false;
-        };
-        query.tables().iter().all(|t| match &t.schema {
+        pair.tables.iter().all(|t| match &t.schema {
             Some(schema) => grant.table(schema, &t.name).is_some(),
             None => self
                 .config
@@ -1348,11 +1354,16 @@ impl SqlTool {
             )
             .await
             .map_err(|e| SqlError::Catalog(CatalogError::Database(e)))?;
+        // it ran, so it validates; its tables decide who may see it
+        let tables = validate(sql, &self.policy)
+            .map(|q| q.tables().to_vec())
+            .unwrap_or_default();
         let count = self.merge_golden(vec![GoldenPair {
             question: question.to_string(),
             sql: sql.to_string(),
             keywords: vec![],
             tenant: Some(tenant),
+            tables,
         }]);
         Ok((row_count, count))
     }
