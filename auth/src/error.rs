@@ -68,9 +68,6 @@ pub enum AuthError {
     /// A valid token whose principal lacks a scope.
     #[error("missing scope {0}")]
     MissingScope(String),
-    /// A valid token whose principal lacks a role.
-    #[error("missing role {0}")]
-    MissingRole(String),
     /// The tenant exceeded its request quota; try again after `retry_after`.
     #[error("rate limit exceeded for tenant {tenant}")]
     RateLimited {
@@ -103,7 +100,7 @@ impl AuthError {
             | AuthError::MissingClaim(_)
             | AuthError::InvalidIssuer
             | AuthError::InvalidAudience => Code::Unauthenticated,
-            AuthError::MissingScope(_) | AuthError::MissingRole(_) => Code::PermissionDenied,
+            AuthError::MissingScope(_) => Code::PermissionDenied,
             AuthError::RateLimited { .. } => Code::ResourceExhausted,
             AuthError::KeySetUnavailable => Code::Unavailable,
             AuthError::Signing(_) | AuthError::Config(_) => Code::Internal,

@@ -478,14 +478,6 @@ impl Policy {
         self.roles.keys().map(String::as_str)
     }
 
-    /// Database roles named by any role, sorted.
-    pub fn db_roles(&self) -> BTreeSet<String> {
-        self.roles
-            .values()
-            .filter_map(|r| r.db_role.clone())
-            .collect()
-    }
-
     /// What `principal` may do: the union of its known roles (unknown roles
     /// are ignored; none known → nothing allowed). When the token carries
     /// scopes, they narrow the roles' scopes (a token's scopes never widen
@@ -572,7 +564,6 @@ pub struct Grant {
 pub struct TableView<'a> {
     table: TableName,
     roles: Vec<&'a Role>,
-    hash_salt: &'a str,
 }
 
 impl TableView<'_> {
@@ -632,11 +623,6 @@ impl TableView<'_> {
     /// applies (the table can be read as it is).
     pub fn is_plain<'c>(&self, mut columns: impl Iterator<Item = &'c str>) -> bool {
         self.row_filter().is_none() && columns.all(|c| self.shows(c) && self.mask(c).is_none())
-    }
-
-    /// The salt for `hash` masks.
-    pub fn hash_salt(&self) -> &str {
-        self.hash_salt
     }
 }
 
@@ -708,7 +694,6 @@ impl Grant {
             return Some(TableView {
                 table: name,
                 roles: Vec::new(),
-                hash_salt: &self.hash_salt,
             });
         }
         let roles: Vec<&Role> = self
@@ -717,11 +702,7 @@ impl Grant {
             .map(AsRef::as_ref)
             .filter(|r| r.grants_table(&name))
             .collect();
-        (!roles.is_empty()).then(|| TableView {
-            table: name,
-            roles,
-            hash_salt: &self.hash_salt,
-        })
+        (!roles.is_empty()).then_some(TableView { table: name, roles })
     }
 
     /// Whether the caller may see `schema.table.column` unmasked or masked.

@@ -82,6 +82,36 @@ pub struct AuditEntry {
     pub detail: Option<String>,
 }
 
+impl AuditEntry {
+    /// An entry of `subject` in `tenant` (request `request_id`) doing
+    /// `action` with `tool`, ending in `outcome`; the SQL, figures and
+    /// detail empty (set them with struct update syntax).
+    pub fn new(
+        tenant: &str,
+        subject: &str,
+        request_id: &str,
+        tool: &str,
+        action: &str,
+        outcome: Outcome,
+    ) -> Self {
+        Self {
+            id: 0,
+            at: String::new(),
+            tenant: tenant.to_owned(),
+            subject: subject.to_owned(),
+            request_id: request_id.to_owned(),
+            tool: tool.to_owned(),
+            action: action.to_owned(),
+            outcome,
+            sql: None,
+            rows: None,
+            bytes: None,
+            duration_ms: None,
+            detail: None,
+        }
+    }
+}
+
 /// Writes and reads `quarry.audit_log`.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
@@ -228,19 +258,11 @@ mod tests {
 
     fn entry(tenant: &str, outcome: Outcome) -> AuditEntry {
         AuditEntry {
-            id: 0,
-            at: String::new(),
-            tenant: tenant.into(),
-            subject: "ann".into(),
-            request_id: "r1".into(),
-            tool: "sql".into(),
-            action: "execute".into(),
-            outcome,
             sql: Some("SELECT 1".into()),
             rows: Some(1),
             bytes: Some(8),
             duration_ms: Some(1.5),
-            detail: None,
+            ..AuditEntry::new(tenant, "ann", "r1", "sql", "execute", outcome)
         }
     }
 

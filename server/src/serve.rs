@@ -352,19 +352,15 @@ fn audit_refusals(audit: quarry_db::audit::AuditLog) -> quarry_auth::RefusalHook
     Arc::new(move |principal, path, message, request_id| {
         let audit = audit.clone();
         let entry = quarry_db::audit::AuditEntry {
-            id: 0,
-            at: String::new(),
-            tenant: principal.tenant.clone(),
-            subject: principal.subject.clone(),
-            request_id: request_id.unwrap_or_default().to_owned(),
-            tool: "rpc".to_owned(),
-            action: path.to_owned(),
-            outcome: quarry_db::audit::Outcome::Refused,
-            sql: None,
-            rows: None,
-            bytes: None,
-            duration_ms: None,
             detail: Some(message.to_owned()),
+            ..quarry_db::audit::AuditEntry::new(
+                &principal.tenant,
+                &principal.subject,
+                request_id.unwrap_or_default(),
+                "rpc",
+                path,
+                quarry_db::audit::Outcome::Refused,
+            )
         };
         tokio::spawn(async move { audit.record(entry).await });
     })

@@ -410,9 +410,21 @@ pub fn authed<T>(message: T, token: &str) -> Request<T> {
 /// # Errors
 /// The status the Ask or its stream ended with.
 pub async fn ask_all(server: &TestServer, request: AskRequest) -> Result<Vec<AskResponse>, Status> {
+    ask_all_as(server, request, &token("t1")).await
+}
+
+/// [`ask_all`] with `token` instead of tenant `t1`'s tester token.
+///
+/// # Errors
+/// The `Ask` call's status, or the first failed event's.
+pub async fn ask_all_as(
+    server: &TestServer,
+    request: AskRequest,
+    token: &str,
+) -> Result<Vec<AskResponse>, Status> {
     let mut stream = server
         .assistant()
-        .ask(authed(request, &token("t1")))
+        .ask(authed(request, token))
         .await?
         .into_inner();
     let mut events = Vec::new();

@@ -955,22 +955,15 @@ async fn the_model_is_offered_only_the_tools_the_caller_may_use() {
             .unwrap_or_default()
     };
     let ask = |token: String| {
-        let mut assistant = server.assistant();
+        let server = &server;
         async move {
-            let mut stream = assistant
-                .ask(authed(
-                    AskRequest {
-                        question: "What do you know about Turner?".into(),
-                        ..Default::default()
-                    },
-                    &token,
-                ))
-                .await
-                .unwrap()
-                .into_inner();
-            while let Some(event) = futures::StreamExt::next(&mut stream).await {
-                event.unwrap();
-            }
+            quarry_tests::ask_all_as(
+                server,
+                quarry_tests::ask("What do you know about Turner?"),
+                &token,
+            )
+            .await
+            .unwrap()
         }
     };
     ask(token_with_roles("t1", "ann", &["summaries_only"], &[])).await;
@@ -1026,22 +1019,13 @@ async fn a_model_reaching_for_forbidden_tables_and_columns_is_refused() {
     })
     .await;
     let token = token_with_roles("t1", "ann", &["masked", "asker"], &[]);
-    let mut stream = server
-        .assistant()
-        .ask(authed(
-            AskRequest {
-                question: "How many artists of each gender, and which movements?".into(),
-                ..Default::default()
-            },
-            &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(event) = futures::StreamExt::next(&mut stream).await {
-        events.push(event.unwrap());
-    }
+    let events = quarry_tests::ask_all_as(
+        &server,
+        quarry_tests::ask("How many artists of each gender, and which movements?"),
+        &token,
+    )
+    .await
+    .unwrap();
     let results = quarry_tests::tool_results(&events);
     let outcome = |id: &str| {
         results

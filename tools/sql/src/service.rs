@@ -1528,19 +1528,12 @@ mod tests;
 
 /// An audit entry of `caller` doing `action` with `outcome`, the rest empty.
 fn audit_entry(caller: &Caller, action: &str, outcome: Outcome) -> AuditEntry {
-    AuditEntry {
-        id: 0,
-        at: String::new(),
-        tenant: caller.principal.tenant.clone(),
-        subject: caller.principal.subject.clone(),
-        request_id: caller.request_id.clone(),
-        tool: "sql".to_owned(),
-        action: action.to_owned(),
+    AuditEntry::new(
+        &caller.principal.tenant,
+        &caller.principal.subject,
+        &caller.request_id,
+        "sql",
+        action,
         outcome,
-        sql: None,
-        rows: None,
-        bytes: None,
-        duration_ms: None,
-        detail: None,
-    }
+    )
 }

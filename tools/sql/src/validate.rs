@@ -714,16 +714,7 @@ const CATALOG_LOOKUP_TYPES: &[&str] = &[
 /// The object identifier alias type `data_type` is (or is an array of),
 /// lower case; `None` for any other type.
 fn catalog_lookup_type(data_type: &DataType) -> Option<String> {
-    let mut current = data_type;
-    while let DataType::Array(
-        ArrayElemTypeDef::SquareBracket(inner, _)
-        | ArrayElemTypeDef::AngleBracket(inner)
-        | ArrayElemTypeDef::Parenthesis(inner)
-        | ArrayElemTypeDef::Qualified(inner, _),
-    ) = current
-    {
-        current = inner;
-    }
+    let (current, _) = array_element(data_type);
     if let DataType::Regclass = current {
         return Some("regclass".to_owned());
     }
@@ -741,6 +732,12 @@ fn cast_depth(expr: &Expr) -> usize {
     let Expr::Cast { data_type, .. } = expr else {
         return 0;
     };
+    array_element(data_type).1
+}
+
+/// The element type under every `Array` level of `data_type`, and how many
+/// levels there are (`int[][]` → `int`, 2).
+fn array_element(data_type: &DataType) -> (&DataType, usize) {
     let mut depth = 0;
     let mut current = data_type;
     while let DataType::Array(
@@ -753,7 +750,7 @@ fn cast_depth(expr: &Expr) -> usize {
         depth += 1;
         current = inner;
     }
-    depth
+    (current, depth)
 }
 
 fn too_complex() -> Rejection {
