@@ -25,6 +25,6 @@ pub use scopes::rpc_scope;
 pub use serve::{CONVERSATION_PURGE_INTERVAL, serve};
 pub use shutdown::shutdown_signal;
 pub use tools::{
-    check_database_roles, database_pool, embedder, search_tool, sql_tool, sql_tool_with,
-    summary_tool, syncers,
+    check_database_roles, database_pool, embedder, search_tool, sql_sources_with, sql_tool,
+    sql_tool_with, summary_tool, syncers,
 };

@@ -23,8 +23,8 @@ use tower::{Layer as _, ServiceBuilder};
 use tracing::{info, warn};
 
 use crate::{
-    Config, Models, Role, Roles, database_pool, embedder, search_tool, sql_tool_with, summary_tool,
-    syncers,
+    Config, Models, Role, Roles, database_pool, embedder, search_tool, sql_sources_with,
+    summary_tool, syncers,
 };
 
 /// How often `serve` deletes conversations past their retention.
@@ -104,8 +104,9 @@ pub async fn serve(
         crate::check_database_roles(&config, &pools).await?;
     }
     let sql_service = if roles.has(Role::Sql) {
-        let tool = sql_tool_with(&config, &pools, models.sql_models(), embedder.clone()).await?;
-        Some(SqlServiceServer::new(SqlGrpc::new(tool)))
+        let sources =
+            sql_sources_with(&config, &pools, models.sql_models(), embedder.clone()).await?;
+        Some(SqlServiceServer::new(SqlGrpc::with_sources(sources)))
     } else {
         None
     };

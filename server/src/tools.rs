@@ -8,6 +8,7 @@ use quarry_llm::embed::Embedder;
 use quarry_search::{Collection, SearchConfig, SearchTool};
 use quarry_search_sync::Syncer;
 use quarry_sql::service::{SqlModels, SqlTool};
+use quarry_sql::sources::{Sources, validate_sources};
 use quarry_summary::SummaryTool;
 use tracing::info;
 
@@ -45,6 +46,48 @@ pub async fn sql_tool_with(
     let tool = SqlTool::new(pool, config.sql.clone(), models, embedder).context("sql tool")?;
     tool.load_stored_golden().await;
     Ok(Arc::new(tool))
+}
+
+/// The SQL tool of every source: the shared one ([`sql_tool_with`]) and one
+/// per `[sql.sources.<name>]`, each with a pool of its own (`pool_size`
+/// connections to its `database_url`, default `database.url`) and Quarry's
+/// own tables in `database.url` ([`SqlTool::with_home`]).
+///
+/// # Errors
+/// Invalid `[sql.sources]` (naming the field), invalid golden pairs, a URL
+/// that does not parse.
+pub async fn sql_sources_with(
+    config: &Config,
+    pools: &Pools,
+    models: SqlModels,
+    embedder: Option<Arc<dyn Embedder>>,
+) -> anyhow::Result<Arc<Sources>> {
+    validate_sources(&config.sql).context("sql.sources")?;
+    let shared = sql_tool_with(config, pools, models.clone(), embedder.clone()).await?;
+    let home = database_pool(config, pools)?;
+    let wait = std::time::Duration::from_millis(config.database.pool_wait_ms);
+    let mut own = std::collections::BTreeMap::new();
+    for (name, source) in &config.sql.sources {
+        let url = source
+            .database_url
+            .as_deref()
+            .unwrap_or(&config.database.url);
+        // Its own pool even on a URL another source uses: bounded per source.
+        let pool = quarry_db::pool(url, source.pool_size, wait)
+            .with_context(|| format!("sql.sources.{name}.database_url"))?;
+        let tool = SqlTool::new(
+            pool,
+            source.tool_config(name, &config.sql),
+            models.clone(),
+            embedder.clone(),
+        )
+        .with_context(|| format!("sql.sources.{name}"))?
+        .with_home(home.clone());
+        tool.load_stored_golden().await;
+        info!(source = %name, tenants = ?source.tenants, schemas = ?source.schemas, "sql source ready");
+        own.insert(name.clone(), (Arc::new(tool), source.tenants.clone()));
+    }
+    Ok(Arc::new(Sources::new(shared, config.sql.shared, own)))
 }
 
 /// The embedder `[embedding]` configures, if any.
@@ -173,6 +216,41 @@ pub async fn check_database_roles(config: &Config, pools: &Pools) -> anyhow::Res
             roles.push((format!("policy.roles.{name}.db_role"), db_role.clone()));
         }
     }
+    for (name, source) in &config.sql.sources {
+        let Some(url) = &source.database_url else {
+            continue;
+        };
+        let key = format!("sql.sources.{name}.database_url");
+        let wait = std::time::Duration::from_millis(config.database.pool_wait_ms);
+        let other = quarry_db::pool(url, 1, wait).with_context(|| key.clone())?;
+        let login: String = other
+            .get()
+            .await
+            .with_context(|| key.clone())?
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .context("reading the login role")?
+            .get(0);
+        // Roles are per cluster; a source on another cluster is checked here
+        // for its login role, the others below.
+        let row = other
+            .get()
+            .await
+            .with_context(|| key.clone())?
+            .query_one(
+                "SELECT rolsuper, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .context("reading pg_roles")?;
+        check_role(
+            &format!("{key} (login role)"),
+            &login,
+            row.get(0),
+            row.get(1),
+            config.server.development,
+        )?;
+    }
     for (key, role) in roles {
         let row = client
             .query_opt(
@@ -184,25 +262,43 @@ pub async fn check_database_roles(config: &Config, pools: &Pools) -> anyhow::Res
         let Some(row) = row else {
             anyhow::bail!("{key}: database role {role:?} does not exist (run `quarry migrate`)");
         };
-        let (superuser, bypass): (bool, bool) = (row.get(0), row.get(1));
-        let why = match (superuser, bypass) {
-            (true, _) => "is a superuser",
-            (false, true) => "has BYPASSRLS",
-            (false, false) => continue,
-        };
-        if config.server.development {
-            tracing::warn!(
-                key,
-                role,
-                "database role {why}: row-level security does not apply (accepted: server.development)"
-            );
-        } else {
-            anyhow::bail!(
-                "{key}: database role {role:?} {why}, so PostgreSQL row-level security would not \
-                 apply; use a role without it, or set server.development = true for a \
-                 development setup"
-            );
-        }
+        check_role(
+            &key,
+            &role,
+            row.get(0),
+            row.get(1),
+            config.server.development,
+        )?;
     }
     Ok(())
+}
+
+/// Refuses (or, in `development`, warns about) database role `role`, found
+/// at config key `key`, when it is a superuser or has `BYPASSRLS`.
+fn check_role(
+    key: &str,
+    role: &str,
+    superuser: bool,
+    bypass: bool,
+    development: bool,
+) -> anyhow::Result<()> {
+    let why = match (superuser, bypass) {
+        (true, _) => "is a superuser",
+        (false, true) => "has BYPASSRLS",
+        (false, false) => return Ok(()),
+    };
+    if development {
+        tracing::warn!(
+            key,
+            role,
+            "database role {why}: row-level security does not apply (accepted: server.development)"
+        );
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{key}: database role {role:?} {why}, so PostgreSQL row-level security would not \
+             apply; use a role without it, or set server.development = true for a \
+             development setup"
+        )
+    }
 }

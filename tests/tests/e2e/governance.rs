@@ -236,7 +236,11 @@ async fn masked_server() -> TestServer {
 }
 
 /// Rows of `sql` run through ExecuteSql with `token`, each cell as text.
-async fn rows(server: &TestServer, token: &str, sql: &str) -> Result<Vec<Vec<String>>, Status> {
+pub(crate) async fn rows(
+    server: &TestServer,
+    token: &str,
+    sql: &str,
+) -> Result<Vec<Vec<String>>, Status> {
     use quarry_proto::v1::value::Kind;
     let response = server
         .sql()

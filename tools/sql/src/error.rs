@@ -42,6 +42,10 @@ pub enum SqlError {
     /// a tenant cannot override it.
     #[error("a shared golden pair answers this question; shared pairs cannot be overridden")]
     SharedGolden,
+    /// The tenant has no data source of its own and the shared source is
+    /// not served to tenants without one (`sql.shared = false`).
+    #[error("tenant {0:?} has no data source")]
+    NoSource(String),
 }
 
 /// Result alias of this crate.
@@ -60,9 +64,12 @@ impl SqlError {
             Self::UnknownSchema(..) => Some(FieldViolation::new("schemas", self.to_string())),
             Self::EmptyGolden => Some(FieldViolation::new("sql", self.to_string())),
             Self::SharedGolden => Some(FieldViolation::new("question", self.to_string())),
-            Self::Exec(_) | Self::Schema(_) | Self::Pool(_) | Self::Model(_) | Self::Catalog(_) => {
-                None
-            }
+            Self::Exec(_)
+            | Self::Schema(_)
+            | Self::Pool(_)
+            | Self::Model(_)
+            | Self::Catalog(_)
+            | Self::NoSource(_) => None,
         }
     }
 }
@@ -88,7 +95,9 @@ impl ServiceError for ExecError {
     }
 }
 
-/// Refused SQL, an unknown schema and a golden pair without rows are
+/// SQL reading a table, column or schema the caller may not read, and a
+/// tenant without a source, are `PermissionDenied`. Other refused SQL, an
+/// unknown schema and a golden pair without rows are
 /// `BadRequest` with a BadRequest detail naming the field (`invalid sql: …`,
 /// `invalid schemas: …`); execution errors as [`ExecError`] says; an
 /// unreadable catalog, no connection or a failing model `Unavailable`;
@@ -96,9 +105,15 @@ impl ServiceError for ExecError {
 impl ServiceError for SqlError {
     fn error_code(&self) -> ServiceErrorCode {
         match self {
-            Self::Rejected(rejection) if rejection.kind == RejectionKind::Forbidden => {
+            Self::Rejected(rejection)
+                if matches!(
+                    rejection.kind,
+                    RejectionKind::Forbidden | RejectionKind::SchemaNotAllowed
+                ) =>
+            {
                 ServiceErrorCode::PermissionDenied
             }
+            Self::NoSource(_) => ServiceErrorCode::PermissionDenied,
             Self::Rejected(_) | Self::UnknownSchema(..) | Self::EmptyGolden => {
                 ServiceErrorCode::BadRequest
             }

@@ -22,6 +22,7 @@ use crate::{
     digest::{Digest, digest},
     error::SqlError,
     service::{ModelCall, SqlSource, SqlTool, Stage},
+    sources::Sources,
 };
 
 /// Longest SQL text accepted over the wire, in bytes.
@@ -35,13 +36,22 @@ pub const GOLDEN_WRITE_SCOPE: &str = "golden:write";
 /// The tonic service implementation.
 #[derive(Debug, Clone)]
 pub struct SqlGrpc {
-    tool: Arc<SqlTool>,
+    sources: Arc<Sources>,
 }
 
 impl SqlGrpc {
-    /// Serves `tool`.
+    /// Serves `tool` to every tenant (one shared source).
     pub fn new(tool: Arc<SqlTool>) -> Self {
-        Self { tool }
+        Self::with_sources(Arc::new(Sources::single(tool)))
+    }
+
+    /// Serves each tenant its source ([`Sources::for_caller`]).
+    pub fn with_sources(sources: Arc<Sources>) -> Self {
+        Self { sources }
+    }
+
+    fn tool(&self, caller: &Caller) -> Result<&Arc<SqlTool>, Status> {
+        self.sources.for_caller(caller).map_err(|e| status_of(&e))
     }
 }
 
@@ -279,7 +289,7 @@ impl SqlService for SqlGrpc {
         let caller = Caller::of_traced(&request)?;
         let sql = request.into_inner().sql;
         check_sql(&sql)?;
-        let response = match self.tool.validate_async(&caller, &sql).await {
+        let response = match self.tool(&caller)?.validate_async(&caller, &sql).await {
             Ok(query) => pb::ValidateSqlResponse {
                 valid: true,
                 rejection: None,
@@ -304,7 +314,7 @@ impl SqlService for SqlGrpc {
         let request = request.into_inner();
         check_sql(&request.sql)?;
         let result = self
-            .tool
+            .tool(&caller)?
             .execute(&caller, &request.sql, u64::from(request.max_rows))
             .await
             .map_err(|e| status_of(&e))?;
@@ -327,7 +337,7 @@ impl SqlService for SqlGrpc {
         let caller = Caller::of_traced(&request)?;
         let request = request.into_inner();
         let description = self
-            .tool
+            .tool(&caller)?
             .describe(&caller, &request.schemas)
             .await
             .map_err(|e| status_of(&e))?;
@@ -361,7 +371,7 @@ impl SqlService for SqlGrpc {
             ));
         }
         let generated = self
-            .tool
+            .tool(&caller)?
             .generate(
                 &caller,
                 &request.question,
@@ -427,7 +437,7 @@ impl SqlService for SqlGrpc {
         let sql = request.into_inner().sql;
         check_sql(&sql)?;
         let explained = self
-            .tool
+            .tool(&caller)?
             .explain(&caller, &sql)
             .await
             .map_err(|e| status_of(&e))?;
@@ -472,7 +482,7 @@ impl SqlService for SqlGrpc {
             n => i64::from(n.min(1000)),
         };
         let entries = self
-            .tool
+            .sources
             .audit_log()
             .list(&caller.principal.tenant, limit, request.before_id)
             .await
@@ -521,7 +531,7 @@ impl SqlService for SqlGrpc {
         }
         check_sql(&request.sql)?;
         let (row_count, pairs) = self
-            .tool
+            .tool(&caller)?
             .add_golden(&caller, request.question.trim(), &request.sql)
             .await
             .map_err(|e| status_of(&e))?;

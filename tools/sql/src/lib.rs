@@ -43,6 +43,7 @@ pub mod linking;
 pub mod role;
 pub mod schema;
 pub mod service;
+pub mod sources;
 pub mod validate;
 
 pub use error::SqlError;

@@ -65,6 +65,17 @@ pub struct SqlToolConfig {
     /// Name of this data source in Quarry's own tables (stored catalog,
     /// golden pairs). Default `"default"`.
     pub source: String,
+    /// Sources of their own for some tenants (`[sql.sources.<name>]`): a
+    /// database or schemas per tenant, each with its own bounded pool. A
+    /// tenant listed in a source queries only that source; the others query
+    /// this shared one (protected by row-level security) while `shared` is
+    /// true. See [`crate::sources`].
+    pub sources: std::collections::BTreeMap<String, crate::sources::SourceConfig>,
+    /// Whether tenants without a source of their own query the shared source
+    /// (`database.url`, `schemas`). `false`: they are refused
+    /// (`PERMISSION_DENIED`), for a deployment with a database per tenant
+    /// and no shared tables. Default true.
+    pub shared: bool,
 }
 
 impl Default for SqlToolConfig {
@@ -83,6 +94,8 @@ impl Default for SqlToolConfig {
             value_index_max_distinct: 5_000,
             catalog_check_secs: 30,
             source: "default".to_string(),
+            sources: std::collections::BTreeMap::new(),
+            shared: true,
         }
     }
 }
@@ -258,7 +271,11 @@ pub struct Generated {
 
 /// The SQL tool.
 pub struct SqlTool {
+    /// The source's pool: catalog reads and the caller's queries.
     pool: Pool,
+    /// Quarry's own database (`database.url`): stored catalog, golden pairs,
+    /// audit log. The source's pool unless [`SqlTool::with_home`] says.
+    home: Pool,
     audit: AuditLog,
     executor: Executor,
     policy: ValidationPolicy,
@@ -397,6 +414,7 @@ impl SqlTool {
         let executor = Executor::new(pool.clone(), config.exec.clone());
         Ok(Self {
             audit: AuditLog::new(pool.clone(), config.audit.clone()),
+            home: pool.clone(),
             pool,
             executor,
             policy,
@@ -412,6 +430,16 @@ impl SqlTool {
             config,
             index: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The tool with Quarry's own tables (stored catalog, golden pairs,
+    /// audit log) in `home` instead of the source's database: for a source
+    /// that is a tenant's own database, which has no `quarry` schema.
+    #[must_use]
+    pub fn with_home(mut self, home: Pool) -> Self {
+        self.audit = AuditLog::new(home.clone(), self.config.audit.clone());
+        self.home = home;
+        self
     }
 
     /// The settings in force.
@@ -684,7 +712,9 @@ impl SqlTool {
         force: bool,
     ) -> Result<(SchemaIndex, CatalogReport), SqlError> {
         let started = Instant::now();
-        let mut client = self.pool.get().await?;
+        // One connection at a time: the source and home pools may be one.
+        let loaded = catalog::load(&**self.home.get().await?, &self.config.source).await;
+        let client = self.pool.get().await?;
         let tables = describe_schema(&**client, &self.config.schemas).await?;
         let values =
             ValueIndex::load(&**client, &tables, self.config.value_index_max_distinct).await?;
@@ -696,7 +726,7 @@ impl SqlTool {
             ..CatalogReport::default()
         };
         let model_id = self.embedder.as_ref().map(|e| e.model_id().to_string());
-        let stored = match catalog::load(&**client, &self.config.source).await {
+        let stored = match loaded {
             Ok(stored) => stored,
             Err(error) if !force => {
                 warn!(%error, "no stored catalog (run `quarry migrate`); building in memory");
@@ -732,8 +762,10 @@ impl SqlTool {
                 column_embeddings,
             };
             let stats = catalog::column_stats(&**client, &self.config.schemas).await?;
+            drop(client);
+            let mut home = self.home.get().await?;
             match catalog::store(
-                &mut client,
+                &mut home,
                 &self.config.source,
                 &self.config.schemas,
                 &snapshot,
@@ -784,7 +816,7 @@ impl SqlTool {
     /// adds them to the file's pairs. Logs and keeps the file's pairs when
     /// the `quarry` schema does not exist. Start-up work, so no [`Caller`].
     pub async fn load_stored_golden(&self) {
-        let rows = match self.pool.get().await {
+        let rows = match self.home.get().await {
             Ok(client) => client
                 .query(
                     "SELECT question, sql, tenant FROM quarry.golden_pairs WHERE source = $1 ORDER BY id",
@@ -1335,7 +1367,7 @@ impl SqlTool {
             return Err(SqlError::EmptyGolden);
         }
         let row_count = result.total_rows.unwrap_or(result.rows.len() as u64);
-        let client = self.pool.get().await?;
+        let client = self.home.get().await?;
         client
             .execute(
                 "INSERT INTO quarry.golden_pairs (source, question, sql, row_count, created_by, tenant)
