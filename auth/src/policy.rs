@@ -47,7 +47,9 @@ pub mod scopes {
     pub const SQL_QUERY: &str = "sql:query";
     /// `SqlService.ExplainSql` (plans, never rows).
     pub const SQL_EXPLAIN: &str = "sql:explain";
-    /// `SqlService.DescribeSchema`: the tables and columns the caller may use.
+    /// `SqlService.DescribeSchema`: the tables and columns the caller may
+    /// use. Implied by [`SQL_QUERY`] (one cannot write SQL blind); granted
+    /// alone, it describes without querying.
     pub const SCHEMA_READ: &str = "schema:read";
     /// `SqlService.AddGoldenPair`: store a question → SQL pair for the
     /// caller's tenant.
@@ -494,6 +496,12 @@ impl Policy {
             .collect();
         if !principal.scopes.is_empty() {
             scopes.retain(|s| principal.scopes.contains(s));
+        }
+        // Writing SQL needs the schema it is written against: whoever may
+        // query may describe the tables and columns they may query (agentic
+        // mode puts that description in the prompt).
+        if scopes.contains(scopes::SQL_QUERY) {
+            scopes.insert(scopes::SCHEMA_READ.to_owned());
         }
         Grant {
             tenant: principal.tenant.clone(),

@@ -86,6 +86,19 @@ fn token_scopes_narrow_but_never_widen() {
     let grant = p.grant(&principal(&["analyst"], &["ask"]));
     assert!(grant.has_scope("ask"));
     assert!(!grant.has_scope("sql:query"), "the token narrowed it away");
+    assert!(!grant.has_scope("schema:read"));
+}
+
+#[test]
+fn querying_implies_describing_but_not_the_reverse() {
+    let p = policy();
+    // analyst grants sql:query, not schema:read
+    let grant = p.grant(&principal(&["analyst"], &[]));
+    assert!(grant.has_scope("schema:read"));
+    let grant = p.grant(&principal(&["analyst"], &["sql:query"]));
+    assert!(grant.has_scope("schema:read"), "implied after narrowing too");
+    let grant = p.grant(&principal(&["viewer"], &[]));
+    assert!(!grant.has_scope("schema:read"), "viewer cannot query");
 }
 
 #[test]
