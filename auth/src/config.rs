@@ -60,6 +60,12 @@ pub struct AuthConfig {
     /// `jwks_uri`). Plain `http` is accepted in development only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
+    /// Find the key set by OpenID Connect Discovery 1.0: fetch
+    /// `{issuer}/.well-known/openid-configuration` at start-up and use its
+    /// `jwks_uri` (the document's `issuer` must equal `issuer`). Needs
+    /// `issuer`; excludes `jwks_url` and an HS256 secret. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oidc_discovery: bool,
     /// Algorithms accepted from the key set, RFC 7518 §3.1 names (default
     /// `["RS256", "ES256", "EdDSA"]`); HMAC algorithms are refused.
     #[serde(default = "default_jwks_algorithms")]
@@ -110,6 +116,7 @@ impl Default for AuthConfig {
             audience: None,
             leeway_secs: DEFAULT_LEEWAY_SECS,
             jwks_url: None,
+            oidc_discovery: false,
             jwks_algorithms: default_jwks_algorithms(),
             jwks_refresh_floor_secs: DEFAULT_JWKS_REFRESH_FLOOR_SECS,
             jwks_max_age_secs: DEFAULT_JWKS_MAX_AGE_SECS,
@@ -131,6 +138,7 @@ impl fmt::Debug for AuthConfig {
             .field("audience", &self.audience)
             .field("leeway_secs", &self.leeway_secs)
             .field("jwks_url", &self.jwks_url)
+            .field("oidc_discovery", &self.oidc_discovery)
             .field("jwks_algorithms", &self.jwks_algorithms)
             .field("jwks_refresh_floor_secs", &self.jwks_refresh_floor_secs)
             .field("jwks_max_age_secs", &self.jwks_max_age_secs)
@@ -156,6 +164,33 @@ impl AuthConfig {
     /// outside development (server.development = false)`.
     pub fn validate(&self, development: bool) -> Result<()> {
         let config = |message: String| Err(AuthError::Config(message));
+        if self.oidc_discovery {
+            if self.jwks_url.is_some() {
+                return config("set auth.oidc_discovery or auth.jwks_url, not both".to_owned());
+            }
+            if self.jwt_secret_env.is_some() || self.jwt_secret.is_some() {
+                return config(
+                    "set auth.oidc_discovery or an hs256 secret (auth.jwt_secret_env, auth.jwt_secret), not both"
+                        .to_owned(),
+                );
+            }
+            let Some(issuer) = self.issuer.as_deref().filter(|i| !i.is_empty()) else {
+                return config("auth.oidc_discovery needs auth.issuer".to_owned());
+            };
+            match reqwest::Url::parse(issuer).map(|u| u.scheme().to_owned()) {
+                Ok(scheme) if scheme == "https" || (scheme == "http" && development) => {}
+                _ => {
+                    return config(format!(
+                        "auth.issuer must be an https url for auth.oidc_discovery{}",
+                        if development {
+                            " (or http in development)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            }
+        }
         if let Some(url) = &self.jwks_url {
             if self.jwt_secret_env.is_some() || self.jwt_secret.is_some() {
                 return config(
@@ -218,14 +253,18 @@ impl AuthConfig {
     /// The key-set options of `jwks_url` and the `jwks_*` settings, if
     /// `jwks_url` is set.
     pub fn jwks_options(&self) -> Option<JwksOptions> {
-        let url = self.jwks_url.as_ref()?;
-        Some(JwksOptions {
-            url: url.clone(),
+        Some(self.jwks_options_for(self.jwks_url.clone()?))
+    }
+
+    /// The `jwks_*` settings for the key set at `url`.
+    fn jwks_options_for(&self, url: String) -> JwksOptions {
+        JwksOptions {
+            url,
             algorithms: self.jwks_algorithms.clone(),
             refresh_floor: Duration::from_secs(self.jwks_refresh_floor_secs),
             max_age: Duration::from_secs(self.jwks_max_age_secs),
             timeout: Duration::from_secs(self.jwks_timeout_secs),
-        })
+        }
     }
 
     /// The HS256 secret, looking environment variables up with `env`
@@ -280,7 +319,16 @@ impl AuthConfig {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<JwtVerifier> {
         self.validate(development)?;
-        let verifier = match self.jwks_options() {
+        let mut options = self.jwks_options();
+        if self.oidc_discovery
+            && let Some(issuer) = &self.issuer
+        {
+            let timeout = Duration::from_secs(self.jwks_timeout_secs);
+            let url = crate::jwks::discover_jwks_url(issuer, timeout, development).await?;
+            tracing::info!(%issuer, jwks_uri = %url, "openid discovery");
+            options = Some(self.jwks_options_for(url));
+        }
+        let verifier = match options {
             Some(options) => JwtVerifier::jwks(options).await?,
             None => JwtVerifier::hs256(&self.secret_with(env)?),
         };

@@ -304,6 +304,79 @@ async fn fetch(
     parse_key_set(&body, &options.algorithms)
 }
 
+/// The `jwks_uri` of the OpenID provider `issuer`, from its discovery
+/// document at `{issuer}/.well-known/openid-configuration` (OpenID Connect
+/// Discovery 1.0 §4). The document's `issuer` must equal `issuer` exactly
+/// (§4.3: otherwise another provider's keys could be trusted), and its
+/// `jwks_uri` must be `https` unless `development`. One fetch, at start-up,
+/// with `timeout`.
+///
+/// # Errors
+/// [`AuthError::Config`] naming `auth.issuer` when the document cannot be
+/// fetched or parsed, names another issuer, or has no usable `jwks_uri`.
+pub(crate) async fn discover_jwks_url(
+    issuer: &str,
+    timeout: Duration,
+    development: bool,
+) -> Result<String> {
+    #[derive(Deserialize)]
+    struct Discovery {
+        issuer: String,
+        jwks_uri: Option<String>,
+    }
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let error =
+        |what: String| AuthError::Config(format!("auth.issuer: openid discovery at {url}: {what}"));
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| error(chain(&e)))?;
+    let response = client
+        .get(&url)
+        .header(http::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| error(chain(&e)))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(error(format!("http status {status}")));
+    }
+    let body = response.bytes().await.map_err(|e| error(chain(&e)))?;
+    if body.len() > MAX_JWKS_BYTES {
+        return Err(error(format!(
+            "document longer than {MAX_JWKS_BYTES} bytes"
+        )));
+    }
+    let document: Discovery = serde_json::from_slice(&body)
+        .map_err(|e| error(format!("not a discovery document: {e}")))?;
+    if document.issuer != issuer {
+        return Err(error(format!(
+            "the document names issuer {:?}, not {issuer:?}",
+            document.issuer
+        )));
+    }
+    let jwks_uri = document
+        .jwks_uri
+        .ok_or_else(|| error("no jwks_uri".to_owned()))?;
+    let parsed = reqwest::Url::parse(&jwks_uri).map_err(|e| error(format!("jwks_uri: {e}")))?;
+    match parsed.scheme() {
+        "https" => {}
+        "http" if development => {}
+        other => {
+            return Err(error(format!(
+                "jwks_uri must be https{}, not {other}",
+                if development { " or http" } else { "" }
+            )));
+        }
+    }
+    Ok(jwks_uri)
+}
+
 /// The usable keys of a JWK Set document (RFC 7517 §5), by `kid`. Keys that
 /// cannot be used are skipped (logged at debug), not fatal: a set may hold
 /// encryption keys or key types this server does not use.

@@ -738,3 +738,87 @@ async fn the_auth_layer_waits_for_a_refetch_and_answers_unavailable_when_it_fail
     assert_eq!(response.headers()["grpc-status"], "14");
     assert!(response.headers().get("x-tenant").is_none());
 }
+
+/// An OpenID provider's discovery endpoint on 127.0.0.1 serving `document`
+/// (with `{base}` replaced by its own base URL); returns the base URL.
+async fn discovery_server(document: serde_json::Value) -> (String, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let body = document.to_string().replace("{base}", &base);
+    let app = axum::Router::new().route(
+        "/.well-known/openid-configuration",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { ([(http::header::CONTENT_TYPE, "application/json")], body) }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (base, task)
+}
+
+fn discovery_config(issuer: &str) -> AuthConfig {
+    serde_json::from_value(json!({
+        "oidc_discovery": true,
+        "issuer": issuer,
+        "audience": AUDIENCE,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn oidc_discovery_finds_the_key_set_of_exactly_the_configured_issuer() {
+    let ec = TestKey::p256("ec-1");
+    let keys = JwksServer::start(&[&ec]).await;
+    let (issuer, task) = discovery_server(json!({"issuer": "{base}", "jwks_uri": keys.url})).await;
+    let env = |_: &str| None;
+    let verifier = discovery_config(&issuer)
+        .verifier_with(true, env)
+        .await
+        .unwrap();
+    let mut from_issuer = claims("acme");
+    from_issuer.iss = Some(issuer.clone());
+    assert!(verifier.verify(&ec.sign(&from_issuer)).await.is_ok());
+    // the issuer is enforced too: the key set alone is not enough
+    assert!(verifier.verify(&ec.sign(&claims("acme"))).await.is_err());
+    assert_eq!(key_set_of(&verifier).options().url, keys.url);
+    // plain http discovery is a development setting
+    let err = discovery_config(&issuer)
+        .verifier_with(false, env)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("auth.issuer"), "{err}");
+    task.abort();
+
+    // a document naming another issuer is refused (OIDC Discovery §4.3)
+    let (other, task) =
+        discovery_server(json!({"issuer": "https://evil.example", "jwks_uri": keys.url})).await;
+    let err = discovery_config(&other)
+        .verifier_with(true, env)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("names issuer"), "{err}");
+    task.abort();
+    // no jwks_uri
+    let (bare, task) = discovery_server(json!({"issuer": "{base}"})).await;
+    let err = discovery_config(&bare)
+        .verifier_with(true, env)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("jwks_uri"), "{err}");
+    task.abort();
+    // exclusive with jwks_url, and needs an issuer
+    let mut both = discovery_config(&issuer);
+    both.jwks_url = Some(keys.url.clone());
+    assert!(both.validate(true).is_err());
+    let mut no_issuer = discovery_config(&issuer);
+    no_issuer.issuer = None;
+    assert!(
+        no_issuer
+            .validate(true)
+            .unwrap_err()
+            .to_string()
+            .contains("needs auth.issuer")
+    );
+}
