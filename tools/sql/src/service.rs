@@ -287,7 +287,13 @@ pub struct SqlTool {
     /// `describe` results by requested schemas, kept `catalog_check_secs`
     /// (the staleness the schema index already allows after a DDL change).
     descriptions: Option<moka::sync::Cache<Vec<String>, Arc<Description>>>,
+    /// `describe` results as grants see them, by [`ViewKey`], kept as long.
+    views: Option<moka::sync::Cache<ViewKey, Arc<Description>>>,
 }
+
+/// What a filtered description depends on: policy version, unrestricted,
+/// the sorted role names, the requested schemas.
+type ViewKey = (u64, bool, Vec<String>, Vec<String>);
 
 /// A `describe` result: the tables and their compact text.
 type Description = (Vec<TableInfo>, String);
@@ -424,6 +430,12 @@ impl SqlTool {
             descriptions: (config.catalog_check_secs > 0).then(|| {
                 moka::sync::Cache::builder()
                     .max_capacity(64)
+                    .time_to_live(Duration::from_secs(config.catalog_check_secs))
+                    .build()
+            }),
+            views: (config.catalog_check_secs > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(256)
                     .time_to_live(Duration::from_secs(config.catalog_check_secs))
                     .build()
             }),
@@ -623,6 +635,21 @@ impl SqlTool {
         if schemas.is_empty() && grant.is_unrestricted() {
             return Ok(catalog);
         }
+        // What a grant shows depends on its policy and roles only (token
+        // scopes never widen tables or columns), so grants alike share one
+        // filtered copy for as long as the catalog is reused.
+        let mut roles: Vec<String> = grant.roles().into_iter().map(str::to_owned).collect();
+        roles.sort_unstable();
+        roles.dedup();
+        let key = (
+            grant.policy_version(),
+            grant.is_unrestricted(),
+            roles,
+            schemas.to_vec(),
+        );
+        if let Some(found) = self.views.as_ref().and_then(|c| c.get(&key)) {
+            return Ok(found);
+        }
         let tables: Vec<TableInfo> = catalog
             .0
             .iter()
@@ -642,7 +669,11 @@ impl SqlTool {
             })
             .collect();
         let compact = compact_description(&tables);
-        Ok(Arc::new((tables, compact)))
+        let view = Arc::new((tables, compact));
+        if let Some(views) = &self.views {
+            views.insert(key, Arc::clone(&view));
+        }
+        Ok(view)
     }
 
     /// Every table of the configured schemas, as the catalog has them (no
