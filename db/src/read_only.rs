@@ -23,11 +23,21 @@ use crate::ident::{quote_ident, quote_literal};
 ///   `set_config(…, true)`, the transaction-local form of `SET LOCAL`, for
 ///   row-level security policies to read with `current_setting` (PostgreSQL
 ///   16 docs §5.8 "Row Security Policies" and §9.27.1). The values are
-///   quoted as literals: a tenant or subject is data, never SQL.
+///   quoted as literals: a tenant or subject is data, never SQL;
+/// - with [`ReadOnly::limits`], `work_mem` (memory per sort or hash before
+///   it spills to disk, PostgreSQL 16 docs §20.4.1) and `temp_file_limit`
+///   (disk for temporary files per process, §20.4.2; a query past it fails
+///   with SQLSTATE `53400`), both in kB and set before `ROLE`, so the login
+///   role's privilege to set `temp_file_limit` applies (superuser, or
+///   `GRANT SET ON PARAMETER temp_file_limit`).
 #[derive(Debug, Clone, Copy)]
 pub struct ReadOnly<'a> {
     /// `statement_timeout`, in milliseconds.
     pub statement_timeout_ms: u64,
+    /// `work_mem`, in kB; `None` keeps the session's.
+    pub work_mem_kb: Option<u64>,
+    /// `temp_file_limit`, in kB; `None` keeps the session's.
+    pub temp_file_limit_kb: Option<u64>,
     /// Schemas that make up `search_path` (between `pg_catalog` and
     /// `pg_temp`); `None` keeps the session's.
     pub search_path: Option<&'a [String]>,
@@ -72,6 +82,8 @@ impl<'a> ReadOnly<'a> {
     pub fn new(statement_timeout_ms: u64) -> Self {
         Self {
             statement_timeout_ms,
+            work_mem_kb: None,
+            temp_file_limit_kb: None,
             search_path: None,
             role: None,
             isolation: None,
@@ -83,6 +95,14 @@ impl<'a> ReadOnly<'a> {
     #[must_use]
     pub fn session(mut self, session: Option<Session<'a>>) -> Self {
         self.session = session;
+        self
+    }
+
+    /// With `work_mem` and `temp_file_limit` (kB, when `Some`).
+    #[must_use]
+    pub fn limits(mut self, work_mem_kb: Option<u64>, temp_file_limit_kb: Option<u64>) -> Self {
+        self.work_mem_kb = work_mem_kb;
+        self.temp_file_limit_kb = temp_file_limit_kb;
         self
     }
 
@@ -118,6 +138,12 @@ impl<'a> ReadOnly<'a> {
             path.extend(schemas.iter().map(|s| quote_ident(s)));
             path.push("pg_temp".into());
             settings.push_str(&format!("; SET LOCAL search_path = {}", path.join(", ")));
+        }
+        if let Some(kb) = self.work_mem_kb {
+            settings.push_str(&format!("; SET LOCAL work_mem = '{kb}kB'"));
+        }
+        if let Some(kb) = self.temp_file_limit_kb {
+            settings.push_str(&format!("; SET LOCAL temp_file_limit = '{kb}kB'"));
         }
         if let Some(role) = self.role {
             settings.push_str(&format!("; SET LOCAL ROLE {}", quote_ident(role)));
@@ -176,6 +202,37 @@ mod tests {
             "SET LOCAL statement_timeout = 500; SET LOCAL standard_conforming_strings = on; \
              SET LOCAL search_path = pg_catalog, \"Tate\", pg_temp; SET LOCAL ROLE \"ro\"\"le\""
         );
+    }
+
+    /// A query past `temp_file_limit` fails with SQLSTATE 53400 instead of
+    /// filling the disk; `work_mem` is set as given.
+    #[tokio::test]
+    async fn work_mem_and_temp_file_limit_bound_a_query() {
+        let db = TestDb::create().await;
+        let mut client = db.pool().get().await.unwrap();
+        let tx = ReadOnly::new(10_000)
+            .limits(Some(1024), Some(1024))
+            .begin(&mut client)
+            .await
+            .unwrap();
+        let row = tx
+            .query_one(
+                "SELECT current_setting('work_mem'), current_setting('temp_file_limit')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (work_mem, temp): (String, String) = (row.get(0), row.get(1));
+        assert_eq!((work_mem.as_str(), temp.as_str()), ("1MB", "1MB"));
+        // sorting 2 million integers spills ~30 MB past a 1 MB work_mem
+        let error = tx
+            .query_one(
+                "SELECT count(*) FROM (SELECT g FROM generate_series(1, 2000000) g ORDER BY g DESC) s",
+                &[],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.code().map(|c| c.code()), Some("53400"), "{error}");
     }
 
     #[tokio::test]

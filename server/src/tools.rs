@@ -216,6 +216,7 @@ pub async fn check_database_roles(config: &Config, pools: &Pools) -> anyhow::Res
             roles.push((format!("policy.roles.{name}.db_role"), db_role.clone()));
         }
     }
+    check_temp_file_limit(config, &client, "database.url").await?;
     for (name, source) in &config.sql.sources {
         let Some(url) = &source.database_url else {
             continue;
@@ -243,6 +244,9 @@ pub async fn check_database_roles(config: &Config, pools: &Pools) -> anyhow::Res
             )
             .await
             .context("reading pg_roles")?;
+        let checked = other.get().await.with_context(|| key.clone())?;
+        check_temp_file_limit(config, &checked, &key).await?;
+        drop(checked);
         check_role(
             &format!("{key} (login role)"),
             &login,
@@ -269,6 +273,36 @@ pub async fn check_database_roles(config: &Config, pools: &Pools) -> anyhow::Res
             row.get(1),
             config.server.development,
         )?;
+    }
+    Ok(())
+}
+
+/// Refuses to start when `sql.exec.temp_file_limit_kb` is set but the login
+/// role of the connection (from config key `key`) may not set
+/// `temp_file_limit`, a superuser-only setting unless granted (PostgreSQL 16
+/// docs §20.4.2, `GRANT SET ON PARAMETER`, §5.7): every query would fail.
+async fn check_temp_file_limit(
+    config: &Config,
+    client: &tokio_postgres::Client,
+    key: &str,
+) -> anyhow::Result<()> {
+    if config.sql.exec.temp_file_limit_kb == 0 {
+        return Ok(());
+    }
+    let row = client
+        .query_one(
+            "SELECT current_user::text, has_parameter_privilege('temp_file_limit', 'SET')",
+            &[],
+        )
+        .await
+        .context("reading the privilege to set temp_file_limit")?;
+    let (login, allowed): (String, bool) = (row.get(0), row.get(1));
+    if !allowed {
+        anyhow::bail!(
+            "{key}: login role {login:?} may not set temp_file_limit, which \
+             sql.exec.temp_file_limit_kb needs; as a superuser run `GRANT SET ON PARAMETER \
+             temp_file_limit TO \"{login}\"`, or set sql.exec.temp_file_limit_kb = 0"
+        );
     }
     Ok(())
 }

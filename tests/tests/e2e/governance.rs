@@ -549,6 +549,77 @@ async fn quarry_refuses_a_database_role_that_bypasses_row_level_security() {
     db.drop_db().await;
 }
 
+/// `sql.exec.temp_file_limit_kb` needs a login role that may set
+/// `temp_file_limit`; Quarry says so at start-up instead of failing every
+/// query.
+#[tokio::test]
+async fn quarry_refuses_a_login_that_cannot_set_temp_file_limit() {
+    let db = quarry_db::testing::TestDb::create().await;
+    let login = format!("quarry_login_{}", &db.name()[5..17]);
+    let admin = db.pool().get().await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE ROLE {login} LOGIN NOSUPERUSER NOBYPASSRLS"))
+        .await
+        .unwrap();
+    let url = db
+        .url()
+        .replacen("postgres://postgres@", &format!("postgres://{login}@"), 1);
+    assert_ne!(url, db.url(), "the test server's URL names user postgres");
+    let config = |temp_file_limit_kb: u64| {
+        quarry_server::Config::from_toml_layers(&[&format!(
+            r#"
+            [server]
+            development = true
+            [database]
+            url = "{url}"
+            [auth]
+            jwt_secret = "{secret}"
+            [sql.exec]
+            temp_file_limit_kb = {temp_file_limit_kb}
+            "#,
+            secret = quarry_tests::SECRET,
+        )])
+        .unwrap()
+    };
+    let pools = quarry_db::Pools::new(std::time::Duration::from_secs(5));
+    let refused = quarry_server::check_database_roles(&config(1024), &pools)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("may not set temp_file_limit") && refused.contains("GRANT SET ON PARAMETER"),
+        "{refused}"
+    );
+    quarry_server::check_database_roles(&config(0), &pools)
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("GRANT SET ON PARAMETER temp_file_limit TO {login}"))
+        .await
+        .unwrap();
+    quarry_server::check_database_roles(&config(1024), &pools)
+        .await
+        .unwrap();
+    pools.close();
+    admin
+        .batch_execute(&format!(
+            "REVOKE SET ON PARAMETER temp_file_limit FROM {login}"
+        ))
+        .await
+        .unwrap();
+    drop(admin);
+    db.drop_db().await;
+    let admin = quarry_db::pool(&quarry_db::testing::server_url(), 1, std::time::Duration::from_secs(5))
+        .unwrap();
+    admin
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(&format!("DROP ROLE {login}"))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn search_collections_are_granted_per_role() {
     let server = TestServer::start(Options {

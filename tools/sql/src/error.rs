@@ -86,6 +86,12 @@ impl ServiceError for ExecError {
         match self {
             Self::Timeout { .. } => ServiceErrorCode::Timeout,
             Self::Pool(_) | Self::Connection(_) => ServiceErrorCode::Unavailable,
+            // class 53 insufficient resources (53400: temp_file_limit) and
+            // 54 program limit exceeded (PostgreSQL 16 docs, Appendix A):
+            // the query asks for more than it may use
+            Self::Database { code, .. } if code.starts_with("53") || code.starts_with("54") => {
+                ServiceErrorCode::ResourceExhausted
+            }
             Self::Database { .. } => ServiceErrorCode::BadRequest,
             Self::TooLarge { .. } | Self::TooExpensive { .. } => {
                 ServiceErrorCode::ResourceExhausted

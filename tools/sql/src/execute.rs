@@ -77,6 +77,17 @@ pub struct ExecConfig {
     /// result is skipped when its own estimate is above the ceiling. `None`
     /// (the default) plans nothing extra.
     pub max_estimated_cost: Option<f64>,
+    /// `work_mem` of each query, in kB: memory one sort or hash may use
+    /// before it spills to temporary files (PostgreSQL 16 docs §20.4.1).
+    /// Default 4,096 (PostgreSQL's own default, set explicitly so a database
+    /// or role setting cannot raise it); 0 keeps the session's.
+    pub work_mem_kb: u64,
+    /// `temp_file_limit` of each query, in kB: the most temporary-file space
+    /// it may use; past it the query fails with SQLSTATE `53400` (PostgreSQL
+    /// 16 docs §20.4.2). Default 262,144 (256 MB); 0 keeps the session's.
+    /// Setting it needs a superuser login or `GRANT SET ON PARAMETER
+    /// temp_file_limit TO <login role>` (checked at start-up).
+    pub temp_file_limit_kb: u64,
 }
 
 impl Default for ExecConfig {
@@ -89,6 +100,8 @@ impl Default for ExecConfig {
             role: None,
             count_when_truncated: true,
             max_estimated_cost: None,
+            work_mem_kb: 4_096,
+            temp_file_limit_kb: 262_144,
         }
     }
 }
@@ -657,6 +670,10 @@ pub(crate) fn guard<'a>(
         .and_then(|s| s.db_role.as_deref())
         .or(config.role.as_deref());
     quarry_db::ReadOnly::new(config.statement_timeout_ms.max(1))
+        .limits(
+            (config.work_mem_kb > 0).then_some(config.work_mem_kb),
+            (config.temp_file_limit_kb > 0).then_some(config.temp_file_limit_kb),
+        )
         .search_path(search_path)
         .role(role)
         .session(session.map(|s| quarry_db::Session {
@@ -703,44 +720,42 @@ async fn run_in_transaction(
             pii: false,
         })
         .collect();
-    let statement = if statement
-        .columns()
-        .iter()
-        .all(|c| decodes_natively(c.type_()))
-    {
-        statement
-    } else {
-        let aliases: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
-        let select: Vec<String> = statement
-            .columns()
-            .iter()
-            .zip(&aliases)
-            .map(|(c, alias)| {
-                if decodes_natively(c.type_()) {
-                    alias.clone()
-                } else {
-                    format!("{alias}::text")
+    let statement = match guarded_select(sql, statement.columns(), config.max_bytes) {
+        None => statement,
+        Some(wrapped) => tx.prepare(&wrapped).await.map_err(|e| {
+            if is_row_too_large(&e) {
+                ExecError::TooLarge {
+                    max_bytes: config.max_bytes,
                 }
-            })
-            .collect();
-        let wrapped = format!(
-            "SELECT {} FROM ({sql}) AS quarry_r({})",
-            select.join(", "),
-            aliases.join(", ")
-        );
-        tx.prepare(&wrapped).await.map_err(pg)?
+            } else {
+                pg(e)
+            }
+        })?,
     };
 
     let portal = tx.bind(&statement, &[]).await.map_err(pg)?;
-    let batch = i32::try_from(config.fetch_batch.max(1)).unwrap_or(i32::MAX);
+    let batch = config.fetch_batch.max(1);
     let mut rows = Vec::new();
     let mut bytes = 0usize;
+    let mut largest_row = 0usize;
+    let mut first = true;
     let mut truncated = false;
     loop {
-        // never ask for more than one row past the cap
+        // never ask for more than one row past the cap, nor (once a row has
+        // been seen) for more rows than the byte cap has room for: held
+        // rows stay within about the cap, whatever the batch size
         let wanted = max_rows.saturating_add(1).saturating_sub(rows.len() as u64);
-        let ask = i32::try_from(wanted).unwrap_or(i32::MAX).min(batch);
-        let fetched = tx.query_portal(&portal, ask).await.map_err(pg)?;
+        let ask = next_fetch(batch, wanted, config.max_bytes, bytes, largest_row, first);
+        first = false;
+        let fetched = tx.query_portal(&portal, ask).await.map_err(|e| {
+            if is_row_too_large(&e) {
+                ExecError::TooLarge {
+                    max_bytes: config.max_bytes,
+                }
+            } else {
+                pg(e)
+            }
+        })?;
         let exhausted = fetched.len() < usize::try_from(ask).unwrap_or(usize::MAX);
         for row in &fetched {
             if rows.len() as u64 >= max_rows {
@@ -749,6 +764,7 @@ async fn run_in_transaction(
             }
             let (cells, size) = decode_row(row, &columns)?;
             bytes += size;
+            largest_row = largest_row.max(size);
             if bytes > config.max_bytes {
                 return Err(ExecError::TooLarge {
                     max_bytes: config.max_bytes,
@@ -781,6 +797,126 @@ async fn run_in_transaction(
         elapsed: Duration::ZERO,
         sql: sql.to_owned(),
     })
+}
+
+/// How many rows to ask the portal for next: at most `batch`, at most
+/// `wanted`, and — so that held rows stay within about the byte cap
+/// whatever the batch size — one row on the `first` fetch (nothing is known
+/// of row sizes yet), then as many rows of the largest size seen so far as
+/// the `max_bytes - bytes` left have room for (at least one).
+fn next_fetch(
+    batch: u32,
+    wanted: u64,
+    max_bytes: usize,
+    bytes: usize,
+    largest_row: usize,
+    first: bool,
+) -> i32 {
+    let room = if first {
+        1
+    } else {
+        (max_bytes.saturating_sub(bytes) / largest_row.max(1)).max(1)
+    };
+    let ask = u64::from(batch.max(1))
+        .min(wanted.max(1))
+        .min(u64::try_from(room).unwrap_or(u64::MAX));
+    i32::try_from(ask).unwrap_or(i32::MAX)
+}
+
+/// Marker of the error the row-size guard raises (see [`guarded_select`]).
+const ROW_TOO_LARGE: &str = "quarry: result row over the byte cap";
+
+/// Whether `error` is the row-size guard's.
+fn is_row_too_large(error: &tokio_postgres::Error) -> bool {
+    error
+        .as_db_error()
+        .is_some_and(|db| db.code().code() == "22P02" && db.message().contains(ROW_TOO_LARGE))
+}
+
+/// Whether values of `ty` can be large (variable length: text, bytes, JSON,
+/// arrays, and whatever is sent as text).
+fn variable_length(ty: &Type) -> bool {
+    !matches!(
+        *ty,
+        Type::BOOL
+            | Type::INT2
+            | Type::INT4
+            | Type::INT8
+            | Type::OID
+            | Type::FLOAT4
+            | Type::FLOAT8
+            | Type::CHAR
+            | Type::DATE
+            | Type::TIMESTAMP
+            | Type::TIMESTAMPTZ
+            | Type::TIME
+            | Type::INTERVAL
+            | Type::UUID
+    )
+}
+
+/// `sql` wrapped so that it returns what Quarry decodes, and so that
+/// PostgreSQL itself refuses a row larger than `max_bytes` before sending
+/// it: `SELECT c1, c2::text, … FROM (sql) AS quarry_r(c1, c2, …) WHERE
+/// CASE WHEN <row bytes> > max_bytes THEN ('<marker> ' || …)::int = 0 ELSE
+/// true END`. The row's bytes are the sum of `octet_length` of its
+/// variable-length values (their size as text, uncompressed; fixed-size
+/// values are small and left out). The guard's error is a failed cast
+/// (SQLSTATE `22P02`) whose text holds [`ROW_TOO_LARGE`]; it depends on the
+/// row, so the planner cannot fold it into an error at plan time
+/// (PostgreSQL 16 docs §4.2.14). `None` when nothing needs wrapping: every
+/// column decodes natively and none can be large.
+fn guarded_select(
+    sql: &str,
+    columns: &[tokio_postgres::Column],
+    max_bytes: usize,
+) -> Option<String> {
+    let natively = columns.iter().all(|c| decodes_natively(c.type_()));
+    let sizes: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| variable_length(c.type_()))
+        .map(|(i, c)| {
+            let alias = format!("c{}", i + 1);
+            let text = if matches!(
+                *c.type_(),
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::BYTEA
+            ) {
+                alias
+            } else {
+                format!("{alias}::text")
+            };
+            format!("coalesce(octet_length({text}), 0)::int8")
+        })
+        .collect();
+    if natively && sizes.is_empty() {
+        return None;
+    }
+    let aliases: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
+    let select: Vec<String> = columns
+        .iter()
+        .zip(&aliases)
+        .map(|(c, alias)| {
+            if decodes_natively(c.type_()) {
+                alias.clone()
+            } else {
+                format!("{alias}::text")
+            }
+        })
+        .collect();
+    let guard = if sizes.is_empty() {
+        String::new()
+    } else {
+        let size = sizes.join(" + ");
+        format!(
+            " WHERE CASE WHEN {size} > {max_bytes} THEN ('{ROW_TOO_LARGE}: ' || ({size}))::int = 0 ELSE true END"
+        )
+    };
+    Some(format!(
+        "SELECT {} FROM ({sql}) AS quarry_r({}){guard}",
+        select.join(", "),
+        aliases.join(", ")
+    ))
 }
 
 /// The planner's estimated total cost of `sql`: the top plan node's

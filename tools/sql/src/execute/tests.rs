@@ -754,3 +754,90 @@ async fn a_cost_ceiling_skips_an_expensive_count() {
     assert_eq!(result.total_rows, None);
     db.drop_db().await;
 }
+
+#[test]
+fn fetches_leave_held_rows_within_the_byte_cap() {
+    // nothing known yet: one row
+    assert_eq!(next_fetch(256, 1001, 4_000_000, 0, 0, true), 1);
+    // small rows: the whole batch
+    assert_eq!(next_fetch(256, 1000, 4_000_000, 100, 100, false), 256);
+    // 1 MB rows with 1.5 MB left: one more row at a time, never 256
+    assert_eq!(next_fetch(256, 1000, 4_000_000, 2_500_000, 1_000_000, false), 1);
+    // 100 kB rows, 1 MB left: ten
+    assert_eq!(next_fetch(256, 1000, 4_000_000, 3_000_000, 100_000, false), 10);
+    // never more than wanted (one past the row cap)
+    assert_eq!(next_fetch(256, 3, 4_000_000, 0, 10, false), 3);
+}
+
+/// PostgreSQL refuses a row over the byte cap itself, before sending it:
+/// the wrapped query fails with the guard's error, while rows within the
+/// cap come back exactly as the original query returns them.
+#[tokio::test]
+async fn a_row_over_the_byte_cap_is_refused_before_it_is_sent() {
+    let db = TestDb::create().await;
+    let client = db.pool().get().await.unwrap();
+    let sql = "SELECT g, repeat('x', g * 1000) AS s, ARRAY[g] AS a FROM generate_series(1, 3) g";
+    let statement = client.prepare(sql).await.unwrap();
+    let wrapped = guarded_select(sql, statement.columns(), 2_500).unwrap();
+    let error = client.query(&wrapped, &[]).await.unwrap_err();
+    assert!(is_row_too_large(&error), "{error}");
+    let fits = guarded_select(sql, statement.columns(), 10_000).unwrap();
+    let rows = client.query(&fits, &[]).await.unwrap();
+    let lengths: Vec<usize> = rows.iter().map(|r| r.get::<_, String>(1).len()).collect();
+    assert_eq!(lengths, [1000, 2000, 3000]);
+    // nothing to wrap: fixed-size, natively decoded columns
+    let plain = client.prepare("SELECT 1::int4, now()").await.unwrap();
+    assert!(guarded_select("SELECT 1::int4, now()", plain.columns(), 10).is_none());
+    drop(client);
+
+    // through the executor: TooLarge, as for the cap over many rows
+    let config = ExecConfig {
+        max_bytes: 1_000_000,
+        ..ExecConfig::default()
+    };
+    let result = run(&db, config, "SELECT repeat('x', 40000000) FROM generate_series(1, 6)").await;
+    assert!(
+        matches!(result, Err(ExecError::TooLarge { max_bytes: 1_000_000 })),
+        "{result:?}"
+    );
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn work_mem_and_temp_file_limit_are_set_per_query() {
+    let db = TestDb::create().await;
+    let config = ExecConfig {
+        work_mem_kb: 1_024,
+        temp_file_limit_kb: 1_024,
+        ..ExecConfig::default()
+    };
+    let spill = run(
+        &db,
+        config,
+        "SELECT count(*) FROM (SELECT g FROM generate_series(1, 3000000) AS g ORDER BY g DESC) AS s",
+    )
+    .await;
+    match spill {
+        Err(error @ ExecError::Database { .. }) => {
+            let ExecError::Database { ref code, .. } = error else {
+                unreachable!()
+            };
+            assert_eq!(code, "53400", "{error}");
+            assert_eq!(
+                quarry_proto::ServiceError::error_code(&error),
+                quarry_proto::ServiceErrorCode::ResourceExhausted
+            );
+        }
+        other => panic!("expected temp_file_limit to stop the sort, got {other:?}"),
+    }
+    // the defaults let the same sort finish
+    let fine = run(
+        &db,
+        ExecConfig::default(),
+        "SELECT count(*) FROM (SELECT g FROM generate_series(1, 3000000) AS g ORDER BY g DESC) AS s",
+    )
+    .await
+    .unwrap();
+    assert_eq!(fine.rows[0], vec![Cell::Int(3_000_000)]);
+    db.drop_db().await;
+}
