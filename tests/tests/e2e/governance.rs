@@ -558,7 +558,9 @@ async fn quarry_refuses_a_login_that_cannot_set_temp_file_limit() {
     let login = format!("quarry_login_{}", &db.name()[5..17]);
     let admin = db.pool().get().await.unwrap();
     admin
-        .batch_execute(&format!("CREATE ROLE {login} LOGIN NOSUPERUSER NOBYPASSRLS"))
+        .batch_execute(&format!(
+            "CREATE ROLE {login} LOGIN NOSUPERUSER NOBYPASSRLS"
+        ))
         .await
         .unwrap();
     let url = db
@@ -587,14 +589,17 @@ async fn quarry_refuses_a_login_that_cannot_set_temp_file_limit() {
         .unwrap_err()
         .to_string();
     assert!(
-        refused.contains("may not set temp_file_limit") && refused.contains("GRANT SET ON PARAMETER"),
+        refused.contains("may not set temp_file_limit")
+            && refused.contains("GRANT SET ON PARAMETER"),
         "{refused}"
     );
     quarry_server::check_database_roles(&config(0), &pools)
         .await
         .unwrap();
     admin
-        .batch_execute(&format!("GRANT SET ON PARAMETER temp_file_limit TO {login}"))
+        .batch_execute(&format!(
+            "GRANT SET ON PARAMETER temp_file_limit TO {login}"
+        ))
         .await
         .unwrap();
     quarry_server::check_database_roles(&config(1024), &pools)
@@ -609,8 +614,12 @@ async fn quarry_refuses_a_login_that_cannot_set_temp_file_limit() {
         .unwrap();
     drop(admin);
     db.drop_db().await;
-    let admin = quarry_db::pool(&quarry_db::testing::server_url(), 1, std::time::Duration::from_secs(5))
-        .unwrap();
+    let admin = quarry_db::pool(
+        &quarry_db::testing::server_url(),
+        1,
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap();
     admin
         .get()
         .await

@@ -22,6 +22,7 @@
 //! | [`RejectionKind::SchemaNotAllowed`] | `SELECT 'quarry'::regnamespace::oid` (a catalog look-up type) with a schema restriction |
 //! | [`RejectionKind::Unsupported`] | dialect clauses PostgreSQL does not have (`FOR XML`, pipe operators, …) |
 //! | [`RejectionKind::TooComplex`] | `1 + 1 + … + 1` with more than [`MAX_DEPTH`] levels |
+//! | [`RejectionKind::TooComplex`] | `SELECT repeat('x', 1000000000)`: known to build a string over [`MAX_BUILT_STRING_BYTES`] |
 //!
 //! A locking clause sqlparser cannot parse (`SELECT 1 FOR UPDATE` reads `FOR`
 //! as a column alias) is still reported as [`RejectionKind::LockingClause`]:
@@ -1276,6 +1277,7 @@ impl Visitor for Checker<'_> {
         }
         if let Expr::Function(function) = expr {
             self.check_function(&function.name)?;
+            check_string_growth(function)?;
         }
         if let Expr::Cast { data_type, .. } | Expr::TypedString(TypedString { data_type, .. }) =
             expr
@@ -1312,3 +1314,101 @@ impl Visitor for Checker<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// Most bytes a `repeat`, `lpad` or `rpad` call may be known to build from
+/// literals: 10 MB. PostgreSQL allocates such a string whole (up to 1 GB)
+/// whatever `work_mem` says, so `length(repeat('x', 1000000000))` is refused
+/// here rather than left to the statement timeout.
+pub const MAX_BUILT_STRING_BYTES: u64 = 10 * 1024 * 1024;
+
+/// Bytes assumed for a string argument that is not a literal (a column, an
+/// expression) when the count is a literal.
+const UNKNOWN_STRING_BYTES: u64 = 1_000;
+
+/// The unnamed argument expressions of `function`, if it has a plain list.
+fn plain_args(function: &sqlparser::ast::Function) -> Option<Vec<&Expr>> {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+    let FunctionArguments::List(list) = &function.args else {
+        return None;
+    };
+    list.args
+        .iter()
+        .map(|arg| match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Some(expr),
+            FunctionArg::Unnamed(_) | FunctionArg::Named { .. } | FunctionArg::ExprNamed { .. } => {
+                None
+            }
+        })
+        .collect()
+}
+
+/// An integer literal's value (`1000`, `(1000)`).
+fn integer_literal(expr: &Expr) -> Option<u64> {
+    if let Expr::Nested(inner) = expr {
+        return integer_literal(inner);
+    }
+    if let Expr::Value(v) = expr
+        && let sqlparser::ast::Value::Number(n, _) = &v.value
+    {
+        return n.to_string().parse().ok();
+    }
+    None
+}
+
+/// The most bytes `expr` is known to build from literals, for the string
+/// builders `repeat(s, n)`, `lpad(s, n [, fill])` and `rpad(s, n [, fill])`
+/// (PostgreSQL 16 docs §9.4); `None` when the size depends on data.
+fn built_string_bytes(expr: &Expr) -> Option<u64> {
+    if let Expr::Nested(inner) = expr {
+        return built_string_bytes(inner);
+    }
+    if let Expr::Function(function) = expr {
+        return function_bytes(function);
+    }
+    if let Expr::Value(v) = expr
+        && let sqlparser::ast::Value::SingleQuotedString(s) = &v.value
+    {
+        return Some(s.len() as u64);
+    }
+    None
+}
+
+/// [`built_string_bytes`] of a function call.
+fn function_bytes(function: &sqlparser::ast::Function) -> Option<u64> {
+    let name = function
+        .name
+        .0
+        .last()?
+        .as_ident()?
+        .value
+        .to_ascii_lowercase();
+    if !matches!(name.as_str(), "repeat" | "lpad" | "rpad") {
+        return None;
+    }
+    let args = plain_args(function)?;
+    match (name.as_str(), args.as_slice()) {
+        ("repeat", [s, n]) => {
+            let count = integer_literal(n)?;
+            let each = built_string_bytes(s).unwrap_or(UNKNOWN_STRING_BYTES);
+            Some(each.saturating_mul(count))
+        }
+        // the length is in characters: at most 4 bytes each (UTF-8)
+        ("lpad" | "rpad", [_, n, ..]) => Some(integer_literal(n)?.saturating_mul(4)),
+        _ => None,
+    }
+}
+
+/// Refuses a `repeat`, `lpad` or `rpad` call known to build a string over
+/// [`MAX_BUILT_STRING_BYTES`].
+fn check_string_growth(function: &sqlparser::ast::Function) -> ControlFlow<Rejection> {
+    match function_bytes(function) {
+        Some(bytes) if bytes > MAX_BUILT_STRING_BYTES => ControlFlow::Break(Rejection::new(
+            RejectionKind::TooComplex,
+            format!(
+                "{} builds a string of up to {bytes} bytes; the limit is {MAX_BUILT_STRING_BYTES}",
+                function.name
+            ),
+        )),
+        _ => ControlFlow::Continue(()),
+    }
+}

@@ -762,9 +762,15 @@ fn fetches_leave_held_rows_within_the_byte_cap() {
     // small rows: the whole batch
     assert_eq!(next_fetch(256, 1000, 4_000_000, 100, 100, false), 256);
     // 1 MB rows with 1.5 MB left: one more row at a time, never 256
-    assert_eq!(next_fetch(256, 1000, 4_000_000, 2_500_000, 1_000_000, false), 1);
+    assert_eq!(
+        next_fetch(256, 1000, 4_000_000, 2_500_000, 1_000_000, false),
+        1
+    );
     // 100 kB rows, 1 MB left: ten
-    assert_eq!(next_fetch(256, 1000, 4_000_000, 3_000_000, 100_000, false), 10);
+    assert_eq!(
+        next_fetch(256, 1000, 4_000_000, 3_000_000, 100_000, false),
+        10
+    );
     // never more than wanted (one past the row cap)
     assert_eq!(next_fetch(256, 3, 4_000_000, 0, 10, false), 3);
 }
@@ -795,9 +801,19 @@ async fn a_row_over_the_byte_cap_is_refused_before_it_is_sent() {
         max_bytes: 1_000_000,
         ..ExecConfig::default()
     };
-    let result = run(&db, config, "SELECT repeat('x', 40000000) FROM generate_series(1, 6)").await;
+    let result = run(
+        &db,
+        config,
+        "SELECT repeat('x', 40000000) FROM generate_series(1, 6)",
+    )
+    .await;
     assert!(
-        matches!(result, Err(ExecError::TooLarge { max_bytes: 1_000_000 })),
+        matches!(
+            result,
+            Err(ExecError::TooLarge {
+                max_bytes: 1_000_000
+            })
+        ),
         "{result:?}"
     );
     db.drop_db().await;

@@ -755,3 +755,33 @@ fn catalog_lookup_casts_are_refused_under_a_schema_restriction() {
     // without a schema restriction the catalogs are readable anyway
     accepts("SELECT 'tate'::regnamespace::oid", &open());
 }
+
+#[test]
+fn string_builders_known_to_exceed_the_limit_are_refused() {
+    let policy = ValidationPolicy::default();
+    for sql in [
+        "SELECT length(repeat('x', 1000000000))",
+        "SELECT repeat(repeat('ab', 100000), 1000)",
+        "SELECT repeat(name, 100000) FROM t",
+        "SELECT lpad('x', 500000000)",
+        "SELECT rpad('x', 5000000, 'y')",
+        "SELECT pg_catalog.repeat('x', (20000000))",
+    ] {
+        let rejection = validate(sql, &policy).unwrap_err();
+        assert_eq!(rejection.kind, RejectionKind::TooComplex, "{sql}");
+        assert!(
+            rejection.message.contains("builds a string"),
+            "{sql}: {}",
+            rejection.message
+        );
+    }
+    for sql in [
+        "SELECT repeat('*', 40)",
+        "SELECT repeat('-', n) FROM t",
+        "SELECT repeat(name, 3) FROM t",
+        "SELECT lpad(code, 8, '0') FROM t",
+        "SELECT repeat(repeat('ab', 1000), 1000)",
+    ] {
+        validate(sql, &policy).unwrap_or_else(|r| panic!("{sql}: {r}"));
+    }
+}
