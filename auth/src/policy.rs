@@ -3,7 +3,8 @@
 //! A [`PolicyConfig`] (the `[policy]` section of Quarry's configuration)
 //! maps role names to a [`RoleConfig`]: tool scopes, tables, column
 //! allow- and deny-lists, column masks, row filters, PII tags, the database
-//! role queries run as, search collections and summary kinds. It is
+//! role queries run as, search collections (and the fields of each a role
+//! sees) and summary kinds. It is
 //! validated into a [`Policy`] at start-up (errors name the field at fault)
 //! and held in a [`PolicyStore`] that can be replaced at run time
 //! (reloaded without a restart).
@@ -18,7 +19,8 @@
 //! any of the caller's roles allows it; a column is masked only if every
 //! role that shows it masks it (then the first such role's mask applies);
 //! a table's rows are filtered only if every role that grants the table
-//! filters it (then by the disjunction of the filters).
+//! filters it (then by the disjunction of the filters); a search field is
+//! visible if any role that grants its collection shows it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -92,6 +94,7 @@ pub mod scopes {
 /// pii = ["tate.artists.name"]
 /// db_role = "quarry_reader"
 /// collections = ["artworks"]
+/// collection_fields = { artworks = ["title", "medium", "acquisition_year"] }
 /// summary_kinds = ["*"]
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -135,6 +138,14 @@ pub struct RoleConfig {
     pub db_role: Option<String>,
     /// Search collections this role may search; `"*"` for all.
     pub collections: Vec<String>,
+    /// Field allow-lists of search collections: collection → the only
+    /// fields (text, filter or stored) this role sees in hits, may filter
+    /// on, and whose text its queries are matched against; `"*"` for all.
+    /// A collection not listed shows all its fields. Each collection listed
+    /// must be granted by `collections`. Field names are not checked
+    /// against the search configuration here (the policy is validated on
+    /// its own); a name no collection has simply matches nothing.
+    pub collection_fields: BTreeMap<String, Vec<String>>,
     /// Summary kinds this role may read; `"*"` for all.
     pub summary_kinds: Vec<String>,
 }
@@ -242,6 +253,7 @@ struct Role {
     pii: BTreeMap<TableName, BTreeSet<String>>,
     db_role: Option<String>,
     collections: Access,
+    collection_fields: BTreeMap<String, Access>,
     summary_kinds: Access,
 }
 
@@ -286,6 +298,17 @@ impl Access {
             Access::Only(names) => names.contains(name),
         }
     }
+
+    /// The names either allows.
+    fn union(self, other: &Access) -> Access {
+        match (self, other) {
+            (Access::All, _) | (_, Access::All) => Access::All,
+            (Access::Only(mut names), Access::Only(more)) => {
+                names.extend(more.iter().cloned());
+                Access::Only(names)
+            }
+        }
+    }
 }
 
 /// A validated policy; see the module docs.
@@ -323,6 +346,14 @@ fn is_name(text: &str) -> bool {
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
         && text.len() <= 63
+}
+
+/// A search collection or field name as the search configuration accepts
+/// them: `[a-z][a-z0-9_]*`.
+fn is_search_name(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 impl Policy {
@@ -367,6 +398,7 @@ impl Policy {
             pii: BTreeMap::new(),
             db_role: None,
             collections: Access::from_list(&config.collections),
+            collection_fields: BTreeMap::new(),
             summary_kinds: Access::from_list(&config.summary_kinds),
         };
         for scope in &config.scopes {
@@ -455,6 +487,29 @@ impl Policy {
                 )
             })?;
             role.pii.entry(table).or_default().insert(column);
+        }
+        for (collection, fields) in &config.collection_fields {
+            let f = format!("{}.{collection}", field("collection_fields"));
+            if !is_search_name(collection) {
+                return Err(bad(f, "not a collection name ([a-z][a-z0-9_]*)"));
+            }
+            if !role.collections.allows(collection) {
+                return Err(bad(f, "the role does not grant this collection"));
+            }
+            if fields.is_empty() {
+                return Err(bad(
+                    f,
+                    "empty: list the fields the role sees, or \"*\" for all",
+                ));
+            }
+            if let Some(odd) = fields.iter().find(|n| *n != "*" && !is_search_name(n)) {
+                return Err(bad(
+                    f,
+                    &format!("{odd:?} is not a field name ([a-z][a-z0-9_]*) or \"*\""),
+                ));
+            }
+            role.collection_fields
+                .insert(collection.clone(), Access::from_list(fields));
         }
         if let Some(db_role) = &config.db_role {
             if !is_name(db_role) {
@@ -735,6 +790,37 @@ impl Grant {
     /// Whether the caller may search `collection`.
     pub fn allows_collection(&self, collection: &str) -> bool {
         self.unrestricted || self.roles.iter().any(|r| r.collections.allows(collection))
+    }
+
+    /// The fields of search collection `collection` the caller sees: `None`
+    /// when no role grants the collection, else the union over the roles
+    /// that grant it of the fields each shows (`policy.roles.<r>.
+    /// collection_fields`; a role that does not list the collection shows
+    /// all of it). [`Grant::unrestricted`] sees every field.
+    ///
+    /// A field not shown is absent from hits, refused in filters and not
+    /// matched by queries (the search tool enforces this).
+    pub fn collection_fields(&self, collection: &str) -> Option<Access> {
+        if self.unrestricted {
+            return Some(Access::All);
+        }
+        self.roles
+            .iter()
+            .filter(|r| r.collections.allows(collection))
+            .map(|r| {
+                r.collection_fields
+                    .get(collection)
+                    .cloned()
+                    .unwrap_or(Access::All)
+            })
+            .reduce(|a, b| a.union(&b))
+    }
+
+    /// Whether the caller sees `field` of search collection `collection`
+    /// (see [`Grant::collection_fields`]).
+    pub fn collection_field_allowed(&self, collection: &str, field: &str) -> bool {
+        self.collection_fields(collection)
+            .is_some_and(|a| a.allows(field))
     }
 
     /// Whether the caller may read summaries of `kind`.

@@ -256,3 +256,104 @@ fn reload_swaps_only_a_valid_policy() {
             .is_empty()
     );
 }
+
+fn searcher(fields: &[&str]) -> RoleConfig {
+    RoleConfig {
+        scopes: strings(&["search"]),
+        collections: strings(&["artworks", "letters"]),
+        collection_fields: [("artworks".to_owned(), strings(fields))].into(),
+        ..RoleConfig::default()
+    }
+}
+
+#[test]
+fn collection_fields_parse_from_toml_and_limit_what_a_role_sees() {
+    let config: PolicyConfig = toml::from_str(
+        r#"
+        [roles.narrow]
+        scopes = ["search"]
+        collections = ["artworks", "letters"]
+        collection_fields = { artworks = ["title", "medium"] }
+        "#,
+    )
+    .unwrap();
+    let p = Policy::new(&config).unwrap();
+    let grant = p.grant(&principal(&["narrow"], &[]));
+    assert!(grant.collection_field_allowed("artworks", "title"));
+    assert!(grant.collection_field_allowed("artworks", "medium"));
+    assert!(!grant.collection_field_allowed("artworks", "credit_line"));
+    // a granted collection not listed shows every field
+    assert_eq!(grant.collection_fields("letters"), Some(Access::All));
+    assert!(grant.collection_field_allowed("letters", "body"));
+    // a collection not granted shows nothing
+    assert_eq!(grant.collection_fields("minutes"), None);
+    assert!(!grant.collection_field_allowed("minutes", "title"));
+}
+
+#[test]
+fn collection_fields_combine_as_a_union_and_star_allows_all() {
+    let p = Policy::new(&config(vec![
+        ("a", searcher(&["title"])),
+        ("b", searcher(&["medium"])),
+        ("all", searcher(&["*"])),
+        ("analyst", analyst()),
+    ]))
+    .unwrap();
+    let both = p.grant(&principal(&["a", "b"], &[]));
+    assert_eq!(
+        both.collection_fields("artworks"),
+        Some(Access::Only(
+            ["medium".to_owned(), "title".to_owned()].into()
+        ))
+    );
+    assert!(!both.collection_field_allowed("artworks", "credit_line"));
+    let star = p.grant(&principal(&["a", "all"], &[]));
+    assert!(star.collection_field_allowed("artworks", "credit_line"));
+    // analyst grants artworks without a field list: all of it
+    let with_analyst = p.grant(&principal(&["a", "analyst"], &[]));
+    assert!(with_analyst.collection_field_allowed("artworks", "credit_line"));
+    assert!(Grant::unrestricted().collection_field_allowed("artworks", "credit_line"));
+    assert!(!Grant::none().collection_field_allowed("artworks", "title"));
+    assert!(
+        !p.grant(&principal(&["unknown"], &[]))
+            .collection_field_allowed("artworks", "title")
+    );
+}
+
+#[test]
+fn collection_field_errors_name_the_field() {
+    let cases: Vec<(RoleConfig, &str)> = vec![
+        (
+            RoleConfig {
+                collections: strings(&["letters"]),
+                collection_fields: [("artworks".to_owned(), strings(&["title"]))].into(),
+                ..RoleConfig::default()
+            },
+            "policy.roles.r.collection_fields.artworks: the role does not grant this collection",
+        ),
+        (
+            searcher(&["title", "Medium"]),
+            "policy.roles.r.collection_fields.artworks: \"Medium\" is not a field name",
+        ),
+        (
+            searcher(&[]),
+            "policy.roles.r.collection_fields.artworks: empty",
+        ),
+        (
+            RoleConfig {
+                collections: strings(&["*"]),
+                collection_fields: [("art works".to_owned(), strings(&["title"]))].into(),
+                ..RoleConfig::default()
+            },
+            "policy.roles.r.collection_fields.art works: not a collection name",
+        ),
+    ];
+    for (role, expected) in cases {
+        let err = Policy::new(&config(vec![("r", role)])).unwrap_err();
+        assert!(err.to_string().contains(expected), "{err} lacks {expected}");
+    }
+    let unknown = toml::from_str::<PolicyConfig>(
+        "[roles.r]\ncollections = [\"artworks\"]\ncollection_field = { artworks = [\"title\"] }\n",
+    );
+    assert!(unknown.is_err(), "a misspelt key is refused");
+}

@@ -20,6 +20,7 @@ mod resilience;
 mod roles;
 mod router;
 mod search;
+mod search_fields;
 mod sources;
 mod sql;
 mod summary;

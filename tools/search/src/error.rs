@@ -44,6 +44,16 @@ pub enum SearchError {
     /// (`PERMISSION_DENIED`).
     #[error("collection {0} is not available to your roles")]
     Forbidden(String),
+    /// The caller's policy hides a field of the collection
+    /// (`policy.roles.<r>.collection_fields`) that the request uses, or
+    /// leaves it no text field to search (`PERMISSION_DENIED`).
+    #[error("{at}: {message}")]
+    FieldForbidden {
+        /// Request field path, e.g. `filter.and[1].eq.field` or `fields[0]`.
+        at: String,
+        /// What is refused, naming the field.
+        message: String,
+    },
 }
 
 impl From<FilterError> for SearchError {
@@ -86,7 +96,7 @@ impl ServiceError for SearchError {
         match self {
             Self::InvalidArgument { .. } => ServiceErrorCode::BadRequest,
             Self::FailedPrecondition(_) => ServiceErrorCode::FailedPrecondition,
-            Self::Forbidden(_) => ServiceErrorCode::PermissionDenied,
+            Self::Forbidden(_) | Self::FieldForbidden { .. } => ServiceErrorCode::PermissionDenied,
             Self::Unavailable(_) => ServiceErrorCode::Unavailable,
             Self::Database(e) if e.is_closed() || e.code().is_none() => {
                 ServiceErrorCode::Unavailable
@@ -104,6 +114,7 @@ impl ServiceError for SearchError {
             }
             Self::FailedPrecondition(_)
             | Self::Forbidden(_)
+            | Self::FieldForbidden { .. }
             | Self::Unavailable(_)
             | Self::Collection(_)
             | Self::Database(_)

@@ -520,22 +520,27 @@ impl CollectionIndex {
         Ok(result)
     }
 
-    /// Top `limit` documents by BM25 for `query` within `filter` (blocking).
+    /// Top `limit` documents by BM25 for `query` within `filter` (blocking),
+    /// matching the query against the text fields named in `searched` only
+    /// (the fields the caller may see; others are not queried at all, so a
+    /// term found only in them matches nothing).
     ///
     /// The query text goes through [`analyzer`]; each distinct term becomes a
-    /// SHOULD clause per text field (no query syntax, so no text can fail to
-    /// parse); the filter is a non-scoring MUST clause. Ties in score are
-    /// broken by document address (stable for a given reader).
+    /// SHOULD clause per searched text field (no query syntax, so no text can
+    /// fail to parse); the filter is a non-scoring MUST clause. Ties in score
+    /// are broken by document address (stable for a given reader).
     ///
     /// # Errors
     /// [`SearchError::InvalidArgument`] (`query`) when the text is longer
     /// than [`MAX_QUERY_BYTES`] or has no searchable term after analysis;
-    /// index errors.
+    /// [`SearchError::Internal`] when `searched` names no text field of the
+    /// collection; index errors.
     pub fn search_bm25(
         &self,
         query: &str,
         filter: &CheckedFilter,
         limit: usize,
+        searched: &[String],
     ) -> Result<Vec<Bm25Hit>> {
         if query.len() > MAX_QUERY_BYTES {
             return Err(SearchError::invalid(
@@ -550,8 +555,22 @@ impl CollectionIndex {
                 "no searchable words (empty, or only stop words and punctuation); bm25 needs some",
             ));
         }
+        let fields: Vec<Field> = self
+            .collection
+            .text
+            .iter()
+            .zip(&self.fields.text)
+            .filter(|(f, _)| searched.contains(&f.name))
+            .map(|(_, field)| *field)
+            .collect();
+        if fields.is_empty() {
+            return Err(SearchError::Internal(format!(
+                "bm25 over collection {} without a text field to search",
+                self.collection.name
+            )));
+        }
         let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        for field in &self.fields.text {
+        for field in &fields {
             for term in &terms {
                 should.push((
                     Occur::Should,

@@ -10,6 +10,19 @@
 //!   the response's `mode` says so; when the query has no searchable word for
 //!   BM25 (only stop words) it runs the vector retriever alone.
 //!
+//! **Fields per role.** A caller sees only the fields of a collection its
+//! policy shows ([`quarry_auth::Grant::collection_fields`],
+//! `policy.roles.<r>.collection_fields`): hidden fields are left out of
+//! hits (also of the default field list and of what a reranker reads), a
+//! request that names one in `fields` or in its filter is refused
+//! ([`SearchError::FieldForbidden`], `PERMISSION_DENIED`), and queries are
+//! matched only against the visible text fields — BM25 queries only their
+//! terms and vector search uses only their per-field embeddings (each text
+//! field has its own vector, so no embedding of hidden text is consulted).
+//! A caller who sees no text field of a collection cannot search it. The
+//! collection's `tenant_filter` is applied whether or not its field is
+//! visible. ListCollections lists only the visible fields.
+//!
 //! [`SearchTool::search_with_query_vector`] runs the same search with a query
 //! vector computed by the caller (benchmarks that report query embedding
 //! separately, callers that embed elsewhere): the embedder is not called, and
@@ -23,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
-use quarry_auth::Caller;
+use quarry_auth::{Access, Caller};
 use quarry_llm::embed::Embedder;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
@@ -31,7 +44,7 @@ use tracing::instrument;
 use crate::collection::{Collection, CollectionConfig, FilterType, filter_column, text_column};
 use crate::ddl::ensure_sidecar;
 use crate::error::{Result, SearchError};
-use crate::filter::{CheckedFilter, Filter};
+use crate::filter::{CheckedFilter, Filter, MAX_DEPTH};
 use crate::fusion::{DEFAULT_RRF_K, RetrieverScore, fuse};
 use crate::index::{CollectionIndex, MAX_QUERY_BYTES, analyse, follow};
 use crate::vector::{self, VectorOptions};
@@ -451,16 +464,27 @@ impl SearchTool {
     /// # Errors
     /// Database errors while counting.
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
-    /// Only the collections the caller's policy grants are listed.
+    /// Only the collections the caller's policy grants are listed, each with
+    /// only the fields the caller sees.
     pub async fn collections(&self, caller: &Caller) -> Result<Vec<CollectionInfo>> {
         let mut out = Vec::new();
         for entry in &self.entries {
-            if !caller.grant.allows_collection(&entry.collection.name) {
+            let Some(visible) = caller.grant.collection_fields(&entry.collection.name) else {
                 continue;
-            }
+            };
             let (documents, embedded_documents) = self.counts(entry).await?;
+            let collection = match visible {
+                Access::All => Arc::clone(&entry.collection),
+                Access::Only(_) => {
+                    let mut shown = Collection::clone(&entry.collection);
+                    shown.text.retain(|f| visible.allows(&f.name));
+                    shown.filters.retain(|f| visible.allows(&f.name));
+                    shown.stored.retain(|f| visible.allows(&f.name));
+                    Arc::new(shown)
+                }
+            };
             out.push(CollectionInfo {
-                collection: Arc::clone(&entry.collection),
+                collection,
                 documents,
                 embedded_documents,
                 embedding_model: entry.embedding_model.clone(),
@@ -475,14 +499,17 @@ impl SearchTool {
     /// [`SearchError::InvalidArgument`] naming the field: `collection`
     /// (unknown), `query` (empty, too long, or nothing searchable in bm25
     /// mode), `k` (above `max_k`), `fields[i]` (unknown), `filter…`;
+    /// [`SearchError::Forbidden`] for a collection the caller's policy does
+    /// not grant and [`SearchError::FieldForbidden`] for a hidden field in
+    /// `fields` or the filter, or when no text field is visible;
     /// [`SearchError::FailedPrecondition`] for vector mode without an
     /// embedder; [`SearchError::Unavailable`] when the database or embedder
     /// cannot be reached.
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn search(&self, caller: &Caller, request: SearchRequest) -> Result<SearchResponse> {
-        allowed(caller, &request)?;
+        let visible = self.visible(caller, &request)?;
         let request = self.tenanted(caller, request)?;
-        self.search_inner(request, None).await
+        self.search_inner(request, None, &visible).await
     }
 
     /// Runs a search like [`SearchTool::search`] with `query_vector` as the
@@ -502,9 +529,45 @@ impl SearchTool {
         request: SearchRequest,
         query_vector: Vec<f32>,
     ) -> Result<SearchResponse> {
-        allowed(caller, &request)?;
+        let visible = self.visible(caller, &request)?;
         let request = self.tenanted(caller, request)?;
-        self.search_inner(request, Some(query_vector)).await
+        self.search_inner(request, Some(query_vector), &visible)
+            .await
+    }
+
+    /// The fields of `request.collection` the caller sees, once the request
+    /// is found to use no other (its `fields` and its own filter; the
+    /// tenant filter is added later, by the server).
+    fn visible(&self, caller: &Caller, request: &SearchRequest) -> Result<Access> {
+        let Some(visible) = caller.grant.collection_fields(&request.collection) else {
+            return Err(SearchError::Forbidden(request.collection.clone()));
+        };
+        if visible == Access::All {
+            return Ok(visible);
+        }
+        let collection = &self.entry(&request.collection)?.collection;
+        let has = |name: &str| {
+            collection.text_field(name).is_some()
+                || collection.filter_field(name).is_some()
+                || collection.stored_field(name).is_some()
+        };
+        let hidden = |name: &str| has(name) && !visible.allows(name);
+        let refuse = |at: String, name: &str| SearchError::FieldForbidden {
+            at,
+            message: format!(
+                "field {name:?} of collection {} is not available to your roles",
+                collection.name
+            ),
+        };
+        if let Some((i, name)) = request.fields.iter().enumerate().find(|(_, n)| hidden(n)) {
+            return Err(refuse(format!("fields[{i}]"), name));
+        }
+        if let Some(filter) = &request.filter
+            && let Some((at, name)) = hidden_filter_field(filter, "filter", 1, &hidden)
+        {
+            return Err(refuse(at, &name));
+        }
+        Ok(visible)
     }
 
     /// `request` limited to the caller's tenant when its collection has a
@@ -530,10 +593,26 @@ impl SearchTool {
         &self,
         request: SearchRequest,
         query_vector: Option<Vec<f32>>,
+        visible: &Access,
     ) -> Result<SearchResponse> {
         let started = Instant::now();
         let entry = self.entry(&request.collection)?;
         let collection = &entry.collection;
+        let searched: Vec<String> = collection
+            .text
+            .iter()
+            .filter(|f| visible.allows(&f.name))
+            .map(|f| f.name.clone())
+            .collect();
+        if searched.is_empty() {
+            return Err(SearchError::FieldForbidden {
+                at: "collection".into(),
+                message: format!(
+                    "no text field of collection {} is available to your roles",
+                    collection.name
+                ),
+            });
+        }
         if let Some(v) = &query_vector {
             match entry.embedding_dimension {
                 None => {
@@ -571,7 +650,7 @@ impl SearchTool {
                 format!("{k} is above the limit of {}", self.config.max_k),
             ));
         }
-        let fields = self.requested_fields(collection, &request.fields)?;
+        let fields = self.requested_fields(collection, &request.fields, visible)?;
         let filter = match &request.filter {
             Some(f) => f.validate(collection)?,
             None => CheckedFilter::all(),
@@ -614,9 +693,11 @@ impl SearchTool {
             let index = Arc::clone(&entry.index);
             let query = request.query.clone();
             let filter = filter.clone();
-            let hits =
-                tokio::task::spawn_blocking(move || index.search_bm25(&query, &filter, candidates))
-                    .await??;
+            let searched = searched.clone();
+            let hits = tokio::task::spawn_blocking(move || {
+                index.search_bm25(&query, &filter, candidates, &searched)
+            })
+            .await??;
             Ok::<_, SearchError>(
                 hits.into_iter()
                     .map(|h| (h.key, f64::from(h.score)))
@@ -659,6 +740,7 @@ impl SearchTool {
                 candidates,
                 k,
                 &options,
+                &searched,
             )
             .await?;
             let hits = result
@@ -695,9 +777,9 @@ impl SearchTool {
             .collect();
         if let Some(reranker) = &self.reranker {
             let mut with_text = fields.clone();
-            for f in &collection.text {
-                if !with_text.iter().any(|w| w == &f.name) {
-                    with_text.push(f.name.clone());
+            for name in &searched {
+                if !with_text.contains(name) {
+                    with_text.push(name.clone());
                 }
             }
             self.fetch_fields(collection, &with_text, &mut hits).await?;
@@ -722,9 +804,22 @@ impl SearchTool {
         })
     }
 
-    fn requested_fields(&self, collection: &Collection, fields: &[String]) -> Result<Vec<String>> {
+    /// The fields to return: `fields`, or when empty every stored field
+    /// `visible` shows (hidden fields named in `fields` were refused by
+    /// [`SearchTool::visible`]).
+    fn requested_fields(
+        &self,
+        collection: &Collection,
+        fields: &[String],
+        visible: &Access,
+    ) -> Result<Vec<String>> {
         if fields.is_empty() {
-            return Ok(collection.stored.iter().map(|f| f.name.clone()).collect());
+            return Ok(collection
+                .stored
+                .iter()
+                .filter(|f| visible.allows(&f.name))
+                .map(|f| f.name.clone())
+                .collect());
         }
         let mut out = Vec::new();
         for (i, name) in fields.iter().enumerate() {
@@ -838,11 +933,37 @@ fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// `Ok` when the caller's policy grants `request.collection`.
-fn allowed(caller: &Caller, request: &SearchRequest) -> Result<()> {
-    if caller.grant.allows_collection(&request.collection) {
-        Ok(())
-    } else {
-        Err(SearchError::Forbidden(request.collection.clone()))
+/// The path and name of the first field of `filter` (found at `path`)
+/// that `hidden` says the caller may not use; paths as
+/// [`Filter::validate`] names them (`filter.and[1].eq.field`). Nesting
+/// beyond [`MAX_DEPTH`] is not walked: validation refuses it.
+fn hidden_filter_field(
+    filter: &Filter,
+    path: &str,
+    depth: usize,
+    hidden: &dyn Fn(&str) -> bool,
+) -> Option<(String, String)> {
+    if depth > MAX_DEPTH {
+        return None;
     }
+    let (op, field) = match filter {
+        Filter::Eq { field, .. } => ("eq", field),
+        Filter::In { field, .. } => ("in", field),
+        Filter::Range { field, .. } => ("range", field),
+        Filter::Prefix { field, .. } => ("prefix", field),
+        Filter::And(list) | Filter::Or(list) => {
+            let op = if matches!(filter, Filter::And(_)) {
+                "and"
+            } else {
+                "or"
+            };
+            return list.iter().enumerate().find_map(|(i, f)| {
+                hidden_filter_field(f, &format!("{path}.{op}[{i}]"), depth + 1, hidden)
+            });
+        }
+        Filter::Not(inner) => {
+            return hidden_filter_field(inner, &format!("{path}.not"), depth + 1, hidden);
+        }
+    };
+    hidden(field).then(|| (format!("{path}.{op}.field"), field.clone()))
 }

@@ -107,11 +107,10 @@ pub struct VectorResult {
     pub estimated_rows: f64,
 }
 
-fn base_condition(collection: &Collection) -> String {
-    let any_vector = collection
-        .text
+fn base_condition(searched: &[String]) -> String {
+    let any_vector = searched
         .iter()
-        .map(|f| format!("{} IS NOT NULL", quote_ident(&vector_column(&f.name))))
+        .map(|f| format!("{} IS NOT NULL", quote_ident(&vector_column(f))))
         .collect::<Vec<_>>()
         .join(" OR ");
     format!("NOT deleted AND ({any_vector})")
@@ -155,11 +154,16 @@ pub fn ef_search_for(
     }
 }
 
-/// The `k` documents nearest to `query` among those matching `filter`.
+/// The `k` documents nearest to `query` among those matching `filter`,
+/// by the vectors of the text fields named in `searched` only (the fields
+/// the caller may see: a document's distance is the smallest over those,
+/// and a document with vectors only in other fields takes no part).
 ///
 /// # Errors
 /// Database errors; [`SearchError::FailedPrecondition`] when the collection
-/// has no vector columns.
+/// has no vector columns; [`SearchError::Internal`] when `searched` names
+/// no text field of the collection.
+#[allow(clippy::too_many_arguments)] // the search's parts, each named
 pub async fn search(
     client: &mut Client,
     collection: &Collection,
@@ -168,10 +172,23 @@ pub async fn search(
     k: usize,
     min_hits: usize,
     options: &VectorOptions,
+    searched: &[String],
 ) -> Result<VectorResult> {
+    let searched: Vec<String> = collection
+        .text
+        .iter()
+        .filter(|f| searched.contains(&f.name))
+        .map(|f| f.name.clone())
+        .collect();
+    if searched.is_empty() {
+        return Err(SearchError::Internal(format!(
+            "vector search over collection {} without a text field to search",
+            collection.name
+        )));
+    }
     let min_hits = min_hits.clamp(1, k.max(1));
     let table = collection.docs_table();
-    let base = base_condition(collection);
+    let base = base_condition(&searched);
     let mut params = SqlParams::new();
     let condition = format!("{base} AND {}", filter.to_sql(&mut params));
     let estimated_rows = plan_rows(
@@ -207,16 +224,14 @@ pub async fn search(
             quote_ident(&vector_column(field))
         )
     };
-    let least = collection
-        .text
+    let least = searched
         .iter()
-        .map(|f| distance(&f.name))
+        .map(|f| distance(f))
         .collect::<Vec<_>>()
         .join(", ");
-    let vectors = collection
-        .text
+    let vectors = searched
         .iter()
-        .map(|f| quote_ident(&vector_column(&f.name)))
+        .map(|f| quote_ident(&vector_column(f)))
         .collect::<Vec<_>>()
         .join(", ");
     let exact_sql = format!(
@@ -246,12 +261,11 @@ pub async fn search(
             estimated_rows,
         });
     };
-    let branches = collection
-        .text
+    let branches = searched
         .iter()
         .map(|f| {
-            let column = quote_ident(&vector_column(&f.name));
-            let d = distance(&f.name);
+            let column = quote_ident(&vector_column(f));
+            let d = distance(f);
             format!(
                 "(SELECT key, {d} AS d FROM {table} WHERE {condition} AND {column} IS NOT NULL \
                  ORDER BY {d} LIMIT ${limit_param})"

@@ -198,6 +198,7 @@ async fn vector_search_is_exact_at_every_selectivity() {
                 K,
                 K,
                 &options,
+                &every_text_field(&c),
             )
             .await
             .unwrap();
@@ -255,6 +256,7 @@ async fn vector_search_is_exact_at_every_selectivity() {
         K,
         K,
         &fallback,
+        &every_text_field(&c),
     )
     .await
     .unwrap();
@@ -306,4 +308,9 @@ fn check(
         outside.len() <= misses,
         "{what}: not in the top {K} (k-th distance {kth}): {outside:?}"
     );
+}
+
+/// The names of `collection`'s text fields: search all their vectors.
+fn every_text_field(collection: &Collection) -> Vec<String> {
+    collection.text.iter().map(|f| f.name.clone()).collect()
 }
