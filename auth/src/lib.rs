@@ -25,6 +25,9 @@
 //!   to scopes, tables, columns, masks, row filters and a database role;
 //!   [`PolicyLayer`], placed after [`AuthLayer`], resolves each request's
 //!   [`Grant`] and refuses an RPC whose scope the grant lacks (default deny).
+//! - [`shares::TenantShares`] bounds what one tenant holds at once (Asks and
+//!   tool calls in flight, database connections): past its share a request
+//!   gets `RESOURCE_EXHAUSTED` with `RetryInfo`.
 //! - [`Caller`] is the caller context (principal, request id, deadline)
 //!   that every tool's domain calls take; adapters build it with
 //!   [`Caller::of`].
@@ -46,6 +49,7 @@ mod layer;
 mod policy;
 mod principal;
 mod rate_limit;
+pub mod shares;
 
 pub use caller::{Caller, MAX_REQUEST_ID_BYTES, REQUEST_ID_HEADER, grpc_timeout};
 pub use config::{AuthConfig, DEFAULT_JWT_SECRET_ENV};
