@@ -96,7 +96,10 @@ fn querying_implies_describing_but_not_the_reverse() {
     let grant = p.grant(&principal(&["analyst"], &[]));
     assert!(grant.has_scope("schema:read"));
     let grant = p.grant(&principal(&["analyst"], &["sql:query"]));
-    assert!(grant.has_scope("schema:read"), "implied after narrowing too");
+    assert!(
+        grant.has_scope("schema:read"),
+        "implied after narrowing too"
+    );
     let grant = p.grant(&principal(&["viewer"], &[]));
     assert!(!grant.has_scope("schema:read"), "viewer cannot query");
 }
