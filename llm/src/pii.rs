@@ -74,6 +74,19 @@
 //! the next question is replaced too. Shorter values would wipe ordinary
 //! words, so they are replaced only where a detector or
 //! [`Pseudonymizer::redact_value`] finds them.
+//!
+//! # Across requests
+//!
+//! A request that continues an earlier one (a follow-up in a conversation,
+//! whose earlier turns are sent to the model again) starts from what the
+//! earlier requests' pseudonymizers knew: [`Pseudonymizer::known`] lists
+//! the values with their placeholders, to store with the earlier turn, and
+//! [`Pseudonymizer::seed`] gives them to the new request's pseudonymizer
+//! before its first model call. A seeded value is replaced wherever it
+//! appears, as any value seen before, keeps its placeholder when it can (so
+//! placeholders stored in an earlier answer still stand for the same
+//! value), and a value seen again in the new request's rows gets that same
+//! placeholder.
 
 mod detect;
 mod redacting;
@@ -113,6 +126,28 @@ static PLACEHOLDER: LazyLock<Regex> = LazyLock::new(|| match Regex::new(r"<[A-Z0
     Ok(regex) => regex,
     Err(e) => panic!("invalid built-in placeholder pattern: {e}"),
 });
+
+/// One value a [`Pseudonymizer`] replaced, with its placeholder: what
+/// [`Pseudonymizer::known`] lists and [`Pseudonymizer::seed`] takes back.
+/// Serialises as `{"placeholder": "<NAME_1>", "value": "Ada Lovelace"}`
+/// (the label, e.g. the column tag or [`PiiKind::label`], is the
+/// placeholder's). Its `Debug` output shows the placeholder, never the
+/// value.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Known {
+    /// The placeholder, `<LABEL_N>`.
+    pub placeholder: String,
+    /// The original value it stands for.
+    pub value: String,
+}
+
+impl std::fmt::Debug for Known {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Known")
+            .field("placeholder", &self.placeholder)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Per-request reversible pseudonymisation of personal data.
 ///
@@ -281,6 +316,75 @@ impl Pseudonymizer {
             .into_owned()
     }
 
+    /// Every value replaced so far with its placeholder, in the order the
+    /// placeholders were issued (seeded ones by their number): what a later
+    /// request continuing this one passes to [`Pseudonymizer::seed`].
+    /// Includes the literals ([`LITERAL_LABEL`]), so that the later request
+    /// treats the same typed placeholder-like text the same way.
+    pub fn known(&self) -> Vec<Known> {
+        let state = self.lock();
+        let mut known: Vec<(u64, Known)> = state
+            .by_placeholder
+            .iter()
+            .map(|(placeholder, value)| {
+                let number = parse_placeholder(placeholder).map_or(0, |(_, n)| n);
+                let known = Known {
+                    placeholder: placeholder.clone(),
+                    value: value.clone(),
+                };
+                (number, known)
+            })
+            .collect();
+        known
+            .sort_by(|(a, ka), (b, kb)| a.cmp(b).then_with(|| ka.placeholder.cmp(&kb.placeholder)));
+        known.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// Makes `value` known as a request before this one knew it, under
+    /// `placeholder` (from [`Pseudonymizer::known`] of that request), and
+    /// returns the placeholder it now has. Call it before anything is
+    /// redacted.
+    ///
+    /// The value then behaves as one seen before in this request: it is
+    /// replaced wherever [`Pseudonymizer::redact`] meets it (from
+    /// [`MIN_SEARCHED_VALUE_CHARS`]), [`Pseudonymizer::redact_value`] gives
+    /// it the same placeholder, and restoring gives it back. It keeps
+    /// `placeholder` when that is a placeholder this module could issue
+    /// (`<LABEL_N>`, the label as [`Pseudonymizer::redact_value`] makes
+    /// them) that this pseudonymizer has neither issued nor seen as a
+    /// value; numbers issued later are higher than every seeded one.
+    /// Otherwise it gets the next number with the placeholder's label (or
+    /// [`PII_LABEL`] for a malformed one). A value already known keeps the
+    /// placeholder it has; an empty or all-blank value, and one that is a
+    /// placeholder issued here, are not seeded and come back as they are.
+    pub fn seed(&self, placeholder: &str, value: &str) -> String {
+        if value.trim().is_empty() {
+            return value.to_owned();
+        }
+        let mut state = self.lock();
+        if let Some(known) = state.by_value.get(value) {
+            return known.clone();
+        }
+        if state.by_placeholder.contains_key(value) {
+            return value.to_owned();
+        }
+        let parsed = parse_placeholder(placeholder);
+        match parsed {
+            Some((label, number))
+                if label_of(label) == label
+                    && placeholder != value
+                    && !state.by_placeholder.contains_key(placeholder)
+                    && !state.by_value.contains_key(placeholder) =>
+            {
+                state.issued = state.issued.max(number);
+                state.insert(placeholder, value);
+                placeholder.to_owned()
+            }
+            Some((label, _)) => state.assign(&label_of(label), value, &[]),
+            None => state.assign(PII_LABEL, value, &[]),
+        }
+    }
+
     /// A [`StreamRestorer`] for one streamed answer.
     pub fn stream_restorer(self: &Arc<Self>) -> StreamRestorer {
         StreamRestorer {
@@ -346,14 +450,20 @@ impl State {
                 break candidate;
             }
         };
+        self.insert(&placeholder, value);
+        placeholder
+    }
+
+    /// Records `placeholder` as standing for `value` (neither known yet).
+    fn insert(&mut self, placeholder: &str, value: &str) {
         self.longest = self.longest.max(placeholder.len());
         if value.chars().count() >= MIN_SEARCHED_VALUE_CHARS {
             self.searcher = None;
         }
-        self.by_value.insert(value.to_owned(), placeholder.clone());
+        self.by_value
+            .insert(value.to_owned(), placeholder.to_owned());
         self.by_placeholder
-            .insert(placeholder.clone(), value.to_owned());
-        placeholder
+            .insert(placeholder.to_owned(), value.to_owned());
     }
 
     /// Values seen before, as whole words, in the parts of `text` outside
@@ -436,6 +546,18 @@ fn whole_word(text: &str, range: Range<usize>) -> bool {
     };
     !joins(before.chars().next_back(), inner.chars().next())
         && !joins(inner.chars().next_back(), after.chars().next())
+}
+
+/// The label and number of `text` when all of it is one placeholder
+/// (`<NAME_12>` gives `("NAME", 12)`).
+fn parse_placeholder(text: &str) -> Option<(&str, u64)> {
+    let found = PLACEHOLDER.find(text)?;
+    if found.range() != (0..text.len()) {
+        return None;
+    }
+    let inner = text.strip_prefix('<')?.strip_suffix('>')?;
+    let (label, number) = inner.rsplit_once('_')?;
+    Some((label, number.parse().ok()?))
 }
 
 /// Adds `more` (found in the gaps of `spans`) to `spans`, keeping them in

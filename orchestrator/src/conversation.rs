@@ -16,6 +16,14 @@
 //! citations, and the request's `Usage` (as protobuf bytes, with tokens,
 //! cost and wall time also as columns for SQL over the table). Rows of
 //! results are never stored.
+//!
+//! A turn also stores the personal data its model calls saw as placeholders
+//! (`pii`, migration `V8__conversation_pii.sql`): each value the request's
+//! pseudonymizer replaced that the stored question, answer or SQL holds, in
+//! clear (an answer restored for a caller with `pii:read`) or as its
+//! placeholder (one without). A follow-up seeds its pseudonymizer with them
+//! ([`PriorTurn::pii`]), so that the earlier turns it sends to a model carry
+//! placeholders. `GetConversation` does not return them.
 
 use std::time::Duration;
 
@@ -23,6 +31,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use prost::Message as _;
 use quarry_auth::Principal;
+use quarry_llm::pii::Known;
 use quarry_proto::v1::{
     AnswerStatus, AskMode, Citation, CitationKind, ConversationSummary, ConversationTurn,
     GetConversationResponse, TurnToolCall, Usage,
@@ -91,6 +100,9 @@ pub struct PriorTurn {
     pub answer: String,
     /// The last SQL that ran in that turn.
     pub sql: Option<String>,
+    /// The values that turn pseudonymised which its question, answer or SQL
+    /// holds, with their placeholders ([`TurnRecord::pii`]).
+    pub pii: Vec<Known>,
 }
 
 /// One finished `Ask`, to store.
@@ -107,6 +119,26 @@ pub struct TurnRecord {
     pub status: AnswerStatus,
     pub citations: Vec<Citation>,
     pub usage: Usage,
+    /// The values the request's pseudonymizer replaced that `question`,
+    /// `answer` or `sql` holds, in clear or as the placeholder
+    /// ([`referenced_pii`]): what a follow-up must seed its own
+    /// pseudonymizer with before sending this turn to a model.
+    pub pii: Vec<Known>,
+}
+
+/// Of `known` (a request's [`quarry_llm::pii::Pseudonymizer::known`]), the
+/// values that one of `texts` holds, in clear or as the placeholder. Only
+/// those are stored with a turn: the rest of what the request saw (rows
+/// never mentioned again) is not kept.
+pub fn referenced_pii(known: Vec<Known>, texts: &[&str]) -> Vec<Known> {
+    known
+        .into_iter()
+        .filter(|k| {
+            texts
+                .iter()
+                .any(|t| t.contains(&k.value) || t.contains(&k.placeholder))
+        })
+        .collect()
 }
 
 /// A tool call as stored (`tool_calls` jsonb).
@@ -177,10 +209,10 @@ impl ConversationStore {
         // prepared once per pooled connection, as `append`'s statement
         let statement = client
             .prepare_cached(
-                "SELECT t.turn, t.question, t.answer, t.sql
+                "SELECT t.turn, t.question, t.answer, t.sql, t.pii
                    FROM quarry.conversations c
                    LEFT JOIN LATERAL (
-                        SELECT turn, question, answer, sql
+                        SELECT turn, question, answer, sql, pii
                           FROM quarry.conversation_turns
                          WHERE conversation_id = c.id
                          ORDER BY turn DESC
@@ -210,10 +242,15 @@ impl ConversationStore {
             if row.get::<_, Option<i32>>(0).is_none() {
                 continue; // a conversation row without turns (none yet)
             }
+            // unreadable values would leave the turn's personal data unknown
+            // to the follow-up's pseudonymizer: refuse rather than send it
+            let pii = serde_json::from_value(row.get(4))
+                .map_err(|e| ConversationError::Database(format!("stored pii of a turn: {e}")))?;
             turns.push(PriorTurn {
                 question: row.get(1),
                 answer: row.get(2),
                 sql: row.get(3),
+                pii,
             });
         }
         Ok(turns)
@@ -261,6 +298,8 @@ impl ConversationStore {
             .map_err(|e| ConversationError::Database(e.to_string()))?;
         let citations = serde_json::to_value(citations)
             .map_err(|e| ConversationError::Database(e.to_string()))?;
+        let pii = serde_json::to_value(&record.pii)
+            .map_err(|e| ConversationError::Database(e.to_string()))?;
         let usage = &record.usage;
         let cost = usage.cost_known.then_some(usage.cost_usd);
         let client = self.pool.get().await?;
@@ -279,9 +318,9 @@ impl ConversationStore {
                  INSERT INTO quarry.conversation_turns
                         (conversation_id, turn, request_id, question, mode, route, tool_calls,
                          sql, answer, status, citations, prompt_tokens, completion_tokens,
-                         cost_usd, elapsed_ms, usage)
+                         cost_usd, elapsed_ms, usage, pii)
                  SELECT $1, c.turn_count, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                        $16, $17, $18
+                        $16, $17, $18, $19
                    FROM c
                  RETURNING turn",
             )
@@ -308,6 +347,7 @@ impl ConversationStore {
                     &cost,
                     &(usage.elapsed_ms as i64),
                     &usage.encode_to_vec(),
+                    &pii,
                 ],
             )
             .await?;
@@ -631,6 +671,30 @@ mod tests {
         for bad in ["", "x", "1.2", "abc.def", "12", "1.not-a-uuid"] {
             assert_eq!(parse_page_token(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn only_values_the_stored_text_holds_are_kept_with_a_turn() {
+        let known = |placeholder: &str, value: &str| Known {
+            placeholder: placeholder.to_string(),
+            value: value.to_string(),
+        };
+        let all = vec![
+            known("<NAME_1>", "Ada Lovelace"),
+            known("<NAME_2>", "Mary Somerville"),
+            known("<EMAIL_3>", "ada@example.com"),
+            known("<NAME_4>", "Charles Babbage"),
+        ];
+        let kept = referenced_pii(
+            all,
+            &[
+                "who wrote to ada@example.com?",
+                "Ada Lovelace did.",
+                "SELECT 1 WHERE x = '<NAME_4>'",
+            ],
+        );
+        let kept: Vec<&str> = kept.iter().map(|k| k.placeholder.as_str()).collect();
+        assert_eq!(kept, ["<NAME_1>", "<EMAIL_3>", "<NAME_4>"]);
     }
 
     #[test]

@@ -428,6 +428,23 @@ proptest! {
     }
 
     #[test]
+    fn a_seeded_pseudonymizer_redacts_and_restores_as_the_one_it_was_seeded_from(
+        text in "\\PC{0,60}|[a-z ]{0,10}(alice@example.com|<EMAIL_1>|<NAME_2>|Ada)[a-z <>]{0,10}",
+    ) {
+        let earlier = Pseudonymizer::new();
+        earlier.redact_value("name", "Ada");
+        earlier.redact(&text);
+        let later = Pseudonymizer::new();
+        for known in earlier.known() {
+            later.seed(&known.placeholder, &known.value);
+        }
+        prop_assert_eq!(later.known(), earlier.known());
+        let redacted = later.redact(&text);
+        prop_assert_eq!(&redacted, &earlier.redact(&text));
+        prop_assert_eq!(later.restore(&redacted), text);
+    }
+
+    #[test]
     fn restore_inverts_redact_even_when_redacted_twice(text in "\\PC{0,80}") {
         let pii = Pseudonymizer::new();
         let redacted = pii.redact(&text);
@@ -435,6 +452,90 @@ proptest! {
         let twice = pii.redact(&redacted);
         prop_assert_eq!(pii.restore(&twice), text);
     }
+}
+
+#[test]
+fn known_lists_values_in_issue_order_and_never_debug_prints_them() {
+    let pii = Pseudonymizer::new();
+    pii.redact_value("name", "Ada Lovelace");
+    pii.redact("mail ada@example.com, not <EMAIL_9>");
+    let known = pii.known();
+    let listed: Vec<(&str, &str)> = known
+        .iter()
+        .map(|k| (k.placeholder.as_str(), k.value.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("<NAME_1>", "Ada Lovelace"),
+            ("<LITERAL_2>", "<EMAIL_9>"),
+            ("<EMAIL_3>", "ada@example.com"),
+        ]
+    );
+    assert!(!format!("{known:?}").contains("Ada"), "{known:?}");
+    assert_eq!(
+        serde_json::to_string(&known[0]).unwrap(),
+        r#"{"placeholder":"<NAME_1>","value":"Ada Lovelace"}"#
+    );
+}
+
+#[test]
+fn seeded_values_keep_their_placeholders_and_are_found_again() {
+    let pii = Pseudonymizer::new();
+    assert_eq!(pii.seed("<NAME_4>", "Ada Lovelace"), "<NAME_4>");
+    assert_eq!(pii.seed("<EMAIL_2>", "ada@example.com"), "<EMAIL_2>");
+    // earlier text, in clear or already with the placeholders
+    assert_eq!(
+        pii.redact("Ada Lovelace (ada@example.com), i.e. <NAME_4>"),
+        "<NAME_4> (<EMAIL_2>), i.e. <NAME_4>"
+    );
+    // the same value in this request's rows: the same placeholder
+    assert_eq!(pii.redact_value("name", "Ada Lovelace"), "<NAME_4>");
+    // new values are numbered after every seeded one
+    assert_eq!(pii.redact_value("name", "Mary Somerville"), "<NAME_5>");
+    assert_eq!(
+        pii.restore("<NAME_4>, <EMAIL_2>, <NAME_5>"),
+        "Ada Lovelace, ada@example.com, Mary Somerville"
+    );
+}
+
+#[test]
+fn a_seed_that_cannot_keep_its_placeholder_gets_a_new_one() {
+    let pii = Pseudonymizer::new();
+    assert_eq!(pii.seed("<NAME_1>", "Ada Lovelace"), "<NAME_1>");
+    // taken by another value (two turns that numbered independently)
+    assert_eq!(pii.seed("<NAME_1>", "Mary Somerville"), "<NAME_2>");
+    // a value already known keeps its placeholder
+    assert_eq!(pii.seed("<NAME_7>", "Ada Lovelace"), "<NAME_1>");
+    // not a placeholder this module could issue: a fresh one
+    assert_eq!(pii.seed("NAME_1", "Charles Babbage"), "<PII_3>");
+    assert_eq!(pii.seed("<name_1>", "Ada Byron"), "<PII_4>");
+    assert_eq!(
+        pii.seed("<NAME_99999999999999999999999>", "Lord Byron"),
+        "<PII_5>"
+    );
+    // nothing to hide, or a placeholder issued here: not seeded
+    assert_eq!(pii.seed("<NAME_6>", "  "), "  ");
+    assert_eq!(pii.seed("<NAME_6>", "<NAME_1>"), "<NAME_1>");
+    assert_eq!(pii.value_count(), 5);
+    assert_eq!(
+        pii.restore("<NAME_2> <PII_3>"),
+        "Mary Somerville Charles Babbage"
+    );
+}
+
+#[test]
+fn a_seed_whose_placeholder_was_typed_as_a_literal_is_renumbered() {
+    let pii = Pseudonymizer::new();
+    // the earlier request saw `<EMAIL_1>` typed, and stored it as a literal
+    assert_eq!(pii.seed("<LITERAL_1>", "<EMAIL_1>"), "<LITERAL_1>");
+    // a conflicting seed cannot make the typed text reveal a value
+    assert_eq!(pii.seed("<EMAIL_1>", "ada@example.com"), "<EMAIL_2>");
+    assert_eq!(pii.redact("typed <EMAIL_1>"), "typed <LITERAL_1>");
+    assert_eq!(
+        pii.restore("<LITERAL_1> <EMAIL_2>"),
+        "<EMAIL_1> ada@example.com"
+    );
 }
 
 /// A model that records its requests and plays fixed events.

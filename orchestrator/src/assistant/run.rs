@@ -20,7 +20,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::{AskStream, Assistant, models::AskModels};
 use crate::{
     caller::AskCaller,
-    conversation::{PriorTurn, TurnRecord},
+    conversation::{PriorTurn, TurnRecord, referenced_pii},
     tools::ToolContext,
     usage::{Accounting, ToolClock},
 };
@@ -69,7 +69,7 @@ impl Assistant {
             async move {
                 let mut run = Run::new(this, caller, tx);
                 run.conversation_id = conversation_id;
-                run.history = history;
+                run.set_history(history);
                 run.execute(request).await;
             }
             .instrument(span),
@@ -166,6 +166,22 @@ impl Run {
             history: Vec::new(),
             turn: Mutex::new(TurnLog::default()),
         }
+    }
+
+    /// Makes `history` (oldest first) the earlier turns of this run and
+    /// seeds its pseudonymizer with their personal data, newest turn first,
+    /// before any model call: the earlier questions, answers and SQL are
+    /// sent to a model as placeholders (the answers of a `pii:read` caller
+    /// were stored restored), each value with the placeholder its turn gave
+    /// it where that is still free, and one seen again in this request's
+    /// rows gets that same placeholder.
+    pub(super) fn set_history(&mut self, history: Vec<PriorTurn>) {
+        for turn in history.iter().rev() {
+            for known in &turn.pii {
+                self.models.pii.seed(&known.placeholder, &known.value);
+            }
+        }
+        self.history = history;
     }
 
     /// What a tool call of this request is made in.
@@ -334,7 +350,7 @@ impl Run {
         let started = Instant::now();
         let record = {
             let mut log = self.log();
-            TurnRecord {
+            let mut record = TurnRecord {
                 request_id: std::mem::take(&mut log.request_id),
                 question: std::mem::take(&mut log.question),
                 mode: log.mode,
@@ -345,7 +361,17 @@ impl Run {
                 status,
                 citations,
                 usage: usage.clone(),
-            }
+                pii: Vec::new(),
+            };
+            // what a follow-up sends to a model again: the question, the
+            // answer and the SQL
+            let sent_again = [
+                record.question.as_str(),
+                record.answer.as_str(),
+                record.sql.as_deref().unwrap_or_default(),
+            ];
+            record.pii = referenced_pii(self.models.pii.known(), &sent_again);
+            record
         };
         match store
             .append(self.conversation_id, &self.caller.caller.principal, &record)

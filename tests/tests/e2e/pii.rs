@@ -3,7 +3,9 @@
 //! only as per-request placeholders — in the question, the rows and the
 //! digest — and the streamed answer shows the original values only to a
 //! caller with `pii:read`. Over a real server and PostgreSQL, with the
-//! scripted model answering with the placeholders it was sent.
+//! scripted model answering with the placeholders it was sent. A
+//! follow-up in a conversation sends the earlier turns (stored with the
+//! original values for a `pii:read` caller) as placeholders too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -11,9 +13,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use quarry_llm::testing::{ScriptedServer, ScriptedToolCall, ScriptedTurn};
-use quarry_proto::v1::{AskResponse, tool_result::Outcome, value::Kind};
+use quarry_proto::v1::{
+    AskRequest, AskResponse, GetConversationRequest, tool_result::Outcome, value::Kind,
+};
 use quarry_tests::{
-    TestServer, answer_deltas, ask, authed, final_answer, token_with_roles, tool_results,
+    TestServer, answer_deltas, ask, authed, conversation_id, final_answer, token_with_roles,
+    tool_results,
 };
 use serde_json::Value as Json;
 
@@ -129,10 +134,14 @@ fn model_turn(body: &Json, query: Query) -> ScriptedTurn {
 }
 
 async fn ask_as(server: &TestServer, role: &str, question: &str) -> Vec<AskResponse> {
+    ask_request_as(server, role, ask(question)).await
+}
+
+async fn ask_request_as(server: &TestServer, role: &str, request: AskRequest) -> Vec<AskResponse> {
     let token = token_with_roles("t1", role, &[role], &[]);
     let mut stream = server
         .assistant()
-        .ask(authed(ask(question), &token))
+        .ask(authed(request, &token))
         .await
         .unwrap()
         .into_inner();
@@ -286,4 +295,155 @@ async fn pii_in_the_question_and_the_rows_never_reaches_the_model_and_comes_back
 #[tokio::test]
 async fn the_sql_tools_own_models_see_placeholders_and_its_sql_runs_with_the_value() {
     check(Query::Question, 4).await;
+}
+
+/// The scripted answer model over a conversation. A first question goes
+/// as in [`model_turn`] (`query_database` with [`ARTISTS_SQL`], then an
+/// answer repeating the placeholders). A follow-up (more than one user
+/// message) queries the artists again, then answers `Earlier: <the
+/// placeholders of the earlier answers>. Now: <those of the rows>.`
+fn conversation_turn(body: &Json) -> ScriptedTurn {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    if messages.iter().filter(|m| m["role"] == "user").count() < 2 {
+        return model_turn(body, Query::Sql);
+    }
+    let Some(tool) = messages.iter().find(|m| m["role"] == "tool") else {
+        let arguments = serde_json::json!({ "sql": ARTISTS_SQL });
+        return ScriptedTurn::tool_calls(vec![
+            ScriptedToolCall::new("query_database", arguments.to_string()).with_id("call_again"),
+        ]);
+    };
+    let earlier = message_text(&messages, "assistant");
+    let result = tool["content"].as_str().unwrap_or_default();
+    let answer = format!(
+        "Earlier: {}. Now: {}.",
+        placeholders(&earlier).join(" "),
+        placeholders(result).join(" ")
+    );
+    let chars: Vec<char> = answer.chars().collect();
+    ScriptedTurn::text_chunks(chars.chunks(3).map(|c| c.iter().collect::<String>()))
+}
+
+/// The `<NAME_n>` placeholders of `text`, sorted.
+fn name_placeholders(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = placeholders(text)
+        .into_iter()
+        .filter(|p| p.starts_with("<NAME_"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A conversation of two turns, as a caller with `pii:read` and as one
+/// without: the first answer names the artists (restored for the first
+/// caller, and stored so); the follow-up types one name, and its model
+/// calls get the earlier question, answer and the new question with
+/// placeholders only, the same placeholder for a name in the earlier answer
+/// and in the follow-up's rows; its answer restores them only for the first
+/// caller. GetConversation still returns the answers as streamed.
+#[tokio::test]
+async fn a_follow_up_sends_the_earlier_turns_personal_data_as_the_same_placeholders() {
+    let model = ScriptedServer::start_responder(conversation_turn).await;
+    let server = TestServer::with_model(&model, PII_ROLES).await;
+    let names = plant(&server).await;
+    assert_eq!(names.len(), 3, "{names:?}");
+    let mut planted: Vec<&str> = vec![EMAIL, PHONE, CARD, IBAN];
+    planted.extend(names.iter().map(String::as_str));
+
+    for (role, reveals) in [("pii_reader", true), ("pii_blind", false)] {
+        let first = ask_as(&server, role, "Which artists are there?").await;
+        let first_answer = final_answer(&first).text;
+        assert_eq!(
+            names.iter().all(|n| first_answer.contains(n)),
+            reveals,
+            "{role}: {first_answer}"
+        );
+        let id = conversation_id(&first);
+
+        let before = model.requests().len();
+        let question = format!("Where was {} born?", names[0]);
+        let request = AskRequest {
+            conversation_id: id.clone(),
+            ..ask(&question)
+        };
+        let second = ask_request_as(&server, role, request).await;
+        assert_eq!(conversation_id(&second), id, "{role}");
+        let bodies = &model.requests()[before..];
+        assert_eq!(bodies.len(), 2, "{role}: {bodies:#?}");
+        for body in bodies {
+            let body = body.to_string();
+            for value in &planted {
+                assert!(
+                    !body.contains(value),
+                    "{role}: {value:?} of an earlier turn sent to the model: {body}"
+                );
+            }
+        }
+
+        // one placeholder per name, across the turns
+        let messages = bodies[1]["messages"].as_array().cloned().unwrap();
+        let earlier = message_text(&messages, "assistant");
+        let rows = messages
+            .iter()
+            .find(|m| m["role"] == "tool")
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default();
+        let in_rows = name_placeholders(rows);
+        assert_eq!(in_rows.len(), 3, "{role}: {rows}");
+        assert_eq!(name_placeholders(&earlier), in_rows, "{role}: {earlier}");
+        let asked = message_text(&messages, "user");
+        let typed = name_placeholders(&asked);
+        assert!(
+            typed.len() == 1 && in_rows.contains(&typed[0]),
+            "{role}: {asked}"
+        );
+
+        let answer = final_answer(&second).text;
+        assert!(answer.starts_with("Earlier: "), "{role}: {answer}");
+        if reveals {
+            for name in &names {
+                assert!(
+                    answer.contains(name),
+                    "{role}: {name:?} not restored in {answer}"
+                );
+            }
+            assert!(placeholders(&answer).is_empty(), "{role}: {answer}");
+        } else {
+            for value in &planted {
+                assert!(
+                    !answer.contains(value),
+                    "{role}: {value:?} revealed in {answer}"
+                );
+            }
+            assert_eq!(name_placeholders(&answer).len(), 3, "{role}: {answer}");
+        }
+
+        // the stored conversation is returned as it was streamed
+        let token = token_with_roles("t1", role, &[role], &[]);
+        let stored = server
+            .assistant()
+            .get_conversation(authed(
+                GetConversationRequest {
+                    conversation_id: id.clone(),
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let stored: Vec<(&str, &str)> = stored
+            .turns
+            .iter()
+            .map(|t| (t.question.as_str(), t.answer.as_str()))
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                ("Which artists are there?", first_answer.as_str()),
+                (question.as_str(), answer.as_str()),
+            ],
+            "{role}"
+        );
+    }
+    server.stop().await;
 }
