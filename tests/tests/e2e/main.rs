@@ -10,6 +10,7 @@ mod auth;
 mod cancel;
 mod catalog;
 mod conversation;
+mod fairness;
 mod generate;
 mod governance;
 mod governance_props;

@@ -52,6 +52,16 @@ pub enum SqlError {
 pub type Result<T, E = SqlError> = std::result::Result<T, E>;
 
 impl SqlError {
+    /// Whether this is a lack of capacity (the tenant's share of the pool
+    /// is taken, or no connection could be had), not a fault of the SQL:
+    /// retrying later helps, rewriting the query does not.
+    pub fn is_capacity(&self) -> bool {
+        matches!(
+            self,
+            Self::Pool(_) | Self::Exec(ExecError::Busy(_) | ExecError::Pool(_))
+        )
+    }
+
     /// The request field at fault, for the errors that are the caller's:
     /// refused SQL and a golden pair without rows (`sql`), an unknown schema
     /// (`schemas`).
@@ -86,6 +96,7 @@ impl ServiceError for ExecError {
         match self {
             Self::Timeout { .. } => ServiceErrorCode::Timeout,
             Self::Pool(_) | Self::Connection(_) => ServiceErrorCode::Unavailable,
+            Self::Busy(_) => ServiceErrorCode::ResourceExhausted,
             // class 53 insufficient resources (53400: temp_file_limit) and
             // 54 program limit exceeded (PostgreSQL 16 docs, Appendix A):
             // the query asks for more than it may use
@@ -131,6 +142,9 @@ impl ServiceError for SqlError {
     }
 
     fn error_details(&self) -> Option<ErrorDetails> {
+        if let Self::Exec(ExecError::Busy(busy)) = self {
+            return Some(ErrorDetails::with_retry_info(Some(busy.retry_after)));
+        }
         self.violation().map(|v| v.details())
     }
 

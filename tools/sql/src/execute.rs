@@ -77,6 +77,14 @@ pub struct ExecConfig {
     /// result is skipped when its own estimate is above the ceiling. `None`
     /// (the default) plans nothing extra.
     pub max_estimated_cost: Option<f64>,
+    /// The fraction of the pool's connections one tenant's queries may hold
+    /// at once (rounded down, at least one): a tenant with many slow queries
+    /// in flight leaves the rest to the others. Default 0.5.
+    pub tenant_share: f64,
+    /// How long a query waits for a slot of its tenant's share before it is
+    /// refused with `RESOURCE_EXHAUSTED` and `RetryInfo`, in milliseconds.
+    /// Default 250.
+    pub tenant_wait_ms: u64,
     /// `work_mem` of each query, in kB: memory one sort or hash may use
     /// before it spills to temporary files (PostgreSQL 16 docs §20.4.1).
     /// Default 4,096 (PostgreSQL's own default, set explicitly so a database
@@ -102,6 +110,8 @@ impl Default for ExecConfig {
             max_estimated_cost: None,
             work_mem_kb: 4_096,
             temp_file_limit_kb: 262_144,
+            tenant_share: 0.5,
+            tenant_wait_ms: 250,
         }
     }
 }
@@ -336,6 +346,9 @@ pub enum ExecError {
     /// No connection could be taken from the pool.
     #[error("no database connection available: {0}")]
     Pool(#[from] PoolError),
+    /// The caller's tenant already holds its share of the pool.
+    #[error(transparent)]
+    Busy(#[from] quarry_auth::shares::ShareExhausted),
     /// `statement_timeout` fired (SQLSTATE 57014) or the call's budget ran out.
     #[error("query exceeded the time limit of {timeout_ms} ms")]
     Timeout {
@@ -414,6 +427,7 @@ impl ExecError {
             Self::Database { code, .. } => Some(code),
             Self::Timeout { .. } => Some(SqlState::QUERY_CANCELED.code()),
             Self::Pool(_)
+            | Self::Busy(_)
             | Self::TooExpensive { .. }
             | Self::TooLarge { .. }
             | Self::Decode { .. }
@@ -427,6 +441,8 @@ impl ExecError {
 pub struct Executor {
     pool: Pool,
     config: ExecConfig,
+    /// Each tenant's share of the pool's connections (governed queries).
+    shares: quarry_auth::shares::TenantShares,
 }
 
 impl std::fmt::Debug for Executor {
@@ -439,8 +455,27 @@ impl std::fmt::Debug for Executor {
 
 impl Executor {
     /// An executor over `pool` with the given limits.
+    /// Each tenant may hold [`ExecConfig::tenant_share`] of the pool's
+    /// connections at once.
     pub fn new(pool: Pool, config: ExecConfig) -> Self {
-        Self { pool, config }
+        let shares = quarry_auth::shares::TenantShares::new(
+            "database connections",
+            quarry_auth::shares::TenantShares::share_of(
+                pool.status().max_size,
+                config.tenant_share,
+            ),
+            Duration::from_millis(config.tenant_wait_ms),
+        );
+        Self {
+            pool,
+            config,
+            shares,
+        }
+    }
+
+    /// Each tenant's share of the pool's connections.
+    pub fn tenant_shares(&self) -> &quarry_auth::shares::TenantShares {
+        &self.shares
     }
 
     /// The limits in force.
@@ -522,6 +557,11 @@ impl Executor {
         let started = Instant::now();
         let timeout_ms = self.config.statement_timeout_ms.max(1);
         let budget = Duration::from_millis(timeout_ms);
+        // a governed query counts against its tenant's share of the pool
+        let _share = match session {
+            Some(session) => Some(self.shares.acquire(&session.tenant).await?),
+            None => None,
+        };
         let client = self.pool.get().await?;
         let mut guard = CancelOnDrop::new(client);
         let Some(client) = guard.client.as_mut() else {

@@ -20,7 +20,8 @@ use serde::Deserialize;
 use tracing::{info, instrument, warn};
 
 use crate::{
-    ExecConfig, Executor, QueryResult, Rejection, TableInfo, ValidatedQuery, ValidationPolicy,
+    ExecConfig, ExecError, Executor, QueryResult, Rejection, TableInfo, ValidatedQuery,
+    ValidationPolicy,
     catalog::{self, CatalogError, StoredCatalog},
     compact_description, describe_schema,
     error::SqlError,
@@ -1046,6 +1047,7 @@ impl SqlTool {
             return Ok(generated);
         }
         match self.execute(caller, &sql, max_rows).await {
+            Err(error) if error.is_capacity() => return Err(error),
             Ok(result) => {
                 generated.attempts.push(Attempt {
                     sql,
@@ -1259,6 +1261,8 @@ impl SqlTool {
             }
             let result = match self.execute_audited(caller, "generate", &query).await {
                 Ok(result) => result,
+                // no capacity now: another attempt by the model cannot help
+                Err(error @ (ExecError::Busy(_) | ExecError::Pool(_))) => return Err(error.into()),
                 Err(error) => {
                     attempts.push(Attempt {
                         sql,
