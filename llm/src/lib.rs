@@ -50,6 +50,7 @@ pub mod embed;
 mod error;
 mod openai;
 pub mod pii;
+pub mod prompt;
 #[cfg(feature = "test-util")]
 pub mod testing;
 mod usage;

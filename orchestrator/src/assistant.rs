@@ -68,6 +68,8 @@ mod run;
 
 use std::sync::Arc;
 
+use quarry_auth::shares::TenantShares;
+
 use quarry_llm::ChatModel;
 use quarry_proto::v1::{
     AskResponse, search_service_client::SearchServiceClient, sql_service_client::SqlServiceClient,
@@ -103,6 +105,10 @@ pub struct Assistant {
     tools: ToolRegistry,
     conversations: Option<ConversationStore>,
     config: OrchestratorConfig,
+    /// Each tenant's share of Asks in flight.
+    asks: TenantShares,
+    /// Each tenant's share of agentic tool calls running.
+    tool_calls: TenantShares,
 }
 
 impl std::fmt::Debug for Assistant {
@@ -129,6 +135,7 @@ impl Assistant {
             config.max_cell_chars,
         ));
         let tools = ToolRegistry::new().with(sql_tool.clone());
+        let wait = std::time::Duration::from_millis(config.tenant_wait_ms);
         Self {
             models: models::Models::new(model),
             sql,
@@ -137,6 +144,12 @@ impl Assistant {
             summaries: None,
             tools,
             conversations: None,
+            asks: TenantShares::new("asks in flight", config.max_asks_per_tenant, wait),
+            tool_calls: TenantShares::new(
+                "tool calls in flight",
+                config.max_tool_calls_per_tenant,
+                wait,
+            ),
             config,
         }
     }

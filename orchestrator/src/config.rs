@@ -46,6 +46,22 @@ pub struct OrchestratorConfig {
     /// `false` keeps router mode deterministic (rules only) even with a
     /// model configured. Without a model it has no effect. Default true.
     pub route_with_model: bool,
+    /// Asks one tenant may have in flight at once; one more is refused with
+    /// `RESOURCE_EXHAUSTED` and `RetryInfo` after `tenant_wait_ms`. Default 8.
+    pub max_asks_per_tenant: usize,
+    /// Agentic tool calls one tenant may have running at once, over all its
+    /// Asks; a call past it waits `tenant_wait_ms`, then fails with an error
+    /// result the model is shown. Default 8.
+    pub max_tool_calls_per_tenant: usize,
+    /// Tool calls run per model step; the model's further calls of that
+    /// step get an error result instead of running. Default 8.
+    pub max_tool_calls_per_step: usize,
+    /// Tool calls run per Ask over all its steps; past it calls get an
+    /// error result. Default 24.
+    pub max_tool_calls_per_ask: usize,
+    /// How long an Ask or a tool call waits for a slot of its tenant's share,
+    /// in milliseconds. Default 250.
+    pub tenant_wait_ms: u64,
 }
 
 impl Default for OrchestratorConfig {
@@ -62,6 +78,11 @@ impl Default for OrchestratorConfig {
             conversation_retention_days: 30,
             conversation_turns: 6,
             route_with_model: true,
+            max_asks_per_tenant: 8,
+            max_tool_calls_per_tenant: 8,
+            max_tool_calls_per_step: 8,
+            max_tool_calls_per_ask: 24,
+            tenant_wait_ms: 250,
         }
     }
 }

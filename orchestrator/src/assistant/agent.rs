@@ -94,6 +94,7 @@ impl Run {
         let max_steps = self.assistant.config.max_steps;
         let max_tokens = self.assistant.config.max_tokens;
         let price = model.price();
+        let mut tool_calls_run = 0usize;
         for step in 1..=max_steps {
             let mut stream = model.chat_stream(ChatRequest::new(messages.clone(), tools.clone()));
             self.accounting.model_call_sent(step, model.name());
@@ -147,10 +148,34 @@ impl Run {
                 content: (!content.is_empty()).then_some(content),
                 tool_calls: calls.clone(),
             });
-            self.accounting.tool_calls(calls.len());
+            // calls past the per-step or per-Ask cap get an error result
+            // (every call id needs one) instead of running
+            let per_step = self.assistant.config.max_tool_calls_per_step;
+            let per_ask = self.assistant.config.max_tool_calls_per_ask;
+            let refusals: Vec<Option<String>> = (0..calls.len())
+                .map(|i| {
+                    if i >= per_step {
+                        Some(format!(
+                            "not run: at most {per_step} tool calls are run per step; call fewer tools at once"
+                        ))
+                    } else if tool_calls_run + i >= per_ask {
+                        Some(format!(
+                            "not run: the limit of {per_ask} tool calls for one question was reached; answer with what you have"
+                        ))
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let run_now = refusals.iter().filter(|r| r.is_none()).count();
+            tool_calls_run += run_now;
+            self.accounting.tool_calls(run_now);
             let this = &*self;
             let outputs = futures::future::try_join_all(
-                calls.iter().map(|call| this.agent_call(call, &offered)),
+                calls
+                    .iter()
+                    .zip(&refusals)
+                    .map(|(call, refusal)| this.agent_call(call, &offered, refusal.as_deref())),
             )
             .await?;
             self.account_tool_model_calls();
@@ -175,19 +200,40 @@ impl Run {
     }
 
     /// Runs one tool call the model made: emits `tool_call_started`, runs
-    /// the offered tool of that name, emits `tool_result`. A tool that was
-    /// not `offered` is refused with an error result naming the tools
-    /// offered (the model can then recover). Returns the text for the model
+    /// the offered tool of that name within the tenant's share of tool calls
+    /// in flight, emits `tool_result`. A tool that was not `offered` is
+    /// refused with an error result naming the tools offered (the model can
+    /// then recover); a call with a `refusal` (a cap was reached), or one
+    /// that finds no slot of the tenant's share in time, gets that as its
+    /// error result. Returns the text for the model
     /// and the citations the call earns.
-    async fn agent_call(&self, call: &ToolCall, offered: &Offered) -> Result<AgentCalled, Gone> {
+    async fn agent_call(
+        &self,
+        call: &ToolCall,
+        offered: &Offered,
+        refusal: Option<&str>,
+    ) -> Result<AgentCalled, Gone> {
         let tool = offered.get(&call.name);
         if tool.is_none() {
             warn!(tool = %call.name, "model called a tool that was not offered");
         }
         let started = self.tool_started(call).await?;
-        let outcome = match tool {
-            Some(tool) => tool.call(call, self.tool_context()).await,
-            None => ToolOutcome::failed(&call.id, offered.refusal(&call.name)),
+        let outcome = match (tool, refusal) {
+            (_, Some(refusal)) => ToolOutcome::failed(&call.id, refusal.to_owned()),
+            (None, None) => ToolOutcome::failed(&call.id, offered.refusal(&call.name)),
+            (Some(tool), None) => {
+                // the call counts against the tenant's share of tool calls
+                // in flight, over all its Asks
+                match self
+                    .assistant
+                    .tool_calls
+                    .acquire(&self.caller.caller.principal.tenant)
+                    .await
+                {
+                    Ok(_slot) => tool.call(call, self.tool_context()).await,
+                    Err(busy) => ToolOutcome::failed(&call.id, format!("not run: {busy}")),
+                }
+            }
         };
         self.tool_finished(call, outcome.result, outcome.model_calls, started)
             .await?;

@@ -33,14 +33,21 @@ impl Assistant {
     /// and stops when the receiver is dropped (the client went away).
     ///
     /// # Errors
-    /// `NOT_FOUND` when `conversation_id` names no live conversation of the
-    /// caller; `FAILED_PRECONDITION` when it names one but conversations are
+    /// `RESOURCE_EXHAUSTED` (with `RetryInfo`) when the caller's tenant has
+    /// `max_asks_per_tenant` Asks in flight; `NOT_FOUND` when
+    /// `conversation_id` names no live conversation of the caller; `FAILED_PRECONDITION` when it names one but conversations are
     /// not kept; `UNAVAILABLE` when the conversation store fails.
     pub async fn ask(
         self: &Arc<Self>,
         request: AskRequest,
         caller: AskCaller,
     ) -> Result<AskStream, Status> {
+        // held until the work ends, on the work's task
+        let slot = self
+            .asks
+            .acquire(&caller.caller.principal.tenant)
+            .await
+            .map_err(Status::from)?;
         let (conversation_id, history) = if request.conversation_id.is_empty() {
             (uuid::Uuid::new_v4(), Vec::new())
         } else {
@@ -71,6 +78,7 @@ impl Assistant {
                 run.conversation_id = conversation_id;
                 run.set_history(history);
                 run.execute(request).await;
+                drop(slot);
             }
             .instrument(span),
         );

@@ -489,3 +489,98 @@ async fn numbers_no_tool_result_holds_are_flagged_in_the_final_answer() {
     assert_eq!(answer.ungrounded_numbers, ["4,321"], "{}", answer.text);
     server.stop().await;
 }
+
+/// A model asking for more tool calls than a step or an Ask may run gets
+/// error results for the rest (every call id answered), and only the
+/// allowed calls reach the database.
+#[tokio::test]
+async fn tool_calls_past_the_per_step_and_per_ask_caps_are_not_run() {
+    let step = |n: usize, count: usize| {
+        ScriptedTurn::tool_calls(
+            (0..count)
+                .map(|i| {
+                    ScriptedToolCall::new("query_database", r#"{"sql": "SELECT 1 AS one"}"#)
+                        .with_id(format!("call_{n}_{i}"))
+                })
+                .collect(),
+        )
+    };
+    let model =
+        ScriptedServer::start(vec![step(1, 5), step(2, 3), ScriptedTurn::text("Done.")]).await;
+    let server = TestServer::with_model(
+        &model,
+        "[orchestrator]\nmax_tool_calls_per_step = 3\nmax_tool_calls_per_ask = 4\n",
+    )
+    .await;
+    let events = ask_all(&server, ask("Count everything, many times."))
+        .await
+        .unwrap();
+    let results = tool_results(&events);
+    assert_eq!(results.len(), 8, "every call id gets a result");
+    let refused: Vec<String> = results
+        .iter()
+        .filter(|r| matches!(&r.outcome, Some(Outcome::Error(m)) if m.contains("not run")))
+        .map(|r| r.call_id.clone())
+        .collect();
+    // step 1: calls 3 and 4 past the per-step cap; step 2: one more runs
+    // (4 per Ask), the other two are past the per-Ask cap
+    assert_eq!(refused, ["call_1_3", "call_1_4", "call_2_1", "call_2_2"]);
+    assert!(error_of(&result_of(&events, "call_1_3")).contains("per step"));
+    assert!(error_of(&result_of(&events, "call_2_2")).contains("for one question"));
+    let second = tool_messages(&messages(&model, 1));
+    assert_eq!(second.len(), 5, "the model hears back about every call");
+    assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
+    server.stop().await;
+}
+
+/// One tenant's Asks in flight are capped; past the cap the next one is
+/// refused up front with RESOURCE_EXHAUSTED and RetryInfo, while another
+/// tenant asks as usual.
+#[tokio::test]
+async fn asks_in_flight_are_capped_per_tenant() {
+    use tonic_types::StatusExt as _;
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::text("Slow answer.").with_delay(Duration::from_millis(800)),
+        ScriptedTurn::text("Other tenant."),
+    ])
+    .await;
+    let server = TestServer::with_model(
+        &model,
+        "[orchestrator]\nmax_asks_per_tenant = 1\ntenant_wait_ms = 50\n",
+    )
+    .await;
+    let first = {
+        let mut client = server.assistant();
+        let token = quarry_tests::token("busy");
+        tokio::spawn(async move {
+            let mut stream = client
+                .ask(quarry_tests::authed(ask("First?"), &token))
+                .await
+                .unwrap()
+                .into_inner();
+            while stream.message().await.unwrap().is_some() {}
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = server
+        .assistant()
+        .ask(quarry_tests::authed(
+            ask("Second?"),
+            &quarry_tests::token("busy"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("asks in flight"), "{refused:?}");
+    assert!(refused.get_details_retry_info().is_some());
+    let other = quarry_tests::ask_all_as(&server, ask("Other?"), &quarry_tests::token("calm"))
+        .await
+        .unwrap();
+    assert_eq!(final_answer(&other).status, AnswerStatus::Answered as i32);
+    first.await.unwrap();
+    server.stop().await;
+}

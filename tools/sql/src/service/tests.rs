@@ -373,9 +373,11 @@ async fn the_sql_writer_and_the_judge_see_placeholders_and_the_sql_runs_with_the
         }
     }
     let judge = bodies[1].to_string();
+    // the rows are data inside <result>, escaped like any data
     assert!(
-        judge.contains("<EMAIL_1>") && judge.contains("<NAME_2>"),
+        judge.contains("<EMAIL_1>") && judge.contains("&lt;NAME_2&gt;"),
         "the judge sees the sql and the rows as placeholders: {judge}"
     );
+    assert_eq!(judge.matches("</result>").count(), 1, "{judge}");
     shop.remove().await;
 }
