@@ -1,6 +1,7 @@
 //! The migrations of Quarry's own `quarry` schema (`db/migrations/V*__*.sql`,
 //! embedded with refinery): V1 the stored catalog and golden pairs, V2
-//! conversations, V3 summaries, V4 search bookkeeping, V5 golden pairs per tenant, V6 the audit log. Per-collection search
+//! conversations, V3 summaries, V4 search bookkeeping, V5 golden pairs per tenant, V6 the audit log, V7 summaries per
+//! tenant. Per-collection search
 //! sidecar tables are not here: their shape follows each collection's
 //! definition, so the search tool creates them (`quarry_search::ddl`).
 
@@ -77,6 +78,7 @@ mod tests {
                 "V4__search",
                 "V5__golden_per_tenant",
                 "V6__audit_log",
+                "V7__summaries_per_tenant",
             ]
         );
         assert!(migrate(db.pool()).await.unwrap().is_empty());
