@@ -1,8 +1,8 @@
 //! The migrations of Quarry's own `quarry` schema (`db/migrations/V*__*.sql`,
 //! embedded with refinery): V1 the stored catalog and golden pairs, V2
 //! conversations, V3 summaries, V4 search bookkeeping, V5 golden pairs per
-//! tenant, V6 the audit log, V8 the personal data of conversation turns.
-//! Per-collection search sidecar tables are not here: their shape follows
+//! tenant, V6 the audit log, V8 the personal data of conversation turns
+//! (V7 was never released), V9 summaries per tenant. Per-collection search sidecar tables are not here: their shape follows
 //! each collection's definition, so the search tool creates them
 //! (`quarry_search::ddl`).
 
@@ -80,6 +80,7 @@ mod tests {
                 "V5__golden_per_tenant",
                 "V6__audit_log",
                 "V8__conversation_pii",
+                "V9__summaries_per_tenant",
             ]
         );
         assert!(migrate(db.pool()).await.unwrap().is_empty());

@@ -189,8 +189,13 @@ pub fn render_report(report: &BuildReport) -> String {
         out.push_str(&format!("  warning: {w}\n"));
     }
     for f in &report.failures {
+        let tenant = if f.tenant.is_empty() {
+            String::new()
+        } else {
+            format!(" [tenant {}]", f.tenant)
+        };
         out.push_str(&format!(
-            "  failed: {} {} ({}): {}\n",
+            "  failed: {}{tenant} {} ({}): {}\n",
             f.kind, f.entity_key, f.entity_name, f.error
         ));
     }

@@ -21,6 +21,10 @@ use super::governance::rows;
 /// Roles for these tests: the policy grants every schema involved, so only
 /// the source decides what a tenant reaches.
 const POLICY: &str = r#"
+# one tenant may use its whole source pool here (the pool bound is tested)
+[sql.exec]
+tenant_share = 1.0
+tenant_wait_ms = 5000
 [policy.roles.shopper]
 scopes = ["sql:query", "sql:explain", "schema:read", "golden:write", "audit:read"]
 tables = ["acme_shop.*", "shop.*", "tate.*"]

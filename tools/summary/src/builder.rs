@@ -2,11 +2,18 @@
 //!
 //! [`SummaryTool::build`] runs one build: for each kind asked for, the
 //! entities query lists the entities (sorted by key); they are processed in
-//! batches of `batch_size`, up to `concurrency` at a time. Per entity:
+//! batches of `batch_size`, up to `concurrency` at a time. A tenant-scoped
+//! kind (one with `tenants`, see [`crate::definition`] "Tenants") first
+//! runs its tenants query, then does all of this once per tenant, its
+//! entities query and figure queries seeing that tenant's rows only (its
+//! stored summaries, data versions and removals are per tenant too). Per
+//! entity:
 //!
 //! 1. every figure query runs in one `READ ONLY`, `REPEATABLE READ`
 //!    transaction (one snapshot for all of the entity's figures) with
-//!    `SET LOCAL statement_timeout` and, when configured, `SET LOCAL ROLE`;
+//!    `SET LOCAL statement_timeout`, when configured `SET LOCAL ROLE`, and
+//!    for a tenant's build `quarry.tenant`/`quarry.subject` set with
+//!    `set_config(…, true)` ([`quarry_db::Session`]);
 //! 2. the **data version** is computed ([`data_version`]): the first 16 hex
 //!    digits of SHA-256 over the kind's fingerprint (its definition and the
 //!    analysis version [`ANALYSIS_VERSION`]),
@@ -31,7 +38,11 @@
 //! this phase and is recorded in the report's `warnings`; the next build
 //! carries on where it stopped. After a full build of a kind
 //! (no `entity_keys`), summaries of entities the entities query no longer
-//! lists are deleted. The run is recorded in `quarry.summary_builds`.
+//! lists (for that tenant) are deleted, and so are the summaries of tenants
+//! the tenants query no longer lists (for a shared kind: any stored under a
+//! tenant; for a tenant-scoped one: any shared). A failing tenants query
+//! fails the kind and deletes nothing. The run is recorded in
+//! `quarry.summary_builds`.
 //!
 //! # Exclusion
 //! One build at a time per database, across replicas: the build holds the
@@ -51,7 +62,7 @@ use sha2::{Digest as _, Sha256};
 use tokio_postgres::types::ToSql;
 
 use crate::analysis::{self, BreakdownRow, FigureRows, SeriesRow};
-use crate::definition::Shape;
+use crate::definition::{BUILDER_SUBJECT, Shape};
 use crate::error::{Result, SummaryError};
 use crate::model::{BuildFailure, BuildOptions, BuildProgressEvent, BuildReport};
 use crate::prepare::{KeyParam, PreparedFigure, PreparedKind, hex};
@@ -172,14 +183,18 @@ impl Drop for BuildLock {
 
 impl SummaryTool {
     /// Runs one build (see the module docs), calling `progress` as batches
-    /// complete (and with `done = 0` when a kind starts). Takes no caller:
-    /// builds are background work (the scheduler, `quarry summaries build`)
-    /// whose results serve every caller; a build a client asks for goes
-    /// through [`SummaryTool::refresh`], which records the caller.
+    /// complete (and with `done = 0` when a kind starts; a tenant-scoped
+    /// kind's `total` counts the entities of all its tenants). Takes no
+    /// caller: builds are background work (the scheduler, `quarry summaries
+    /// build`) whose results serve every caller (tenant-scoped kinds: each
+    /// tenant its own); a build a client asks for goes through
+    /// [`SummaryTool::refresh`], which records the caller.
     ///
     /// # Errors
     /// [`SummaryError::InvalidArgument`] for an unknown kind (`kinds[i]`)
-    /// or `entity_keys` without exactly one kind;
+    /// or `entity_keys` without exactly one kind (for a tenant-scoped kind,
+    /// a key is built for every tenant whose entities query lists it, and a
+    /// failure only when none does);
     /// [`SummaryError::BuildRunning`] when another build holds the lock;
     /// [`SummaryError::Unavailable`] when no connection can be had. Failures
     /// of single entities or kinds are not errors: they are in the report.
@@ -265,7 +280,7 @@ impl SummaryTool {
                 return;
             }
         };
-        let mut after: Option<(String, String)> = None;
+        let mut after: Option<store::Unembedded> = None;
         while report.embedded < total {
             let step = async {
                 let client = self.pool.get().await?;
@@ -279,7 +294,7 @@ impl SummaryTool {
                 if batch.is_empty() {
                     return Ok::<_, SummaryError>(None);
                 }
-                let texts = batch.iter().map(|(_, _, t)| t.clone()).collect();
+                let texts = batch.iter().map(|u| u.text.clone()).collect();
                 let vectors = embedder
                     .embed(texts)
                     .await
@@ -292,9 +307,8 @@ impl SummaryTool {
                     )));
                 }
                 store::store_embeddings(&**client, &model, &batch, vectors).await?;
-                Ok(batch
-                    .last()
-                    .map(|(k, key, _)| ((k.clone(), key.clone()), batch.len())))
+                let n = batch.len();
+                Ok(batch.into_iter().next_back().map(|last| (last, n)))
             };
             match step.await {
                 Ok(Some((last, n))) => {
@@ -348,17 +362,56 @@ impl SummaryTool {
         Ok(selected)
     }
 
-    /// Lists a kind's entities, sorted by key; rows without a key and
-    /// repeated keys (all but the first by name) are dropped with a warning,
-    /// a missing name is the key.
+    /// Runs a tenant-scoped kind's wrapped `tenants` query (no tenant set)
+    /// and returns the tenants, sorted and without repeats; NULL and empty
+    /// tenants are dropped with a warning.
+    async fn list_tenants(
+        &self,
+        kind: &PreparedKind,
+        sql: &str,
+        warnings: &mut Vec<String>,
+    ) -> std::result::Result<Vec<String>, String> {
+        let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let tx = self
+            .read_only(&mut client, "")
+            .await
+            .map_err(|e| db_message(&e))?;
+        let rows = tx.query(sql, &[]).await.map_err(|e| db_message(&e))?;
+        tx.commit().await.map_err(|e| db_message(&e))?;
+        let mut tenants = BTreeSet::new();
+        let mut skipped = 0usize;
+        for row in &rows {
+            match row
+                .try_get::<_, Option<String>>(0)
+                .map_err(|e| e.to_string())?
+            {
+                Some(tenant) if !tenant.is_empty() => {
+                    tenants.insert(tenant);
+                }
+                _ => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            warnings.push(format!(
+                "kind {}: {skipped} tenants-query rows are NULL or empty and were skipped",
+                kind.config.name
+            ));
+        }
+        Ok(tenants.into_iter().collect())
+    }
+
+    /// Lists a kind's entities as `tenant` sees them (`""`: no tenant set),
+    /// sorted by key; rows without a key and repeated keys (all but the
+    /// first by name) are dropped with a warning, a missing name is the key.
     async fn list_entities(
         &self,
         kind: &PreparedKind,
+        tenant: &str,
         warnings: &mut Vec<String>,
     ) -> std::result::Result<Vec<Entity>, String> {
         let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
         let tx = self
-            .read_only(&mut client)
+            .read_only(&mut client, tenant)
             .await
             .map_err(|e| db_message(&e))?;
         let rows = tx
@@ -386,10 +439,10 @@ impl SummaryTool {
                 weight: weight.filter(|w| w.is_finite()),
             });
         }
+        let scope = scope_label(&kind.config.name, tenant);
         if keyless > 0 {
             warnings.push(format!(
-                "kind {}: {keyless} entities-query rows have a NULL key and were skipped",
-                kind.config.name
+                "{scope}: {keyless} entities-query rows have a NULL key and were skipped"
             ));
         }
         // by key, then name, so which of two rows repeating a key is kept
@@ -399,8 +452,7 @@ impl SummaryTool {
         entities.dedup_by(|a, b| a.key == b.key);
         if entities.len() < before {
             warnings.push(format!(
-                "kind {}: {} entities-query rows repeat a key; the first of each by name was kept",
-                kind.config.name,
+                "{scope}: {} entities-query rows repeat a key; the first of each by name was kept",
                 before - entities.len()
             ));
         }
@@ -408,18 +460,32 @@ impl SummaryTool {
     }
 
     /// A `READ ONLY`, `REPEATABLE READ` transaction with the statement
-    /// timeout and role applied ([`quarry_db::ReadOnly`]).
+    /// timeout and role applied ([`quarry_db::ReadOnly`]) and, for a
+    /// non-empty `tenant`, `quarry.tenant` = `tenant` and `quarry.subject` =
+    /// [`BUILDER_SUBJECT`] ([`quarry_db::Session`], no roles), so row-level
+    /// security shows the queries that tenant's rows.
     async fn read_only<'a>(
         &self,
         client: &'a mut Object,
+        tenant: &str,
     ) -> std::result::Result<deadpool_postgres::Transaction<'a>, tokio_postgres::Error> {
+        let session = (!tenant.is_empty()).then_some(quarry_db::Session {
+            tenant,
+            subject: BUILDER_SUBJECT,
+            roles: &[],
+            hash_salt: None,
+        });
         quarry_db::ReadOnly::new(self.config.statement_timeout_ms)
             .role(self.config.role.as_deref())
             .isolation(tokio_postgres::IsolationLevel::RepeatableRead)
+            .session(session)
             .begin(client)
             .await
     }
 
+    /// Builds one kind: once with no tenant for a shared kind, once per
+    /// tenant its `tenants` query lists for a tenant-scoped one. Progress
+    /// counts the entities of every tenant together, under the kind's name.
     async fn build_kind(
         &self,
         kind: &PreparedKind,
@@ -428,100 +494,151 @@ impl SummaryTool {
         report: &mut BuildReport,
     ) {
         let name = kind.config.name.as_str();
-        let kind_failure = |error: String| BuildFailure {
+        let kind_failure = |tenant: &str, error: String| BuildFailure {
             kind: name.to_owned(),
+            tenant: tenant.to_owned(),
             entity_key: String::new(),
             entity_name: String::new(),
             error,
         };
-        let listed = match self.list_entities(kind, &mut report.warnings).await {
-            Ok(listed) => listed,
-            Err(e) => {
-                tracing::warn!(kind = name, error = %e, "summary entities query failed");
-                report.failed += 1;
-                report
-                    .failures
-                    .push(kind_failure(format!("entities query: {e}")));
-                return;
-            }
+        let tenants: Vec<String> = match &kind.tenants_sql {
+            None => vec![String::new()],
+            Some(sql) => match self.list_tenants(kind, sql, &mut report.warnings).await {
+                Ok(tenants) => tenants,
+                Err(e) => {
+                    tracing::warn!(kind = name, error = %e, "summary tenants query failed");
+                    report.failed += 1;
+                    report
+                        .failures
+                        .push(kind_failure("", format!("tenants query: {e}")));
+                    return;
+                }
+            },
         };
         let full = opts.entity_keys.is_empty();
-        let mut failures: Vec<BuildFailure> = Vec::new();
-        let entities: Vec<Entity> = if full {
-            listed.clone()
-        } else {
-            let wanted: BTreeSet<&str> = opts.entity_keys.iter().map(String::as_str).collect();
-            for key in &wanted {
-                if !listed.iter().any(|e| e.key == *key) {
-                    failures.push(BuildFailure {
-                        kind: name.to_owned(),
-                        entity_key: (*key).to_owned(),
-                        entity_name: String::new(),
-                        error: format!(
-                            "not an entity of kind {name}: the entities query does not list it"
-                        ),
-                    });
+        let wanted: BTreeSet<&str> = opts.entity_keys.iter().map(String::as_str).collect();
+        // (tenant, every entity listed, the entities to build)
+        let mut scopes: Vec<(&str, Vec<Entity>, Vec<Entity>)> = Vec::with_capacity(tenants.len());
+        for tenant in &tenants {
+            match self.list_entities(kind, tenant, &mut report.warnings).await {
+                Ok(listed) => {
+                    let chosen = listed
+                        .iter()
+                        .filter(|e| full || wanted.contains(e.key.as_str()))
+                        .cloned()
+                        .collect();
+                    scopes.push((tenant, listed, chosen));
+                }
+                Err(e) => {
+                    tracing::warn!(kind = name, tenant = %tenant, error = %e, "summary entities query failed");
+                    report.failed += 1;
+                    report
+                        .failures
+                        .push(kind_failure(tenant, format!("entities query: {e}")));
                 }
             }
-            listed
+        }
+        if scopes.is_empty() && !tenants.is_empty() {
+            return;
+        }
+        let mut failures: Vec<BuildFailure> = Vec::new();
+        for key in &wanted {
+            if !scopes
                 .iter()
-                .filter(|e| wanted.contains(e.key.as_str()))
-                .cloned()
-                .collect()
-        };
-        let total = entities.len() as u64;
+                .any(|(_, listed, _)| listed.iter().any(|e| e.key == *key))
+            {
+                failures.push(BuildFailure {
+                    kind: name.to_owned(),
+                    tenant: String::new(),
+                    entity_key: (*key).to_owned(),
+                    entity_name: String::new(),
+                    error: format!(
+                        "not an entity of kind {name}: the entities query does not list it"
+                    ),
+                });
+            }
+        }
+        let total: u64 = scopes.iter().map(|(_, _, e)| e.len() as u64).sum();
         report.entities += total + failures.len() as u64;
         progress(BuildProgressEvent {
             kind: name.to_owned(),
             done: 0,
             total,
         });
-        let existing = match self.pool.get().await {
-            Ok(client) => store::existing(&**client, name).await,
-            Err(e) => Err(e.into()),
-        };
-        let existing = match existing {
-            Ok(existing) => existing,
-            Err(e) => {
-                report.failed += 1;
-                report
-                    .failures
-                    .push(kind_failure(format!("reading stored summaries: {e}")));
-                return;
-            }
-        };
         let mut done = 0u64;
-        for batch in entities.chunks(self.config.batch_size.max(1)) {
-            self.build_batch(kind, batch, &existing, opts.force, report, &mut failures)
+        for (tenant, listed, entities) in &scopes {
+            let existing = match self.pool.get().await {
+                Ok(client) => store::existing(&**client, name, tenant).await,
+                Err(e) => Err(e.into()),
+            };
+            let existing = match existing {
+                Ok(existing) => existing,
+                Err(e) => {
+                    report.failed += 1;
+                    report.failures.push(kind_failure(
+                        tenant,
+                        format!("reading stored summaries: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            for batch in entities.chunks(self.config.batch_size.max(1)) {
+                self.build_batch(
+                    kind,
+                    tenant,
+                    batch,
+                    &existing,
+                    opts.force,
+                    report,
+                    &mut failures,
+                )
                 .await;
-            done += batch.len() as u64;
-            progress(BuildProgressEvent {
-                kind: name.to_owned(),
-                done,
-                total,
-            });
+                done += batch.len() as u64;
+                progress(BuildProgressEvent {
+                    kind: name.to_owned(),
+                    done,
+                    total,
+                });
+            }
+            if full {
+                let keys: Vec<String> = listed.iter().map(|e| e.key.clone()).collect();
+                let removed = match self.pool.get().await {
+                    Ok(client) => store::delete_missing(&**client, name, tenant, &keys).await,
+                    Err(e) => Err(e.into()),
+                };
+                match removed {
+                    Ok(n) => report.removed += n,
+                    Err(e) => report.warnings.push(format!(
+                        "{}: cannot delete summaries of removed entities: {e}",
+                        scope_label(name, tenant)
+                    )),
+                }
+            }
         }
         if full {
-            let keys: Vec<String> = listed.iter().map(|e| e.key.clone()).collect();
+            // tenants the query no longer lists (and the shared summaries of
+            // a kind that became tenant-scoped, or the other way round)
             let removed = match self.pool.get().await {
-                Ok(client) => store::delete_missing(&**client, name, &keys).await,
+                Ok(client) => store::delete_other_tenants(&**client, name, &tenants).await,
                 Err(e) => Err(e.into()),
             };
             match removed {
                 Ok(n) => report.removed += n,
                 Err(e) => report.warnings.push(format!(
-                    "kind {name}: cannot delete summaries of removed entities: {e}"
+                    "kind {name}: cannot delete summaries of removed tenants: {e}"
                 )),
             }
         }
-        failures.sort_by(|a, b| a.entity_key.cmp(&b.entity_key));
+        failures.sort_by(|a, b| (&a.tenant, &a.entity_key).cmp(&(&b.tenant, &b.entity_key)));
         report.failed += failures.len() as u64;
         report.failures.extend(failures);
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn build_batch(
         &self,
         kind: &PreparedKind,
+        tenant: &str,
         batch: &[Entity],
         existing: &HashMap<String, Existing>,
         force: bool,
@@ -535,7 +652,8 @@ impl SummaryTool {
             .iter()
             .enumerate()
             .map(|(i, entity)| {
-                let outcome = self.build_entity(kind, entity, existing.get(&entity.key), force);
+                let outcome =
+                    self.build_entity(kind, tenant, entity, existing.get(&entity.key), force);
                 async move { (i, outcome.await) }
             })
             .collect();
@@ -567,7 +685,8 @@ impl SummaryTool {
             .collect();
         let written = match self.pool.get().await {
             Ok(mut client) => {
-                store::write_batch(&mut client, name, &upserts, &touches, &failed_rows).await
+                store::write_batch(&mut client, name, tenant, &upserts, &touches, &failed_rows)
+                    .await
             }
             Err(e) => Err(e.into()),
         };
@@ -578,6 +697,7 @@ impl SummaryTool {
                 for (key, entity_name, error) in failed {
                     failures.push(BuildFailure {
                         kind: name.to_owned(),
+                        tenant: tenant.to_owned(),
                         entity_key: key,
                         entity_name,
                         error,
@@ -590,6 +710,7 @@ impl SummaryTool {
                 for (key, entity_name, own) in failed {
                     failures.push(BuildFailure {
                         kind: name.to_owned(),
+                        tenant: tenant.to_owned(),
                         entity_key: key,
                         entity_name,
                         error: own,
@@ -602,6 +723,7 @@ impl SummaryTool {
                 {
                     failures.push(BuildFailure {
                         kind: name.to_owned(),
+                        tenant: tenant.to_owned(),
                         entity_key: key.clone(),
                         entity_name: entity_name.clone(),
                         error: error.clone(),
@@ -614,11 +736,15 @@ impl SummaryTool {
     async fn build_entity(
         &self,
         kind: &PreparedKind,
+        tenant: &str,
         entity: &Entity,
         existing: Option<&Existing>,
         force: bool,
     ) -> Outcome {
-        match self.compute_entity(kind, entity, existing, force).await {
+        match self
+            .compute_entity(kind, tenant, entity, existing, force)
+            .await
+        {
             Ok(outcome) => outcome,
             Err(error) => Outcome::Failed {
                 key: entity.key.clone(),
@@ -628,15 +754,17 @@ impl SummaryTool {
         }
     }
 
-    /// Fetches an entity's rows (one snapshot) and decides what to write.
+    /// Fetches an entity's rows (one snapshot, as `tenant` sees them) and
+    /// decides what to write.
     async fn compute_entity(
         &self,
         kind: &PreparedKind,
+        tenant: &str,
         entity: &Entity,
         existing: Option<&Existing>,
         force: bool,
     ) -> std::result::Result<Outcome, String> {
-        let rows = self.fetch_rows(kind, &entity.key).await?;
+        let rows = self.fetch_rows(kind, tenant, &entity.key).await?;
         let named: Vec<(&str, &FigureRows)> = kind
             .figures
             .iter()
@@ -662,10 +790,12 @@ impl SummaryTool {
         }))
     }
 
-    /// Runs every figure of `kind` for `key` in one read-only snapshot.
+    /// Runs every figure of `kind` for `key` in one read-only snapshot, as
+    /// `tenant` sees the rows (`""`: no tenant set).
     async fn fetch_rows(
         &self,
         kind: &PreparedKind,
+        tenant: &str,
         key: &str,
     ) -> std::result::Result<Vec<FigureRows>, String> {
         let mut client = self
@@ -674,7 +804,7 @@ impl SummaryTool {
             .await
             .map_err(|e| format!("database pool: {e}"))?;
         let tx = self
-            .read_only(&mut client)
+            .read_only(&mut client, tenant)
             .await
             .map_err(|e| db_message(&e))?;
         let mut all = Vec::with_capacity(kind.figures.len());
@@ -700,6 +830,16 @@ impl SummaryTool {
         }
         tx.commit().await.map_err(|e| db_message(&e))?;
         Ok(all)
+    }
+}
+
+/// `kind artist` for a shared kind, `kind artist (tenant modern)` for one
+/// tenant's build of a tenant-scoped kind, in warnings.
+fn scope_label(kind: &str, tenant: &str) -> String {
+    if tenant.is_empty() {
+        format!("kind {kind}")
+    } else {
+        format!("kind {kind} (tenant {tenant})")
     }
 }
 

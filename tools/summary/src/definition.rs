@@ -32,6 +32,26 @@
 //! skipped with a warning; a NULL name is the key). The query takes no
 //! parameters.
 //!
+//! # Tenants
+//! A kind without `tenants` is shared: built once with no tenant set, so
+//! row-level security policies that show everything to Quarry's background
+//! work (the demo's `tate.artworks` policy) let it see every row, and its
+//! summaries serve every tenant whose role grants the kind.
+//!
+//! A kind with `tenants` (a query returning one column, the tenants, cast
+//! to text; no parameters, e.g. `SELECT tenant FROM tate.tenant_eras`) is
+//! tenant-scoped: the builder runs that query (as `summary.role`, no tenant
+//! set), then builds the kind once per tenant it lists (NULL and `''` are
+//! skipped with a warning, repeats once). For each tenant the entities
+//! query and every figure query run in a transaction that first sets
+//! `quarry.tenant` to the tenant and `quarry.subject` to
+//! [`BUILDER_SUBJECT`] with `set_config(…, true)` ([`quarry_db::Session`]),
+//! so row-level security filters what the summaries are computed from.
+//! That only holds when `summary.role` (or the login role, without one) is
+//! neither a superuser nor `BYPASSRLS`. Each tenant's summaries are stored
+//! under that tenant and read only by callers of that tenant; summaries of
+//! tenants the query no longer lists are deleted by the next full build.
+//!
 //! # Figures
 //! Each figure's `sql` takes at most one parameter, `$1`, the entity key
 //! converted to the parameter's type (`int2`/`int4`/`int8` parsed from the
@@ -199,6 +219,11 @@ pub struct KindConfig {
     pub description: String,
     /// Query listing the entities: columns `key`, `name` [, `weight`].
     pub entities: String,
+    /// Query listing the tenants to build this kind for, one column (kept
+    /// as text), e.g. `SELECT tenant FROM tate.tenant_eras`; `None` (the
+    /// default) makes the kind shared (see the module docs, "Tenants").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<String>,
     /// The figures computed per entity, in template order.
     pub figures: Vec<FigureConfig>,
     /// MiniJinja template of the paragraph.
@@ -323,6 +348,9 @@ impl Default for SummaryConfig {
         }
     }
 }
+
+/// `quarry.subject` in the transactions of a tenant-scoped kind's build.
+pub const BUILDER_SUBJECT: &str = "summary-builder";
 
 /// Words a figure may not be named: the template variable `entity`, and
 /// names a MiniJinja expression reads as a literal, operator or the loop

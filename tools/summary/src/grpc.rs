@@ -114,6 +114,7 @@ impl From<BuildFailure> for pb::BuildFailure {
             entity_key: f.entity_key,
             entity_name: f.entity_name,
             error: f.error,
+            tenant: f.tenant,
         }
     }
 }

@@ -80,6 +80,10 @@ pub struct BuildProgressEvent {
 pub struct BuildFailure {
     /// Kind.
     pub kind: String,
+    /// The tenant the kind was being built for; empty for a shared kind
+    /// (and for a tenant-scoped kind's `tenants` query failing).
+    #[serde(default)]
+    pub tenant: String,
     /// Entity key; empty when the kind's entities query itself failed.
     pub entity_key: String,
     /// Entity name; empty when unknown.
@@ -117,4 +121,62 @@ pub struct BuildReport {
     /// embeddings; entities-query rows without a key, or with a duplicate key).
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+impl BuildReport {
+    /// The report as a caller of `tenant` may see it: only the failures of
+    /// shared kinds and of that tenant's builds (another tenant's failures
+    /// name its entities). Counts (`failed` among them) stay those of the
+    /// whole build.
+    #[must_use]
+    pub fn visible_to(mut self, tenant: &str) -> BuildReport {
+        self.failures
+            .retain(|f| f.tenant.is_empty() || f.tenant == tenant);
+        self
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_sees_only_shared_and_its_own_tenants_failures() {
+        let failure = |tenant: &str, key: &str| BuildFailure {
+            kind: "artist".into(),
+            tenant: tenant.into(),
+            entity_key: key.into(),
+            entity_name: String::new(),
+            error: "boom".into(),
+        };
+        let now = Utc::now();
+        let report = BuildReport {
+            started_at: now,
+            finished_at: now,
+            trigger: "test".into(),
+            entities: 3,
+            built: 0,
+            unchanged: 0,
+            failed: 3,
+            removed: 0,
+            embedded: 0,
+            failures: vec![
+                failure("", "1"),
+                failure("early", "2"),
+                failure("modern", "3"),
+            ],
+            warnings: Vec::new(),
+        };
+        let keys = |r: BuildReport| -> Vec<String> {
+            r.failures.into_iter().map(|f| f.entity_key).collect()
+        };
+        assert_eq!(keys(report.clone().visible_to("early")), ["1", "2"]);
+        assert_eq!(keys(report.clone().visible_to("acme")), ["1"]);
+        assert_eq!(report.visible_to("modern").failed, 3);
+        // reports stored before tenants parse, their failures shared
+        let old = serde_json::json!({"kind": "artist", "entity_key": "1", "entity_name": "", "error": "x"});
+        let parsed: BuildFailure = serde_json::from_value(old).unwrap();
+        assert_eq!(parsed.tenant, "");
+    }
 }

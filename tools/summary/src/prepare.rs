@@ -50,6 +50,9 @@ pub(crate) struct PreparedKind {
     pub(crate) config: KindConfig,
     /// The wrapped entities query.
     pub(crate) entities_sql: String,
+    /// The wrapped tenants query ([`wrap_tenants`]) of a tenant-scoped
+    /// kind; `None` for a shared one.
+    pub(crate) tenants_sql: Option<String>,
     pub(crate) figures: Vec<PreparedFigure>,
     pub(crate) template: KindTemplate,
     /// SHA-256 (hex) of the definition and [`ANALYSIS_VERSION`].
@@ -94,6 +97,15 @@ pub(crate) fn wrap_entities(sql: &str, weighted: bool) -> String {
         } else {
             ""
         },
+        inner(sql)
+    )
+}
+
+/// The tenants query: `SELECT (f.tenant)::text FROM (<sql>) AS f(tenant)`
+/// (its one column renamed, whatever its name).
+pub(crate) fn wrap_tenants(sql: &str) -> String {
+    format!(
+        "SELECT (f.tenant)::text FROM (\n{}\n) AS f(tenant)",
         inner(sql)
     )
 }
@@ -162,6 +174,15 @@ pub(crate) async fn prepare_kind(
             format!("entities query: {}", quarry_db::error_text(&e)),
         )
     })?;
+
+    let tenants_sql = match &kind.tenants {
+        Some(sql) => Some(
+            prepare_tenants(client, sql)
+                .await
+                .map_err(|m| fail(None, m))?,
+        ),
+        None => None,
+    };
 
     let mut figures = Vec::new();
     for figure in &kind.figures {
@@ -244,10 +265,33 @@ pub(crate) async fn prepare_kind(
     Ok(PreparedKind {
         config: kind.clone(),
         entities_sql,
+        tenants_sql,
         figures,
         template,
         fingerprint: fingerprint(kind),
     })
+}
+
+/// Prepares a kind's `tenants` query: one column, no parameters, and its
+/// text cast accepted by PostgreSQL. Returns the wrapped query.
+async fn prepare_tenants(
+    client: &impl tokio_postgres::GenericClient,
+    sql: &str,
+) -> std::result::Result<String, String> {
+    let at = |e: tokio_postgres::Error| format!("tenants query: {}", quarry_db::error_text(&e));
+    let raw = client.prepare(inner(sql)).await.map_err(at)?;
+    if raw.columns().len() != 1 {
+        return Err(format!(
+            "tenants query: must return exactly one column (the tenant), it returns {}",
+            raw.columns().len()
+        ));
+    }
+    if !raw.params().is_empty() {
+        return Err("tenants query: takes no parameters".into());
+    }
+    let wrapped = wrap_tenants(sql);
+    client.prepare(&wrapped).await.map_err(at)?;
+    Ok(wrapped)
 }
 
 #[cfg(test)]
@@ -268,6 +312,10 @@ mod tests {
         assert_eq!(
             wrap_entities("SELECT 1 AS key, 'a' AS name", true),
             "SELECT (f.\"key\")::text, (f.\"name\")::text, (f.\"weight\")::float8 FROM (\nSELECT 1 AS key, 'a' AS name\n) AS f"
+        );
+        assert_eq!(
+            wrap_tenants("SELECT tenant FROM t;"),
+            "SELECT (f.tenant)::text FROM (\nSELECT tenant FROM t\n) AS f(tenant)"
         );
     }
 }

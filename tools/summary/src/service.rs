@@ -8,6 +8,19 @@
 //! its inputs unchanged), `age_seconds` (now − `checked_at`) and
 //! `last_error` (set when the latest build of the entity failed; the text is
 //! then the one from `computed_at`).
+//!
+//! # Tenants
+//! Every read is limited to the caller's tenant
+//! (`caller.principal.tenant`): a shared kind's summaries (stored with
+//! tenant `''`) serve every tenant whose role grants the kind, a
+//! tenant-scoped kind's (see [`crate::definition`], "Tenants") only the
+//! tenant they were built for. Key and name lookups, fuzzy candidates and
+//! alternatives, listings and their totals, searches (ranking and the
+//! `searched`/`covered` counts) and kind counts never read another tenant's
+//! rows; a caller without a tenant sees no tenant-scoped kind's summaries.
+//! Build reports shown to a caller ([`SummaryTool::last_build`],
+//! [`SummaryTool::refresh`]) list only failures of shared kinds and of the
+//! caller's tenant.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,6 +41,13 @@ use crate::lookup::{
 use crate::model::{BuildOptions, BuildProgressEvent, BuildReport, Summary};
 use crate::prepare::{PreparedKind, prepare_kind};
 use crate::store::{self, SUMMARY_COLUMNS, summary_from_row};
+
+/// The row filter of every read: `(kind, tenant)` is one of the pairs of the
+/// parallel text arrays `$2` (kinds) and `$3` (tenants), see
+/// [`SummaryTool::scopes`].
+const SCOPED: &str = "(kind, tenant) IN (SELECT * FROM unnest($2::text[], $3::text[]))";
+/// [`SCOPED`] with the arrays as `$1` and `$2`.
+const SCOPED_1: &str = "(kind, tenant) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
 
 /// How long a kind's entity names are reused for fuzzy lookups (a build in
 /// this process refreshes them at once).
@@ -157,7 +177,8 @@ pub struct SummaryTool {
     pub(crate) kinds: Vec<PreparedKind>,
     /// Quoted schema of pgvector (qualifies `<=>`).
     vector_schema: String,
-    names: Mutex<HashMap<String, CachedNames>>,
+    /// Entity names per (kind, tenant), for fuzzy lookups.
+    names: Mutex<HashMap<(String, String), CachedNames>>,
 }
 
 impl std::fmt::Debug for SummaryTool {
@@ -176,15 +197,17 @@ impl SummaryTool {
     /// Checks the configuration ([`SummaryConfig::validate_static`]),
     /// creates the `quarry.summaries` tables when missing
     /// (the `quarry` schema's migrations, [`quarry_db::migrate`]), checks `role` exists, and prepares every
-    /// kind against the database: each wrapped figure and entities query is
-    /// prepared (PostgreSQL checks tables, columns, types and casts), `$1`
-    /// must be of a supported type, `groups`/`shares` need a grouped series,
+    /// kind against the database: each wrapped figure, entities and
+    /// `tenants` query is prepared (PostgreSQL checks tables, columns, types
+    /// and casts), a `tenants` query must return one column and take no
+    /// parameters, `$1` must be of a supported type, `groups`/`shares` need a grouped series,
     /// and the templates are compiled. Definitions come from
     /// `config.kinds`: call [`SummaryConfig::load_definitions`] first for
     /// `config.definitions`.
     ///
     /// # Errors
-    /// [`SummaryError::Definition`] naming `kind.figure` (with PostgreSQL's
+    /// [`SummaryError::Definition`] naming `kind.figure`, or the kind with
+    /// `entities query: …` / `tenants query: …` (with PostgreSQL's
     /// message when preparing fails); [`SummaryError::Config`] for a role
     /// that cannot be assumed or a pool of fewer than 2 connections (a build
     /// keeps one for its lock and needs others for its queries); database
@@ -270,13 +293,41 @@ impl SummaryTool {
             .clear();
     }
 
-    /// A kind's entity names from `quarry.summaries`, cached for [`NAMES_TTL`].
-    async fn names(&self, kind: &str) -> Result<Arc<Vec<NameEntry>>> {
+    /// The tenant whose summaries of `kind` the caller reads: `''` for a
+    /// shared kind, the caller's tenant for a tenant-scoped one (`None`
+    /// when the caller has no tenant: it reads none of them).
+    fn tenant_of<'c>(&self, caller: &'c Caller, kind: &str) -> Option<&'c str> {
+        let scoped = self
+            .kinds
+            .iter()
+            .any(|k| k.config.name == kind && k.tenants_sql.is_some());
+        let tenant = caller.principal.tenant.as_str();
+        match (scoped, tenant.is_empty()) {
+            (false, _) => Some(""),
+            (true, false) => Some(tenant),
+            (true, true) => None,
+        }
+    }
+
+    /// `kinds` paired with the tenant the caller reads each as (see
+    /// [`Self::tenant_of`]; kinds it reads nothing of are left out), as two
+    /// parallel arrays for [`SCOPED`].
+    fn scopes(&self, caller: &Caller, kinds: &[String]) -> (Vec<String>, Vec<String>) {
+        kinds
+            .iter()
+            .filter_map(|k| Some((k.clone(), self.tenant_of(caller, k)?.to_owned())))
+            .unzip()
+    }
+
+    /// A kind's entity names for `tenant` (`''`: shared) from
+    /// `quarry.summaries`, cached for [`NAMES_TTL`].
+    async fn names(&self, kind: &str, tenant: &str) -> Result<Arc<Vec<NameEntry>>> {
+        let cache_key = (kind.to_owned(), tenant.to_owned());
         if let Some(cached) = self
             .names
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(kind)
+            .get(&cache_key)
             .filter(|c| c.loaded.elapsed() < NAMES_TTL)
         {
             return Ok(Arc::clone(&cached.entries));
@@ -284,9 +335,9 @@ impl SummaryTool {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT entity_key, entity_name, weight FROM quarry.summaries WHERE kind = $1 \
-                 ORDER BY entity_key",
-                &[&kind],
+                "SELECT entity_key, entity_name, weight FROM quarry.summaries \
+                 WHERE kind = $1 AND tenant = $2 ORDER BY entity_key",
+                &[&kind, &tenant],
             )
             .await?;
         drop(client);
@@ -306,16 +357,16 @@ impl SummaryTool {
         })
         .await?;
         let entries = Arc::new(entries);
-        self.names
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                kind.to_owned(),
-                CachedNames {
-                    loaded: Instant::now(),
-                    entries: Arc::clone(&entries),
-                },
-            );
+        let mut names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+        // one entry per (kind, tenant) asked for lately, not every tenant ever
+        names.retain(|_, c| c.loaded.elapsed() < NAMES_TTL);
+        names.insert(
+            cache_key,
+            CachedNames {
+                loaded: Instant::now(),
+                entries: Arc::clone(&entries),
+            },
+        );
         Ok(entries)
     }
 
@@ -362,7 +413,7 @@ impl SummaryTool {
                     ),
                 ));
             };
-            return self.listing(&kind, limit, request.offset).await;
+            return self.listing(caller, &kind, limit, request.offset).await;
         };
         if entity.chars().count() > MAX_QUERY_CHARS {
             return Err(SummaryError::invalid(
@@ -374,15 +425,16 @@ impl SummaryTool {
             Some(k) => vec![k.clone()],
             None => self.allowed_kinds(caller),
         };
+        let (kinds, tenants) = self.scopes(caller, &kinds);
         let now = Utc::now();
         let client = self.pool.get().await?;
         let rows = client
             .query(
                 &format!(
                     "SELECT {SUMMARY_COLUMNS} FROM quarry.summaries \
-                     WHERE entity_key = $1 AND kind = ANY($2) ORDER BY kind LIMIT $3"
+                     WHERE entity_key = $1 AND {SCOPED} ORDER BY kind LIMIT $4"
                 ),
-                &[&entity, &kinds, &i64::from(limit)],
+                &[&entity, &kinds, &tenants, &i64::from(limit)],
             )
             .await?;
         if !rows.is_empty() {
@@ -399,34 +451,37 @@ impl SummaryTool {
             .query(
                 &format!(
                     "SELECT {SUMMARY_COLUMNS} FROM quarry.summaries \
-                     WHERE name_folded = $1 AND kind = ANY($2) \
-                     ORDER BY weight DESC NULLS LAST, kind, entity_key LIMIT $3"
+                     WHERE name_folded = $1 AND {SCOPED} \
+                     ORDER BY weight DESC NULLS LAST, kind, entity_key LIMIT $4"
                 ),
-                &[&folded, &kinds, &i64::from(limit)],
+                &[&folded, &kinds, &tenants, &i64::from(limit)],
             )
             .await?;
         drop(client);
         if !rows.is_empty() {
             return found(&rows, now, MatchKind::Name, 1.0);
         }
-        self.fuzzy(entity, kind, &kinds).await
+        self.fuzzy(entity, kind, &kinds, &tenants).await
     }
 
+    /// The best fuzzy name match among `kinds`, each read as the parallel
+    /// `tenants` entry.
     async fn fuzzy(
         &self,
         entity: &str,
         kind: Option<String>,
         kinds: &[String],
+        tenants: &[String],
     ) -> Result<GetResponse> {
         let mut lists = Vec::with_capacity(kinds.len());
-        for k in kinds {
-            lists.push(self.names(k).await?);
+        for (k, t) in kinds.iter().zip(tenants) {
+            lists.push((t.clone(), self.names(k, t).await?));
         }
         let query = entity.to_owned();
         let keep = MAX_ALTERNATIVES + 1;
         let ranked: Vec<(NameEntry, Scored)> = tokio::task::spawn_blocking(move || {
             let mut all: Vec<(NameEntry, Scored)> = Vec::new();
-            for list in &lists {
+            for (_, list) in &lists {
                 for s in rank(&query, list, keep) {
                     all.push((list[s.index].clone(), s));
                 }
@@ -444,6 +499,13 @@ impl SummaryTool {
             all
         })
         .await?;
+        let tenant_of = |kind: &str| {
+            kinds
+                .iter()
+                .zip(tenants)
+                .find(|(k, _)| *k == kind)
+                .map_or("", |(_, t)| t.as_str())
+        };
         let candidate = |(e, s): &(NameEntry, Scored)| Candidate {
             kind: e.kind.clone(),
             key: e.key.clone(),
@@ -466,9 +528,10 @@ impl SummaryTool {
         let rows = client
             .query(
                 &format!(
-                    "SELECT {SUMMARY_COLUMNS} FROM quarry.summaries WHERE kind = $1 AND entity_key = $2"
+                    "SELECT {SUMMARY_COLUMNS} FROM quarry.summaries \
+                     WHERE kind = $1 AND entity_key = $2 AND tenant = $3"
                 ),
-                &[&best.kind, &best.key],
+                &[&best.kind, &best.key, &tenant_of(&best.kind)],
             )
             .await?;
         if rows.is_empty() {
@@ -486,22 +549,36 @@ impl SummaryTool {
         Ok(response)
     }
 
-    async fn listing(&self, kind: &str, limit: u32, offset: u32) -> Result<GetResponse> {
+    async fn listing(
+        &self,
+        caller: &Caller,
+        kind: &str,
+        limit: u32,
+        offset: u32,
+    ) -> Result<GetResponse> {
+        let Some(tenant) = self.tenant_of(caller, kind) else {
+            return Ok(GetResponse {
+                summaries: Vec::new(),
+                matched: MatchKind::Listing,
+                alternatives: Vec::new(),
+                total: 0,
+            });
+        };
         let client = self.pool.get().await?;
         let now = Utc::now();
         let rows = client
             .query(
                 &format!(
-                    "SELECT {SUMMARY_COLUMNS} FROM quarry.summaries WHERE kind = $1 \
+                    "SELECT {SUMMARY_COLUMNS} FROM quarry.summaries WHERE kind = $1 AND tenant = $4 \
                      ORDER BY weight DESC NULLS LAST, entity_name, entity_key LIMIT $2 OFFSET $3"
                 ),
-                &[&kind, &i64::from(limit), &i64::from(offset)],
+                &[&kind, &i64::from(limit), &i64::from(offset), &tenant],
             )
             .await?;
         let total: i64 = client
             .query_one(
-                "SELECT count(*) FROM quarry.summaries WHERE kind = $1",
-                &[&kind],
+                "SELECT count(*) FROM quarry.summaries WHERE kind = $1 AND tenant = $2",
+                &[&kind, &tenant],
             )
             .await?
             .try_get(0)?;
@@ -555,6 +632,7 @@ impl SummaryTool {
         if kinds.is_empty() {
             kinds = self.allowed_kinds(caller);
         }
+        let (kinds, tenants) = self.scopes(caller, &kinds);
         let coverage: (i64, i64);
         let (rows, retrieval) = match &self.embedder {
             Some(embedder) => {
@@ -572,9 +650,12 @@ impl SummaryTool {
                 let client = self.pool.get().await?;
                 let counts = client
                     .query_one(
-                        "SELECT count(*), count(*) FILTER (WHERE embedder = $1 AND embedding IS NOT NULL) \
-                         FROM quarry.summaries WHERE kind = ANY($2)",
-                        &[&embedder.model_id(), &kinds],
+                        &format!(
+                            "SELECT count(*), \
+                               count(*) FILTER (WHERE embedder = $1 AND embedding IS NOT NULL) \
+                             FROM quarry.summaries WHERE {SCOPED}"
+                        ),
+                        &[&embedder.model_id(), &kinds, &tenants],
                     )
                     .await?;
                 coverage = (counts.get::<_, i64>(0), counts.get::<_, i64>(1));
@@ -583,10 +664,10 @@ impl SummaryTool {
                         &format!(
                             "SELECT {SUMMARY_COLUMNS}, 1 - (embedding {op} $1) AS score \
                              FROM quarry.summaries \
-                             WHERE embedder = $2 AND embedding IS NOT NULL AND kind = ANY($3) \
-                             ORDER BY embedding {op} $1, kind, entity_key LIMIT $4"
+                             WHERE embedder = $4 AND embedding IS NOT NULL AND {SCOPED} \
+                             ORDER BY embedding {op} $1, kind, entity_key LIMIT $5"
                         ),
-                        &[&vector, &embedder.model_id(), &kinds, &k],
+                        &[&vector, &kinds, &tenants, &embedder.model_id(), &k],
                     )
                     .await?;
                 (rows, Retrieval::Vector)
@@ -595,8 +676,8 @@ impl SummaryTool {
                 let client = self.pool.get().await?;
                 let total: i64 = client
                     .query_one(
-                        "SELECT count(*) FROM quarry.summaries WHERE kind = ANY($1)",
-                        &[&kinds],
+                        &format!("SELECT count(*) FROM quarry.summaries WHERE {SCOPED_1}"),
+                        &[&kinds, &tenants],
                     )
                     .await?
                     .get(0);
@@ -607,10 +688,10 @@ impl SummaryTool {
                             "SELECT {SUMMARY_COLUMNS}, score FROM ( \
                                SELECT s.*, ts_rank_cd(to_tsvector('english', s.text), q)::float8 AS score \
                                FROM quarry.summaries s, websearch_to_tsquery('english', $1) AS q \
-                               WHERE to_tsvector('english', s.text) @@ q AND s.kind = ANY($2) \
-                             ) AS ranked ORDER BY score DESC, kind, entity_key LIMIT $3"
+                               WHERE to_tsvector('english', s.text) @@ q AND {SCOPED} \
+                             ) AS ranked ORDER BY score DESC, kind, entity_key LIMIT $4"
                         ),
-                        &[&query, &kinds, &k],
+                        &[&query, &kinds, &tenants, &k],
                     )
                     .await?;
                 (rows, Retrieval::FullText)
@@ -647,12 +728,16 @@ impl SummaryTool {
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn kinds(&self, caller: &Caller) -> Result<Vec<KindStatus>> {
         let names: Vec<String> = self.allowed_kinds(caller);
+        let (scoped, tenants) = self.scopes(caller, &names);
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT kind, count(*), count(*) FILTER (WHERE last_error IS NOT NULL), min(checked_at) \
-                 FROM quarry.summaries WHERE kind = ANY($1) GROUP BY kind",
-                &[&names],
+                &format!(
+                    "SELECT kind, count(*), count(*) FILTER (WHERE last_error IS NOT NULL), \
+                       min(checked_at) \
+                     FROM quarry.summaries WHERE {SCOPED_1} GROUP BY kind"
+                ),
+                &[&scoped, &tenants],
             )
             .await?;
         let mut stats: HashMap<String, (u64, u64, Option<DateTime<Utc>>)> = HashMap::new();
@@ -687,20 +772,27 @@ impl SummaryTool {
             .collect())
     }
 
-    /// The latest recorded build (by any replica), if any.
+    /// The latest recorded build (by any replica), if any, with only the
+    /// failures the caller may see ([`BuildReport::visible_to`]).
     ///
     /// # Errors
     /// Database errors.
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn last_build(&self, caller: &Caller) -> Result<Option<BuildReport>> {
         let client = self.pool.get().await?;
-        store::last_build(&**client).await
+        Ok(store::last_build(&**client)
+            .await?
+            .map(|r| r.visible_to(&caller.principal.tenant)))
     }
 
     /// A build requested by `caller` (the BuildSummaries RPC): [`Self::build`]
     /// with the caller on its span. The caller's right to build is checked
-    /// by the adapter (scope `summaries:build`); the summaries serve every
-    /// caller, so the build itself does not depend on who asked.
+    /// by the adapter (scope `summaries:build`); the build itself does not
+    /// depend on who asked (shared kinds serve every caller, tenant-scoped
+    /// ones are built for every tenant their query lists), but the report
+    /// returned lists only the failures the caller may see
+    /// ([`BuildReport::visible_to`]). Progress events count every tenant's
+    /// entities under the kind's name.
     ///
     /// # Errors
     /// As [`Self::build`].
@@ -712,7 +804,8 @@ impl SummaryTool {
         progress: &(dyn Fn(BuildProgressEvent) + Send + Sync),
     ) -> Result<BuildReport> {
         tracing::info!(trigger = %options.trigger, "summary build requested");
-        self.build(options, progress).await
+        let report = self.build(options, progress).await?;
+        Ok(report.visible_to(&caller.principal.tenant))
     }
 
     /// Spawns the build schedule: a build at once when `build_on_start`

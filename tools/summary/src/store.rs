@@ -1,12 +1,13 @@
 //! Where summaries live: two tables in the `quarry` schema, created by the
-//! migration `db/migrations/V3__summaries.sql`, which the tool applies when
-//! it opens ([`quarry_db::migrate`]).
+//! migrations `db/migrations/V3__summaries.sql` and
+//! `V9__summaries_per_tenant.sql`, which the tool applies when it opens
+//! ([`quarry_db::migrate`]).
 //!
-//! `quarry.summaries`, one row per (kind, entity):
+//! `quarry.summaries`, one row per (kind, tenant, entity):
 //!
 //! | column | type | meaning |
 //! |---|---|---|
-//! | `kind`, `entity_key` | `text`, primary key | the entity |
+//! | `kind`, `tenant`, `entity_key` | `text`, primary key | the entity, and the tenant whose rows it was computed from (`''`: a shared kind, see [`crate::definition`] "Tenants") |
 //! | `entity_name` | `text` | display name from the entities query |
 //! | `name_folded` | `text` | [`crate::lookup::fold`] of the name (exact name lookup) |
 //! | `weight` | `float8` NULL | the entities query's `weight`, fuzzy-match tie-breaker |
@@ -19,8 +20,8 @@
 //! | `checked_at` | `timestamptz` | when a build last confirmed (or recomputed) them |
 //! | `last_error` | `text` NULL | why the latest build of the entity failed, if it did |
 //!
-//! Indexes: `entity_key` (key lookup across kinds), `(kind, name_folded)`
-//! (exact name lookup), and a GIN index on `to_tsvector('english', text)`
+//! Indexes: `entity_key` (key lookup across kinds), `(kind, tenant,
+//! name_folded)` (exact name lookup), and a GIN index on `to_tsvector('english', text)`
 //! (full-text search). The `embedding` column has no index: a vector index
 //! needs a fixed dimension, and a kind holds thousands of summaries, not
 //! millions, so exact cosine search over the rows of one embedder is fast.
@@ -107,18 +108,19 @@ pub struct Existing {
     pub data_version: String,
 }
 
-/// The stored summaries of `kind`: key → [`Existing`].
+/// The stored summaries of `kind` for `tenant` (`''`: shared): key → [`Existing`].
 ///
 /// # Errors
 /// Database errors.
 pub async fn existing(
     client: &impl GenericClient,
     kind: &str,
+    tenant: &str,
 ) -> Result<std::collections::HashMap<String, Existing>> {
     let rows = client
         .query(
-            "SELECT entity_key, data_version FROM quarry.summaries WHERE kind = $1",
-            &[&kind],
+            "SELECT entity_key, data_version FROM quarry.summaries WHERE kind = $1 AND tenant = $2",
+            &[&kind, &tenant],
         )
         .await?;
     rows.iter()
@@ -162,7 +164,8 @@ pub struct Touch {
     pub weight: Option<f64>,
 }
 
-/// One batch's writes, in one transaction: upserts (computed and checked
+/// One batch's writes for `kind` and `tenant` (`''`: shared), in one
+/// transaction: upserts (computed and checked
 /// now, error cleared), touches (`checked_at` now, error cleared) and
 /// failures (`last_error` set on rows that exist; nothing else changes).
 ///
@@ -171,6 +174,7 @@ pub struct Touch {
 pub async fn write_batch(
     client: &mut Client,
     kind: &str,
+    tenant: &str,
     upserts: &[Upsert],
     touches: &[Touch],
     failures: &[(String, String)],
@@ -179,10 +183,11 @@ pub async fn write_batch(
     if !upserts.is_empty() {
         let upsert = tx
             .prepare(
-                "INSERT INTO quarry.summaries (kind, entity_key, entity_name, name_folded, weight, \
-                   text, facts, data_version, embedder, embedding, computed_at, checked_at, last_error) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, now(), now(), NULL) \
-                 ON CONFLICT (kind, entity_key) DO UPDATE SET entity_name = EXCLUDED.entity_name, \
+                "INSERT INTO quarry.summaries (kind, tenant, entity_key, entity_name, name_folded, \
+                   weight, text, facts, data_version, embedder, embedding, computed_at, checked_at, \
+                   last_error) \
+                 VALUES ($1, $9, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, now(), now(), NULL) \
+                 ON CONFLICT (kind, tenant, entity_key) DO UPDATE SET entity_name = EXCLUDED.entity_name, \
                    name_folded = EXCLUDED.name_folded, weight = EXCLUDED.weight, text = EXCLUDED.text, \
                    facts = EXCLUDED.facts, data_version = EXCLUDED.data_version, \
                    embedder = EXCLUDED.embedder, embedding = EXCLUDED.embedding, \
@@ -202,6 +207,7 @@ pub async fn write_batch(
                     &u.text,
                     &u.facts,
                     &u.data_version,
+                    &tenant,
                 ],
             )
             .await?;
@@ -212,23 +218,27 @@ pub async fn write_batch(
             .prepare(
                 "UPDATE quarry.summaries SET checked_at = now(), last_error = NULL, \
                    entity_name = $3, name_folded = $4, weight = $5 \
-                 WHERE kind = $1 AND entity_key = $2",
+                 WHERE kind = $1 AND entity_key = $2 AND tenant = $6",
             )
             .await?;
         for t in touches {
             let folded = crate::lookup::fold(&t.name);
-            tx.execute(&touch, &[&kind, &t.key, &t.name, &folded, &t.weight])
-                .await?;
+            tx.execute(
+                &touch,
+                &[&kind, &t.key, &t.name, &folded, &t.weight, &tenant],
+            )
+            .await?;
         }
     }
     if !failures.is_empty() {
         let fail = tx
             .prepare(
-                "UPDATE quarry.summaries SET last_error = $3 WHERE kind = $1 AND entity_key = $2",
+                "UPDATE quarry.summaries SET last_error = $3 \
+                 WHERE kind = $1 AND entity_key = $2 AND tenant = $4",
             )
             .await?;
         for (key, error) in failures {
-            tx.execute(&fail, &[&kind, key, error]).await?;
+            tx.execute(&fail, &[&kind, key, error, &tenant]).await?;
         }
     }
     tx.commit().await?;
@@ -250,31 +260,59 @@ pub async fn count_unembedded(client: &impl GenericClient, model: &str) -> Resul
     Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
 }
 
-/// Up to `limit` `(kind, entity_key, text)` of summaries without an
-/// embedding from `model`, in `(kind, entity_key)` order after `after`.
+/// A summary's text waiting for an embedding: its primary key and text.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Unembedded {
+    /// Kind.
+    pub kind: String,
+    /// Tenant (`''`: shared).
+    pub tenant: String,
+    /// Entity key.
+    pub key: String,
+    /// The text to embed.
+    pub text: String,
+}
+
+/// Up to `limit` summaries without an embedding from `model`, in `(kind,
+/// tenant, entity_key)` order after `after`'s key (all from the start
+/// without it).
 ///
 /// # Errors
 /// Database errors.
 pub async fn unembedded(
     client: &impl GenericClient,
     model: &str,
-    after: Option<&(String, String)>,
+    after: Option<&Unembedded>,
     limit: i64,
-) -> Result<Vec<(String, String, String)>> {
-    let (kind, key) = after.cloned().unwrap_or_default();
+) -> Result<Vec<Unembedded>> {
+    let start = after.is_none();
+    let after = after.cloned().unwrap_or_default();
     let rows = client
         .query(
-            "SELECT kind, entity_key, text FROM quarry.summaries \
+            "SELECT kind, tenant, entity_key, text FROM quarry.summaries \
              WHERE (embedding IS NULL OR embedder IS DISTINCT FROM $1) \
-               AND ($2 = '' OR (kind, entity_key) > ($2, $3)) \
-             ORDER BY kind, entity_key LIMIT $4",
-            &[&model, &kind, &key, &limit],
+               AND ($2 OR (kind, tenant, entity_key) > ($3, $4, $5)) \
+             ORDER BY kind, tenant, entity_key LIMIT $6",
+            &[
+                &model,
+                &start,
+                &after.kind,
+                &after.tenant,
+                &after.key,
+                &limit,
+            ],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
+    rows.iter()
+        .map(|r| {
+            Ok(Unembedded {
+                kind: r.try_get(0)?,
+                tenant: r.try_get(1)?,
+                key: r.try_get(2)?,
+                text: r.try_get(3)?,
+            })
+        })
+        .collect()
 }
 
 /// Stores `vectors` (one per row of `batch`, same order) as the embeddings of
@@ -285,37 +323,62 @@ pub async fn unembedded(
 pub async fn store_embeddings(
     client: &impl GenericClient,
     model: &str,
-    batch: &[(String, String, String)],
+    batch: &[Unembedded],
     vectors: Vec<Vec<f32>>,
 ) -> Result<()> {
     let update = client
         .prepare(
             "UPDATE quarry.summaries SET embedder = $1, embedding = $2 \
-             WHERE kind = $3 AND entity_key = $4 AND text = $5",
+             WHERE kind = $3 AND tenant = $4 AND entity_key = $5 AND text = $6",
         )
         .await?;
-    for ((kind, key, text), v) in batch.iter().zip(vectors) {
+    for (u, v) in batch.iter().zip(vectors) {
         let vector = pgvector::Vector::from(v);
         client
-            .execute(&update, &[&model, &vector, kind, key, text])
+            .execute(
+                &update,
+                &[&model, &vector, &u.kind, &u.tenant, &u.key, &u.text],
+            )
             .await?;
     }
     Ok(())
 }
 
-/// Deletes the summaries of `kind` whose key is not in `keys`; returns how many.
+/// Deletes the summaries of `kind` for `tenant` whose key is not in
+/// `keys`; returns how many.
 ///
 /// # Errors
 /// Database errors.
 pub async fn delete_missing(
     client: &impl GenericClient,
     kind: &str,
+    tenant: &str,
     keys: &[String],
 ) -> Result<u64> {
     Ok(client
         .execute(
-            "DELETE FROM quarry.summaries WHERE kind = $1 AND NOT (entity_key = ANY($2))",
-            &[&kind, &keys],
+            "DELETE FROM quarry.summaries \
+             WHERE kind = $1 AND tenant = $2 AND NOT (entity_key = ANY($3))",
+            &[&kind, &tenant, &keys],
+        )
+        .await?)
+}
+
+/// Deletes the summaries of `kind` whose tenant is not in `tenants` (`''`
+/// is the shared scope: a kind that became tenant-scoped loses its shared
+/// summaries, and the other way round); returns how many.
+///
+/// # Errors
+/// Database errors.
+pub async fn delete_other_tenants(
+    client: &impl GenericClient,
+    kind: &str,
+    tenants: &[String],
+) -> Result<u64> {
+    Ok(client
+        .execute(
+            "DELETE FROM quarry.summaries WHERE kind = $1 AND NOT (tenant = ANY($2))",
+            &[&kind, &tenants],
         )
         .await?)
 }

@@ -15,7 +15,8 @@ impl SummaryConfig {
     /// [`RESERVED_FIGURE_NAMES`]), per-shape options (computations the shape
     /// supports, `step` > 0 for series only, `top` ≥ 1 for breakdowns only,
     /// `focus` for series only and required by `shares`), every SQL text
-    /// (one read-only query, see [`check_query`]), and the template (compiles;
+    /// (entities, `tenants`, figures: one read-only query each, see
+    /// [`check_query`]), and the template (compiles;
     /// every variable it reads is `entity`, a figure or a MiniJinja global;
     /// every filter and test it applies exists). Whether a series is grouped
     /// (and so whether `groups`/`shares` apply) is only known once its query
@@ -73,6 +74,10 @@ impl KindConfig {
         }
         check_query(&self.entities)
             .map_err(|m| DefinitionError::new(kind, None, format!("entities query: {m}")))?;
+        if let Some(tenants) = &self.tenants {
+            check_query(tenants)
+                .map_err(|m| DefinitionError::new(kind, None, format!("tenants query: {m}")))?;
+        }
         let mut names: Vec<&str> = Vec::new();
         for figure in &self.figures {
             let name = figure.name.as_str();

@@ -399,6 +399,7 @@ fn shuffle_kind() -> (KindConfig, FigureConfig, FigureConfig) {
         entity: "artist".into(),
         description: String::new(),
         entities: "SELECT 1 AS key, 'x' AS name".into(),
+        tenants: None,
         figures: vec![acquisitions.clone(), media.clone()],
         template: "{{ entity.name }}: {{ acquisitions.total | count }} works \
             {% if acquisitions.range %}{{ acquisitions.range | years }}{% endif %}; \

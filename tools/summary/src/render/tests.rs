@@ -149,6 +149,7 @@ fn kind(template: &str) -> KindConfig {
         entity: "artist".into(),
         description: String::new(),
         entities: "SELECT 1 AS key, 'x' AS name".into(),
+        tenants: None,
         figures: vec![FigureConfig {
             name: "works".into(),
             shape: Shape::Values,
