@@ -54,6 +54,10 @@ pub enum SearchError {
         /// What is refused, naming the field.
         message: String,
     },
+    /// The caller's tenant already runs its share of searches
+    /// (`RESOURCE_EXHAUSTED` with `RetryInfo`).
+    #[error(transparent)]
+    Busy(#[from] quarry_auth::shares::ShareExhausted),
 }
 
 impl From<FilterError> for SearchError {
@@ -98,6 +102,7 @@ impl ServiceError for SearchError {
             Self::FailedPrecondition(_) => ServiceErrorCode::FailedPrecondition,
             Self::Forbidden(_) | Self::FieldForbidden { .. } => ServiceErrorCode::PermissionDenied,
             Self::Unavailable(_) => ServiceErrorCode::Unavailable,
+            Self::Busy(_) => ServiceErrorCode::ResourceExhausted,
             Self::Database(e) if e.is_closed() || e.code().is_none() => {
                 ServiceErrorCode::Unavailable
             }
@@ -112,6 +117,7 @@ impl ServiceError for SearchError {
             Self::InvalidArgument { field, message } => {
                 Some(FieldViolation::new(field.clone(), message.clone()).details())
             }
+            Self::Busy(busy) => Some(ErrorDetails::with_retry_info(Some(busy.retry_after))),
             Self::FailedPrecondition(_)
             | Self::Forbidden(_)
             | Self::FieldForbidden { .. }

@@ -84,6 +84,23 @@ pub struct SearchConfig {
     /// The collections.
     #[serde(default)]
     pub collections: Vec<CollectionConfig>,
+    /// Searches one tenant may run at once, as a fraction of the pool's
+    /// connections (rounded down, at least one); past it a search waits
+    /// `tenant_wait_ms`, then is refused with `RESOURCE_EXHAUSTED` and
+    /// `RetryInfo`. Default 0.5.
+    #[serde(default = "default_tenant_share")]
+    pub tenant_share: f64,
+    /// See `tenant_share`, in milliseconds. Default 250.
+    #[serde(default = "default_tenant_wait_ms")]
+    pub tenant_wait_ms: u64,
+}
+
+fn default_tenant_share() -> f64 {
+    0.5
+}
+
+fn default_tenant_wait_ms() -> u64 {
+    250
 }
 
 fn default_index_dir() -> PathBuf {
@@ -116,6 +133,8 @@ impl Default for SearchConfig {
             exact_threshold: default_exact_threshold(),
             max_k: default_max_k(),
             collections: Vec::new(),
+            tenant_share: default_tenant_share(),
+            tenant_wait_ms: default_tenant_wait_ms(),
         }
     }
 }
@@ -249,6 +268,8 @@ pub struct SearchTool {
     embedder: Option<Arc<dyn Embedder>>,
     reranker: Option<Arc<dyn Reranker>>,
     entries: Vec<Entry>,
+    /// Each tenant's share of concurrent searches.
+    shares: quarry_auth::shares::TenantShares,
 }
 
 impl std::fmt::Debug for SearchTool {
@@ -330,6 +351,14 @@ impl SearchTool {
                 recounting: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             });
         }
+        let shares = quarry_auth::shares::TenantShares::new(
+            "concurrent searches",
+            quarry_auth::shares::TenantShares::share_of(
+                pool.status().max_size,
+                config.tenant_share,
+            ),
+            std::time::Duration::from_millis(config.tenant_wait_ms),
+        );
         Ok(SearchTool {
             pool,
             database_url,
@@ -337,7 +366,13 @@ impl SearchTool {
             embedder,
             reranker: None,
             entries,
+            shares,
         })
+    }
+
+    /// Each tenant's share of concurrent searches.
+    pub fn tenant_shares(&self) -> &quarry_auth::shares::TenantShares {
+        &self.shares
     }
 
     /// Sets the rerank hook.
@@ -509,6 +544,7 @@ impl SearchTool {
     pub async fn search(&self, caller: &Caller, request: SearchRequest) -> Result<SearchResponse> {
         let visible = self.visible(caller, &request)?;
         let request = self.tenanted(caller, request)?;
+        let _share = self.shares.acquire(&caller.principal.tenant).await?;
         self.search_inner(request, None, &visible).await
     }
 
@@ -531,6 +567,7 @@ impl SearchTool {
     ) -> Result<SearchResponse> {
         let visible = self.visible(caller, &request)?;
         let request = self.tenanted(caller, request)?;
+        let _share = self.shares.acquire(&caller.principal.tenant).await?;
         self.search_inner(request, Some(query_vector), &visible)
             .await
     }

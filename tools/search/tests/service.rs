@@ -461,3 +461,42 @@ fn caller() -> Caller {
         scopes: vec![],
     })
 }
+
+/// A tenant whose share of concurrent searches is taken is told to retry
+/// (RESOURCE_EXHAUSTED with RetryInfo); another tenant searches as usual.
+#[tokio::test]
+async fn a_tenant_past_its_share_of_searches_is_told_to_retry() {
+    let (db, tool, dir) = setup(false).await;
+    let shares = tool.tenant_shares().clone();
+    let mut held = Vec::new();
+    for _ in 0..shares.limit() {
+        held.push(shares.acquire("t1").await.unwrap());
+    }
+    let busy = tool
+        .search(&caller(), request("dog", Mode::Bm25))
+        .await
+        .unwrap_err();
+    assert!(matches!(busy, SearchError::Busy(_)), "{busy}");
+    let status = quarry_proto::status_of(&busy);
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    let other = Caller::operator(Principal {
+        tenant: "t2".into(),
+        subject: "tester".into(),
+        roles: vec![],
+        scopes: vec![],
+    });
+    assert!(
+        tool.search(&other, request("dog", Mode::Bm25))
+            .await
+            .is_ok()
+    );
+    drop(held);
+    assert!(
+        tool.search(&caller(), request("dog", Mode::Bm25))
+            .await
+            .is_ok()
+    );
+    drop(tool);
+    db.drop_db().await;
+    drop(dir);
+}

@@ -261,8 +261,9 @@ pub struct PlanSummary {
 /// (FORMAT JSON, VERBOSE)` in a read-only transaction and summarise it.
 ///
 /// # Errors
-/// [`ExecError`] as for execution: pool, timeout or database errors (e.g.
-/// an unknown table, SQLSTATE `42P01`).
+/// [`ExecError`] as for execution: the tenant's share of connections
+/// taken, pool, timeout or database errors (e.g. an unknown table, SQLSTATE
+/// `42P01`).
 pub async fn explain_plan(
     executor: &Executor,
     q: &ValidatedQuery,
@@ -271,6 +272,11 @@ pub async fn explain_plan(
     let config = executor.config();
     let timeout_ms = config.statement_timeout_ms.max(1);
     let pg = |e| ExecError::from_pg(e, timeout_ms);
+    // planning holds a connection too: it counts against the tenant's share
+    let _share = match q.session() {
+        Some(session) => Some(executor.tenant_shares().acquire(&session.tenant).await?),
+        None => None,
+    };
     let mut client = executor.pool().get().await?;
     let tx = crate::execute::guard(config, q.allowed_schemas(), q.session())
         .begin(&mut client)
