@@ -13,6 +13,7 @@ mod conversation;
 mod generate;
 mod governance;
 mod governance_props;
+mod hostile_input;
 mod models;
 mod pii;
 mod registry;
