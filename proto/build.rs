@@ -1,6 +1,11 @@
 //! Compiles `quarry/v1/*.proto` with protox (pure Rust, no system `protoc`) and
 //! generates tonic/prost code, plus the encoded file descriptor set that server
-//! reflection serves.
+//! reflection serves (and `quarry_proto::codec` walks).
+//!
+//! Every generated client and server uses `crate::codec::CheckedCodec`
+//! instead of `tonic_prost::ProstCodec`, and every message implements
+//! `prost::Name` (its full protobuf name) so the codec can find its
+//! descriptor.
 
 use std::{env, fs, path::PathBuf};
 
@@ -21,9 +26,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("quarry_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(fds)?;
+        .codec_path("crate::codec::CheckedCodec")
+        .compile_fds_with_config(fds, config)?;
     Ok(())
 }

@@ -8,6 +8,11 @@
 //!
 //! [`error`] is the one contract that maps every service's errors to gRPC
 //! status codes ([`ServiceErrorCode`], [`ServiceError`], [`status_of`]).
+//!
+//! [`codec`] is the codec of every generated client and server
+//! ([`codec::CheckedCodec`]): a request that does not decode, or holds a
+//! NUL (U+0000) in any string field, is `INVALID_ARGUMENT` before any
+//! handler runs.
 
 /// Generated messages, clients (`*_client`) and servers (`*_server`) of `quarry.v1`.
 pub mod v1 {
@@ -19,6 +24,7 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/quarry_descriptor.bin"));
 
+pub mod codec;
 pub mod error;
 
 pub use error::{FieldViolation, ServiceError, ServiceErrorCode, status_of};

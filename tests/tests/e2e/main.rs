@@ -14,6 +14,7 @@ mod fairness;
 mod generate;
 mod governance;
 mod governance_props;
+mod hostile_input;
 mod models;
 mod pii;
 mod registry;
