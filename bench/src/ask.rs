@@ -322,8 +322,8 @@ pub struct AskBenchReport {
 }
 
 /// The in-process Quarry server and how to stop it.
-struct RunningServer {
-    url: String,
+pub(crate) struct RunningServer {
+    pub(crate) url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
     /// The task has been awaited to its end already.
@@ -331,7 +331,7 @@ struct RunningServer {
 }
 
 impl RunningServer {
-    async fn shut_down(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn shut_down(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -353,8 +353,9 @@ impl RunningServer {
 /// The policy role the benchmark's token carries.
 const BENCH_ROLE: &str = "bench";
 
-fn server_config(
-    options: &AskBenchOptions,
+pub(crate) fn server_config(
+    sections: &ServerSections,
+    summaries: bool,
     model_url: &str,
 ) -> anyhow::Result<quarry_server::Config> {
     let toml = format!(
@@ -372,8 +373,8 @@ fn server_config(
     );
     let mut config = quarry_server::Config::from_toml_layers(&[&toml])
         .map_err(|e| anyhow::anyhow!("benchmark server configuration: {e}"))?;
-    config.database = options.sections.database.clone();
-    config.sql = options.sections.sql.clone();
+    config.database = sections.database.clone();
+    config.sql = sections.sql.clone();
     // One role that reads every configured schema with every read scope.
     let role = quarry_auth::RoleConfig {
         scopes: [
@@ -397,11 +398,10 @@ fn server_config(
         ..quarry_auth::RoleConfig::default()
     };
     config.policy.roles.insert(BENCH_ROLE.to_owned(), role);
-    config.orchestrator = options.sections.orchestrator.clone();
-    if options.summaries {
+    config.orchestrator = sections.orchestrator.clone();
+    if summaries {
         config.summary = Some(
-            options
-                .sections
+            sections
                 .summary
                 .clone()
                 .context("--summaries needs a [summary] section in the configuration")?,
@@ -443,10 +443,38 @@ fn responder(
 
 /// A one-day token for tenant `bench`.
 fn token() -> anyhow::Result<String> {
+    token_for("bench", "bench-ask")
+}
+
+/// A one-day token of the benchmark's role for `tenant`.
+pub(crate) fn token_for(tenant: &str, subject: &str) -> anyhow::Result<String> {
     let mut claims =
-        quarry_auth::Claims::issued_now("bench", "bench-ask", Duration::from_secs(24 * 3600));
+        quarry_auth::Claims::issued_now(tenant, subject, Duration::from_secs(24 * 3600));
     claims.roles = vec![BENCH_ROLE.to_owned()];
     quarry_auth::mint_hs256(BENCH_SECRET.as_bytes(), &claims).context("minting the token")
+}
+
+/// Binds `127.0.0.1:0` as `quarry serve` does and serves `config` there
+/// until [`RunningServer::shut_down`].
+pub(crate) async fn start_server(config: quarry_server::Config) -> anyhow::Result<RunningServer> {
+    // bound as `quarry serve` is (which sets TCP_NODELAY on accepted sockets)
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(quarry_server::serve(
+        listener,
+        config,
+        quarry_server::Roles::all(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Ok(RunningServer {
+        url,
+        stop: Some(stop),
+        task,
+        exited: false,
+    })
 }
 
 /// Starts the scripted model and the server, calibrates, measures each
@@ -469,26 +497,9 @@ pub async fn run_ask_bench(options: &AskBenchOptions) -> anyhow::Result<AskBench
     .await
     .context("starting the scripted model")?;
     model.set_record_limit(0);
-    let config = server_config(options, &model.base_url())?;
+    let config = server_config(&options.sections, options.summaries, &model.base_url())?;
     let pool_size = config.database.pool_size;
-    // bound as `quarry serve` is (which sets TCP_NODELAY on accepted sockets)
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(quarry_server::serve(
-        listener,
-        config,
-        quarry_server::Roles::all(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let mut server = RunningServer {
-        url,
-        stop: Some(stop),
-        task,
-        exited: false,
-    };
+    let mut server = start_server(config).await?;
     progress(
         options.progress,
         format!(
@@ -526,7 +537,7 @@ pub async fn run_ask_bench(options: &AskBenchOptions) -> anyhow::Result<AskBench
 
 /// Waits until the server answers DescribeSchema (it binds at once but
 /// builds its pools first); fails early if the server stops.
-async fn wait_ready(server: &mut RunningServer, token: &str) -> anyhow::Result<Channel> {
+pub(crate) async fn wait_ready(server: &mut RunningServer, token: &str) -> anyhow::Result<Channel> {
     let channel = Endpoint::from_shared(server.url.clone())?.connect_lazy();
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
@@ -643,16 +654,16 @@ async fn calibrate(
 
 /// One successful Ask as the client saw it.
 #[derive(Debug, Clone, Copy)]
-struct Sample {
-    end_to_end: Duration,
+pub(crate) struct Sample {
+    pub(crate) end_to_end: Duration,
     first_event: Duration,
     elapsed: Duration,
-    model: Duration,
+    pub(crate) model: Duration,
     tool: Duration,
     /// `Usage.database_us`: the SQL tool's and the conversation store's.
     database: Duration,
     /// The SQL tool's, from the tool results.
-    sql_database: Duration,
+    pub(crate) sql_database: Duration,
     model_calls: u32,
     tool_calls: u32,
 }
@@ -679,7 +690,7 @@ impl Sample {
 }
 
 /// Sends one Ask and reads its whole stream.
-async fn one_ask(
+pub(crate) async fn one_ask(
     client: &mut AssistantServiceClient<Channel>,
     token: &str,
     question: &str,
@@ -977,12 +988,12 @@ fn summarise(
 
 /// A `kB` field of `/proc/self/status` (e.g. `VmRSS`, `VmHWM`), in KiB;
 /// `None` off Linux.
-fn proc_status_kib(field: &str) -> Option<u64> {
+pub(crate) fn proc_status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     parse_status_kib(&status, field)
 }
 
-fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+pub(crate) fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     status.lines().find_map(|line| {
         let rest = line.strip_prefix(field)?.strip_prefix(':')?;
         rest.split_whitespace().next()?.parse().ok()
@@ -1008,7 +1019,7 @@ fn parse_stat_cpu(stat: &str) -> Option<Duration> {
 
 /// The machine's busy and total CPU time so far, in ticks, from the
 /// `cpu` line of `/proc/stat` (busy = total − idle − iowait); `None` off Linux.
-fn machine_cpu() -> Option<(u64, u64)> {
+pub(crate) fn machine_cpu() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     parse_machine_cpu(&stat)
 }
@@ -1029,7 +1040,7 @@ fn parse_machine_cpu(stat: &str) -> Option<(u64, u64)> {
     Some((total.saturating_sub(idle), total))
 }
 
-fn mib(kib: u64) -> f64 {
+pub(crate) fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 

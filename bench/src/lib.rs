@@ -9,9 +9,12 @@
 //!   follower running in-process;
 //! - [`ask`]: the orchestrator's own overhead per `Ask` (end-to-end minus
 //!   model and database time) under N concurrent streams against a scripted
-//!   model with a fixed latency, with throughput and peak memory.
+//!   model with a fixed latency, with throughput and peak memory;
+//! - [`fairness`]: one tenant's latency alone and beside another tenant's
+//!   flood, with the fair-share limits in force, and both processes' memory.
 
 pub mod ask;
+pub mod fairness;
 pub mod freshness;
 pub mod search;
 pub mod synthetic;

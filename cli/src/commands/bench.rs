@@ -131,6 +131,57 @@ enum What {
         #[arg(long)]
         json: bool,
     },
+    /// Fairness: a calm tenant's Ask latency alone, then beside a flooding
+    /// tenant (slow ExecuteSql and Asks of many tool calls, by default ten
+    /// times the rate limit) with the configured fair-share limits in force;
+    /// p50/p99 change, errors, the flood's refusals by code, peak memory of
+    /// Quarry and PostgreSQL. Needs the `tate` schema in the database.
+    Fairness {
+        /// The calm tenant's Asks per second (an open loop).
+        #[arg(long, default_value_t = 5.0)]
+        calm_rate: f64,
+        /// The flood's requests per second; default ten times
+        /// `auth.rate_limit.requests_per_second`.
+        #[arg(long)]
+        flood_rate: Option<f64>,
+        /// The flood's requests open at once, at most.
+        #[arg(long, default_value_t = 256)]
+        flood_in_flight: usize,
+        /// Tool calls the flood's model asks for in one step.
+        #[arg(long, default_value_t = 20)]
+        flood_tool_calls: usize,
+        /// HTTP/2 connections of the flood.
+        #[arg(long, default_value_t = 4)]
+        flood_connections: usize,
+        /// The flood's slow SQL.
+        #[arg(long, default_value = quarry_bench::fairness::FLOOD_SQL)]
+        flood_sql: String,
+        /// The scripted model's latency per call, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        model_latency_ms: u64,
+        /// Measured seconds of each phase.
+        #[arg(long, default_value_t = 20)]
+        duration_secs: u64,
+        /// Untimed seconds of calm load before the first phase.
+        #[arg(long, default_value_t = 3)]
+        warmup_secs: u64,
+        /// Seconds of flood before the calm load is timed beside it.
+        #[arg(long, default_value_t = 2)]
+        ramp_secs: u64,
+        /// Ceiling on the Quarry process's peak memory, MiB.
+        #[arg(long, default_value_t = 1024)]
+        quarry_ceiling_mib: u64,
+        /// Ceiling on PostgreSQL's peak memory (private memory of its
+        /// processes plus shared memory once), MiB.
+        #[arg(long, default_value_t = 1024)]
+        postgres_ceiling_mib: u64,
+        /// Database; default `database.url` from the configuration.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the benchmark and prints its report (a table, or JSON).
@@ -264,6 +315,48 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
                 progress: true,
             };
             let report = quarry_bench::ask::run_ask_bench(&options).await?;
+            super::print_report(json, || report.to_json(), || report.table())
+        }
+        What::Fairness {
+            calm_rate,
+            flood_rate,
+            flood_in_flight,
+            flood_tool_calls,
+            flood_connections,
+            flood_sql,
+            model_latency_ms,
+            duration_secs,
+            warmup_secs,
+            ramp_secs,
+            quarry_ceiling_mib,
+            postgres_ceiling_mib,
+            database_url,
+            json,
+        } => {
+            let mut sections = quarry_bench::ask::ServerSections::load(config)?;
+            if let Some(url) = database_url {
+                sections.database.url = url;
+            }
+            let rate_limit = quarry_bench::fairness::rate_limit(config)?;
+            let options = quarry_bench::fairness::FairnessOptions {
+                sections,
+                rate_limit,
+                model_latency: Duration::from_millis(model_latency_ms),
+                calm_rate,
+                flood_rate: flood_rate
+                    .unwrap_or(10.0 * f64::from(rate_limit.requests_per_second.get())),
+                flood_in_flight,
+                flood_tool_calls,
+                flood_connections,
+                flood_sql,
+                warmup: Duration::from_secs(warmup_secs),
+                ramp: Duration::from_secs(ramp_secs),
+                duration: Duration::from_secs(duration_secs),
+                quarry_ceiling_kib: quarry_ceiling_mib * 1024,
+                postgres_ceiling_kib: postgres_ceiling_mib * 1024,
+                progress: true,
+            };
+            let report = quarry_bench::fairness::run_fairness_bench(&options).await?;
             super::print_report(json, || report.to_json(), || report.table())
         }
     }
