@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "quarry/v1/assistant.proto",
         "quarry/v1/search.proto",
         "quarry/v1/summary.proto",
+        "quarry/v1/usage.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -19,6 +19,7 @@ pub mod search;
 pub mod serve;
 pub mod summaries;
 pub mod token;
+pub mod usage;
 
 use std::path::Path;
 

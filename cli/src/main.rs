@@ -53,6 +53,9 @@ enum Command {
     /// The audit trail of the token's tenant: statements and refusals
     /// (needs the audit:read scope).
     Audit(commands::audit::Args),
+    /// The token's tenant's usage per UTC day (requests, Asks, model calls,
+    /// tokens, cost, rows, bytes) and its budgets (needs audit:read).
+    Usage(commands::usage::Args),
     /// Evaluate a tool against a benchmark.
     #[cfg(feature = "dev-tools")]
     Eval(commands::eval::Args),
@@ -86,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Golden(args) => commands::golden::run(args, config).await,
         Command::Explain(args) => commands::explain::run(args, config).await,
         Command::Audit(args) => commands::audit::run(args, config).await,
+        Command::Usage(args) => commands::usage::run(args, config).await,
         #[cfg(feature = "dev-tools")]
         Command::Eval(args) => commands::eval::run(args, config).await,
         #[cfg(feature = "dev-tools")]

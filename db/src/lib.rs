@@ -15,6 +15,8 @@
 //!   across processes, so a tool can run it when it opens.
 //! - [`audit`]: the audit trail of statements and refusals
 //!   (`quarry.audit_log`).
+//! - [`usage`]: usage per tenant and UTC day (`quarry.usage_daily`), for
+//!   budgets and reports.
 //! - With the `test-util` feature, `testing::TestDb` creates a throw-away
 //!   database per test.
 
@@ -27,6 +29,7 @@ mod pool;
 mod read_only;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod usage;
 
 pub use error::{DbError, PgError, Result, error_text};
 pub use ident::{quote_ident, quote_literal};

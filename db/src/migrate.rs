@@ -81,6 +81,7 @@ mod tests {
                 "V6__audit_log",
                 "V8__conversation_pii",
                 "V9__summaries_per_tenant",
+                "V10__usage",
             ]
         );
         assert!(migrate(db.pool()).await.unwrap().is_empty());

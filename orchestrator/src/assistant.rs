@@ -53,6 +53,13 @@
 //!
 //! The last event, `usage`, accounts for the request (`crate::usage`).
 //!
+//! Budgets ([`crate::budget`]): with [`Assistant::with_budgets`], an `Ask`
+//! of a tenant that has spent a budget is refused up front
+//! (`RESOURCE_EXHAUSTED` with `RetryInfo`); each agentic step and the
+//! routing call are checked first (over a budget: `LIMIT_REACHED` with a
+//! note naming it; router mode routes by rules instead), and every Ask is
+//! charged when it ends, whether it finished or the client went away.
+//!
 //! This module builds the assistant; the other jobs have a module each, and
 //! none imports from a module that imports from it: `run` the request's
 //! lifecycle ([`Assistant::ask`], start, deadline, final answer, stored
@@ -79,6 +86,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::{
+    budget::Budgets,
     config::OrchestratorConfig,
     conversation::ConversationStore,
     tools::{ModelTool, ToolRegistry, search::SearchTool, sql::SqlTool, summaries::SummariesTool},
@@ -109,6 +117,8 @@ pub struct Assistant {
     asks: TenantShares,
     /// Each tenant's share of agentic tool calls running.
     tool_calls: TenantShares,
+    /// Token and cost budgets per tenant, and where Asks are charged.
+    budgets: Option<Arc<Budgets>>,
 }
 
 impl std::fmt::Debug for Assistant {
@@ -151,7 +161,16 @@ impl Assistant {
                 wait,
             ),
             config,
+            budgets: None,
         }
+    }
+
+    /// Checks every `Ask`'s tenant against `budgets` before it starts and
+    /// before each model call, and charges each `Ask` to it when it ends.
+    #[must_use]
+    pub fn with_budgets(mut self, budgets: Arc<Budgets>) -> Self {
+        self.budgets = Some(budgets);
+        self
     }
 
     /// Offers the search tool (`search_documents`) to the model too, over the

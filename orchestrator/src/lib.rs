@@ -9,6 +9,9 @@
 //!   [`ToolRegistry`] the agent loop offers and calls them through;
 //! - [`caller`]: who asks ([`AskCaller`]: the `quarry_auth::Caller` plus
 //!   the credentials forwarded to tool services);
+//! - [`budget`]: token and cost budgets per tenant and UTC day and month,
+//!   checked before model calls and charged after each `Ask`, and the
+//!   `quarry.v1.UsageService` report;
 //! - `usage`: tokens, cost and time accounting of one `Ask`;
 //! - [`router`]: router mode's deterministic classifier (rules over the
 //!   question's words → summaries, search, both or none) and its answer text;
@@ -28,6 +31,7 @@
 //! the caller's scopes itself and logs under the request's id.
 
 pub mod assistant;
+pub mod budget;
 pub mod caller;
 pub mod config;
 pub mod conversation;
@@ -41,6 +45,7 @@ pub mod transport;
 mod usage;
 
 pub use assistant::{AskStream, Assistant};
+pub use budget::{BudgetConfig, Budgets, grpc::UsageGrpc};
 pub use caller::AskCaller;
 pub use config::OrchestratorConfig;
 pub use grpc::AssistantGrpc;

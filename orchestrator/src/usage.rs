@@ -85,6 +85,12 @@ impl Accounting {
         self.usage.calls.iter().map(|c| c.total_tokens).sum()
     }
 
+    /// Cost in USD of the request's model calls so far (calls without a
+    /// price count 0).
+    pub(crate) fn cost_so_far(&self) -> f64 {
+        self.usage.calls.iter().map(|c| c.cost_usd).sum()
+    }
+
     /// Adds model calls made outside the agentic loop (the routing model's,
     /// the SQL tool's) to the request's usage.
     pub(crate) fn account_calls(&mut self, calls: impl IntoIterator<Item = ModelCallUsage>) {

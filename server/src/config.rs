@@ -12,7 +12,7 @@ use figment::{
 };
 use quarry_auth::{AuthConfig, PolicyConfig};
 use quarry_llm::{LlmError, ModelConfig, ModelsConfig, TaskModels, embed::EmbeddingConfig};
-use quarry_orchestrator::OrchestratorConfig;
+use quarry_orchestrator::{BudgetConfig, OrchestratorConfig};
 use quarry_search::SearchConfig;
 use quarry_search_sync::SyncConfig;
 use quarry_sql::service::SqlToolConfig;
@@ -63,6 +63,10 @@ pub struct Config {
     /// The orchestrator.
     #[serde(default)]
     pub orchestrator: OrchestratorConfig,
+    /// Token and cost budgets per tenant (UTC day and month; `0` = no
+    /// limit) and `[budgets.tenants.<tenant>]` changes; default: no limits.
+    #[serde(default)]
+    pub budgets: BudgetConfig,
     /// The search tool and its collections; absent means no SearchService.
     #[serde(default)]
     pub search: Option<SearchConfig>,

@@ -19,7 +19,9 @@ pub fn rpc_scope(path: &str) -> Option<&'static str> {
         "/quarry.v1.SqlService/ExplainSql" => scopes::SQL_EXPLAIN,
         "/quarry.v1.SqlService/DescribeSchema" => scopes::SCHEMA_READ,
         "/quarry.v1.SqlService/AddGoldenPair" => scopes::GOLDEN_WRITE,
-        "/quarry.v1.SqlService/ListAuditEntries" => scopes::AUDIT_READ,
+        "/quarry.v1.SqlService/ListAuditEntries" | "/quarry.v1.UsageService/GetUsage" => {
+            scopes::AUDIT_READ
+        }
         "/quarry.v1.SearchService/Search" | "/quarry.v1.SearchService/ListCollections" => {
             scopes::SEARCH
         }
@@ -53,7 +55,7 @@ mod tests {
                 }
             }
         }
-        assert!(count >= 17, "only {count} RPCs found");
+        assert!(count >= 18, "only {count} RPCs found");
         assert_eq!(rpc_scope("/quarry.v1.SqlService/DropTable"), None);
     }
 }

@@ -6,13 +6,14 @@ use std::{future::Future, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use quarry_auth::{AuthLayer, Policy, PolicyLayer, PolicyStore, RateLimitLayer};
 use quarry_orchestrator::{
-    Assistant, AssistantGrpc, ToolChannel, conversation::ConversationStore, transport,
+    Assistant, AssistantGrpc, Budgets, ToolChannel, UsageGrpc, conversation::ConversationStore,
+    transport,
 };
 use quarry_proto::v1::{
     assistant_service_server::AssistantServiceServer, search_service_client::SearchServiceClient,
     search_service_server::SearchServiceServer, sql_service_client::SqlServiceClient,
     sql_service_server::SqlServiceServer, summary_service_client::SummaryServiceClient,
-    summary_service_server::SummaryServiceServer,
+    summary_service_server::SummaryServiceServer, usage_service_server::UsageServiceServer,
 };
 use quarry_search::SearchGrpc;
 use quarry_sql::grpc::SqlGrpc;
@@ -171,23 +172,35 @@ pub async fn serve(
     if let Some(path) = config.source.clone() {
         spawn_policy_reload(path, Arc::clone(&policy), background.clone());
     }
-    let assistant_service = if roles.has(Role::Assistant) {
-        Some(AssistantServiceServer::new(AssistantGrpc::new(
-            assistant(
-                &config,
-                &pools,
-                &models,
-                &auth,
-                &background,
-                sql_service.as_ref(),
-                search_service.as_ref(),
-                summary_service.as_ref(),
-            )
-            .await?,
+    // Budgets and the usage report: kept where Asks run.
+    let budgets = if roles.has(Role::Assistant) {
+        Some(Arc::new(Budgets::new(
+            config.budgets.clone(),
+            quarry_db::usage::UsageLedger::new(database_pool(&config, &pools)?),
         )))
     } else {
         None
     };
+    let assistant_service = if let Some(budgets) = &budgets {
+        let assistant = assistant(
+            &config,
+            &pools,
+            &models,
+            &auth,
+            &background,
+            sql_service.as_ref(),
+            search_service.as_ref(),
+            summary_service.as_ref(),
+        )
+        .await?
+        .with_budgets(Arc::clone(budgets));
+        Some(AssistantServiceServer::new(AssistantGrpc::new(Arc::new(
+            assistant,
+        ))))
+    } else {
+        None
+    };
+    let usage_service = budgets.map(|b| UsageServiceServer::new(UsageGrpc::new(b)));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     if sql_service.is_some() {
@@ -197,6 +210,9 @@ pub async fn serve(
         health
             .set_serving::<AssistantServiceServer<AssistantGrpc>>()
             .await;
+    }
+    if usage_service.is_some() {
+        health.set_serving::<UsageServiceServer<UsageGrpc>>().await;
     }
     if search_service.is_some() {
         health
@@ -231,6 +247,7 @@ pub async fn serve(
         .add_optional_service(assistant_service)
         .add_optional_service(search_service)
         .add_optional_service(summary_service)
+        .add_optional_service(usage_service)
         // TCP_NODELAY: without it Nagle's algorithm and delayed ACKs held
         // small streamed events back ≈ 40 ms (`quarry bench ask`); tonic's
         // own `tcp_nodelay` applies only to listeners it binds itself
@@ -274,7 +291,7 @@ async fn assistant(
     sql: Option<&SqlServiceServer<SqlGrpc>>,
     search: Option<&SearchServiceServer<SearchGrpc>>,
     summaries: Option<&SummaryServiceServer<SummaryGrpc>>,
-) -> anyhow::Result<Arc<Assistant>> {
+) -> anyhow::Result<Assistant> {
     let server_config = &config.server;
     let sql_channel = tool_channel(
         auth,
@@ -314,7 +331,7 @@ async fn assistant(
             }
         });
     }
-    Ok(Arc::new(assistant.with_conversations(conversations)))
+    Ok(assistant.with_conversations(conversations))
 }
 
 /// How the orchestrator reaches one tool: over the network to `url` (the

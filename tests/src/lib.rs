@@ -289,6 +289,11 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
+    /// A UsageService client.
+    pub fn usage(&self) -> quarry_proto::v1::usage_service_client::UsageServiceClient<Channel> {
+        quarry_proto::v1::usage_service_client::UsageServiceClient::new(self.channel())
+    }
+
     /// A channel to the server (connects lazily).
     pub fn channel(&self) -> Channel {
         Channel::from_shared(self.url()).unwrap().connect_lazy()

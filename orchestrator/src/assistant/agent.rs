@@ -96,6 +96,13 @@ impl Run {
         let price = model.price();
         let mut tool_calls_run = 0usize;
         for step in 1..=max_steps {
+            if let Err(over) = self.budget_check().await {
+                info!(%over, "budget spent");
+                return Ok(Ending {
+                    status: AnswerStatus::LimitReached,
+                    note: Some(format!("\n\n(Stopped: {over}.)")),
+                });
+            }
             let mut stream = model.chat_stream(ChatRequest::new(messages.clone(), tools.clone()));
             self.accounting.model_call_sent(step, model.name());
             let mut content = String::new();

@@ -45,6 +45,17 @@ impl Run {
             .routing
             .clone()
             .filter(|_| self.assistant.config.route_with_model);
+        // a tenant over budget is routed by rules, without a model call
+        let routing = match routing {
+            Some(model) => match self.budget_check().await {
+                Ok(()) => Some(model),
+                Err(over) => {
+                    info!(%over, "budget spent; routing by rules");
+                    None
+                }
+            },
+            None => None,
+        };
         let mut sql = self.assistant.sql.clone();
         let generated = sql
             .generate_sql(self.caller.request(GenerateSqlRequest {

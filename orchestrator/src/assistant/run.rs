@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use quarry_db::usage::UsageAmounts;
 use quarry_llm::ChatModel;
 use quarry_proto::v1::{
     AnswerStatus, AskMode, AskRequest, AskResponse, Citation, FinalAnswer, Started, TurnToolCall,
@@ -19,6 +20,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::{AskStream, Assistant, models::AskModels};
 use crate::{
+    budget::{Noted, OverBudget},
     caller::AskCaller,
     conversation::{PriorTurn, TurnRecord, referenced_pii},
     tools::ToolContext,
@@ -34,7 +36,8 @@ impl Assistant {
     ///
     /// # Errors
     /// `RESOURCE_EXHAUSTED` (with `RetryInfo`) when the caller's tenant has
-    /// `max_asks_per_tenant` Asks in flight; `NOT_FOUND` when
+    /// spent one of its budgets (the message names it; the delay is the time
+    /// until its window resets) or has `max_asks_per_tenant` Asks in flight; `NOT_FOUND` when
     /// `conversation_id` names no live conversation of the caller; `FAILED_PRECONDITION` when it names one but conversations are
     /// not kept; `UNAVAILABLE` when the conversation store fails.
     pub async fn ask(
@@ -42,6 +45,12 @@ impl Assistant {
         request: AskRequest,
         caller: AskCaller,
     ) -> Result<AskStream, Status> {
+        if let Some(budgets) = &self.budgets {
+            budgets
+                .check(&caller.caller.principal.tenant)
+                .await
+                .map_err(Status::from)?;
+        }
         // held until the work ends, on the work's task
         let slot = self
             .asks
@@ -134,6 +143,8 @@ pub(super) struct Run {
     /// What is stored as this turn: the request, mode, route, tool calls and
     /// the last SQL that ran.
     turn: Mutex<TurnLog>,
+    /// This run's spend noted with the budgets as in flight, not charged.
+    budget_noted: Noted,
 }
 
 /// The parts of a turn gathered while it runs.
@@ -173,6 +184,7 @@ impl Run {
             conversation_id: uuid::Uuid::nil(),
             history: Vec::new(),
             turn: Mutex::new(TurnLog::default()),
+            budget_noted: Noted::default(),
         }
     }
 
@@ -223,6 +235,7 @@ impl Run {
             request_id,
         };
         if self.emit(Event::Started(started)).await.is_err() {
+            self.charge_unfinished().await;
             return;
         }
         let closed = self.tx.clone();
@@ -243,6 +256,7 @@ impl Run {
             timed = tokio::time::timeout(deadline, work) => timed,
             () = closed.closed() => {
                 info!("client went away; stopping");
+                self.charge_unfinished().await;
                 return;
             }
         };
@@ -250,6 +264,7 @@ impl Run {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(Gone)) => {
                 info!("client went away; stopping");
+                self.charge_unfinished().await;
                 return;
             }
             Err(_elapsed) => Ending {
@@ -271,6 +286,7 @@ impl Run {
             // router mode chooses after the golden look-up, which the deadline cut
             let reason = "the deadline was reached before a route was chosen".to_string();
             if self.route(AskMode::Router, "none", reason).await.is_err() {
+                self.charge_unfinished().await;
                 return;
             }
         }
@@ -313,6 +329,9 @@ impl Run {
             elapsed_ms = usage.elapsed_ms,
             "ask finished"
         );
+        // charged before the last event, so that once the stream has ended
+        // the tenant's usage and budgets include this Ask
+        self.charge(&usage).await;
         // stored before the last event, so that once the stream has ended a
         // follow-up finds this turn
         let stored = self.store_turn(outcome.status, citations, &usage).await;
@@ -322,6 +341,63 @@ impl Run {
         usage.elapsed_ms = elapsed.as_millis() as u64;
         usage.elapsed_us = elapsed.as_micros() as u64;
         self.emit(Event::Usage(usage)).await
+    }
+
+    /// Notes this run's spend since the last note with the budgets (as in
+    /// flight), then checks its tenant's budgets; call before each model call.
+    ///
+    /// # Errors
+    /// [`OverBudget`] naming the budget the tenant has spent.
+    pub(super) async fn budget_check(&mut self) -> Result<(), OverBudget> {
+        let Some(budgets) = self.assistant.budgets.clone() else {
+            return Ok(());
+        };
+        let now = Noted {
+            tokens: self.accounting.tokens_used(),
+            usd: self.accounting.cost_so_far(),
+        };
+        let delta = Noted {
+            tokens: now.tokens.saturating_sub(self.budget_noted.tokens),
+            usd: (now.usd - self.budget_noted.usd).max(0.0),
+        };
+        budgets.note(&self.caller.caller.principal.tenant, delta);
+        self.budget_noted = now;
+        budgets.check(&self.caller.caller.principal.tenant).await
+    }
+
+    /// Charges this run's `usage` (one request, one Ask, its model calls,
+    /// tokens and cost) to its tenant, when budgets are kept.
+    async fn charge(&mut self, usage: &Usage) {
+        let Some(budgets) = self.assistant.budgets.clone() else {
+            return;
+        };
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let amounts = UsageAmounts {
+            requests: 1,
+            asks: 1,
+            model_calls: i64::from(usage.model_calls),
+            prompt_tokens: count(usage.prompt_tokens),
+            completion_tokens: count(usage.completion_tokens),
+            cost_usd: usage.cost_usd,
+            ..UsageAmounts::default()
+        };
+        let noted = std::mem::take(&mut self.budget_noted);
+        budgets
+            .charge(&self.caller.caller.principal.tenant, &amounts, noted)
+            .await;
+    }
+
+    /// Charges a run that ends without a final answer (the client went
+    /// away): what its model calls spent is spent all the same.
+    async fn charge_unfinished(&mut self) {
+        let usage = {
+            let mut clock = self
+                .tools_clock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.accounting.total(&mut clock, self.started.elapsed())
+        };
+        self.charge(&usage).await;
     }
 
     /// The turn log (never poisoned in practice: nothing panics holding it).

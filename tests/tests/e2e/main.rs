@@ -7,6 +7,7 @@
 mod agent;
 mod assistant;
 mod auth;
+mod budgets;
 mod cancel;
 mod catalog;
 mod conversation;

@@ -11,6 +11,7 @@ use std::{
 use deadpool_postgres::Pool;
 use quarry_auth::Caller;
 use quarry_db::audit::{AuditConfig, AuditEntry, AuditLog, Outcome};
+use quarry_db::usage::{UsageAmounts, UsageLedger};
 use quarry_llm::{
     ChatModel, ChatRequest, Message, ResponseFormat, Usage,
     embed::Embedder,
@@ -278,6 +279,9 @@ pub struct SqlTool {
     /// audit log. The source's pool unless [`SqlTool::with_home`] says.
     home: Pool,
     audit: AuditLog,
+    /// Usage per tenant and day: each executed statement is charged as a
+    /// request with the rows and bytes it returned (same pool as `audit`).
+    usage: UsageLedger,
     executor: Executor,
     policy: ValidationPolicy,
     golden: RwLock<Arc<GoldenSet>>,
@@ -421,6 +425,7 @@ impl SqlTool {
         let executor = Executor::new(pool.clone(), config.exec.clone());
         Ok(Self {
             audit: AuditLog::new(pool.clone(), config.audit.clone()),
+            usage: UsageLedger::new(pool.clone()),
             home: pool.clone(),
             pool,
             executor,
@@ -451,6 +456,7 @@ impl SqlTool {
     #[must_use]
     pub fn with_home(mut self, home: Pool) -> Self {
         self.audit = AuditLog::new(home.clone(), self.config.audit.clone());
+        self.usage = UsageLedger::new(home.clone());
         self.home = home;
         self
     }
@@ -557,7 +563,8 @@ impl SqlTool {
     }
 
     /// Runs `query` and records it in the audit log (statement as executed,
-    /// rows, bytes, duration, outcome).
+    /// rows, bytes, duration, outcome), and charges it to the caller's
+    /// tenant's usage (one request, the rows and bytes returned).
     async fn execute_audited(
         &self,
         caller: &Caller,
@@ -587,6 +594,15 @@ impl SqlTool {
                 ..audit_entry(caller, action, outcome)
             })
             .await;
+        let amounts = UsageAmounts {
+            requests: 1,
+            rows: rows.unwrap_or(0),
+            bytes: bytes.unwrap_or(0),
+            ..UsageAmounts::default()
+        };
+        if let Err(error) = self.usage.charge(&caller.principal.tenant, &amounts).await {
+            warn!(tenant = %caller.principal.tenant, %error, "could not charge the tenant's usage");
+        }
         result
     }
 
