@@ -224,34 +224,23 @@ pub async fn check_database_roles(config: &Config, pools: &Pools) -> anyhow::Res
         let key = format!("sql.sources.{name}.database_url");
         let wait = std::time::Duration::from_millis(config.database.pool_wait_ms);
         let other = quarry_db::pool(url, 1, wait).with_context(|| key.clone())?;
-        let login: String = other
-            .get()
-            .await
-            .with_context(|| key.clone())?
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .context("reading the login role")?
-            .get(0);
+        let other = other.get().await.with_context(|| key.clone())?;
         // Roles are per cluster; a source on another cluster is checked here
         // for its login role, the others below.
         let row = other
-            .get()
-            .await
-            .with_context(|| key.clone())?
             .query_one(
-                "SELECT rolsuper, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user",
+                "SELECT current_user::text, rolsuper, rolbypassrls FROM pg_catalog.pg_roles \
+                 WHERE rolname = current_user",
                 &[],
             )
             .await
-            .context("reading pg_roles")?;
-        let checked = other.get().await.with_context(|| key.clone())?;
-        check_temp_file_limit(config, &checked, &key).await?;
-        drop(checked);
+            .context("reading the login role")?;
+        check_temp_file_limit(config, &other, &key).await?;
         check_role(
             &format!("{key} (login role)"),
-            &login,
             row.get(0),
             row.get(1),
+            row.get(2),
             config.server.development,
         )?;
     }

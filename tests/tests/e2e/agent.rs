@@ -584,3 +584,34 @@ async fn asks_in_flight_are_capped_per_tenant() {
     first.await.unwrap();
     server.stop().await;
 }
+
+/// A tenant's agentic tool calls in flight are capped over its Asks: a call
+/// past the share gets an error result the model reads, and does not run.
+#[tokio::test]
+async fn tool_calls_in_flight_are_capped_per_tenant() {
+    let slow = r#"{"sql": "SELECT count(*) AS n FROM generate_series(1, 3000000) AS g"}"#;
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_calls(vec![
+            ScriptedToolCall::new("query_database", slow).with_id("call_a"),
+            ScriptedToolCall::new("query_database", slow).with_id("call_b"),
+        ]),
+        ScriptedTurn::text("Done."),
+    ])
+    .await;
+    let server = TestServer::with_model(
+        &model,
+        "[orchestrator]\nmax_tool_calls_per_tenant = 1\ntenant_wait_ms = 10\n",
+    )
+    .await;
+    let events = ask_all(&server, ask("Count twice.")).await.unwrap();
+    let refused: Vec<String> = tool_results(&events)
+        .iter()
+        .filter(
+            |r| matches!(&r.outcome, Some(Outcome::Error(m)) if m.contains("tool calls in flight")),
+        )
+        .map(|r| r.call_id.clone())
+        .collect();
+    assert_eq!(refused.len(), 1, "{:?}", tool_results(&events));
+    assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
+    server.stop().await;
+}

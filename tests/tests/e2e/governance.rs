@@ -605,6 +605,29 @@ async fn quarry_refuses_a_login_that_cannot_set_temp_file_limit() {
     quarry_server::check_database_roles(&config(1024), &pools)
         .await
         .unwrap();
+    // a tenant's own database is checked too: its superuser login is
+    // refused outside development, though database.url's login is fine
+    let mut with_source = config(1024);
+    with_source.server.development = false;
+    with_source.sql.sources.insert(
+        "own".to_owned(),
+        serde_json::from_value(serde_json::json!({
+            "tenants": ["t"],
+            "schemas": ["public"],
+            "database_url": db.url(),
+            "pool_size": 1,
+        }))
+        .unwrap(),
+    );
+    let refused = quarry_server::check_database_roles(&with_source, &pools)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("sql.sources.own.database_url (login role)")
+            && refused.contains("is a superuser"),
+        "{refused}"
+    );
     pools.close();
     admin
         .batch_execute(&format!(

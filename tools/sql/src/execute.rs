@@ -760,17 +760,19 @@ async fn run_in_transaction(
             pii: false,
         })
         .collect();
+    // the row-size guard's error is the byte cap's
+    let pg_or_too_large = |e: tokio_postgres::Error| {
+        if is_row_too_large(&e) {
+            ExecError::TooLarge {
+                max_bytes: config.max_bytes,
+            }
+        } else {
+            pg(e)
+        }
+    };
     let statement = match guarded_select(sql, statement.columns(), config.max_bytes) {
         None => statement,
-        Some(wrapped) => tx.prepare(&wrapped).await.map_err(|e| {
-            if is_row_too_large(&e) {
-                ExecError::TooLarge {
-                    max_bytes: config.max_bytes,
-                }
-            } else {
-                pg(e)
-            }
-        })?,
+        Some(wrapped) => tx.prepare(&wrapped).await.map_err(pg_or_too_large)?,
     };
 
     let portal = tx.bind(&statement, &[]).await.map_err(pg)?;
@@ -787,15 +789,10 @@ async fn run_in_transaction(
         let wanted = max_rows.saturating_add(1).saturating_sub(rows.len() as u64);
         let ask = next_fetch(batch, wanted, config.max_bytes, bytes, largest_row, first);
         first = false;
-        let fetched = tx.query_portal(&portal, ask).await.map_err(|e| {
-            if is_row_too_large(&e) {
-                ExecError::TooLarge {
-                    max_bytes: config.max_bytes,
-                }
-            } else {
-                pg(e)
-            }
-        })?;
+        let fetched = tx
+            .query_portal(&portal, ask)
+            .await
+            .map_err(pg_or_too_large)?;
         let exhausted = fetched.len() < usize::try_from(ask).unwrap_or(usize::MAX);
         for row in &fetched {
             if rows.len() as u64 >= max_rows {
