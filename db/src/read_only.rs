@@ -29,7 +29,11 @@ use crate::ident::{quote_ident, quote_literal};
 ///   (disk for temporary files per process, §20.4.2; a query past it fails
 ///   with SQLSTATE `53400`), both in kB and set before `ROLE`, so the login
 ///   role's privilege to set `temp_file_limit` applies (superuser, or
-///   `GRANT SET ON PARAMETER temp_file_limit`).
+///   `GRANT SET ON PARAMETER temp_file_limit`);
+/// - with [`ReadOnly::parallel_workers`], `max_parallel_workers_per_gather`
+///   (the most parallel worker processes one Gather node may start,
+///   PostgreSQL 16 docs §20.4.6; 0 keeps a query in its own backend, so on
+///   one core).
 #[derive(Debug, Clone, Copy)]
 pub struct ReadOnly<'a> {
     /// `statement_timeout`, in milliseconds.
@@ -38,6 +42,8 @@ pub struct ReadOnly<'a> {
     pub work_mem_kb: Option<u64>,
     /// `temp_file_limit`, in kB; `None` keeps the session's.
     pub temp_file_limit_kb: Option<u64>,
+    /// `max_parallel_workers_per_gather`; `None` keeps the session's.
+    pub parallel_workers: Option<u32>,
     /// Schemas that make up `search_path` (between `pg_catalog` and
     /// `pg_temp`); `None` keeps the session's.
     pub search_path: Option<&'a [String]>,
@@ -84,6 +90,7 @@ impl<'a> ReadOnly<'a> {
             statement_timeout_ms,
             work_mem_kb: None,
             temp_file_limit_kb: None,
+            parallel_workers: None,
             search_path: None,
             role: None,
             isolation: None,
@@ -103,6 +110,13 @@ impl<'a> ReadOnly<'a> {
     pub fn limits(mut self, work_mem_kb: Option<u64>, temp_file_limit_kb: Option<u64>) -> Self {
         self.work_mem_kb = work_mem_kb;
         self.temp_file_limit_kb = temp_file_limit_kb;
+        self
+    }
+
+    /// With `max_parallel_workers_per_gather` set to `workers` (when `Some`).
+    #[must_use]
+    pub fn parallel_workers(mut self, workers: Option<u32>) -> Self {
+        self.parallel_workers = workers;
         self
     }
 
@@ -144,6 +158,11 @@ impl<'a> ReadOnly<'a> {
         }
         if let Some(kb) = self.temp_file_limit_kb {
             settings.push_str(&format!("; SET LOCAL temp_file_limit = '{kb}kB'"));
+        }
+        if let Some(workers) = self.parallel_workers {
+            settings.push_str(&format!(
+                "; SET LOCAL max_parallel_workers_per_gather = {workers}"
+            ));
         }
         if let Some(role) = self.role {
             settings.push_str(&format!("; SET LOCAL ROLE {}", quote_ident(role)));

@@ -96,6 +96,12 @@ pub struct ExecConfig {
     /// Setting it needs a superuser login or `GRANT SET ON PARAMETER
     /// temp_file_limit TO <login role>` (checked at start-up).
     pub temp_file_limit_kb: u64,
+    /// `max_parallel_workers_per_gather` of each query: the most parallel
+    /// worker processes one Gather node may start (PostgreSQL 16 docs
+    /// §20.4.6). Default 0: a query runs in its own backend only, so one
+    /// tenant's query takes at most one core and no worker slots
+    /// (`max_worker_processes`, shared by the whole cluster) from the others.
+    pub max_parallel_workers_per_gather: u32,
 }
 
 impl Default for ExecConfig {
@@ -110,6 +116,7 @@ impl Default for ExecConfig {
             max_estimated_cost: None,
             work_mem_kb: 4_096,
             temp_file_limit_kb: 262_144,
+            max_parallel_workers_per_gather: 0,
             tenant_share: 0.5,
             tenant_wait_ms: 250,
         }
@@ -714,6 +721,7 @@ pub(crate) fn guard<'a>(
             (config.work_mem_kb > 0).then_some(config.work_mem_kb),
             (config.temp_file_limit_kb > 0).then_some(config.temp_file_limit_kb),
         )
+        .parallel_workers(Some(config.max_parallel_workers_per_gather))
         .search_path(search_path)
         .role(role)
         .session(session.map(|s| quarry_db::Session {

@@ -857,3 +857,30 @@ async fn work_mem_and_temp_file_limit_are_set_per_query() {
     assert_eq!(fine.rows[0], vec![Cell::Int(3_000_000)]);
     db.drop_db().await;
 }
+
+/// Parallel query is off by default (one backend, so one core, per
+/// query) and follows the configuration when set: the test fails if the
+/// setting is dropped from the transaction's `SET LOCAL` batch.
+#[tokio::test]
+async fn parallel_workers_per_gather_are_set_per_query() {
+    let db = TestDb::create().await;
+    let mut client = db.pool().get().await.unwrap();
+    for (workers, expected) in [(None, "0"), (Some(2), "2")] {
+        let mut config = ExecConfig::default();
+        if let Some(workers) = workers {
+            config.max_parallel_workers_per_gather = workers;
+        }
+        let tx = super::guard(&config, None, None)
+            .begin(&mut client)
+            .await
+            .unwrap();
+        let row = tx
+            .query_one("SELECT current_setting('max_parallel_workers_per_gather')", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), expected);
+        tx.rollback().await.unwrap();
+    }
+    drop(client);
+    db.drop_db().await;
+}
