@@ -64,6 +64,10 @@ pub mod scopes {
     pub const SUMMARIES_BUILD: &str = "summaries:build";
     /// Reading the audit log of the caller's tenant.
     pub const AUDIT_READ: &str = "audit:read";
+    /// `UsageService.GetUsage`: the caller's tenant's usage and budgets
+    /// (apart from the audit log, so a tenant's billing contact need not
+    /// read statements).
+    pub const USAGE_READ: &str = "usage:read";
     /// Seeing personal data in answers: placeholders that replaced PII on
     /// the way to a model are restored in the answer only with this scope.
     pub const PII_READ: &str = "pii:read";
@@ -78,6 +82,7 @@ pub mod scopes {
         SUMMARIES,
         SUMMARIES_BUILD,
         AUDIT_READ,
+        USAGE_READ,
         PII_READ,
     ];
 }

@@ -54,7 +54,7 @@ enum Command {
     /// (needs the audit:read scope).
     Audit(commands::audit::Args),
     /// The token's tenant's usage per UTC day (requests, Asks, model calls,
-    /// tokens, cost, rows, bytes) and its budgets (needs audit:read).
+    /// tokens, cost, rows, bytes) and its budgets (needs usage:read).
     Usage(commands::usage::Args),
     /// Evaluate a tool against a benchmark.
     #[cfg(feature = "dev-tools")]

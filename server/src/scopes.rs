@@ -19,9 +19,8 @@ pub fn rpc_scope(path: &str) -> Option<&'static str> {
         "/quarry.v1.SqlService/ExplainSql" => scopes::SQL_EXPLAIN,
         "/quarry.v1.SqlService/DescribeSchema" => scopes::SCHEMA_READ,
         "/quarry.v1.SqlService/AddGoldenPair" => scopes::GOLDEN_WRITE,
-        "/quarry.v1.SqlService/ListAuditEntries" | "/quarry.v1.UsageService/GetUsage" => {
-            scopes::AUDIT_READ
-        }
+        "/quarry.v1.SqlService/ListAuditEntries" => scopes::AUDIT_READ,
+        "/quarry.v1.UsageService/GetUsage" => scopes::USAGE_READ,
         "/quarry.v1.SearchService/Search" | "/quarry.v1.SearchService/ListCollections" => {
             scopes::SEARCH
         }

@@ -220,7 +220,7 @@ impl TestServer {
             collections = ["*"]
             summary_kinds = ["*"]
             [policy.roles.curator]
-            scopes = ["golden:write", "summaries:build", "audit:read"]
+            scopes = ["golden:write", "summaries:build", "audit:read", "usage:read"]
             "#,
             url = db.url(),
             golden = golden.display(),

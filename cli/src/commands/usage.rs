@@ -19,10 +19,10 @@ pub struct Args {
 }
 
 /// Prints the token's tenant's usage per day, newest first, then the
-/// budgets in force and this month's spend (needs the `audit:read` scope).
+/// budgets in force and this month's spend (needs the `usage:read` scope).
 ///
 /// # Errors
-/// The server refuses (no `audit:read`) or cannot be reached.
+/// The server refuses (no `usage:read`) or cannot be reached.
 pub async fn run(args: Args, _config: Option<&Path>) -> anyhow::Result<()> {
     let Args { days, client } = args;
     let mut usage = UsageServiceClient::connect(client.server.clone())

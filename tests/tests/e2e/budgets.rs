@@ -23,7 +23,7 @@ async fn usage(server: &TestServer, tenant: &str) -> GetUsageResponse {
         .usage()
         .get_usage(authed(
             GetUsageRequest { days: 7 },
-            &token_with_scopes(tenant, &["audit:read"]),
+            &token_with_scopes(tenant, &["usage:read"]),
         ))
         .await
         .unwrap()
@@ -66,13 +66,15 @@ async fn an_asks_tokens_cost_and_rows_are_charged_and_reported_per_tenant() {
     );
     // another tenant's usage is its own
     assert!(usage(&server, "t2").await.days.is_empty());
-    // the report needs audit:read
-    let refused = server
-        .usage()
-        .get_usage(authed(GetUsageRequest { days: 7 }, &token("t1")))
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), Code::PermissionDenied);
+    // the report needs usage:read; audit:read is not enough
+    for token in [token("t1"), token_with_scopes("t1", &["audit:read"])] {
+        let refused = server
+            .usage()
+            .get_usage(authed(GetUsageRequest { days: 7 }, &token))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+    }
     server.stop().await;
 }
 

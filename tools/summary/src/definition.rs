@@ -197,6 +197,23 @@ pub struct SummaryConfig {
     /// Kinds declared inline.
     #[serde(default)]
     pub kinds: Vec<KindConfig>,
+    /// Summary reads (`get`, `search`, listing kinds) one tenant may run at
+    /// once, as a fraction of the pool's connections (rounded down, at least
+    /// one); past it a read waits `tenant_wait_ms`, then is refused with
+    /// `RESOURCE_EXHAUSTED` and `RetryInfo`. Default 0.5.
+    #[serde(default = "default_tenant_share")]
+    pub tenant_share: f64,
+    /// See `tenant_share`, in milliseconds. Default 250.
+    #[serde(default = "default_tenant_wait_ms")]
+    pub tenant_wait_ms: u64,
+}
+
+fn default_tenant_share() -> f64 {
+    0.5
+}
+
+fn default_tenant_wait_ms() -> u64 {
+    250
 }
 
 /// The `[[kinds]]` of a definitions file.
@@ -345,6 +362,8 @@ impl Default for SummaryConfig {
             role: None,
             definitions: Vec::new(),
             kinds: Vec::new(),
+            tenant_share: default_tenant_share(),
+            tenant_wait_ms: default_tenant_wait_ms(),
         }
     }
 }

@@ -78,6 +78,10 @@ pub enum SummaryError {
     /// (`PERMISSION_DENIED`).
     #[error("summary kind {0} is not available to your roles")]
     Forbidden(String),
+    /// The caller's tenant already runs its share of summary reads
+    /// (`RESOURCE_EXHAUSTED` with `RetryInfo`).
+    #[error(transparent)]
+    Busy(#[from] quarry_auth::shares::ShareExhausted),
 }
 
 /// `no artist matching "zzzz"; closest: Joseph Mallord William Turner (artist 558), …`
@@ -133,7 +137,8 @@ impl SummaryError {
 /// the field; an unknown entity is `NotFound` naming the closest entities,
 /// with an ErrorInfo (reason `ENTITY_NOT_FOUND`, metadata `entity`, `kind`
 /// and `closest`, a JSON array of `{kind, key, name, score}`); a build
-/// already running is `Aborted` with RetryInfo; a definition or
+/// already running is `Aborted` with RetryInfo; a tenant past its share of
+/// summary reads `ResourceExhausted` with RetryInfo; a definition or
 /// configuration problem `FailedPrecondition`; an unreachable database or
 /// embedder `Unavailable` (a database error on a broken connection too);
 /// anything else `Internal`.
@@ -146,6 +151,7 @@ impl ServiceError for SummaryError {
             Self::Definition(_) | Self::Config(_) => ServiceErrorCode::FailedPrecondition,
             Self::Unavailable(_) => ServiceErrorCode::Unavailable,
             Self::Forbidden(_) => ServiceErrorCode::PermissionDenied,
+            Self::Busy(_) => ServiceErrorCode::ResourceExhausted,
             Self::Database(e) if e.is_closed() || e.code().is_none() => {
                 ServiceErrorCode::Unavailable
             }
@@ -177,6 +183,7 @@ impl ServiceError for SummaryError {
                 ))
             }
             Self::BuildRunning => Some(ErrorDetails::with_retry_info(Some(BUILD_RUNNING_RETRY))),
+            Self::Busy(busy) => Some(ErrorDetails::with_retry_info(Some(busy.retry_after))),
             Self::Definition(_)
             | Self::Config(_)
             | Self::Unavailable(_)

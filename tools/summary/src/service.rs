@@ -179,6 +179,8 @@ pub struct SummaryTool {
     vector_schema: String,
     /// Entity names per (kind, tenant), for fuzzy lookups.
     names: Mutex<HashMap<(String, String), CachedNames>>,
+    /// Each tenant's share of concurrent summary reads.
+    shares: quarry_auth::shares::TenantShares,
 }
 
 impl std::fmt::Debug for SummaryTool {
@@ -245,7 +247,16 @@ impl SummaryTool {
             kinds.push(prepare_kind(&**client, kind).await?);
         }
         drop(client);
+        let shares = quarry_auth::shares::TenantShares::new(
+            "concurrent summary reads",
+            quarry_auth::shares::TenantShares::share_of(
+                pool.status().max_size,
+                config.tenant_share,
+            ),
+            std::time::Duration::from_millis(config.tenant_wait_ms),
+        );
         Ok(SummaryTool {
+            shares,
             pool,
             config,
             embedder,
@@ -253,6 +264,11 @@ impl SummaryTool {
             vector_schema,
             names: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Each tenant's share of concurrent summary reads.
+    pub fn tenant_shares(&self) -> &quarry_auth::shares::TenantShares {
+        &self.shares
     }
 
     /// The configuration in force.
@@ -390,9 +406,11 @@ impl SummaryTool {
     /// for a listing), `entity` (longer than [`MAX_QUERY_CHARS`], or no
     /// letters or digits) or `limit` (above 100);
     /// [`SummaryError::NotFound`] with the closest entities when no name is
-    /// close enough; database errors.
+    /// close enough; [`SummaryError::Busy`] past the tenant's share of
+    /// reads; database errors.
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn get(&self, caller: &Caller, request: GetRequest) -> Result<GetResponse> {
+        let _share = self.shares.acquire(&caller.principal.tenant).await?;
         let limit = Self::check_limit(request.limit, DEFAULT_LIMIT, "limit")?;
         let kind = match request.kind.as_deref().map(str::trim) {
             Some("") | None => None,
@@ -602,9 +620,12 @@ impl SummaryTool {
     /// # Errors
     /// [`SummaryError::InvalidArgument`] naming `query` (empty or longer
     /// than [`MAX_QUERY_CHARS`]), `k` (above 100) or `kinds[i]` (unknown);
-    /// [`SummaryError::Unavailable`] when the embedder fails; database errors.
+    /// [`SummaryError::Unavailable`] when the embedder fails;
+    /// [`SummaryError::Busy`] past the tenant's share of reads; database
+    /// errors.
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn search(&self, caller: &Caller, request: SearchRequest) -> Result<SearchResponse> {
+        let _share = self.shares.acquire(&caller.principal.tenant).await?;
         let query = request.query.trim();
         if query.is_empty() {
             return Err(SummaryError::invalid("query", "must not be empty"));
@@ -724,9 +745,11 @@ impl SummaryTool {
     /// `checked_at`.
     ///
     /// # Errors
-    /// Database errors.
+    /// [`SummaryError::Busy`] past the tenant's share of reads; database
+    /// errors.
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn kinds(&self, caller: &Caller) -> Result<Vec<KindStatus>> {
+        let _share = self.shares.acquire(&caller.principal.tenant).await?;
         let names: Vec<String> = self.allowed_kinds(caller);
         let (scoped, tenants) = self.scopes(caller, &names);
         let client = self.pool.get().await?;

@@ -616,3 +616,48 @@ async fn a_client_that_goes_away_cancels_its_build() {
     let _ = stop.send(());
     db.drop_db().await;
 }
+
+/// A tenant whose share of concurrent summary reads is taken is told to
+/// retry (RESOURCE_EXHAUSTED with RetryInfo) on each read; another tenant
+/// reads as usual, and the tenant reads again once a slot is free.
+#[tokio::test]
+async fn a_tenant_past_its_share_of_summary_reads_is_told_to_retry() {
+    let (db, tool) = built(false).await;
+    let shares = tool.tenant_shares().clone();
+    assert!(shares.limit() >= 1);
+    let held: Vec<_> = futures::future::join_all((0..shares.limit()).map(|_| shares.acquire("t1")))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let caller = fixture::caller();
+    let refusals = [
+        get(&tool, Some("artist"), "Turner").await.unwrap_err(),
+        tool.search(
+            &caller,
+            SearchRequest {
+                query: "sculpture".into(),
+                ..SearchRequest::default()
+            },
+        )
+        .await
+        .unwrap_err(),
+        tool.kinds(&caller).await.unwrap_err(),
+    ];
+    for busy in refusals {
+        assert!(matches!(busy, SummaryError::Busy(_)), "{busy}");
+        let status = quarry_proto::status_of(&busy);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.get_error_details().retry_info().is_some());
+    }
+    let other = quarry_auth::Caller::operator(Principal {
+        tenant: "t2".into(),
+        subject: "tester".into(),
+        roles: vec![],
+        scopes: vec![],
+    });
+    assert!(tool.kinds(&other).await.is_ok());
+    drop(held);
+    assert!(get(&tool, Some("artist"), "Turner").await.is_ok());
+    db.drop_db().await;
+}

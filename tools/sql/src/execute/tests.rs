@@ -875,7 +875,10 @@ async fn parallel_workers_per_gather_are_set_per_query() {
             .await
             .unwrap();
         let row = tx
-            .query_one("SELECT current_setting('max_parallel_workers_per_gather')", &[])
+            .query_one(
+                "SELECT current_setting('max_parallel_workers_per_gather')",
+                &[],
+            )
             .await
             .unwrap();
         assert_eq!(row.get::<_, String>(0), expected);
