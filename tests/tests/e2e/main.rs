@@ -15,6 +15,7 @@ mod fairness;
 mod generate;
 mod governance;
 mod governance_props;
+mod grpcurl;
 mod hostile_input;
 mod models;
 mod pii;
