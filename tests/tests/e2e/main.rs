@@ -17,6 +17,7 @@ mod governance;
 mod governance_props;
 mod grpcurl;
 mod hostile_input;
+mod k8s_probes;
 mod models;
 mod pii;
 mod registry;
