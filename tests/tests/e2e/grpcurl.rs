@@ -4,6 +4,8 @@
 //! `google.rpc.RetryInfo` details from the descriptors server reflection
 //! serves — it has no protos of its own.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 use std::{path::Path, process::Command};
 
 use quarry_proto::v1::ValidateSqlRequest;

@@ -5,6 +5,8 @@
 //! its readiness probe names — and not for a service of another role, so a
 //! probe naming the wrong one would keep the pods unready.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 use std::path::Path;
 
 use quarry_server::{Role, Roles};
