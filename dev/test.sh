@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, proto lint, then the whole
+# The project's test command: formatting, lints, proto lint, the Kubernetes
+# manifests (rendered and validated offline), then the whole
 # test suite against a local PostgreSQL (dev/pg.sh).
 #
 # Usage: dev/test.sh [args passed on to `cargo nextest run` / `cargo test`]
@@ -59,6 +60,7 @@ printf 'QUARRY_MODEL_DIR=%s\n' "$QUARRY_MODEL_DIR"
 step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets --features quarry/dev-tools -- -D warnings
 step "buf lint" "$ROOT/dev/buf.sh" lint
+step "k8s manifests and Dockerfile (dev/k8s.sh check)" "$ROOT/dev/k8s.sh" check
 
 # nextest does not run doc tests; run them first.
 step "cargo test --doc" cargo test --workspace --doc --quiet

@@ -345,4 +345,116 @@ mod tests {
         assert_eq!(kinds, ["artist", "movement", "decade", "collection"]);
         summary.validate_static().unwrap();
     }
+
+    /// The configurations the Kubernetes manifests mount (k8s/, ConfigMap
+    /// `quarry-config`) load with Quarry's own loader plus the Secret's
+    /// environment, pass the production checks (`development = false`), and
+    /// differ only in the tool URLs; the golden pairs and summary kinds they
+    /// mount are the demo's. So the manifests cannot drift from the schema.
+    #[test]
+    fn the_kubernetes_configs_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let config_dir = root.join("k8s/base/config");
+        let split_path = config_dir.join("quarry.toml");
+        let single_path = root.join("k8s/overlays/single/quarry.toml");
+        let mut loaded = Vec::new();
+        for path in [&split_path, &single_path] {
+            figment::Jail::expect_with(|jail| {
+                // What Secret quarry-secrets holds (envFrom).
+                jail.set_env(
+                    "QUARRY__DATABASE__URL",
+                    "postgres://quarry@postgres:5432/quarry",
+                );
+                jail.set_env("QUARRY_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+                jail.set_env("QUARRY_MODEL_API_KEY", "sk-test");
+                jail.set_env("QUARRY__POLICY__HASH_SALT", "salt");
+                let config = Config::load(Some(path)).map_err(|e| e.to_string())?;
+                assert_eq!(
+                    config.database.url,
+                    "postgres://quarry@postgres:5432/quarry"
+                );
+                config.auth.validate(false).map_err(|e| e.to_string())?;
+                config
+                    .auth
+                    .secret_with(|name| std::env::var(name).ok())
+                    .map_err(|e| e.to_string())?;
+                crate::models::Models::from_config(&config).map_err(|e| format!("{e:#}"))?;
+                loaded.push(config);
+                Ok(())
+            });
+        }
+        let [split, single] = <[Config; 2]>::try_from(loaded).unwrap();
+
+        // Pods listen on every interface at the port of the probes and Services.
+        assert_eq!(split.server.listen, SocketAddr::from(([0, 0, 0, 0], 50051)));
+        assert!(!split.server.development);
+        assert_eq!(split.policy.hash_salt, "salt");
+        let urls = [
+            split.server.sql_url.as_deref(),
+            split.server.search_url.as_deref(),
+            split.server.summary_url.as_deref(),
+        ];
+        assert_eq!(
+            urls,
+            [
+                Some("http://quarry-sql:50051"),
+                Some("http://quarry-search:50051"),
+                Some("http://quarry-summary:50051"),
+            ]
+        );
+        let mut server = split.server.clone();
+        (server.sql_url, server.search_url, server.summary_url) = (None, None, None);
+        assert_eq!(server, single.server);
+        assert_eq!(
+            format!("{:?}", split.policy),
+            format!("{:?}", single.policy)
+        );
+        let rest = |c: &Config| {
+            format!(
+                "{:?}",
+                (
+                    &c.database,
+                    &c.auth,
+                    &c.model,
+                    &c.models,
+                    &c.embedding,
+                    &c.sql
+                )
+            ) + &format!(
+                "{:?}",
+                (&c.orchestrator, &c.budgets, &c.search, &c.sync, &c.summary)
+            )
+        };
+        assert_eq!(rest(&split), rest(&single));
+
+        // Files the ConfigMap mounts at /etc/quarry: the demo's, unchanged.
+        let mount = Path::new("/etc/quarry");
+        assert_eq!(
+            split.sql.golden_path.as_deref(),
+            Some(mount.join("golden.json").as_path())
+        );
+        let summary = split.summary.clone().unwrap();
+        assert_eq!(summary.definitions, ["/etc/quarry/summaries.toml"]);
+        for (mounted, demo) in [
+            ("golden.json", "demo/golden/tate.json"),
+            ("summaries.toml", "demo/summaries/tate.toml"),
+        ] {
+            let copy = std::fs::read(config_dir.join(mounted)).unwrap();
+            let original = std::fs::read(root.join(demo)).unwrap();
+            assert!(
+                copy == original,
+                "k8s/base/config/{mounted} differs from {demo}"
+            );
+        }
+        let mut summary = summary;
+        summary.definitions = vec![config_dir.join("summaries.toml").display().to_string()];
+        summary.load_definitions(&root).unwrap();
+        summary.validate_static().unwrap();
+        let search = split.search.unwrap();
+        assert_eq!(search.index_dir, Path::new("/var/lib/quarry/search"));
+        for (i, c) in search.collections.iter().enumerate() {
+            quarry_search::Collection::from_config(c, &format!("search.collections[{i}]")).unwrap();
+        }
+        quarry_auth::Policy::new(&split.policy).unwrap();
+    }
 }

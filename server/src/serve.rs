@@ -224,14 +224,8 @@ pub async fn serve(
             .set_serving::<SummaryServiceServer<SummaryGrpc>>()
             .await;
     }
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(quarry_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(quarry_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let layers = ServiceBuilder::new()
         .layer(auth.auth)
@@ -276,6 +270,18 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// The reflection service's descriptors: `quarry.v1`, `grpc.health.v1`, and
+/// the `google.rpc` error details (`google.rpc.Status`, `BadRequest`,
+/// `RetryInfo`, … from googleapis' `status.proto` and `error_details.proto`,
+/// as shipped by `tonic-types`), so that generic clients such as
+/// `grpcurl -format-error` decode the details Quarry puts in its errors.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quarry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// The orchestrator with a channel to each tool it can reach, its
