@@ -16,6 +16,8 @@ mod role;
 mod scopes;
 mod serve;
 mod shutdown;
+pub mod telemetry;
+mod trace_context;
 mod tools;
 
 pub use config::Config;
@@ -24,6 +26,8 @@ pub use role::{Role, Roles, UnknownRole};
 pub use scopes::rpc_scope;
 pub use serve::{CONVERSATION_PURGE_INTERVAL, serve};
 pub use shutdown::shutdown_signal;
+pub use telemetry::{Telemetry, TracingConfig};
+pub use trace_context::{TraceContext, TraceContextLayer, valid_traceparent};
 pub use tools::{
     check_database_roles, database_pool, embedder, search_tool, sql_sources_with, sql_tool,
     sql_tool_with, summary_tool, syncers,

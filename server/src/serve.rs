@@ -234,6 +234,7 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let layers = ServiceBuilder::new()
+        .layer(crate::TraceContextLayer)
         .layer(auth.auth)
         .layer(RateLimitLayer::new(limiter))
         .layer(auth.policy);
