@@ -27,4 +27,5 @@ mod search_fields;
 mod sources;
 mod sql;
 mod summary;
+mod traces;
 mod usage;
