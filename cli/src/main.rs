@@ -72,9 +72,7 @@ async fn main() -> anyhow::Result<()> {
     // `serve` exports spans as `[tracing]` says; the other commands only
     // log (a configuration that does not load is reported by the command)
     let tracing = if let Command::Serve(_) = &cli.command {
-        Config::load(config)
-            .map(|c| c.tracing)
-            .unwrap_or_default()
+        Config::load(config).map(|c| c.tracing).unwrap_or_default()
     } else {
         TracingConfig::default()
     };

@@ -20,8 +20,7 @@ use opentelemetry_sdk::{
 use serde::{Deserialize, Serialize};
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::{
-    EnvFilter, Layer as _, filter::Targets, layer::SubscriberExt as _,
-    util::SubscriberInitExt as _,
+    EnvFilter, Layer as _, filter::Targets, layer::SubscriberExt as _, util::SubscriberInitExt as _,
 };
 
 /// `[tracing]`: where spans go. Off (nothing exported) while `otlp_endpoint`
@@ -242,7 +241,10 @@ mod tests {
                 ..TracingConfig::default()
             };
             let error = config.validate().unwrap_err().to_string();
-            assert!(error.contains("tracing.otlp_endpoint"), "{endpoint}: {error}");
+            assert!(
+                error.contains("tracing.otlp_endpoint"),
+                "{endpoint}: {error}"
+            );
         }
         let fine = TracingConfig {
             otlp_endpoint: Some("http://collector:4317".to_owned()),

@@ -114,11 +114,7 @@ fn remote_parent(headers: &http::HeaderMap) -> Option<opentelemetry::Context> {
         return None;
     }
     let context = TraceContextPropagator::new().extract(&Headers(headers));
-    context
-        .span()
-        .span_context()
-        .is_valid()
-        .then_some(context)
+    context.span().span_context().is_valid().then_some(context)
 }
 
 /// Whether `value` is a `traceparent` W3C Trace Context (§3.2.2) accepts:

@@ -7,6 +7,8 @@
 //! The test installs the process's global subscriber, so it needs a process
 //! of its own (nextest runs each test in one).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -114,7 +116,12 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
         .map(|value| match value {
             Value::StringValue(s) => s.clone(),
             Value::IntValue(i) => i.to_string(),
-            other => format!("{other:?}"),
+            Value::BoolValue(_)
+            | Value::DoubleValue(_)
+            | Value::ArrayValue(_)
+            | Value::KvlistValue(_)
+            | Value::BytesValue(_)
+            | Value::StringValueStrindex(_) => format!("{value:?}"),
         })
 }
 
@@ -164,9 +171,10 @@ async fn an_asks_spans_form_one_tree_under_the_clients_traceparent() {
     .await;
     {
         // a view that shows the statement's own `application_name`
-        let (client, connection) = tokio_postgres::connect(sql_role.db.url(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
+        let (client, connection) =
+            tokio_postgres::connect(sql_role.db.url(), tokio_postgres::NoTls)
+                .await
+                .unwrap();
         tokio::spawn(connection);
         client
             .batch_execute(
@@ -201,15 +209,16 @@ async fn an_asks_spans_form_one_tree_under_the_clients_traceparent() {
     let Some(Outcome::Sql(sql)) = first_tool_result(&events).outcome else {
         panic!("a SQL outcome: {events:?}");
     };
-    let Some(Kind::TextValue(application_name)) =
-        sql.rows.unwrap().rows[0].values[0].kind.clone()
+    let Some(Kind::TextValue(application_name)) = sql.rows.unwrap().rows[0].values[0].kind.clone()
     else {
         panic!("a text cell");
     };
 
     let spans = collector
         .wait_for(&telemetry, |spans| {
-            spans.iter().any(|s| is_ask_rpc(s) && hex(&s.trace_id) == CLIENT_TRACE)
+            spans
+                .iter()
+                .any(|s| is_ask_rpc(s) && hex(&s.trace_id) == CLIENT_TRACE)
         })
         .await;
     let trace: Vec<&Span> = spans
@@ -225,7 +234,8 @@ async fn an_asks_spans_form_one_tree_under_the_clients_traceparent() {
     assert_eq!(attribute(rpc, "rpc.system").as_deref(), Some("grpc"));
 
     // model call and tool call under an Ask step under the RPC
-    let one = |name: &str| -> Vec<&Span> { trace.iter().copied().filter(|s| s.name == name).collect() };
+    let one =
+        |name: &str| -> Vec<&Span> { trace.iter().copied().filter(|s| s.name == name).collect() };
     let steps = one("ask.step");
     assert_eq!(steps.len(), 2, "{:#?}", names(&spans));
     for step in &steps {
@@ -271,10 +281,7 @@ async fn an_asks_spans_form_one_tree_under_the_clients_traceparent() {
     // the statement ran tagged with the trace and its own span
     assert_eq!(
         application_name,
-        format!(
-            "quarry 00-{CLIENT_TRACE}-{}-01",
-            hex(&statement.span_id)
-        )
+        format!("quarry 00-{CLIENT_TRACE}-{}-01", hex(&statement.span_id))
     );
 
     // a malformed traceparent (one the SDK's lenient parser would read as
