@@ -169,20 +169,7 @@ async fn an_asks_spans_form_one_tree_under_the_clients_traceparent() {
         ..Options::default()
     })
     .await;
-    {
-        // a view that shows the statement's own `application_name`
-        let (client, connection) =
-            tokio_postgres::connect(sql_role.db.url(), tokio_postgres::NoTls)
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        client
-            .batch_execute(
-                "CREATE VIEW tate.trace_probe AS SELECT current_setting('application_name') AS app",
-            )
-            .await
-            .unwrap();
-    }
+    create_probe(&sql_role).await;
     let model = ScriptedServer::start(vec![
         ScriptedTurn::tool_call(
             "query_database",
@@ -205,14 +192,7 @@ async fn an_asks_spans_form_one_tree_under_the_clients_traceparent() {
         &format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"),
     )
     .await;
-    assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
-    let Some(Outcome::Sql(sql)) = first_tool_result(&events).outcome else {
-        panic!("a SQL outcome: {events:?}");
-    };
-    let Some(Kind::TextValue(application_name)) = sql.rows.unwrap().rows[0].values[0].kind.clone()
-    else {
-        panic!("a text cell");
-    };
+    let application_name = text_cell(&events);
 
     let spans = collector
         .wait_for(&telemetry, |spans| {
@@ -239,8 +219,8 @@ async fn an_asks_spans_form_one_tree_under_the_clients_traceparent() {
     let steps = one("ask.step");
     assert_eq!(steps.len(), 2, "{:#?}", names(&spans));
     for step in &steps {
-        let lineage = lineage(step, &by_id);
-        assert_eq!(lineage.last(), Some(&rpc.name.as_str()), "{lineage:?}");
+        let chain = lineage(step, &by_id);
+        assert_eq!(chain.last(), Some(&rpc.name.as_str()), "{chain:?}");
     }
     let model_calls = one("model.call");
     assert_eq!(model_calls.len(), 2);
@@ -264,15 +244,15 @@ async fn an_asks_spans_form_one_tree_under_the_clients_traceparent() {
     let statements = one("sql.statement");
     assert_eq!(statements.len(), 1, "{:#?}", names(&spans));
     let statement = statements[0];
-    let lineage = lineage(statement, &by_id);
-    let remote = lineage
+    let chain = lineage(statement, &by_id);
+    let remote = chain
         .iter()
         .position(|n| n.starts_with("quarry.v1.SqlService/"))
-        .unwrap_or_else(|| panic!("the SQL role's RPC in {lineage:?}"));
-    assert_eq!(lineage[remote + 1], "tool.call", "{lineage:?}");
-    let tool = lineage.iter().position(|n| *n == "tool.call").unwrap();
-    assert_eq!(lineage[tool + 1], "ask.step", "{lineage:?}");
-    assert_eq!(lineage.last(), Some(&rpc.name.as_str()), "{lineage:?}");
+        .unwrap_or_else(|| panic!("the SQL role's RPC in {chain:?}"));
+    assert_eq!(chain[remote + 1], "tool.call", "{chain:?}");
+    let tool = chain.iter().position(|n| *n == "tool.call").unwrap();
+    assert_eq!(chain[tool + 1], "ask.step", "{chain:?}");
+    assert_eq!(chain.last(), Some(&rpc.name.as_str()), "{chain:?}");
     assert_eq!(
         attribute(statement, "db.response.returned_rows").as_deref(),
         Some("1")
@@ -299,5 +279,81 @@ async fn an_asks_spans_form_one_tree_under_the_clients_traceparent() {
 
     assistant_role.stop().await;
     sql_role.stop().await;
+
+    // one server with every role: the SQL tool is called in process, and
+    // its statement is still a child of the tool call, in the same trace
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_call(
+            "query_database",
+            r#"{"sql": "SELECT app FROM tate.trace_probe"}"#,
+        ),
+        ScriptedTurn::text("Read it."),
+    ])
+    .await;
+    let single = TestServer::with_model(&model, "").await;
+    create_probe(&single).await;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let events = ask_with_traceparent(&single, &format!("00-{trace}-b7ad6b7169203331-01")).await;
+    let application_name = text_cell(&events);
+    let spans = collector
+        .wait_for(&telemetry, |spans| {
+            spans
+                .iter()
+                .any(|s| is_ask_rpc(s) && hex(&s.trace_id) == trace)
+        })
+        .await;
+    let by_id: HashMap<Vec<u8>, &Span> = spans
+        .iter()
+        .filter(|s| hex(&s.trace_id) == trace)
+        .map(|s| (s.span_id.clone(), s))
+        .collect();
+    let statement = by_id
+        .values()
+        .find(|s| s.name == "sql.statement")
+        .unwrap_or_else(|| panic!("a statement in {:#?}", names(&spans)));
+    let chain = lineage(statement, &by_id);
+    let tool = chain
+        .iter()
+        .position(|n| *n == "tool.call")
+        .unwrap_or_else(|| panic!("a tool call in {chain:?}"));
+    assert_eq!(chain[tool + 1], "ask.step", "{chain:?}");
+    assert_eq!(
+        chain.last(),
+        Some(&"quarry.v1.AssistantService/Ask"),
+        "{chain:?}"
+    );
+    assert_eq!(
+        application_name,
+        format!("quarry 00-{trace}-{}-01", hex(&statement.span_id))
+    );
+    single.stop().await;
     telemetry.shutdown().await;
+}
+
+/// A view in `server`'s database that shows the statement's own
+/// `application_name` (the SQL tool's allowlist has no `current_setting`;
+/// a view's body is PostgreSQL's business).
+async fn create_probe(server: &TestServer) {
+    let (client, connection) = tokio_postgres::connect(server.db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE VIEW tate.trace_probe AS SELECT current_setting('application_name') AS app",
+        )
+        .await
+        .unwrap();
+}
+
+/// The text cell of the Ask's first SQL tool result.
+fn text_cell(events: &[AskResponse]) -> String {
+    assert_eq!(final_answer(events).status, AnswerStatus::Answered as i32);
+    let Some(Outcome::Sql(sql)) = first_tool_result(events).outcome else {
+        panic!("a SQL outcome: {events:?}");
+    };
+    let Some(Kind::TextValue(text)) = sql.rows.unwrap().rows[0].values[0].kind.clone() else {
+        panic!("a text cell");
+    };
+    text
 }
