@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use quarry::commands;
-use tracing_subscriber::EnvFilter;
+use quarry_server::{Config, Telemetry, TracingConfig};
 
 #[derive(Parser)]
 #[command(
@@ -68,14 +68,22 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let config = cli.config.as_deref();
-    match cli.command {
+    // `serve` exports spans as `[tracing]` says; the other commands only
+    // log (a configuration that does not load is reported by the command)
+    let tracing = if let Command::Serve(_) = &cli.command {
+        Config::load(config).map(|c| c.tracing).unwrap_or_default()
+    } else {
+        TracingConfig::default()
+    };
+    let telemetry = Telemetry::init(&tracing)?;
+    let result = run(cli.command, config).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run(command: Command, config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => commands::serve::run(args, config).await,
         Command::Ask(args) => commands::ask::run(args, config).await,
         Command::Search(args) => commands::search::run(args, config).await,

@@ -35,7 +35,7 @@ pub use error::{DbError, PgError, Result, error_text};
 pub use ident::{quote_ident, quote_literal};
 pub use migrate::{migrate, migrate_client};
 pub use pool::{Pools, pool};
-pub use read_only::{ReadOnly, Session};
+pub use read_only::{ReadOnly, Session, TraceTag};
 
 /// The pool type every Quarry crate uses (deadpool-postgres).
 pub use deadpool_postgres::Pool;

@@ -33,7 +33,11 @@ use crate::ident::{quote_ident, quote_literal};
 /// - with [`ReadOnly::parallel_workers`], `max_parallel_workers_per_gather`
 ///   (the most parallel worker processes one Gather node may start,
 ///   PostgreSQL 16 docs §20.4.6; 0 keeps a query in its own backend, so on
-///   one core).
+///   one core);
+/// - with a [`TraceTag`] (by default, [`ReadOnly::begin`] takes the current
+///   span's), `application_name` = `quarry 00-<trace id>-<span id>-<flags>`,
+///   the span's W3C `traceparent`, so `pg_stat_activity`, `log_line_prefix`
+///   `%a` and `auto_explain` output name the trace a statement ran for.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadOnly<'a> {
     /// `statement_timeout`, in milliseconds.
@@ -53,6 +57,57 @@ pub struct ReadOnly<'a> {
     pub isolation: Option<IsolationLevel>,
     /// Whose request this is, for row-level security; `None` sets nothing.
     pub session: Option<Session<'a>>,
+    /// The trace the transaction runs for; `None` keeps the session's
+    /// `application_name`.
+    pub trace: Option<TraceTag>,
+}
+
+/// The span a transaction runs in, as written into `application_name`.
+/// Built from OpenTelemetry's binary ids and formatted here as hex, so no
+/// text from a client or a model reaches the setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceTag {
+    /// The 16-byte W3C trace id.
+    pub trace_id: [u8; 16],
+    /// The 8-byte id of the span.
+    pub span_id: [u8; 8],
+    /// Whether the trace is sampled (flags `01`, else `00`).
+    pub sampled: bool,
+}
+
+impl TraceTag {
+    /// The current `tracing` span's OpenTelemetry context; `None` when no
+    /// span is exported (no OpenTelemetry layer, or outside any span).
+    pub fn current() -> Option<Self> {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let context = tracing::Span::current().context();
+        let span = context.span();
+        let span = span.span_context();
+        span.is_valid().then(|| Self {
+            trace_id: span.trace_id().to_bytes(),
+            span_id: span.span_id().to_bytes(),
+            sampled: span.is_sampled(),
+        })
+    }
+
+    /// `quarry 00-<32 hex>-<16 hex>-<2 hex>`: 62 bytes, under PostgreSQL's
+    /// 63-byte limit for `application_name` (NAMEDATALEN − 1, PostgreSQL
+    /// 16 docs §20.8.1), so it is never truncated.
+    pub fn application_name(&self) -> String {
+        use std::fmt::Write as _;
+        let mut name = String::with_capacity(62);
+        name.push_str("quarry 00-");
+        for byte in self.trace_id {
+            let _ = write!(name, "{byte:02x}");
+        }
+        name.push('-');
+        for byte in self.span_id {
+            let _ = write!(name, "{byte:02x}");
+        }
+        name.push_str(if self.sampled { "-01" } else { "-00" });
+        name
+    }
 }
 
 /// The caller as row-level security policies see it: `quarry.tenant`,
@@ -95,7 +150,15 @@ impl<'a> ReadOnly<'a> {
             role: None,
             isolation: None,
             session: None,
+            trace: None,
         }
+    }
+
+    /// Tagged with `trace` (when `Some`) in `application_name`.
+    #[must_use]
+    pub fn trace(mut self, trace: Option<TraceTag>) -> Self {
+        self.trace = trace;
+        self
     }
 
     /// With the caller's `session` set for row-level security.
@@ -167,6 +230,12 @@ impl<'a> ReadOnly<'a> {
         if let Some(role) = self.role {
             settings.push_str(&format!("; SET LOCAL ROLE {}", quote_ident(role)));
         }
+        if let Some(trace) = &self.trace {
+            settings.push_str(&format!(
+                "; SET LOCAL application_name = {}",
+                quote_literal(&trace.application_name())
+            ));
+        }
         if let Some(session) = &self.session {
             settings.push_str(&format!(
                 "; SELECT set_config('quarry.tenant', {}, true), \
@@ -185,8 +254,9 @@ impl<'a> ReadOnly<'a> {
         settings
     }
 
-    /// Starts the transaction on `client` and applies the settings. Dropping
-    /// the transaction rolls it back.
+    /// Starts the transaction on `client` and applies the settings, with
+    /// the current span's [`TraceTag`] unless one was given. Dropping the
+    /// transaction rolls it back.
     ///
     /// # Errors
     /// PostgreSQL's error, e.g. SQLSTATE `22023` for a role that does not
@@ -200,7 +270,12 @@ impl<'a> ReadOnly<'a> {
             builder = builder.isolation_level(isolation);
         }
         let tx = builder.start().await?;
-        tx.batch_execute(&self.settings()).await?;
+        let guard = if self.trace.is_none() {
+            self.trace(TraceTag::current())
+        } else {
+            *self
+        };
+        tx.batch_execute(&guard.settings()).await?;
         Ok(tx)
     }
 }
@@ -221,6 +296,55 @@ mod tests {
             "SET LOCAL statement_timeout = 500; SET LOCAL standard_conforming_strings = on; \
              SET LOCAL search_path = pg_catalog, \"Tate\", pg_temp; SET LOCAL ROLE \"ro\"\"le\""
         );
+    }
+
+    #[test]
+    fn the_trace_tag_is_a_traceparent_within_the_name_limit() {
+        let tag = TraceTag {
+            trace_id: [0xab; 16],
+            span_id: [0x01; 8],
+            sampled: true,
+        };
+        let name = tag.application_name();
+        assert_eq!(
+            name,
+            "quarry 00-abababababababababababababababab-0101010101010101-01"
+        );
+        assert!(name.len() <= 63);
+        assert!(
+            ReadOnly::new(1)
+                .trace(Some(tag))
+                .settings()
+                .ends_with(&format!("; SET LOCAL application_name = '{name}'"))
+        );
+    }
+
+    /// The tag reaches PostgreSQL as given, for this transaction only.
+    #[tokio::test]
+    async fn application_name_carries_the_trace_for_the_transaction() {
+        let db = TestDb::create().await;
+        let mut client = db.pool().get().await.unwrap();
+        let tag = TraceTag {
+            trace_id: [0x4b; 16],
+            span_id: [0x0f; 8],
+            sampled: false,
+        };
+        let tx = ReadOnly::new(1000)
+            .trace(Some(tag))
+            .begin(&mut client)
+            .await
+            .unwrap();
+        let row = tx
+            .query_one("SELECT current_setting('application_name')", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), tag.application_name());
+        tx.rollback().await.unwrap();
+        let row = client
+            .query_one("SELECT current_setting('application_name')", &[])
+            .await
+            .unwrap();
+        assert_ne!(row.get::<_, String>(0), tag.application_name());
     }
 
     /// A query past `temp_file_limit` fails with SQLSTATE 53400 instead of

@@ -25,6 +25,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::time::Instant;
 use tower::ServiceExt;
+use tracing::Instrument as _;
 
 use crate::chat::{
     ChatEvent, ChatModel, ChatRequest, FinishReason, Message, ResponseFormat, ToolCall,
@@ -133,15 +134,29 @@ impl ChatModel for OpenAiChatModel {
             pending: VecDeque::new(),
             done: false,
         };
-        futures::stream::unfold(state, |mut state| async move {
+        // one span per call, a child of the span the call is made in; it
+        // ends when the stream is dropped
+        let span = tracing::info_span!(
+            "model.call",
+            otel.kind = "client",
+            gen_ai.operation.name = "chat",
+            gen_ai.request.model = %self.config.model,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+        );
+        futures::stream::unfold((state, span), |(mut state, span)| async move {
             loop {
                 if let Some(event) = state.pending.pop_front() {
-                    return Some((event, state));
+                    if let Ok(ChatEvent::Usage(usage)) = &event {
+                        span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
+                        span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
+                    }
+                    return Some((event, (state, span)));
                 }
                 if state.done {
                     return None;
                 }
-                state.step().await;
+                state.step().instrument(span.clone()).await;
             }
         })
         .boxed()

@@ -124,6 +124,18 @@ pub trait ModelTool: Send + Sync {
 
 pub use quarry_llm::prompt::sanitize;
 
+/// The `info` span `tool.call` a tool call runs in (`gen_ai.tool.name`,
+/// `gen_ai.tool.call.id`), a child of the current span: the tool's RPC and
+/// its SQL statements are its children.
+pub(crate) fn call_span(call: &quarry_llm::ToolCall) -> tracing::Span {
+    tracing::info_span!(
+        "tool.call",
+        otel.kind = "client",
+        gen_ai.tool.name = %call.name,
+        gen_ai.tool.call.id = %call.id,
+    )
+}
+
 /// A failed tool call as delimited data for the model.
 pub fn error_for_model(call_id: &str, message: &str) -> String {
     format!(

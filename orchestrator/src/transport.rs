@@ -12,6 +12,10 @@
 //! connection task per message. `quarry bench ask` measured the SQL tool's
 //! loopback hop at ≈ 0.5 ms per Ask, idle.
 //!
+//! A remote tool call carries the W3C trace context of the span it is made
+//! in (`traceparent`, `tracestate`), so the tool's own spans join the
+//! Ask's trace.
+//!
 //! Cancellation is unchanged: dropping the client's response future drops
 //! the tool's handler future (in process, it is polled inside it), which
 //! cancels a running database statement exactly as a reset HTTP/2 stream
@@ -19,9 +23,12 @@
 
 use std::convert::Infallible;
 
+use opentelemetry::propagation::{Injector, TextMapPropagator as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tonic::body::Body;
 use tonic::transport::Channel;
 use tower::{BoxError, Service, ServiceExt as _, util::BoxCloneSyncService};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// A gRPC transport to one tool service: `http::Request<Body>` in,
 /// `http::Response<Body>` out; errors are transport errors (a service in
@@ -36,9 +43,42 @@ pub type ToolChannel =
 #[error(transparent)]
 pub struct TransportError(BoxError);
 
-/// A tool served by another process, reached through `channel`.
+/// A tool served by another process, reached through `channel`. Each
+/// request carries the current span's trace context as `traceparent` and
+/// `tracestate` headers (W3C Trace Context; none when the span is not
+/// exported).
 pub fn remote(channel: Channel) -> ToolChannel {
-    BoxCloneSyncService::new(channel.map_err(|error| TransportError(error.into())))
+    BoxCloneSyncService::new(
+        channel
+            .map_request(with_trace_context)
+            .map_err(|error| TransportError(error.into())),
+    )
+}
+
+/// `request` with the current span's context injected into its headers.
+fn with_trace_context(mut request: http::Request<Body>) -> http::Request<Body> {
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut Headers(request.headers_mut()));
+    request
+}
+
+/// Request headers written by the propagator (it writes lowercase hex and
+/// `tracestate` as validated on the way in; a value a header may not hold
+/// is dropped).
+struct Headers<'a>(&'a mut http::HeaderMap);
+
+impl Injector for Headers<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return;
+        }
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
 }
 
 /// A tool served by this process: `service` is the tool's generated gRPC

@@ -78,6 +78,11 @@ pub struct Config {
     /// directory (the repository root for `dev/quarry.toml`).
     #[serde(default)]
     pub summary: Option<SummaryConfig>,
+    /// Traces: the OTLP collector spans are sent to (none by default), the
+    /// service name, the sampling ratio. The binary installs the subscriber
+    /// with it ([`crate::Telemetry::init`]) before [`serve`](crate::serve).
+    #[serde(default)]
+    pub tracing: crate::TracingConfig,
 }
 
 /// `[server]`.

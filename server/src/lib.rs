@@ -16,7 +16,9 @@ mod role;
 mod scopes;
 mod serve;
 mod shutdown;
+pub mod telemetry;
 mod tools;
+mod trace_context;
 
 pub use config::Config;
 pub use models::Models;
@@ -24,7 +26,9 @@ pub use role::{Role, Roles, UnknownRole};
 pub use scopes::rpc_scope;
 pub use serve::{CONVERSATION_PURGE_INTERVAL, serve};
 pub use shutdown::shutdown_signal;
+pub use telemetry::{Telemetry, TracingConfig};
 pub use tools::{
     check_database_roles, database_pool, embedder, search_tool, sql_sources_with, sql_tool,
     sql_tool_with, summary_tool, syncers,
 };
+pub use trace_context::{TraceContext, TraceContextLayer, valid_traceparent};

@@ -228,6 +228,7 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let layers = ServiceBuilder::new()
+        .layer(crate::TraceContextLayer)
         .layer(auth.auth)
         .layer(RateLimitLayer::new(limiter))
         .layer(auth.policy);

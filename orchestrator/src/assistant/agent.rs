@@ -7,7 +7,7 @@ use futures::StreamExt;
 use quarry_llm::{ChatEvent, ChatModel, ChatRequest, Message, ToolCall};
 use quarry_proto::v1::{AnswerStatus, Citation, DescribeSchemaRequest};
 use tonic::Status;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, info_span, warn};
 
 use super::run::{Ending, Gone, Run};
 use crate::{
@@ -96,6 +96,8 @@ impl Run {
         let price = model.price();
         let mut tool_calls_run = 0usize;
         for step in 1..=max_steps {
+            // the step's model call and tool calls are its children
+            let step_span = info_span!("ask.step", step, mode = "agentic");
             if let Err(over) = self.budget_check().await {
                 info!(%over, "budget spent");
                 return Ok(Ending {
@@ -103,7 +105,8 @@ impl Run {
                     note: Some(format!("\n\n(Stopped: {over}.)")),
                 });
             }
-            let mut stream = model.chat_stream(ChatRequest::new(messages.clone(), tools.clone()));
+            let mut stream = step_span
+                .in_scope(|| model.chat_stream(ChatRequest::new(messages.clone(), tools.clone())));
             self.accounting.model_call_sent(step, model.name());
             let mut content = String::new();
             let mut calls = Vec::new();
@@ -132,6 +135,8 @@ impl Run {
                 }
             }
             self.accounting.model_call_ended();
+            // ends the model call's span
+            drop(stream);
             if calls.is_empty() {
                 // the answer is complete; tokens already spent on it do not
                 // take it back
@@ -184,6 +189,7 @@ impl Run {
                     .zip(&refusals)
                     .map(|(call, refusal)| this.agent_call(call, &offered, refusal.as_deref())),
             )
+            .instrument(step_span)
             .await?;
             self.account_tool_model_calls();
             // one tool message per call id, in the model's call order; the
@@ -237,7 +243,11 @@ impl Run {
                     .acquire(&self.caller.caller.principal.tenant)
                     .await
                 {
-                    Ok(_slot) => tool.call(call, self.tool_context()).await,
+                    Ok(_slot) => {
+                        tool.call(call, self.tool_context())
+                            .instrument(crate::tools::call_span(call))
+                            .await
+                    }
                     Err(busy) => ToolOutcome::failed(&call.id, format!("not run: {busy}")),
                 }
             }

@@ -10,7 +10,7 @@ use quarry_proto::v1::{
     AnswerStatus, AskMode, CollectionInfo, EntityMatchKind, GenerateSqlRequest, SearchMode,
     SearchRequest, tool_result::Outcome,
 };
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use super::run::{Ending, Gone, Run};
 use crate::{
@@ -260,7 +260,11 @@ impl Run {
             let started = self.tool_started(&call).await?;
             // the same call the model makes: the arguments are the tool's
             let outcome = match self.assistant.summaries.clone() {
-                Some(tool) => tool.call(&call, self.tool_context()).await,
+                Some(tool) => {
+                    tool.call(&call, self.tool_context())
+                        .instrument(crate::tools::call_span(&call))
+                        .await
+                }
                 None => ToolOutcome::failed(&call.id, "the summaries tool is not configured"),
             };
             self.tool_finished(&call, outcome.result.clone(), Vec::new(), started)

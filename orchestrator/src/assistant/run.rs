@@ -245,7 +245,10 @@ impl Run {
                     self.route(AskMode::Agentic, "agent", why).await?;
                     self.agentic(model, &request.question).await
                 }
-                (None, why) => self.router(&request.question, &why).await,
+                (None, why) => {
+                    let step = info_span!("ask.step", step = 1, mode = "router");
+                    self.router(&request.question, &why).instrument(step).await
+                }
             }
         };
         // The client going away must stop the work even while nothing is

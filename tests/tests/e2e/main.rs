@@ -29,4 +29,5 @@ mod search_fields;
 mod sources;
 mod sql;
 mod summary;
+mod traces;
 mod usage;

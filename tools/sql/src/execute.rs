@@ -510,6 +510,21 @@ impl Executor {
     /// [`ExecError::TooLarge`] past [`ExecConfig::max_bytes`];
     /// [`ExecError::Decode`] for a value that cannot be decoded;
     /// [`ExecError::Connection`] when the connection breaks.
+    ///
+    /// # Traces
+    /// Runs in an `info` span `sql.statement` (`db.system.name`,
+    /// `db.response.returned_rows`; the transaction's `application_name`
+    /// carries its trace, see [`quarry_db::ReadOnly`]). The SQL text is not
+    /// recorded: it may hold values of the caller's data.
+    #[tracing::instrument(
+        name = "sql.statement",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.response.returned_rows = tracing::field::Empty,
+        )
+    )]
     pub async fn execute(&self, query: &ValidatedQuery) -> Result<QueryResult, ExecError> {
         let max_rows = self.config.max_rows.min(query.max_rows());
         let sql = query.rewritten_sql(max_rows);
@@ -532,6 +547,7 @@ impl Executor {
                 column.pii = session.pii_columns.binary_search(&column.name).is_ok();
             }
         }
+        tracing::Span::current().record("db.response.returned_rows", result.row_count());
         Ok(result)
     }
 
