@@ -78,6 +78,9 @@ pub struct Config {
     /// directory (the repository root for `dev/quarry.toml`).
     #[serde(default)]
     pub summary: Option<SummaryConfig>,
+    /// The Prometheus endpoint (`[metrics] listen`); default: none.
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// `[server]`.

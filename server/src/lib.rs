@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod metrics;
 mod models;
 pub mod progress;
 mod role;
@@ -22,7 +23,7 @@ pub use config::Config;
 pub use models::Models;
 pub use role::{Role, Roles, UnknownRole};
 pub use scopes::rpc_scope;
-pub use serve::{CONVERSATION_PURGE_INTERVAL, serve};
+pub use serve::{CONVERSATION_PURGE_INTERVAL, serve, serve_with_metrics};
 pub use shutdown::shutdown_signal;
 pub use tools::{
     check_database_roles, database_pool, embedder, search_tool, sql_sources_with, sql_tool,
