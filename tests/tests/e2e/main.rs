@@ -16,6 +16,7 @@ mod generate;
 mod governance;
 mod governance_props;
 mod hostile_input;
+mod metrics;
 mod models;
 mod pii;
 mod registry;
