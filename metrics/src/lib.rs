@@ -339,8 +339,7 @@ pub fn embedding_backlog(collection: &str, pending: u64) {
 /// The sync brought the vectors of `docs` documents of `collection` up to
 /// date.
 pub fn documents_embedded(collection: &str, docs: u64) {
-    counter!(names::SYNC_DOCUMENTS_EMBEDDED, "collection" => collection.to_owned())
-        .increment(docs);
+    counter!(names::SYNC_DOCUMENTS_EMBEDDED, "collection" => collection.to_owned()).increment(docs);
 }
 
 /// How a summary build ended, the `outcome` label.

@@ -295,7 +295,10 @@ where
         if !self.layer.on {
             return Box::pin(async move {
                 let response = inner.call(req).await?;
-                Ok(response.map(|body| MeteredBody { inner: body, call: None }))
+                Ok(response.map(|body| MeteredBody {
+                    inner: body,
+                    call: None,
+                }))
             });
         }
         let (service, method) = self.layer.labels(req.uri().path());
@@ -337,10 +340,7 @@ struct Call {
 impl Call {
     /// Records the call with its code, else `fallback`'s, else `CANCELLED`.
     fn finish(self, fallback: Option<tonic::Code>) {
-        let code = self
-            .code
-            .or(fallback)
-            .unwrap_or(tonic::Code::Cancelled);
+        let code = self.code.or(fallback).unwrap_or(tonic::Code::Cancelled);
         quarry_metrics::rpc_finished(
             &self.service,
             &self.method,

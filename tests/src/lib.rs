@@ -667,9 +667,11 @@ impl Prometheus {
     /// The result vector of the instant query `query` (`/api/v1/query`),
     /// as `(labels, value)` pairs.
     pub async fn query(&self, query: &str) -> Vec<(serde_json::Value, f64)> {
-        let url =
-            reqwest::Url::parse_with_params(&format!("{}/api/v1/query", self.url), &[("query", query)])
-                .unwrap();
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/api/v1/query", self.url),
+            &[("query", query)],
+        )
+        .unwrap();
         let text = reqwest::get(url).await.unwrap().text().await.unwrap();
         let body: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(body["status"], "success", "{text}");

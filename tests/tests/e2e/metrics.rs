@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use quarry_llm::testing::{SCRIPTED_EMBEDDING_DIMENSION, ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::{AnswerStatus, ExecuteSqlRequest};
-use quarry_tests::{
-    Options, Prometheus, TestServer, ask, ask_all, authed, final_answer, token,
-};
+use quarry_tests::{Options, Prometheus, TestServer, ask, ask_all, authed, final_answer, token};
 
 /// gpt-4o-mini's list price, USD per 1M tokens.
 const PRICE_TOML: &str = "[model.price]\ninput_per_million = 0.15\noutput_per_million = 0.6\n";
@@ -162,7 +160,11 @@ async fn a_real_prometheus_scrapes_the_server_and_answers_queries_over_its_serie
 
     // SQL rows by tenant: the ExecuteSql's 5, the Ask's tool call's 3
     prometheus
-        .wait_for(r#"quarry_sql_rows_total{tenant="metrics-a"}"#, WITHIN, is(5.0))
+        .wait_for(
+            r#"quarry_sql_rows_total{tenant="metrics-a"}"#,
+            WITHIN,
+            is(5.0),
+        )
         .await;
     prometheus
         .wait_for(r#"quarry_sql_rows_total{tenant="t1"}"#, WITHIN, is(3.0))
@@ -275,8 +277,14 @@ async fn the_metrics_endpoint_serves_every_family_in_the_text_format() {
     for _ in 0..60 {
         let response = reqwest::get(&url).await.unwrap();
         assert_eq!(response.status(), 200);
-        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
-        assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
         text = response.text().await.unwrap();
         if text.contains("quarry_sync_lag_seconds")
             && text.contains("quarry_sync_embedding_backlog")
@@ -321,7 +329,12 @@ async fn the_metrics_endpoint_serves_every_family_in_the_text_format() {
         "{text}"
     );
     // the model call's cost is in its own buckets (USD, not seconds)
-    assert!(text.contains(r#"quarry_model_call_cost_usd_bucket{tenant="t1",model="scripted",le="0.001"}"#), "{text}");
+    assert!(
+        text.contains(
+            r#"quarry_model_call_cost_usd_bucket{tenant="t1",model="scripted",le="0.001"}"#
+        ),
+        "{text}"
+    );
     // a made-up path does not make a series of its own
     let channel = server.channel();
     let mut grpc = tonic::client::Grpc::new(channel);

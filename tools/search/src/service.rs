@@ -255,7 +255,7 @@ struct Entry {
 }
 
 async fn count(pool: &Pool, sql: &str) -> Result<u64> {
-    let client = quarry_db::checkout(&pool, "search").await?;
+    let client = quarry_db::checkout(pool, "search").await?;
     let n: i64 = client.query_one(sql, &[]).await?.try_get(0)?;
     Ok(u64::try_from(n).unwrap_or(0))
 }

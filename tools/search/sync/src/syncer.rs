@@ -929,7 +929,9 @@ impl Syncer {
             }
             match self.embedding_backlog().await {
                 Ok(pending) => quarry_metrics::embedding_backlog(self.name(), pending),
-                Err(error) => debug!(collection = %self.name(), %error, "cannot count the embedding backlog"),
+                Err(error) => {
+                    debug!(collection = %self.name(), %error, "cannot count the embedding backlog")
+                }
             }
             tokio::select! {
                 () = wake.notified() => {}
