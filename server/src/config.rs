@@ -308,6 +308,24 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_off_unless_an_address_is_given() {
+        let auth = "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n";
+        let config = Config::from_toml_layers(&[auth]).unwrap();
+        assert_eq!(config.metrics.listen, None);
+        assert_eq!(config.metrics.max_tenant_labels, 1000);
+        let config =
+            Config::from_toml_layers(&[auth, "[metrics]\nlisten = \"127.0.0.1:0\"\n"]).unwrap();
+        assert_eq!(
+            config.metrics.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+        );
+        let err = Config::from_toml_layers(&[auth, "[metrics]\nlisen = \"127.0.0.1:0\"\n"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_an_error_naming_it() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
