@@ -57,6 +57,13 @@ if [[ -z "${QUARRY_MODEL_DIR:-}" ]]; then
 fi
 printf 'QUARRY_MODEL_DIR=%s\n' "$QUARRY_MODEL_DIR"
 
+section "Prometheus (dev/prometheus.sh)"
+# the metrics tests scrape the server with a real Prometheus server
+"$ROOT/dev/prometheus.sh" install || {
+  echo "dev/test.sh: FAILED: dev/prometheus.sh install" >&2
+  exit 1
+}
+
 step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets --features quarry/dev-tools -- -D warnings
 step "buf lint" "$ROOT/dev/buf.sh" lint

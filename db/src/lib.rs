@@ -34,7 +34,7 @@ pub mod usage;
 pub use error::{DbError, PgError, Result, error_text};
 pub use ident::{quote_ident, quote_literal};
 pub use migrate::{migrate, migrate_client};
-pub use pool::{Pools, pool};
+pub use pool::{Pools, checkout, pool};
 pub use read_only::{ReadOnly, Session, TraceTag};
 
 /// The pool type every Quarry crate uses (deadpool-postgres).

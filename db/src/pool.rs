@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 
 use crate::error::{DbError, Result};
 
@@ -37,6 +37,20 @@ pub fn pool(url: &str, size: usize, wait: Duration) -> Result<Pool> {
         .build()?)
 }
 
+/// A connection from `pool`, recording the wait in
+/// `quarry_db_pool_wait_seconds{use = usage}` (a fixed name per caller:
+/// `sql`, `conversations`, `search`, `summaries`), failed waits included.
+///
+/// # Errors
+/// As [`Pool::get`]: the wait timed out, the pool is closed, or a new
+/// connection failed.
+pub async fn checkout(pool: &Pool, usage: &'static str) -> std::result::Result<Object, PoolError> {
+    let started = Instant::now();
+    let got = pool.get().await;
+    quarry_metrics::pool_wait(usage, started.elapsed());
+    got
+}
+
 /// One shared pool per database URL for the whole process, so the tools
 /// (SQL, search, summaries) and the orchestrator of one server hold one set
 /// of connections per database instead of one pool each.
@@ -57,7 +71,9 @@ pub fn pool(url: &str, size: usize, wait: Duration) -> Result<Pool> {
 #[derive(Debug)]
 pub struct Pools {
     wait: Duration,
-    pools: Mutex<HashMap<String, Pool>>,
+    /// By URL: the pool and its `database` label (the database name only,
+    /// never the URL's user or password).
+    pools: Mutex<HashMap<String, (Pool, String)>>,
 }
 
 impl Pools {
@@ -78,22 +94,43 @@ impl Pools {
         let key = url.trim();
         let size = size.max(1);
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(pool) = pools.get(key) {
+        if let Some((pool, _)) = pools.get(key) {
             if pool.status().max_size < size {
                 pool.resize(size);
             }
             return Ok(pool.clone());
         }
         let built = pool(key, size, self.wait)?;
-        pools.insert(key.to_owned(), built.clone());
+        let database = key
+            .parse::<tokio_postgres::Config>()
+            .ok()
+            .and_then(|c| c.get_dbname().map(str::to_owned))
+            .unwrap_or_default();
+        pools.insert(key.to_owned(), (built.clone(), database));
         Ok(built)
+    }
+
+    /// Sets the pool gauges (`quarry_db_pool_connections`,
+    /// `quarry_db_pool_waiting`) of every pool from its current status.
+    pub fn record_metrics(&self) {
+        let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        for (pool, database) in pools.values() {
+            let status = pool.status();
+            quarry_metrics::pool_status(
+                database,
+                status.max_size,
+                status.size,
+                status.available,
+                status.waiting,
+            );
+        }
     }
 
     /// Closes every pool (at shutdown): waiting and later requests fail,
     /// connections close as they are returned.
     pub fn close(&self) {
         let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        for pool in pools.values() {
+        for (pool, _) in pools.values() {
             pool.close();
         }
     }

@@ -205,7 +205,7 @@ impl ConversationStore {
         owner: &Principal,
         max_turns: u32,
     ) -> Result<Vec<PriorTurn>, ConversationError> {
-        let client = self.pool.get().await?;
+        let client = quarry_db::checkout(&self.pool, "conversations").await?;
         // prepared once per pooled connection, as `append`'s statement
         let statement = client
             .prepare_cached(
@@ -302,7 +302,7 @@ impl ConversationStore {
             .map_err(|e| ConversationError::Database(e.to_string()))?;
         let usage = &record.usage;
         let cost = usage.cost_known.then_some(usage.cost_usd);
-        let client = self.pool.get().await?;
+        let client = quarry_db::checkout(&self.pool, "conversations").await?;
         // Prepared once per pooled connection (deadpool's statement cache):
         // every Ask stores a turn, and parsing and planning this statement
         // each time cost a round trip and PostgreSQL CPU.
@@ -381,7 +381,7 @@ impl ConversationStore {
             Some((at, id)) => (Some(at), Some(id)),
             None => (None, None),
         };
-        let client = self.pool.get().await?;
+        let client = quarry_db::checkout(&self.pool, "conversations").await?;
         let rows = client
             .query(
                 "SELECT id, title, turn_count, created_at, updated_at
@@ -430,7 +430,7 @@ impl ConversationStore {
         id: Uuid,
         owner: &Principal,
     ) -> Result<GetConversationResponse, ConversationError> {
-        let client = self.pool.get().await?;
+        let client = quarry_db::checkout(&self.pool, "conversations").await?;
         let Some(head) = client
             .query_opt(
                 "SELECT title, turn_count, created_at, updated_at
@@ -528,7 +528,7 @@ impl ConversationStore {
     /// # Errors
     /// [`ConversationError::NotFound`]; [`ConversationError::Database`].
     pub async fn delete(&self, id: Uuid, owner: &Principal) -> Result<u32, ConversationError> {
-        let client = self.pool.get().await?;
+        let client = quarry_db::checkout(&self.pool, "conversations").await?;
         let row = client
             .query_opt(
                 "DELETE FROM quarry.conversations
@@ -558,7 +558,7 @@ impl ConversationStore {
         if self.retention_days == 0 {
             return Ok(0);
         }
-        let client = self.pool.get().await?;
+        let client = quarry_db::checkout(&self.pool, "conversations").await?;
         let deleted = client
             .execute(
                 "DELETE FROM quarry.conversations

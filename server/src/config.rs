@@ -83,6 +83,9 @@ pub struct Config {
     /// with it ([`crate::Telemetry::init`]) before [`serve`](crate::serve).
     #[serde(default)]
     pub tracing: crate::TracingConfig,
+    /// The Prometheus endpoint (`[metrics] listen`); default: none.
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// `[server]`.
@@ -307,6 +310,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("modle"), "{err}");
+    }
+
+    #[test]
+    fn metrics_are_off_unless_an_address_is_given() {
+        let auth = "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n";
+        let config = Config::from_toml_layers(&[auth]).unwrap();
+        assert_eq!(config.metrics.listen, None);
+        assert_eq!(config.metrics.max_tenant_labels, 1000);
+        let config =
+            Config::from_toml_layers(&[auth, "[metrics]\nlisten = \"127.0.0.1:0\"\n"]).unwrap();
+        assert_eq!(
+            config.metrics.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+        );
+        let err = Config::from_toml_layers(&[auth, "[metrics]\nlisen = \"127.0.0.1:0\"\n"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod metrics;
 mod models;
 pub mod progress;
 mod role;
@@ -24,7 +25,7 @@ pub use config::Config;
 pub use models::Models;
 pub use role::{Role, Roles, UnknownRole};
 pub use scopes::rpc_scope;
-pub use serve::{CONVERSATION_PURGE_INTERVAL, serve};
+pub use serve::{CONVERSATION_PURGE_INTERVAL, serve, serve_with_metrics};
 pub use shutdown::shutdown_signal;
 pub use telemetry::{Telemetry, TracingConfig};
 pub use tools::{

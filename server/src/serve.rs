@@ -51,7 +51,38 @@ pub async fn serve(
     roles: Roles,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let metrics = config
+        .metrics
+        .bind()
+        .await
+        .context("metrics.listen: cannot bind")?;
+    serve_with_metrics(listener, metrics, config, roles, shutdown).await
+}
+
+/// [`serve`] with the Prometheus endpoint on `metrics` (bound by the
+/// caller, e.g. on port 0 by a test that needs its address) instead of
+/// `[metrics] listen`; `None` serves no metrics.
+///
+/// # Errors
+/// As [`serve`]; the Prometheus recorder cannot be installed (another one
+/// is).
+pub async fn serve_with_metrics(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    config: Config,
+    roles: Roles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
+    // installed before any work, so that start-up (the first summary
+    // build, the sync's backfill) is recorded too
+    let recorder = match &metrics {
+        Some(_) => {
+            quarry_metrics::set_max_tenant_labels(config.metrics.max_tenant_labels);
+            Some(crate::metrics::recorder()?)
+        }
+        None => None,
+    };
     let server_config = &config.server;
     if roles.has(Role::Assistant) && !roles.has(Role::Sql) && server_config.sql_url.is_none() {
         anyhow::bail!(
@@ -96,7 +127,7 @@ pub async fn serve(
     let background = tokio_util::sync::CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
     // One pool per database URL for everything this process runs.
-    let pools = config.database.pools();
+    let pools = Arc::new(config.database.pools());
 
     if [Role::Sql, Role::Search, Role::Summary, Role::Sync]
         .into_iter()
@@ -227,8 +258,25 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let rpc_metrics = if recorder.is_some() {
+        crate::metrics::RpcMetricsLayer::for_quarry()
+    } else {
+        crate::metrics::RpcMetricsLayer::off()
+    };
+    if let (Some(listener), Some(handle)) = (metrics, recorder) {
+        let pools = Arc::clone(&pools);
+        crate::metrics::spawn_endpoint(
+            listener,
+            handle,
+            Arc::new(move || pools.record_metrics()),
+            background.clone(),
+        );
+    }
     let layers = ServiceBuilder::new()
+        // outermost: the RPC span is the parent of everything, metrics
+        // measured inside it (refusals by auth and limits included)
         .layer(crate::TraceContextLayer)
+        .layer(rpc_metrics)
         .layer(auth.auth)
         .layer(RateLimitLayer::new(limiter))
         .layer(auth.policy);

@@ -160,6 +160,8 @@ pub struct Options {
     /// row-level security, which the test server's superuser login bypasses.
     /// The server's own configuration does not set `sql.exec.role`.
     pub read_only_role: Option<String>,
+    /// Serve Prometheus metrics on a free port ([`TestServer::metrics_addr`]).
+    pub metrics: bool,
 }
 
 /// A running Quarry server over its own database.
@@ -168,6 +170,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The database it reads.
     pub db: TestDb,
+    /// Where its Prometheus endpoint listens, with [`Options::metrics`].
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     /// The server task; its error rendered as text.
     handle: Option<JoinHandle<Result<(), String>>>,
@@ -256,9 +260,15 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let roles = options.roles.clone().unwrap_or_default();
+        let metrics = if options.metrics {
+            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        } else {
+            None
+        };
+        let metrics_addr = metrics.as_ref().map(|l| l.local_addr().unwrap());
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(async move {
-            quarry_server::serve(listener, config, roles, async {
+            quarry_server::serve_with_metrics(listener, metrics, config, roles, async {
                 let _ = rx.await;
             })
             .await
@@ -266,6 +276,7 @@ impl TestServer {
         });
         Self {
             addr,
+            metrics_addr,
             db,
             shutdown: Some(tx),
             handle: Some(handle),
@@ -622,4 +633,88 @@ pub fn call_tokens(calls: &[ModelCallUsage]) -> Vec<(u32, u64, u64, u64)> {
         .iter()
         .map(|c| (c.step, c.prompt_tokens, c.completion_tokens, c.total_tokens))
         .collect()
+}
+
+/// A real Prometheus server (Debian `prometheus`, started by
+/// `dev/prometheus.sh`) scraping one target every second; stopped on drop.
+pub struct Prometheus {
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    dir: TempDir,
+}
+
+impl Prometheus {
+    /// Installs Prometheus if missing and starts one scraping
+    /// `http://{target}/metrics`.
+    pub fn start(target: SocketAddr) -> Self {
+        let dir = TempDir::new("prometheus");
+        let output = std::process::Command::new(repo_root().join("dev/prometheus.sh"))
+            .arg("start")
+            .arg(target.to_string())
+            .arg(dir.path())
+            .arg("1s")
+            .output()
+            .expect("cannot run dev/prometheus.sh");
+        assert!(
+            output.status.success(),
+            "dev/prometheus.sh start failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let url = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        Self { url, dir }
+    }
+
+    /// The result vector of the instant query `query` (`/api/v1/query`),
+    /// as `(labels, value)` pairs.
+    pub async fn query(&self, query: &str) -> Vec<(serde_json::Value, f64)> {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/api/v1/query", self.url),
+            &[("query", query)],
+        )
+        .unwrap();
+        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["status"], "success", "{text}");
+        body["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let value = r["value"][1].as_str().unwrap().parse::<f64>().unwrap();
+                (r["metric"].clone(), value)
+            })
+            .collect()
+    }
+
+    /// Polls `query` every 500 ms for at most `within` until `accept` holds
+    /// for its result; returns that result, or panics with the last one.
+    pub async fn wait_for(
+        &self,
+        query: &str,
+        within: Duration,
+        accept: impl Fn(&[(serde_json::Value, f64)]) -> bool,
+    ) -> Vec<(serde_json::Value, f64)> {
+        let until = std::time::Instant::now() + within;
+        loop {
+            let result = self.query(query).await;
+            if accept(&result) {
+                return result;
+            }
+            if std::time::Instant::now() > until {
+                let log = std::fs::read_to_string(self.dir.path().join("prometheus.log"))
+                    .unwrap_or_default();
+                panic!("{query}: {result:?} after {within:?}; prometheus log:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(repo_root().join("dev/prometheus.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
 }

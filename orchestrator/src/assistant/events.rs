@@ -40,6 +40,9 @@ impl Run {
         route: &str,
         reason: String,
     ) -> Result<(), Gone> {
+        if !self.routed {
+            quarry_metrics::ask_stage(quarry_metrics::AskStage::Route, self.started.elapsed());
+        }
         self.routed = true;
         {
             let mut turn = self.log();

@@ -121,7 +121,7 @@ pub(super) struct Run {
     /// the run goes through them.
     pub(super) models: AskModels,
     pub(super) tx: mpsc::Sender<Result<AskResponse, Status>>,
-    started: Instant,
+    pub(super) started: Instant,
     /// The answer text streamed so far.
     pub(super) answer: String,
     pub(super) citations: Vec<Citation>,
@@ -338,9 +338,17 @@ impl Run {
         // stored before the last event, so that once the stream has ended a
         // follow-up finds this turn
         let stored = self.store_turn(outcome.status, citations, &usage).await;
+        {
+            use quarry_metrics::{AskStage, ask_stage};
+            ask_stage(AskStage::Model, Duration::from_micros(usage.model_us));
+            ask_stage(AskStage::Tool, Duration::from_micros(usage.tool_us));
+            ask_stage(AskStage::Database, Duration::from_micros(usage.database_us));
+            ask_stage(AskStage::Store, stored);
+        }
         usage.database_us += stored.as_micros() as u64;
         // the emitted wall time includes storing, like `database_us`
         let elapsed = self.started.elapsed();
+        quarry_metrics::ask_stage(quarry_metrics::AskStage::Total, elapsed);
         usage.elapsed_ms = elapsed.as_millis() as u64;
         usage.elapsed_us = elapsed.as_micros() as u64;
         self.emit(Event::Usage(usage)).await
@@ -369,8 +377,20 @@ impl Run {
     }
 
     /// Charges this run's `usage` (one request, one Ask, its model calls,
-    /// tokens and cost) to its tenant, when budgets are kept.
+    /// tokens and cost) to its tenant, when budgets are kept, and records
+    /// its model calls' metrics.
     async fn charge(&mut self, usage: &Usage) {
+        // the metrics of the model calls, with or without budgets
+        for call in &usage.calls {
+            quarry_metrics::model_call(
+                &self.caller.caller.principal.tenant,
+                &call.model,
+                &call.task,
+                call.prompt_tokens,
+                call.completion_tokens,
+                call.cost_known.then_some(call.cost_usd),
+            );
+        }
         let Some(budgets) = self.assistant.budgets.clone() else {
             return;
         };

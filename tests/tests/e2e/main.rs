@@ -18,6 +18,7 @@ mod governance_props;
 mod grpcurl;
 mod hostile_input;
 mod k8s_probes;
+mod metrics;
 mod models;
 mod pii;
 mod registry;

@@ -255,7 +255,7 @@ struct Entry {
 }
 
 async fn count(pool: &Pool, sql: &str) -> Result<u64> {
-    let client = pool.get().await?;
+    let client = quarry_db::checkout(pool, "search").await?;
     let n: i64 = client.query_one(sql, &[]).await?.try_get(0)?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
@@ -318,7 +318,7 @@ impl SearchTool {
             return Err(SearchError::invalid("search.max_k", "must be at least 1"));
         }
         let mut entries = Vec::new();
-        let mut client = pool.get().await?;
+        let mut client = quarry_db::checkout(&pool, "search").await?;
         for (i, c) in config.collections.iter().enumerate() {
             let path = format!("search.collections[{i}]");
             let collection = Arc::new(Collection::from_config(c, &path)?);
@@ -768,7 +768,7 @@ impl SearchTool {
                 exact_threshold: self.config.exact_threshold,
                 ..VectorOptions::default()
             };
-            let mut client = self.pool.get().await?;
+            let mut client = quarry_db::checkout(&self.pool, "search").await?;
             let result = vector::search(
                 &mut client,
                 collection,
@@ -897,7 +897,7 @@ impl SearchTool {
             });
         }
         let keys: Vec<&str> = hits.iter().map(|h| h.key.as_str()).collect();
-        let client = self.pool.get().await?;
+        let client = quarry_db::checkout(&self.pool, "search").await?;
         let rows = client
             .query(
                 &format!(

@@ -532,7 +532,8 @@ impl Executor {
             .config
             .count_when_truncated
             .then(|| format!("SELECT count(*) FROM ({}) AS quarry_c", query.sql()));
-        let mut result = self
+        let started = Instant::now();
+        let run = self
             .run(
                 &sql,
                 count_sql.as_deref(),
@@ -540,7 +541,15 @@ impl Executor {
                 query.session(),
                 max_rows,
             )
-            .await?;
+            .await;
+        quarry_metrics::sql_statement(
+            query.session().map(|s| s.tenant.as_str()),
+            run.as_ref()
+                .ok()
+                .map(|r| (r.row_count() as u64, r.bytes as u64)),
+            started.elapsed(),
+        );
+        let mut result = run?;
         if let Some(session) = query.session() {
             result.sql = query.shown_rewritten_sql(max_rows);
             for column in &mut result.columns {
@@ -585,7 +594,7 @@ impl Executor {
             Some(session) => Some(self.shares.acquire(&session.tenant).await?),
             None => None,
         };
-        let client = self.pool.get().await?;
+        let client = quarry_db::checkout(&self.pool, "sql").await?;
         let mut guard = CancelOnDrop::new(client);
         let Some(client) = guard.client.as_mut() else {
             return Err(ExecError::Timeout { timeout_ms });

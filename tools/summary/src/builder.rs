@@ -198,7 +198,34 @@ impl SummaryTool {
     /// [`SummaryError::BuildRunning`] when another build holds the lock;
     /// [`SummaryError::Unavailable`] when no connection can be had. Failures
     /// of single entities or kinds are not errors: they are in the report.
+    ///
+    /// Each call is counted in `quarry_summary_builds_total` by outcome
+    /// (`ok`, `partial` with failures, `skipped` when another build runs,
+    /// `error`), with its wall time and the summaries it wrote.
     pub async fn build(
+        &self,
+        opts: BuildOptions,
+        progress: &(dyn Fn(BuildProgressEvent) + Send + Sync),
+    ) -> Result<BuildReport> {
+        use quarry_metrics::BuildOutcome;
+        let started = std::time::Instant::now();
+        let result = self.build_unmeasured(opts, progress).await;
+        let (outcome, built) = match &result {
+            Ok(report) if report.failed == 0 => (BuildOutcome::Ok, report.built),
+            Ok(report) => (BuildOutcome::Partial, report.built),
+            Err(error) => {
+                if let SummaryError::BuildRunning = error {
+                    (BuildOutcome::Skipped, 0)
+                } else {
+                    (BuildOutcome::Error, 0)
+                }
+            }
+        };
+        quarry_metrics::summary_build(outcome, started.elapsed(), built);
+        result
+    }
+
+    async fn build_unmeasured(
         &self,
         opts: BuildOptions,
         progress: &(dyn Fn(BuildProgressEvent) + Send + Sync),

@@ -226,7 +226,7 @@ impl SummaryTool {
                     .into(),
             ));
         }
-        let mut client = pool.get().await?;
+        let mut client = quarry_db::checkout(&pool, "summaries").await?;
         quarry_db::migrate_client(&mut client).await?;
         let vector_schema = store::vector_type_schema(&**client).await?;
         if let Some(role) = &config.role {
@@ -348,7 +348,7 @@ impl SummaryTool {
         {
             return Ok(Arc::clone(&cached.entries));
         }
-        let client = self.pool.get().await?;
+        let client = quarry_db::checkout(&self.pool, "summaries").await?;
         let rows = client
             .query(
                 "SELECT entity_key, entity_name, weight FROM quarry.summaries \
@@ -445,7 +445,7 @@ impl SummaryTool {
         };
         let (kinds, tenants) = self.scopes(caller, &kinds);
         let now = Utc::now();
-        let client = self.pool.get().await?;
+        let client = quarry_db::checkout(&self.pool, "summaries").await?;
         let rows = client
             .query(
                 &format!(
@@ -542,7 +542,7 @@ impl SummaryTool {
         let Some((best, score)) = ranked.first().filter(|(_, s)| s.score >= MATCH_THRESHOLD) else {
             return Err(not_found());
         };
-        let client = self.pool.get().await?;
+        let client = quarry_db::checkout(&self.pool, "summaries").await?;
         let rows = client
             .query(
                 &format!(
@@ -582,7 +582,7 @@ impl SummaryTool {
                 total: 0,
             });
         };
-        let client = self.pool.get().await?;
+        let client = quarry_db::checkout(&self.pool, "summaries").await?;
         let now = Utc::now();
         let rows = client
             .query(
@@ -668,7 +668,7 @@ impl SummaryTool {
                 };
                 let vector = pgvector::Vector::from(vector);
                 let op = format!("OPERATOR({}.<=>)", self.vector_schema);
-                let client = self.pool.get().await?;
+                let client = quarry_db::checkout(&self.pool, "summaries").await?;
                 let counts = client
                     .query_one(
                         &format!(
@@ -694,7 +694,7 @@ impl SummaryTool {
                 (rows, Retrieval::Vector)
             }
             None => {
-                let client = self.pool.get().await?;
+                let client = quarry_db::checkout(&self.pool, "summaries").await?;
                 let total: i64 = client
                     .query_one(
                         &format!("SELECT count(*) FROM quarry.summaries WHERE {SCOPED_1}"),
@@ -752,7 +752,7 @@ impl SummaryTool {
         let _share = self.shares.acquire(&caller.principal.tenant).await?;
         let names: Vec<String> = self.allowed_kinds(caller);
         let (scoped, tenants) = self.scopes(caller, &names);
-        let client = self.pool.get().await?;
+        let client = quarry_db::checkout(&self.pool, "summaries").await?;
         let rows = client
             .query(
                 &format!(
@@ -802,7 +802,7 @@ impl SummaryTool {
     /// Database errors.
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn last_build(&self, caller: &Caller) -> Result<Option<BuildReport>> {
-        let client = self.pool.get().await?;
+        let client = quarry_db::checkout(&self.pool, "summaries").await?;
         Ok(store::last_build(&**client)
             .await?
             .map(|r| r.visible_to(&caller.principal.tenant)))

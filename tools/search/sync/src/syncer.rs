@@ -661,6 +661,7 @@ impl Syncer {
             self.notify_docs(&*tx).await?;
         }
         tx.commit().await?;
+        quarry_metrics::sync_applied(self.name(), &latencies);
         self.inner
             .freshness
             .lock()
@@ -695,6 +696,46 @@ impl Syncer {
             total.tombstoned += report.tombstoned;
             total.latencies.extend(report.latencies);
         }
+    }
+
+    /// Outbox entries of this collection waiting, and the age of the
+    /// oldest (server clock).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn outbox_backlog(&self) -> Result<(u64, Option<Duration>)> {
+        let client = self.inner.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*), extract(epoch FROM clock_timestamp() - min(enqueued_at))::float8 \
+                 FROM quarry.search_outbox WHERE collection = $1",
+                &[&self.name()],
+            )
+            .await?;
+        Ok((
+            u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+            row.get::<_, Option<f64>>(1)
+                .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
+        ))
+    }
+
+    /// Live documents whose vectors are not current (`NOT embedded AND NOT
+    /// deleted`, the partial index the embedder reads by).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn embedding_backlog(&self) -> Result<u64> {
+        let client = self.inner.pool.get().await?;
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {} WHERE NOT embedded AND NOT deleted",
+                    self.inner.collection.docs_table()
+                ),
+                &[],
+            )
+            .await?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
     /// Counts for the CLI (see [`Status`]).
@@ -858,6 +899,9 @@ impl Syncer {
             info!(collection = %name, rows = report.rows, tombstoned = report.tombstoned, "backfill done");
         }
         let report = self.drain_outbox().await?;
+        // what arrived while draining: the backlog the next round starts with
+        let (backlog, oldest) = self.outbox_backlog().await?;
+        quarry_metrics::sync_outbox(&name, backlog, oldest);
         if report.claimed > 0 {
             let f = Freshness::from_latencies(report.latencies.iter().copied());
             debug!(
@@ -871,13 +915,22 @@ impl Syncer {
     async fn embed_loop(self, wake: Arc<Notify>, poll: Duration) {
         loop {
             match self.embed_pending().await {
-                Ok(report) if report.docs > 0 => debug!(
-                    collection = %self.name(), docs = report.docs, embedded = report.embedded_texts,
-                    reused = report.reused, "embedded"
-                ),
+                Ok(report) if report.docs > 0 => {
+                    quarry_metrics::documents_embedded(self.name(), report.docs);
+                    debug!(
+                        collection = %self.name(), docs = report.docs, embedded = report.embedded_texts,
+                        reused = report.reused, "embedded"
+                    )
+                }
                 Ok(_) => {}
                 Err(error) => {
                     warn!(collection = %self.name(), %error, "embedding failed; retrying")
+                }
+            }
+            match self.embedding_backlog().await {
+                Ok(pending) => quarry_metrics::embedding_backlog(self.name(), pending),
+                Err(error) => {
+                    debug!(collection = %self.name(), %error, "cannot count the embedding backlog")
                 }
             }
             tokio::select! {
