@@ -53,7 +53,9 @@ const PRUNE_EVERY: u64 = 4096;
 /// A tenant's request quota.
 ///
 /// Requests replenish at `requests_per_second`; up to `burst` may arrive at
-/// once. Both must be at least 1.
+/// once. Both must be at least 1. With `shared` (the default) the quota
+/// holds across every replica on the same database (see [`RateLimit`]);
+/// without it, per process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
@@ -61,14 +63,18 @@ pub struct RateLimitConfig {
     pub requests_per_second: NonZeroU32,
     /// Largest number of requests admitted at once per tenant.
     pub burst: NonZeroU32,
+    /// Whether the quota is shared by all replicas (a [`SharedRateStore`]
+    /// in Quarry's database: one statement per request).
+    pub shared: bool,
 }
 
 impl Default for RateLimitConfig {
-    /// 20 requests per second, bursts of 40.
+    /// 20 requests per second, bursts of 40, shared across replicas.
     fn default() -> Self {
         RateLimitConfig {
             requests_per_second: NonZeroU32::MIN.saturating_add(19),
             burst: NonZeroU32::MIN.saturating_add(39),
+            shared: true,
         }
     }
 }

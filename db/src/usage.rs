@@ -171,6 +171,31 @@ impl UsageLedger {
         Ok(())
     }
 
+    /// `tenant`'s tokens and cost charged in the current UTC day and month
+    /// (what Asks in flight hold left out; see [`Self::spent`]).
+    ///
+    /// # Errors
+    /// The pool's or PostgreSQL's error, as text.
+    pub async fn charged(&self, tenant: &str) -> Result<Spent, String> {
+        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let row = client
+            .query_one(
+                "WITH today AS (SELECT (now() AT TIME ZONE 'UTC')::date AS d) \
+                 SELECT \
+                   coalesce(sum(prompt_tokens + completion_tokens) FILTER (WHERE day = today.d), 0)::bigint, \
+                   coalesce(sum(cost_usd) FILTER (WHERE day = today.d), 0)::float8, \
+                   coalesce(sum(prompt_tokens + completion_tokens), 0)::bigint, \
+                   coalesce(sum(cost_usd), 0)::float8 \
+                 FROM today LEFT JOIN quarry.usage_daily u \
+                   ON u.tenant = $1 AND u.day >= date_trunc('month', today.d)::date \
+                 GROUP BY today.d",
+                &[&tenant],
+            )
+            .await
+            .map_err(|e| error_text(&e))?;
+        Ok(spent_of(&row, 0))
+    }
+
     /// `tenant`'s tokens and cost in the current UTC day and month: charged,
     /// plus what every replica's Asks in flight hold (`quarry.budget_holds`,
     /// live holds only).
@@ -362,6 +387,7 @@ mod tests {
         assert_eq!(spent.day_tokens, 800, "charged 200 + held 600");
         // the other replica sees the hold and its reservation: 200 + 700
         assert_eq!(b.spent("t").await.unwrap().day_tokens, 900);
+        assert_eq!(b.charged("t").await.unwrap().day_tokens, 200);
         let (ok, spent) = b
             .admit("t", h2, Held::default(), &limits, ttl)
             .await

@@ -65,7 +65,6 @@ pub async fn serve(
         .verifier(server_config.development)
         .await
         .context("auth")?;
-    let limiter = config.auth.rate_limiter();
     let policy = Arc::new(PolicyStore::new(
         Policy::new(&config.policy).context("policy")?,
     ));
@@ -97,6 +96,13 @@ pub async fn serve(
     let _stop_background = background.clone().drop_guard();
     // One pool per database URL for everything this process runs.
     let pools = config.database.pools();
+    let mut limiter = config.auth.rate_limiter();
+    if config.auth.rate_limit.shared {
+        // the quota holds across every replica on this database
+        limiter = limiter.with_shared(Arc::new(crate::limits::PgRateStore::new(
+            database_pool(&config, &pools)?,
+        )));
+    }
 
     if [Role::Sql, Role::Search, Role::Summary, Role::Sync]
         .into_iter()

@@ -11,6 +11,7 @@ fn config(rps: u32, burst: u32) -> RateLimitConfig {
     RateLimitConfig {
         requests_per_second: NonZeroU32::new(rps).unwrap(),
         burst: NonZeroU32::new(burst).unwrap(),
+        shared: true,
     }
 }
 

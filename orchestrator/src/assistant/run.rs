@@ -20,7 +20,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::{AskStream, Assistant, models::AskModels};
 use crate::{
-    budget::{Noted, OverBudget},
+    budget::OverBudget,
     caller::AskCaller,
     conversation::{PriorTurn, TurnRecord, referenced_pii},
     tools::ToolContext,
@@ -143,8 +143,9 @@ pub(super) struct Run {
     /// What is stored as this turn: the request, mode, route, tool calls and
     /// the last SQL that ran.
     turn: Mutex<TurnLog>,
-    /// This run's spend noted with the budgets as in flight, not charged.
-    budget_noted: Noted,
+    /// This run's hold on its tenant's budgets (`quarry.budget_holds`),
+    /// released when the run is charged.
+    budget_hold: uuid::Uuid,
 }
 
 /// The parts of a turn gathered while it runs.
@@ -184,7 +185,7 @@ impl Run {
             conversation_id: uuid::Uuid::nil(),
             history: Vec::new(),
             turn: Mutex::new(TurnLog::default()),
-            budget_noted: Noted::default(),
+            budget_hold: uuid::Uuid::new_v4(),
         }
     }
 
@@ -343,8 +344,9 @@ impl Run {
         self.emit(Event::Usage(usage)).await
     }
 
-    /// Notes this run's spend since the last note with the budgets (as in
-    /// flight), then checks its tenant's budgets; call before each model call.
+    /// Admits this run's next model call against its tenant's budgets,
+    /// holding what the run has spent so far plus the call's reservation
+    /// (visible to every replica); call before each model call.
     ///
     /// # Errors
     /// [`OverBudget`] naming the budget the tenant has spent.
@@ -352,17 +354,13 @@ impl Run {
         let Some(budgets) = self.assistant.budgets.clone() else {
             return Ok(());
         };
-        let now = Noted {
+        let so_far = quarry_db::usage::Held {
             tokens: self.accounting.tokens_used(),
             usd: self.accounting.cost_so_far(),
         };
-        let delta = Noted {
-            tokens: now.tokens.saturating_sub(self.budget_noted.tokens),
-            usd: (now.usd - self.budget_noted.usd).max(0.0),
-        };
-        budgets.note(&self.caller.caller.principal.tenant, delta);
-        self.budget_noted = now;
-        budgets.check(&self.caller.caller.principal.tenant).await
+        budgets
+            .admit(&self.caller.caller.principal.tenant, self.budget_hold, so_far)
+            .await
     }
 
     /// Charges this run's `usage` (one request, one Ask, its model calls,
@@ -381,9 +379,12 @@ impl Run {
             cost_usd: usage.cost_usd,
             ..UsageAmounts::default()
         };
-        let noted = std::mem::take(&mut self.budget_noted);
         budgets
-            .charge(&self.caller.caller.principal.tenant, &amounts, noted)
+            .charge(
+                &self.caller.caller.principal.tenant,
+                &amounts,
+                Some(self.budget_hold),
+            )
             .await;
     }
 
