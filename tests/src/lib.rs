@@ -21,8 +21,8 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::SocketAddr,
-    sync::Arc,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 

@@ -354,29 +354,34 @@ impl Run {
         let Some(budgets) = self.assistant.budgets.clone() else {
             return Ok(());
         };
-        let so_far = quarry_db::usage::Held {
-            tokens: self.accounting.tokens_used(),
-            usd: self.accounting.cost_so_far(),
-        };
+        let (tokens, usd) = self.accounting.charged_by_the_ask();
+        let so_far = quarry_db::usage::Held { tokens, usd };
         budgets
-            .admit(&self.caller.caller.principal.tenant, self.budget_hold, so_far)
+            .admit(
+                &self.caller.caller.principal.tenant,
+                self.budget_hold,
+                so_far,
+            )
             .await
     }
 
     /// Charges this run's `usage` (one request, one Ask, its model calls,
-    /// tokens and cost) to its tenant, when budgets are kept.
+    /// tokens and cost, but not the SQL tool's, which `GenerateSql`
+    /// charges) to its tenant and releases its hold, when budgets are kept.
     async fn charge(&mut self, usage: &Usage) {
         let Some(budgets) = self.assistant.budgets.clone() else {
             return;
         };
+        // the SQL tool's model calls are charged by GenerateSql itself
+        let calls = || usage.calls.iter().filter(|c| crate::usage::ask_charges(c));
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let amounts = UsageAmounts {
             requests: 1,
             asks: 1,
-            model_calls: i64::from(usage.model_calls),
-            prompt_tokens: count(usage.prompt_tokens),
-            completion_tokens: count(usage.completion_tokens),
-            cost_usd: usage.cost_usd,
+            model_calls: count(calls().count() as u64),
+            prompt_tokens: count(calls().map(|c| c.prompt_tokens).sum()),
+            completion_tokens: count(calls().map(|c| c.completion_tokens).sum()),
+            cost_usd: calls().map(|c| c.cost_usd).sum(),
             ..UsageAmounts::default()
         };
         budgets
