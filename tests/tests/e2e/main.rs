@@ -19,6 +19,7 @@ mod hostile_input;
 mod models;
 mod pii;
 mod registry;
+mod replicas;
 mod resilience;
 mod roles;
 mod router;
