@@ -56,6 +56,14 @@ if [[ -z "${QUARRY_MODEL_DIR:-}" ]]; then
 fi
 printf 'QUARRY_MODEL_DIR=%s\n' "$QUARRY_MODEL_DIR"
 
+# The multi-replica test (tests/tests/e2e/replicas.rs) balances gRPC with
+# nginx from Debian; installed here, before tests run in parallel.
+section "nginx (dev/nginx.sh)"
+if ! "$ROOT/dev/nginx.sh" install; then
+  echo "dev/test.sh: FAILED: dev/nginx.sh install (needs root and apt-get when nginx is missing)" >&2
+  exit 1
+fi
+
 step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets --features quarry/dev-tools -- -D warnings
 step "buf lint" "$ROOT/dev/buf.sh" lint
