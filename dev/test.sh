@@ -63,6 +63,13 @@ section "Prometheus (dev/prometheus.sh)"
   echo "dev/test.sh: FAILED: dev/prometheus.sh install" >&2
   exit 1
 }
+# The multi-replica test (tests/tests/e2e/replicas.rs) balances gRPC with
+# nginx from Debian; installed here, before tests run in parallel.
+section "nginx (dev/nginx.sh)"
+if ! "$ROOT/dev/nginx.sh" install; then
+  echo "dev/test.sh: FAILED: dev/nginx.sh install (needs root and apt-get when nginx is missing)" >&2
+  exit 1
+fi
 
 step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets --features quarry/dev-tools -- -D warnings

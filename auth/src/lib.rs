@@ -37,8 +37,9 @@
 //! The stack is composed once per binary, e.g.
 //! `ServiceBuilder::new().layer(AuthLayer::new(verifier)).layer(RateLimitLayer::new(limiter))`.
 //!
-//! Limits here are per process; limits that must hold across replicas need a
-//! shared store (see the architecture notes).
+//! The governor stage is per process; a [`SharedRateStore`]
+//! ([`TenantRateLimiter::with_shared`]) makes the quota hold across
+//! replicas.
 
 mod caller;
 mod config;
@@ -67,4 +68,7 @@ pub use policy::{
     PolicyStore, RefusalHook, RoleConfig, RpcScopes, TableName, TableView, scopes,
 };
 pub use principal::Principal;
-pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer, TenantRateLimiter};
+pub use rate_limit::{
+    RateLimit, RateLimitConfig, RateLimitLayer, SHARED_STORE_TIMEOUT, SharedRateStore,
+    TenantRateLimiter,
+};

@@ -1,6 +1,8 @@
 //! Per-tenant request rate limits: [`TenantRateLimiter`] and
-//! [`RateLimitLayer`].
+//! [`RateLimitLayer`], in this process and, with a [`SharedRateStore`],
+//! across every replica.
 
+use std::fmt;
 use std::mem;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -22,6 +24,28 @@ use crate::principal::Principal;
 #[cfg(test)]
 mod tests;
 
+/// How long [`RateLimit`] waits for the [`SharedRateStore`] before it
+/// admits a request on the local stage alone (one round trip to
+/// PostgreSQL on the same network takes about a millisecond).
+pub const SHARED_STORE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// The store that makes a tenant's quota hold across replicas: one
+/// admission per request, shared by every process using the store (e.g.
+/// GCRA in PostgreSQL, `quarry_db::rate_limit`).
+pub trait SharedRateStore: fmt::Debug + Send + Sync {
+    /// Admits one request to `bucket` (tenant and service) under `quota`,
+    /// or returns the wait until one would be admitted.
+    ///
+    /// # Errors
+    /// The store could not be reached or failed, as text; [`RateLimit`]
+    /// then admits on the local stage alone.
+    fn admit(
+        &self,
+        bucket: String,
+        quota: RateLimitConfig,
+    ) -> BoxFuture<'static, Result<Result<(), Duration>, String>>;
+}
+
 /// Every this many checks the limiter forgets tenants whose state is back
 /// to "fresh", keeping the keyed store bounded by recently active tenants.
 const PRUNE_EVERY: u64 = 4096;
@@ -29,7 +53,9 @@ const PRUNE_EVERY: u64 = 4096;
 /// A tenant's request quota.
 ///
 /// Requests replenish at `requests_per_second`; up to `burst` may arrive at
-/// once. Both must be at least 1.
+/// once. Both must be at least 1. With `shared` (the default) the quota
+/// holds across every replica on the same database (see [`RateLimit`]);
+/// without it, per process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
@@ -37,14 +63,18 @@ pub struct RateLimitConfig {
     pub requests_per_second: NonZeroU32,
     /// Largest number of requests admitted at once per tenant.
     pub burst: NonZeroU32,
+    /// Whether the quota is shared by all replicas (a [`SharedRateStore`]
+    /// in Quarry's database: one statement per request).
+    pub shared: bool,
 }
 
 impl Default for RateLimitConfig {
-    /// 20 requests per second, bursts of 40.
+    /// 20 requests per second, bursts of 40, shared across replicas.
     fn default() -> Self {
         RateLimitConfig {
             requests_per_second: NonZeroU32::MIN.saturating_add(19),
             burst: NonZeroU32::MIN.saturating_add(39),
+            shared: true,
         }
     }
 }
@@ -71,6 +101,8 @@ type KeyedLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultC
 pub struct TenantRateLimiter {
     limiter: Arc<KeyedLimiter>,
     checks: Arc<AtomicU64>,
+    config: RateLimitConfig,
+    shared: Option<Arc<dyn SharedRateStore>>,
 }
 
 impl TenantRateLimiter {
@@ -79,7 +111,21 @@ impl TenantRateLimiter {
         TenantRateLimiter {
             limiter: Arc::new(RateLimiter::keyed(config.quota())),
             checks: Arc::new(AtomicU64::new(0)),
+            config,
+            shared: None,
         }
+    }
+
+    /// Also admits every request that passes this process's quota against
+    /// `store`, so that the quota holds across replicas; see [`RateLimit`].
+    pub fn with_shared(mut self, store: Arc<dyn SharedRateStore>) -> Self {
+        self.shared = Some(store);
+        self
+    }
+
+    /// The quota of every tenant.
+    pub fn config(&self) -> RateLimitConfig {
+        self.config
     }
 
     /// Admit one request for `tenant`, or return how long until one would be
@@ -137,8 +183,19 @@ impl<S> Layer<S> for RateLimitLayer {
 /// [`Principal`] in the request extensions. A request without one (health,
 /// reflection) is not limited. A refused request is answered directly with
 /// `grpc-status: 8` (`RESOURCE_EXHAUSTED`) whose `grpc-status-details-bin`
-/// carries a google.rpc `RetryInfo` with governor's wait time; the inner
-/// service is not called.
+/// carries a google.rpc `RetryInfo` with the wait time; the inner service
+/// is not called.
+///
+/// Two stages: this process's governor first (no I/O; it sheds a flood
+/// before it reaches the store), then, when the limiter has a
+/// [`SharedRateStore`], one admission in the store for the bucket
+/// `<tenant>/<gRPC service>` (e.g. `acme/quarry.v1.AssistantService`), so
+/// that all replicas together admit the quota — per service, so that an
+/// Ask's tool calls forwarded to remote tool roles do not spend the
+/// tenant's Ask quota. When the store fails or does not answer within
+/// [`SHARED_STORE_TIMEOUT`], the request is admitted on the local stage
+/// alone (logged at warn): limits then hold per replica, so the fleet
+/// admits at most replicas × quota, and the service stays up.
 #[derive(Clone, Debug)]
 pub struct RateLimit<S> {
     inner: S,
@@ -151,6 +208,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ResBody: Default + Send + 'static,
+    ReqBody: Send + 'static,
 {
     type Response = http::Response<ResBody>;
     type Error = S::Error;
@@ -161,22 +219,61 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        if let Some(principal) = req.extensions().get::<Principal>()
-            && let Err(retry_after) = self.limiter.check(&principal.tenant)
-        {
-            tracing::info!(
-                tenant = %principal.tenant,
-                retry_after_ms = retry_after.as_millis() as u64,
-                "rate limit exceeded"
-            );
-            let err = AuthError::RateLimited {
-                tenant: principal.tenant.clone(),
-                retry_after,
-            };
-            return Box::pin(future::ready(Ok(Status::from(err).into_http::<ResBody>())));
-        }
         let clone = self.inner.clone();
         let mut inner = mem::replace(&mut self.inner, clone);
-        Box::pin(inner.call(req))
+        let Some(tenant) = req
+            .extensions()
+            .get::<Principal>()
+            .map(|p| p.tenant.clone())
+        else {
+            return Box::pin(inner.call(req));
+        };
+        if let Err(retry_after) = self.limiter.check(&tenant) {
+            return Box::pin(future::ready(Ok(refusal(tenant, retry_after))));
+        }
+        let Some(store) = self.limiter.shared.clone() else {
+            return Box::pin(inner.call(req));
+        };
+        let service = req
+            .uri()
+            .path()
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let bucket = format!("{tenant}/{service}");
+        let quota = self.limiter.config;
+        Box::pin(async move {
+            match tokio::time::timeout(SHARED_STORE_TIMEOUT, store.admit(bucket.clone(), quota))
+                .await
+            {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(retry_after))) => return Ok(refusal(tenant, retry_after)),
+                Ok(Err(error)) => tracing::warn!(
+                    %bucket, %error,
+                    "shared rate-limit store failed; admitted on this replica's limit alone"
+                ),
+                Err(_) => tracing::warn!(
+                    %bucket,
+                    timeout_ms = SHARED_STORE_TIMEOUT.as_millis() as u64,
+                    "shared rate-limit store did not answer; admitted on this replica's limit alone"
+                ),
+            }
+            inner.call(req).await
+        })
     }
+}
+
+/// The `RESOURCE_EXHAUSTED` answer to a request of `tenant` over its quota.
+fn refusal<ResBody: Default>(tenant: String, retry_after: Duration) -> http::Response<ResBody> {
+    tracing::info!(
+        %tenant,
+        retry_after_ms = retry_after.as_millis() as u64,
+        "rate limit exceeded"
+    );
+    Status::from(AuthError::RateLimited {
+        tenant,
+        retry_after,
+    })
+    .into_http::<ResBody>()
 }

@@ -16,7 +16,8 @@
 //! - [`audit`]: the audit trail of statements and refusals
 //!   (`quarry.audit_log`).
 //! - [`usage`]: usage per tenant and UTC day (`quarry.usage_daily`), for
-//!   budgets and reports.
+//!   budgets and reports, and the budget holds of Asks in flight.
+//! - [`rate_limit`]: request rate limits (GCRA) shared by every replica.
 //! - With the `test-util` feature, `testing::TestDb` creates a throw-away
 //!   database per test.
 
@@ -26,6 +27,7 @@ mod ident;
 pub mod lock;
 mod migrate;
 mod pool;
+pub mod rate_limit;
 mod read_only;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;

@@ -1,6 +1,12 @@
 //! Usage per tenant and UTC day, in `quarry.usage_daily` (migration V10):
 //! charged with increments ([`UsageLedger::charge`]), read back for budgets
-//! ([`UsageLedger::spent`]) and reports ([`UsageLedger::report`]).
+//! ([`UsageLedger::spent`]) and reports ([`UsageLedger::report`]); the
+//! budget holds of Asks in flight (`quarry.budget_holds`, migration V11),
+//! shared by every replica ([`UsageLedger::admit`]).
+
+use std::time::Duration;
+
+use uuid::Uuid;
 
 use crate::{Pool, error_text};
 
@@ -54,7 +60,42 @@ pub struct Spent {
     pub month_usd: f64,
 }
 
-/// Writes and reads `quarry.usage_daily`.
+/// What an Ask in flight holds against its tenant's budgets.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Held {
+    /// Tokens.
+    pub tokens: u64,
+    /// USD.
+    pub usd: f64,
+}
+
+/// A tenant's budget limits; `0` means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Tokens per UTC day.
+    pub tokens_per_day: u64,
+    /// Tokens per UTC calendar month.
+    pub tokens_per_month: u64,
+    /// USD per UTC day.
+    pub usd_per_day: f64,
+    /// USD per UTC calendar month.
+    pub usd_per_month: f64,
+}
+
+/// Reads a [`Spent`] from `row`'s columns `from..from + 4` (day tokens, day
+/// USD, month tokens, month USD).
+fn spent_of(row: &tokio_postgres::Row, from: usize) -> Spent {
+    let tokens = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+    Spent {
+        day_tokens: tokens(from),
+        day_usd: row.get(from + 1),
+        month_tokens: tokens(from + 2),
+        month_usd: row.get(from + 3),
+    }
+}
+
+/// Writes and reads `quarry.usage_daily` and the budget holds of Asks in
+/// flight (`quarry.budget_holds`).
 #[derive(Debug, Clone)]
 pub struct UsageLedger {
     pool: Pool,
@@ -74,43 +115,68 @@ impl UsageLedger {
     /// # Errors
     /// The pool's or PostgreSQL's error, as text.
     pub async fn charge(&self, tenant: &str, amounts: &UsageAmounts) -> Result<(), String> {
-        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        self.charge_releasing(tenant, amounts, None).await
+    }
+
+    /// Adds `amounts` to `tenant`'s current UTC day and, in the same
+    /// transaction, deletes the budget hold `hold` (see [`Self::admit`]), so
+    /// that no replica ever counts the spend twice or not at all.
+    ///
+    /// # Errors
+    /// The pool's or PostgreSQL's error, as text.
+    pub async fn charge_releasing(
+        &self,
+        tenant: &str,
+        amounts: &UsageAmounts,
+        hold: Option<Uuid>,
+    ) -> Result<(), String> {
+        let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
         let a = amounts;
         let updates = COLUMNS
             .split(", ")
             .map(|c| format!("{c} = usage_daily.{c} + EXCLUDED.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
-        client
-            .execute(
-                &format!(
-                    "INSERT INTO quarry.usage_daily (tenant, day, {COLUMNS}) \
-                     VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3, $4, $5, $6, \
-                     $7::float8::numeric, $8, $9) \
-                     ON CONFLICT (tenant, day) DO UPDATE SET {updates}"
-                ),
-                &[
-                    &tenant,
-                    &a.requests,
-                    &a.asks,
-                    &a.model_calls,
-                    &a.prompt_tokens,
-                    &a.completion_tokens,
-                    &a.cost_usd,
-                    &a.rows,
-                    &a.bytes,
-                ],
+        let tx = client.transaction().await.map_err(|e| error_text(&e))?;
+        tx.execute(
+            &format!(
+                "INSERT INTO quarry.usage_daily (tenant, day, {COLUMNS}) \
+                 VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3, $4, $5, $6, \
+                 $7::float8::numeric, $8, $9) \
+                 ON CONFLICT (tenant, day) DO UPDATE SET {updates}"
+            ),
+            &[
+                &tenant,
+                &a.requests,
+                &a.asks,
+                &a.model_calls,
+                &a.prompt_tokens,
+                &a.completion_tokens,
+                &a.cost_usd,
+                &a.rows,
+                &a.bytes,
+            ],
+        )
+        .await
+        .map_err(|e| error_text(&e))?;
+        if let Some(hold) = hold {
+            tx.execute(
+                "DELETE FROM quarry.budget_holds WHERE hold_id = $1",
+                &[&hold],
             )
             .await
             .map_err(|e| error_text(&e))?;
+        }
+        tx.commit().await.map_err(|e| error_text(&e))?;
         Ok(())
     }
 
-    /// `tenant`'s tokens and cost in the current UTC day and month.
+    /// `tenant`'s tokens and cost charged in the current UTC day and month
+    /// (what Asks in flight hold left out; see [`Self::spent`]).
     ///
     /// # Errors
     /// The pool's or PostgreSQL's error, as text.
-    pub async fn spent(&self, tenant: &str) -> Result<Spent, String> {
+    pub async fn charged(&self, tenant: &str) -> Result<Spent, String> {
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
         let row = client
             .query_one(
@@ -127,13 +193,65 @@ impl UsageLedger {
             )
             .await
             .map_err(|e| error_text(&e))?;
-        let tokens = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
-        Ok(Spent {
-            day_tokens: tokens(0),
-            day_usd: row.get(1),
-            month_tokens: tokens(2),
-            month_usd: row.get(3),
-        })
+        Ok(spent_of(&row, 0))
+    }
+
+    /// `tenant`'s tokens and cost in the current UTC day and month: charged,
+    /// plus what every replica's Asks in flight hold (`quarry.budget_holds`,
+    /// live holds only).
+    ///
+    /// # Errors
+    /// The pool's or PostgreSQL's error, as text.
+    pub async fn spent(&self, tenant: &str) -> Result<Spent, String> {
+        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let row = client
+            .query_one("SELECT * FROM quarry.budget_spent($1, NULL)", &[&tenant])
+            .await
+            .map_err(|e| error_text(&e))?;
+        Ok(spent_of(&row, 0))
+    }
+
+    /// Admits the next model call of the Ask holding `hold` for `tenant`,
+    /// atomically across replicas (one call of `quarry.budget_admit`,
+    /// migration V11): under the tenant's advisory transaction lock it sets
+    /// the hold to `so_far` (what the Ask has spent, not charged), reads the
+    /// spend (charged plus every live hold) and, when no limit of `limits`
+    /// is reached, adds to the hold a reservation for this call — the
+    /// tenant's mean tokens and USD per model call today — which other
+    /// Asks see until the Ask is charged ([`Self::charge_releasing`]) or
+    /// the hold expires after `ttl`. Returns whether the call is admitted
+    /// and the spend it was judged on.
+    ///
+    /// # Errors
+    /// The pool's or PostgreSQL's error, as text.
+    pub async fn admit(
+        &self,
+        tenant: &str,
+        hold: Uuid,
+        so_far: Held,
+        limits: &Limits,
+        ttl: Duration,
+    ) -> Result<(bool, Spent), String> {
+        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let row = client
+            .query_one(
+                "SELECT * FROM quarry.budget_admit($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &tenant,
+                    &hold,
+                    &int(so_far.tokens),
+                    &so_far.usd,
+                    &ttl.as_secs_f64(),
+                    &int(limits.tokens_per_day),
+                    &int(limits.tokens_per_month),
+                    &limits.usd_per_day,
+                    &limits.usd_per_month,
+                ],
+            )
+            .await
+            .map_err(|e| error_text(&e))?;
+        Ok((row.get(0), spent_of(&row, 1)))
     }
 
     /// `tenant`'s usage per day over the last `days` UTC days (today
@@ -227,5 +345,88 @@ mod tests {
             .unwrap();
         assert_eq!(ledger.report("b", 7).await.unwrap(), vec![]);
         assert_eq!(ledger.report("b", 41).await.unwrap()[0].amounts.bytes, 40);
+    }
+
+    #[tokio::test]
+    async fn holds_of_asks_in_flight_count_for_every_replica_until_charged() {
+        let db = TestDb::create().await;
+        crate::migrate(db.pool()).await.unwrap();
+        // two ledgers, as two replicas would have
+        let (a, b) = (
+            UsageLedger::new(db.pool().clone()),
+            UsageLedger::new(db.pool().clone()),
+        );
+        let limits = Limits {
+            tokens_per_day: 1000,
+            ..Limits::default()
+        };
+        let ttl = Duration::from_secs(60);
+        // a past Ask: 2 model calls, 200 tokens, so a call reserves 100
+        let past = UsageAmounts {
+            model_calls: 2,
+            prompt_tokens: 150,
+            completion_tokens: 50,
+            ..UsageAmounts::default()
+        };
+        a.charge("t", &past).await.unwrap();
+        let (h1, h2) = (Uuid::new_v4(), Uuid::new_v4());
+        let (ok, spent) = a
+            .admit(
+                "t",
+                h1,
+                Held {
+                    tokens: 600,
+                    usd: 0.0,
+                },
+                &limits,
+                ttl,
+            )
+            .await
+            .unwrap();
+        assert!(ok);
+        assert_eq!(spent.day_tokens, 800, "charged 200 + held 600");
+        // the other replica sees the hold and its reservation: 200 + 700
+        assert_eq!(b.spent("t").await.unwrap().day_tokens, 900);
+        assert_eq!(b.charged("t").await.unwrap().day_tokens, 200);
+        let (ok, spent) = b
+            .admit("t", h2, Held::default(), &limits, ttl)
+            .await
+            .unwrap();
+        assert!(ok, "900 < 1000");
+        assert_eq!(spent.day_tokens, 900);
+        // h1's call spent its 100: 200 + 700 + h2's 100 reaches 1000, so
+        // h1's next call is refused
+        let (ok, spent) = a
+            .admit(
+                "t",
+                h1,
+                Held {
+                    tokens: 700,
+                    usd: 0.0,
+                },
+                &limits,
+                ttl,
+            )
+            .await
+            .unwrap();
+        assert!(!ok);
+        assert_eq!(spent.day_tokens, 1000);
+        // charging h2 (it spent nothing) releases its reservation
+        b.charge_releasing("t", &UsageAmounts::default(), Some(h2))
+            .await
+            .unwrap();
+        assert_eq!(a.spent("t").await.unwrap().day_tokens, 900);
+        // an expired hold no longer counts
+        let client = db.pool().get().await.unwrap();
+        client
+            .execute(
+                "UPDATE quarry.budget_holds SET expires_at = now() - interval '1 s'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.spent("t").await.unwrap().day_tokens, 200);
+        // another tenant is not held back
+        assert_eq!(a.spent("u").await.unwrap(), Spent::default());
     }
 }

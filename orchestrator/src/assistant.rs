@@ -56,9 +56,10 @@
 //! Budgets ([`crate::budget`]): with [`Assistant::with_budgets`], an `Ask`
 //! of a tenant that has spent a budget is refused up front
 //! (`RESOURCE_EXHAUSTED` with `RetryInfo`); each agentic step and the
-//! routing call are checked first (over a budget: `LIMIT_REACHED` with a
-//! note naming it; router mode routes by rules instead), and every Ask is
-//! charged when it ends, whether it finished or the client went away.
+//! routing call are admitted first, holding a reservation every replica
+//! sees (over a budget: `LIMIT_REACHED` with a note naming it; router mode
+//! routes by rules instead), and every Ask is charged when it ends, whether
+//! it finished or the client went away.
 //!
 //! This module builds the assistant; the other jobs have a module each, and
 //! none imports from a module that imports from it: `run` the request's

@@ -1,35 +1,41 @@
 //! Token and cost budgets per tenant, per UTC day and month.
 //!
-//! [`Budgets`] reads a tenant's spend from the [`UsageLedger`]
-//! (`quarry.usage_daily`), cached for [`SPENT_CACHE`] so that a check is not
-//! a database round trip per model call, plus the spend of this process's
-//! Asks in flight that is not charged yet. An `Ask` is refused up front with
-//! `RESOURCE_EXHAUSTED` and `RetryInfo` (the time until the window resets)
-//! when its tenant has spent a budget, and each of its model calls (agentic
-//! steps, the routing call) is checked first: over a budget the Ask ends
-//! with `LIMIT_REACHED` and a note naming the budget. Every Ask is charged
-//! when it ends — its model calls, the SQL tool's it reported included —
-//! and the tenant's cached spend is dropped then. Windows are UTC calendar
-//! days and months. A ledger that cannot be read lets the Ask through
-//! (logged): budgets do not take the service down.
+//! [`Budgets`] reads a tenant's spend from the [`UsageLedger`] in Quarry's
+//! database, shared by every replica: what is charged
+//! (`quarry.usage_daily`) plus what the Asks in flight on any replica hold
+//! (`quarry.budget_holds`, migration V11). An `Ask` is refused up front
+//! with `RESOURCE_EXHAUSTED` and `RetryInfo` (the time until the window
+//! resets) when its tenant has spent a budget, and each of its model calls
+//! (agentic steps, the routing call) is admitted first ([`Budgets::admit`],
+//! one statement, atomic per tenant across replicas): over a budget the Ask
+//! ends with `LIMIT_REACHED` and a note naming the budget; admitted, the
+//! Ask's hold becomes what it has spent so far plus a reservation for the
+//! call (the tenant's mean tokens and USD per model call today), which the
+//! other Asks of the tenant, on every replica, count against the limit.
+//! So the limit is exceeded by at most what the calls admitted last spend
+//! beyond their reservation, however many replicas and Asks run at once.
+//! Every Ask is charged when it ends — its model calls, the SQL tool's it
+//! reported included — releasing its hold in the same transaction. A hold
+//! whose replica died stops counting after [`HOLD_TTL`]. Windows are UTC
+//! calendar days and months. A ledger that cannot be read or written lets
+//! the Ask through (logged): budgets do not take the service down.
 
 pub mod grpc;
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, PoisonError},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use chrono::{Datelike, NaiveDate, Utc};
-use quarry_db::usage::{Spent, UsageAmounts, UsageLedger};
+use quarry_db::usage::{Held, Limits, Spent, UsageAmounts, UsageLedger};
 use serde::Deserialize;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::warn;
+use uuid::Uuid;
 
-/// How long a tenant's spend read from the ledger is reused.
-pub const SPENT_CACHE: Duration = Duration::from_secs(2);
+/// How long the hold of an Ask in flight counts after its last model call
+/// was admitted: past it (the replica running the Ask died, or the Ask went
+/// that long without a model call) the hold is ignored and deleted.
+pub const HOLD_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// One tenant's limits; `0` means no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
@@ -181,35 +187,29 @@ pub fn over_budget(limits: &BudgetLimits, spent: &Spent) -> Option<OverBudget> {
     None
 }
 
-/// Tokens and USD of an Ask noted as in flight, not yet charged.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct Noted {
-    pub(crate) tokens: u64,
-    pub(crate) usd: f64,
+impl From<BudgetLimits> for Limits {
+    fn from(l: BudgetLimits) -> Self {
+        Limits {
+            tokens_per_day: l.tokens_per_day,
+            tokens_per_month: l.tokens_per_month,
+            usd_per_day: l.usd_per_day,
+            usd_per_month: l.usd_per_month,
+        }
+    }
 }
 
-/// The budgets in force, the ledger they are checked against, and this
-/// process's spend not yet charged.
+/// The budgets in force and the ledger, shared by every replica, they are
+/// checked against.
 #[derive(Debug)]
 pub struct Budgets {
     config: BudgetConfig,
     ledger: UsageLedger,
-    spent: moka::sync::Cache<String, Spent>,
-    uncharged: Mutex<HashMap<String, Noted>>,
 }
 
 impl Budgets {
     /// Budgets `config` over `ledger`.
     pub fn new(config: BudgetConfig, ledger: UsageLedger) -> Self {
-        Self {
-            config,
-            ledger,
-            spent: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(SPENT_CACHE)
-                .build(),
-            uncharged: Mutex::new(HashMap::new()),
-        }
+        Self { config, ledger }
     }
 
     /// The settings in force.
@@ -222,8 +222,9 @@ impl Budgets {
         &self.ledger
     }
 
-    /// Checks `tenant`'s spend (charged, plus this process's in flight)
-    /// against its limits.
+    /// Checks `tenant`'s spend (charged, plus what its Asks in flight on
+    /// every replica hold) against its limits: one statement, none when
+    /// the tenant has no limit.
     ///
     /// # Errors
     /// [`OverBudget`] naming the first budget spent.
@@ -232,63 +233,47 @@ impl Budgets {
         if limits.unlimited() {
             return Ok(());
         }
-        let mut spent = match self.spent.get(tenant) {
-            Some(spent) => spent,
-            None => match self.ledger.spent(tenant).await {
-                Ok(spent) => {
-                    self.spent.insert(tenant.to_owned(), spent);
-                    spent
-                }
-                Err(error) => {
-                    warn!(%tenant, %error, "cannot read the tenant's usage; budgets not checked");
-                    return Ok(());
-                }
-            },
-        };
-        let in_flight = self.lock().get(tenant).copied().unwrap_or_default();
-        spent.day_tokens += in_flight.tokens;
-        spent.month_tokens += in_flight.tokens;
-        spent.day_usd += in_flight.usd;
-        spent.month_usd += in_flight.usd;
-        match over_budget(&limits, &spent) {
-            Some(over) => Err(over),
-            None => Ok(()),
-        }
-    }
-
-    /// Notes `delta` more spend of an Ask of `tenant` in flight.
-    pub(crate) fn note(&self, tenant: &str, delta: Noted) {
-        if delta == Noted::default() {
-            return;
-        }
-        let mut uncharged = self.lock();
-        let entry = uncharged.entry(tenant.to_owned()).or_default();
-        entry.tokens += delta.tokens;
-        entry.usd += delta.usd;
-    }
-
-    /// Charges an Ask's `amounts` to `tenant`, and forgets the `noted`
-    /// spend it had in flight and the tenant's cached spend. A ledger that
-    /// cannot be written is logged.
-    pub(crate) async fn charge(&self, tenant: &str, amounts: &UsageAmounts, noted: Noted) {
-        if let Err(error) = self.ledger.charge(tenant, amounts).await {
-            warn!(%tenant, %error, "could not charge the tenant's usage");
-        }
-        self.spent.invalidate(tenant);
-        let mut uncharged = self.lock();
-        if let Some(entry) = uncharged.get_mut(tenant) {
-            entry.tokens = entry.tokens.saturating_sub(noted.tokens);
-            entry.usd = (entry.usd - noted.usd).max(0.0);
-            if entry.tokens == 0 && entry.usd <= 0.0 {
-                uncharged.remove(tenant);
+        match self.ledger.spent(tenant).await {
+            Ok(spent) => over_budget(&limits, &spent).map_or(Ok(()), Err),
+            Err(error) => {
+                warn!(%tenant, %error, "cannot read the tenant's usage; budgets not checked");
+                Ok(())
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Noted>> {
-        self.uncharged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// Admits the next model call of the Ask holding `hold` that has spent
+    /// `so_far` (not charged yet), and reserves the call's expected spend
+    /// in the hold ([`UsageLedger::admit`]); see the module docs.
+    ///
+    /// # Errors
+    /// [`OverBudget`] naming the first budget spent.
+    pub async fn admit(&self, tenant: &str, hold: Uuid, so_far: Held) -> Result<(), OverBudget> {
+        let limits = self.config.limits(tenant);
+        if limits.unlimited() {
+            return Ok(());
+        }
+        match self
+            .ledger
+            .admit(tenant, hold, so_far, &limits.into(), HOLD_TTL)
+            .await
+        {
+            Ok((true, _)) => Ok(()),
+            Ok((false, spent)) => over_budget(&limits, &spent).map_or(Ok(()), Err),
+            Err(error) => {
+                warn!(%tenant, %error, "cannot read the tenant's usage; budgets not checked");
+                Ok(())
+            }
+        }
+    }
+
+    /// Charges an Ask's (or a SQL statement's) `amounts` to `tenant` and
+    /// releases its `hold`, in one transaction. A ledger that cannot be
+    /// written is logged.
+    pub async fn charge(&self, tenant: &str, amounts: &UsageAmounts, hold: Option<Uuid>) {
+        if let Err(error) = self.ledger.charge_releasing(tenant, amounts, hold).await {
+            warn!(%tenant, %error, "could not charge the tenant's usage");
+        }
     }
 }
 

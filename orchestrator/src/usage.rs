@@ -85,10 +85,11 @@ impl Accounting {
         self.usage.calls.iter().map(|c| c.total_tokens).sum()
     }
 
-    /// Cost in USD of the request's model calls so far (calls without a
-    /// price count 0).
-    pub(crate) fn cost_so_far(&self) -> f64 {
-        self.usage.calls.iter().map(|c| c.cost_usd).sum()
+    /// Tokens and USD of the request's model calls so far that the Ask
+    /// itself charges: every call but the SQL tool's (`sql`, `judge`),
+    /// which the SQL tool charges itself.
+    pub(crate) fn charged_by_the_ask(&self) -> (u64, f64) {
+        charged_by_the_ask(&self.usage.calls)
     }
 
     /// Adds model calls made outside the agentic loop (the routing model's,
@@ -193,4 +194,18 @@ impl ToolClock {
     pub(crate) fn take_model_calls(&mut self) -> Vec<ModelCallUsage> {
         std::mem::take(&mut self.model_calls)
     }
+}
+
+/// Whether the Ask charges `call` itself: every model call but the SQL
+/// tool's (`sql`, `judge`), which `GenerateSql` charges itself.
+pub(crate) fn ask_charges(call: &ModelCallUsage) -> bool {
+    call.task != TASK_SQL && call.task != TASK_JUDGE
+}
+
+/// Tokens and USD of the `calls` the Ask charges ([`ask_charges`]).
+pub(crate) fn charged_by_the_ask(calls: &[ModelCallUsage]) -> (u64, f64) {
+    calls
+        .iter()
+        .filter(|c| ask_charges(c))
+        .fold((0, 0.0), |(t, u), c| (t + c.total_tokens, u + c.cost_usd))
 }

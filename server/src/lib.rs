@@ -11,6 +11,7 @@
 pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod limits;
 mod models;
 pub mod progress;
 mod role;

@@ -96,7 +96,6 @@ pub async fn serve_with_metrics(
         .verifier(server_config.development)
         .await
         .context("auth")?;
-    let limiter = config.auth.rate_limiter();
     let policy = Arc::new(PolicyStore::new(
         Policy::new(&config.policy).context("policy")?,
     ));
@@ -128,6 +127,13 @@ pub async fn serve_with_metrics(
     let _stop_background = background.clone().drop_guard();
     // One pool per database URL for everything this process runs.
     let pools = Arc::new(config.database.pools());
+    let mut limiter = config.auth.rate_limiter();
+    if config.auth.rate_limit.shared {
+        // the quota holds across every replica on this database
+        limiter = limiter.with_shared(Arc::new(crate::limits::PgRateStore::new(database_pool(
+            &config, &pools,
+        )?)));
+    }
 
     if [Role::Sql, Role::Search, Role::Summary, Role::Sync]
         .into_iter()
@@ -135,10 +141,24 @@ pub async fn serve_with_metrics(
     {
         crate::check_database_roles(&config, &pools).await?;
     }
+    // Budgets: kept where model calls are made (Asks, GenerateSql), in
+    // Quarry's database, so that every replica sees the same spend.
+    let budgets = if roles.has(Role::Assistant) || roles.has(Role::Sql) {
+        Some(Arc::new(Budgets::new(
+            config.budgets.clone(),
+            quarry_db::usage::UsageLedger::new(database_pool(&config, &pools)?),
+        )))
+    } else {
+        None
+    };
     let sql_service = if roles.has(Role::Sql) {
         let sources =
             sql_sources_with(&config, &pools, models.sql_models(), embedder.clone()).await?;
-        Some(SqlServiceServer::new(SqlGrpc::with_sources(sources)))
+        let mut grpc = SqlGrpc::with_sources(sources);
+        if let Some(budgets) = &budgets {
+            grpc = grpc.with_budget(Arc::new(crate::limits::SqlBudgets(Arc::clone(budgets))));
+        }
+        Some(SqlServiceServer::new(grpc))
     } else {
         None
     };
@@ -203,35 +223,30 @@ pub async fn serve_with_metrics(
     if let Some(path) = config.source.clone() {
         spawn_policy_reload(path, Arc::clone(&policy), background.clone());
     }
-    // Budgets and the usage report: kept where Asks run.
-    let budgets = if roles.has(Role::Assistant) {
-        Some(Arc::new(Budgets::new(
-            config.budgets.clone(),
-            quarry_db::usage::UsageLedger::new(database_pool(&config, &pools)?),
-        )))
-    } else {
-        None
-    };
-    let assistant_service = if let Some(budgets) = &budgets {
-        let assistant = assistant(
-            &config,
-            &pools,
-            &models,
-            &auth,
-            &background,
-            sql_service.as_ref(),
-            search_service.as_ref(),
-            summary_service.as_ref(),
-        )
-        .await?
-        .with_budgets(Arc::clone(budgets));
-        Some(AssistantServiceServer::new(AssistantGrpc::new(Arc::new(
-            assistant,
-        ))))
-    } else {
-        None
-    };
-    let usage_service = budgets.map(|b| UsageServiceServer::new(UsageGrpc::new(b)));
+    let assistant_service =
+        if let Some(budgets) = budgets.as_ref().filter(|_| roles.has(Role::Assistant)) {
+            let assistant = assistant(
+                &config,
+                &pools,
+                &models,
+                &auth,
+                &background,
+                sql_service.as_ref(),
+                search_service.as_ref(),
+                summary_service.as_ref(),
+            )
+            .await?
+            .with_budgets(Arc::clone(budgets));
+            Some(AssistantServiceServer::new(AssistantGrpc::new(Arc::new(
+                assistant,
+            ))))
+        } else {
+            None
+        };
+    // the usage report: served where Asks run
+    let usage_service = budgets
+        .filter(|_| roles.has(Role::Assistant))
+        .map(|b| UsageServiceServer::new(UsageGrpc::new(b)));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     if sql_service.is_some() {

@@ -22,6 +22,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -162,14 +163,39 @@ pub struct Options {
     pub read_only_role: Option<String>,
     /// Serve Prometheus metrics on a free port ([`TestServer::metrics_addr`]).
     pub metrics: bool,
+    /// Serve this database (from [`loaded_database`], or another
+    /// server's [`TestServer::db`]) instead of a fresh one: replicas of one
+    /// service share it.
+    pub database: Option<Arc<TestDb>>,
+}
+
+/// A fresh database with a Tate slice in schema `tate` and the `quarry`
+/// schema migrated, as [`TestServer::start`] serves.
+pub async fn loaded_database() -> Arc<TestDb> {
+    let db = TestDb::create().await;
+    let slice = tate_slice(SLICE_LINES);
+    {
+        let (mut client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let connection = tokio::spawn(connection);
+        quarry_demo::ingest_tate(&mut client, &slice, "tate", false)
+            .await
+            .unwrap();
+        quarry_db::migrate_client(&mut client).await.unwrap();
+        drop(client);
+        let _ = connection.await;
+    }
+    let _ = std::fs::remove_dir_all(&slice);
+    Arc::new(db)
 }
 
 /// A running Quarry server over its own database.
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// The database it reads.
-    pub db: TestDb,
+    /// The database it reads (shared by replicas, see [`Options::database`]).
+    pub db: Arc<TestDb>,
     /// Where its Prometheus endpoint listens, with [`Options::metrics`].
     pub metrics_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -183,21 +209,10 @@ pub struct TestServer {
 impl TestServer {
     /// Creates a database, loads a Tate slice into schema `tate`, and serves.
     pub async fn start(options: Options) -> Self {
-        let db = TestDb::create().await;
-        let slice = tate_slice(SLICE_LINES);
-        {
-            let (mut client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            let connection = tokio::spawn(connection);
-            quarry_demo::ingest_tate(&mut client, &slice, "tate", false)
-                .await
-                .unwrap();
-            quarry_db::migrate_client(&mut client).await.unwrap();
-            drop(client);
-            let _ = connection.await;
-        }
-        let _ = std::fs::remove_dir_all(&slice);
+        let db = match &options.database {
+            Some(db) => Arc::clone(db),
+            None => loaded_database().await,
+        };
         if let Some(role) = &options.read_only_role {
             migrate_read_only_role(db.url(), role).await;
         }

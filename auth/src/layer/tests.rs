@@ -136,6 +136,7 @@ async fn auth_then_rate_limit_compose_in_service_builder() {
     let limiter = TenantRateLimiter::new(RateLimitConfig {
         requests_per_second: NonZeroU32::new(1).unwrap(),
         burst: NonZeroU32::new(1).unwrap(),
+        shared: false,
     });
     let svc = ServiceBuilder::new()
         .layer(AuthLayer::new(JwtVerifier::hs256(SECRET)))

@@ -11,6 +11,7 @@ fn config(rps: u32, burst: u32) -> RateLimitConfig {
     RateLimitConfig {
         requests_per_second: NonZeroU32::new(rps).unwrap(),
         burst: NonZeroU32::new(burst).unwrap(),
+        shared: true,
     }
 }
 
@@ -120,4 +121,94 @@ fn config_rejects_unknown_fields_and_zero() {
         serde_json::from_str::<RateLimitConfig>("{}").unwrap(),
         RateLimitConfig::default()
     );
+}
+
+/// A store that admits `admits` requests in all, then refuses with 3 s,
+/// recording the buckets asked for; or fails every request.
+#[derive(Debug, Default)]
+struct CountingStore {
+    admits: usize,
+    fail: bool,
+    buckets: std::sync::Mutex<Vec<String>>,
+}
+
+impl SharedRateStore for CountingStore {
+    fn admit(
+        &self,
+        bucket: String,
+        _quota: RateLimitConfig,
+    ) -> BoxFuture<'static, Result<Result<(), Duration>, String>> {
+        let mut buckets = self.buckets.lock().unwrap();
+        buckets.push(bucket);
+        let result = if self.fail {
+            Err("connection refused".to_owned())
+        } else if buckets.len() <= self.admits {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(Duration::from_secs(3)))
+        };
+        Box::pin(future::ready(result))
+    }
+}
+
+#[tokio::test]
+async fn the_shared_store_refuses_what_the_local_stage_admits() {
+    let store = Arc::new(CountingStore {
+        admits: 1,
+        ..CountingStore::default()
+    });
+    let limiter = TenantRateLimiter::new(config(100, 100)).with_shared(store.clone());
+    let svc = RateLimitLayer::new(limiter).layer(service_fn(ok));
+    let first = svc
+        .clone()
+        .oneshot(request(Some(principal("a"))))
+        .await
+        .unwrap();
+    assert!(first.headers().get("grpc-status").is_none());
+    let refused = svc
+        .clone()
+        .oneshot(request(Some(principal("a"))))
+        .await
+        .unwrap();
+    let status = Status::from_header_map(refused.headers()).unwrap();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    let delay = status
+        .get_details_retry_info()
+        .unwrap()
+        .retry_delay
+        .unwrap();
+    assert_eq!(delay, Duration::from_secs(3));
+    // health and reflection (no principal) never reach the store
+    svc.clone().oneshot(request(None)).await.unwrap();
+    assert_eq!(
+        *store.buckets.lock().unwrap(),
+        [
+            "a/quarry.v1.AssistantService",
+            "a/quarry.v1.AssistantService"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failing_shared_store_leaves_the_local_limit_in_force() {
+    let store = Arc::new(CountingStore {
+        fail: true,
+        ..CountingStore::default()
+    });
+    let limiter = TenantRateLimiter::new(config(1, 2)).with_shared(store);
+    let svc = RateLimitLayer::new(limiter).layer(service_fn(ok));
+    for _ in 0..2 {
+        let admitted = svc
+            .clone()
+            .oneshot(request(Some(principal("a"))))
+            .await
+            .unwrap();
+        assert!(admitted.headers().get("grpc-status").is_none());
+    }
+    let refused = svc
+        .clone()
+        .oneshot(request(Some(principal("a"))))
+        .await
+        .unwrap();
+    assert_eq!(refused.headers()["grpc-status"], "8");
 }

@@ -20,7 +20,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::{AskStream, Assistant, models::AskModels};
 use crate::{
-    budget::{Noted, OverBudget},
+    budget::OverBudget,
     caller::AskCaller,
     conversation::{PriorTurn, TurnRecord, referenced_pii},
     tools::ToolContext,
@@ -143,8 +143,9 @@ pub(super) struct Run {
     /// What is stored as this turn: the request, mode, route, tool calls and
     /// the last SQL that ran.
     turn: Mutex<TurnLog>,
-    /// This run's spend noted with the budgets as in flight, not charged.
-    budget_noted: Noted,
+    /// This run's hold on its tenant's budgets (`quarry.budget_holds`),
+    /// released when the run is charged.
+    budget_hold: uuid::Uuid,
 }
 
 /// The parts of a turn gathered while it runs.
@@ -184,7 +185,7 @@ impl Run {
             conversation_id: uuid::Uuid::nil(),
             history: Vec::new(),
             turn: Mutex::new(TurnLog::default()),
-            budget_noted: Noted::default(),
+            budget_hold: uuid::Uuid::new_v4(),
         }
     }
 
@@ -354,8 +355,9 @@ impl Run {
         self.emit(Event::Usage(usage)).await
     }
 
-    /// Notes this run's spend since the last note with the budgets (as in
-    /// flight), then checks its tenant's budgets; call before each model call.
+    /// Admits this run's next model call against its tenant's budgets,
+    /// holding what the run has spent so far plus the call's reservation
+    /// (visible to every replica); call before each model call.
     ///
     /// # Errors
     /// [`OverBudget`] naming the budget the tenant has spent.
@@ -363,22 +365,21 @@ impl Run {
         let Some(budgets) = self.assistant.budgets.clone() else {
             return Ok(());
         };
-        let now = Noted {
-            tokens: self.accounting.tokens_used(),
-            usd: self.accounting.cost_so_far(),
-        };
-        let delta = Noted {
-            tokens: now.tokens.saturating_sub(self.budget_noted.tokens),
-            usd: (now.usd - self.budget_noted.usd).max(0.0),
-        };
-        budgets.note(&self.caller.caller.principal.tenant, delta);
-        self.budget_noted = now;
-        budgets.check(&self.caller.caller.principal.tenant).await
+        let (tokens, usd) = self.accounting.charged_by_the_ask();
+        let so_far = quarry_db::usage::Held { tokens, usd };
+        budgets
+            .admit(
+                &self.caller.caller.principal.tenant,
+                self.budget_hold,
+                so_far,
+            )
+            .await
     }
 
     /// Charges this run's `usage` (one request, one Ask, its model calls,
-    /// tokens and cost) to its tenant, when budgets are kept, and records
-    /// its model calls' metrics.
+    /// tokens and cost, but not the SQL tool's, which `GenerateSql`
+    /// charges) to its tenant and releases its hold, when budgets are kept,
+    /// and records its model calls' metrics.
     async fn charge(&mut self, usage: &Usage) {
         // the metrics of the model calls, with or without budgets
         for call in &usage.calls {
@@ -394,19 +395,24 @@ impl Run {
         let Some(budgets) = self.assistant.budgets.clone() else {
             return;
         };
+        // the SQL tool's model calls are charged by GenerateSql itself
+        let calls = || usage.calls.iter().filter(|c| crate::usage::ask_charges(c));
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let amounts = UsageAmounts {
             requests: 1,
             asks: 1,
-            model_calls: i64::from(usage.model_calls),
-            prompt_tokens: count(usage.prompt_tokens),
-            completion_tokens: count(usage.completion_tokens),
-            cost_usd: usage.cost_usd,
+            model_calls: count(calls().count() as u64),
+            prompt_tokens: count(calls().map(|c| c.prompt_tokens).sum()),
+            completion_tokens: count(calls().map(|c| c.completion_tokens).sum()),
+            cost_usd: calls().map(|c| c.cost_usd).sum(),
             ..UsageAmounts::default()
         };
-        let noted = std::mem::take(&mut self.budget_noted);
         budgets
-            .charge(&self.caller.caller.principal.tenant, &amounts, noted)
+            .charge(
+                &self.caller.caller.principal.tenant,
+                &amounts,
+                Some(self.budget_hold),
+            )
             .await;
     }
 

@@ -51,7 +51,7 @@ impl UsageService for UsageGrpc {
         let ledger = self.budgets.ledger();
         let unavailable = |error: String| Status::unavailable(format!("usage: {error}"));
         let report = ledger.report(tenant, days).await.map_err(unavailable)?;
-        let spent = ledger.spent(tenant).await.map_err(unavailable)?;
+        let spent = ledger.charged(tenant).await.map_err(unavailable)?;
         let limits = self.budgets.config().limits(tenant);
         Ok(Response::new(GetUsageResponse {
             tenant: tenant.clone(),

@@ -188,3 +188,74 @@ async fn a_daily_usd_budget_is_spent_at_the_configured_price() {
     .await;
     server.stop().await;
 }
+
+/// Issue 14's leftover: `GenerateSql` called directly — here on a server
+/// playing only the SQL role — is checked against the tenant's budgets
+/// before its model calls and charged after them.
+#[tokio::test]
+async fn generate_sql_called_directly_is_checked_and_charged() {
+    use quarry_proto::v1::GenerateSqlRequest;
+    use quarry_server::{Role, Roles};
+
+    let sql_reply =
+        serde_json::json!({"sql": "SELECT count(*) AS n FROM tate.artworks"}).to_string();
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::text(sql_reply).with_usage(900, 200),
+        ScriptedTurn::text(r#"{"answers_question": true, "problem": ""}"#),
+    ])
+    .await;
+    let server = quarry_tests::TestServer::start(quarry_tests::Options {
+        model_base_url: Some(model.base_url()),
+        roles: Some(Roles::of([Role::Sql])),
+        extra_toml: "[budgets]\ntokens_per_day = 1000\n".to_owned(),
+        ..quarry_tests::Options::default()
+    })
+    .await;
+    let generate = || {
+        authed(
+            GenerateSqlRequest {
+                question: "How many artworks are there?".to_owned(),
+                ..GenerateSqlRequest::default()
+            },
+            &token("t1"),
+        )
+    };
+    let first = server
+        .sql()
+        .generate_sql(generate())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.sql.contains("count(*)"), "{first:?}");
+    let calls = model.request_count();
+    let client = server.db.pool().get().await.unwrap();
+    let charged: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0)::bigint \
+             FROM quarry.usage_daily WHERE tenant = 't1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let reported: u64 = first.model_calls.iter().map(|c| c.total_tokens).sum();
+    assert!(reported >= 1100, "{:?}", first.model_calls);
+    assert_eq!(
+        charged as u64, reported,
+        "the model calls of GenerateSql are charged"
+    );
+    let refused = server.sql().generate_sql(generate()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("daily token budget of 1000"),
+        "{}",
+        refused.message()
+    );
+    assert!(refused.get_error_details().retry_info().is_some());
+    assert_eq!(
+        model.request_count(),
+        calls,
+        "no model call over the budget"
+    );
+    server.stop().await;
+}

@@ -22,6 +22,7 @@ mod metrics;
 mod models;
 mod pii;
 mod registry;
+mod replicas;
 mod resilience;
 mod roles;
 mod router;

@@ -10,6 +10,7 @@ use quarry_proto::status::bad_request;
 use std::sync::Arc;
 
 use chrono::{Datelike, Timelike};
+use futures::future::BoxFuture;
 use quarry_auth::Caller;
 use quarry_proto::v1 as pb;
 use quarry_proto::v1::sql_service_server::SqlService;
@@ -33,10 +34,32 @@ pub const MAX_QUESTION_CHARS: usize = 4_000;
 /// caller's matching questions and appears in prompts as an example.
 pub const GOLDEN_WRITE_SCOPE: &str = "golden:write";
 
+/// The tenant's token and cost budgets as the SQL tool sees them: a
+/// `GenerateSql` is checked before its model calls and charged after them,
+/// whether a client called it directly or an Ask did (the Ask leaves the
+/// SQL tool's model calls to it). Implemented by the server over the
+/// orchestrator's budgets, so this crate does not depend on them.
+pub trait SqlBudget: std::fmt::Debug + Send + Sync {
+    /// Checks `tenant`'s spend against its budgets.
+    ///
+    /// # Errors
+    /// `RESOURCE_EXHAUSTED` with `RetryInfo` naming the budget spent.
+    fn check<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<(), Status>>;
+
+    /// Charges `amounts` (model calls, tokens, cost) to `tenant`; a
+    /// failure is the implementation's to log.
+    fn charge<'a>(
+        &'a self,
+        tenant: &'a str,
+        amounts: quarry_db::usage::UsageAmounts,
+    ) -> BoxFuture<'a, ()>;
+}
+
 /// The tonic service implementation.
 #[derive(Debug, Clone)]
 pub struct SqlGrpc {
     sources: Arc<Sources>,
+    budget: Option<Arc<dyn SqlBudget>>,
 }
 
 impl SqlGrpc {
@@ -47,7 +70,17 @@ impl SqlGrpc {
 
     /// Serves each tenant its source ([`Sources::for_caller`]).
     pub fn with_sources(sources: Arc<Sources>) -> Self {
-        Self { sources }
+        Self {
+            sources,
+            budget: None,
+        }
+    }
+
+    /// Checks and charges every `GenerateSql`'s model calls against the
+    /// caller's tenant's `budget`.
+    pub fn with_budget(mut self, budget: Arc<dyn SqlBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     fn tool(&self, caller: &Caller) -> Result<&Arc<SqlTool>, Status> {
@@ -206,6 +239,23 @@ pub fn digest_and_chart(result: &QueryResult) -> (pb::ResultDigest, String) {
         .map(|spec| spec.to_string())
         .unwrap_or_default();
     (digest_to_proto(&d), chart)
+}
+
+/// What `calls` spent, as charged to the tenant: model calls, tokens, cost.
+pub fn model_call_amounts(calls: &[ModelCall]) -> quarry_db::usage::UsageAmounts {
+    let tokens = |f: fn(&quarry_llm::Usage) -> u32| {
+        calls
+            .iter()
+            .map(|c| i64::from(c.usage.as_ref().map_or(0, f)))
+            .sum()
+    };
+    quarry_db::usage::UsageAmounts {
+        model_calls: i64::try_from(calls.len()).unwrap_or(i64::MAX),
+        prompt_tokens: tokens(|u| u.prompt_tokens),
+        completion_tokens: tokens(|u| u.completion_tokens),
+        cost_usd: calls.iter().filter_map(|c| c.cost_usd).sum(),
+        ..quarry_db::usage::UsageAmounts::default()
+    }
 }
 
 /// The model calls of one `GenerateSql`, numbered from 1 in order.
@@ -370,8 +420,12 @@ impl SqlService for SqlGrpc {
                 format!("is longer than {MAX_SQL_BYTES} bytes"),
             ));
         }
-        let generated = self
-            .tool(&caller)?
+        let tool = self.tool(&caller)?;
+        let tenant = &caller.principal.tenant;
+        if let Some(budget) = &self.budget {
+            budget.check(tenant).await?;
+        }
+        let generated = tool
             .generate(
                 &caller,
                 &request.question,
@@ -382,6 +436,13 @@ impl SqlService for SqlGrpc {
             )
             .await
             .map_err(|e| status_of(&e))?;
+        if let Some(budget) = &self.budget
+            && !generated.model_calls.is_empty()
+        {
+            budget
+                .charge(tenant, model_call_amounts(&generated.model_calls))
+                .await;
+        }
         let (result, digest, chart_spec_json, executed_sql, database_us) = match &generated.result {
             Some(rows) => {
                 let (digest, chart) = digest_and_chart(rows);
