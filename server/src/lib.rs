@@ -10,8 +10,8 @@
 
 pub mod client;
 pub mod config;
-pub mod metrics;
 pub mod limits;
+pub mod metrics;
 mod models;
 pub mod progress;
 mod role;
