@@ -16,10 +16,13 @@ use std::time::Duration;
 use crate::{Pool, Result};
 
 /// The one statement: `$1` bucket, `$2` emission interval `T` in seconds,
-/// `$3` tolerance `τ` in seconds. Returns one row: the wait before a
-/// request would conform, `0` when this one was admitted (and `TAT`
-/// advanced). A refused request whose bucket row was inserted by a
-/// concurrent statement after this one's snapshot returns no row.
+/// `$3` tolerance `τ` in seconds. Returns one row: whether this request
+/// was admitted (and `TAT` advanced), and for a refused one the wait before
+/// a request would conform. The wait is read a moment after the refusal,
+/// so it may already be 0: a refusal is told by `admitted`, never by the
+/// wait (which once admitted requests without advancing `TAT`). A refused
+/// request whose bucket row was inserted by a concurrent statement after
+/// this one's snapshot returns no row.
 const ADMIT: &str = "\
 WITH admitted AS (
     INSERT INTO quarry.rate_limits AS r (bucket, tat)
@@ -27,13 +30,16 @@ WITH admitted AS (
     ON CONFLICT (bucket) DO UPDATE
         SET tat = greatest(r.tat + make_interval(secs => $2), EXCLUDED.tat)
         WHERE r.tat <= EXCLUDED.tat - make_interval(secs => $2) + make_interval(secs => $3)
-    RETURNING 0::float8 AS wait
+    RETURNING true AS admitted, 0::float8 AS wait
 )
-SELECT wait FROM admitted
+SELECT admitted, wait FROM admitted
 UNION ALL
-SELECT greatest(extract(epoch FROM r.tat - clock_timestamp())::float8 - $3, 0)
+SELECT false, greatest(extract(epoch FROM r.tat - clock_timestamp())::float8 - $3, 0)
 FROM quarry.rate_limits r
 WHERE r.bucket = $1 AND NOT EXISTS (SELECT 1 FROM admitted)";
+
+/// The shortest wait a refusal names.
+const MIN_RETRY: Duration = Duration::from_millis(1);
 
 /// A GCRA quota: `rate` requests per second, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,14 +79,11 @@ pub async fn admit(pool: &Pool, bucket: &str, quota: Gcra) -> Result<Result<(), 
         .query_opt(ADMIT, &[&bucket, &interval, &tolerance])
         .await?;
     Ok(match row {
-        Some(row) => {
-            let wait: f64 = row.get(0);
-            if wait <= 0.0 {
-                Ok(())
-            } else {
-                Err(Duration::from_secs_f64(wait))
-            }
-        }
+        Some(row) if row.get::<_, bool>(0) => Ok(()),
+        // refused: at least a millisecond, so a client's retry is not at once
+        Some(row) => Err(Duration::from_secs_f64(
+            row.get::<_, f64>(1).max(MIN_RETRY.as_secs_f64()),
+        )),
         // refused, bucket created concurrently: about one interval to wait
         None => Err(quota.interval),
     })

@@ -257,7 +257,7 @@ async fn two_assistant_replicas_behind_nginx_behave_as_one_service() {
     // the request rate holds across both replicas: offered far above the
     // quota for a few seconds, the fleet admits about RATE per second
     // (per-process limits would admit about twice as many)
-    let usage_token = token_with_scopes("rate", &["audit:read"]);
+    let usage_token = token_with_scopes("rate", &["usage:read"]);
     let started = Instant::now();
     let window = Duration::from_secs(5);
     let callers = (0..4).map(|_| {
