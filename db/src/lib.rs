@@ -10,6 +10,8 @@
 //! - [`PgError`] / [`error_text`] render a driver error with PostgreSQL's
 //!   SQLSTATE and message (the driver's own text says only "db error").
 //! - [`lock`]: advisory locks (session try-lock/unlock, transaction locks).
+//! - [`supervisor`]: background tasks restarted with backoff after a
+//!   failure, and their state for health and metrics.
 //! - [`migrate()`] applies the migrations of the `quarry` schema
 //!   (`db/migrations/V*__*.sql`, refinery), idempotently and serialised
 //!   across processes, so a tool can run it when it opens.
@@ -24,6 +26,7 @@ pub mod audit;
 mod error;
 mod ident;
 pub mod lock;
+pub mod supervisor;
 mod migrate;
 mod pool;
 mod read_only;
