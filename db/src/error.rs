@@ -12,7 +12,7 @@ pub enum DbError {
     #[error("building the database pool: {0}")]
     Build(#[from] deadpool_postgres::BuildError),
     /// No connection could be taken from the pool.
-    #[error("no database connection available: {0}")]
+    #[error("no database connection available: {}", crate::pool_error_text(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     /// A migration failed; refinery's message names it and PostgreSQL's error.
     #[error("applying migrations: {0}")]

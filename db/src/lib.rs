@@ -37,7 +37,7 @@ pub mod usage;
 pub use error::{DbError, PgError, Result, error_text};
 pub use ident::{quote_ident, quote_literal};
 pub use migrate::{migrate, migrate_client};
-pub use pool::{Pools, pool};
+pub use pool::{Pools, pool, pool_error_text, reachable};
 pub use read_only::{ReadOnly, Session};
 
 /// The pool type every Quarry crate uses (deadpool-postgres).

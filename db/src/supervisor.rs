@@ -143,7 +143,7 @@ impl Supervisor {
     {
         let handle = self.register(name, group);
         tokio::spawn(async move {
-            let mut delays = backoff();
+            let mut delays = restart_delays();
             loop {
                 let started = Instant::now();
                 let run = tokio::spawn(make(handle.clone()));
@@ -165,7 +165,7 @@ impl Supervisor {
                     Err(join) => join.to_string(),
                 };
                 if started.elapsed() >= HEALTHY_RUN {
-                    delays = backoff();
+                    delays = restart_delays();
                 }
                 let delay = delays.next().unwrap_or(MAX_RESTART_DELAY);
                 let restarts = handle.failed(&error);
@@ -187,9 +187,11 @@ impl Supervisor {
     }
 }
 
-/// The restart policy: bounded exponential backoff with jitter, never
-/// giving up.
-fn backoff() -> impl Iterator<Item = Duration> + Send {
+/// The restart policy, as the delays before each retry: bounded
+/// exponential backoff with jitter ([`MIN_RESTART_DELAY`] doubling to
+/// [`MAX_RESTART_DELAY`], each plus a random jitter of up to itself), never
+/// giving up. For work that retries on its own, e.g. an interrupted build.
+pub fn restart_delays() -> impl Iterator<Item = Duration> + Send {
     ExponentialBuilder::new()
         .with_min_delay(MIN_RESTART_DELAY)
         .with_max_delay(MAX_RESTART_DELAY)

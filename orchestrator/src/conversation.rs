@@ -25,7 +25,6 @@
 //! ([`PriorTurn::pii`]), so that the earlier turns it sends to a model carry
 //! placeholders. `GetConversation` does not return them.
 
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -37,7 +36,7 @@ use quarry_proto::v1::{
     GetConversationResponse, TurnToolCall, Usage,
 };
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::warn;
 use uuid::Uuid;
 
 /// Conversations per `ListConversations` page when the request says 0.
@@ -567,25 +566,6 @@ impl ConversationStore {
             )
             .await?;
         Ok(deleted)
-    }
-
-    /// Purges expired conversations now and then every `every`, forever
-    /// (drop the future to stop). Failures are logged and retried next time.
-    pub async fn purge_every(self, every: Duration) {
-        let mut ticks = tokio::time::interval(every.max(Duration::from_secs(1)));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            match self.purge_expired().await {
-                Ok(0) => {}
-                Ok(n) => info!(
-                    deleted = n,
-                    retention_days = self.retention_days,
-                    "expired conversations purged"
-                ),
-                Err(error) => warn!(%error, "purging expired conversations failed"),
-            }
-        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod health;
 mod models;
 pub mod progress;
 mod role;

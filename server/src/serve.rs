@@ -1,7 +1,7 @@
 //! Composes a Quarry node: the services of the roles it plays, behind one
 //! auth and rate-limit stack, with health and reflection, until shutdown.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use quarry_auth::{AuthLayer, Policy, PolicyLayer, PolicyStore, RateLimitLayer};
@@ -18,7 +18,9 @@ use quarry_proto::v1::{
 use quarry_search::SearchGrpc;
 use quarry_sql::grpc::SqlGrpc;
 use quarry_summary::SummaryGrpc;
+use quarry_db::supervisor::Supervisor;
 use tokio::net::TcpListener;
+use tonic::server::NamedService as _;
 use tonic::transport::{Endpoint, Server, server::TcpIncoming};
 use tower::{Layer as _, ServiceBuilder};
 use tracing::{info, warn};
@@ -34,7 +36,11 @@ pub const CONVERSATION_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Serves `roles` ([`Role`]) on `listener` until `shutdown` resolves, then
 /// lets in-flight requests finish for at most `server.shutdown_grace_secs`.
 /// Health and reflection are served whatever the roles; the health service
-/// reports `SERVING` for each gRPC service this process serves.
+/// reports each gRPC service this process serves as `SERVING` while the
+/// databases answer and its role's background work runs, `NOT_SERVING`
+/// otherwise ([`crate::health`]). Background work (index sync, search
+/// follower, summary schedule, purges) is restarted with backoff after any
+/// failure ([`quarry_db::supervisor`]).
 ///
 /// The assistant role reaches each tool in this process when that tool's
 /// role runs here (in process, behind the same auth layer, no socket), or at
@@ -95,6 +101,8 @@ pub async fn serve(
     }
     let background = tokio_util::sync::CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
+    // Background work restarts itself after a failure; health reads its state.
+    let supervisor = Supervisor::new();
     // One pool per database URL for everything this process runs.
     let pools = config.database.pools();
 
@@ -121,16 +129,28 @@ pub async fn serve(
     };
     if let Some(search) = &search {
         if roles.has(Role::Search) {
-            search.spawn_follower(background.clone().cancelled_owned());
+            let search = Arc::clone(search);
+            supervisor.spawn(
+                "search follower",
+                Role::Search.as_str(),
+                background.clone(),
+                move |task| {
+                    let search = Arc::clone(&search);
+                    async move {
+                        search
+                            .follow_reporting(std::future::pending(), Some(task))
+                            .await;
+                        Ok::<(), Infallible>(())
+                    }
+                },
+            );
         }
         if roles.has(Role::Sync) && server_config.run_sync {
             for syncer in syncers(&config, &pools, search)? {
-                let stop = background.clone().cancelled_owned();
-                tokio::spawn(async move {
-                    let name = syncer.collection().name.clone();
-                    if let Err(error) = syncer.run(stop).await {
-                        warn!(collection = %name, %error, "index sync stopped");
-                    }
+                let name = format!("sync {}", syncer.collection().name);
+                supervisor.spawn(&name, Role::Sync.as_str(), background.clone(), move |task| {
+                    let syncer = syncer.clone();
+                    async move { syncer.run_supervised(task).await }
                 });
             }
         }
@@ -146,23 +166,49 @@ pub async fn serve(
     if let Some(summaries) = &summaries
         && server_config.run_summary_builder
     {
-        summaries.clone().spawn_scheduler(background.clone());
+        let summaries = Arc::clone(summaries);
+        let stop = background.clone();
+        supervisor.spawn(
+            "summary schedule",
+            Role::Summary.as_str(),
+            background.clone(),
+            move |task| {
+                let summaries = Arc::clone(&summaries);
+                let stop = stop.clone();
+                async move {
+                    summaries.run_schedule(stop, Some(task)).await;
+                    Ok::<(), Infallible>(())
+                }
+            },
+        );
     }
     let summary_service = summaries.map(|tool| SummaryServiceServer::new(SummaryGrpc::new(tool)));
 
     // The audit trail: statements (written by the SQL tool) and refusals
-    // (written here for the policy layer); purged hourly past retention.
+    // (written here for the policy layer); purged hourly past retention
+    // (a failed purge is retried with backoff).
     let audit =
         quarry_db::audit::AuditLog::new(database_pool(&config, &pools)?, config.sql.audit.clone());
     {
         let audit = audit.clone();
-        let stop = background.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = audit.purge_every(CONVERSATION_PURGE_INTERVAL) => {}
-            }
-        });
+        supervisor.spawn::<_, _, String>(
+            "audit purge",
+            crate::health::SHARED_GROUP,
+            background.clone(),
+            move |task| {
+                let audit = audit.clone();
+                async move {
+                    loop {
+                        match audit.purge().await? {
+                            0 => {}
+                            n => info!(deleted = n, "audit entries past retention deleted"),
+                        }
+                        task.running();
+                        tokio::time::sleep(CONVERSATION_PURGE_INTERVAL).await;
+                    }
+                }
+            },
+        );
     }
     let auth = Guard {
         auth: AuthLayer::new(verifier),
@@ -187,6 +233,7 @@ pub async fn serve(
             &pools,
             &models,
             &auth,
+            &supervisor,
             &background,
             sql_service.as_ref(),
             search_service.as_ref(),
@@ -203,27 +250,46 @@ pub async fn serve(
     let usage_service = budgets.map(|b| UsageServiceServer::new(UsageGrpc::new(b)));
 
     let (health, health_service) = tonic_health::server::health_reporter();
+    let mut served: Vec<(&'static str, Role)> = Vec::new();
     if sql_service.is_some() {
         health.set_serving::<SqlServiceServer<SqlGrpc>>().await;
+        served.push((SqlServiceServer::<SqlGrpc>::NAME, Role::Sql));
     }
     if assistant_service.is_some() {
         health
             .set_serving::<AssistantServiceServer<AssistantGrpc>>()
             .await;
+        served.push((
+            AssistantServiceServer::<AssistantGrpc>::NAME,
+            Role::Assistant,
+        ));
     }
     if usage_service.is_some() {
         health.set_serving::<UsageServiceServer<UsageGrpc>>().await;
+        served.push((UsageServiceServer::<UsageGrpc>::NAME, Role::Assistant));
     }
     if search_service.is_some() {
         health
             .set_serving::<SearchServiceServer<SearchGrpc>>()
             .await;
+        served.push((SearchServiceServer::<SearchGrpc>::NAME, Role::Search));
     }
     if summary_service.is_some() {
         health
             .set_serving::<SummaryServiceServer<SummaryGrpc>>()
             .await;
+        served.push((SummaryServiceServer::<SummaryGrpc>::NAME, Role::Summary));
     }
+    crate::health::spawn(
+        crate::health::Watch {
+            reporter: health.clone(),
+            services: served,
+            roles: Role::ALL.into_iter().filter(|r| roles.has(*r)).collect(),
+            pools: pools.all(),
+            supervisor: supervisor.clone(),
+        },
+        background.clone(),
+    );
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quarry_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -287,6 +353,7 @@ async fn assistant(
     pools: &quarry_db::Pools,
     models: &Models,
     auth: &Guard,
+    supervisor: &Supervisor,
     background: &tokio_util::sync::CancellationToken,
     sql: Option<&SqlServiceServer<SqlGrpc>>,
     search: Option<&SearchServiceServer<SearchGrpc>>,
@@ -316,20 +383,32 @@ async fn assistant(
     if let Some(channel) = tool_channel(auth, "server.summary_url", summary_url, summaries)? {
         assistant = assistant.with_summaries(SummaryServiceClient::new(channel));
     }
-    // Conversations: every Ask is a stored turn; expired ones are purged hourly.
+    // Conversations: every Ask is a stored turn; expired ones are purged
+    // hourly (a failed purge is retried with backoff).
     let conversations = ConversationStore::new(
         database_pool(config, pools)?,
         config.orchestrator.conversation_retention_days,
     );
     {
         let store = conversations.clone();
-        let stop = background.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = store.purge_every(CONVERSATION_PURGE_INTERVAL) => {}
-            }
-        });
+        supervisor.spawn::<_, _, quarry_orchestrator::conversation::ConversationError>(
+            "conversation purge",
+            Role::Assistant.as_str(),
+            background.clone(),
+            move |task| {
+                let store = store.clone();
+                async move {
+                    loop {
+                        let deleted = store.purge_expired().await?;
+                        if deleted > 0 {
+                            info!(deleted, "expired conversations purged");
+                        }
+                        task.running();
+                        tokio::time::sleep(CONVERSATION_PURGE_INTERVAL).await;
+                    }
+                }
+            },
+        );
     }
     Ok(assistant.with_conversations(conversations))
 }
