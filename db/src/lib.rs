@@ -34,7 +34,7 @@ mod read_only;
 pub mod testing;
 pub mod usage;
 
-pub use error::{DbError, PgError, Result, error_text};
+pub use error::{DbError, PgError, Result, error_text, is_unavailable, unavailable_sqlstate};
 pub use ident::{quote_ident, quote_literal};
 pub use migrate::{migrate, migrate_client};
 pub use pool::{Pools, pool, pool_error_text, reachable};

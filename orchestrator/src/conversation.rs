@@ -82,13 +82,13 @@ impl From<ConversationError> for tonic::Status {
 
 impl From<tokio_postgres::Error> for ConversationError {
     fn from(e: tokio_postgres::Error) -> Self {
-        Self::Database(e.to_string())
+        Self::Database(quarry_db::error_text(&e))
     }
 }
 
 impl From<deadpool_postgres::PoolError> for ConversationError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        Self::Database(e.to_string())
+        Self::Database(quarry_db::pool_error_text(&e))
     }
 }
 

@@ -371,7 +371,11 @@ impl SummaryTool {
         sql: &str,
         warnings: &mut Vec<String>,
     ) -> std::result::Result<Vec<String>, String> {
-        let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| quarry_db::pool_error_text(&e))?;
         let tx = self
             .read_only(&mut client, "")
             .await
@@ -409,7 +413,11 @@ impl SummaryTool {
         tenant: &str,
         warnings: &mut Vec<String>,
     ) -> std::result::Result<Vec<Entity>, String> {
-        let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| quarry_db::pool_error_text(&e))?;
         let tx = self
             .read_only(&mut client, tenant)
             .await
@@ -422,10 +430,10 @@ impl SummaryTool {
         let mut entities = Vec::with_capacity(rows.len());
         let mut keyless = 0usize;
         for row in &rows {
-            let key: Option<String> = row.try_get(0).map_err(|e| e.to_string())?;
-            let name: Option<String> = row.try_get(1).map_err(|e| e.to_string())?;
+            let key: Option<String> = row.try_get(0).map_err(|e| db_message(&e))?;
+            let name: Option<String> = row.try_get(1).map_err(|e| db_message(&e))?;
             let weight: Option<f64> = if row.len() > 2 {
-                row.try_get(2).map_err(|e| e.to_string())?
+                row.try_get(2).map_err(|e| db_message(&e))?
             } else {
                 None
             };
@@ -802,7 +810,7 @@ impl SummaryTool {
             .pool
             .get()
             .await
-            .map_err(|e| format!("database pool: {e}"))?;
+            .map_err(|e| format!("database pool: {}", quarry_db::pool_error_text(&e)))?;
         let tx = self
             .read_only(&mut client, tenant)
             .await

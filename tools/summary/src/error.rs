@@ -97,7 +97,7 @@ fn not_found_message(entity: &str, kind: Option<&str>, closest: &[Candidate]) ->
 
 impl From<deadpool_postgres::PoolError> for SummaryError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        SummaryError::Unavailable(format!("database pool: {e}"))
+        SummaryError::Unavailable(format!("database pool: {}", quarry_db::pool_error_text(&e)))
     }
 }
 
@@ -146,7 +146,7 @@ impl ServiceError for SummaryError {
             Self::Definition(_) | Self::Config(_) => ServiceErrorCode::FailedPrecondition,
             Self::Unavailable(_) => ServiceErrorCode::Unavailable,
             Self::Forbidden(_) => ServiceErrorCode::PermissionDenied,
-            Self::Database(e) if e.is_closed() || e.code().is_none() => {
+            Self::Database(e) if quarry_db::is_unavailable(e) => {
                 ServiceErrorCode::Unavailable
             }
             Self::Database(_) | Self::Internal(_) => ServiceErrorCode::Internal,
