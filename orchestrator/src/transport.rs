@@ -18,6 +18,7 @@
 //! does.
 
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tonic::body::Body;
 use tonic::transport::Channel;
@@ -38,7 +39,9 @@ pub struct TransportError(BoxError);
 
 /// A tool served by another process, reached through `channel`.
 pub fn remote(channel: Channel) -> ToolChannel {
-    BoxCloneSyncService::new(channel.map_err(|error| TransportError(error.into())))
+    watched(BoxCloneSyncService::new(
+        channel.map_err(|error| TransportError(error.into())),
+    ))
 }
 
 /// A tool served by this process: `service` is the tool's generated gRPC
@@ -54,5 +57,63 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    BoxCloneSyncService::new(service.map_err(|never: Infallible| match never {}))
+    watched(BoxCloneSyncService::new(
+        service.map_err(|never: Infallible| match never {}),
+    ))
+}
+
+/// Whether a tool service an `Ask` called was unavailable: set when a call
+/// carrying it (in its request extensions, see
+/// [`crate::AskCaller::request`]) failed to connect or came back
+/// `UNAVAILABLE` (the tool's database unreachable, say), so the `Ask` can
+/// end with `UNAVAILABLE` rather than a failed answer. Cheap to clone
+/// (shared).
+#[derive(Debug, Clone, Default)]
+pub struct DependencyWatch(Arc<Mutex<Option<String>>>);
+
+impl DependencyWatch {
+    /// Records that a dependency is unavailable, and why (the first reason
+    /// is kept).
+    pub fn note(&self, why: impl Into<String>) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(why.into());
+        }
+    }
+
+    /// Why a dependency was unavailable, if one was.
+    pub fn unavailable(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// `inner`, noting in each request's [`DependencyWatch`] (when it carries
+/// one) a transport failure or an `UNAVAILABLE` answer. Tool RPCs are unary,
+/// so an error comes back as a trailers-only response: its `grpc-status`
+/// is in the response headers.
+fn watched(inner: ToolChannel) -> ToolChannel {
+    BoxCloneSyncService::new(tower::service_fn(move |request: http::Request<Body>| {
+        let watch = request.extensions().get::<DependencyWatch>().cloned();
+        let path = request.uri().path().to_owned();
+        let call = inner.clone().oneshot(request);
+        async move {
+            let result = call.await;
+            if let Some(watch) = watch {
+                match &result {
+                    Err(error) => watch.note(format!("{path}: {error}")),
+                    Ok(response) => {
+                        if let Some(status) = tonic::Status::from_header_map(response.headers())
+                            && status.code() == tonic::Code::Unavailable
+                        {
+                            watch.note(format!("{path}: {}", status.message()));
+                        }
+                    }
+                }
+            }
+            result
+        }
+    }))
 }
