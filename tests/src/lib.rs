@@ -39,6 +39,9 @@ use quarry_proto::v1::{
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Request, Status, transport::Channel};
 
+mod own_pg;
+pub use own_pg::OwnPostgres;
+
 /// The HS256 secret the test servers use.
 pub const SECRET: &str = "quarry-test-secret-0123456789abcdef";
 
@@ -160,6 +163,14 @@ pub struct Options {
     /// row-level security, which the test server's superuser login bypasses.
     /// The server's own configuration does not set `sql.exec.role`.
     pub read_only_role: Option<String>,
+    /// Make the test database on this server (an admin URL, e.g.
+    /// [`OwnPostgres::url`]) instead of `QUARRY_TEST_DATABASE_URL`'s.
+    pub database_url: Option<String>,
+    /// SQL run in a transaction on a connection of the test's, after the
+    /// data is loaded and migrated and before the server starts; the
+    /// transaction stays open (its locks held) while the connection
+    /// ([`TestServer::held`]) lives.
+    pub hold: Option<String>,
 }
 
 /// A running Quarry server over its own database.
@@ -174,12 +185,17 @@ pub struct TestServer {
     /// The search index folder, when [`Options::search`]; declared last so
     /// it is removed after the server has stopped.
     index_dir: Option<TempDir>,
+    /// The connection holding [`Options::hold`]'s transaction open.
+    pub held: Option<tokio_postgres::Client>,
 }
 
 impl TestServer {
     /// Creates a database, loads a Tate slice into schema `tate`, and serves.
     pub async fn start(options: Options) -> Self {
-        let db = TestDb::create().await;
+        let db = match &options.database_url {
+            Some(url) => TestDb::create_on(url).await,
+            None => TestDb::create().await,
+        };
         let slice = tate_slice(SLICE_LINES);
         {
             let (mut client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
@@ -197,6 +213,21 @@ impl TestServer {
         if let Some(role) = &options.read_only_role {
             migrate_read_only_role(db.url(), role).await;
         }
+        let held = match &options.hold {
+            Some(sql) => {
+                let (client, connection) =
+                    tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+                        .await
+                        .unwrap();
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("BEGIN; {sql}"))
+                    .await
+                    .unwrap();
+                Some(client)
+            }
+            None => None,
+        };
         let (rps, burst) = options.rate_limit.unwrap_or((1000, 1000));
         let golden = repo_root().join("demo/golden/tate.json");
         let mut toml = format!(
@@ -270,6 +301,7 @@ impl TestServer {
             shutdown: Some(tx),
             handle: Some(handle),
             index_dir,
+            held,
         }
     }
 

@@ -196,8 +196,11 @@ impl SummaryTool {
     /// a key is built for every tenant whose entities query lists it, and a
     /// failure only when none does);
     /// [`SummaryError::BuildRunning`] when another build holds the lock;
-    /// [`SummaryError::Unavailable`] when no connection can be had. Failures
-    /// of single entities or kinds are not errors: they are in the report.
+    /// [`SummaryError::Unavailable`] when no connection can be had, and when
+    /// the build was interrupted by the database going away: it cannot be
+    /// recorded, or it has failures and PostgreSQL restarted while it ran.
+    /// Other failures of single entities or kinds are not errors: they are
+    /// in the report.
     pub async fn build(
         &self,
         opts: BuildOptions,
@@ -233,15 +236,31 @@ impl SummaryTool {
         );
         self.embed_pending(progress, &mut report).await;
         report.finished_at = Utc::now();
-        match self.pool.get().await {
-            Ok(client) => {
-                if let Err(e) = store::record_build(&**client, &report).await {
-                    tracing::warn!(error = %e, "cannot record the summary build");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot record the summary build"),
-        }
+        let recorded = match self.pool.get().await {
+            Ok(client) => store::record_build(&**client, &report)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(quarry_db::pool_error_text(&e)),
+        };
         lock.release().await;
+        // Interrupted by the database going away: an error, so that the
+        // scheduler retries the build rather than waiting for the next one.
+        if let Err(error) = recorded {
+            tracing::warn!(%error, "cannot record the summary build");
+            return Err(SummaryError::Unavailable(format!(
+                "summary build interrupted after {} of {} entities: cannot record it: {error}",
+                report.built + report.unchanged,
+                report.entities
+            )));
+        }
+        if report.failed > 0
+            && let Some(restarted) = self.restarted_since(started_at).await
+        {
+            return Err(SummaryError::Unavailable(format!(
+                "summary build interrupted: PostgreSQL restarted at {restarted} during it ({} failed)",
+                report.failed
+            )));
+        }
         tracing::info!(
             trigger = %report.trigger,
             entities = report.entities,
@@ -252,6 +271,19 @@ impl SummaryTool {
             "summary build finished"
         );
         Ok(report)
+    }
+
+    /// When PostgreSQL (re)started after `since` (`pg_postmaster_start_time()`,
+    /// PostgreSQL 16 docs §9.26): the time, as text; `None` otherwise or
+    /// when that cannot be read.
+    async fn restarted_since(&self, since: chrono::DateTime<Utc>) -> Option<String> {
+        let client = self.pool.get().await.ok()?;
+        let row = client
+            .query_one("SELECT pg_postmaster_start_time()", &[])
+            .await
+            .ok()?;
+        let started: chrono::DateTime<Utc> = row.try_get(0).ok()?;
+        (started > since).then(|| started.to_rfc3339())
     }
 
     /// Embeds every stored summary that has no embedding from this
