@@ -1,7 +1,6 @@
 //! The audit trail: every statement Quarry executes for a caller and every
 //! refusal, in `quarry.audit_log` (migration V6).
 
-
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -148,7 +147,11 @@ impl AuditLog {
     }
 
     async fn insert(&self, e: &AuditEntry) -> Result<(), String> {
-        let client = self.pool.get().await.map_err(|e| crate::pool_error_text(&e))?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| crate::pool_error_text(&e))?;
         client
             .execute(
                 "INSERT INTO quarry.audit_log (tenant, subject, request_id, tool, action, outcome, \
@@ -184,7 +187,11 @@ impl AuditLog {
         limit: i64,
         before: i64,
     ) -> Result<Vec<AuditEntry>, String> {
-        let client = self.pool.get().await.map_err(|e| crate::pool_error_text(&e))?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| crate::pool_error_text(&e))?;
         let before = if before <= 0 { i64::MAX } else { before };
         let rows = client
             .query(
@@ -225,7 +232,11 @@ impl AuditLog {
     /// # Errors
     /// The pool's or PostgreSQL's error, as text.
     pub async fn purge(&self) -> Result<u64, String> {
-        let client = self.pool.get().await.map_err(|e| crate::pool_error_text(&e))?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| crate::pool_error_text(&e))?;
         let days = f64::from(self.config.retention_days);
         client
             .execute(

@@ -26,10 +26,10 @@ pub mod audit;
 mod error;
 mod ident;
 pub mod lock;
-pub mod supervisor;
 mod migrate;
 mod pool;
 mod read_only;
+pub mod supervisor;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod usage;

@@ -122,10 +122,7 @@ pub async fn reachable(pool: &Pool, timeout: Duration) -> std::result::Result<()
     };
     match tokio::time::timeout(timeout, probe).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
-            "no answer within {} ms",
-            timeout.as_millis()
-        )),
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
     }
 }
 

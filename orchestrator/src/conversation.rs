@@ -25,7 +25,6 @@
 //! ([`PriorTurn::pii`]), so that the earlier turns it sends to a model carry
 //! placeholders. `GetConversation` does not return them.
 
-
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use prost::Message as _;

@@ -117,3 +117,57 @@ fn watched(inner: ToolChannel) -> ToolChannel {
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tool service answering every call with `status` (a trailers-only
+    /// response, as tonic's servers send for an error).
+    fn answering(status: tonic::Status) -> ToolChannel {
+        in_process(tower::service_fn(move |_: http::Request<Body>| {
+            let status = status.clone();
+            async move { Ok::<_, Infallible>(status.into_http()) }
+        }))
+    }
+
+    fn call_with(watch: &DependencyWatch) -> http::Request<Body> {
+        let mut request = http::Request::builder()
+            .uri("http://tool/quarry.v1.SqlService/ExecuteSql")
+            .body(Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(watch.clone());
+        request
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_tool_is_noted_in_the_asks_watch_and_other_errors_are_not() {
+        let watch = DependencyWatch::default();
+        let refused = answering(tonic::Status::invalid_argument("bad sql"));
+        refused.oneshot(call_with(&watch)).await.unwrap();
+        assert_eq!(
+            watch.unavailable(),
+            None,
+            "a wrong request is not an outage"
+        );
+        let down = answering(tonic::Status::unavailable(
+            "database pool: connection refused",
+        ));
+        down.oneshot(call_with(&watch)).await.unwrap();
+        let why = watch.unavailable().unwrap();
+        assert!(
+            why.contains("ExecuteSql") && why.contains("connection refused"),
+            "{why}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tool_that_cannot_be_reached_is_noted() {
+        let watch = DependencyWatch::default();
+        // nothing listens on port 1
+        let channel = Channel::from_static("http://127.0.0.1:1").connect_lazy();
+        let result = remote(channel).oneshot(call_with(&watch)).await;
+        assert!(result.is_err());
+        assert!(watch.unavailable().is_some());
+    }
+}

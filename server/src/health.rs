@@ -39,11 +39,7 @@ pub(crate) struct Watch {
 }
 
 /// Why `role` is down now, or `None` when it is up.
-fn reason(
-    role: Role,
-    database: Option<&str>,
-    supervisor: &Supervisor,
-) -> Option<String> {
+fn reason(role: Role, database: Option<&str>, supervisor: &Supervisor) -> Option<String> {
     if let Some(error) = database {
         return Some(format!("database unreachable: {error}"));
     }
@@ -120,12 +116,21 @@ mod tests {
         let sync = supervisor.register("sync artworks", "sync");
         sync.failed(&"lost the leader connection");
         let why = reason(Role::Sync, None, &supervisor).unwrap();
-        assert!(why.contains("sync artworks: lost the leader connection"), "{why}");
-        assert_eq!(reason(Role::Search, None, &supervisor), None, "other roles are up");
+        assert!(
+            why.contains("sync artworks: lost the leader connection"),
+            "{why}"
+        );
+        assert_eq!(
+            reason(Role::Search, None, &supervisor),
+            None,
+            "other roles are up"
+        );
         sync.running();
         assert_eq!(reason(Role::Sync, None, &supervisor), None);
         // the shared purge is everyone's
-        supervisor.register("audit purge", SHARED_GROUP).failed(&"timeout");
+        supervisor
+            .register("audit purge", SHARED_GROUP)
+            .failed(&"timeout");
         assert!(reason(Role::Search, None, &supervisor).is_some());
     }
 }

@@ -5,6 +5,7 @@ use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use quarry_auth::{AuthLayer, Policy, PolicyLayer, PolicyStore, RateLimitLayer};
+use quarry_db::supervisor::Supervisor;
 use quarry_orchestrator::{
     Assistant, AssistantGrpc, Budgets, ToolChannel, UsageGrpc, conversation::ConversationStore,
     transport,
@@ -18,7 +19,6 @@ use quarry_proto::v1::{
 use quarry_search::SearchGrpc;
 use quarry_sql::grpc::SqlGrpc;
 use quarry_summary::SummaryGrpc;
-use quarry_db::supervisor::Supervisor;
 use tokio::net::TcpListener;
 use tonic::server::NamedService as _;
 use tonic::transport::{Endpoint, Server, server::TcpIncoming};
@@ -148,10 +148,15 @@ pub async fn serve(
         if roles.has(Role::Sync) && server_config.run_sync {
             for syncer in syncers(&config, &pools, search)? {
                 let name = format!("sync {}", syncer.collection().name);
-                supervisor.spawn(&name, Role::Sync.as_str(), background.clone(), move |task| {
-                    let syncer = syncer.clone();
-                    async move { syncer.run_supervised(task).await }
-                });
+                supervisor.spawn(
+                    &name,
+                    Role::Sync.as_str(),
+                    background.clone(),
+                    move |task| {
+                        let syncer = syncer.clone();
+                        async move { syncer.run_supervised(task).await }
+                    },
+                );
             }
         }
     }

@@ -215,10 +215,9 @@ impl TestServer {
         }
         let held = match &options.hold {
             Some(sql) => {
-                let (client, connection) =
-                    tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
-                        .await
-                        .unwrap();
+                let (client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
                 tokio::spawn(connection);
                 client
                     .batch_execute(&format!("BEGIN; {sql}"))

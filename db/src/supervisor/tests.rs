@@ -36,10 +36,18 @@ async fn a_failing_task_is_restarted_and_reported_down_until_it_runs() {
     until(&supervisor, |t| t["sync:a"].restarts >= 1).await;
     until(&supervisor, |t| t["sync:a"].status == TaskStatus::Running).await;
     let state = &supervisor.tasks()["sync:a"];
-    assert_eq!(runs.load(Ordering::SeqCst), 3, "restarted after an error and a panic");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        3,
+        "restarted after an error and a panic"
+    );
     assert_eq!(state.restarts, 2);
     assert!(
-        state.last_error.as_deref().unwrap_or_default().contains("panicked"),
+        state
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("panicked"),
         "{state:?}"
     );
     assert!(supervisor.down("sync").is_empty());
@@ -76,7 +84,10 @@ async fn a_task_that_returns_ok_is_finished_and_self_reported_failures_count() {
         handle.failed(&"build interrupted");
         Ok::<(), String>(())
     });
-    until(&supervisor, |t| t["schedule"].status == TaskStatus::Finished).await;
+    until(&supervisor, |t| {
+        t["schedule"].status == TaskStatus::Finished
+    })
+    .await;
     let state = &supervisor.tasks()["schedule"];
     assert_eq!(state.restarts, 1);
     assert_eq!(state.last_error.as_deref(), Some("build interrupted"));
@@ -89,6 +100,9 @@ fn the_backoff_grows_and_stays_bounded() {
     assert_eq!(delays.len(), 20, "never gives up");
     assert!(delays[0] >= MIN_RESTART_DELAY && delays[0] <= 2 * MIN_RESTART_DELAY);
     // jitter adds at most the delay itself
-    assert!(delays.iter().all(|d| *d <= 2 * MAX_RESTART_DELAY), "{delays:?}");
+    assert!(
+        delays.iter().all(|d| *d <= 2 * MAX_RESTART_DELAY),
+        "{delays:?}"
+    );
     assert!(delays[19] >= MAX_RESTART_DELAY, "{delays:?}");
 }

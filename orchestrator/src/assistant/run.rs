@@ -298,8 +298,10 @@ impl Run {
         // with UNAVAILABLE (retryable, visible to clients and balancers)
         // rather than OK with a failed answer; events sent stay sent, and no
         // turn is stored (the client retries the question).
-        if matches!(outcome.status, AnswerStatus::Failed | AnswerStatus::Unanswered)
-            && let Some(why) = self.caller.dependencies.unavailable()
+        if matches!(
+            outcome.status,
+            AnswerStatus::Failed | AnswerStatus::Unanswered
+        ) && let Some(why) = self.caller.dependencies.unavailable()
         {
             warn!(status = ?outcome.status, reason = %why, "ask failed: a dependency is unavailable");
             self.charge_unfinished().await;

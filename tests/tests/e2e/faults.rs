@@ -115,7 +115,9 @@ async fn searchable(server: &TestServer, word: &str, key: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restart_under_load_is_survived_and_reported() {
-    let pg = tokio::task::spawn_blocking(OwnPostgres::start).await.unwrap();
+    let pg = tokio::task::spawn_blocking(OwnPostgres::start)
+        .await
+        .unwrap();
     let server = TestServer::start(Options {
         database_url: Some(pg.url().to_owned()),
         search: true,

@@ -103,9 +103,7 @@ impl ServiceError for SearchError {
             Self::Forbidden(_) | Self::FieldForbidden { .. } => ServiceErrorCode::PermissionDenied,
             Self::Unavailable(_) => ServiceErrorCode::Unavailable,
             Self::Busy(_) => ServiceErrorCode::ResourceExhausted,
-            Self::Database(e) if quarry_db::is_unavailable(e) => {
-                ServiceErrorCode::Unavailable
-            }
+            Self::Database(e) if quarry_db::is_unavailable(e) => ServiceErrorCode::Unavailable,
             Self::Database(_) | Self::Index(_) | Self::Collection(_) | Self::Internal(_) => {
                 ServiceErrorCode::Internal
             }

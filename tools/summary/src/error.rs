@@ -146,9 +146,7 @@ impl ServiceError for SummaryError {
             Self::Definition(_) | Self::Config(_) => ServiceErrorCode::FailedPrecondition,
             Self::Unavailable(_) => ServiceErrorCode::Unavailable,
             Self::Forbidden(_) => ServiceErrorCode::PermissionDenied,
-            Self::Database(e) if quarry_db::is_unavailable(e) => {
-                ServiceErrorCode::Unavailable
-            }
+            Self::Database(e) if quarry_db::is_unavailable(e) => ServiceErrorCode::Unavailable,
             Self::Database(_) | Self::Internal(_) => ServiceErrorCode::Internal,
         }
     }

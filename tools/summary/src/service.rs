@@ -833,7 +833,8 @@ impl SummaryTool {
         task: Option<quarry_db::supervisor::TaskHandle>,
     ) {
         if self.config.build_on_start {
-            self.scheduled_build("startup", &cancel, task.as_ref()).await;
+            self.scheduled_build("startup", &cancel, task.as_ref())
+                .await;
         }
         let secs = self.config.refresh_interval_secs;
         if secs == 0 {
