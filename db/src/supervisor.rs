@@ -157,7 +157,7 @@ impl Supervisor {
                 };
                 let error = match result {
                     Ok(Ok(())) => {
-                        handle.set(TaskStatus::Finished, None);
+                        handle.finished();
                         return;
                     }
                     Ok(Err(error)) => error.to_string(),
@@ -240,12 +240,9 @@ impl TaskHandle {
         }
     }
 
-    fn set(&self, status: TaskStatus, error: Option<String>) {
+    fn finished(&self) {
         if let Some(task) = self.supervisor.lock().get_mut(&*self.name) {
-            task.status = status;
-            if error.is_some() {
-                task.last_error = error;
-            }
+            task.status = TaskStatus::Finished;
         }
     }
 }
