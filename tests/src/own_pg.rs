@@ -8,8 +8,8 @@ use std::process::Command;
 
 use crate::{TempDir, repo_root};
 
-/// A running PostgreSQL cluster in a temporary folder; stopped (immediate
-/// shutdown) and removed on drop.
+/// A running PostgreSQL cluster in a temporary folder; stopped and removed
+/// on drop.
 #[derive(Debug)]
 pub struct OwnPostgres {
     dir: TempDir,
@@ -76,37 +76,10 @@ impl OwnPostgres {
 
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
-        let pg_ctl = std::fs::read_dir(repo_root().join(".dev"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path().join("pgserver/pginstall/bin/pg_ctl"))
-            .find(|p| p.exists());
-        if let Some(pg_ctl) = pg_ctl {
-            let data = self.dir.path().join("pgdata");
-            let args = [
-                "stop",
-                "-D",
-                &data.display().to_string(),
-                "-m",
-                "immediate",
-                "-w",
-            ]
-            .map(str::to_owned);
-            let is_root = Command::new("id")
-                .arg("-u")
-                .output()
-                .is_ok_and(|o| o.stdout.starts_with(b"0"));
-            let _ = if is_root {
-                Command::new("runuser")
-                    .args(["-u", "quarry", "--"])
-                    .arg(&pg_ctl)
-                    .args(&args)
-                    .current_dir("/")
-                    .output()
-            } else {
-                Command::new(&pg_ctl).args(&args).output()
-            };
-        }
+        // `dev/pg.sh stop` (fast shutdown); the folder goes with `dir`
+        let _ = Command::new(repo_root().join("dev/pg.sh"))
+            .arg("stop")
+            .env("QUARRY_PG_BASE", self.dir.path())
+            .output();
     }
 }
