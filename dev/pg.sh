@@ -11,6 +11,11 @@
 # Environment:
 #   QUARRY_PG_PORT  TCP port on 127.0.0.1 (default 54329). Only read when the
 #                   server is started; a running server reports its own port.
+#   QUARRY_PG_BASE  Folder of another cluster (its pgdata/, run/, pg.log and
+#                   lock), for a test that stops and starts its own server
+#                   (tests/tests/e2e/faults.rs) without touching the shared
+#                   one; the binaries stay in .dev/. Must be reachable by the
+#                   OS user (e.g. under /tmp).
 #
 # `start` prints the connection string as its last line on stdout; progress
 # and diagnostics go to stderr, so `url=$(dev/pg.sh start)` works.
@@ -90,6 +95,13 @@ resolve_layout() {
       printf '%s\n' "$ROOT" >"$BASE/checkout"
     fi
   fi
+  if [[ -n "${QUARRY_PG_BASE:-}" ]]; then
+    BASE=$QUARRY_PG_BASE
+    mkdir -p "$BASE"
+    chmod 755 "$BASE"
+  fi
+  LOCK_FILE="$BASE/pg.lock"
+  [[ "$BASE" == "$DEV" || -n "${QUARRY_PG_BASE:-}" ]] || LOCK_FILE="$DEV/pg.lock"
   PGDATA_DIR="$BASE/pgdata"
   LOG_FILE="$BASE/pg.log"
   RUN_DIR="$BASE/run"
@@ -204,7 +216,7 @@ ensure_database() {
 # Serialises start/stop of this checkout's cluster. Commands that may leave a
 # daemon behind must not inherit fd 9, or the daemon would hold the lock.
 with_lock() {
-  exec 9>"$DEV/pg.lock"
+  exec 9>"$LOCK_FILE"
   flock 9
 }
 

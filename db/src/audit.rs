@@ -1,8 +1,6 @@
 //! The audit trail: every statement Quarry executes for a caller and every
 //! refusal, in `quarry.audit_log` (migration V6).
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -149,7 +147,11 @@ impl AuditLog {
     }
 
     async fn insert(&self, e: &AuditEntry) -> Result<(), String> {
-        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| crate::pool_error_text(&e))?;
         client
             .execute(
                 "INSERT INTO quarry.audit_log (tenant, subject, request_id, tool, action, outcome, \
@@ -185,7 +187,11 @@ impl AuditLog {
         limit: i64,
         before: i64,
     ) -> Result<Vec<AuditEntry>, String> {
-        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| crate::pool_error_text(&e))?;
         let before = if before <= 0 { i64::MAX } else { before };
         let rows = client
             .query(
@@ -226,7 +232,11 @@ impl AuditLog {
     /// # Errors
     /// The pool's or PostgreSQL's error, as text.
     pub async fn purge(&self) -> Result<u64, String> {
-        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| crate::pool_error_text(&e))?;
         let days = f64::from(self.config.retention_days);
         client
             .execute(
@@ -235,19 +245,6 @@ impl AuditLog {
             )
             .await
             .map_err(|e| error_text(&e))
-    }
-
-    /// Purges every `interval` until the future is dropped.
-    pub async fn purge_every(&self, interval: Duration) {
-        let mut ticks = tokio::time::interval(interval);
-        loop {
-            ticks.tick().await;
-            match self.purge().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "audit entries past retention deleted"),
-                Err(error) => warn!(%error, "audit purge failed; retrying next hour"),
-            }
-        }
     }
 }
 

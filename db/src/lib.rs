@@ -10,6 +10,8 @@
 //! - [`PgError`] / [`error_text`] render a driver error with PostgreSQL's
 //!   SQLSTATE and message (the driver's own text says only "db error").
 //! - [`lock`]: advisory locks (session try-lock/unlock, transaction locks).
+//! - [`supervisor`]: background tasks restarted with backoff after a
+//!   failure, and their state for health and metrics.
 //! - [`migrate()`] applies the migrations of the `quarry` schema
 //!   (`db/migrations/V*__*.sql`, refinery), idempotently and serialised
 //!   across processes, so a tool can run it when it opens.
@@ -29,14 +31,15 @@ mod migrate;
 mod pool;
 pub mod rate_limit;
 mod read_only;
+pub mod supervisor;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod usage;
 
-pub use error::{DbError, PgError, Result, error_text};
+pub use error::{DbError, PgError, Result, error_text, is_unavailable, unavailable_sqlstate};
 pub use ident::{quote_ident, quote_literal};
 pub use migrate::{migrate, migrate_client};
-pub use pool::{Pools, checkout, pool};
+pub use pool::{Pools, checkout, pool, pool_error_text, reachable};
 pub use read_only::{ReadOnly, Session, TraceTag};
 
 /// The pool type every Quarry crate uses (deadpool-postgres).

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 
-use crate::error::{DbError, Result};
+use crate::error::{DbError, Result, error_text};
 
 /// A connection pool for `url` of at most `size` connections (at least 1);
 /// a request waits at most `wait` for one (no TLS: the development server
@@ -126,6 +126,12 @@ impl Pools {
         }
     }
 
+    /// Every pool built so far (for health checks, [`reachable`]).
+    pub fn all(&self) -> Vec<Pool> {
+        let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools.values().map(|(pool, _)| pool.clone()).collect()
+    }
+
     /// Closes every pool (at shutdown): waiting and later requests fail,
     /// connections close as they are returned.
     pub fn close(&self) {
@@ -133,6 +139,41 @@ impl Pools {
         for (pool, _) in pools.values() {
             pool.close();
         }
+    }
+}
+
+/// Whether `pool`'s database answers: a connection from the pool runs
+/// `SELECT 1` within `timeout`.
+///
+/// # Errors
+/// Why not, as text: the pool's error (connection refused, …), PostgreSQL's
+/// ([`error_text`]), or the timeout.
+pub async fn reachable(pool: &Pool, timeout: Duration) -> std::result::Result<(), String> {
+    let probe = async {
+        let client = pool.get().await.map_err(|e| pool_error_text(&e))?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| error_text(&e))?;
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, probe).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
+
+/// A pool error as text, with PostgreSQL's SQLSTATE and message when the
+/// database refused the connection (deadpool's own text says "db error").
+pub fn pool_error_text(error: &deadpool_postgres::PoolError) -> String {
+    match error {
+        deadpool_postgres::PoolError::Backend(e) => {
+            format!("creating a connection: {}", error_text(e))
+        }
+        other @ (deadpool_postgres::PoolError::Timeout(_)
+        | deadpool_postgres::PoolError::Closed
+        | deadpool_postgres::PoolError::NoRuntimeSpecified
+        | deadpool_postgres::PoolError::PostCreateHook(_)) => other.to_string(),
     }
 }
 

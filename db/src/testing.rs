@@ -99,7 +99,13 @@ impl TestDb {
     /// `QUARRY_TEST_DATABASE_URL`. Panics when that is unset or the server is
     /// unreachable.
     pub async fn create() -> TestDb {
-        let admin_url = server_url();
+        Self::create_on(&server_url()).await
+    }
+
+    /// Create a fresh database on the server of `admin_url` (a URL whose
+    /// role may create databases). Panics when the server is unreachable.
+    pub async fn create_on(admin_url: &str) -> TestDb {
+        let admin_url = admin_url.to_owned();
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
         let admin = admin_connect(&admin_url).await;
         let create = format!("CREATE DATABASE \"{name}\"");

@@ -4,6 +4,8 @@
 //! enforces the caller's scopes itself and logs under the same request id.
 
 use quarry_auth::{Caller, REQUEST_ID_HEADER};
+
+use crate::transport::DependencyWatch;
 use tonic::{
     Status,
     metadata::{Ascii, MetadataValue},
@@ -22,6 +24,9 @@ pub struct AskCaller {
     pub caller: Caller,
     /// The caller's `authorization` header, forwarded to tool services.
     pub authorization: Option<MetadataValue<Ascii>>,
+    /// Set when a tool service was unavailable for this `Ask` (every
+    /// request [`AskCaller::request`] makes carries it to the transport).
+    pub dependencies: DependencyWatch,
 }
 
 impl AskCaller {
@@ -35,15 +40,18 @@ impl AskCaller {
         Ok(Self {
             caller: Caller::of(request)?,
             authorization: request.metadata().get("authorization").cloned(),
+            dependencies: DependencyWatch::default(),
         })
     }
 
     /// `message` as a request to a tool service on the caller's behalf: with
     /// the caller's `authorization` and `x-request-id`, and the time left
     /// before the caller's deadline as `grpc-timeout`, so the tool's own
-    /// [`Caller`] has the same deadline.
+    /// [`Caller`] has the same deadline; its extensions carry
+    /// [`AskCaller::dependencies`].
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
+        request.extensions_mut().insert(self.dependencies.clone());
         if let Some(left) = self.caller.remaining() {
             request.set_timeout(left);
         }

@@ -25,8 +25,6 @@
 //! ([`PriorTurn::pii`]), so that the earlier turns it sends to a model carry
 //! placeholders. `GetConversation` does not return them.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use prost::Message as _;
@@ -37,7 +35,7 @@ use quarry_proto::v1::{
     GetConversationResponse, TurnToolCall, Usage,
 };
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::warn;
 use uuid::Uuid;
 
 /// Conversations per `ListConversations` page when the request says 0.
@@ -83,13 +81,13 @@ impl From<ConversationError> for tonic::Status {
 
 impl From<tokio_postgres::Error> for ConversationError {
     fn from(e: tokio_postgres::Error) -> Self {
-        Self::Database(e.to_string())
+        Self::Database(quarry_db::error_text(&e))
     }
 }
 
 impl From<deadpool_postgres::PoolError> for ConversationError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        Self::Database(e.to_string())
+        Self::Database(quarry_db::pool_error_text(&e))
     }
 }
 
@@ -567,25 +565,6 @@ impl ConversationStore {
             )
             .await?;
         Ok(deleted)
-    }
-
-    /// Purges expired conversations now and then every `every`, forever
-    /// (drop the future to stop). Failures are logged and retried next time.
-    pub async fn purge_every(self, every: Duration) {
-        let mut ticks = tokio::time::interval(every.max(Duration::from_secs(1)));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            match self.purge_expired().await {
-                Ok(0) => {}
-                Ok(n) => info!(
-                    deleted = n,
-                    retention_days = self.retention_days,
-                    "expired conversations purged"
-                ),
-                Err(error) => warn!(%error, "purging expired conversations failed"),
-            }
-        }
     }
 }
 

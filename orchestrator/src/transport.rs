@@ -22,6 +22,7 @@
 //! does.
 
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use opentelemetry::propagation::{Injector, TextMapPropagator as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -48,11 +49,11 @@ pub struct TransportError(BoxError);
 /// `tracestate` headers (W3C Trace Context; none when the span is not
 /// exported).
 pub fn remote(channel: Channel) -> ToolChannel {
-    BoxCloneSyncService::new(
+    watched(BoxCloneSyncService::new(
         channel
             .map_request(with_trace_context)
             .map_err(|error| TransportError(error.into())),
-    )
+    ))
 }
 
 /// `request` with the current span's context injected into its headers.
@@ -94,5 +95,117 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    BoxCloneSyncService::new(service.map_err(|never: Infallible| match never {}))
+    watched(BoxCloneSyncService::new(
+        service.map_err(|never: Infallible| match never {}),
+    ))
+}
+
+/// Whether a tool service an `Ask` called was unavailable: set when a call
+/// carrying it (in its request extensions, see
+/// [`crate::AskCaller::request`]) failed to connect or came back
+/// `UNAVAILABLE` (the tool's database unreachable, say), so the `Ask` can
+/// end with `UNAVAILABLE` rather than a failed answer. Cheap to clone
+/// (shared).
+#[derive(Debug, Clone, Default)]
+pub struct DependencyWatch(Arc<Mutex<Option<String>>>);
+
+impl DependencyWatch {
+    /// Records that a dependency is unavailable, and why (the first reason
+    /// is kept).
+    pub fn note(&self, why: impl Into<String>) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(why.into());
+        }
+    }
+
+    /// Why a dependency was unavailable, if one was.
+    pub fn unavailable(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// `inner`, noting in each request's [`DependencyWatch`] (when it carries
+/// one) a transport failure or an `UNAVAILABLE` answer. Tool RPCs are unary,
+/// so an error comes back as a trailers-only response: its `grpc-status`
+/// is in the response headers.
+fn watched(inner: ToolChannel) -> ToolChannel {
+    BoxCloneSyncService::new(tower::service_fn(move |request: http::Request<Body>| {
+        let watch = request.extensions().get::<DependencyWatch>().cloned();
+        let path = request.uri().path().to_owned();
+        let call = inner.clone().oneshot(request);
+        async move {
+            let result = call.await;
+            if let Some(watch) = watch {
+                match &result {
+                    Err(error) => watch.note(format!("{path}: {error}")),
+                    Ok(response) => {
+                        if let Some(status) = tonic::Status::from_header_map(response.headers())
+                            && status.code() == tonic::Code::Unavailable
+                        {
+                            watch.note(format!("{path}: {}", status.message()));
+                        }
+                    }
+                }
+            }
+            result
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tool service answering every call with `status` (a trailers-only
+    /// response, as tonic's servers send for an error).
+    fn answering(status: tonic::Status) -> ToolChannel {
+        in_process(tower::service_fn(move |_: http::Request<Body>| {
+            let status = status.clone();
+            async move { Ok::<_, Infallible>(status.into_http()) }
+        }))
+    }
+
+    fn call_with(watch: &DependencyWatch) -> http::Request<Body> {
+        let mut request = http::Request::builder()
+            .uri("http://tool/quarry.v1.SqlService/ExecuteSql")
+            .body(Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(watch.clone());
+        request
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_tool_is_noted_in_the_asks_watch_and_other_errors_are_not() {
+        let watch = DependencyWatch::default();
+        let refused = answering(tonic::Status::invalid_argument("bad sql"));
+        refused.oneshot(call_with(&watch)).await.unwrap();
+        assert_eq!(
+            watch.unavailable(),
+            None,
+            "a wrong request is not an outage"
+        );
+        let down = answering(tonic::Status::unavailable(
+            "database pool: connection refused",
+        ));
+        down.oneshot(call_with(&watch)).await.unwrap();
+        let why = watch.unavailable().unwrap();
+        assert!(
+            why.contains("ExecuteSql") && why.contains("connection refused"),
+            "{why}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tool_that_cannot_be_reached_is_noted() {
+        let watch = DependencyWatch::default();
+        // nothing listens on port 1
+        let channel = Channel::from_static("http://127.0.0.1:1").connect_lazy();
+        let result = remote(channel).oneshot(call_with(&watch)).await;
+        assert!(result.is_err());
+        assert!(watch.unavailable().is_some());
+    }
 }

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod health;
 pub mod limits;
 pub mod metrics;
 mod models;

@@ -1,10 +1,11 @@
 //! Composes a Quarry node: the services of the roles it plays, behind one
 //! auth and rate-limit stack, with health and reflection, until shutdown.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use quarry_auth::{AuthLayer, Policy, PolicyLayer, PolicyStore, RateLimitLayer};
+use quarry_db::supervisor::Supervisor;
 use quarry_orchestrator::{
     Assistant, AssistantGrpc, Budgets, ToolChannel, UsageGrpc, conversation::ConversationStore,
     transport,
@@ -19,6 +20,7 @@ use quarry_search::SearchGrpc;
 use quarry_sql::grpc::SqlGrpc;
 use quarry_summary::SummaryGrpc;
 use tokio::net::TcpListener;
+use tonic::server::NamedService as _;
 use tonic::transport::{Endpoint, Server, server::TcpIncoming};
 use tower::{Layer as _, ServiceBuilder};
 use tracing::{info, warn};
@@ -34,7 +36,11 @@ pub const CONVERSATION_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Serves `roles` ([`Role`]) on `listener` until `shutdown` resolves, then
 /// lets in-flight requests finish for at most `server.shutdown_grace_secs`.
 /// Health and reflection are served whatever the roles; the health service
-/// reports `SERVING` for each gRPC service this process serves.
+/// reports each gRPC service this process serves as `SERVING` while the
+/// databases answer and its role's background work runs, `NOT_SERVING`
+/// otherwise ([`crate::health`]). Background work (index sync, search
+/// follower, summary schedule, purges) is restarted with backoff after any
+/// failure ([`quarry_db::supervisor`]).
 ///
 /// The assistant role reaches each tool in this process when that tool's
 /// role runs here (in process, behind the same auth layer, no socket), or at
@@ -125,6 +131,8 @@ pub async fn serve_with_metrics(
     }
     let background = tokio_util::sync::CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
+    // Background work restarts itself after a failure; health reads its state.
+    let supervisor = Supervisor::new();
     // One pool per database URL for everything this process runs.
     let pools = Arc::new(config.database.pools());
     let mut limiter = config.auth.rate_limiter();
@@ -172,17 +180,34 @@ pub async fn serve_with_metrics(
     };
     if let Some(search) = &search {
         if roles.has(Role::Search) {
-            search.spawn_follower(background.clone().cancelled_owned());
+            let search = Arc::clone(search);
+            supervisor.spawn(
+                "search follower",
+                Role::Search.as_str(),
+                background.clone(),
+                move |task| {
+                    let search = Arc::clone(&search);
+                    async move {
+                        search
+                            .follow_reporting(std::future::pending(), Some(task))
+                            .await;
+                        Ok::<(), Infallible>(())
+                    }
+                },
+            );
         }
         if roles.has(Role::Sync) && server_config.run_sync {
             for syncer in syncers(&config, &pools, search)? {
-                let stop = background.clone().cancelled_owned();
-                tokio::spawn(async move {
-                    let name = syncer.collection().name.clone();
-                    if let Err(error) = syncer.run(stop).await {
-                        warn!(collection = %name, %error, "index sync stopped");
-                    }
-                });
+                let name = format!("sync {}", syncer.collection().name);
+                supervisor.spawn(
+                    &name,
+                    Role::Sync.as_str(),
+                    background.clone(),
+                    move |task| {
+                        let syncer = syncer.clone();
+                        async move { syncer.run_supervised(task).await }
+                    },
+                );
             }
         }
     }
@@ -197,23 +222,49 @@ pub async fn serve_with_metrics(
     if let Some(summaries) = &summaries
         && server_config.run_summary_builder
     {
-        summaries.clone().spawn_scheduler(background.clone());
+        let summaries = Arc::clone(summaries);
+        let stop = background.clone();
+        supervisor.spawn(
+            "summary schedule",
+            Role::Summary.as_str(),
+            background.clone(),
+            move |task| {
+                let summaries = Arc::clone(&summaries);
+                let stop = stop.clone();
+                async move {
+                    summaries.run_schedule(stop, Some(task)).await;
+                    Ok::<(), Infallible>(())
+                }
+            },
+        );
     }
     let summary_service = summaries.map(|tool| SummaryServiceServer::new(SummaryGrpc::new(tool)));
 
     // The audit trail: statements (written by the SQL tool) and refusals
-    // (written here for the policy layer); purged hourly past retention.
+    // (written here for the policy layer); purged hourly past retention
+    // (a failed purge is retried with backoff).
     let audit =
         quarry_db::audit::AuditLog::new(database_pool(&config, &pools)?, config.sql.audit.clone());
     {
         let audit = audit.clone();
-        let stop = background.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = audit.purge_every(CONVERSATION_PURGE_INTERVAL) => {}
-            }
-        });
+        supervisor.spawn::<_, _, String>(
+            "audit purge",
+            crate::health::SHARED_GROUP,
+            background.clone(),
+            move |task| {
+                let audit = audit.clone();
+                async move {
+                    loop {
+                        match audit.purge().await? {
+                            0 => {}
+                            n => info!(deleted = n, "audit entries past retention deleted"),
+                        }
+                        task.running();
+                        tokio::time::sleep(CONVERSATION_PURGE_INTERVAL).await;
+                    }
+                }
+            },
+        );
     }
     let auth = Guard {
         auth: AuthLayer::new(verifier),
@@ -230,6 +281,7 @@ pub async fn serve_with_metrics(
                 &pools,
                 &models,
                 &auth,
+                &supervisor,
                 &background,
                 sql_service.as_ref(),
                 search_service.as_ref(),
@@ -249,27 +301,46 @@ pub async fn serve_with_metrics(
         .map(|b| UsageServiceServer::new(UsageGrpc::new(b)));
 
     let (health, health_service) = tonic_health::server::health_reporter();
+    let mut served: Vec<(&'static str, Role)> = Vec::new();
     if sql_service.is_some() {
         health.set_serving::<SqlServiceServer<SqlGrpc>>().await;
+        served.push((SqlServiceServer::<SqlGrpc>::NAME, Role::Sql));
     }
     if assistant_service.is_some() {
         health
             .set_serving::<AssistantServiceServer<AssistantGrpc>>()
             .await;
+        served.push((
+            AssistantServiceServer::<AssistantGrpc>::NAME,
+            Role::Assistant,
+        ));
     }
     if usage_service.is_some() {
         health.set_serving::<UsageServiceServer<UsageGrpc>>().await;
+        served.push((UsageServiceServer::<UsageGrpc>::NAME, Role::Assistant));
     }
     if search_service.is_some() {
         health
             .set_serving::<SearchServiceServer<SearchGrpc>>()
             .await;
+        served.push((SearchServiceServer::<SearchGrpc>::NAME, Role::Search));
     }
     if summary_service.is_some() {
         health
             .set_serving::<SummaryServiceServer<SummaryGrpc>>()
             .await;
+        served.push((SummaryServiceServer::<SummaryGrpc>::NAME, Role::Summary));
     }
+    crate::health::spawn(
+        crate::health::Watch {
+            reporter: health.clone(),
+            services: served,
+            roles: Role::ALL.into_iter().filter(|r| roles.has(*r)).collect(),
+            pools: pools.all(),
+            supervisor: supervisor.clone(),
+        },
+        background.clone(),
+    );
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
@@ -357,6 +428,7 @@ async fn assistant(
     pools: &quarry_db::Pools,
     models: &Models,
     auth: &Guard,
+    supervisor: &Supervisor,
     background: &tokio_util::sync::CancellationToken,
     sql: Option<&SqlServiceServer<SqlGrpc>>,
     search: Option<&SearchServiceServer<SearchGrpc>>,
@@ -386,20 +458,32 @@ async fn assistant(
     if let Some(channel) = tool_channel(auth, "server.summary_url", summary_url, summaries)? {
         assistant = assistant.with_summaries(SummaryServiceClient::new(channel));
     }
-    // Conversations: every Ask is a stored turn; expired ones are purged hourly.
+    // Conversations: every Ask is a stored turn; expired ones are purged
+    // hourly (a failed purge is retried with backoff).
     let conversations = ConversationStore::new(
         database_pool(config, pools)?,
         config.orchestrator.conversation_retention_days,
     );
     {
         let store = conversations.clone();
-        let stop = background.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = store.purge_every(CONVERSATION_PURGE_INTERVAL) => {}
-            }
-        });
+        supervisor.spawn::<_, _, quarry_orchestrator::conversation::ConversationError>(
+            "conversation purge",
+            Role::Assistant.as_str(),
+            background.clone(),
+            move |task| {
+                let store = store.clone();
+                async move {
+                    loop {
+                        let deleted = store.purge_expired().await?;
+                        if deleted > 0 {
+                            info!(deleted, "expired conversations purged");
+                        }
+                        task.running();
+                        tokio::time::sleep(CONVERSATION_PURGE_INTERVAL).await;
+                    }
+                }
+            },
+        );
     }
     Ok(assistant.with_conversations(conversations))
 }

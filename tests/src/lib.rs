@@ -40,6 +40,9 @@ use quarry_proto::v1::{
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Request, Status, transport::Channel};
 
+mod own_pg;
+pub use own_pg::OwnPostgres;
+
 /// The HS256 secret the test servers use.
 pub const SECRET: &str = "quarry-test-secret-0123456789abcdef";
 
@@ -167,12 +170,29 @@ pub struct Options {
     /// server's [`TestServer::db`]) instead of a fresh one: replicas of one
     /// service share it.
     pub database: Option<Arc<TestDb>>,
+    /// Make the test database on this server (an admin URL, e.g.
+    /// [`OwnPostgres::url`]) instead of `QUARRY_TEST_DATABASE_URL`'s.
+    pub database_url: Option<String>,
+    /// SQL run in a transaction on a connection of the test's, after the
+    /// data is loaded and migrated and before the server starts; the
+    /// transaction stays open (its locks held) while the connection
+    /// ([`TestServer::held`]) lives.
+    pub hold: Option<String>,
 }
 
 /// A fresh database with a Tate slice in schema `tate` and the `quarry`
 /// schema migrated, as [`TestServer::start`] serves.
 pub async fn loaded_database() -> Arc<TestDb> {
-    let db = TestDb::create().await;
+    loaded_database_on(None).await
+}
+
+/// [`loaded_database`] made on the server of `admin_url` (e.g.
+/// [`OwnPostgres::url`]) when given, else on `QUARRY_TEST_DATABASE_URL`'s.
+pub async fn loaded_database_on(admin_url: Option<&str>) -> Arc<TestDb> {
+    let db = match admin_url {
+        Some(url) => TestDb::create_on(url).await,
+        None => TestDb::create().await,
+    };
     let slice = tate_slice(SLICE_LINES);
     {
         let (mut client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
@@ -204,6 +224,8 @@ pub struct TestServer {
     /// The search index folder, when [`Options::search`]; declared last so
     /// it is removed after the server has stopped.
     index_dir: Option<TempDir>,
+    /// The connection holding [`Options::hold`]'s transaction open.
+    pub held: Option<tokio_postgres::Client>,
 }
 
 impl TestServer {
@@ -211,11 +233,25 @@ impl TestServer {
     pub async fn start(options: Options) -> Self {
         let db = match &options.database {
             Some(db) => Arc::clone(db),
-            None => loaded_database().await,
+            None => loaded_database_on(options.database_url.as_deref()).await,
         };
         if let Some(role) = &options.read_only_role {
             migrate_read_only_role(db.url(), role).await;
         }
+        let held = match &options.hold {
+            Some(sql) => {
+                let (client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("BEGIN; {sql}"))
+                    .await
+                    .unwrap();
+                Some(client)
+            }
+            None => None,
+        };
         let (rps, burst) = options.rate_limit.unwrap_or((1000, 1000));
         let golden = repo_root().join("demo/golden/tate.json");
         let mut toml = format!(
@@ -296,6 +332,7 @@ impl TestServer {
             shutdown: Some(tx),
             handle: Some(handle),
             index_dir,
+            held,
         }
     }
 

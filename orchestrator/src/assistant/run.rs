@@ -298,6 +298,20 @@ impl Run {
     }
 
     async fn finish(&mut self, outcome: Ending) -> Result<(), Gone> {
+        // A dependency that was down made the run fail: the stream ends
+        // with UNAVAILABLE (retryable, visible to clients and balancers)
+        // rather than OK with a failed answer; events sent stay sent, and no
+        // turn is stored (the client retries the question).
+        if matches!(
+            outcome.status,
+            AnswerStatus::Failed | AnswerStatus::Unanswered
+        ) && let Some(why) = self.caller.dependencies.unavailable()
+        {
+            warn!(status = ?outcome.status, reason = %why, "ask failed: a dependency is unavailable");
+            self.charge_unfinished().await;
+            let status = Status::unavailable(format!("a dependency is unavailable: {why}"));
+            return self.tx.send(Err(status)).await.map_err(|_| Gone);
+        }
         // the model's text only: Quarry's own note (limits, failures) is not checked
         let ungrounded_numbers = match &self.evidence {
             Some(evidence) => crate::grounding::ungrounded(&self.answer, evidence),
@@ -338,7 +352,19 @@ impl Run {
         self.charge(&usage).await;
         // stored before the last event, so that once the stream has ended a
         // follow-up finds this turn
-        let stored = self.store_turn(outcome.status, citations, &usage).await;
+        let stored = match self.store_turn(outcome.status, citations, &usage).await {
+            Ok(took) => took,
+            Err(error) => {
+                // The client holds this turn's conversation id (from the
+                // started event): the stream fails so that it does not
+                // take the turn for stored.
+                let status = Status::unavailable(format!(
+                    "the answer was not stored in conversation {}: {error}",
+                    self.conversation_id
+                ));
+                return self.tx.send(Err(status)).await.map_err(|_| Gone);
+            }
+        };
         {
             use quarry_metrics::{AskStage, ask_stage};
             ask_stage(AskStage::Model, Duration::from_micros(usage.model_us));
@@ -449,16 +475,18 @@ impl Run {
     }
 
     /// Stores this request as the next turn of its conversation, when
-    /// conversations are kept; returns the time it took. A failure is logged
-    /// (the answer has been delivered; only the turn is lost).
+    /// conversations are kept; returns the time it took.
+    ///
+    /// # Errors
+    /// The store's error (logged here).
     async fn store_turn(
         &self,
         status: AnswerStatus,
         citations: Vec<Citation>,
         usage: &Usage,
-    ) -> Duration {
+    ) -> Result<Duration, crate::conversation::ConversationError> {
         let Some(store) = &self.assistant.conversations else {
-            return Duration::ZERO;
+            return Ok(Duration::ZERO);
         };
         let started = Instant::now();
         let record = {
@@ -490,12 +518,15 @@ impl Run {
             .append(self.conversation_id, &self.caller.caller.principal, &record)
             .await
         {
-            Ok(turn) => info!(conversation_id = %self.conversation_id, turn, "turn stored"),
+            Ok(turn) => {
+                info!(conversation_id = %self.conversation_id, turn, "turn stored");
+                Ok(started.elapsed())
+            }
             Err(error) => {
                 warn!(conversation_id = %self.conversation_id, %error, "storing the turn failed");
+                Err(error)
             }
         }
-        started.elapsed()
     }
 
     /// The model for agentic mode, or `None` for router mode, with the

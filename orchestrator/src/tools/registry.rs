@@ -192,6 +192,7 @@ mod tests {
                 scopes: vec![],
             }),
             authorization: None,
+            dependencies: Default::default(),
         }
     }
 
@@ -213,6 +214,7 @@ mod tests {
         let operator = AskCaller {
             caller: Caller::operator(caller().caller.principal),
             authorization: None,
+            dependencies: Default::default(),
         };
         let offered = registry.offer(&operator).await;
         assert_eq!(offered.names(), ["open", "query_database"]);

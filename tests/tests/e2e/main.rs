@@ -12,6 +12,7 @@ mod cancel;
 mod catalog;
 mod conversation;
 mod fairness;
+mod faults;
 mod generate;
 mod governance;
 mod governance_props;

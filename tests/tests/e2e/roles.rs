@@ -8,7 +8,10 @@
 
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::AnswerStatus;
-use quarry_tests::{Options, TestServer, ask, ask_all, final_answer, first_tool_result, int_cell};
+use quarry_tests::{
+    Options, TestServer, answer_deltas, ask, ask_all, authed, event_kinds, final_answer,
+    first_tool_result, int_cell, token,
+};
 
 const COUNT_SQL: &str = "SELECT count(*) AS n FROM tate.artworks";
 
@@ -70,20 +73,37 @@ async fn without_sql_url_the_sql_tool_of_this_process_answers() {
 }
 
 #[tokio::test]
-async fn an_unreachable_sql_role_fails_the_ask_saying_why() {
+async fn an_unreachable_sql_role_ends_the_ask_unavailable_saying_why() {
     // Port 9 (discard) on loopback: nothing listens, connections are refused.
     let model = ScriptedServer::start(count_then_answer()).await;
     let orchestrator =
         TestServer::with_model(&model, "[server]\nsql_url = \"http://127.0.0.1:9\"\n").await;
-    let events = ask_all(&orchestrator, ask("How many artworks are there?"))
+    let mut stream = orchestrator
+        .assistant()
+        .ask(authed(ask("How many artworks are there?"), &token("t1")))
         .await
-        .unwrap();
-    let answer = final_answer(&events);
-    assert_eq!(answer.status, AnswerStatus::Failed as i32, "{answer:?}");
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(event)) => events.push(event),
+            Ok(None) => panic!("the ask ended OK: {events:?}"),
+            Err(status) => break status,
+        }
+    };
+    // a dependency that is down: UNAVAILABLE (retryable), not OK with a
+    // failed answer; what was streamed before stays streamed
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("SqlService"), "{status:?}");
+    let text = answer_deltas(&events).concat();
     assert!(
-        answer.text.contains("could not read the database schema")
-            && answer.text.contains("connect"),
-        "{answer:?}"
+        text.contains("could not read the database schema") && text.contains("connect"),
+        "{text}"
+    );
+    assert!(
+        !event_kinds(&events).contains(&"final_answer"),
+        "{events:?}"
     );
     assert_eq!(model.request_count(), 0, "no model call without a schema");
 }

@@ -71,7 +71,7 @@ impl From<FilterError> for SearchError {
 
 impl From<deadpool_postgres::PoolError> for SearchError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        SearchError::Unavailable(format!("database pool: {e}"))
+        SearchError::Unavailable(format!("database pool: {}", quarry_db::pool_error_text(&e)))
     }
 }
 
@@ -103,9 +103,7 @@ impl ServiceError for SearchError {
             Self::Forbidden(_) | Self::FieldForbidden { .. } => ServiceErrorCode::PermissionDenied,
             Self::Unavailable(_) => ServiceErrorCode::Unavailable,
             Self::Busy(_) => ServiceErrorCode::ResourceExhausted,
-            Self::Database(e) if e.is_closed() || e.code().is_none() => {
-                ServiceErrorCode::Unavailable
-            }
+            Self::Database(e) if quarry_db::is_unavailable(e) => ServiceErrorCode::Unavailable,
             Self::Database(_) | Self::Index(_) | Self::Collection(_) | Self::Internal(_) => {
                 ServiceErrorCode::Internal
             }

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures::StreamExt as _;
+use quarry_db::supervisor::TaskHandle;
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, DocSetCollector, TopDocs};
 use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery};
@@ -640,11 +641,16 @@ impl CollectionIndex {
 /// connection to `database_url`, reconnected after a failure) and every
 /// [`POLL_INTERVAL`] in case a notification was missed. Catch-up errors are
 /// logged and retried on the next tick.
+///
+/// `task`, when given, hears of every failed catch-up
+/// ([`TaskHandle::failed`]: the follower is down) and of every complete
+/// round without failure ([`TaskHandle::running`]).
 pub async fn follow(
     indexes: Vec<Arc<CollectionIndex>>,
     pool: Pool,
     database_url: String,
     shutdown: impl Future<Output = ()> + Send,
+    task: Option<TaskHandle>,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let listener = tokio::spawn(listen(database_url, tx));
@@ -667,6 +673,7 @@ pub async fn follow(
                 names.iter().filter_map(|n| by_name.get(n).cloned()).collect()
             }
         };
+        let mut failed = false;
         for index in due {
             match index.catch_up(&pool).await {
                 Ok(done) if done.rows > 0 || done.reset => {
@@ -674,9 +681,16 @@ pub async fn follow(
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    failed = true;
                     tracing::warn!(collection = %index.collection.name, error = %e, "index catch-up failed");
+                    if let Some(task) = &task {
+                        task.failed(&format_args!("collection {}: {e}", index.collection.name));
+                    }
                 }
             }
+        }
+        if !failed && let Some(task) = &task {
+            task.running();
         }
     }
     listener.abort();
@@ -701,6 +715,7 @@ async fn listen(database_url: String, tx: tokio::sync::mpsc::UnboundedSender<Str
                             }
                             Ok(_) => {}
                             Err(e) => {
+                                let e = quarry_db::PgError(e);
                                 tracing::warn!(error = %e, "search notification connection failed");
                                 return;
                             }
@@ -711,7 +726,7 @@ async fn listen(database_url: String, tx: tokio::sync::mpsc::UnboundedSender<Str
                     .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
                     .await
                 {
-                    tracing::warn!(error = %e, "LISTEN failed");
+                    tracing::warn!(error = %quarry_db::PgError(e), "LISTEN failed");
                     pump.abort();
                 } else {
                     let _ = pump.await;
@@ -719,7 +734,7 @@ async fn listen(database_url: String, tx: tokio::sync::mpsc::UnboundedSender<Str
                 drop(client);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot connect for search notifications");
+                tracing::warn!(error = %quarry_db::PgError(e), "cannot connect for search notifications");
             }
         }
         if tx.is_closed() {

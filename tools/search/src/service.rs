@@ -406,12 +406,23 @@ impl SearchTool {
     /// Follows the sidecar tables ([`crate::index::follow`]) until `shutdown`
     /// resolves.
     pub async fn follow(&self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        self.follow_reporting(shutdown, None).await;
+    }
+
+    /// [`SearchTool::follow`], reporting failed and successful catch-ups to
+    /// `task` (see [`crate::index::follow`]).
+    pub async fn follow_reporting(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+        task: Option<quarry_db::supervisor::TaskHandle>,
+    ) {
         let indexes = self.entries.iter().map(|e| Arc::clone(&e.index)).collect();
         follow(
             indexes,
             self.pool.clone(),
             self.database_url.clone(),
             shutdown,
+            task,
         )
         .await;
     }

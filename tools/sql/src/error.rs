@@ -24,7 +24,7 @@ pub enum SqlError {
     #[error(transparent)]
     Schema(#[from] SchemaError),
     /// No connection for a catalog read.
-    #[error("database unavailable: {0}")]
+    #[error("database unavailable: {}", quarry_db::pool_error_text(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     /// A requested schema is not one callers may see.
     #[error("schema {0:?} is not available; available: {1}")]
@@ -97,6 +97,10 @@ impl ServiceError for ExecError {
             Self::Timeout { .. } => ServiceErrorCode::Timeout,
             Self::Pool(_) | Self::Connection(_) => ServiceErrorCode::Unavailable,
             Self::Busy(_) => ServiceErrorCode::ResourceExhausted,
+            // the server is shutting down, starting or refusing connections
+            Self::Database { code, .. } if quarry_db::unavailable_sqlstate(code) => {
+                ServiceErrorCode::Unavailable
+            }
             // class 53 insufficient resources (53400: temp_file_limit) and
             // 54 program limit exceeded (PostgreSQL 16 docs, Appendix A):
             // the query asks for more than it may use

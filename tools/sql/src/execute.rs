@@ -351,7 +351,7 @@ impl QueryResult {
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     /// No connection could be taken from the pool.
-    #[error("no database connection available: {0}")]
+    #[error("no database connection available: {}", quarry_db::pool_error_text(.0))]
     Pool(#[from] PoolError),
     /// The caller's tenant already holds its share of the pool.
     #[error(transparent)]
@@ -406,7 +406,7 @@ pub enum ExecError {
         reason: String,
     },
     /// The connection failed or the protocol broke (not a database error).
-    #[error("database connection error: {0}")]
+    #[error("database connection error: {}", quarry_db::error_text(.0))]
     Connection(#[source] tokio_postgres::Error),
 }
 
@@ -662,6 +662,7 @@ impl Drop for CancelOnDrop {
             Ok(handle) => {
                 handle.spawn(async move {
                     if let Err(error) = token.cancel_query(NoTls).await {
+                        let error = quarry_db::PgError(error);
                         tracing::warn!(%error, "failed to cancel an abandoned query");
                     }
                 });

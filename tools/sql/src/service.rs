@@ -871,8 +871,8 @@ impl SqlTool {
                     &[&self.config.source],
                 )
                 .await
-                .map_err(|e| e.to_string()),
-            Err(error) => Err(error.to_string()),
+                .map_err(|e| quarry_db::error_text(&e)),
+            Err(error) => Err(quarry_db::pool_error_text(&error)),
         };
         match rows {
             Ok(rows) => {

@@ -196,8 +196,11 @@ impl SummaryTool {
     /// a key is built for every tenant whose entities query lists it, and a
     /// failure only when none does);
     /// [`SummaryError::BuildRunning`] when another build holds the lock;
-    /// [`SummaryError::Unavailable`] when no connection can be had. Failures
-    /// of single entities or kinds are not errors: they are in the report.
+    /// [`SummaryError::Unavailable`] when no connection can be had, and when
+    /// the build was interrupted by the database going away: it cannot be
+    /// recorded, or it has failures and PostgreSQL restarted while it ran.
+    /// Other failures of single entities or kinds are not errors: they are
+    /// in the report.
     ///
     /// Each call is counted in `quarry_summary_builds_total` by outcome
     /// (`ok`, `partial` with failures, `skipped` when another build runs,
@@ -260,15 +263,31 @@ impl SummaryTool {
         );
         self.embed_pending(progress, &mut report).await;
         report.finished_at = Utc::now();
-        match self.pool.get().await {
-            Ok(client) => {
-                if let Err(e) = store::record_build(&**client, &report).await {
-                    tracing::warn!(error = %e, "cannot record the summary build");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot record the summary build"),
-        }
+        let recorded = match self.pool.get().await {
+            Ok(client) => store::record_build(&**client, &report)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(quarry_db::pool_error_text(&e)),
+        };
         lock.release().await;
+        // Interrupted by the database going away: an error, so that the
+        // scheduler retries the build rather than waiting for the next one.
+        if let Err(error) = recorded {
+            tracing::warn!(%error, "cannot record the summary build");
+            return Err(SummaryError::Unavailable(format!(
+                "summary build interrupted after {} of {} entities: cannot record it: {error}",
+                report.built + report.unchanged,
+                report.entities
+            )));
+        }
+        if report.failed > 0
+            && let Some(restarted) = self.restarted_since(started_at).await
+        {
+            return Err(SummaryError::Unavailable(format!(
+                "summary build interrupted: PostgreSQL restarted at {restarted} during it ({} failed)",
+                report.failed
+            )));
+        }
         tracing::info!(
             trigger = %report.trigger,
             entities = report.entities,
@@ -279,6 +298,19 @@ impl SummaryTool {
             "summary build finished"
         );
         Ok(report)
+    }
+
+    /// When PostgreSQL (re)started after `since` (`pg_postmaster_start_time()`,
+    /// PostgreSQL 16 docs §9.26): the time, as text; `None` otherwise or
+    /// when that cannot be read.
+    async fn restarted_since(&self, since: chrono::DateTime<Utc>) -> Option<String> {
+        let client = self.pool.get().await.ok()?;
+        let row = client
+            .query_one("SELECT pg_postmaster_start_time()", &[])
+            .await
+            .ok()?;
+        let started: chrono::DateTime<Utc> = row.try_get(0).ok()?;
+        (started > since).then(|| started.to_rfc3339())
     }
 
     /// Embeds every stored summary that has no embedding from this
@@ -398,7 +430,11 @@ impl SummaryTool {
         sql: &str,
         warnings: &mut Vec<String>,
     ) -> std::result::Result<Vec<String>, String> {
-        let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| quarry_db::pool_error_text(&e))?;
         let tx = self
             .read_only(&mut client, "")
             .await
@@ -436,7 +472,11 @@ impl SummaryTool {
         tenant: &str,
         warnings: &mut Vec<String>,
     ) -> std::result::Result<Vec<Entity>, String> {
-        let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| quarry_db::pool_error_text(&e))?;
         let tx = self
             .read_only(&mut client, tenant)
             .await
@@ -449,10 +489,10 @@ impl SummaryTool {
         let mut entities = Vec::with_capacity(rows.len());
         let mut keyless = 0usize;
         for row in &rows {
-            let key: Option<String> = row.try_get(0).map_err(|e| e.to_string())?;
-            let name: Option<String> = row.try_get(1).map_err(|e| e.to_string())?;
+            let key: Option<String> = row.try_get(0).map_err(|e| db_message(&e))?;
+            let name: Option<String> = row.try_get(1).map_err(|e| db_message(&e))?;
             let weight: Option<f64> = if row.len() > 2 {
-                row.try_get(2).map_err(|e| e.to_string())?
+                row.try_get(2).map_err(|e| db_message(&e))?
             } else {
                 None
             };
@@ -829,7 +869,7 @@ impl SummaryTool {
             .pool
             .get()
             .await
-            .map_err(|e| format!("database pool: {e}"))?;
+            .map_err(|e| format!("database pool: {}", quarry_db::pool_error_text(&e)))?;
         let tx = self
             .read_only(&mut client, tenant)
             .await

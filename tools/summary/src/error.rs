@@ -101,7 +101,7 @@ fn not_found_message(entity: &str, kind: Option<&str>, closest: &[Candidate]) ->
 
 impl From<deadpool_postgres::PoolError> for SummaryError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        SummaryError::Unavailable(format!("database pool: {e}"))
+        SummaryError::Unavailable(format!("database pool: {}", quarry_db::pool_error_text(&e)))
     }
 }
 
@@ -152,9 +152,7 @@ impl ServiceError for SummaryError {
             Self::Unavailable(_) => ServiceErrorCode::Unavailable,
             Self::Forbidden(_) => ServiceErrorCode::PermissionDenied,
             Self::Busy(_) => ServiceErrorCode::ResourceExhausted,
-            Self::Database(e) if e.is_closed() || e.code().is_none() => {
-                ServiceErrorCode::Unavailable
-            }
+            Self::Database(e) if quarry_db::is_unavailable(e) => ServiceErrorCode::Unavailable,
             Self::Database(_) | Self::Internal(_) => ServiceErrorCode::Internal,
         }
     }

@@ -831,47 +831,93 @@ impl SummaryTool {
         Ok(report.visible_to(&caller.principal.tenant))
     }
 
-    /// Spawns the build schedule: a build at once when `build_on_start`
-    /// (trigger `startup`), then one every `refresh_interval_secs` (trigger
-    /// `schedule`; 0 means never). A build another replica is running is
-    /// skipped quietly, other errors are logged as warnings. Cancelling
-    /// `cancel` stops the task promptly, abandoning a running build (its
-    /// lock is released, see [`crate::builder`]).
+    /// Spawns the build schedule ([`Self::run_schedule`] without a task
+    /// handle).
     pub fn spawn_scheduler(
         self: Arc<Self>,
         cancel: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            if self.config.build_on_start {
-                self.scheduled_build("startup", &cancel).await;
-            }
-            let secs = self.config.refresh_interval_secs;
-            if secs == 0 {
-                return;
-            }
-            let period = Duration::from_secs(secs);
-            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    _ = ticker.tick() => self.scheduled_build("schedule", &cancel).await,
-                }
-            }
-        })
+        tokio::spawn(async move { self.run_schedule(cancel, None).await })
     }
 
-    async fn scheduled_build(&self, trigger: &str, cancel: &CancellationToken) {
-        let build = self.build(BuildOptions::all(trigger), &|_| {});
-        tokio::select! {
-            () = cancel.cancelled() => {}
-            result = build => match result {
-                Ok(_) => {}
+    /// The build schedule: a build at once when `build_on_start` (trigger
+    /// `startup`), then one every `refresh_interval_secs` (trigger
+    /// `schedule`; 0 means never). A build that fails (PostgreSQL restarted
+    /// under it, say) is retried after a delay of bounded exponential
+    /// backoff with jitter ([`quarry_db::supervisor::restart_delays`]) until
+    /// one succeeds, rather than left until the next interval; each failure
+    /// is logged as a warning and reported to `task` (the schedule is down
+    /// until a build succeeds). A build another replica is running is
+    /// skipped quietly. Cancelling `cancel` stops promptly, abandoning a
+    /// running build (its lock is released, see [`crate::builder`]).
+    pub async fn run_schedule(
+        self: Arc<Self>,
+        cancel: CancellationToken,
+        task: Option<quarry_db::supervisor::TaskHandle>,
+    ) {
+        if self.config.build_on_start {
+            self.scheduled_build("startup", &cancel, task.as_ref())
+                .await;
+        }
+        let secs = self.config.refresh_interval_secs;
+        if secs == 0 {
+            return;
+        }
+        let period = Duration::from_secs(secs);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = ticker.tick() => self.scheduled_build("schedule", &cancel, task.as_ref()).await,
+            }
+        }
+    }
+
+    /// One scheduled build, retried with backoff until it succeeds, another
+    /// replica runs one, or `cancel`.
+    async fn scheduled_build(
+        &self,
+        trigger: &str,
+        cancel: &CancellationToken,
+        task: Option<&quarry_db::supervisor::TaskHandle>,
+    ) {
+        let mut delays = quarry_db::supervisor::restart_delays();
+        let mut attempt = 1u32;
+        loop {
+            let build = self.build(BuildOptions::all(trigger), &|_| {});
+            let result = tokio::select! {
+                () = cancel.cancelled() => return,
+                result = build => result,
+            };
+            let error = match result {
+                Ok(_) => {
+                    if let Some(task) = task {
+                        task.running();
+                    }
+                    return;
+                }
                 Err(SummaryError::BuildRunning) => {
                     tracing::debug!(trigger, "summary build skipped: another build is running");
+                    return;
                 }
-                Err(e) => tracing::warn!(trigger, error = %e, "summary build failed"),
-            },
+                Err(e) => e,
+            };
+            let delay = delays
+                .next()
+                .unwrap_or(quarry_db::supervisor::MAX_RESTART_DELAY);
+            tracing::warn!(
+                trigger, attempt, error = %error, retry_in_ms = delay.as_millis() as u64,
+                "summary build failed; retrying"
+            );
+            if let Some(task) = task {
+                task.failed(&error);
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            attempt += 1;
         }
     }
 }

@@ -86,7 +86,7 @@ pub enum SyncError {
     #[error("lost the leader connection of collection {0}")]
     LostLeadership(String),
     /// Getting a pooled connection failed.
-    #[error("connection pool: {0}")]
+    #[error("connection pool: {}", quarry_db::pool_error_text(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     /// PostgreSQL failed; the message includes the server's.
     #[error("database: {}", quarry_db::error_text(.0))]

@@ -812,11 +812,24 @@ impl Syncer {
         tokio::select! {
             biased;
             () = shutdown => Ok(()),
-            result = self.lead() => result,
+            result = self.lead(None) => result,
         }
     }
 
-    async fn lead(&self) -> Result<()> {
+    /// [`Syncer::run`] under a [`quarry_db::supervisor::Supervisor`], which
+    /// stops it and restarts it after an error: `task` hears of every failed
+    /// round (the task is down until the next round succeeds) and of every
+    /// successful one. Never returns `Ok`.
+    ///
+    /// # Errors
+    /// As [`Syncer::run`]: start-up failures, and
+    /// [`SyncError::LostLeadership`] when the dedicated connection closes
+    /// (e.g. PostgreSQL restarted).
+    pub async fn run_supervised(&self, task: quarry_db::supervisor::TaskHandle) -> Result<()> {
+        self.lead(Some(&task)).await
+    }
+
+    async fn lead(&self, task: Option<&quarry_db::supervisor::TaskHandle>) -> Result<()> {
         let name = self.name().to_owned();
         let poll = self.inner.config.poll_interval();
         let (client, mut connection) =
@@ -836,6 +849,7 @@ impl Syncer {
                         }
                         Ok(_) => {}
                         Err(error) => {
+                            let error = quarry_db::PgError(error);
                             warn!(collection = %name, %error, "leader connection failed");
                             break;
                         }
@@ -868,8 +882,18 @@ impl Syncer {
             if client.is_closed() {
                 return Err(SyncError::LostLeadership(name));
             }
-            if let Err(error) = self.sync_round(check_install).await {
-                warn!(collection = %name, %error, "sync round failed; retrying");
+            match self.sync_round(check_install).await {
+                Ok(()) => {
+                    if let Some(task) = task {
+                        task.running();
+                    }
+                }
+                Err(error) => {
+                    warn!(collection = %name, %error, "sync round failed; retrying");
+                    if let Some(task) = task {
+                        task.failed(&error);
+                    }
+                }
             }
             embed_wake.notify_one();
             check_install = tokio::select! {
