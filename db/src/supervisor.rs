@@ -89,6 +89,7 @@ impl Supervisor {
     /// Registers task `name` of `group` as running and returns its handle
     /// (a second registration of a name replaces the first).
     pub fn register(&self, name: &str, group: &str) -> TaskHandle {
+        quarry_metrics::background_task(name, group, true);
         self.lock().insert(
             name.to_owned(),
             TaskState {
@@ -216,6 +217,8 @@ impl TaskHandle {
                 task.status = TaskStatus::Restarting;
                 task.last_error = Some(error.to_string());
                 task.restarts += 1;
+                quarry_metrics::background_task(&self.name, &task.group, false);
+                quarry_metrics::background_task_restarted(&self.name, &task.group);
                 task.restarts
             }
             None => 0,
@@ -230,6 +233,7 @@ impl TaskHandle {
             match tasks.get_mut(&*self.name) {
                 Some(task) if task.status == TaskStatus::Restarting => {
                     task.status = TaskStatus::Running;
+                    quarry_metrics::background_task(&self.name, &task.group, true);
                     true
                 }
                 Some(_) | None => false,
@@ -243,6 +247,7 @@ impl TaskHandle {
     fn finished(&self) {
         if let Some(task) = self.supervisor.lock().get_mut(&*self.name) {
             task.status = TaskStatus::Finished;
+            quarry_metrics::background_task(&self.name, &task.group, false);
         }
     }
 }

@@ -33,6 +33,8 @@
 //! | `quarry_summary_builds_total` | counter | `outcome` | summary builds (`ok`, `partial`, `skipped`, `error`) |
 //! | `quarry_summary_build_duration_seconds` | histogram | `outcome` | their wall time |
 //! | `quarry_summaries_built_total` | counter | — | summaries written by builds |
+//! | `quarry_background_task_up` | gauge | `task`, `group` | 1 while a supervised background task runs, 0 while it waits to restart or has finished |
+//! | `quarry_background_task_restarts_total` | counter | `task`, `group` | failures a supervised background task restarted after |
 //!
 //! Label cardinality: `service`/`method` are the served gRPC methods (any
 //! other path is `method="other"`), `code` the 17 gRPC codes, `model`,
@@ -103,6 +105,10 @@ pub mod names {
     pub const SUMMARY_BUILD_DURATION: &str = "quarry_summary_build_duration_seconds";
     /// Summaries written.
     pub const SUMMARIES_BUILT: &str = "quarry_summaries_built_total";
+    /// Background task running.
+    pub const BACKGROUND_TASK_UP: &str = "quarry_background_task_up";
+    /// Background task restarts.
+    pub const BACKGROUND_TASK_RESTARTS: &str = "quarry_background_task_restarts_total";
 }
 
 /// Bucket upper bounds in seconds for every `_seconds` histogram: 1 ms to
@@ -202,6 +208,14 @@ pub fn describe() {
         "summary build wall time"
     );
     describe_counter!(SUMMARIES_BUILT, "summaries written by builds");
+    describe_gauge!(
+        BACKGROUND_TASK_UP,
+        "1 while a supervised background task runs, 0 while it waits to restart or has finished"
+    );
+    describe_counter!(
+        BACKGROUND_TASK_RESTARTS,
+        "failures a supervised background task restarted after"
+    );
 }
 
 /// A gRPC call began.
@@ -374,6 +388,19 @@ pub fn summary_build(outcome: BuildOutcome, elapsed: Duration, built: u64) {
     histogram!(names::SUMMARY_BUILD_DURATION, "outcome" => outcome.name())
         .record(elapsed.as_secs_f64());
     counter!(names::SUMMARIES_BUILT).increment(built);
+}
+
+/// Supervised background task `task` of `group` (e.g. the index sync of a
+/// collection, group `sync`) is now running (`up`) or not.
+pub fn background_task(task: &str, group: &str, up: bool) {
+    gauge!(names::BACKGROUND_TASK_UP, "task" => task.to_owned(), "group" => group.to_owned())
+        .set(if up { 1.0 } else { 0.0 });
+}
+
+/// Supervised background task `task` of `group` failed and will restart.
+pub fn background_task_restarted(task: &str, group: &str) {
+    counter!(names::BACKGROUND_TASK_RESTARTS, "task" => task.to_owned(), "group" => group.to_owned())
+        .increment(1);
 }
 
 #[cfg(test)]

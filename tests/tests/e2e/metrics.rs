@@ -246,6 +246,13 @@ async fn a_real_prometheus_scrapes_the_server_and_answers_queries_over_its_serie
         })
         .await;
 
+    // supervised background work: the index sync runs
+    prometheus
+        .wait_for(r#"quarry_background_task_up{group="sync"}"#, WITHIN, |r| {
+            !r.is_empty() && r.iter().all(|(_, v)| *v == 1.0)
+        })
+        .await;
+
     // pools: connection waits by use, size by database
     prometheus
         .wait_for(
@@ -317,6 +324,7 @@ async fn the_metrics_endpoint_serves_every_family_in_the_text_format() {
         ("quarry_summary_builds_total", "counter"),
         ("quarry_summary_build_duration_seconds", "histogram"),
         ("quarry_summaries_built_total", "counter"),
+        ("quarry_background_task_up", "gauge"),
     ] {
         assert!(
             text.contains(&format!("# TYPE {family} {kind}\n")),
