@@ -874,14 +874,59 @@ impl SummaryTool {
         }
     }
 
+    /// Whether a build by any replica started within [`RECENT_SHARE`] of
+    /// the refresh interval, so a scheduled or start-up build is not needed
+    /// (`false` without a schedule, or when the database cannot say: the
+    /// build then runs, and fails or not on its own).
+    async fn built_recently(&self) -> bool {
+        let secs = self.config.refresh_interval_secs;
+        if secs == 0 {
+            return false;
+        }
+        #[allow(clippy::cast_precision_loss)] // seconds of an interval: far below 2^52
+        let window = secs as f64 * RECENT_SHARE;
+        let recent = async {
+            let client = quarry_db::checkout(&self.pool, "summaries").await?;
+            let row = client
+                .query_one(
+                    "SELECT coalesce(max(started_at) > now() - make_interval(secs => $1), false) \
+                     FROM quarry.summary_builds",
+                    &[&window],
+                )
+                .await?;
+            Ok::<bool, SummaryError>(row.get(0))
+        };
+        match recent.await {
+            Ok(recent) => recent,
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the last summary build; building");
+                false
+            }
+        }
+    }
+
     /// One scheduled build, retried with backoff until it succeeds, another
-    /// replica runs one, or `cancel`.
+    /// replica runs one, or `cancel`. Skipped when a replica's build started
+    /// within [`RECENT_SHARE`] of the interval ([`Self::built_recently`]):
+    /// replicas whose timers do not line up build once per interval between
+    /// them, not once each, and a replica started after another's build does
+    /// not repeat it.
     async fn scheduled_build(
         &self,
         trigger: &str,
         cancel: &CancellationToken,
         task: Option<&quarry_db::supervisor::TaskHandle>,
     ) {
+        if self.built_recently().await {
+            tracing::debug!(
+                trigger,
+                "summary build skipped: a replica built within the interval"
+            );
+            if let Some(task) = task {
+                task.running();
+            }
+            return;
+        }
         let mut delays = quarry_db::supervisor::restart_delays();
         let mut attempt = 1u32;
         loop {
@@ -921,6 +966,12 @@ impl SummaryTool {
         }
     }
 }
+
+/// The share of `refresh_interval_secs` within which a build by any replica
+/// makes a scheduled one unneeded: less than the whole interval, so the
+/// replica that built last time (its timer one interval on, the build
+/// having started a moment after its tick) is not skipped itself.
+pub const RECENT_SHARE: f64 = 0.9;
 
 /// A key or name match's response: every row, `score` set.
 fn found(

@@ -13,6 +13,7 @@
 mod fixture;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use fixture::{ENTITIES, Scripted};
 use quarry_db::testing::{TestDb, pool_for};
@@ -718,6 +719,79 @@ async fn the_scheduler_builds_at_start_and_stops_on_cancel() {
             .unwrap()
             .trigger,
         "startup"
+    );
+    db.drop_db().await;
+}
+
+/// Replicas build once per interval between them: a scheduled (here
+/// start-up) build is skipped while a build by any replica started within
+/// 9/10 of `refresh_interval_secs`, and runs once that one is older. The
+/// test fails if the check is removed (a second row) or always skips (no
+/// second row after the first is aged).
+#[tokio::test]
+async fn a_replica_skips_the_build_another_ran_within_the_interval() {
+    let db = fixture::database().await;
+    let first = fixture::open(&db, None).await;
+    first
+        .build(BuildOptions::all("test"), &|_| {})
+        .await
+        .unwrap();
+    let builds = |db: &TestDb| {
+        let pool = db.pool().clone();
+        async move {
+            let client = pool.get().await.unwrap();
+            let row = client
+                .query_one("SELECT count(*) FROM quarry.summary_builds", &[])
+                .await
+                .unwrap();
+            row.get::<_, i64>(0)
+        }
+    };
+    assert_eq!(builds(&db).await, 1);
+    let mut config = fixture::config();
+    config.refresh_interval_secs = 3600;
+    config.build_on_start = true;
+    let second = Arc::new(
+        SummaryTool::open(db.pool().clone(), config, None)
+            .await
+            .unwrap(),
+    );
+    // the start-up build (or its skip), then the schedule waits an hour
+    let start = |tool: Arc<SummaryTool>| {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        (
+            cancel.clone(),
+            tokio::spawn(tool.run_schedule(cancel, None)),
+        )
+    };
+    let (cancel, schedule) = start(Arc::clone(&second));
+    // ample for the fixture's build (well under a second) had it run
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cancel.cancel();
+    schedule.await.unwrap();
+    assert_eq!(builds(&db).await, 1, "built again within the interval");
+    // the other replica's build is now older than 9/10 of the interval
+    db.pool()
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE quarry.summary_builds SET started_at = started_at - interval '55 minutes'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (cancel, schedule) = start(second);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while builds(&db).await < 2 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    schedule.await.unwrap();
+    assert_eq!(
+        builds(&db).await,
+        2,
+        "not built once the last build was old"
     );
     db.drop_db().await;
 }
