@@ -90,7 +90,10 @@ use crate::{
     budget::Budgets,
     config::OrchestratorConfig,
     conversation::ConversationStore,
-    tools::{ModelTool, ToolRegistry, search::SearchTool, sql::SqlTool, summaries::SummariesTool},
+    tools::{
+        ModelTool, ToolRegistry, schema::DescribeTablesTool, search::SearchTool, sql::SqlTool,
+        summaries::SummariesTool,
+    },
     transport::ToolChannel,
 };
 
@@ -140,12 +143,13 @@ impl Assistant {
         sql: SqlServiceClient<ToolChannel>,
         config: OrchestratorConfig,
     ) -> Self {
-        let sql_tool = Arc::new(SqlTool::new(
-            sql.clone(),
-            config.model_rows,
-            config.max_cell_chars,
-        ));
-        let tools = ToolRegistry::new().with(sql_tool.clone());
+        let sql_tool = Arc::new(
+            SqlTool::new(sql.clone(), config.model_rows, config.max_cell_chars)
+                .with_result_tokens(config.tool_result_tokens),
+        );
+        let tools = ToolRegistry::new()
+            .with(sql_tool.clone())
+            .with(Arc::new(DescribeTablesTool::new(sql.clone())));
         let wait = std::time::Duration::from_millis(config.tenant_wait_ms);
         Self {
             models: models::Models::new(model),

@@ -62,6 +62,28 @@ pub struct OrchestratorConfig {
     /// How long an Ask or a tool call waits for a slot of its tenant's share,
     /// in milliseconds. Default 250.
     pub tenant_wait_ms: u64,
+    /// Bound on the schema context of agentic mode, in estimated tokens
+    /// (four characters a token): the tables and columns schema linking
+    /// chooses for the question, then a one-line catalogue of the caller's
+    /// other tables when it fits; the model looks up more with
+    /// `describe_tables`. Default 400 (≈ 1.6 KB): a linked context of the
+    /// usual one to three tables with keys and samples takes 60–250 tokens
+    /// on the Tate demo, and issue 16's target is a prompt of about 3 KB
+    /// for a simple count, of which the rules and tool specs take the rest.
+    /// 0 sends the caller's whole compact schema (the behaviour before
+    /// issue 16).
+    pub schema_context_tokens: usize,
+    /// Bound on the earlier turns of a conversation shown to the model, in
+    /// estimated tokens: the most recent turns that fit go in, older ones
+    /// are left out, and an answer longer than a quarter of the budget is
+    /// cut (its SQL kept). Default 1 500 (six turns of a short answer and
+    /// its SQL each). 0 means no bound.
+    pub history_tokens: usize,
+    /// Bound on one tool result shown to the model, in estimated tokens:
+    /// rows past it are left out (the result's digest, which covers every
+    /// row, still goes in). Default 2 000. 0 means no bound beyond
+    /// `model_rows`.
+    pub tool_result_tokens: usize,
 }
 
 impl Default for OrchestratorConfig {
@@ -83,6 +105,9 @@ impl Default for OrchestratorConfig {
             max_tool_calls_per_step: 8,
             max_tool_calls_per_ask: 24,
             tenant_wait_ms: 250,
+            schema_context_tokens: 400,
+            history_tokens: 1_500,
+            tool_result_tokens: 2_000,
         }
     }
 }

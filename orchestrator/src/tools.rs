@@ -20,6 +20,7 @@
 //! the assistant is built (`Assistant::with_tool`).
 
 pub mod registry;
+pub mod schema;
 pub mod search;
 pub mod sql;
 pub mod summaries;

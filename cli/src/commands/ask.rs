@@ -118,6 +118,15 @@ pub async fn ask(
                 )?;
             }
             Event::ToolResult(t) => match t.outcome {
+                Some(Outcome::Schema(described)) => {
+                    writeln!(
+                        out,
+                        "» tool result {} ({} ms): {} tables described",
+                        t.call_id,
+                        t.elapsed_ms,
+                        described.tables.len()
+                    )?;
+                }
                 Some(Outcome::Summaries(found)) => {
                     writeln!(
                         out,

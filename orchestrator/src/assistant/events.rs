@@ -110,6 +110,9 @@ impl Run {
                     Outcome::Summaries(found) => {
                         logged.result_count = found.summaries.len() as u64;
                     }
+                    Outcome::Schema(described) => {
+                        logged.result_count = described.tables.len() as u64;
+                    }
                     Outcome::Error(message) => logged.error = message.clone(),
                 }
             }

@@ -281,7 +281,10 @@ impl Run {
                 Outcome::Error(message) => findings
                     .misses
                     .push((Pipeline::Summaries, format!("{what} failed ({message})"))),
-                Outcome::Summaries(_) | Outcome::Sql(_) | Outcome::Search(_) => findings
+                Outcome::Summaries(_)
+                | Outcome::Sql(_)
+                | Outcome::Search(_)
+                | Outcome::Schema(_) => findings
                     .misses
                     .push((Pipeline::Summaries, format!("{what} found nothing"))),
             }
@@ -336,9 +339,11 @@ impl Run {
             Outcome::Error(message) => findings
                 .misses
                 .push((Pipeline::Search, format!("{what} failed ({message})"))),
-            Outcome::Search(_) | Outcome::Sql(_) | Outcome::Summaries(_) => findings
-                .misses
-                .push((Pipeline::Search, format!("{what} found nothing"))),
+            Outcome::Search(_) | Outcome::Sql(_) | Outcome::Summaries(_) | Outcome::Schema(_) => {
+                findings
+                    .misses
+                    .push((Pipeline::Search, format!("{what} found nothing")))
+            }
         }
         Ok(())
     }

@@ -28,6 +28,8 @@ pub struct SqlTool {
     model_rows: usize,
     /// Characters per cell shown to the model.
     max_cell_chars: usize,
+    /// Estimated tokens of rows shown to the model; 0 means no bound.
+    result_tokens: usize,
 }
 
 /// What the SQL tool answered to one call: the full result (rows not yet
@@ -53,7 +55,17 @@ impl SqlTool {
             client,
             model_rows: model_rows as usize,
             max_cell_chars,
+            result_tokens: 0,
         }
+    }
+
+    /// Bounds the rows of a result shown to the model to `tokens` estimated
+    /// tokens (four characters a token; 0 means no bound): rows past it are
+    /// left out, and the digest of the whole result stands for them.
+    #[must_use]
+    pub fn with_result_tokens(mut self, tokens: usize) -> Self {
+        self.result_tokens = tokens;
+        self
     }
 
     /// Runs one call's `arguments`: `{"question": "..."}` through
@@ -197,8 +209,11 @@ impl SqlTool {
             call_id,
             &rows,
             sql_result.digest.as_ref(),
-            self.model_rows,
-            self.max_cell_chars,
+            RowBounds {
+                rows: self.model_rows,
+                cell_chars: self.max_cell_chars,
+                tokens: self.result_tokens,
+            },
             cx.pii,
         );
         let outcome = ToolOutcome {
@@ -269,15 +284,49 @@ fn query_database_spec(model_rows: usize) -> ToolSpec {
 /// truncation, then one `|`-separated line per row, then the digest. Cells
 /// of `pii` columns are `pii`'s placeholders (whole, never cut; `NULL`
 /// stays), as are the digest's min, max and top values of those columns.
+/// How much of a result the model is shown.
+#[derive(Debug, Clone, Copy)]
+struct RowBounds {
+    /// Rows at most.
+    rows: usize,
+    /// Characters per cell.
+    cell_chars: usize,
+    /// Estimated tokens (four characters a token) of the rows shown; 0
+    /// means no bound.
+    tokens: usize,
+}
+
 fn rows_for_model(
     call_id: &str,
     rows: &RowSet,
     digest: Option<&ResultDigest>,
-    max_rows: usize,
-    max_cell_chars: usize,
+    bounds: RowBounds,
     pii: &Pseudonymizer,
 ) -> String {
-    let shown = rows.rows.len().min(max_rows);
+    let mut lines = Vec::new();
+    let mut chars = 0usize;
+    for row in rows.rows.iter().take(bounds.rows) {
+        let cells: Vec<String> = row
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match rows.columns.get(i).filter(|c| c.pii) {
+                Some(column) => placeholder(pii, &column.name, v),
+                None => {
+                    let text = value_text(v);
+                    let cut: String = text.chars().take(bounds.cell_chars).collect();
+                    sanitize(&cut.replace('\n', " "))
+                }
+            })
+            .collect();
+        let line = cells.join(" | ");
+        chars += line.chars().count() + 1;
+        if bounds.tokens > 0 && chars.div_ceil(4) > bounds.tokens {
+            break;
+        }
+        lines.push(line);
+    }
+    let shown = lines.len();
     let more = rows.truncated || rows.rows.len() > shown;
     let mut out = format!(
         "{}\nrows: {shown}{}\ncolumns: {}\n",
@@ -293,21 +342,8 @@ fn rows_for_model(
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    for row in rows.rows.iter().take(shown) {
-        let cells: Vec<String> = row
-            .values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match rows.columns.get(i).filter(|c| c.pii) {
-                Some(column) => placeholder(pii, &column.name, v),
-                None => {
-                    let text = value_text(v);
-                    let cut: String = text.chars().take(max_cell_chars).collect();
-                    sanitize(&cut.replace('\n', " "))
-                }
-            })
-            .collect();
-        out.push_str(&cells.join(" | "));
+    for line in lines {
+        out.push_str(&line);
         out.push('\n');
     }
     if let Some(digest) = digest
@@ -395,6 +431,51 @@ mod tests {
         }
     }
 
+    fn bounds(rows: usize, cell_chars: usize, tokens: usize) -> RowBounds {
+        RowBounds {
+            rows,
+            cell_chars,
+            tokens,
+        }
+    }
+
+    #[test]
+    fn rows_past_the_token_bound_are_left_out_and_the_digest_stays() {
+        let rows = RowSet {
+            columns: vec![column("title", false)],
+            // 20 rows of 39 characters and a newline: 10 tokens each
+            rows: (0..20)
+                .map(|i| Row {
+                    values: vec![text(&format!("{i:0>39}"))],
+                })
+                .collect(),
+            truncated: false,
+        };
+        let digest = ResultDigest {
+            row_count: 20,
+            row_count_exact: true,
+            columns: vec![],
+            text: "rows: 20 (exact)\n".into(),
+        };
+        let pii = Pseudonymizer::new();
+        let bounded = rows_for_model("c1", &rows, Some(&digest), bounds(50, 100, 35), &pii);
+        assert!(
+            bounded.contains("rows: 3 shown; the result has more rows"),
+            "{bounded}"
+        );
+        assert!(bounded.contains(&format!("{:0>39}", 2)), "{bounded}");
+        assert!(!bounded.contains(&format!("{:0>39}", 3)), "{bounded}");
+        assert!(
+            bounded.contains("digest of the whole result:\nrows: 20 (exact)"),
+            "{bounded}"
+        );
+        let unbounded = rows_for_model("c1", &rows, Some(&digest), bounds(50, 100, 0), &pii);
+        assert!(
+            unbounded.contains("rows: 20 (complete result)"),
+            "{unbounded}"
+        );
+    }
+
     fn column(name: &str, pii: bool) -> Column {
         Column {
             name: name.into(),
@@ -447,7 +528,7 @@ mod tests {
             text: "rows: 2 (exact)\n- name text: nulls 0, distinct 2, min Blake, William, max Turner, J. M. W., top Blake, William×2\n- place text: nulls 0, distinct 2, min London, max Paris, top London×2\n".into(),
         };
         let pii = Pseudonymizer::new();
-        let text = rows_for_model("c1", &rows, Some(&digest), 10, 100, &pii);
+        let text = rows_for_model("c1", &rows, Some(&digest), bounds(10, 100, 0), &pii);
         assert!(
             !text.contains("Blake") && !text.contains("Turner"),
             "{text}"
@@ -470,7 +551,13 @@ mod tests {
         // without PII columns the text is the SQL tool's
         let mut plain = rows.clone();
         plain.columns[0].pii = false;
-        let text = rows_for_model("c1", &plain, Some(&digest), 10, 100, &Pseudonymizer::new());
+        let text = rows_for_model(
+            "c1",
+            &plain,
+            Some(&digest),
+            bounds(10, 100, 0),
+            &Pseudonymizer::new(),
+        );
         assert!(text.contains("Blake, William | London"), "{text}");
         assert!(text.contains(&digest.text), "{text}");
     }

@@ -163,10 +163,7 @@ async fn an_assistant_role_and_a_sql_role_in_two_servers_answer_an_ask() {
     // Each process serves its own role only.
     let err = assistant_role
         .sql()
-        .describe_schema(authed(
-            DescribeSchemaRequest { schemas: vec![] },
-            &token("t1"),
-        ))
+        .describe_schema(authed(DescribeSchemaRequest::default(), &token("t1")))
         .await
         .expect_err("the assistant role serves no SqlService");
     assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");

@@ -129,6 +129,7 @@ async fn describe_schema_reads_keys_and_comments() {
         .describe_schema(authed(
             DescribeSchemaRequest {
                 schemas: vec!["pg_catalog".into()],
+                ..Default::default()
             },
             &token("t1"),
         ))

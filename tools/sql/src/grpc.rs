@@ -386,15 +386,46 @@ impl SqlService for SqlGrpc {
     ) -> Result<Response<pb::DescribeSchemaResponse>, Status> {
         let caller = Caller::of_traced(&request)?;
         let request = request.into_inner();
-        let description = self
-            .tool(&caller)?
+        if request.question.chars().count() > MAX_QUESTION_CHARS {
+            return Err(bad_request(
+                "question",
+                format!("is longer than {MAX_QUESTION_CHARS} characters"),
+            ));
+        }
+        let tool = self.tool(&caller)?;
+        if !request.question.trim().is_empty() {
+            let (compact, full_tokens) = tool
+                .schema_context(&caller, &request.question, request.max_tokens as usize)
+                .await
+                .map_err(|e| status_of(&e))?;
+            return Ok(Response::new(pb::DescribeSchemaResponse {
+                tables: Vec::new(),
+                compact,
+                full_tokens: u32::try_from(full_tokens).unwrap_or(u32::MAX),
+            }));
+        }
+        let description = tool
             .describe(&caller, &request.schemas)
             .await
             .map_err(|e| status_of(&e))?;
         let (tables, compact) = description.as_ref();
+        if request.tables.is_empty() {
+            return Ok(Response::new(pb::DescribeSchemaResponse {
+                tables: tables.iter().map(table_to_proto).collect(),
+                compact: compact.clone(),
+                full_tokens: 0,
+            }));
+        }
+        // only the tables asked for, among those the caller may query
+        let chosen: Vec<TableInfo> = tables
+            .iter()
+            .filter(|t| request.tables.contains(&t.qualified_name()))
+            .cloned()
+            .collect();
         Ok(Response::new(pb::DescribeSchemaResponse {
-            tables: tables.iter().map(table_to_proto).collect(),
-            compact: compact.clone(),
+            tables: chosen.iter().map(table_to_proto).collect(),
+            compact: crate::compact_description(&chosen),
+            full_tokens: 0,
         }))
     }
 

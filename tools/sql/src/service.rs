@@ -960,6 +960,71 @@ impl SqlTool {
         Ok(index.link_visible(question, embedding.as_deref(), caller.grant.as_ref()))
     }
 
+    /// The schema context for `question` as a model prompt shows it, within
+    /// `max_tokens` ([`crate::linking::estimate_tokens`]; 0 means no bound):
+    /// the linked tables and columns ([`Self::link`], the caller's policy
+    /// applied), one line a table, the most relevant first; tables past the
+    /// budget are left out. Then, when it fits, one catalogue line naming
+    /// the caller's other tables (`Other tables: a, b, …`), so the model
+    /// knows what it can look up. Returns the context and the estimated
+    /// tokens of the caller's whole schema.
+    ///
+    /// # Errors
+    /// As [`Self::link`] and [`Self::describe`].
+    pub async fn schema_context(
+        &self,
+        caller: &Caller,
+        question: &str,
+        max_tokens: usize,
+    ) -> Result<(String, usize), SqlError> {
+        let view = self.describe(caller, &[]).await?;
+        let full_tokens = crate::linking::estimate_tokens(&view.1);
+        let linked = self.link(caller, question).await?;
+        let fits = |text: &str, extra: &str| {
+            max_tokens == 0
+                || crate::linking::estimate_tokens(text) + crate::linking::estimate_tokens(extra)
+                    <= max_tokens
+        };
+        let mut context = String::new();
+        // one line a table, then value samples (`-- t.c e.g. …`); a sample
+        // goes in only with its table
+        let mut shown: Vec<&str> = Vec::new();
+        for line in linked.context.lines() {
+            let table = if let Some(sample) = line.strip_prefix("-- ") {
+                let table = sample.split('.').next().unwrap_or_default();
+                if !shown.iter().any(|t| t.rsplit('.').next() == Some(table)) {
+                    continue;
+                }
+                None
+            } else {
+                linked.tables.iter().find(|t| {
+                    line.starts_with(&format!("{t}(")) || line.contains(&format!(" {t}("))
+                })
+            };
+            let line = format!("{line}\n");
+            if !fits(&context, &line) {
+                continue;
+            }
+            context.push_str(&line);
+            if let Some(table) = table {
+                shown.push(table.as_str());
+            }
+        }
+        let others: Vec<String> = view
+            .0
+            .iter()
+            .map(TableInfo::qualified_name)
+            .filter(|t| !shown.contains(&t.as_str()))
+            .collect();
+        if !others.is_empty() {
+            let catalogue = format!("Other tables: {}\n", others.join(", "));
+            if fits(&context, &catalogue) {
+                context.push_str(&catalogue);
+            }
+        }
+        Ok((context, full_tokens))
+    }
+
     /// Turns `question` into SQL and, unless `dry_run`, runs it. With a SQL
     /// model (and not `golden_only`): linked schema + few-shot golden pairs →
     /// structured output → validate → execute → judge (the judge model),

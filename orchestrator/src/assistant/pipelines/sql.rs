@@ -107,10 +107,7 @@ impl Run {
         self.route(AskMode::Router, "refine_sql", reason).await?;
         let mut sql = self.assistant.sql.clone();
         let tables = match sql
-            .describe_schema(
-                self.caller
-                    .request(DescribeSchemaRequest { schemas: vec![] }),
-            )
+            .describe_schema(self.caller.request(DescribeSchemaRequest::default()))
             .await
         {
             Ok(schema) => schema.into_inner().tables,
