@@ -19,6 +19,7 @@ mod governance_props;
 mod grpcurl;
 mod hostile_input;
 mod k8s_probes;
+mod lean;
 mod metrics;
 mod models;
 mod pii;

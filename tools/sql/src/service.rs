@@ -985,28 +985,58 @@ impl SqlTool {
                 || crate::linking::estimate_tokens(text) + crate::linking::estimate_tokens(extra)
                     <= max_tokens
         };
+        // a linked table without comments, for when its full line is over
+        // the budget: names, types and keys still let the model write SQL
+        let lean_line = |name: &str| -> Option<String> {
+            let mut table = view.0.iter().find(|t| t.qualified_name() == name)?.clone();
+            table
+                .columns
+                .retain(|c| linked.columns.iter().any(|(t, n)| t == name && *n == c.name));
+            let kept: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+            table.primary_key.retain(|c| kept.contains(c));
+            table.foreign_keys.retain(|fk| {
+                fk.columns.iter().all(|c| kept.contains(c))
+                    && linked.tables.contains(&format!(
+                        "{}.{}",
+                        fk.referenced_schema, fk.referenced_table
+                    ))
+            });
+            table.comment = None;
+            for column in &mut table.columns {
+                column.comment = None;
+            }
+            Some(compact_description(std::slice::from_ref(&table)))
+        };
         let mut context = String::new();
         // one line a table, then value samples (`-- t.c e.g. …`); a sample
         // goes in only with its table
         let mut shown: Vec<&str> = Vec::new();
         for line in linked.context.lines() {
-            let table = if let Some(sample) = line.strip_prefix("-- ") {
+            if let Some(sample) = line.strip_prefix("-- ") {
                 let table = sample.split('.').next().unwrap_or_default();
-                if !shown.iter().any(|t| t.rsplit('.').next() == Some(table)) {
-                    continue;
+                let line = format!("{line}\n");
+                if shown.iter().any(|t| t.rsplit('.').next() == Some(table))
+                    && fits(&context, &line)
+                {
+                    context.push_str(&line);
                 }
-                None
-            } else {
-                linked.tables.iter().find(|t| {
-                    line.starts_with(&format!("{t}(")) || line.contains(&format!(" {t}("))
-                })
-            };
-            let line = format!("{line}\n");
-            if !fits(&context, &line) {
                 continue;
             }
-            context.push_str(&line);
-            if let Some(table) = table {
+            let Some(table) = linked
+                .tables
+                .iter()
+                .find(|t| line.starts_with(&format!("{t}(")) || line.contains(&format!(" {t}(")))
+            else {
+                continue;
+            };
+            let full = format!("{line}\n");
+            let chosen = if fits(&context, &full) {
+                Some(full)
+            } else {
+                lean_line(table).filter(|lean| fits(&context, lean))
+            };
+            if let Some(line) = chosen {
+                context.push_str(&line);
                 shown.push(table.as_str());
             }
         }
