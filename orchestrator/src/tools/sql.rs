@@ -252,27 +252,25 @@ fn query_database_spec(model_rows: usize) -> ToolSpec {
     ToolSpec {
         name: QUERY_DATABASE.to_string(),
         description: format!(
-            "Get facts from the organisation's PostgreSQL database. Pass `question`: one precise, \
-             self-contained question in plain words (e.g. \"number of works acquired per decade since \
-             1950\"); the SQL tool finds the relevant tables, writes the SQL, validates it, runs it \
-             read-only and checks the result. Or pass `sql`: one read-only SELECT you wrote against \
-             the schema in the system message. Give exactly one of the two. At most {model_rows} rows are shown to you, with a \
-             digest of the whole result; aggregate rather than fetching many rows."
+            "Facts from the PostgreSQL database. Pass `question` (one self-contained question in \
+             plain words; the SQL tool writes, checks and runs the SQL) or `sql` (one read-only \
+             SELECT you wrote), not both. You see at most {model_rows} rows and a digest of the whole \
+             result, so aggregate."
         ),
         parameters: serde_json::json!({
             "type": "object",
             "properties": {
                 "question": {
                     "type": "string",
-                    "description": "A precise, self-contained question for the SQL tool."
+                    "description": "A self-contained question in plain words."
                 },
                 "sql": {
                     "type": "string",
-                    "description": "Alternatively: exactly one PostgreSQL SELECT statement, tables schema-qualified."
+                    "description": "One SELECT, tables schema-qualified."
                 },
                 "refines_previous": {
                     "type": "boolean",
-                    "description": "With `question`, in a conversation: true when the question narrows or changes the previous turn's query; the SQL tool then starts from that SQL."
+                    "description": "With `question`: it changes the previous turn's query, so start from its SQL."
                 }
             },
             "additionalProperties": false
@@ -280,10 +278,6 @@ fn query_database_spec(model_rows: usize) -> ToolSpec {
     }
 }
 
-/// A SQL result as delimited data for the model: header with row count and
-/// truncation, then one `|`-separated line per row, then the digest. Cells
-/// of `pii` columns are `pii`'s placeholders (whole, never cut; `NULL`
-/// stays), as are the digest's min, max and top values of those columns.
 /// How much of a result the model is shown.
 #[derive(Debug, Clone, Copy)]
 struct RowBounds {
@@ -296,6 +290,11 @@ struct RowBounds {
     tokens: usize,
 }
 
+/// A SQL result as delimited data for the model: header with row count and
+/// truncation, then one `|`-separated line per row, then the digest. Cells
+/// of `pii` columns are `pii`'s placeholders (whole, never cut; `NULL`
+/// stays), as are the digest's min, max and top values of those columns.
+/// Rows go in while they fit `bounds`; the digest always does.
 fn rows_for_model(
     call_id: &str,
     rows: &RowSet,

@@ -399,7 +399,7 @@ async fn the_time_limit_ends_with_limit_reached_and_keeps_what_was_found() {
 
 #[tokio::test]
 async fn a_tool_that_was_not_offered_is_refused_and_the_model_recovers() {
-    // no search or summary service: only query_database is offered
+    // no search or summary service: only the SQL tools are offered
     let model = ScriptedServer::start(vec![
         ScriptedTurn::tool_calls(vec![
             ScriptedToolCall::new("get_summaries", r#"{"entity": "Turner"}"#)
@@ -418,7 +418,7 @@ async fn a_tool_that_was_not_offered_is_refused_and_the_model_recovers() {
     let events = ask_all(&server, ask("How many artworks are there?"))
         .await
         .unwrap();
-    assert_eq!(offered(&model), ["query_database"]);
+    assert_eq!(offered(&model), ["query_database", "describe_tables"]);
 
     for (call_id, tool) in [
         ("call_summaries", "get_summaries"),
@@ -432,7 +432,7 @@ async fn a_tool_that_was_not_offered_is_refused_and_the_model_recovers() {
             "{error}"
         );
         assert!(
-            error.ends_with("the tools offered are: query_database"),
+            error.ends_with("the tools offered are: query_database, describe_tables"),
             "{error}"
         );
     }

@@ -107,7 +107,10 @@ async fn a_table_left_out_of_the_context_is_looked_up_with_describe_tables_and_a
     assert_eq!(count, sql_count);
     assert!(count > 0, "the slice has movements");
     println!("prompt bytes per call: {:?}", request_bytes(&model));
-    println!("FIRST {}", serde_json::to_string_pretty(&model.requests()[0]).unwrap());
+    println!(
+        "FIRST {}",
+        serde_json::to_string_pretty(&model.requests()[0]).unwrap()
+    );
     server.stop().await;
 }
 
@@ -215,6 +218,40 @@ async fn the_schema_context_respects_its_token_budget() {
         assert!(
             whole.contains(&format!("tate.{table}(")),
             "{table}: {whole}"
+        );
+    }
+}
+
+/// The request bytes of each model call for Tate's simple count: the model
+/// counts with `query_database`, then answers.
+async fn simple_count_bytes(extra_toml: &str) -> Vec<usize> {
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_call(
+            "query_database",
+            r#"{"sql": "SELECT count(*) AS artworks FROM tate.artworks"}"#,
+        ),
+        ScriptedTurn::text("There are 300 artworks."),
+    ])
+    .await;
+    let server = TestServer::with_model(&model, extra_toml).await;
+    let events = ask_all(&server, ask("How many artworks are there?"))
+        .await
+        .unwrap();
+    assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
+    server.stop().await;
+    request_bytes(&model)
+}
+
+#[tokio::test]
+async fn a_simple_count_sends_a_fraction_of_the_whole_schema_prompt() {
+    let lean = simple_count_bytes("").await;
+    let whole = simple_count_bytes("[orchestrator]\nschema_context_tokens = 0\n").await;
+    println!("simple count, request bytes per call: linked {lean:?}, whole schema {whole:?}");
+    assert_eq!((lean.len(), whole.len()), (2, 2));
+    for (lean, whole) in lean.iter().zip(&whole) {
+        assert!(
+            lean * 3 < *whole,
+            "{lean} bytes against {whole} with the whole schema"
         );
     }
 }

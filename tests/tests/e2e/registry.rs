@@ -231,7 +231,12 @@ async fn a_tool_registered_from_outside_runs_for_the_caller_and_others_are_refus
     .with_tool(Arc::new(Unavailable));
     assert_eq!(
         assistant.tools().names(),
-        ["query_database", WHO_AM_I, "unavailable_tool"]
+        [
+            "query_database",
+            "describe_tables",
+            WHO_AM_I,
+            "unavailable_tool"
+        ]
     );
     let (mut client, stop) = serve(assistant).await;
 
@@ -268,7 +273,7 @@ async fn a_tool_registered_from_outside_runs_for_the_caller_and_others_are_refus
         .iter()
         .map(|t| t["function"]["name"].as_str().unwrap())
         .collect();
-    assert_eq!(offered, ["query_database", WHO_AM_I]);
+    assert_eq!(offered, ["query_database", "describe_tables", WHO_AM_I]);
     let system = requests[0]["messages"][0]["content"].as_str().unwrap();
     assert!(
         system.contains("Call `who_am_i` to learn who is asking."),
@@ -297,7 +302,9 @@ async fn a_tool_registered_from_outside_runs_for_the_caller_and_others_are_refus
     };
     assert_eq!(rows.row_count, 1);
     let expected_refusal = |name: &str| {
-        format!("tool \"{name}\" is not offered; the tools offered are: query_database, who_am_i")
+        format!(
+            "tool \"{name}\" is not offered; the tools offered are: query_database, describe_tables, who_am_i"
+        )
     };
     for (id, name) in [
         ("call_off", "unavailable_tool"),

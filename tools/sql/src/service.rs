@@ -989,17 +989,19 @@ impl SqlTool {
         // the budget: names, types and keys still let the model write SQL
         let lean_line = |name: &str| -> Option<String> {
             let mut table = view.0.iter().find(|t| t.qualified_name() == name)?.clone();
-            table
-                .columns
-                .retain(|c| linked.columns.iter().any(|(t, n)| t == name && *n == c.name));
+            table.columns.retain(|c| {
+                linked
+                    .columns
+                    .iter()
+                    .any(|(t, n)| t == name && *n == c.name)
+            });
             let kept: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
             table.primary_key.retain(|c| kept.contains(c));
             table.foreign_keys.retain(|fk| {
                 fk.columns.iter().all(|c| kept.contains(c))
-                    && linked.tables.contains(&format!(
-                        "{}.{}",
-                        fk.referenced_schema, fk.referenced_table
-                    ))
+                    && linked
+                        .tables
+                        .contains(&format!("{}.{}", fk.referenced_schema, fk.referenced_table))
             });
             table.comment = None;
             for column in &mut table.columns {
