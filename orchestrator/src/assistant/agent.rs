@@ -334,3 +334,50 @@ fn system_prompt(schema: &str, guidance: &str, follow_up: bool) -> String {
         }
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{PriorTurn, bounded_history};
+
+    fn turn(question: &str, answer: &str, sql: Option<&str>) -> PriorTurn {
+        PriorTurn {
+            question: question.into(),
+            answer: answer.into(),
+            sql: sql.map(Into::into),
+            pii: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_most_recent_turns_that_fit_and_cuts_long_answers() {
+        let history = vec![
+            turn(&"first question ".repeat(20), "old answer", None),
+            turn("second question", "short answer", Some("SELECT 1")),
+            turn("third question", &"x".repeat(1_000), Some("SELECT 2")),
+        ];
+        // no bound: every turn, whole, SQL appended
+        let all = bounded_history(&history, 0);
+        assert_eq!(all.len(), 3);
+        assert!(all[2].1.starts_with(&"x".repeat(1_000)), "{all:?}");
+        assert!(all[1].1.ends_with("[SQL behind this answer: SELECT 1]"));
+
+        // 100 tokens: the long answer is cut to 100 characters (it was over
+        // a quarter of the budget), its SQL kept; the oldest turn's 75-token
+        // question no longer fits
+        let kept = bounded_history(&history, 100);
+        let questions: Vec<&str> = kept.iter().map(|(q, _)| q.as_str()).collect();
+        assert_eq!(questions, ["second question", "third question"]);
+        assert_eq!(
+            kept[1].1,
+            format!(
+                "{} […]\n\n[SQL behind this answer: SELECT 2]",
+                "x".repeat(100)
+            )
+        );
+        let tokens: usize = kept
+            .iter()
+            .map(|(q, a)| q.chars().count().div_ceil(4) + a.chars().count().div_ceil(4))
+            .sum();
+        assert!(tokens <= 100, "{tokens}");
+    }
+}
