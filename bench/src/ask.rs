@@ -543,7 +543,7 @@ pub(crate) async fn wait_ready(server: &mut RunningServer, token: &str) -> anyho
     loop {
         let mut client = SqlServiceClient::new(channel.clone());
         let request = quarry_server::client::bearer_request(
-            DescribeSchemaRequest { schemas: vec![] },
+            DescribeSchemaRequest::default(),
             token,
         )?;
         let last = tokio::select! {
@@ -612,7 +612,7 @@ async fn calibrate(
     let mut execute_db = Latencies::new()?;
     for _ in 0..options.probes {
         let request = quarry_server::client::bearer_request(
-            DescribeSchemaRequest { schemas: vec![] },
+            DescribeSchemaRequest::default(),
             token,
         )?;
         let started = Instant::now();
