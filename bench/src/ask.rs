@@ -542,10 +542,8 @@ pub(crate) async fn wait_ready(server: &mut RunningServer, token: &str) -> anyho
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let mut client = SqlServiceClient::new(channel.clone());
-        let request = quarry_server::client::bearer_request(
-            DescribeSchemaRequest::default(),
-            token,
-        )?;
+        let request =
+            quarry_server::client::bearer_request(DescribeSchemaRequest::default(), token)?;
         let last = tokio::select! {
             joined = &mut server.task => {
                 server.exited = true;
@@ -611,10 +609,8 @@ async fn calibrate(
     let mut execute_wall = Latencies::new()?;
     let mut execute_db = Latencies::new()?;
     for _ in 0..options.probes {
-        let request = quarry_server::client::bearer_request(
-            DescribeSchemaRequest::default(),
-            token,
-        )?;
+        let request =
+            quarry_server::client::bearer_request(DescribeSchemaRequest::default(), token)?;
         let started = Instant::now();
         let response = sql
             .describe_schema(request)
