@@ -199,10 +199,10 @@ impl Assistant {
     }
 
     /// Offers `tool` to the model too, after the tools registered before it
-    /// (tools are offered in registration order: `query_database`, then as
-    /// the builder calls came). A tool with the name of one registered
-    /// before replaces it in what the model is offered (router mode keeps
-    /// its built-in pipelines).
+    /// (tools are offered in registration order: `query_database`,
+    /// `describe_tables`, then as the builder calls came). A tool with the
+    /// name of one registered before replaces it in what the model is
+    /// offered (router mode keeps its built-in pipelines).
     #[must_use]
     pub fn with_tool(mut self, tool: Arc<dyn ModelTool>) -> Self {
         self.tools.register(tool);
