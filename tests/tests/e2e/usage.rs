@@ -157,3 +157,34 @@ async fn router_mode_calls_no_model_and_costs_nothing() {
     assert_eq!(u.cost_usd, 0.0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cached_prompt_tokens_the_provider_reports_appear_per_call_and_in_total() {
+    // OpenAI reports the prompt tokens it served from its prompt cache in
+    // `usage.prompt_tokens_details.cached_tokens`; the second call repeats the
+    // first's prefix, so a provider would serve part of it from its cache
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_call("query_database", r#"{"sql": "SELECT 1 AS one"}"#)
+            .with_usage(1000, 200),
+        ScriptedTurn::tool_call("query_database", r#"{"sql": "SELECT 2 AS two"}"#)
+            .with_usage(3000, 400)
+            .with_cached_tokens(1024),
+        ScriptedTurn::text("Done.")
+            .with_usage(5000, 50)
+            .with_cached_tokens(2944),
+    ])
+    .await;
+    let server = TestServer::with_model(&model, PRICE_TOML).await;
+    let events = ask_all(&server, ask("How many artworks are there?"))
+        .await
+        .unwrap();
+    assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
+    let u = usage_of(&events);
+
+    let cached: Vec<u64> = u.calls.iter().map(|c| c.cached_prompt_tokens).collect();
+    assert_eq!(cached, [0, 1024, 2944], "per call, as each call reported");
+    assert_eq!(u.cached_prompt_tokens, 3968, "the request's total");
+    // cached tokens are part of the prompt tokens, not added to them
+    assert_eq!((u.prompt_tokens, u.total_tokens), (9000, 9650));
+    server.stop().await;
+}

@@ -270,6 +270,7 @@ pub fn model_calls_to_proto(calls: &[ModelCall]) -> Vec<pb::ModelCallUsage> {
                 prompt_tokens: u64::from(usage.prompt_tokens),
                 completion_tokens: u64::from(usage.completion_tokens),
                 total_tokens: u64::from(usage.total_tokens),
+                cached_prompt_tokens: u64::from(usage.cached_prompt_tokens),
                 cost_usd: call.cost_usd.unwrap_or(0.0),
                 cost_known: call.cost_usd.is_some(),
                 elapsed_ms: call.elapsed.as_millis() as u64,
