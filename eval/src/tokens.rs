@@ -199,9 +199,7 @@ impl TokenEvalReport {
             .sets
             .iter()
             .filter(|s| {
-                prefix.is_empty()
-                    || s.name == prefix
-                    || s.name.starts_with(&format!("{prefix}/"))
+                prefix.is_empty() || s.name == prefix || s.name.starts_with(&format!("{prefix}/"))
             })
             .collect();
         let mut out = TokenSummary::default();
@@ -490,7 +488,11 @@ fn recall(
         return (None, None);
     };
     let tables = (!gold.tables.is_empty()).then(|| {
-        let hit = gold.tables.iter().filter(|t| lines.contains_key(*t)).count();
+        let hit = gold
+            .tables
+            .iter()
+            .filter(|t| lines.contains_key(*t))
+            .count();
         hit as f64 / gold.tables.len() as f64
     });
     let columns = (!gold.columns.is_empty()).then(|| {
@@ -691,7 +693,8 @@ async fn ask(
         Some(s) if s == AnswerStatus::Answered as i32 => None,
         Some(s) => Some(format!(
             "answer status {}",
-            AnswerStatus::try_from(s).map_or_else(|_| s.to_string(), |s| s.as_str_name().to_owned())
+            AnswerStatus::try_from(s)
+                .map_or_else(|_| s.to_string(), |s| s.as_str_name().to_owned())
         )),
         None => Some("no final answer".to_owned()),
     };
@@ -709,8 +712,8 @@ pub fn tate_set(golden: &Path) -> anyhow::Result<QuestionSet> {
         question: String,
         sql: String,
     }
-    let text = std::fs::read_to_string(golden)
-        .with_context(|| format!("reading {}", golden.display()))?;
+    let text =
+        std::fs::read_to_string(golden).with_context(|| format!("reading {}", golden.display()))?;
     let pairs: Vec<Pair> =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", golden.display()))?;
     Ok(QuestionSet {
@@ -768,11 +771,7 @@ pub async fn spider_sets(
     {
         let sqlite = dataset.sqlite_path(&spec.db_id);
         crate::dataset::load_database(&mut client, spec, sqlite).await?;
-        let columns: HashSet<String> = spec
-            .lowercase_columns()
-            .into_values()
-            .flatten()
-            .collect();
+        let columns: HashSet<String> = spec.lowercase_columns().into_values().flatten().collect();
         sets.push(QuestionSet {
             name: format!("spider/{}", spec.db_id),
             schema: schema_name(&spec.db_id),
@@ -836,8 +835,19 @@ mod tests {
             "s.artworks(id integer PK, artist_id integer, title text)"})];
         let (_, lines) = schema_lines(&messages, &catalog());
         let schema: BTreeMap<String, Vec<String>> = [
-            ("artworks".to_owned(), vec!["id".to_owned(), "artist_id".to_owned(), "title".to_owned(), "year".to_owned()]),
-            ("artists".to_owned(), vec!["id".to_owned(), "name".to_owned()]),
+            (
+                "artworks".to_owned(),
+                vec![
+                    "id".to_owned(),
+                    "artist_id".to_owned(),
+                    "title".to_owned(),
+                    "year".to_owned(),
+                ],
+            ),
+            (
+                "artists".to_owned(),
+                vec!["id".to_owned(), "name".to_owned()],
+            ),
         ]
         .into_iter()
         .collect();
