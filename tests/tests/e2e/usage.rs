@@ -8,8 +8,11 @@
 use std::time::Duration;
 
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
-use quarry_proto::v1::AnswerStatus;
-use quarry_tests::{Options, TestServer, ask, ask_all, call_tokens, final_answer, usage_of};
+use quarry_proto::v1::{AnswerStatus, GetUsageRequest};
+use quarry_tests::{
+    Options, TestServer, ask, ask_all, ask_all_as, authed, call_tokens, final_answer, token,
+    token_with_scopes, usage_of,
+};
 
 /// The price table of the tests: gpt-4o-mini's list price, USD per 1M tokens.
 const PRICE_TOML: &str = "[model.price]\ninput_per_million = 0.15\noutput_per_million = 0.6\n";
@@ -175,7 +178,7 @@ async fn cached_prompt_tokens_the_provider_reports_appear_per_call_and_in_total(
     ])
     .await;
     let server = TestServer::with_model(&model, PRICE_TOML).await;
-    let events = ask_all(&server, ask("How many artworks are there?"))
+    let events = ask_all_as(&server, ask("How many artworks are there?"), &token("t1"))
         .await
         .unwrap();
     assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
@@ -186,5 +189,19 @@ async fn cached_prompt_tokens_the_provider_reports_appear_per_call_and_in_total(
     assert_eq!(u.cached_prompt_tokens, 3968, "the request's total");
     // cached tokens are part of the prompt tokens, not added to them
     assert_eq!((u.prompt_tokens, u.total_tokens), (9000, 9650));
+
+    // and in the tenant's usage ledger (`quarry.usage_daily`, GetUsage)
+    let report = server
+        .usage()
+        .get_usage(authed(
+            GetUsageRequest { days: 1 },
+            &token_with_scopes("t1", &["usage:read"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.days.len(), 1, "{report:?}");
+    assert_eq!(report.days[0].cached_prompt_tokens, 3968, "{report:?}");
+    assert_eq!(report.days[0].prompt_tokens, 9000, "{report:?}");
     server.stop().await;
 }

@@ -253,6 +253,7 @@ pub fn model_call_amounts(calls: &[ModelCall]) -> quarry_db::usage::UsageAmounts
         model_calls: i64::try_from(calls.len()).unwrap_or(i64::MAX),
         prompt_tokens: tokens(|u| u.prompt_tokens),
         completion_tokens: tokens(|u| u.completion_tokens),
+        cached_prompt_tokens: tokens(|u| u.cached_prompt_tokens),
         cost_usd: calls.iter().filter_map(|c| c.cost_usd).sum(),
         ..quarry_db::usage::UsageAmounts::default()
     }
