@@ -533,7 +533,9 @@ fn responder(sql: Arc<Mutex<String>>) -> impl Fn(&Value) -> ScriptedTurn + Send 
 
 /// Runs each set of questions against its own in-process server (the
 /// configuration's `[database]`, `[sql]` with the set's schema, and
-/// `[orchestrator]`), with the scripted model.
+/// `[orchestrator]`), with the scripted model. For a schema `[sql]` does
+/// not list (a Spider database), its golden pairs, sources and
+/// `exec.role` are left out: they belong to the configured schemas.
 ///
 /// # Errors
 /// The scripted model or a server cannot start, or `DescribeSchema` fails.
@@ -551,6 +553,13 @@ pub async fn run_token_eval(
     let mut report = TokenEvalReport::default();
     for set in sets {
         let mut sections = sections.clone();
+        if !sections.sql.schemas.contains(&set.schema) {
+            // a schema the configuration does not serve (a Spider database):
+            // its golden pairs, sources and read-only role are for others
+            sections.sql.golden_path = None;
+            sections.sql.sources.clear();
+            sections.sql.exec.role = None;
+        }
         sections.sql.schemas = vec![set.schema.clone()];
         let config = server_config(&sections, false, &model.base_url())?;
         let mut server = start_server(config).await?;
