@@ -85,6 +85,7 @@ mod tests {
                 "V9__summaries_per_tenant",
                 "V10__usage",
                 "V11__limits_across_replicas",
+                "V13__usage_cached_tokens",
             ]
         );
         assert!(migrate(db.pool()).await.unwrap().is_empty());
