@@ -322,8 +322,9 @@ pub struct AskBenchReport {
 }
 
 /// The in-process Quarry server and how to stop it.
-pub(crate) struct RunningServer {
-    pub(crate) url: String,
+pub struct RunningServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
     /// The task has been awaited to its end already.
@@ -331,7 +332,11 @@ pub(crate) struct RunningServer {
 }
 
 impl RunningServer {
-    pub(crate) async fn shut_down(mut self) -> anyhow::Result<()> {
+    /// Stops the server and waits (at most 30 s) for it to end.
+    ///
+    /// # Errors
+    /// The server failed or did not stop in time.
+    pub async fn shut_down(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -348,12 +353,17 @@ impl RunningServer {
     }
 }
 
-/// The server configuration: the sections given, the scripted model, a
-/// fixed secret and a rate limit out of reach, no background work.
 /// The policy role the benchmark's token carries.
 const BENCH_ROLE: &str = "bench";
 
-pub(crate) fn server_config(
+/// The server configuration: the sections given, the scripted model at
+/// `model_url`, a fixed secret and a rate limit out of reach, no
+/// background work, one role (the token's, [`token_for`]) reading every
+/// schema of `sections.sql`.
+///
+/// # Errors
+/// The configuration does not build, or `summaries` without a `[summary]`.
+pub fn server_config(
     sections: &ServerSections,
     summaries: bool,
     model_url: &str,
@@ -447,7 +457,10 @@ fn token() -> anyhow::Result<String> {
 }
 
 /// A one-day token of the benchmark's role for `tenant`.
-pub(crate) fn token_for(tenant: &str, subject: &str) -> anyhow::Result<String> {
+///
+/// # Errors
+/// The token cannot be signed.
+pub fn token_for(tenant: &str, subject: &str) -> anyhow::Result<String> {
     let mut claims =
         quarry_auth::Claims::issued_now(tenant, subject, Duration::from_secs(24 * 3600));
     claims.roles = vec![BENCH_ROLE.to_owned()];
@@ -456,7 +469,10 @@ pub(crate) fn token_for(tenant: &str, subject: &str) -> anyhow::Result<String> {
 
 /// Binds `127.0.0.1:0` as `quarry serve` does and serves `config` there
 /// until [`RunningServer::shut_down`].
-pub(crate) async fn start_server(config: quarry_server::Config) -> anyhow::Result<RunningServer> {
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn start_server(config: quarry_server::Config) -> anyhow::Result<RunningServer> {
     // bound as `quarry serve` is (which sets TCP_NODELAY on accepted sockets)
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -537,7 +553,10 @@ pub async fn run_ask_bench(options: &AskBenchOptions) -> anyhow::Result<AskBench
 
 /// Waits until the server answers DescribeSchema (it binds at once but
 /// builds its pools first); fails early if the server stops.
-pub(crate) async fn wait_ready(server: &mut RunningServer, token: &str) -> anyhow::Result<Channel> {
+///
+/// # Errors
+/// The server stopped, or was not ready within a minute.
+pub async fn wait_ready(server: &mut RunningServer, token: &str) -> anyhow::Result<Channel> {
     let channel = Endpoint::from_shared(server.url.clone())?.connect_lazy();
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {

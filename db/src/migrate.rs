@@ -3,7 +3,8 @@
 //! conversations, V3 summaries, V4 search bookkeeping, V5 golden pairs per
 //! tenant, V6 the audit log, V8 the personal data of conversation turns
 //! (V7 was never released), V9 summaries per tenant, V10 usage per tenant and day, V11 the limits
-//! shared across replicas (rate-limit buckets, budget holds). Per-collection search sidecar tables are not here: their shape follows
+//! shared across replicas (rate-limit buckets, budget holds), V13 cached prompt
+//! tokens in the usage ledger. Per-collection search sidecar tables are not here: their shape follows
 //! each collection's definition, so the search tool creates them
 //! (`quarry_search::ddl`).
 
@@ -84,6 +85,7 @@ mod tests {
                 "V9__summaries_per_tenant",
                 "V10__usage",
                 "V11__limits_across_replicas",
+                "V13__usage_cached_tokens",
             ]
         );
         assert!(migrate(db.pool()).await.unwrap().is_empty());

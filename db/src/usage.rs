@@ -1,4 +1,5 @@
-//! Usage per tenant and UTC day, in `quarry.usage_daily` (migration V10):
+//! Usage per tenant and UTC day, in `quarry.usage_daily` (migration V10;
+//! V13 adds cached prompt tokens):
 //! charged with increments ([`UsageLedger::charge`]), read back for budgets
 //! ([`UsageLedger::spent`]) and reports ([`UsageLedger::report`]); the
 //! budget holds of Asks in flight (`quarry.budget_holds`, migration V11),
@@ -23,6 +24,9 @@ pub struct UsageAmounts {
     pub prompt_tokens: i64,
     /// Completion tokens the models reported.
     pub completion_tokens: i64,
+    /// Of `prompt_tokens`, those the model servers served from their prompt
+    /// cache (migration V13).
+    pub cached_prompt_tokens: i64,
     /// Cost in USD of the calls with a configured price.
     pub cost_usd: f64,
     /// Rows returned by SQL statements.
@@ -101,8 +105,8 @@ pub struct UsageLedger {
     pool: Pool,
 }
 
-const COLUMNS: &str =
-    "requests, asks, model_calls, prompt_tokens, completion_tokens, cost_usd, rows, bytes";
+const COLUMNS: &str = "requests, asks, model_calls, prompt_tokens, completion_tokens, cost_usd, rows, bytes, \
+     cached_prompt_tokens";
 
 impl UsageLedger {
     /// A ledger on `pool` (the database holding the `quarry` schema).
@@ -142,7 +146,7 @@ impl UsageLedger {
             &format!(
                 "INSERT INTO quarry.usage_daily (tenant, day, {COLUMNS}) \
                  VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3, $4, $5, $6, \
-                 $7::float8::numeric, $8, $9) \
+                 $7::float8::numeric, $8, $9, $10) \
                  ON CONFLICT (tenant, day) DO UPDATE SET {updates}"
             ),
             &[
@@ -155,6 +159,7 @@ impl UsageLedger {
                 &a.cost_usd,
                 &a.rows,
                 &a.bytes,
+                &a.cached_prompt_tokens,
             ],
         )
         .await
@@ -265,7 +270,8 @@ impl UsageLedger {
         let rows = client
             .query(
                 "SELECT to_char(day, 'YYYY-MM-DD'), requests, asks, model_calls, prompt_tokens, \
-                 completion_tokens, cost_usd::float8, rows, bytes FROM quarry.usage_daily \
+                 completion_tokens, cost_usd::float8, rows, bytes, cached_prompt_tokens \
+                 FROM quarry.usage_daily \
                  WHERE tenant = $1 AND day > (now() AT TIME ZONE 'UTC')::date - $2::int \
                  ORDER BY day DESC",
                 &[&tenant, &days],
@@ -285,6 +291,7 @@ impl UsageLedger {
                     cost_usd: r.get(6),
                     rows: r.get(7),
                     bytes: r.get(8),
+                    cached_prompt_tokens: r.get(9),
                 },
             })
             .collect())
@@ -308,6 +315,7 @@ mod tests {
             model_calls: 2,
             prompt_tokens: 100,
             completion_tokens: 20,
+            cached_prompt_tokens: 64,
             cost_usd: 0.25,
             ..UsageAmounts::default()
         };
@@ -333,6 +341,9 @@ mod tests {
         assert_eq!(report.len(), 1);
         assert_eq!(report[0].amounts.asks, 2);
         assert_eq!(report[0].amounts.model_calls, 4);
+        assert_eq!(report[0].amounts.cached_prompt_tokens, 128);
+        // cached tokens are part of the prompt tokens, not counted twice
+        assert_eq!(report[0].amounts.tokens(), 240);
         assert_eq!(report[0].amounts.rows, 0);
         // an earlier day of this month counts for the month, not the day
         let client = db.pool().get().await.unwrap();

@@ -22,12 +22,16 @@
 //!   are compared by [`compare::compare`].
 //!
 //! The figures ([`SqlEvalReport`]) are defined there, field by field.
+//!
+//! `quarry eval search` lives in [`search`]; `quarry eval tokens` (what
+//! agentic mode sends the model, per call) in [`tokens`].
 
 pub mod beir;
 pub mod compare;
 pub mod convert;
 pub mod dataset;
 pub mod search;
+pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;

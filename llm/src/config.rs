@@ -674,6 +674,7 @@ mod tests {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            cached_prompt_tokens: 0,
         }
     }
 

@@ -116,6 +116,8 @@ pub struct ScriptedTurn {
     delay: Duration,
     chunk_delay: Duration,
     usage: Option<(u32, u32)>,
+    /// `usage.prompt_tokens_details.cached_tokens`, when set.
+    cached_tokens: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -172,6 +174,7 @@ impl ScriptedTurn {
             delay: Duration::ZERO,
             chunk_delay: Duration::ZERO,
             usage: None,
+            cached_tokens: None,
         }
     }
 
@@ -210,6 +213,7 @@ impl ScriptedTurn {
             delay: Duration::ZERO,
             chunk_delay: Duration::ZERO,
             usage: None,
+            cached_tokens: None,
         }
     }
 
@@ -236,6 +240,7 @@ impl ScriptedTurn {
             delay: Duration::ZERO,
             chunk_delay: Duration::ZERO,
             usage: None,
+            cached_tokens: None,
         }
     }
 
@@ -280,6 +285,14 @@ impl ScriptedTurn {
     /// per streamed piece.
     pub fn with_usage(mut self, prompt_tokens: u32, completion_tokens: u32) -> Self {
         self.usage = Some((prompt_tokens, completion_tokens));
+        self
+    }
+
+    /// Reports `cached` of the prompt tokens as served from the provider's
+    /// prompt cache: the usage gains `prompt_tokens_details.cached_tokens`,
+    /// as OpenAI's does (without it the usage has no `prompt_tokens_details`).
+    pub fn with_cached_tokens(mut self, cached: u32) -> Self {
+        self.cached_tokens = Some(cached);
         self
     }
 }
@@ -710,11 +723,14 @@ async fn handle(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             let (prompt, completion) = turn
                 .usage
                 .unwrap_or((10, u32::try_from(pieces_sent).unwrap_or(u32::MAX)));
-            let usage = json!({
+            let mut usage = json!({
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
                 "total_tokens": prompt.saturating_add(completion),
             });
+            if let Some(cached) = turn.cached_tokens {
+                usage["prompt_tokens_details"] = json!({"cached_tokens": cached});
+            }
             let answer = Answer {
                 id,
                 model,

@@ -15,6 +15,12 @@ pub struct Usage {
     pub completion_tokens: u32,
     /// `prompt_tokens + completion_tokens`.
     pub total_tokens: u32,
+    /// Of `prompt_tokens`, those the provider served from its prompt cache
+    /// (OpenAI's `usage.prompt_tokens_details.cached_tokens`, see
+    /// <https://platform.openai.com/docs/guides/prompt-caching>); 0 when the
+    /// server reports none. Priced like other prompt tokens by [`Price`].
+    #[serde(default)]
+    pub cached_prompt_tokens: u32,
 }
 
 /// A model's token prices in US dollars per million tokens, the unit

@@ -267,12 +267,35 @@ async fn usage_from_the_final_empty_choices_chunk_is_reported() {
         Some(Usage {
             prompt_tokens: 123,
             completion_tokens: 45,
-            total_tokens: 168
+            total_tokens: 168,
+            cached_prompt_tokens: 0,
         })
     );
     assert_eq!(
         server.requests()[0]["stream_options"]["include_usage"],
         true
+    );
+}
+
+#[tokio::test]
+async fn cached_prompt_tokens_from_prompt_tokens_details_are_reported() {
+    let server = ScriptedServer::start(vec![
+        ScriptedTurn::text("one row")
+            .with_usage(2048, 5)
+            .with_cached_tokens(1024),
+    ])
+    .await;
+
+    let response = quarry_llm::chat(&model(&server), ask("q")).await.unwrap();
+
+    assert_eq!(
+        response.usage,
+        Some(Usage {
+            prompt_tokens: 2048,
+            completion_tokens: 5,
+            total_tokens: 2053,
+            cached_prompt_tokens: 1024,
+        })
     );
 }
 

@@ -4,7 +4,8 @@
 //! The last event of an `Ask`, `usage`, accounts for the request: tokens,
 //! tool calls and wall time, and one `ModelCallUsage` per model call (each
 //! agentic step, router mode's routing call, the SQL tool's generation and
-//! judge calls) with its task, model, tokens, wall time and cost, priced with
+//! judge calls) with its task, model, tokens (prompt tokens the provider
+//! served from its prompt cache among them), wall time and cost, priced with
 //! the serving model's [`quarry_llm::Price`] (`[model.price]` or
 //! `[models.<task>.price]`, USD per 1M tokens). The request's cost is the sum
 //! of its calls'; it is known when every call's is (a price is configured
@@ -32,6 +33,7 @@ pub(crate) fn set_tokens(
     call.prompt_tokens = u64::from(u.prompt_tokens);
     call.completion_tokens = u64::from(u.completion_tokens);
     call.total_tokens = u64::from(u.total_tokens);
+    call.cached_prompt_tokens = u64::from(u.cached_prompt_tokens);
     call.cost_known = price.is_some();
     call.cost_usd = price.map_or(0.0, |p| p.cost_usd(u));
 }
@@ -128,6 +130,7 @@ impl Accounting {
         self.usage.model_calls = u32::try_from(calls.len()).unwrap_or(u32::MAX);
         self.usage.prompt_tokens = calls.iter().map(|c| c.prompt_tokens).sum();
         self.usage.completion_tokens = calls.iter().map(|c| c.completion_tokens).sum();
+        self.usage.cached_prompt_tokens = calls.iter().map(|c| c.cached_prompt_tokens).sum();
         self.usage.total_tokens = self.tokens_used();
         self.usage.cost_usd = self.usage.calls.iter().map(|c| c.cost_usd).sum();
         self.usage.cost_known = self.usage.calls.iter().all(|c| c.cost_known);

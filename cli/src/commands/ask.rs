@@ -255,11 +255,16 @@ pub async fn ask(
             }
             Event::Usage(u) => writeln!(
                 out,
-                "» usage: {} model calls, {} tool calls, {} tokens ({} prompt + {} completion), {}, {} ms",
+                "» usage: {} model calls, {} tool calls, {} tokens ({} prompt{} + {} completion), {}, {} ms",
                 u.model_calls,
                 u.tool_calls,
                 u.total_tokens,
                 u.prompt_tokens,
+                if u.cached_prompt_tokens > 0 {
+                    format!(", {} of them cached", u.cached_prompt_tokens)
+                } else {
+                    String::new()
+                },
                 u.completion_tokens,
                 if u.cost_known {
                     format!("${:.6}", u.cost_usd)

@@ -62,6 +62,31 @@ enum What {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// What agentic mode sends the model, per question and per model call:
+    /// prompt bytes and tokens, the schema context's share of the full
+    /// schema and of the prompt, and the gold tables/columns it holds — on
+    /// Tate's demo questions and/or Spider, with a scripted model.
+    Tokens {
+        /// Tate's golden pairs (schema `tate` of the configured database).
+        #[arg(long, default_value = "demo/golden/tate.json")]
+        tate: PathBuf,
+        /// Skip Tate.
+        #[arg(long)]
+        no_tate: bool,
+        /// A Spider folder (tables.json, dev.json, database/); loaded into
+        /// the configured database as `quarry eval sql` does.
+        #[arg(long)]
+        spider: Option<PathBuf>,
+        /// At most this many Spider questions per database.
+        #[arg(long)]
+        per_db: Option<usize>,
+        /// At most this many Spider questions in all.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the evaluation and prints its report (a table, or JSON).
@@ -129,6 +154,33 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
                 progress: !json,
             };
             let report = quarry_eval::search::run_search_eval(&options).await?;
+            super::print_report(json, || report.to_json(), || report.table())
+        }
+        What::Tokens {
+            tate,
+            no_tate,
+            spider,
+            per_db,
+            limit,
+            json,
+        } => {
+            let sections = quarry_bench::ask::ServerSections::load(config)?;
+            let mut sets = Vec::new();
+            if !no_tate {
+                sets.push(quarry_eval::tokens::tate_set(&tate)?);
+            }
+            if let Some(spider) = spider {
+                sets.extend(
+                    quarry_eval::tokens::spider_sets(
+                        &spider,
+                        &sections.database.url,
+                        per_db,
+                        limit,
+                    )
+                    .await?,
+                );
+            }
+            let report = quarry_eval::tokens::run_token_eval(&sections, &sets, !json).await?;
             super::print_report(json, || report.to_json(), || report.table())
         }
     }

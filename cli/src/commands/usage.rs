@@ -35,12 +35,13 @@ pub async fn run(args: Args, _config: Option<&Path>) -> anyhow::Result<()> {
         .into_inner();
     println!("tenant {}", report.tenant);
     println!(
-        "{:<10} {:>8} {:>6} {:>11} {:>13} {:>17} {:>10} {:>8} {:>10}",
+        "{:<10} {:>8} {:>6} {:>11} {:>13} {:>13} {:>17} {:>10} {:>8} {:>10}",
         "day",
         "requests",
         "asks",
         "model_calls",
         "prompt_tokens",
+        "cached_tokens",
         "completion_tokens",
         "cost_usd",
         "rows",
@@ -48,12 +49,13 @@ pub async fn run(args: Args, _config: Option<&Path>) -> anyhow::Result<()> {
     );
     for d in &report.days {
         println!(
-            "{:<10} {:>8} {:>6} {:>11} {:>13} {:>17} {:>10.6} {:>8} {:>10}",
+            "{:<10} {:>8} {:>6} {:>11} {:>13} {:>13} {:>17} {:>10.6} {:>8} {:>10}",
             d.day,
             d.requests,
             d.asks,
             d.model_calls,
             d.prompt_tokens,
+            d.cached_prompt_tokens,
             d.completion_tokens,
             d.cost_usd,
             d.rows,

@@ -430,6 +430,7 @@ impl Run {
             model_calls: count(calls().count() as u64),
             prompt_tokens: count(calls().map(|c| c.prompt_tokens).sum()),
             completion_tokens: count(calls().map(|c| c.completion_tokens).sum()),
+            cached_prompt_tokens: count(calls().map(|c| c.cached_prompt_tokens).sum()),
             cost_usd: calls().map(|c| c.cost_usd).sum(),
             ..UsageAmounts::default()
         };

@@ -64,6 +64,7 @@ impl UsageService for UsageGrpc {
                     model_calls: count(d.amounts.model_calls),
                     prompt_tokens: count(d.amounts.prompt_tokens),
                     completion_tokens: count(d.amounts.completion_tokens),
+                    cached_prompt_tokens: count(d.amounts.cached_prompt_tokens),
                     cost_usd: d.amounts.cost_usd,
                     rows: count(d.amounts.rows),
                     bytes: count(d.amounts.bytes),

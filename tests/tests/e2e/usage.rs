@@ -8,8 +8,11 @@
 use std::time::Duration;
 
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
-use quarry_proto::v1::AnswerStatus;
-use quarry_tests::{Options, TestServer, ask, ask_all, call_tokens, final_answer, usage_of};
+use quarry_proto::v1::{AnswerStatus, GetUsageRequest};
+use quarry_tests::{
+    Options, TestServer, ask, ask_all, ask_all_as, authed, call_tokens, final_answer, token,
+    token_with_scopes, usage_of,
+};
 
 /// The price table of the tests: gpt-4o-mini's list price, USD per 1M tokens.
 const PRICE_TOML: &str = "[model.price]\ninput_per_million = 0.15\noutput_per_million = 0.6\n";
@@ -155,5 +158,50 @@ async fn router_mode_calls_no_model_and_costs_nothing() {
         "no model call, so the cost is exactly 0: {u:?}"
     );
     assert_eq!(u.cost_usd, 0.0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cached_prompt_tokens_the_provider_reports_appear_per_call_and_in_total() {
+    // OpenAI reports the prompt tokens it served from its prompt cache in
+    // `usage.prompt_tokens_details.cached_tokens`; the second call repeats the
+    // first's prefix, so a provider would serve part of it from its cache
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_call("query_database", r#"{"sql": "SELECT 1 AS one"}"#)
+            .with_usage(1000, 200),
+        ScriptedTurn::tool_call("query_database", r#"{"sql": "SELECT 2 AS two"}"#)
+            .with_usage(3000, 400)
+            .with_cached_tokens(1024),
+        ScriptedTurn::text("Done.")
+            .with_usage(5000, 50)
+            .with_cached_tokens(2944),
+    ])
+    .await;
+    let server = TestServer::with_model(&model, PRICE_TOML).await;
+    let events = ask_all_as(&server, ask("How many artworks are there?"), &token("t1"))
+        .await
+        .unwrap();
+    assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
+    let u = usage_of(&events);
+
+    let cached: Vec<u64> = u.calls.iter().map(|c| c.cached_prompt_tokens).collect();
+    assert_eq!(cached, [0, 1024, 2944], "per call, as each call reported");
+    assert_eq!(u.cached_prompt_tokens, 3968, "the request's total");
+    // cached tokens are part of the prompt tokens, not added to them
+    assert_eq!((u.prompt_tokens, u.total_tokens), (9000, 9650));
+
+    // and in the tenant's usage ledger (`quarry.usage_daily`, GetUsage)
+    let report = server
+        .usage()
+        .get_usage(authed(
+            GetUsageRequest { days: 1 },
+            &token_with_scopes("t1", &["usage:read"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.days.len(), 1, "{report:?}");
+    assert_eq!(report.days[0].cached_prompt_tokens, 3968, "{report:?}");
+    assert_eq!(report.days[0].prompt_tokens, 9000, "{report:?}");
     server.stop().await;
 }

@@ -253,6 +253,7 @@ pub fn model_call_amounts(calls: &[ModelCall]) -> quarry_db::usage::UsageAmounts
         model_calls: i64::try_from(calls.len()).unwrap_or(i64::MAX),
         prompt_tokens: tokens(|u| u.prompt_tokens),
         completion_tokens: tokens(|u| u.completion_tokens),
+        cached_prompt_tokens: tokens(|u| u.cached_prompt_tokens),
         cost_usd: calls.iter().filter_map(|c| c.cost_usd).sum(),
         ..quarry_db::usage::UsageAmounts::default()
     }
@@ -270,6 +271,7 @@ pub fn model_calls_to_proto(calls: &[ModelCall]) -> Vec<pb::ModelCallUsage> {
                 prompt_tokens: u64::from(usage.prompt_tokens),
                 completion_tokens: u64::from(usage.completion_tokens),
                 total_tokens: u64::from(usage.total_tokens),
+                cached_prompt_tokens: u64::from(usage.cached_prompt_tokens),
                 cost_usd: call.cost_usd.unwrap_or(0.0),
                 cost_known: call.cost_usd.is_some(),
                 elapsed_ms: call.elapsed.as_millis() as u64,
