@@ -594,7 +594,7 @@ async fn run_set(
 ) -> anyhow::Result<SetTokens> {
     let schema = SqlServiceClient::new(channel.clone())
         .describe_schema(quarry_server::client::bearer_request(
-            DescribeSchemaRequest { schemas: vec![] },
+            DescribeSchemaRequest::default(),
             token,
         )?)
         .await
