@@ -19,6 +19,7 @@ mod role;
 mod scopes;
 mod serve;
 mod shutdown;
+pub mod surfaces;
 pub mod telemetry;
 mod tools;
 mod trace_context;

@@ -358,8 +358,12 @@ pub async fn serve_with_metrics(
             background.clone(),
         );
     }
+    // the HTTP surfaces beside gRPC (console, MCP): none yet
+    let surfaces = crate::surfaces::Surfaces::default();
     let layers = ServiceBuilder::new()
-        // outermost: the RPC span is the parent of everything, metrics
+        // outermost: non-gRPC surfaces leave here, before gRPC auth
+        .layer(crate::surfaces::SurfacesLayer::new(surfaces))
+        // then: the RPC span is the parent of everything, metrics
         // measured inside it (refusals by auth and limits included)
         .layer(crate::TraceContextLayer)
         .layer(rpc_metrics)
@@ -368,6 +372,8 @@ pub async fn serve_with_metrics(
         .layer(auth.policy);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
+        // HTTP/1.1 for browsers (grpc-web, the console) beside HTTP/2
+        .accept_http1(true)
         .layer(layers)
         .add_service(health_service)
         .add_service(reflection_v1)
