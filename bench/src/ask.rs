@@ -133,6 +133,11 @@ pub struct ServerSections {
     pub orchestrator: OrchestratorConfig,
     /// `[summary]`, if configured (used with [`AskBenchOptions::summaries`]).
     pub summary: Option<SummaryConfig>,
+    /// `[embedding]`, if configured. [`server_config`] leaves it out (the
+    /// Ask benchmark measures the orchestrator, not MiniLM); callers that
+    /// need schema linking as `quarry serve` links (`quarry eval tokens`)
+    /// set it on the configuration themselves.
+    pub embedding: Option<quarry_llm::embed::EmbeddingConfig>,
 }
 
 impl ServerSections {
@@ -150,6 +155,7 @@ impl ServerSections {
             }),
             orchestrator: optional(&figment, "orchestrator")?.unwrap_or_default(),
             summary: optional(&figment, "summary")?,
+            embedding: optional(&figment, "embedding")?,
         })
     }
 }

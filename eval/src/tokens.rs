@@ -543,6 +543,7 @@ fn responder(sql: Arc<Mutex<String>>) -> impl Fn(&Value) -> ScriptedTurn + Send 
 pub async fn run_token_eval(
     sections: &ServerSections,
     sets: &[QuestionSet],
+    dump_requests: Option<&Path>,
     progress: bool,
 ) -> anyhow::Result<TokenEvalReport> {
     let sql = Arc::new(Mutex::new(String::new()));
@@ -561,12 +562,15 @@ pub async fn run_token_eval(
             sections.sql.exec.role = None;
         }
         sections.sql.schemas = vec![set.schema.clone()];
-        let config = server_config(&sections, false, &model.base_url())?;
+        let mut config = server_config(&sections, false, &model.base_url())?;
+        // schema linking as `quarry serve` links: with the configured
+        // embedder (MiniLM in dev/quarry.toml) when there is one
+        config.embedding = sections.embedding.clone();
         let mut server = start_server(config).await?;
         let token = token_for("eval", "eval-tokens")?;
         let result = async {
             let channel = wait_ready(&mut server, &token).await?;
-            run_set(set, &channel, &token, &model, &sql).await
+            run_set(set, &channel, &token, &model, &sql, dump_requests).await
         }
         .await;
         let stopped = server.shut_down().await;
@@ -591,6 +595,7 @@ async fn run_set(
     token: &str,
     model: &ScriptedServer,
     sql: &Mutex<String>,
+    dump_requests: Option<&Path>,
 ) -> anyhow::Result<SetTokens> {
     let schema = SqlServiceClient::new(channel.clone())
         .describe_schema(quarry_server::client::bearer_request(
@@ -624,6 +629,9 @@ async fn run_set(
         let before = model.request_count();
         let outcome = ask(&mut client, token, &q.question).await;
         let requests: Vec<Value> = model.requests().into_iter().skip(before).collect();
+        if let Some(dir) = dump_requests {
+            dump(dir, &set.name, figures.questions.len() + 1, &requests)?;
+        }
         let gold = gold_refs(&q.sql, &gold_schema).ok();
         let (usage, failure) = match outcome {
             Ok((usage, failure)) => (Some(usage), failure),
@@ -660,6 +668,22 @@ async fn run_set(
         });
     }
     Ok(figures)
+}
+
+/// Writes `requests` to `dir` as `<set>-<question>-<call>.json` (pretty
+/// JSON; `/` in the set's name becomes `_`).
+fn dump(dir: &Path, set: &str, question: usize, requests: &[Value]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (i, request) in requests.iter().enumerate() {
+        let path = dir.join(format!(
+            "{}-{question:03}-{}.json",
+            set.replace('/', "_"),
+            i + 1
+        ));
+        std::fs::write(&path, serde_json::to_vec_pretty(request)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn catalog_table(t: &TableInfo) -> CatalogTable {

@@ -34,6 +34,8 @@ async fn token_eval_reports_consistent_figures_for_the_full_schema() {
         .unwrap();
     let mut sections = ServerSections::load(None).unwrap();
     sections.database.url = db.url().to_owned();
+    // the baseline: the whole schema in every prompt
+    sections.orchestrator.schema_context_tokens = 0;
     let set = QuestionSet {
         name: "tiny".to_owned(),
         schema: "shop".to_owned(),
@@ -51,7 +53,7 @@ async fn token_eval_reports_consistent_figures_for_the_full_schema() {
         ],
     };
 
-    let report = run_token_eval(&sections, &[set], false).await.unwrap();
+    let report = run_token_eval(&sections, &[set], None, false).await.unwrap();
 
     let set = &report.sets[0];
     assert_eq!(set.tables, 2);

@@ -67,12 +67,15 @@ pub struct OrchestratorConfig {
     /// chooses for the question, then a one-line catalogue of the caller's
     /// other tables when it fits; the model looks up more with
     /// `describe_tables`. A linked table whose full line (with comments)
-    /// is over what is left goes in without comments. Default 250
-    /// (≈ 1 KB): issue 16's target is a prompt of about 3 KB for a simple
-    /// count on the Tate demo, of which the rules and the two tool specs
-    /// take ≈ 2 KB; 250 tokens hold Tate's best-linked table with its
-    /// comments (≈ 230 tokens for `tate.artworks`) or three to five linked
-    /// tables without them.
+    /// is over what is left goes in without comments. Default 200
+    /// (≈ 800 bytes): issue 16's target is a prompt no larger than the
+    /// leanest Python SQL agent's for the same question (LangGraph's, 2.9 and
+    /// 3.2 KB for the two calls of a simple count on the Tate demo), of
+    /// which Quarry's rules and two tool specs take ≈ 2 KB. Measured with
+    /// `quarry eval tokens` on Tate's 31 demo questions: 200 gives 2.8 and
+    /// 3.2 KB for that count at table recall 0.94 (the model looks up the
+    /// rest with `describe_tables`); 250 gave 3.0 and 3.4 KB at 0.96,
+    /// 150 2.6 and 3.0 KB at 0.92.
     /// 0 sends the caller's whole compact schema (the behaviour before
     /// issue 16).
     pub schema_context_tokens: usize,
@@ -108,7 +111,7 @@ impl Default for OrchestratorConfig {
             max_tool_calls_per_step: 8,
             max_tool_calls_per_ask: 24,
             tenant_wait_ms: 250,
-            schema_context_tokens: 250,
+            schema_context_tokens: 200,
             history_tokens: 1_500,
             tool_result_tokens: 2_000,
         }

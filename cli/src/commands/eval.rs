@@ -83,6 +83,11 @@ enum What {
         /// At most this many Spider questions in all.
         #[arg(long)]
         limit: Option<usize>,
+        /// Write every request body the model received to this folder,
+        /// one pretty-printed JSON file a call (`<set>-<question>-<call>.json`),
+        /// to compare them with another agent's.
+        #[arg(long, value_name = "DIR")]
+        dump_requests: Option<PathBuf>,
         /// Print one JSON object instead of tables.
         #[arg(long)]
         json: bool,
@@ -162,6 +167,7 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
             spider,
             per_db,
             limit,
+            dump_requests,
             json,
         } => {
             let sections = quarry_bench::ask::ServerSections::load(config)?;
@@ -180,7 +186,13 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
                     .await?,
                 );
             }
-            let report = quarry_eval::tokens::run_token_eval(&sections, &sets, !json).await?;
+            let report = quarry_eval::tokens::run_token_eval(
+                &sections,
+                &sets,
+                dump_requests.as_deref(),
+                !json,
+            )
+            .await?;
             super::print_report(json, || report.to_json(), || report.table())
         }
     }

@@ -290,11 +290,17 @@ struct RowBounds {
     tokens: usize,
 }
 
+/// Complete results of at most this many rows go to the model without
+/// their digest (issue 16: every prompt earns its tokens; a count's digest
+/// was 90 of the 460 bytes of its tool result, repeating its one value).
+pub const DIGEST_MIN_ROWS: usize = 10;
+
 /// A SQL result as delimited data for the model: header with row count and
 /// truncation, then one `|`-separated line per row, then the digest. Cells
 /// of `pii` columns are `pii`'s placeholders (whole, never cut; `NULL`
 /// stays), as are the digest's min, max and top values of those columns.
-/// Rows go in while they fit `bounds`; the digest always does.
+/// Rows go in while they fit `bounds`; the digest does whenever rows were
+/// left out or more than [`DIGEST_MIN_ROWS`] are shown.
 fn rows_for_model(
     call_id: &str,
     rows: &RowSet,
@@ -345,8 +351,12 @@ fn rows_for_model(
         out.push_str(&line);
         out.push('\n');
     }
+    // a complete result of a few rows is its own digest: the model reads
+    // every value, so per-column counts and ranges would only repeat them
+    let self_evident = !more && shown <= DIGEST_MIN_ROWS;
     if let Some(digest) = digest
         && !digest.text.is_empty()
+        && !self_evident
     {
         out.push_str("digest of the whole result:\n");
         out.push_str(&digest_for_model(digest, &rows.columns, pii));
@@ -515,16 +525,17 @@ mod tests {
                     ],
                 },
             ],
-            truncated: false,
+            // the digest covers rows past the two shown (Turner's)
+            truncated: true,
         };
         let digest = ResultDigest {
-            row_count: 2,
+            row_count: 3,
             row_count_exact: true,
             columns: vec![
                 column_digest("name", "Blake, William", "Turner, J. M. W.", "Blake, William"),
                 column_digest("place", "London", "Paris", "London"),
             ],
-            text: "rows: 2 (exact)\n- name text: nulls 0, distinct 2, min Blake, William, max Turner, J. M. W., top Blake, William×2\n- place text: nulls 0, distinct 2, min London, max Paris, top London×2\n".into(),
+            text: "rows: 3 (exact)\n- name text: nulls 0, distinct 2, min Blake, William, max Turner, J. M. W., top Blake, William×2\n- place text: nulls 0, distinct 2, min London, max Paris, top London×2\n".into(),
         };
         let pii = Pseudonymizer::new();
         let text = rows_for_model("c1", &rows, Some(&digest), bounds(10, 100, 0), &pii);
@@ -559,5 +570,35 @@ mod tests {
         );
         assert!(text.contains("Blake, William | London"), "{text}");
         assert!(text.contains(&digest.text), "{text}");
+    }
+
+    #[test]
+    fn a_complete_result_of_a_few_rows_goes_without_its_digest() {
+        let result = |n: usize, truncated: bool| RowSet {
+            columns: vec![column("n", false)],
+            rows: (0..n)
+                .map(|i| Row {
+                    values: vec![text(&i.to_string())],
+                })
+                .collect(),
+            truncated,
+        };
+        let digest = ResultDigest {
+            row_count: 1,
+            row_count_exact: true,
+            columns: vec![column_digest("n", "0", "0", "0")],
+            text: "rows: 1 (exact)\n- n text: nulls 0, distinct 1, min 0, max 0\n".into(),
+        };
+        let pii = Pseudonymizer::new();
+        let model_text =
+            |rows: &RowSet| rows_for_model("c1", rows, Some(&digest), bounds(50, 100, 0), &pii);
+        // complete and small: the rows say it all
+        let small = model_text(&result(DIGEST_MIN_ROWS, false));
+        assert!(!small.contains("digest of the whole result"), "{small}");
+        // more rows than that, or a truncated result: the digest goes in
+        let large = model_text(&result(DIGEST_MIN_ROWS + 1, false));
+        assert!(large.contains("digest of the whole result"), "{large}");
+        let truncated = model_text(&result(1, true));
+        assert!(truncated.contains("digest of the whole result"), "{truncated}");
     }
 }
