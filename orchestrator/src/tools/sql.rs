@@ -599,6 +599,9 @@ mod tests {
         let large = model_text(&result(DIGEST_MIN_ROWS + 1, false));
         assert!(large.contains("digest of the whole result"), "{large}");
         let truncated = model_text(&result(1, true));
-        assert!(truncated.contains("digest of the whole result"), "{truncated}");
+        assert!(
+            truncated.contains("digest of the whole result"),
+            "{truncated}"
+        );
     }
 }

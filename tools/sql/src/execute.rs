@@ -1089,6 +1089,18 @@ impl<'a> FromSql<'a> for Decoded {
     }
 }
 
+/// A `real` as the `f64` nearest the decimal PostgreSQL prints for it: the
+/// shortest decimal that reads back as the same `f32` (PostgreSQL 12+ with
+/// the default `extra_float_digits = 1`, docs §8.1.3; Rust's `f32` `Display`
+/// prints the same shortest round-trip form). Widening with `f64::from`
+/// would keep the binary value and print `4.6999998092651367` for `4.7`.
+fn float4_as_printed(value: f32) -> f64 {
+    value
+        .to_string()
+        .parse::<f64>()
+        .unwrap_or_else(|_| f64::from(value))
+}
+
 fn decode(ty: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
     Ok(match *ty {
         Type::BOOL => Cell::Bool(bool::from_sql(ty, raw)?),
@@ -1096,7 +1108,7 @@ fn decode(ty: &Type, raw: &[u8]) -> Result<Cell, BoxError> {
         Type::INT4 => Cell::Int(i32::from_sql(ty, raw)?.into()),
         Type::INT8 => Cell::Int(i64::from_sql(ty, raw)?),
         Type::OID => Cell::Int(u32::from_sql(ty, raw)?.into()),
-        Type::FLOAT4 => Cell::Float(f32::from_sql(ty, raw)?.into()),
+        Type::FLOAT4 => Cell::Float(float4_as_printed(f32::from_sql(ty, raw)?)),
         Type::FLOAT8 => Cell::Float(f64::from_sql(ty, raw)?),
         Type::NUMERIC => Cell::Decimal(decode_numeric(raw)?),
         Type::CHAR => Cell::Text(char::from(i8::from_sql(ty, raw)?.to_ne_bytes()[0]).to_string()),

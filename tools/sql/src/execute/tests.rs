@@ -586,6 +586,38 @@ fn interval_text_renders_postgres_style() {
 }
 
 #[tokio::test]
+async fn real_cells_are_the_decimal_postgresql_prints() {
+    let db = TestDb::create().await;
+    // each value next to PostgreSQL's own text of it
+    let sql = "SELECT v, v::text FROM unnest(ARRAY[4.7, 0.1, -1.3, 1e-45, 3.4028235e38,
+        16777217, 'Infinity', '-Infinity', 'NaN']::real[]) AS t(v)";
+    let result = run(&db, ExecConfig::default(), sql).await.unwrap();
+    assert_eq!(result.rows.len(), 9);
+    for row in &result.rows {
+        let [Cell::Float(value), Cell::Text(printed)] = row.as_slice() else {
+            panic!("unexpected cells {row:?}");
+        };
+        let printed = match printed.as_str() {
+            "Infinity" => "inf",
+            "-Infinity" => "-inf",
+            other => other,
+        };
+        // 1e-45 prints as 1e-45 in PostgreSQL and 0.000…001 in Rust
+        let expected: f64 = printed.parse().unwrap();
+        if expected.is_nan() {
+            assert!(value.is_nan(), "{row:?}");
+        } else {
+            assert_eq!(*value, expected, "{row:?}");
+        }
+    }
+    // the value a model and a client read: no float4 → float8 artefacts
+    let Cell::Float(v) = result.rows[0][0] else {
+        unreachable!()
+    };
+    assert_eq!(v.to_string(), "4.7");
+}
+
+#[tokio::test]
 async fn arrays_decode_element_by_element() {
     let db = TestDb::create().await;
     // the server's JSON of each array with its elements as text: the same
