@@ -68,6 +68,18 @@ pub trait Embedder: Send + Sync {
     /// variants for remote endpoints, `Protocol` if an endpoint returns the
     /// wrong number or length of vectors.
     fn embed(&self, texts: Vec<String>) -> BoxFuture<'static, Result<Vec<Vec<f32>>>>;
+
+    /// [`Embedder::embed`] for background work (documents of a collection,
+    /// summaries, schema elements): an embedder that shares one model runs
+    /// every `embed` call (a question someone waits for) before the next
+    /// batch of background work, so a question waits for at most the batch
+    /// in flight. The default runs [`Embedder::embed`].
+    ///
+    /// # Errors
+    /// As [`Embedder::embed`].
+    fn embed_background(&self, texts: Vec<String>) -> BoxFuture<'static, Result<Vec<Vec<f32>>>> {
+        self.embed(texts)
+    }
 }
 
 /// Cosine similarity of two vectors of the same length: their dot product

@@ -167,6 +167,34 @@ async fn batching_and_padding_do_not_change_vectors_and_order_is_kept() {
 }
 
 #[tokio::test]
+async fn background_batches_by_tokens_give_the_same_vectors_in_order() {
+    // 40 texts of mixed length: with a 64-token background budget the long
+    // ones go one a batch and the short ones several a batch
+    let texts: Vec<String> = (0..40)
+        .map(|i| match i % 3 {
+            0 => format!("storm at sea number {i}"),
+            1 => format!("a long description of a watercolour, {i}, ").repeat(6),
+            _ => String::new(),
+        })
+        .collect();
+    let lean = LocalMiniLm::load(
+        &model_dir(),
+        LocalMiniLmOptions {
+            background_batch_tokens: 64,
+            ..LocalMiniLmOptions::default()
+        },
+    )
+    .unwrap();
+    let background = lean.embed_background(texts.clone()).await.unwrap();
+    let interactive = model().embed(texts.clone()).await.unwrap();
+    assert_eq!(background.len(), texts.len());
+    for (i, (a, b)) in background.iter().zip(&interactive).enumerate() {
+        let diff = max_abs_diff(a, b);
+        assert!(diff < 1e-5, "{:?}: differs by {diff}", texts[i]);
+    }
+}
+
+#[tokio::test]
 async fn empty_input_gives_empty_output() {
     assert!(model().embed(Vec::new()).await.unwrap().is_empty());
 }

@@ -81,6 +81,22 @@ impl Embedder for ContentHashCache {
     }
 
     fn embed(&self, texts: Vec<String>) -> BoxFuture<'static, Result<Vec<Vec<f32>>>> {
+        self.embed_as(texts, false)
+    }
+
+    fn embed_background(&self, texts: Vec<String>) -> BoxFuture<'static, Result<Vec<Vec<f32>>>> {
+        self.embed_as(texts, true)
+    }
+}
+
+impl ContentHashCache {
+    /// [`Embedder::embed`] or, with `background`, [`Embedder::embed_background`]
+    /// of the missing texts on the wrapped embedder.
+    fn embed_as(
+        &self,
+        texts: Vec<String>,
+        background: bool,
+    ) -> BoxFuture<'static, Result<Vec<Vec<f32>>>> {
         let this = self.clone();
         async move {
             let keys: Vec<Key> = texts.iter().map(|t| this.key(t)).collect();
@@ -100,7 +116,11 @@ impl Embedder for ContentHashCache {
             }
             if !missing_texts.is_empty() {
                 let wanted = missing_texts.len();
-                let vectors = this.inner.embed(missing_texts).await?;
+                let vectors = if background {
+                    this.inner.embed_background(missing_texts).await?
+                } else {
+                    this.inner.embed(missing_texts).await?
+                };
                 if vectors.len() != wanted {
                     return Err(LlmError::Protocol(format!(
                         "embedder returned {} vectors for {wanted} texts",

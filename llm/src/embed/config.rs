@@ -64,6 +64,11 @@ pub struct LocalEmbeddingConfig {
     /// model's own `max_seq_length`.
     #[serde(default = "default_max_seq_length")]
     pub max_seq_length: usize,
+    /// Most padded tokens in one batch of background work (documents,
+    /// summaries), which bounds how long a question's embedding waits
+    /// behind it; default 1,024 (see `LocalMiniLmOptions`).
+    #[serde(default = "default_background_batch_tokens")]
+    pub background_batch_tokens: usize,
     /// Entries of the [`ContentHashCache`] put in front of the model, each
     /// about 1.6 KB for 384 dimensions; 0 disables it. Default 10,000.
     #[serde(default = "default_cache_entries")]
@@ -76,6 +81,7 @@ impl Default for LocalEmbeddingConfig {
             model_dir: None,
             batch_size: default_local_batch_size(),
             max_seq_length: default_max_seq_length(),
+            background_batch_tokens: default_background_batch_tokens(),
             cache_entries: default_cache_entries(),
         }
     }
@@ -189,6 +195,10 @@ fn default_local_batch_size() -> usize {
     64
 }
 
+fn default_background_batch_tokens() -> usize {
+    1024
+}
+
 fn default_max_seq_length() -> usize {
     256
 }
@@ -240,6 +250,7 @@ fn load_local(config: &LocalEmbeddingConfig) -> Result<Arc<dyn Embedder>> {
     let options = super::LocalMiniLmOptions {
         batch_size: config.batch_size,
         max_seq_length: config.max_seq_length,
+        background_batch_tokens: config.background_batch_tokens,
     };
     Ok(Arc::new(super::LocalMiniLm::load(&dir, options)?))
 }

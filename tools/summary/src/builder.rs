@@ -355,7 +355,7 @@ impl SummaryTool {
                 }
                 let texts = batch.iter().map(|u| u.text.clone()).collect();
                 let vectors = embedder
-                    .embed(texts)
+                    .embed_background(texts)
                     .await
                     .map_err(|e| SummaryError::Unavailable(format!("embedder: {e}")))?;
                 if vectors.len() != batch.len() {

@@ -162,7 +162,7 @@ impl Syncer {
         let dimension = embedder.dimension();
         for chunk in missing.chunks(self.inner.config.embed_batch.max(1)) {
             let texts: Vec<String> = chunk.iter().map(|(_, t)| (*t).clone()).collect();
-            let embedded = embedder.embed(texts).await?;
+            let embedded = embedder.embed_background(texts).await?;
             if embedded.len() != chunk.len() {
                 return Err(SyncError::EmbeddingShape {
                     expected: chunk.len(),
