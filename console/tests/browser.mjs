@@ -1,0 +1,185 @@
+// Drives Quarry's console in Debian's headless Chromium (playwright-core,
+// no browser download) against a running server; run by the Rust e2e test
+// tests/tests/e2e/console.rs, or by hand:
+//
+//   QUARRY_URL=http://127.0.0.1:50051 QUARRY_TOKEN=... QUARRY_TOKEN_NO_ASK=... \
+//   QUARRY_TOKEN_EXPIRED=... QUARRY_SHOTS=/tmp/shots node console/tests/browser.mjs
+//
+// Signs in, asks a golden question, waits for the result table and the
+// drawn chart, continues the conversation, reopens it after a reload, and
+// checks that refusals read in plain words. Prints one JSON line with what
+// it saw; exits non-zero (with the reason) on the first failed check.
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+const url = env("QUARRY_URL");
+const token = env("QUARRY_TOKEN");
+const tokenNoAsk = env("QUARRY_TOKEN_NO_ASK");
+const tokenExpired = env("QUARRY_TOKEN_EXPIRED");
+const shots = env("QUARRY_SHOTS");
+const executablePath = process.env.QUARRY_CHROMIUM || "/usr/bin/chromium";
+const question = process.env.QUARRY_QUESTION || "What are the 10 most common mediums?";
+const followUp = process.env.QUARRY_FOLLOW_UP || "How many artworks are in the Tate collection?";
+const TIMEOUT = 120_000;
+
+function check(condition, message) {
+  if (!condition) throw new Error(`check failed: ${message}`);
+}
+
+mkdirSync(shots, { recursive: true });
+const profile = mkdtempSync(join(tmpdir(), "quarry-chromium-"));
+const started = Date.now();
+const problems = [];
+const seen = {};
+let context;
+try {
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath,
+    headless: true,
+    viewport: { width: 1280, height: 800 },
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(TIMEOUT);
+  // any CSP violation or script error fails the run
+  page.on("console", (msg) => {
+    if (msg.type() === "error") problems.push(`console: ${msg.text()}`);
+  });
+  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+
+  await page.goto(url);
+  check((await page.title()) === "Quarry console", "the page loads");
+
+  // sign in: the token goes to sessionStorage, never into the URL
+  await page.getByLabel("Access token").fill(token);
+  await page.getByLabel("Access token").press("Enter");
+  await page.locator("#signedin").waitFor({ state: "visible" });
+  check(!page.url().includes(token.slice(0, 20)), "the token is not in the URL");
+  check(
+    (await page.evaluate(() => sessionStorage.getItem("quarry.token"))) === token,
+    "the token is kept in sessionStorage",
+  );
+
+  // ask with Enter; the first turn streams route, tool call, table, chart
+  const ask = async (text) => {
+    const box = page.getByLabel("Question");
+    await box.fill(text);
+    await box.press("Enter");
+    const turn = page.locator("article.turn").last();
+    await turn.locator("h3", { hasText: text }).waitFor();
+    await page.locator("article.turn[data-done]").nth((await page.locator("article.turn").count()) - 1).waitFor();
+    return turn;
+  };
+  const first = await ask(question);
+  check((await first.getAttribute("data-done")) === "true", `the first Ask completes (${await page.locator("#error").textContent()})`);
+  seen.route = await first.locator(".route").textContent();
+  check(/Route: sql/.test(seen.route), `the route is shown: ${seen.route}`);
+  seen.sql = await first.locator(".sql-block code").first().textContent();
+  check(/select/i.test(seen.sql) && /medium/i.test(seen.sql), `the SQL is shown: ${seen.sql}`);
+  seen.rows = await first.locator("table.result tbody tr").count();
+  check(seen.rows === 10, `the result table has 10 rows, not ${seen.rows}`);
+  seen.header = await first.locator("table.result thead th").allTextContents();
+  // the chart: Vega's SVG with one mark per row
+  const marks = first.locator(".chart svg g.mark-rect path, .chart svg g.mark-arc path");
+  await marks.first().waitFor();
+  seen.marks = await marks.count();
+  check(seen.marks >= 10, `the chart draws a mark per row (${seen.marks})`);
+  seen.answer = await first.locator(".answer").textContent();
+  check(seen.answer.trim().length > 0, "the answer text is shown");
+  seen.citations = await first.locator(".citations li").count();
+  check(seen.citations > 0, "the answer cites its sources");
+  // a citation link moves the focus to the tool call it cites
+  const cite = first.locator(".citations a").first();
+  if ((await cite.count()) > 0) {
+    await cite.click();
+    const focused = await page.evaluate(() => document.activeElement?.classList.contains("tool"));
+    check(focused, "a citation focuses the tool call it cites");
+  }
+  seen.usage = await first.locator(".usage").textContent();
+  check(/tokens/.test(seen.usage) && /tool call/.test(seen.usage), `usage is shown: ${seen.usage}`);
+  seen.conversation = (await page.locator("#context").textContent()).replace("Continuing conversation ", "");
+  await page.screenshot({ path: join(shots, "console-desktop.png"), fullPage: false });
+
+  // the follow-up continues the same conversation
+  const second = await ask(followUp);
+  check((await second.getAttribute("data-done")) === "true", "the follow-up completes");
+  const context2 = await page.locator("#context").textContent();
+  check(context2.endsWith(seen.conversation), `the follow-up stays in ${seen.conversation}: ${context2}`);
+  seen.followUpAnswer = await second.locator(".answer").textContent();
+  const listed = page.locator(`#conversation-list button[data-id="${seen.conversation}"]`);
+  await listed.locator(".meta", { hasText: "2 turns" }).waitFor();
+
+  // a reload keeps the sign-in (sessionStorage); the conversation reopens
+  await page.reload();
+  await page.locator("#signedin").waitFor({ state: "visible" });
+  await listed.click();
+  await page.locator("article.turn").nth(1).waitFor();
+  seen.reopenedTurns = await page.locator("article.turn").count();
+  check(seen.reopenedTurns === 2, `the reopened conversation shows 2 turns, not ${seen.reopenedTurns}`);
+  check(
+    /medium/i.test(await page.locator("article.turn").first().locator(".sql-block code").textContent()),
+    "the reopened turn shows its SQL",
+  );
+
+  // a phone-sized viewport: the same page, one column
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.getByRole("button", { name: "New" }).click();
+  const phone = await ask(question);
+  check((await phone.getAttribute("data-done")) === "true", "an Ask at phone size completes");
+  await phone.locator(".chart svg g.mark-rect path").first().waitFor();
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 0, `no sideways scrolling at 390 px (${overflow} px too wide)`);
+  await phone.locator(".chart").scrollIntoViewIfNeeded();
+  await page.screenshot({ path: join(shots, "console-phone.png"), fullPage: false });
+  await page.setViewportSize({ width: 1280, height: 800 });
+
+  // refusals in plain words: a token without the `ask` scope, an expired one
+  await page.getByRole("button", { name: "Sign out" }).click();
+  check((await page.evaluate(() => sessionStorage.getItem("quarry.token"))) === null, "sign-out forgets the token");
+  await page.getByLabel("Access token").fill(tokenNoAsk);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.locator("#signedin").waitFor({ state: "visible" });
+  await ask("How many artworks are in the Tate collection?");
+  seen.denied = await page.locator("#error").textContent();
+  check(/Permission denied/.test(seen.denied), `a token without the scope reads as denied: ${seen.denied}`);
+  await page.screenshot({ path: join(shots, "console-denied.png") });
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByLabel("Access token").fill(tokenExpired);
+  await page.getByLabel("Access token").press("Enter");
+  seen.expired = await page.locator("#error").textContent();
+  await page.locator("#error", { hasText: "expired" }).waitFor();
+  seen.expired = await page.locator("#error").textContent();
+  check(/token has expired/.test(seen.expired), `an expired token reads as expired: ${seen.expired}`);
+  check(await page.locator("#signin").isVisible(), "an expired token signs out");
+
+  const csp = problems.filter((p) => /Content Security Policy/i.test(p));
+  check(csp.length === 0, `no CSP violation: ${csp.join("; ")}`);
+  // refusals are logged by Chromium as failed resources; anything else fails
+  const unexpected = problems.filter((p) => !/status of (401|403)|Failed to load resource/.test(p));
+  check(unexpected.length === 0, `no script errors: ${unexpected.join("; ")}`);
+  seen.seconds = (Date.now() - started) / 1000;
+  console.log(JSON.stringify(seen));
+} catch (error) {
+  console.error(error?.stack || String(error));
+  if (problems.length) console.error(`browser messages:\n${problems.join("\n")}`);
+  process.exitCode = 1;
+} finally {
+  await context?.close().catch(() => {});
+  rmSync(profile, { recursive: true, force: true });
+}
