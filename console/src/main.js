@@ -191,7 +191,7 @@ class LiveTurn {
     this.tail = el("div", { class: "tail" });
     this.node = el(
       "article",
-      { class: "turn", "aria-label": `Question: ${question}` },
+      { class: "turn", "aria-label": `Asked: ${question}` },
       el("h3", {}, question),
       this.route,
       this.tools,
@@ -352,7 +352,7 @@ function storedTurn(t) {
   );
   const node = el(
     "article",
-    { class: "turn", "aria-label": `Question: ${t.question}` },
+    { class: "turn", "aria-label": `Asked: ${t.question}` },
     el("h3", {}, t.question),
     el("p", { class: "route" }, `Route: ${t.route || MODE_NAMES[t.mode] || "default"}${t.askedAt ? ` · ${timestampDate(t.askedAt).toLocaleString()}` : ""}`),
     el("div", { class: "tools" }, tools),

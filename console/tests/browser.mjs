@@ -78,7 +78,7 @@ try {
 
   // ask with Enter; the first turn streams route, tool call, table, chart
   const ask = async (text) => {
-    const box = page.getByLabel("Question");
+    const box = page.getByRole("textbox", { name: "Question" });
     await box.fill(text);
     await box.press("Enter");
     const turn = page.locator("article.turn").last();
@@ -89,7 +89,7 @@ try {
   const first = await ask(question);
   check((await first.getAttribute("data-done")) === "true", `the first Ask completes (${await page.locator("#error").textContent()})`);
   seen.route = await first.locator(".route").textContent();
-  check(/Route: sql/.test(seen.route), `the route is shown: ${seen.route}`);
+  check(/Route: (golden_)?sql/.test(seen.route), `the route is shown: ${seen.route}`);
   seen.sql = await first.locator(".sql-block code").first().textContent();
   check(/select/i.test(seen.sql) && /medium/i.test(seen.sql), `the SQL is shown: ${seen.sql}`);
   seen.rows = await first.locator("table.result tbody tr").count();
@@ -114,6 +114,8 @@ try {
   seen.usage = await first.locator(".usage").textContent();
   check(/tokens/.test(seen.usage) && /tool call/.test(seen.usage), `usage is shown: ${seen.usage}`);
   seen.conversation = (await page.locator("#context").textContent()).replace("Continuing conversation ", "");
+  // the shot: the turn from its question down (route, SQL, table, chart)
+  await first.locator("h3").evaluate((h) => h.scrollIntoView({ block: "start" }));
   await page.screenshot({ path: join(shots, "console-desktop.png"), fullPage: false });
 
   // the follow-up continues the same conversation
