@@ -272,16 +272,23 @@ class LiveTurn {
           failed.map((a) => el("div", {}, el("pre", {}, el("code", {}, a.sql)), el("p", { class: "refused" }, a.error)))),
       );
     }
+    // the table and its chart side by side on a wide screen
+    const grid = el("div", { class: "result-grid" });
+    call.body.append(grid);
     if (r.rows && r.rows.columns.length) {
       const shown = r.rows.rows.length;
-      call.body.append(
-        el("h5", {}, shown < rows ? `Result (first ${shown} of ${rows.toLocaleString("en")} rows)` : "Result"),
-        rowTable(r.rows, `Result of call ${callId}`),
+      grid.append(
+        el(
+          "div",
+          {},
+          el("h5", {}, shown < rows ? `Result (first ${shown} of ${rows.toLocaleString("en")} rows)` : "Result"),
+          rowTable(r.rows, `Result of call ${callId}`),
+        ),
       );
     }
     if (r.chartSpecJson) {
       const target = el("div", { class: "chart", role: "img", "aria-label": `Chart of the result of call ${callId}` });
-      call.body.append(el("h5", {}, "Chart"), target);
+      grid.append(el("div", {}, el("h5", {}, "Chart"), target));
       chart(target, r.chartSpecJson).catch((error) => {
         target.replaceChildren(el("p", { class: "refused" }, `The chart could not be drawn: ${error.message}`));
       });

@@ -5,6 +5,9 @@
 //   QUARRY_URL=http://127.0.0.1:50051 QUARRY_TOKEN=... QUARRY_TOKEN_NO_ASK=... \
 //   QUARRY_TOKEN_EXPIRED=... QUARRY_SHOTS=/tmp/shots node console/tests/browser.mjs
 //
+// QUARRY_URL_LIMITED (optional): a server whose rate limit is low (1/s,
+// burst 2), where asking again as QUARRY_TOKEN_LIMITED must read "wait N s".
+//
 // Signs in, asks a golden question, waits for the result table and the
 // drawn chart, continues the conversation, reopens it after a reload, and
 // checks that refusals read in plain words. Prints one JSON line with what
@@ -97,7 +100,10 @@ try {
   seen.header = await first.locator("table.result thead th").allTextContents();
   // the chart: Vega's SVG with one mark per row
   const marks = first.locator(".chart svg g.mark-rect path, .chart svg g.mark-arc path");
-  await marks.first().waitFor();
+  // drawn, or the console's "could not be drawn" (fails at once, not by timeout)
+  await first.locator(".chart svg g.mark-rect path, .chart svg g.mark-arc path, .chart .refused").first().waitFor();
+  const drawError = first.locator(".chart .refused");
+  check((await drawError.count()) === 0, `the chart is drawn: ${await drawError.allTextContents()}`);
   seen.marks = await marks.count();
   check(seen.marks >= 10, `the chart draws a mark per row (${seen.marks})`);
   seen.answer = await first.locator(".answer").textContent();
@@ -170,10 +176,24 @@ try {
   check(/token has expired/.test(seen.expired), `an expired token reads as expired: ${seen.expired}`);
   check(await page.locator("#signin").isVisible(), "an expired token signs out");
 
+  // a rate limit reads as "wait N s", the delay from the refusal's RetryInfo
+  if (process.env.QUARRY_URL_LIMITED) {
+    await page.goto(process.env.QUARRY_URL_LIMITED);
+    await page.getByLabel("Access token").fill(env("QUARRY_TOKEN_LIMITED"));
+    await page.getByLabel("Access token").press("Enter");
+    await page.locator("#signedin").waitFor({ state: "visible" });
+    for (let i = 0; i < 6 && !(await page.locator("#error").isVisible()); i++) {
+      await ask("How many artworks are in the Tate collection?");
+    }
+    seen.limited = await page.locator("#error").textContent();
+    check(/Too many requests.*Wait \d+ s and try again/.test(seen.limited), `a rate limit reads with its wait: ${seen.limited}`);
+    check(await page.locator("#signedin").isVisible(), "a rate limit keeps the sign-in");
+  }
+
   const csp = problems.filter((p) => /Content Security Policy/i.test(p));
   check(csp.length === 0, `no CSP violation: ${csp.join("; ")}`);
   // refusals are logged by Chromium as failed resources; anything else fails
-  const unexpected = problems.filter((p) => !/status of (401|403)|Failed to load resource/.test(p));
+  const unexpected = problems.filter((p) => !/Failed to load resource/.test(p));
   check(unexpected.length === 0, `no script errors: ${unexpected.join("; ")}`);
   seen.seconds = (Date.now() - started) / 1000;
   console.log(JSON.stringify(seen));

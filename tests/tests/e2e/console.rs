@@ -263,6 +263,14 @@ async fn the_console_answers_in_a_real_browser() {
     dev("chromium.sh", "install");
     dev("console.sh", "install");
     let server = TestServer::start(Options::default()).await;
+    // the same data behind a low rate limit, for the "wait N s" message
+    let limited = TestServer::start(Options {
+        database: Some(std::sync::Arc::clone(&server.db)),
+        rate_limit: Some((1, 2)),
+        ..Default::default()
+    })
+    .await;
+    let limited_url = limited.url();
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
     let mut expired = quarry_auth::Claims::issued_now("t-console", "visitor", Duration::from_secs(1));
     expired.exp = 1;
@@ -278,6 +286,9 @@ async fn the_console_answers_in_a_real_browser() {
             .arg(repo_root().join("console/tests/browser.mjs"))
             .current_dir(repo_root().join("console"))
             .env("QUARRY_URL", url)
+            .env("QUARRY_URL_LIMITED", limited_url)
+            // its own tenant: the quota is shared by servers on one database
+            .env("QUARRY_TOKEN_LIMITED", token("t-busy"))
             .env("QUARRY_TOKEN", &user)
             .env("QUARRY_TOKEN_NO_ASK", no_ask)
             .env("QUARRY_TOKEN_EXPIRED", expired)
@@ -326,5 +337,10 @@ async fn the_console_answers_in_a_real_browser() {
         ],
         "{id}"
     );
+    assert!(
+        seen["limited"].as_str().unwrap().contains("Wait"),
+        "{seen}"
+    );
+    limited.stop().await;
     server.stop().await;
 }
