@@ -331,11 +331,20 @@ mod tests {
             ["https://app.example", "http://127.0.0.1:8080"]
         );
         assert!(config.server.web.cors_layer().is_ok());
-        let config =
-            Config::from_toml_layers(&[auth, "[server.web]\ncors_origins = [\"https://app.example/x\"]"])
-                .expect("parses");
-        let error = config.server.web.cors_layer().expect_err("a path is not an origin");
-        assert!(error.to_string().contains("server.web.cors_origins"), "{error}");
+        let config = Config::from_toml_layers(&[
+            auth,
+            "[server.web]\ncors_origins = [\"https://app.example/x\"]",
+        ])
+        .expect("parses");
+        let error = config
+            .server
+            .web
+            .cors_layer()
+            .expect_err("a path is not an origin");
+        assert!(
+            error.to_string().contains("server.web.cors_origins"),
+            "{error}"
+        );
         let typo = Config::from_toml_layers(&[auth, "[server.web]\ncors_origin = []"])
             .expect_err("unknown key");
         assert!(typo.to_string().contains("cors_origin"), "{typo}");

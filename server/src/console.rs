@@ -45,7 +45,6 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 
 /// The console's routes: `GET /` and `GET /console` (the page),
 /// `GET /console/{file}` (its assets); `HEAD` alike.
-#[must_use]
 pub fn router() -> Router {
     Router::new()
         .route("/", get(page))
@@ -136,17 +135,20 @@ mod tests {
         assert!(csp.contains("script-src 'self';"), "{csp}");
         assert!(!csp.contains("unsafe-eval"), "{csp}");
         assert_eq!(page.headers()[header::CACHE_CONTROL], "no-cache");
-        let etag = page.headers()[header::ETAG].to_str().expect("ascii").to_owned();
+        let etag = page.headers()[header::ETAG]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
         let again = get("/", Some(&etag)).await;
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
         let script = get("/console/app.js", None).await;
         assert_eq!(script.status(), StatusCode::OK);
-        assert_eq!(
-            script.headers()[header::CONTENT_TYPE],
-            "text/javascript"
-        );
+        assert_eq!(script.headers()[header::CONTENT_TYPE], "text/javascript");
         let style = get("/console/app.css", None).await;
         assert_eq!(style.headers()[header::CONTENT_TYPE], "text/css");
-        assert_eq!(get("/console/nope.js", None).await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            get("/console/nope.js", None).await.status(),
+            StatusCode::NOT_FOUND
+        );
     }
 }

@@ -94,8 +94,7 @@ fn parse_origin(origin: &str) -> Result<HeaderValue, WebConfigError> {
     // `http::Uri` adds "/" as the path of `https://host`; any other path,
     // a query or user info is not part of an origin
     let bare = uri.path() == "/" && !origin.ends_with('/') && uri.query().is_none();
-    if !scheme_ok || !bare || authority.as_str().contains('@') || origin != origin.to_lowercase()
-    {
+    if !scheme_ok || !bare || authority.as_str().contains('@') || origin != origin.to_lowercase() {
         return Err(bad());
     }
     HeaderValue::from_str(origin).map_err(|_| bad())

@@ -128,7 +128,14 @@ async fn grpc_web_calls_meet_the_same_auth_limits_and_policy_as_grpc() {
     let call = grpc_web(&server, ASK, &question, None, Some("https://app.example")).await;
     assert_eq!(call.status, Some(16), "UNAUTHENTICATED: {call:?}");
     // a valid token without the `ask` scope: refused by the policy layer
-    let call = grpc_web(&server, ASK, &question, Some(&token_without_ask("t-denied")), None).await;
+    let call = grpc_web(
+        &server,
+        ASK,
+        &question,
+        Some(&token_without_ask("t-denied")),
+        None,
+    )
+    .await;
     assert_eq!(call.status, Some(7), "PERMISSION_DENIED: {call:?}");
 
     // with the scope: the whole stream, ending OK
@@ -139,9 +146,14 @@ async fn grpc_web_calls_meet_the_same_auth_limits_and_policy_as_grpc() {
         .iter()
         .map(|m| AskResponse::decode(&m[..]).unwrap().event.unwrap())
         .collect();
-    assert!(matches!(events.first(), Some(Event::Started(_))), "{events:?}");
     assert!(
-        events.iter().any(|e| matches!(e, Event::FinalAnswer(a) if !a.text.is_empty())),
+        matches!(events.first(), Some(Event::Started(_))),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::FinalAnswer(a) if !a.text.is_empty())),
         "{events:?}"
     );
 
@@ -165,7 +177,10 @@ async fn grpc_web_calls_meet_the_same_auth_limits_and_policy_as_grpc() {
     }
     let refused = refused.expect("the rate limit refuses a grpc-web call");
     assert_eq!(refused.status, Some(8), "RESOURCE_EXHAUSTED: {refused:?}");
-    assert!(refused.details, "RetryInfo travels in grpc-status-details-bin");
+    assert!(
+        refused.details,
+        "RetryInfo travels in grpc-status-details-bin"
+    );
 
     // CORS: a preflight from the configured origin is answered before auth
     // (no token) and allows the grpc-web headers; another origin is not
@@ -191,7 +206,12 @@ async fn grpc_web_calls_meet_the_same_auth_limits_and_policy_as_grpc() {
         .to_str()
         .unwrap()
         .to_owned();
-    for name in ["authorization", "content-type", "x-grpc-web", "grpc-timeout"] {
+    for name in [
+        "authorization",
+        "content-type",
+        "x-grpc-web",
+        "grpc-timeout",
+    ] {
         assert!(headers.contains(name), "{name} in {headers}");
     }
     let other = preflight("https://evil.example").await.unwrap();
@@ -238,7 +258,14 @@ async fn the_console_is_served_from_the_binary_with_a_strict_policy() {
     assert_eq!(script.status(), 200);
     assert_eq!(script.headers()["content-type"], "text/javascript");
     // the console is not behind gRPC auth, but gRPC still is
-    let call = grpc_web(&server, LIST, &ListConversationsRequest::default(), None, None).await;
+    let call = grpc_web(
+        &server,
+        LIST,
+        &ListConversationsRequest::default(),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(call.status, Some(16), "{call:?}");
     server.stop().await;
 }
@@ -272,7 +299,8 @@ async fn the_console_answers_in_a_real_browser() {
     .await;
     let limited_url = limited.url();
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
-    let mut expired = quarry_auth::Claims::issued_now("t-console", "visitor", Duration::from_secs(1));
+    let mut expired =
+        quarry_auth::Claims::issued_now("t-console", "visitor", Duration::from_secs(1));
     expired.exp = 1;
     expired.roles = vec!["tester".into()];
     let expired = quarry_auth::mint_hs256(quarry_tests::SECRET.as_bytes(), &expired).unwrap();
@@ -309,7 +337,8 @@ async fn the_console_answers_in_a_real_browser() {
         started.elapsed().as_secs_f64(),
         shots.display()
     );
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let seen: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     for shot in ["console-desktop.png", "console-phone.png"] {
         let bytes = std::fs::read(shots.join(shot)).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"), "{shot} is a PNG");
@@ -337,10 +366,7 @@ async fn the_console_answers_in_a_real_browser() {
         ],
         "{id}"
     );
-    assert!(
-        seen["limited"].as_str().unwrap().contains("Wait"),
-        "{seen}"
-    );
+    assert!(seen["limited"].as_str().unwrap().contains("Wait"), "{seen}");
     limited.stop().await;
     server.stop().await;
 }
