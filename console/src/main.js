@@ -3,7 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { AnswerStatus, AskMode, AskRequestSchema, CitationKind } from "./gen/quarry/v1/assistant_pb.js";
 import { assistantClient, plainError, tokenStore } from "./client.js";
-import { chart, el, formatUsage, idOf, rowTable, sqlBlock } from "./render.js";
+import { cell, chart, el, formatUsage, idOf, rowTable, sqlBlock } from "./render.js";
 
 const $ = (id) => document.getElementById(id);
 const client = assistantClient();
@@ -298,12 +298,15 @@ class LiveTurn {
   searchResult(call, callId, r, ms) {
     call.state.textContent = ` — ${r.hits.length} hit${r.hits.length === 1 ? "" : "s"} in ${r.collection}, ${ms} ms`;
     const items = r.hits.map((hit) => {
-      const fields = Object.entries(hit.fields).map(([name, value]) => {
-        const kind = value.kind;
-        const text = kind?.case === "textValue" ? kind.value : kind?.value !== undefined ? String(kind.value) : "";
-        return el("div", {}, el("strong", {}, `${name}: `), text);
+      const fields = Object.entries(hit.fields).sort(([a], [b]) => (a < b ? -1 : 1)).map(([name, value]) => {
+        const { text } = cell(value);
+        // only http(s) links: a stored string is data, not a script URL
+        const shown = /^https?:\/\//i.test(text) ? el("a", { href: text, rel: "noopener noreferrer", target: "_blank" }, text) : text;
+        return el("div", {}, el("strong", {}, `${name}: `), shown);
       });
-      return el("li", { id: idOf(this.id, "hit", callId, hit.key) }, el("span", {}, `${hit.key} (score ${hit.score.toFixed(3)})`), fields);
+      // a document citation's source id is `collection/key`
+      const id = idOf(this.id, "hit", callId, `${r.collection}/${hit.key}`);
+      return el("li", { id, class: "hit" }, el("span", {}, `${hit.key} (score ${hit.score.toFixed(3)})`), fields);
     });
     call.body.append(el("p", {}, `Query: ${r.query}`), el("ol", { class: "hits" }, items));
   }
@@ -311,7 +314,7 @@ class LiveTurn {
   summaryResult(call, callId, r, ms) {
     call.state.textContent = ` — ${r.summaries.length} summar${r.summaries.length === 1 ? "y" : "ies"}, ${ms} ms`;
     const items = r.summaries.map((s) =>
-      el("li", { id: idOf(this.id, "summary", callId, s.id) }, el("strong", {}, `${s.kind} · ${s.entityName || s.entityKey}`), el("p", {}, s.text)),
+      el("li", { id: idOf(this.id, "summary", callId, s.id), class: "summary" }, el("strong", {}, `${s.kind} · ${s.entityName || s.entityKey}`), el("p", {}, s.text)),
     );
     call.body.append(el("ul", { class: "summaries" }, items));
   }

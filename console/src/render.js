@@ -36,10 +36,12 @@ export function cell(value) {
       return { text: "—", num: false };
     case "boolValue":
       return { text: kind.value ? "true" : "false", num: false };
+    // numbers as the database returned them (no grouping: years, ids and
+    // codes stay as they are, and a copied cell pastes as a number)
     case "int64Value":
-      return { text: kind.value.toLocaleString("en"), num: true };
+      return { text: String(kind.value), num: true };
     case "doubleValue":
-      return { text: kind.value.toLocaleString("en", { maximumFractionDigits: 6 }), num: true };
+      return { text: kind.value.toLocaleString("en", { maximumFractionDigits: 6, useGrouping: false }), num: true };
     case "decimalValue":
       return { text: kind.value, num: true };
     case "textValue":

@@ -24,8 +24,6 @@ const env = (name) => {
 };
 const url = env("QUARRY_URL");
 const token = env("QUARRY_TOKEN");
-const tokenNoAsk = env("QUARRY_TOKEN_NO_ASK");
-const tokenExpired = env("QUARRY_TOKEN_EXPIRED");
 const shots = env("QUARRY_SHOTS");
 const executablePath = process.env.QUARRY_CHROMIUM || "/usr/bin/chromium";
 const question = process.env.QUARRY_QUESTION || "What are the 10 most common mediums?";
@@ -36,39 +34,10 @@ function check(condition, message) {
   if (!condition) throw new Error(`check failed: ${message}`);
 }
 
-mkdirSync(shots, { recursive: true });
-const profile = mkdtempSync(join(tmpdir(), "quarry-chromium-"));
-const started = Date.now();
-const problems = [];
-const seen = {};
-let context;
-try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath,
-    headless: true,
-    viewport: { width: 1280, height: 800 },
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(TIMEOUT);
-  // any CSP violation or script error fails the run
-  page.on("console", (msg) => {
-    if (msg.type() === "error") problems.push(`console: ${msg.text()}`);
-  });
-  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
-
-  await page.goto(url);
-  check((await page.title()) === "Quarry console", "the page loads");
-
+// the golden question, its follow-up, reopening, phone size, refusals
+async function golden(page) {
+  const tokenNoAsk = env("QUARRY_TOKEN_NO_ASK");
+  const tokenExpired = env("QUARRY_TOKEN_EXPIRED");
   // sign in: the token goes to sessionStorage, never into the URL
   await page.getByLabel("Access token").fill(token);
   await page.getByLabel("Access token").press("Enter");
@@ -189,6 +158,75 @@ try {
     check(/Too many requests.*Wait \d+ s and try again/.test(seen.limited), `a rate limit reads with its wait: ${seen.limited}`);
     check(await page.locator("#signedin").isVisible(), "a rate limit keeps the sign-in");
   }
+
+}
+
+// QUARRY_SCENARIO=retrieval: a question routed to summaries and search;
+// the hits and summaries are listed and the answer's citations lead to them
+async function retrieval(page) {
+  await page.getByLabel("Access token").fill(token);
+  await page.getByLabel("Access token").press("Enter");
+  await page.locator("#signedin").waitFor({ state: "visible" });
+  const box = page.getByRole("textbox", { name: "Question" });
+  await box.fill(question);
+  await box.press("Enter");
+  const turn = page.locator("article.turn[data-done]").first();
+  await turn.waitFor();
+  check((await turn.getAttribute("data-done")) === "true", `the Ask completes (${await page.locator("#error").textContent()})`);
+  seen.route = await turn.locator(".route").textContent();
+  seen.tools = await turn.locator(".tool").evaluateAll((tools) => tools.map((t) => t.dataset.tool));
+  seen.summaries = await turn.locator("li.summary").count();
+  seen.hits = await turn.locator("li.hit").count();
+  check(seen.summaries > 0 && seen.hits > 0, `summaries and hits are listed: ${JSON.stringify(seen)}`);
+  seen.summaryText = await turn.locator("li.summary p").first().textContent();
+  check(seen.summaryText.trim().length > 0, "a summary's text is shown");
+  // each kind of citation links to what it cites
+  for (const [kind, target] of [["summary", "li.summary"], ["document", "li.hit"]]) {
+    const link = turn.locator(".citations a", { hasText: kind }).first();
+    check((await link.count()) === 1, `a ${kind} citation is a link`);
+    await link.press("Enter");
+    const focused = await page.evaluate((selector) => document.activeElement?.matches(selector), target);
+    check(focused, `the ${kind} citation moves the focus to the ${kind}`);
+  }
+  seen.citations = await turn.locator(".citations li").count();
+  await turn.locator("h3").evaluate((h) => h.scrollIntoView({ block: "start" }));
+  await page.screenshot({ path: join(shots, "console-retrieval.png") });
+}
+
+mkdirSync(shots, { recursive: true });
+const profile = mkdtempSync(join(tmpdir(), "quarry-chromium-"));
+const started = Date.now();
+const problems = [];
+const seen = {};
+let context;
+try {
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath,
+    headless: true,
+    viewport: { width: 1280, height: 800 },
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(TIMEOUT);
+  // any CSP violation or script error fails the run
+  page.on("console", (msg) => {
+    if (msg.type() === "error") problems.push(`console: ${msg.text()}`);
+  });
+  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+
+  await page.goto(url);
+  check((await page.title()) === "Quarry console", "the page loads");
+  if (process.env.QUARRY_SCENARIO === "retrieval") await retrieval(page);
+  else await golden(page);
 
   const csp = problems.filter((p) => /Content Security Policy/i.test(p));
   check(csp.length === 0, `no CSP violation: ${csp.join("; ")}`);

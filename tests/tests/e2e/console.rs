@@ -13,8 +13,8 @@ use std::{
 
 use prost::Message as _;
 use quarry_proto::v1::{
-    AskMode, AskRequest, AskResponse, GetConversationRequest, ListConversationsRequest,
-    ask_response::Event,
+    AskMode, AskRequest, AskResponse, GetConversationRequest, ListCollectionsRequest,
+    ListConversationsRequest, ask_response::Event,
 };
 use quarry_tests::{Options, TestServer, authed, repo_root, token, token_with_roles};
 
@@ -284,43 +284,19 @@ fn dev(script: &str, arg: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_console_answers_in_a_real_browser() {
-    // Debian's chromium and the console's pinned npm packages, from nothing
+/// Runs `console/tests/browser.mjs` in Debian's chromium with `env` (after
+/// installing chromium and the console's pinned npm packages, from nothing)
+/// and returns what it saw (its last line of output, JSON).
+async fn browser(env: Vec<(&'static str, String)>) -> serde_json::Value {
     dev("chromium.sh", "install");
     dev("console.sh", "install");
-    let server = TestServer::start(Options::default()).await;
-    // the same data behind a low rate limit, for the "wait N s" message
-    let limited = TestServer::start(Options {
-        database: Some(std::sync::Arc::clone(&server.db)),
-        rate_limit: Some((1, 2)),
-        ..Default::default()
-    })
-    .await;
-    let limited_url = limited.url();
-    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
-    let mut expired =
-        quarry_auth::Claims::issued_now("t-console", "visitor", Duration::from_secs(1));
-    expired.exp = 1;
-    expired.roles = vec!["tester".into()];
-    let expired = quarry_auth::mint_hs256(quarry_tests::SECRET.as_bytes(), &expired).unwrap();
-    let user = token("t-console");
     let started = Instant::now();
-    let url = server.url();
-    let no_ask = token_without_ask("t-console");
-    let shots_dir = shots.clone();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(repo_root().join("console/tests/browser.mjs"))
             .current_dir(repo_root().join("console"))
-            .env("QUARRY_URL", url)
-            .env("QUARRY_URL_LIMITED", limited_url)
-            // its own tenant: the quota is shared by servers on one database
-            .env("QUARRY_TOKEN_LIMITED", token("t-busy"))
-            .env("QUARRY_TOKEN", &user)
-            .env("QUARRY_TOKEN_NO_ASK", no_ask)
-            .env("QUARRY_TOKEN_EXPIRED", expired)
-            .env("QUARRY_SHOTS", &shots_dir)
+            .env("QUARRY_SHOTS", shots())
+            .envs(env)
             .output()
             .unwrap()
     })
@@ -335,12 +311,43 @@ async fn the_console_answers_in_a_real_browser() {
     eprintln!(
         "browser run: {:.1} s, screenshots in {}\n{stdout}",
         started.elapsed().as_secs_f64(),
-        shots.display()
+        shots().display()
     );
-    let seen: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap()
+}
+
+/// Where the browser runs save their screenshots (test artefacts).
+fn shots() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_answers_in_a_real_browser() {
+    let server = TestServer::start(Options::default()).await;
+    // the same data behind a low rate limit, for the "wait N s" message
+    let limited = TestServer::start(Options {
+        database: Some(std::sync::Arc::clone(&server.db)),
+        rate_limit: Some((1, 2)),
+        ..Default::default()
+    })
+    .await;
+    let mut expired =
+        quarry_auth::Claims::issued_now("t-console", "visitor", Duration::from_secs(1));
+    expired.exp = 1;
+    expired.roles = vec!["tester".into()];
+    let expired = quarry_auth::mint_hs256(quarry_tests::SECRET.as_bytes(), &expired).unwrap();
+    let seen = browser(vec![
+        ("QUARRY_URL", server.url()),
+        ("QUARRY_TOKEN", token("t-console")),
+        ("QUARRY_TOKEN_NO_ASK", token_without_ask("t-console")),
+        ("QUARRY_TOKEN_EXPIRED", expired),
+        ("QUARRY_URL_LIMITED", limited.url()),
+        // its own tenant: the quota is shared by servers on one database
+        ("QUARRY_TOKEN_LIMITED", token("t-busy")),
+    ])
+    .await;
     for shot in ["console-desktop.png", "console-phone.png"] {
-        let bytes = std::fs::read(shots.join(shot)).unwrap();
+        let bytes = std::fs::read(shots().join(shot)).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"), "{shot} is a PNG");
     }
     // what the browser showed is what the server stored: the conversation
@@ -368,5 +375,52 @@ async fn the_console_answers_in_a_real_browser() {
     );
     assert!(seen["limited"].as_str().unwrap().contains("Wait"), "{seen}");
     limited.stop().await;
+    server.stop().await;
+}
+
+/// How long the start-up summary build and the index backfill may take on
+/// a shared machine; nothing here asserts on speed.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_lists_search_hits_and_summaries_in_a_real_browser() {
+    let server = TestServer::start(Options {
+        search: true,
+        summaries: true,
+        ..Default::default()
+    })
+    .await;
+    quarry_tests::wait_until_summaries_built(&server).await;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let collections = server
+            .search()
+            .list_collections(authed(ListCollectionsRequest {}, &token("t1")))
+            .await
+            .unwrap()
+            .into_inner()
+            .collections;
+        if collections.first().map_or(0, |c| c.documents) == quarry_tests::SLICE_LINES as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the index did not fill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = browser(vec![
+        ("QUARRY_SCENARIO", "retrieval".into()),
+        ("QUARRY_URL", server.url()),
+        ("QUARRY_TOKEN", token("t-retrieval")),
+        (
+            "QUARRY_QUESTION",
+            "William Blake's acquisition history, and any works whose credit line mentions a widow?"
+                .into(),
+        ),
+    ])
+    .await;
+    assert!(
+        seen["route"].as_str().unwrap().contains("summaries+search"),
+        "{seen}"
+    );
+    assert!(seen["hits"].as_u64().unwrap() > 0, "{seen}");
     server.stop().await;
 }
