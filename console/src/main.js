@@ -212,7 +212,7 @@ class LiveTurn {
   }
 
   toolCallStarted(e) {
-    const state = el("span", { class: "state" }, " running…");
+    const status = el("span", { class: "state" }, " running…");
     const body = el("div", { class: "body" });
     let args = e.argumentsJson;
     try {
@@ -224,10 +224,10 @@ class LiveTurn {
     const node = el(
       "details",
       { class: "tool", open: true, id: idOf(this.id, "call", e.callId), "data-tool": e.toolName },
-      el("summary", {}, `${e.toolName} (${e.callId})`, state),
+      el("summary", {}, `${e.toolName} (${e.callId})`, status),
       body,
     );
-    this.calls.set(e.callId, { node, body, state });
+    this.calls.set(e.callId, { node, body, state: status });
     this.tools.append(node);
   }
 

@@ -47,8 +47,8 @@ pub const CONVERSATION_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 /// `server.sql_url` / `search_url` / `summary_url` (which win when set).
 ///
 /// # Errors
-/// Invalid configuration (auth secret, issuer or audience outside
-/// `server.development`, an unreachable `auth.jwks_url`, golden pairs, model
+/// Invalid configuration (`server.web.cors_origins`, auth secret, issuer
+/// or audience outside `server.development`, an unreachable `auth.jwks_url`, golden pairs, model
 /// settings, an assistant role with neither the sql role nor
 /// `server.sql_url`) or a transport failure.
 pub async fn serve(
