@@ -320,7 +320,12 @@ class LiveTurn {
   }
 
   answerDelta(e) {
-    this.answer.classList.remove("pending");
+    if (!this.text) {
+      // the answer starts: bring it into view once (the reader may then
+      // scroll back up to the tool calls without being pulled down again)
+      this.answer.classList.remove("pending");
+      this.answer.scrollIntoView({ block: "nearest" });
+    }
     this.text += e.text;
     this.answer.append(document.createTextNode(e.text));
   }

@@ -5,6 +5,9 @@
 //   QUARRY_URL=http://127.0.0.1:50051 QUARRY_TOKEN=... QUARRY_TOKEN_NO_ASK=... \
 //   QUARRY_TOKEN_EXPIRED=... QUARRY_SHOTS=/tmp/shots node console/tests/browser.mjs
 //
+// QUARRY_SCENARIO picks another run: `retrieval` (summaries and search
+// hits) or `streaming` (a slow model's answer shown as it arrives).
+//
 // QUARRY_URL_LIMITED (optional): a server whose rate limit is low (1/s,
 // burst 2), where asking again as QUARRY_TOKEN_LIMITED must read "wait N s".
 //
@@ -193,6 +196,37 @@ async function retrieval(page) {
   await page.screenshot({ path: join(shots, "console-retrieval.png") });
 }
 
+// QUARRY_SCENARIO=streaming: a model that streams its answer slowly; the
+// page shows the tool's result and the answer's first words while the
+// stream is still open, then the whole answer (QUARRY_ANSWER) and usage
+async function streaming(page) {
+  const firstWords = env("QUARRY_FIRST_CHUNK");
+  const whole = env("QUARRY_ANSWER");
+  await page.getByLabel("Access token").fill(token);
+  await page.getByLabel("Access token").press("Enter");
+  await page.locator("#signedin").waitFor({ state: "visible" });
+  const box = page.getByRole("textbox", { name: "Question" });
+  await box.fill(question);
+  await box.press("Enter");
+  await page.waitForFunction((text) => {
+    const turn = document.querySelector("article.turn");
+    return turn && !turn.dataset.done && turn.querySelector(".answer").textContent.includes(text);
+  }, firstWords);
+  const turn = page.locator("article.turn").first();
+  seen.partial = await turn.locator(".answer").textContent();
+  seen.tableWhileStreaming = await turn.locator("table.result tbody tr").count();
+  seen.doneWhileStreaming = await turn.getAttribute("data-done");
+  check(seen.partial.length < whole.length, `part of the answer shows before the rest: ${seen.partial}`);
+  check(seen.tableWhileStreaming > 0, "the tool's table shows before the answer ends");
+  await page.screenshot({ path: join(shots, "console-streaming.png") });
+  await page.locator("article.turn[data-done]").waitFor();
+  check((await turn.getAttribute("data-done")) === "true", `the Ask completes (${await page.locator("#error").textContent()})`);
+  seen.answer = await turn.locator(".answer").textContent();
+  check(seen.answer === whole, `the whole answer: ${seen.answer}`);
+  seen.usage = await turn.locator(".usage").textContent();
+  check(/2 model calls/.test(seen.usage), `usage counts the model calls: ${seen.usage}`);
+}
+
 mkdirSync(shots, { recursive: true });
 const profile = mkdtempSync(join(tmpdir(), "quarry-chromium-"));
 const started = Date.now();
@@ -226,6 +260,7 @@ try {
   await page.goto(url);
   check((await page.title()) === "Quarry console", "the page loads");
   if (process.env.QUARRY_SCENARIO === "retrieval") await retrieval(page);
+  else if (process.env.QUARRY_SCENARIO === "streaming") await streaming(page);
   else await golden(page);
 
   const csp = problems.filter((p) => /Content Security Policy/i.test(p));

@@ -12,6 +12,7 @@ use std::{
 };
 
 use prost::Message as _;
+use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::{
     AskMode, AskRequest, AskResponse, GetConversationRequest, ListCollectionsRequest,
     ListConversationsRequest, ask_response::Event,
@@ -422,5 +423,45 @@ async fn the_console_lists_search_hits_and_summaries_in_a_real_browser() {
         "{seen}"
     );
     assert!(seen["hits"].as_u64().unwrap() > 0, "{seen}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_shows_the_answer_while_it_streams_in_a_real_browser() {
+    // the model calls the SQL tool, then streams its answer in four parts
+    // 700 ms apart: the page must show the table and the first part while
+    // the stream is still open
+    let chunks = [
+        "The most common medium in the slice ",
+        "is graphite on paper, ",
+        "ahead of ink on paper ",
+        "and line engraving.",
+    ];
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_call(
+            "query_database",
+            r#"{"sql": "SELECT medium, count(*) AS works FROM tate.artworks WHERE medium IS NOT NULL GROUP BY medium ORDER BY works DESC LIMIT 10"}"#,
+        )
+        .with_usage(120, 30),
+        ScriptedTurn::text_chunks(chunks)
+            .with_chunk_delay(Duration::from_millis(700))
+            .with_usage(300, 20),
+    ])
+    .await;
+    let server = TestServer::with_model(&model, "").await;
+    let seen = browser(vec![
+        ("QUARRY_SCENARIO", "streaming".into()),
+        ("QUARRY_URL", server.url()),
+        ("QUARRY_TOKEN", token("t-stream")),
+        ("QUARRY_QUESTION", "Which mediums are most common?".into()),
+        ("QUARRY_FIRST_CHUNK", chunks[0].trim_end().into()),
+        ("QUARRY_ANSWER", chunks.concat()),
+    ])
+    .await;
+    assert!(
+        seen["doneWhileStreaming"].is_null(),
+        "the turn was still open: {seen}"
+    );
+    assert_eq!(model.request_count(), 2, "{seen}");
     server.stop().await;
 }
