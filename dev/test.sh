@@ -71,6 +71,15 @@ if ! "$ROOT/dev/nginx.sh" install; then
   exit 1
 fi
 
+# The console's browser test (tests/tests/e2e/console.rs) drives Debian's
+# chromium with playwright-core from console/node_modules (npm ci).
+section "chromium and the console's npm packages (dev/chromium.sh, dev/console.sh)"
+if ! "$ROOT/dev/chromium.sh" install; then
+  echo "dev/test.sh: FAILED: dev/chromium.sh install (needs root and apt-get when chromium is missing)" >&2
+  exit 1
+fi
+step "console bundle is the build of its sources (dev/console.sh check)" "$ROOT/dev/console.sh" check
+
 step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets --features quarry/dev-tools -- -D warnings
 step "buf lint" "$ROOT/dev/buf.sh" lint

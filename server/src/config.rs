@@ -121,6 +121,9 @@ pub struct ServerConfig {
     /// `BYPASSRLS`. Production configs leave it false (the default), and
     /// Quarry then refuses to start with any of those.
     pub development: bool,
+    /// `[server.web]`: the origins whose pages may call over grpc-web
+    /// (CORS); default none, so only the console this node serves.
+    pub web: crate::web::WebConfig,
 }
 
 impl Default for ServerConfig {
@@ -134,6 +137,7 @@ impl Default for ServerConfig {
             summary_url: None,
             run_summary_builder: true,
             development: false,
+            web: crate::web::WebConfig::default(),
         }
     }
 }
@@ -310,6 +314,40 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("modle"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_are_none_unless_listed_and_each_must_be_an_origin() {
+        let auth = "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"";
+        let config = Config::from_toml_layers(&[auth]).expect("defaults");
+        assert!(config.server.web.cors_origins.is_empty());
+        let config = Config::from_toml_layers(&[
+            auth,
+            "[server.web]\ncors_origins = [\"https://app.example\", \"http://127.0.0.1:8080\"]",
+        ])
+        .expect("origins");
+        assert_eq!(
+            config.server.web.cors_origins,
+            ["https://app.example", "http://127.0.0.1:8080"]
+        );
+        assert!(config.server.web.cors_layer().is_ok());
+        let config = Config::from_toml_layers(&[
+            auth,
+            "[server.web]\ncors_origins = [\"https://app.example/x\"]",
+        ])
+        .expect("parses");
+        let error = config
+            .server
+            .web
+            .cors_layer()
+            .expect_err("a path is not an origin");
+        assert!(
+            error.to_string().contains("server.web.cors_origins"),
+            "{error}"
+        );
+        let typo = Config::from_toml_layers(&[auth, "[server.web]\ncors_origin = []"])
+            .expect_err("unknown key");
+        assert!(typo.to_string().contains("cors_origin"), "{typo}");
     }
 
     #[test]

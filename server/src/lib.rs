@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod health;
 pub mod limits;
 pub mod metrics;
@@ -23,6 +24,7 @@ pub mod surfaces;
 pub mod telemetry;
 mod tools;
 mod trace_context;
+pub mod web;
 
 pub use config::Config;
 pub use models::Models;

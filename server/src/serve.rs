@@ -47,8 +47,8 @@ pub const CONVERSATION_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 /// `server.sql_url` / `search_url` / `summary_url` (which win when set).
 ///
 /// # Errors
-/// Invalid configuration (auth secret, issuer or audience outside
-/// `server.development`, an unreachable `auth.jwks_url`, golden pairs, model
+/// Invalid configuration (`server.web.cors_origins`, auth secret, issuer
+/// or audience outside `server.development`, an unreachable `auth.jwks_url`, golden pairs, model
 /// settings, an assistant role with neither the sql role nor
 /// `server.sql_url`) or a transport failure.
 pub async fn serve(
@@ -90,6 +90,7 @@ pub async fn serve_with_metrics(
         None => None,
     };
     let server_config = &config.server;
+    let cors = server_config.web.cors_layer()?;
     if roles.has(Role::Assistant) && !roles.has(Role::Sql) && server_config.sql_url.is_none() {
         anyhow::bail!(
             "the assistant role needs the sql role in the same process or server.sql_url"
@@ -358,11 +359,16 @@ pub async fn serve_with_metrics(
             background.clone(),
         );
     }
-    // the HTTP surfaces beside gRPC (console, MCP): none yet
-    let surfaces = crate::surfaces::Surfaces::default();
+    // the HTTP surfaces beside gRPC (console, MCP)
+    let surfaces =
+        crate::surfaces::Surfaces::default().mount(&["/", "/console"], crate::console::router());
     let layers = ServiceBuilder::new()
         // outermost: non-gRPC surfaces leave here, before gRPC auth
         .layer(crate::surfaces::SurfacesLayer::new(surfaces))
+        // browsers: CORS preflights answered before auth, then grpc-web
+        // translated to gRPC for the same layers as any call ([`crate::web`])
+        .layer(cors)
+        .layer(tonic_web::GrpcWebLayer::new())
         // then: the RPC span is the parent of everything, metrics
         // measured inside it (refusals by auth and limits included)
         .layer(crate::TraceContextLayer)

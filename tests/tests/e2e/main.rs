@@ -10,6 +10,7 @@ mod auth;
 mod budgets;
 mod cancel;
 mod catalog;
+mod console;
 mod conversation;
 mod fairness;
 mod faults;
