@@ -2,7 +2,7 @@
 # The Python SQL agents `quarry eval peers` compares Quarry with (issue 16):
 #
 #   dev/peers.sh install   install eval/peers/requirements.txt (LangChain's
-#                          SQL agent, LangGraph, SQLAlchemy, psycopg) into a
+#                          SQL agent, LangGraph, SQLAlchemy, psycopg2) into a
 #                          virtual environment in the git-ignored .dev/peers
 #                          folder, once per version of that file; prints the
 #                          environment's python on stdout
@@ -40,7 +40,7 @@ install_peers() {
     -r "$REQUIREMENTS" >&2; then
     die "pip install -r eval/peers/requirements.txt failed"
   fi
-  "$VENV/bin/python" -c 'import langchain_community.agent_toolkits, langchain_openai, langgraph.prebuilt, psycopg' ||
+  PYTHONWARNINGS=ignore "$VENV/bin/python" -c 'import langchain_community.agent_toolkits, langchain_openai, langgraph.prebuilt, psycopg2' ||
     die "the installed peers do not import"
   touch "$STAMP"
 }

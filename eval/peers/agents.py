@@ -101,7 +101,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("agent", choices=sorted(AGENTS))
     parser.add_argument("--base-url", required=True, help="OpenAI-compatible base URL (…/v1)")
-    parser.add_argument("--db-uri", required=True, help="SQLAlchemy URI, e.g. postgresql+psycopg://…")
+    parser.add_argument("--db-uri", required=True, help="SQLAlchemy URI, e.g. postgresql+psycopg2://…")
     parser.add_argument("--schema", default="tate")
     parser.add_argument("questions", nargs="+")
     args = parser.parse_args()

@@ -319,8 +319,8 @@ impl PeersReport {
 }
 
 /// `url` (`postgres://` or `postgresql://…`) as a SQLAlchemy URL for
-/// psycopg 3 (`postgresql+psycopg://…`, SQLAlchemy's "PostgreSQL /
-/// psycopg" dialect documentation).
+/// psycopg2 (`postgresql+psycopg2://…`, SQLAlchemy's "PostgreSQL /
+/// psycopg2" dialect documentation).
 ///
 /// # Errors
 /// `url` is not a `postgres://` or `postgresql://` URL.
@@ -328,7 +328,7 @@ pub fn sqlalchemy_url(url: &str) -> anyhow::Result<String> {
     ["postgresql://", "postgres://"]
         .iter()
         .find_map(|scheme| url.strip_prefix(scheme))
-        .map(|rest| format!("postgresql+psycopg://{rest}"))
+        .map(|rest| format!("postgresql+psycopg2://{rest}"))
         .ok_or_else(|| anyhow::anyhow!("not a postgres:// or postgresql:// url: {url}"))
 }
 
@@ -491,7 +491,7 @@ pub async fn run_peer(
             Some(None) if !requests.iter().any(has_tool_result) => {
                 Some("the model never received a tool result".to_owned())
             }
-            Some(None) => None,
+            Some(None) => tool_error(&requests).map(|e| format!("the SQL tool failed: {e}")),
         };
         figures.questions.push(QuestionBytes {
             question: question.clone(),
@@ -507,6 +507,20 @@ fn has_tool_result(request: &Value) -> bool {
     request["messages"]
         .as_array()
         .is_some_and(|messages| messages.iter().any(|m| m["role"] == "tool"))
+}
+
+/// The first tool result in `requests` that reports an error (the
+/// toolkit's tools answer `Error: …` instead of raising), cut to 300
+/// characters.
+fn tool_error(requests: &[Value]) -> Option<String> {
+    requests
+        .iter()
+        .filter_map(|r| r["messages"].as_array())
+        .flatten()
+        .filter(|m| m["role"] == "tool")
+        .filter_map(|m| m["content"].as_str())
+        .find(|c| c.trim_start().starts_with("Error"))
+        .map(|c| c.chars().take(300).collect())
 }
 
 /// Which of `gold`'s questions `request` is about: the first whose text is
@@ -629,13 +643,28 @@ mod tests {
     fn sqlalchemy_urls_name_psycopg() {
         assert_eq!(
             sqlalchemy_url("postgres://u@h:1/d").unwrap(),
-            "postgresql+psycopg://u@h:1/d"
+            "postgresql+psycopg2://u@h:1/d"
         );
         assert_eq!(
             sqlalchemy_url("postgresql://u@h/d?sslmode=disable").unwrap(),
-            "postgresql+psycopg://u@h/d?sslmode=disable"
+            "postgresql+psycopg2://u@h/d?sslmode=disable"
         );
         assert!(sqlalchemy_url("mysql://u@h/d").is_err());
+    }
+
+    #[test]
+    fn a_failed_tool_call_is_seen_in_the_tool_result() {
+        let request = |result: &str| {
+            json!({"messages": [
+                {"role": "user", "content": "How many?"},
+                {"role": "tool", "content": result},
+            ]})
+        };
+        assert_eq!(tool_error(&[request("[(3,)]")]), None);
+        assert_eq!(
+            tool_error(&[request("Error: (psycopg.errors.SyntaxError) syntax error")]).as_deref(),
+            Some("Error: (psycopg.errors.SyntaxError) syntax error")
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod k8s_probes;
 mod lean;
 mod metrics;
 mod models;
+mod peers;
 mod pii;
 mod registry;
 mod replicas;
