@@ -25,6 +25,10 @@
 //! plain text. Every question is so a two-call run for every agent, and
 //! the figures compare what each framework wraps around the same exchange.
 //!
+//! Quarry's queries run as the configuration's login role, as the peers'
+//! do ([`run_peers_eval`] leaves `sql.exec.role` out), so every agent's
+//! tool result holds the same rows.
+//!
 //! **Bytes** of a call are the length of the request body the model server
 //! received, re-serialised as compact JSON (`serde_json`'s
 //! `Value::to_string`), exactly as `quarry eval tokens` counts them, so
@@ -129,7 +133,11 @@ pub struct AgentBytes {
 impl AgentBytes {
     /// Mean bytes per call over every call; 0 without calls.
     pub fn bytes_per_call(&self) -> f64 {
-        let calls: Vec<usize> = self.questions.iter().flat_map(|q| q.calls.clone()).collect();
+        let calls: Vec<usize> = self
+            .questions
+            .iter()
+            .flat_map(|q| q.calls.clone())
+            .collect();
         mean(&calls)
     }
 
@@ -146,7 +154,10 @@ impl AgentBytes {
 
     /// Questions that did not end with an answer.
     pub fn failures(&self) -> usize {
-        self.questions.iter().filter(|q| q.failure.is_some()).count()
+        self.questions
+            .iter()
+            .filter(|q| q.failure.is_some())
+            .count()
     }
 
     fn calls(&self) -> usize {
@@ -352,8 +363,15 @@ pub async fn run_peers_eval(
     progress: bool,
 ) -> anyhow::Result<PeersReport> {
     let quarry_dump = dump_requests.map(|d| d.join("quarry"));
+    // Quarry reads as the login role, as the peers do: under the read-only
+    // role (`sql.exec.role`) row-level security would show the evaluation's
+    // tenant other rows than the peers see (none at all of Tate's artworks,
+    // whose policy knows only the demo tenants), and the second call's tool
+    // result would not be the same data
+    let mut sections = sections.clone();
+    sections.sql.exec.role = None;
     let tokens = run_token_eval(
-        sections,
+        &sections,
         std::slice::from_ref(set),
         quarry_dump.as_deref(),
         progress,
@@ -569,7 +587,9 @@ fn responder(
         let prompt = format!("{}{}", request["messages"], request["tools"]);
         let prompt_tokens = u32::try_from(estimate_tokens(&prompt)).unwrap_or(u32::MAX);
         let (turn, reply) = match scripted_call(request, &gold) {
-            Some((name, arguments)) => (ScriptedTurn::tool_call(name, arguments.clone()), arguments),
+            Some((name, arguments)) => {
+                (ScriptedTurn::tool_call(name, arguments.clone()), arguments)
+            }
             None => (ScriptedTurn::text(ANSWER_TEXT), ANSWER_TEXT.to_owned()),
         };
         let completion_tokens = u32::try_from(estimate_tokens(&reply)).unwrap_or(u32::MAX);
@@ -697,7 +717,13 @@ mod tests {
         assert_eq!(report.agents[0].bytes_of_call(2), Some(200.0));
         assert_eq!(report.agents[2].bytes_of_call(3), None);
         let table = report.table();
-        assert!(table.contains("| s | 1 | q | 1 | 100 | 150 | 120 | yes |"), "{table}");
-        assert!(table.contains("| s | 1 | q | 2 | 200 | 190 | 210 | no |"), "{table}");
+        assert!(
+            table.contains("| s | 1 | q | 1 | 100 | 150 | 120 | yes |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| s | 1 | q | 2 | 200 | 190 | 210 | no |"),
+            "{table}"
+        );
     }
 }

@@ -53,7 +53,9 @@ async fn token_eval_reports_consistent_figures_for_the_full_schema() {
         ],
     };
 
-    let report = run_token_eval(&sections, &[set], None, false).await.unwrap();
+    let report = run_token_eval(&sections, &[set], None, false)
+        .await
+        .unwrap();
 
     let set = &report.sets[0];
     assert_eq!(set.tables, 2);

@@ -37,9 +37,6 @@ async fn count_question_side_by_side() -> PeersReport {
     let mut sections = ServerSections::load(Some(&repo_root().join("dev/quarry.toml"))).unwrap();
     sections.database.url = db.url().to_owned();
     sections.sql.golden_path = Some(repo_root().join("demo/golden/tate.json"));
-    // the test database's owner reads tate as the peers do (the read-only
-    // role has no grants in a fresh database)
-    sections.sql.exec.role = None;
     let set = QuestionSet {
         name: "tate".to_owned(),
         schema: "tate".to_owned(),
