@@ -80,6 +80,15 @@ if ! "$ROOT/dev/chromium.sh" install; then
 fi
 step "console bundle is the build of its sources (dev/console.sh check)" "$ROOT/dev/console.sh" check
 
+# tests/tests/e2e/peers.rs drives LangChain's and LangGraph's SQL agents
+# (PyPI, pinned in eval/peers/requirements.txt); installed once, here, before
+# tests run in parallel (the test installs them itself when run alone).
+section "Python SQL agents (dev/peers.sh)"
+if ! "$ROOT/dev/peers.sh" install; then
+  echo "dev/test.sh: FAILED: dev/peers.sh install (needs python3 with venv and PyPI)" >&2
+  exit 1
+fi
+
 step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets --features quarry/dev-tools -- -D warnings
 step "buf lint" "$ROOT/dev/buf.sh" lint

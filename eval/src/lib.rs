@@ -24,12 +24,14 @@
 //! The figures ([`SqlEvalReport`]) are defined there, field by field.
 //!
 //! `quarry eval search` lives in [`search`]; `quarry eval tokens` (what
-//! agentic mode sends the model, per call) in [`tokens`].
+//! agentic mode sends the model, per call) in [`tokens`]; `quarry eval
+//! peers` (those request bodies next to Python SQL agents') in [`peers`].
 
 pub mod beir;
 pub mod compare;
 pub mod convert;
 pub mod dataset;
+pub mod peers;
 pub mod search;
 pub mod tokens;
 

@@ -92,6 +92,35 @@ enum What {
         #[arg(long)]
         json: bool,
     },
+    /// Request bytes per model call of Quarry's agentic mode next to
+    /// LangChain's SQL agent and LangGraph's SQL agent (eval/peers/agents.py)
+    /// on Tate's demo questions, all driven by one scripted model. Install
+    /// the peers first: `dev/peers.sh install`.
+    Peers {
+        /// Tate's golden pairs (schema `tate` of the configured database).
+        #[arg(long, default_value = "demo/golden/tate.json")]
+        tate: PathBuf,
+        /// Only the first N questions.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The Python with the peers installed (what `dev/peers.sh install` prints).
+        #[arg(long, default_value = ".dev/peers/bin/python")]
+        python: PathBuf,
+        /// The peers' script.
+        #[arg(long, default_value = "eval/peers/agents.py")]
+        script: PathBuf,
+        /// Longest each peer may take for all its questions, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        /// Write every request body under this folder: quarry/, langchain/,
+        /// langgraph/, one pretty-printed JSON file a call
+        /// (`<set>-<question>-<call>.json`).
+        #[arg(long, value_name = "DIR")]
+        dump_requests: Option<PathBuf>,
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the evaluation and prints its report (a table, or JSON).
@@ -189,6 +218,42 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
             let report = quarry_eval::tokens::run_token_eval(
                 &sections,
                 &sets,
+                dump_requests.as_deref(),
+                !json,
+            )
+            .await?;
+            super::print_report(json, || report.to_json(), || report.table())
+        }
+        What::Peers {
+            tate,
+            limit,
+            python,
+            script,
+            timeout_secs,
+            dump_requests,
+            json,
+        } => {
+            let sections = quarry_bench::ask::ServerSections::load(config)?;
+            let mut set = quarry_eval::tokens::tate_set(&tate)?;
+            if let Some(limit) = limit {
+                set.questions.truncate(limit);
+            }
+            anyhow::ensure!(
+                python.exists(),
+                "{} not found: install the peers with dev/peers.sh install",
+                python.display()
+            );
+            let setup = quarry_eval::peers::PeerSetup {
+                python,
+                script,
+                database_url: sections.database.url.clone(),
+                timeout: std::time::Duration::from_secs(timeout_secs),
+            };
+            let report = quarry_eval::peers::run_peers_eval(
+                &sections,
+                &set,
+                &setup,
+                &quarry_eval::peers::Peer::ALL,
                 dump_requests.as_deref(),
                 !json,
             )

@@ -23,6 +23,7 @@ mod k8s_probes;
 mod lean;
 mod metrics;
 mod models;
+mod peers;
 mod pii;
 mod registry;
 mod replicas;
