@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod health;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 mod models;
 pub mod progress;
