@@ -198,12 +198,21 @@ async fn the_python_sdk_lists_every_tool_calls_each_and_is_refused_without_the_s
     .await
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "tests/mcp/client.py failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "tests/mcp/client.py failed:\n{stderr}"
+    );
     let report: Json = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
     assert_eq!(
         report["tools"],
-        json!(["ask", "explain_sql", "get_summaries", "query_database", "search_documents"])
+        json!([
+            "ask",
+            "explain_sql",
+            "get_summaries",
+            "query_database",
+            "search_documents"
+        ])
     );
     // the schemas are the ones the orchestrator writes for models
     assert_eq!(
@@ -253,7 +262,10 @@ async fn an_mcp_tool_call_is_authorised_by_the_grpc_policy() {
     assert_eq!(status, 200, "{message:?}");
     let (text, is_error) = tool_result(&message);
     assert!(!is_error, "{text}");
-    assert!(text.contains(&artworks(&server).await.to_string()), "{text}");
+    assert!(
+        text.contains(&artworks(&server).await.to_string()),
+        "{text}"
+    );
 
     let (status, _, message) = rpc(
         &server,
