@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::{ListAuditEntriesRequest, ListCollectionsRequest};
 use quarry_tests::{
     Options, SLICE_LINES, TestServer, authed, token, token_with_roles, token_with_scopes,
@@ -311,5 +312,91 @@ async fn mcp_tool_calls_spend_the_tenants_rate_limit() {
     let (id, text) = refused.expect("50 calls in a row were all admitted");
     assert!(id >= 2, "refused at call {id}, within the burst: {text}");
     assert!(text.contains("rate limit exceeded for tenant t1"), "{text}");
+    server.stop().await;
+}
+
+/// `ask` in agentic mode (the scripted model calls `query_database`, then
+/// streams its answer in three pieces), with a progress token: the event
+/// stream carries one progress notification per `Ask` event, in order —
+/// the route, the tool call and its result, each answer piece — before the
+/// result, which holds the whole answer and its citation.
+#[tokio::test]
+async fn ask_streams_the_agents_progress_before_its_answer() {
+    let model = ScriptedServer::start(vec![
+        ScriptedTurn::tool_call("query_database", json!({"sql": COUNT_SQL}).to_string()),
+        ScriptedTurn::text_chunks([
+            "The collection ",
+            "holds ",
+            &format!("{SLICE_LINES} artworks."),
+        ]),
+    ])
+    .await;
+    let server = TestServer::with_model(&model, "").await;
+    let mut request = call(7, "ask", json!({"question": "How big is the collection?"}));
+    request["params"]["_meta"] = json!({"progressToken": "p7"});
+    let response = reqwest::Client::new()
+        .post(format!("{}/mcp", server.url()))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2025-06-18")
+        .header("authorization", format!("Bearer {}", token("t1")))
+        .body(request.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.unwrap();
+    let messages: Vec<Json> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str(data.trim()).ok())
+        .collect();
+    let progress: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .inspect(|m| assert_eq!(m["params"]["progressToken"], "p7"))
+        .map(|m| m["params"]["message"].as_str().unwrap())
+        .collect();
+    let kinds: Vec<&str> = progress
+        .iter()
+        .map(|m| m.split([' ', ':']).next().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "started",
+            "route",
+            "calling",
+            "query_database",
+            "answer",
+            "answer",
+            "answer",
+            "answered",
+            "usage"
+        ],
+        "{progress:#?}"
+    );
+    assert!(progress[1].starts_with("route: agent"), "{}", progress[1]);
+    assert_eq!(
+        progress[4..7],
+        [
+            "answer: The collection ",
+            "answer: holds ",
+            &format!("answer: {SLICE_LINES} artworks.")
+        ]
+    );
+    // the result comes after every notification
+    let last = messages.last().unwrap();
+    assert_eq!(last["id"], 7, "{last}");
+    let (answer, is_error) = tool_result(&Some(last.clone()));
+    assert!(!is_error, "{answer}");
+    assert!(
+        answer.starts_with(&format!("The collection holds {SLICE_LINES} artworks.")),
+        "{answer}"
+    );
+    assert_eq!(
+        last["result"]["structuredContent"]["citations"][0]["kind"],
+        "CITATION_KIND_SQL_ROWS"
+    );
     server.stop().await;
 }
