@@ -125,8 +125,8 @@ pub fn explanation_for_model(call_id: &str, explained: &ExplainSqlResponse) -> S
     );
     if !explained.node_types.is_empty() {
         text.push_str(&sanitize(&format!(
-            "plan: {}\n",
-            explained.node_types.join(" > ")
+            "plan nodes, depth first: {}\n",
+            explained.node_types.join(", ")
         )));
     }
     for hint in &explained.hints {
@@ -178,7 +178,10 @@ mod tests {
             text.contains("estimated cost 12.50, estimated rows 1\n"),
             "{text}"
         );
-        assert!(text.contains("plan: Aggregate > Seq Scan\n"), "{text}");
+        assert!(
+            text.contains("plan nodes, depth first: Aggregate, Seq Scan\n"),
+            "{text}"
+        );
         assert!(
             text.contains("hint seq_scan_large_table: scans tate.artworks\n"),
             "{text}"

@@ -400,3 +400,37 @@ async fn ask_streams_the_agents_progress_before_its_answer() {
     );
     server.stop().await;
 }
+
+/// DNS-rebinding protection: with a valid token, a request whose `Host` is
+/// not an allowed name (default: loopback) is refused before any tool
+/// runs; `[mcp] allowed_hosts` admits a name.
+#[tokio::test]
+async fn only_allowed_host_names_reach_the_tools() {
+    let server = TestServer::start(Options {
+        extra_toml: "[mcp]\nallowed_hosts = [\"127.0.0.1\", \"quarry.example.com\"]\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let status = |host: &'static str| {
+        let url = format!("{}/mcp", server.url());
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("host", host)
+                .header("accept", "application/json, text/event-stream")
+                .header("content-type", "application/json")
+                .header("mcp-protocol-version", "2025-06-18")
+                .header("authorization", format!("Bearer {}", token("t1")))
+                .body(call(1, "query_database", json!({"sql": COUNT_SQL})).to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status("quarry.example.com").await, 200);
+    let refused = status("attacker.example").await;
+    assert!((400..500).contains(&refused), "HTTP {refused}");
+    server.stop().await;
+}
