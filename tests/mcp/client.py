@@ -95,12 +95,14 @@ async def raw_http(url: str, report: dict[str, Any]) -> None:
         report["metadata"] = document
 
 
-async def with_session(url: str, token: str, body) -> Any:
+async def with_session(url: str, token: str, body, report: dict[str, Any]) -> Any:
     http = create_mcp_http_client(headers={"authorization": f"Bearer {token}"})
     async with http:
         async with streamable_http_client(url, http_client=http) as (read, write):
             async with ClientSession(read, write) as session:
-                await session.initialize()
+                initialized = await session.initialize()
+                report["protocol_version"] = str(initialized.protocol_version)
+                report["server"] = f"{initialized.server_info.name} {initialized.server_info.version}"
                 return await body(session)
 
 
@@ -170,7 +172,7 @@ async def full_access(url: str, token: str, artworks: int, report: dict[str, Any
         report["progress"] = notes
         report["calls"] = calls
 
-    await with_session(url, token, body)
+    await with_session(url, token, body, report)
 
 
 async def narrow(url: str, token: str, report: dict[str, Any]) -> None:
@@ -187,7 +189,7 @@ async def narrow(url: str, token: str, report: dict[str, Any]) -> None:
             refusals[name] = text
         report["refusals"] = refusals
 
-    await with_session(url, token, body)
+    await with_session(url, token, body, report)
 
 
 async def main() -> int:
