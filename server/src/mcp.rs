@@ -5,7 +5,8 @@
 //!
 //! Tools: `ask` (the whole orchestrator; progress notifications as the
 //! answer forms), `query_database`, `search_documents`, `get_summaries`,
-//! `explain_sql` — the orchestrator's own [`ModelTool`]s, so their input
+//! `explain_sql` — the orchestrator's own
+//! [`ModelTool`](quarry_orchestrator::ModelTool)s, so their input
 //! schemas and descriptions are the ones written for models, and their
 //! argument errors name the field at fault ([`handler`]).
 //!

@@ -16,8 +16,9 @@ not hold:
   schema; each tool is called and answers; a bad argument is a tool error
   naming the field; `ask` sends progress notifications as the answer forms
   and returns the answer with its citation;
-- with the narrow token (scope `ask` only): `query_database` and
-  `explain_sql` are tool errors saying which scope is missing.
+- with the narrow token (scope `ask` only): only `ask` is listed, and
+  `query_database` and `explain_sql`, called anyway, are tool errors saying
+  which scope is missing.
 
 Prints a JSON report of what it saw on stdout (the Rust test asserts on it).
 """
@@ -177,6 +178,9 @@ async def full_access(url: str, token: str, artworks: int, report: dict[str, Any
 
 async def narrow(url: str, token: str, report: dict[str, Any]) -> None:
     async def body(session: ClientSession) -> None:
+        listed = sorted(tool.name for tool in (await session.list_tools()).tools)
+        check(listed == ["ask"], f"an ask-only token is listed {listed}")
+        report["narrow_tools"] = listed
         refusals: dict[str, str] = {}
         for name, arguments, scope in [
             ("query_database", {"sql": COUNT_SQL}, "sql:query"),

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use futures::StreamExt as _;
-use quarry_auth::{Caller, PolicyStore, Principal, scopes::PII_READ};
+use quarry_auth::{
+    Caller, PolicyStore, Principal,
+    scopes::{ASK as ASK_SCOPE, PII_READ},
+};
 use quarry_llm::{ToolCall, pii::Pseudonymizer};
 use quarry_orchestrator::{
     AskCaller, ModelTool, OrchestratorConfig, ToolContext,
@@ -55,9 +58,9 @@ struct Inner {
 impl QuarryMcp {
     /// The handler over `channels` (see [`McpChannels`]), with the tools'
     /// settings from `orchestrator` (rows and characters shown, as for a
-    /// model). `policy` decides only whether a caller sees personal data
-    /// restored in results (`pii:read`); every call is authorised by the
-    /// services' own policy layer.
+    /// model). `policy` decides what a caller is listed and whether it sees
+    /// personal data restored in results (`pii:read`); every call is
+    /// authorised by the services' own policy layer.
     pub fn new(
         channels: McpChannels,
         policy: Arc<PolicyStore>,
@@ -98,9 +101,11 @@ impl QuarryMcp {
     }
 
     /// The caller of one MCP request: the principal the bearer check put in
-    /// the HTTP request's extensions, its grant under the policy in force,
+    /// the HTTP request's extensions, its grant under the policy in force
+    /// (which decides what is listed and whether personal data is
+    /// restored; each call is authorised again by the gRPC policy layer),
     /// and its `authorization` header, forwarded with every gRPC call.
-    fn caller(context: &RequestContext<RoleServer>) -> Result<AskCaller, ErrorData> {
+    fn caller(&self, context: &RequestContext<RoleServer>) -> Result<AskCaller, ErrorData> {
         let parts = context
             .extensions
             .get::<http::request::Parts>()
@@ -115,20 +120,17 @@ impl QuarryMcp {
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<MetadataValue<Ascii>>().ok());
+        let grant = Arc::new(self.inner.policy.current().grant(&principal));
         Ok(AskCaller {
-            caller: Caller::new(principal),
+            caller: Caller::new(principal).with_grant(grant),
             authorization,
             dependencies: DependencyWatch::default(),
         })
     }
 
     /// Whether `caller` may see personal data restored (`pii:read`).
-    fn reveals_pii(&self, caller: &AskCaller) -> bool {
-        self.inner
-            .policy
-            .current()
-            .grant(&caller.caller.principal)
-            .has_scope(PII_READ)
+    fn reveals_pii(caller: &AskCaller) -> bool {
+        caller.caller.grant.has_scope(PII_READ)
     }
 
     /// Runs model tool `tool` with `arguments` for `caller`: its result as
@@ -164,7 +166,7 @@ impl QuarryMcp {
                 tool.name()
             ))]);
         }
-        let text = if self.reveals_pii(caller) {
+        let text = if Self::reveals_pii(caller) {
             pii.restore(&outcome.for_model)
         } else {
             outcome.for_model
@@ -276,11 +278,20 @@ impl ServerHandler for QuarryMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let caller = Self::caller(&context)?;
-        let mut tools = vec![to_tool(ASK, &ask_spec().description, ask_spec().parameters)];
-        // each spec as offered to this caller (a tool whose service lists
-        // nothing for the caller is left out, as it is for a model)
+        let caller = self.caller(&context)?;
+        let grant = &caller.caller.grant;
+        let mut tools = Vec::new();
+        if grant.has_scope(ASK_SCOPE) {
+            let spec = ask_spec();
+            tools.push(to_tool(ASK, &spec.description, spec.parameters));
+        }
+        // each tool as offered to this caller were it a model's: only with
+        // its scope, and only when its service lists something for the
+        // caller (as `ToolRegistry::offer`)
         for tool in &self.inner.tools {
+            if tool.scope().is_some_and(|scope| !grant.has_scope(scope)) {
+                continue;
+            }
             if let Some(spec) = tool.spec(&caller).await {
                 tools.push(to_tool(tool.name(), &spec.description, spec.parameters));
             }
@@ -293,7 +304,9 @@ impl ServerHandler for QuarryMcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let caller = Self::caller(&context)?;
+        // a tool the caller is not listed is still called: the gRPC policy
+        // layer refuses it, audited, as it would for a gRPC client
+        let caller = self.caller(&context)?;
         let arguments = request.arguments.unwrap_or_default();
         if request.name == ASK {
             return Ok(self.ask(&arguments, &caller, &context).await.into());
