@@ -380,11 +380,11 @@ pub async fn serve_with_metrics(
         search_service.is_some(),
         summary_service.is_some(),
     );
-    for_each_some(&mut routes, sql_service);
-    for_each_some(&mut routes, assistant_service);
-    for_each_some(&mut routes, search_service);
-    for_each_some(&mut routes, summary_service);
-    for_each_some(&mut routes, usage_service);
+    add_if_some(&mut routes, sql_service);
+    add_if_some(&mut routes, assistant_service);
+    add_if_some(&mut routes, search_service);
+    add_if_some(&mut routes, summary_service);
+    add_if_some(&mut routes, usage_service);
     let routes = routes.routes();
     // the HTTP surfaces beside gRPC (console, MCP)
     let mut surfaces = crate::surfaces::Surfaces::default();
@@ -591,7 +591,7 @@ where
 }
 
 /// Adds `service`, when there is one, to `routes`.
-fn for_each_some<S>(routes: &mut tonic::service::RoutesBuilder, service: Option<S>)
+fn add_if_some<S>(routes: &mut tonic::service::RoutesBuilder, service: Option<S>)
 where
     S: tower::Service<
             tonic::codegen::http::Request<tonic::body::Body>,
