@@ -88,6 +88,13 @@ if ! "$ROOT/dev/peers.sh" install; then
   echo "dev/test.sh: FAILED: dev/peers.sh install (needs python3 with venv and PyPI)" >&2
   exit 1
 fi
+# The MCP test (tests/tests/e2e/mcp.rs) drives the server with the official
+# MCP Python SDK; installed here once, before tests run in parallel.
+section "MCP Python SDK (dev/mcp.sh)"
+"$ROOT/dev/mcp.sh" >/dev/null || {
+  echo "dev/test.sh: FAILED: dev/mcp.sh (pip install mcp into .dev/mcp)" >&2
+  exit 1
+}
 
 step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets --features quarry/dev-tools -- -D warnings

@@ -132,10 +132,15 @@ fn refuse<ReqBody, ResBody: Default>(
 }
 
 /// The token of the one `authorization: Bearer <token>` header. The scheme
-/// is case-insensitive (RFC 7235 §2.1). A second `authorization` header is
+/// is case-insensitive (RFC 7235 §2.1). Also read by the HTTP surfaces
+/// (the MCP endpoint), so that they accept exactly what gRPC accepts. A second `authorization` header is
 /// refused rather than ignored: which of two credentials a proxy, the
 /// server and a log each read first is not something to leave to chance.
-fn bearer_token(headers: &http::HeaderMap) -> Result<&str> {
+///
+/// # Errors
+/// [`AuthError::MissingToken`], [`AuthError::SeveralTokens`] or
+/// [`AuthError::NotBearer`].
+pub fn bearer_token(headers: &http::HeaderMap) -> Result<&str> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let value = values.next().ok_or(AuthError::MissingToken)?;
     if values.next().is_some() {

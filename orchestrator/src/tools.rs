@@ -7,6 +7,8 @@
 //!   offered when the service lists collections for the caller;
 //! - [`summaries`]: `get_summaries`, stored summaries (`SummaryService`),
 //!   offered when the service lists summary kinds;
+//! - [`explain`]: `explain_sql`, a query explained (`SqlService.ExplainSql`),
+//!   not registered by the assistant; offered to MCP hosts;
 //! - [`registry`]: the registry, and the tools offered to one request.
 //!
 //! A tool decides its own spec per caller ([`ModelTool::spec`], `None` when
@@ -19,6 +21,7 @@
 //! Adding a tool: implement [`ModelTool`] in one file, then register it where
 //! the assistant is built (`Assistant::with_tool`).
 
+pub mod explain;
 pub mod registry;
 pub mod schema;
 pub mod search;

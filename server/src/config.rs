@@ -86,6 +86,10 @@ pub struct Config {
     /// The Prometheus endpoint (`[metrics] listen`); default: none.
     #[serde(default)]
     pub metrics: crate::metrics::MetricsConfig,
+    /// The MCP endpoint (`/mcp`) where the assistant role runs: on by
+    /// default; public URL, authorization servers, accepted hosts.
+    #[serde(default)]
+    pub mcp: crate::mcp::McpConfig,
 }
 
 /// `[server]`.

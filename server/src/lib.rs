@@ -13,6 +13,7 @@ pub mod config;
 pub mod console;
 pub mod health;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 mod models;
 pub mod progress;

@@ -267,6 +267,8 @@ pub async fn serve_with_metrics(
             },
         );
     }
+    // the MCP surface verifies its bearer tokens with the same verifier
+    let mcp_verifier = verifier.clone();
     let auth = Guard {
         auth: AuthLayer::new(verifier),
         policy: PolicyLayer::new(Arc::clone(&policy), crate::rpc_scope)
@@ -359,9 +361,62 @@ pub async fn serve_with_metrics(
             background.clone(),
         );
     }
+    // the RPC span is the parent of everything, metrics measured inside
+    // it (refusals by auth and limits included); the same stack serves
+    // the network and the MCP surface's in-process calls
+    let grpc_layers = ServiceBuilder::new()
+        .layer(crate::TraceContextLayer)
+        .layer(rpc_metrics)
+        .layer(auth.auth.clone())
+        .layer(RateLimitLayer::new(limiter))
+        .layer(auth.policy.clone());
+    let mut routes = tonic::service::Routes::builder();
+    routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let has_assistant = assistant_service.is_some();
+    let (has_sql, has_search, has_summary) = (
+        sql_service.is_some(),
+        search_service.is_some(),
+        summary_service.is_some(),
+    );
+    add_if_some(&mut routes, sql_service);
+    add_if_some(&mut routes, assistant_service);
+    add_if_some(&mut routes, search_service);
+    add_if_some(&mut routes, summary_service);
+    add_if_some(&mut routes, usage_service);
+    let routes = routes.routes();
     // the HTTP surfaces beside gRPC (console, MCP)
-    let surfaces =
+    let mut surfaces =
         crate::surfaces::Surfaces::default().mount(&["/", "/console"], crate::console::router());
+    if has_assistant && config.mcp.enabled {
+        let local = in_process_stack(grpc_layers.clone().service(routes.clone()));
+        let reach = |url: Option<&str>, here: bool| match url {
+            Some(url) => Endpoint::from_shared(url.to_owned())
+                .map(|e| Some(transport::remote(e.connect_lazy())))
+                .with_context(|| format!("{url:?} is not a valid URL")),
+            None => Ok(here.then(|| local.clone())),
+        };
+        let channels = crate::mcp::McpChannels {
+            assistant: local.clone(),
+            sql: reach(server_config.sql_url.as_deref(), has_sql)?,
+            search: reach(server_config.search_url.as_deref(), has_search)?,
+            summaries: reach(server_config.summary_url.as_deref(), has_summary)?,
+        };
+        surfaces = surfaces.mount(
+            crate::mcp::PATHS,
+            crate::mcp::router(
+                &config.mcp,
+                config.auth.issuer.as_deref(),
+                mcp_verifier,
+                Arc::clone(&policy),
+                &config.orchestrator,
+                channels,
+                background.clone(),
+            ),
+        );
+    }
     let layers = ServiceBuilder::new()
         // outermost: non-gRPC surfaces leave here, before gRPC auth
         .layer(crate::surfaces::SurfacesLayer::new(surfaces))
@@ -369,26 +424,13 @@ pub async fn serve_with_metrics(
         // translated to gRPC for the same layers as any call ([`crate::web`])
         .layer(cors)
         .layer(tonic_web::GrpcWebLayer::new())
-        // then: the RPC span is the parent of everything, metrics
-        // measured inside it (refusals by auth and limits included)
-        .layer(crate::TraceContextLayer)
-        .layer(rpc_metrics)
-        .layer(auth.auth)
-        .layer(RateLimitLayer::new(limiter))
-        .layer(auth.policy);
+        .layer(grpc_layers);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         // HTTP/1.1 for browsers (grpc-web, the console) beside HTTP/2
         .accept_http1(true)
         .layer(layers)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_optional_service(sql_service)
-        .add_optional_service(assistant_service)
-        .add_optional_service(search_service)
-        .add_optional_service(summary_service)
-        .add_optional_service(usage_service)
+        .add_routes(routes)
         // TCP_NODELAY: without it Nagle's algorithm and delayed ACKs held
         // small streamed events back ≈ 40 ms (`quarry bench ask`); tonic's
         // own `tcp_nodelay` applies only to listeners it binds itself
@@ -528,6 +570,49 @@ where
     }
     Ok(local
         .map(|service| transport::in_process(auth.auth.layer(auth.policy.layer(service.clone())))))
+}
+
+/// `service` (the node's gRPC routes behind its whole layer stack) as a
+/// channel for calls made in this process.
+fn in_process_stack<S, B>(service: S) -> ToolChannel
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<B>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    transport::in_process(
+        tower::ServiceExt::<http::Request<tonic::body::Body>>::map_response(
+            service,
+            |r: http::Response<B>| r.map(tonic::body::Body::new),
+        ),
+    )
+}
+
+/// Adds `service`, when there is one, to `routes`.
+fn add_if_some<S>(routes: &mut tonic::service::RoutesBuilder, service: Option<S>)
+where
+    S: tower::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    if let Some(service) = service {
+        routes.add_service(service);
+    }
 }
 
 /// A [`quarry_auth::RefusalHook`] that records each refused call in the

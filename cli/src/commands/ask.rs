@@ -127,6 +127,14 @@ pub async fn ask(
                         described.tables.len()
                     )?;
                 }
+                Some(Outcome::Explanation(explained)) => {
+                    writeln!(
+                        out,
+                        "» tool result {} ({} ms): explained (cost {:.1}, {:.0} rows estimated)",
+                        t.call_id, t.elapsed_ms, explained.total_cost, explained.estimated_rows
+                    )?;
+                    writeln!(out, "  {}", explained.explanation)?;
+                }
                 Some(Outcome::Summaries(found)) => {
                     writeln!(
                         out,

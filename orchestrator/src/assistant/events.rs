@@ -113,6 +113,7 @@ impl Run {
                     Outcome::Schema(described) => {
                         logged.result_count = described.tables.len() as u64;
                     }
+                    Outcome::Explanation(_) => logged.result_count = 1,
                     Outcome::Error(message) => logged.error = message.clone(),
                 }
             }

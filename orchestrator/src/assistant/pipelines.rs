@@ -284,7 +284,8 @@ impl Run {
                 Outcome::Summaries(_)
                 | Outcome::Sql(_)
                 | Outcome::Search(_)
-                | Outcome::Schema(_) => findings
+                | Outcome::Schema(_)
+                | Outcome::Explanation(_) => findings
                     .misses
                     .push((Pipeline::Summaries, format!("{what} found nothing"))),
             }
@@ -339,11 +340,13 @@ impl Run {
             Outcome::Error(message) => findings
                 .misses
                 .push((Pipeline::Search, format!("{what} failed ({message})"))),
-            Outcome::Search(_) | Outcome::Sql(_) | Outcome::Summaries(_) | Outcome::Schema(_) => {
-                findings
-                    .misses
-                    .push((Pipeline::Search, format!("{what} found nothing")))
-            }
+            Outcome::Search(_)
+            | Outcome::Sql(_)
+            | Outcome::Summaries(_)
+            | Outcome::Schema(_)
+            | Outcome::Explanation(_) => findings
+                .misses
+                .push((Pipeline::Search, format!("{what} found nothing"))),
         }
         Ok(())
     }

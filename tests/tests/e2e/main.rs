@@ -21,6 +21,7 @@ mod grpcurl;
 mod hostile_input;
 mod k8s_probes;
 mod lean;
+mod mcp;
 mod metrics;
 mod models;
 mod peers;
