@@ -534,8 +534,11 @@ fn responder(sql: Arc<Mutex<String>>) -> impl Fn(&Value) -> ScriptedTurn + Send 
 /// Runs each set of questions against its own in-process server (the
 /// configuration's `[database]`, `[sql]` with the set's schema, and
 /// `[orchestrator]`), with the scripted model. For a schema `[sql]` does
-/// not list (a Spider database), its golden pairs, sources and
-/// `exec.role` are left out: they belong to the configured schemas.
+/// not list (a Spider database), its golden pairs and sources are left
+/// out: they belong to the configured schemas. Queries run as the login
+/// role (`sql.exec.role` left out), as `quarry eval peers` runs them, so
+/// that row-level security does not hide the rows from the evaluation's
+/// tenant.
 ///
 /// # Errors
 /// The scripted model or a server cannot start, or `DescribeSchema` fails.
@@ -556,11 +559,14 @@ pub async fn run_token_eval(
         let mut sections = sections.clone();
         if !sections.sql.schemas.contains(&set.schema) {
             // a schema the configuration does not serve (a Spider database):
-            // its golden pairs, sources and read-only role are for others
+            // its golden pairs and sources are for others
             sections.sql.golden_path = None;
             sections.sql.sources.clear();
-            sections.sql.exec.role = None;
         }
+        // the login role reads: under the read-only role row-level security
+        // would show the evaluation's tenant no rows (a count of 0), and the
+        // tool results the model reads would not be the data's
+        sections.sql.exec.role = None;
         sections.sql.schemas = vec![set.schema.clone()];
         let mut config = server_config(&sections, false, &model.base_url())?;
         // schema linking as `quarry serve` links: with the configured

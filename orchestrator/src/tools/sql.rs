@@ -252,10 +252,9 @@ fn query_database_spec(model_rows: usize) -> ToolSpec {
     ToolSpec {
         name: QUERY_DATABASE.to_string(),
         description: format!(
-            "Facts from the PostgreSQL database. Pass `question` (one self-contained question in \
-             plain words; the SQL tool writes, checks and runs the SQL) or `sql` (one read-only \
-             SELECT you wrote), not both. You see at most {model_rows} rows and a digest of the whole \
-             result, so aggregate."
+            "Facts from the PostgreSQL database. Pass `question` (the SQL tool writes, checks and \
+             runs the SQL) or `sql` (one read-only SELECT you wrote), not both. You see at most \
+             {model_rows} rows and, past them, a digest of the whole result, so aggregate."
         ),
         parameters: serde_json::json!({
             "type": "object",
@@ -290,17 +289,14 @@ struct RowBounds {
     tokens: usize,
 }
 
-/// Complete results of at most this many rows go to the model without
-/// their digest (issue 16: every prompt earns its tokens; a count's digest
-/// was 90 of the 460 bytes of its tool result, repeating its one value).
-pub const DIGEST_MIN_ROWS: usize = 10;
-
 /// A SQL result as delimited data for the model: header with row count and
 /// truncation, then one `|`-separated line per row, then the digest. Cells
 /// of `pii` columns are `pii`'s placeholders (whole, never cut; `NULL`
 /// stays), as are the digest's min, max and top values of those columns.
-/// Rows go in while they fit `bounds`; the digest does whenever rows were
-/// left out or more than [`DIGEST_MIN_ROWS`] are shown.
+/// Rows go in while they fit `bounds`; the digest goes in when rows were
+/// left out, standing for them (issue 16: rows beyond the budget become the
+/// digest; a complete result's digest would only repeat what the model
+/// reads — a count's was 90 of the 460 bytes of its tool result).
 fn rows_for_model(
     call_id: &str,
     rows: &RowSet,
@@ -339,7 +335,7 @@ fn rows_for_model(
         if more {
             " shown; the result has more rows (truncated)"
         } else {
-            " (complete result)"
+            " (all)"
         },
         rows.columns
             .iter()
@@ -351,12 +347,10 @@ fn rows_for_model(
         out.push_str(&line);
         out.push('\n');
     }
-    // a complete result of a few rows is its own digest: the model reads
-    // every value, so per-column counts and ranges would only repeat them
-    let self_evident = !more && shown <= DIGEST_MIN_ROWS;
+    // a complete result is its own digest: the model reads every value
     if let Some(digest) = digest
         && !digest.text.is_empty()
-        && !self_evident
+        && more
     {
         out.push_str("digest of the whole result:\n");
         out.push_str(&digest_for_model(digest, &rows.columns, pii));
@@ -479,10 +473,7 @@ mod tests {
             "{bounded}"
         );
         let unbounded = rows_for_model("c1", &rows, Some(&digest), bounds(50, 100, 0), &pii);
-        assert!(
-            unbounded.contains("rows: 20 (complete result)"),
-            "{unbounded}"
-        );
+        assert!(unbounded.contains("rows: 20 (all)"), "{unbounded}");
     }
 
     fn column(name: &str, pii: bool) -> Column {
@@ -573,7 +564,7 @@ mod tests {
     }
 
     #[test]
-    fn a_complete_result_of_a_few_rows_goes_without_its_digest() {
+    fn a_complete_result_goes_without_its_digest() {
         let result = |n: usize, truncated: bool| RowSet {
             columns: vec![column("n", false)],
             rows: (0..n)
@@ -592,12 +583,16 @@ mod tests {
         let pii = Pseudonymizer::new();
         let model_text =
             |rows: &RowSet| rows_for_model("c1", rows, Some(&digest), bounds(50, 100, 0), &pii);
-        // complete and small: the rows say it all
-        let small = model_text(&result(DIGEST_MIN_ROWS, false));
-        assert!(!small.contains("digest of the whole result"), "{small}");
-        // more rows than that, or a truncated result: the digest goes in
-        let large = model_text(&result(DIGEST_MIN_ROWS + 1, false));
-        assert!(large.contains("digest of the whole result"), "{large}");
+        // complete: the rows say it all
+        let complete = model_text(&result(50, false));
+        assert!(
+            !complete.contains("digest of the whole result"),
+            "{complete}"
+        );
+        // rows left out (past the row bound, or by the SQL tool): the digest
+        // stands for them
+        let cut = model_text(&result(51, false));
+        assert!(cut.contains("digest of the whole result"), "{cut}");
         let truncated = model_text(&result(1, true));
         assert!(
             truncated.contains("digest of the whole result"),
