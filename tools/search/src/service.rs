@@ -45,7 +45,7 @@ use crate::collection::{Collection, CollectionConfig, FilterType, filter_column,
 use crate::ddl::ensure_sidecar;
 use crate::error::{Result, SearchError};
 use crate::filter::{CheckedFilter, Filter, MAX_DEPTH};
-use crate::fusion::{DEFAULT_RRF_K, RetrieverScore, fuse};
+use crate::fusion::{DEFAULT_RRF_K, RetrieverScore, coverage_weight, fuse};
 use crate::index::{CollectionIndex, MAX_QUERY_BYTES, analyse, follow};
 use crate::vector::{self, VectorOptions};
 use quarry_db::quote_ident;
@@ -68,7 +68,8 @@ pub struct SearchConfig {
     /// Weight of BM25 in RRF.
     #[serde(default = "one")]
     pub bm25_weight: f64,
-    /// Weight of the vector retriever in RRF.
+    /// Weight of the vector retriever in RRF, scaled by the share of the
+    /// collection embedded so far ([`crate::fusion::coverage_weight`]).
     #[serde(default = "one")]
     pub vector_weight: f64,
     /// Candidates each retriever contributes to fusion (at least `k` are used).
@@ -801,12 +802,16 @@ impl SearchTool {
         let (bm25, vector) = futures::join!(bm25, vector);
         let bm25 = bm25?;
         let (vector, exact, embed_ms) = vector?;
+        let (documents, embedded_documents) = self.counts(entry).await?;
 
+        // the vector side speaks for the embedded share of the collection
+        let vector_weight =
+            coverage_weight(self.config.vector_weight, documents, embedded_documents);
         let fused = fuse(
             &bm25,
             &vector,
             self.config.bm25_weight,
-            self.config.vector_weight,
+            vector_weight,
             self.config.rrf_k,
         );
         let mut hits: Vec<Hit> = fused
@@ -840,7 +845,6 @@ impl SearchTool {
             hits.truncate(k);
             self.fetch_fields(collection, &fields, &mut hits).await?;
         }
-        let (documents, embedded_documents) = self.counts(entry).await?;
         Ok(SearchResponse {
             hits,
             mode,

@@ -500,3 +500,35 @@ async fn a_tenant_past_its_share_of_searches_is_told_to_retry() {
     db.drop_db().await;
     drop(dir);
 }
+
+#[tokio::test]
+async fn a_partly_embedded_collection_ranks_bm25_hits_above_vector_only_ones() {
+    // one of four documents embedded: the vector side speaks for a quarter
+    // of the collection, so its weight is a quarter
+    let (db, tool, dir) = setup(false).await;
+    db.pool()
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE quarry.search_docs SET embedded = false, v_title = NULL, v_body = NULL \
+             WHERE key <> '1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    // BM25 finds only "Rust" (3); the vector, the title "Dogs", finds only
+    // the one embedded document (1), which shares no word with the query
+    let text = "memory safety without garbage collection";
+    let r = tool
+        .search_with_query_vector(&caller(), request(text, Mode::Hybrid), unit("Dogs"))
+        .await
+        .unwrap();
+    assert_eq!((r.documents, r.embedded_documents), (4, 1));
+    let keys: Vec<&str> = r.hits.iter().map(|h| h.key.as_str()).collect();
+    // at equal weights the two first ranks tie and "1" would win the tie
+    assert_eq!(keys[..2], ["3", "1"], "{keys:?}");
+    drop(tool);
+    db.drop_db().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
