@@ -107,17 +107,34 @@ enum Lane {
 }
 
 /// A lock over the model with two lanes: a background batch starts only
-/// when no interactive batch is running or waiting.
+/// when no interactive batch is running or waiting — unless
+/// [`MAX_INTERACTIVE_STREAK`] interactive batches ran in a row while it
+/// waited, so that a steady stream of questions cannot starve background
+/// work (a summary build or the index sync) for ever.
 #[derive(Default)]
 struct Gate {
     state: Mutex<GateState>,
     turn: Condvar,
 }
 
+/// Interactive batches that may run in a row while a background batch
+/// waits; then the background batch goes. A question so waits for at most
+/// the batch in flight plus one background batch. Quarry's choice.
+const MAX_INTERACTIVE_STREAK: usize = 4;
+
 #[derive(Default)]
 struct GateState {
     busy: bool,
     interactive_waiting: usize,
+    background_waiting: usize,
+    /// Interactive batches since the last background one.
+    streak: usize,
+}
+
+impl GateState {
+    fn background_is_due(&self) -> bool {
+        self.background_waiting > 0 && self.streak >= MAX_INTERACTIVE_STREAK
+    }
 }
 
 impl Gate {
@@ -126,21 +143,27 @@ impl Gate {
         match lane {
             Lane::Interactive => {
                 state.interactive_waiting += 1;
-                while state.busy {
+                while state.busy || state.background_is_due() {
                     state = self
                         .turn
                         .wait(state)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
                 state.interactive_waiting -= 1;
+                state.streak += 1;
             }
             Lane::Background => {
-                while state.busy || state.interactive_waiting > 0 {
+                state.background_waiting += 1;
+                while state.busy
+                    || (state.interactive_waiting > 0 && state.streak < MAX_INTERACTIVE_STREAK)
+                {
                     state = self
                         .turn
                         .wait(state)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
+                state.background_waiting -= 1;
+                state.streak = 0;
             }
         }
         state.busy = true;
@@ -494,5 +517,45 @@ mod tests {
         background.join().unwrap();
         assert_eq!(*order.lock().unwrap(), ["question", "background"]);
         assert!(!gate.state.lock().unwrap().busy);
+    }
+
+    #[test]
+    fn a_stream_of_questions_does_not_starve_background_work() {
+        let gate = Arc::new(Gate::default());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let running = gate.acquire(Lane::Interactive);
+        // a background batch waits, then more questions than a streak
+        let background = {
+            let (gate, order) = (Arc::clone(&gate), Arc::clone(&order));
+            std::thread::spawn(move || {
+                let _turn = gate.acquire(Lane::Background);
+                order.lock().unwrap().push("background");
+            })
+        };
+        while gate.state.lock().unwrap().background_waiting == 0 {
+            std::thread::yield_now();
+        }
+        let questions: Vec<_> = (0..MAX_INTERACTIVE_STREAK + 2)
+            .map(|_| {
+                let (gate, order) = (Arc::clone(&gate), Arc::clone(&order));
+                std::thread::spawn(move || {
+                    let _turn = gate.acquire(Lane::Interactive);
+                    order.lock().unwrap().push("question");
+                })
+            })
+            .collect();
+        while gate.state.lock().unwrap().interactive_waiting < MAX_INTERACTIVE_STREAK + 2 {
+            std::thread::yield_now();
+        }
+        drop(running);
+        background.join().unwrap();
+        for q in questions {
+            q.join().unwrap();
+        }
+        let order = order.lock().unwrap();
+        let at = order.iter().position(|o| *o == "background").unwrap();
+        // the running question opened the streak: at most three more go first
+        assert!(at < MAX_INTERACTIVE_STREAK, "{order:?}");
+        assert!(at > 0, "questions still go first: {order:?}");
     }
 }
