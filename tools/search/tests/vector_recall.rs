@@ -161,8 +161,14 @@ async fn vector_search_is_exact_at_every_selectivity() {
         .await
         .unwrap();
 
+    // ef_search 400 on the broad path: at pgvector's HNSW graph (random
+    // levels, so a new graph each run) ef_search 100 missed 5 of the top 10
+    // for one clustered query in 2 of about 10 runs, which this test's one
+    // allowed miss does not cover; the test is about the paths and the
+    // exactness of the exact ones, not HNSW recall at the default
     let options = VectorOptions {
         exact_threshold: 200,
+        ef_search_base: 400,
         ..VectorOptions::default()
     };
     let queries: Vec<Vec<f32>> = (0..4)
@@ -217,7 +223,7 @@ async fn vector_search_is_exact_at_every_selectivity() {
     assert!(
         paths
             .iter()
-            .any(|(s, p)| *s == 1.0 && matches!(p, VectorPath::Hnsw { ef_search: 100 })),
+            .any(|(s, p)| *s == 1.0 && matches!(p, VectorPath::Hnsw { ef_search: 400 })),
         "{paths:?}"
     );
     assert!(
