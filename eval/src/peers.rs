@@ -498,7 +498,7 @@ pub async fn run_peer(
     };
     for (i, ((question, _), requests)) in gold.iter().zip(by_question).enumerate() {
         if let Some(dir) = dump_requests {
-            dump(&dir.join(peer.arg()), &set.name, i + 1, &requests)?;
+            crate::tokens::dump(&dir.join(peer.arg()), &set.name, i + 1, &requests)?;
         }
         let failure = match errors.get(question) {
             None => Some(format!(
@@ -595,22 +595,6 @@ fn responder(
         let completion_tokens = u32::try_from(estimate_tokens(&reply)).unwrap_or(u32::MAX);
         turn.with_usage(prompt_tokens, completion_tokens)
     }
-}
-
-/// Writes `requests` to `dir` as `<set>-<question>-<call>.json` (pretty
-/// JSON; `/` in the set's name becomes `_`), as `quarry eval tokens` does.
-fn dump(dir: &Path, set: &str, question: usize, requests: &[Value]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (i, request) in requests.iter().enumerate() {
-        let path = dir.join(format!(
-            "{}-{question:03}-{}.json",
-            set.replace('/', "_"),
-            i + 1
-        ));
-        std::fs::write(&path, serde_json::to_vec_pretty(request)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

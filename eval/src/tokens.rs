@@ -678,7 +678,12 @@ async fn run_set(
 
 /// Writes `requests` to `dir` as `<set>-<question>-<call>.json` (pretty
 /// JSON; `/` in the set's name becomes `_`).
-fn dump(dir: &Path, set: &str, question: usize, requests: &[Value]) -> anyhow::Result<()> {
+pub(crate) fn dump(
+    dir: &Path,
+    set: &str,
+    question: usize,
+    requests: &[Value],
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (i, request) in requests.iter().enumerate() {
         let path = dir.join(format!(

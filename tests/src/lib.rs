@@ -31,9 +31,9 @@ use futures::StreamExt;
 use quarry_db::testing::TestDb;
 use quarry_llm::testing::ScriptedServer;
 use quarry_proto::v1::{
-    AskRequest, AskResponse, FinalAnswer, ListSummaryKindsRequest, ListSummaryKindsResponse,
-    ModelCallUsage, RouteDecided, SqlToolResult, ToolCallStarted, ToolResult, Usage,
-    ask_response::Event, assistant_service_client::AssistantServiceClient,
+    AskRequest, AskResponse, FinalAnswer, ListCollectionsRequest, ListSummaryKindsRequest,
+    ListSummaryKindsResponse, ModelCallUsage, RouteDecided, SqlToolResult, ToolCallStarted,
+    ToolResult, Usage, ask_response::Event, assistant_service_client::AssistantServiceClient,
     search_service_client::SearchServiceClient, sql_service_client::SqlServiceClient,
     summary_service_client::SummaryServiceClient, tool_result::Outcome, value::Kind,
 };
@@ -530,6 +530,31 @@ pub async fn wait_until_summaries_built(server: &TestServer) -> ListSummaryKinds
             ),
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
+    }
+}
+
+/// Polls `ListCollections` until the search index holds every source row
+/// ([`SLICE_LINES`]), for a server started with [`Options::search`]; at most
+/// [`SUMMARIES_READY_TIMEOUT`] (a bound on a wait, not a speed assertion).
+pub async fn wait_until_indexed(server: &TestServer) {
+    let deadline = std::time::Instant::now() + SUMMARIES_READY_TIMEOUT;
+    loop {
+        let collections = server
+            .search()
+            .list_collections(authed(ListCollectionsRequest {}, &token("t1")))
+            .await
+            .unwrap()
+            .into_inner()
+            .collections;
+        let documents = collections.first().map_or(0, |c| c.documents);
+        if documents == SLICE_LINES as u64 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the index did not fill within {SUMMARIES_READY_TIMEOUT:?}: {documents} of {SLICE_LINES} documents"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -14,8 +14,8 @@ use std::{
 use prost::Message as _;
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::{
-    AskMode, AskRequest, AskResponse, GetConversationRequest, ListCollectionsRequest,
-    ListConversationsRequest, ask_response::Event,
+    AskMode, AskRequest, AskResponse, GetConversationRequest, ListConversationsRequest,
+    ask_response::Event,
 };
 use quarry_tests::{Options, TestServer, authed, repo_root, token, token_with_roles};
 
@@ -379,10 +379,6 @@ async fn the_console_answers_in_a_real_browser() {
     server.stop().await;
 }
 
-/// How long the start-up summary build and the index backfill may take on
-/// a shared machine; nothing here asserts on speed.
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_lists_search_hits_and_summaries_in_a_real_browser() {
     let server = TestServer::start(Options {
@@ -392,21 +388,7 @@ async fn the_console_lists_search_hits_and_summaries_in_a_real_browser() {
     })
     .await;
     quarry_tests::wait_until_summaries_built(&server).await;
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let collections = server
-            .search()
-            .list_collections(authed(ListCollectionsRequest {}, &token("t1")))
-            .await
-            .unwrap()
-            .into_inner()
-            .collections;
-        if collections.first().map_or(0, |c| c.documents) == quarry_tests::SLICE_LINES as u64 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the index did not fill");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    quarry_tests::wait_until_indexed(&server).await;
     let seen = browser(vec![
         ("QUARRY_SCENARIO", "retrieval".into()),
         ("QUARRY_URL", server.url()),

@@ -14,15 +14,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
-use quarry_proto::v1::{ListAuditEntriesRequest, ListCollectionsRequest};
+use quarry_proto::v1::ListAuditEntriesRequest;
 use quarry_tests::{
     Options, SLICE_LINES, TestServer, authed, token, token_with_roles, token_with_scopes,
 };
 use serde_json::{Value as Json, json};
-
-/// How long the index and the summaries may take to be ready (shared
-/// machine; nothing here asserts on speed).
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 const COUNT_SQL: &str = "SELECT count(*) AS artworks FROM tate.artworks";
 
@@ -41,28 +37,6 @@ fn python() -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-async fn wait_until_indexed(server: &TestServer) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let collections = server
-            .search()
-            .list_collections(authed(ListCollectionsRequest {}, &token("t1")))
-            .await
-            .unwrap()
-            .into_inner()
-            .collections;
-        let documents = collections.first().map_or(0, |c| c.documents);
-        if documents == SLICE_LINES as u64 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the index did not fill within {READY_TIMEOUT:?}: {documents} of {SLICE_LINES}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The number of artworks in the slice, as the database counts them.
@@ -183,7 +157,7 @@ async fn the_python_sdk_lists_every_tool_calls_each_and_is_refused_without_the_s
     })
     .await;
     quarry_tests::wait_until_summaries_built(&server).await;
-    wait_until_indexed(&server).await;
+    quarry_tests::wait_until_indexed(&server).await;
     let artworks = artworks(&server).await;
     let url = format!("{}/mcp", server.url());
     let (full, narrow) = (token("t1"), ask_only_token());

@@ -8,22 +8,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
-use std::time::{Duration, Instant};
-
 use quarry_llm::testing::{ScriptedServer, ScriptedTurn};
 use quarry_proto::v1::{
     AnswerStatus, AskMode, AskRequest, AskResponse, CitationKind, GetSummariesRequest,
-    ListCollectionsRequest, RouteDecided, SearchToolResult, SummaryToolResult, ToolResult,
-    tool_result::Outcome, value::Kind,
+    RouteDecided, SearchToolResult, SummaryToolResult, ToolResult, tool_result::Outcome,
+    value::Kind,
 };
 use quarry_tests::{
     Options, SLICE_LINES, TestServer, ask, ask_all, authed, event_kinds, final_answer,
     route_decided, token, tool_calls_started, tool_results, usage_of,
 };
-
-/// How long the start-up summary build and the index backfill may take on a
-/// shared machine; nothing here asserts on speed.
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A server with summaries and search, both ready.
 async fn start() -> TestServer {
@@ -34,31 +28,8 @@ async fn start() -> TestServer {
     })
     .await;
     quarry_tests::wait_until_summaries_built(&server).await;
-    wait_until_indexed(&server).await;
+    quarry_tests::wait_until_indexed(&server).await;
     server
-}
-
-/// Polls `ListCollections` until the index holds every source row.
-async fn wait_until_indexed(server: &TestServer) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let collections = server
-            .search()
-            .list_collections(authed(ListCollectionsRequest {}, &token("t1")))
-            .await
-            .unwrap()
-            .into_inner()
-            .collections;
-        let documents = collections.first().map_or(0, |c| c.documents);
-        if documents == SLICE_LINES as u64 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the index did not fill within {READY_TIMEOUT:?}: {documents} of {SLICE_LINES} documents"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The one route event, which must be in router mode.
