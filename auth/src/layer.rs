@@ -27,6 +27,41 @@ pub fn is_public_path(path: &str) -> bool {
     PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p))
 }
 
+/// A bearer token this process has verified already, and the principal it
+/// verified to. [`Auth`] puts one into the extensions of every request it
+/// authenticates; the orchestrator copies it onto the requests it makes to
+/// tool services in the same process for that caller (and the MCP surface
+/// onto the gRPC calls it makes for its own caller), and [`Auth`] then takes
+/// the principal from it instead of verifying the token again.
+///
+/// Safe by construction: request extensions exist only inside this process
+/// (nothing a client sends becomes one: hyper starts every request with
+/// empty extensions), and the principal is used only for the very token it
+/// was verified from — a request whose bearer token differs is verified as
+/// usual. A token that expires while an `Ask` runs still authorises that
+/// `Ask`'s tool calls (its deadline bounds them), as it authorised the
+/// `Ask` itself.
+#[derive(Clone, Debug)]
+pub struct VerifiedToken {
+    token: Arc<str>,
+    principal: crate::Principal,
+}
+
+impl VerifiedToken {
+    /// The principal of `token`, once verified.
+    pub fn new(token: &str, principal: crate::Principal) -> Self {
+        Self {
+            token: Arc::from(token),
+            principal,
+        }
+    }
+
+    /// The principal, when `token` is the token that was verified.
+    pub fn principal_for(&self, token: &str) -> Option<&crate::Principal> {
+        (*self.token == *token).then_some(&self.principal)
+    }
+}
+
 /// Layer producing [`Auth`]; see there.
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
@@ -104,16 +139,28 @@ where
         let verifier = Arc::clone(&self.verifier);
         let clone = self.inner.clone();
         let mut inner = mem::replace(&mut self.inner, clone);
+        // verified in this process already (an in-process call made for a
+        // caller this layer authenticated): the same token's principal
+        let known = req
+            .extensions()
+            .get::<VerifiedToken>()
+            .and_then(|v| v.principal_for(&token))
+            .cloned();
         async move {
-            let principal = match verifier.verify(&token).await {
-                Ok(principal) => principal,
-                Err(err) => return Ok(refuse(&req, err)),
+            let principal = match known {
+                Some(principal) => principal,
+                None => match verifier.verify(&token).await {
+                    Ok(principal) => principal,
+                    Err(err) => return Ok(refuse(&req, err)),
+                },
             };
             let span = tracing::info_span!(
                 "request",
                 tenant = %principal.tenant,
                 subject = %principal.subject,
             );
+            req.extensions_mut()
+                .insert(VerifiedToken::new(&token, principal.clone()));
             req.extensions_mut().insert(principal);
             let fut = span.in_scope(|| inner.call(req));
             fut.instrument(span).await

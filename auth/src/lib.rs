@@ -62,7 +62,7 @@ pub use jwks::{
 pub use jwt::{
     Claims, DEFAULT_LEEWAY_SECS, JwtVerifier, MAX_TOKEN_BYTES, MIN_HS256_SECRET_BYTES, mint_hs256,
 };
-pub use layer::{Auth, AuthLayer, bearer_token, is_public_path};
+pub use layer::{Auth, AuthLayer, VerifiedToken, bearer_token, is_public_path};
 pub use policy::{
     Access, DEVELOPMENT_HASH_SALT, Grant, Mask, Policy, PolicyConfig, PolicyLayer, PolicyService,
     PolicyStore, RefusalHook, RoleConfig, RpcScopes, TableName, TableView, scopes,

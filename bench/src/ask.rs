@@ -280,6 +280,18 @@ pub struct LevelReport {
     pub tool_calls_per_ask: f64,
     /// Process CPU time (user + system) per completed Ask, ms.
     pub cpu_ms_per_ask: Option<f64>,
+    /// CPU time (user + system) of the server's own threads
+    /// ([`SERVER_THREAD`]: its runtime's workers and blocking threads) per
+    /// completed Ask, ms — the load generator and the scripted model run on
+    /// other threads and are not counted.
+    pub server_cpu_ms_per_ask: Option<f64>,
+    /// CPU time (user + system) of the PostgreSQL backends connected to the
+    /// benchmark's database per completed Ask, ms (the server's pooled
+    /// connections: the SQL statements, DescribeSchema's catalog reads and
+    /// the conversation store; PostgreSQL's background processes are not
+    /// counted). Run on a database of its own: other clients' backends on
+    /// it would be counted too.
+    pub postgres_cpu_ms_per_ask: Option<f64>,
     /// Share of the machine's CPU time (all cores, every process —
     /// PostgreSQL and anything else running included) that was busy during
     /// the measured window, in `[0, 1]`.
@@ -335,6 +347,17 @@ pub struct RunningServer {
     task: JoinHandle<anyhow::Result<()>>,
     /// The task has been awaited to its end already.
     exited: bool,
+    /// The server's own runtime ([`SERVER_THREAD`] threads).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        // dropping a runtime blocks, which an async context does not allow
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl RunningServer {
@@ -483,21 +506,36 @@ pub async fn start_server(config: quarry_server::Config) -> anyhow::Result<Runni
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(quarry_server::serve(
-        listener,
-        config,
-        quarry_server::Roles::all(),
-        async {
+    // a runtime of its own, so that the server's CPU time is its threads'
+    // (`SERVER_THREAD`), apart from the clients' and the scripted model's
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+        .thread_name(SERVER_THREAD)
+        // blocking threads that exit would take their CPU time with them
+        .thread_keep_alive(Duration::from_secs(24 * 3600))
+        .enable_all()
+        .build()
+        .context("building the server's runtime")?;
+    let listener = listener.into_std()?;
+    let task = runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        quarry_server::serve(listener, config, quarry_server::Roles::all(), async {
             let _ = stopped.await;
-        },
-    ));
+        })
+        .await
+    });
     Ok(RunningServer {
         url,
         stop: Some(stop),
         task,
         exited: false,
+        runtime: Some(runtime),
     })
 }
+
+/// Name of the in-process server's runtime threads (Linux shows the first
+/// 15 bytes in `/proc/self/task/<tid>/comm`).
+pub const SERVER_THREAD: &str = "quarry-server";
 
 /// Starts the scripted model and the server, calibrates, measures each
 /// level, and stops both.
@@ -870,6 +908,9 @@ async fn run_level(
         }));
     }
     tokio::time::sleep_until(measure_from.into()).await;
+    let postgres = postgres_backends(&options.sections.database.url).await;
+    let postgres_from = postgres.as_ref().map(|pids| processes_cpu(pids));
+    let server_from = threads_cpu(SERVER_THREAD);
     let cpu_from = cpu_time();
     let machine_from = machine_cpu();
     let window_end = match options.requests {
@@ -888,6 +929,8 @@ async fn run_level(
         task.await.context("a client task failed")?;
     }
     let cpu_to = cpu_time();
+    let server_to = threads_cpu(SERVER_THREAD);
+    let postgres_to = postgres.as_ref().map(|pids| processes_cpu(pids));
     let machine_to = machine_cpu();
     let rss_after_kib = proc_status_kib("VmRSS").unwrap_or(0);
     let peak_kib = proc_status_kib("VmHWM").unwrap_or(0);
@@ -911,6 +954,14 @@ async fn run_level(
         }
         _ => None,
     };
+    let per_ask = |from: Option<Duration>, to: Option<Duration>| match (from, to) {
+        (Some(from), Some(to)) if asks > 0 => {
+            Some(to.saturating_sub(from).as_secs_f64() * 1000.0 / asks as f64)
+        }
+        _ => None,
+    };
+    let server_cpu_ms_per_ask = per_ask(server_from, server_to);
+    let postgres_cpu_ms_per_ask = per_ask(postgres_from.flatten(), postgres_to.flatten());
     let machine_cpu_busy = match (machine_from, machine_to) {
         (Some((busy_from, total_from)), Some((busy_to, total_to))) if total_to > total_from => {
             Some(busy_to.saturating_sub(busy_from) as f64 / (total_to - total_from) as f64)
@@ -926,6 +977,8 @@ async fn run_level(
             first_error,
             seconds,
             cpu_ms_per_ask,
+            server_cpu_ms_per_ask,
+            postgres_cpu_ms_per_ask,
             machine_cpu_busy,
             memory: Memory {
                 rss_before_kib,
@@ -1026,6 +1079,71 @@ pub(crate) fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
 fn cpu_time() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     parse_stat_cpu(&stat)
+}
+
+/// CPU time so far of this process's threads whose name starts with
+/// `prefix` (`/proc/self/task/<tid>/comm`): the sum of their
+/// `/proc/self/task/<tid>/schedstat` run times (nanoseconds), or of `stat`'s
+/// utime + stime where schedstat is missing; `None` off Linux.
+fn threads_cpu(prefix: &str) -> Option<Duration> {
+    // comm holds at most 15 bytes of the name
+    let prefix = &prefix[..prefix.len().min(15)];
+    let mut total = Duration::ZERO;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(task) = task else { continue };
+        let path = task.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end().starts_with(prefix) {
+            total += task_cpu(&path).unwrap_or_default();
+        }
+    }
+    Some(total)
+}
+
+/// CPU time so far of a process or thread directory under `/proc`.
+fn task_cpu(path: &Path) -> Option<Duration> {
+    if let Ok(schedstat) = std::fs::read_to_string(path.join("schedstat"))
+        && let Some(ns) = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+    {
+        return Some(Duration::from_nanos(ns));
+    }
+    parse_stat_cpu(&std::fs::read_to_string(path.join("stat")).ok()?)
+}
+
+/// CPU time so far of the processes `pids` (those that have exited count
+/// nothing); `None` when none can be read (PostgreSQL on another machine).
+fn processes_cpu(pids: &[i32]) -> Option<Duration> {
+    let times: Vec<Duration> = pids
+        .iter()
+        .filter_map(|pid| task_cpu(Path::new(&format!("/proc/{pid}"))))
+        .collect();
+    (!times.is_empty()).then(|| times.into_iter().sum())
+}
+
+/// The PostgreSQL backends connected to `url`'s database, but this
+/// lookup's own; `None` when it cannot be read.
+async fn postgres_backends(url: &str) -> Option<Vec<i32>> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    let connection = tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+               AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .ok();
+    drop(client);
+    let _ = connection.await;
+    Some(rows?.iter().map(|row| row.get::<_, i32>(0)).collect())
 }
 
 fn parse_stat_cpu(stat: &str) -> Option<Duration> {
@@ -1176,6 +1294,18 @@ impl AskBenchReport {
                      PostgreSQL not included)"
                 );
             }
+            if let Some(cpu) = level.server_cpu_ms_per_ask {
+                let _ = writeln!(
+                    out,
+                    "  Quarry server CPU per Ask: {cpu:.3} ms (its runtime's threads only)"
+                );
+            }
+            if let Some(cpu) = level.postgres_cpu_ms_per_ask {
+                let _ = writeln!(
+                    out,
+                    "  PostgreSQL CPU per Ask: {cpu:.3} ms (backends connected to the database)"
+                );
+            }
             if let Some(busy) = level.machine_cpu_busy {
                 let _ = writeln!(
                     out,
@@ -1257,6 +1387,8 @@ impl AskBenchReport {
                 "conversation_store": l.conversation_store.to_json(),
                 "model_excess": l.model_excess.to_json(),
                 "cpu_ms_per_ask": l.cpu_ms_per_ask.map(round3),
+                "server_cpu_ms_per_ask": l.server_cpu_ms_per_ask.map(round3),
+                "postgres_cpu_ms_per_ask": l.postgres_cpu_ms_per_ask.map(round3),
                 "machine_cpu_busy": l.machine_cpu_busy.map(round3),
                 "memory_kib": {
                     "rss_before": l.memory.rss_before_kib,

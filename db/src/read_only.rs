@@ -278,6 +278,41 @@ impl<'a> ReadOnly<'a> {
         tx.batch_execute(&guard.settings()).await?;
         Ok(tx)
     }
+
+    /// As [`ReadOnly::begin`], and prepares `sql` in the same round trip as
+    /// the settings: the `SET LOCAL` query and the statement's `Parse` are
+    /// pipelined (PostgreSQL 16 docs §55.2.4 "Pipelining"), and the server
+    /// handles them in order, so the statement is parsed under the
+    /// transaction's `search_path` and `ROLE` exactly as when the settings
+    /// are awaited first. Two round trips (`BEGIN`, settings + prepare)
+    /// instead of three.
+    ///
+    /// # Errors
+    /// PostgreSQL's error: the settings' first (e.g. SQLSTATE `22023` for a
+    /// role that does not exist — the statement then fails only because the
+    /// transaction was aborted), else the statement's (e.g. `42P01`).
+    pub async fn begin_and_prepare<'c>(
+        &self,
+        client: &'c mut ClientWrapper,
+        sql: &str,
+    ) -> Result<(Transaction<'c>, tokio_postgres::Statement), tokio_postgres::Error> {
+        let mut builder = client.build_transaction().read_only(true);
+        if let Some(isolation) = self.isolation {
+            builder = builder.isolation_level(isolation);
+        }
+        let tx = builder.start().await?;
+        let guard = if self.trace.is_none() {
+            self.trace(TraceTag::current())
+        } else {
+            *self
+        };
+        let settings = guard.settings();
+        // both requests are written before either answer is awaited
+        let (set, prepared) = tokio::join!(tx.batch_execute(&settings), tx.prepare(sql));
+        set?;
+        let statement = prepared?;
+        Ok((tx, statement))
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,11 @@ pub struct AskCaller {
     pub caller: Caller,
     /// The caller's `authorization` header, forwarded to tool services.
     pub authorization: Option<MetadataValue<Ascii>>,
+    /// The caller's token as the auth layer verified it, so the tool
+    /// services of this process take its principal instead of verifying the
+    /// token again ([`quarry_auth::VerifiedToken`]); `None` when the request
+    /// did not pass this process's auth layer.
+    pub verified: Option<quarry_auth::VerifiedToken>,
     /// Set when a tool service was unavailable for this `Ask` (every
     /// request [`AskCaller::request`] makes carries it to the transport).
     pub dependencies: DependencyWatch,
@@ -40,6 +45,10 @@ impl AskCaller {
         Ok(Self {
             caller: Caller::of(request)?,
             authorization: request.metadata().get("authorization").cloned(),
+            verified: request
+                .extensions()
+                .get::<quarry_auth::VerifiedToken>()
+                .cloned(),
             dependencies: DependencyWatch::default(),
         })
     }
@@ -52,6 +61,9 @@ impl AskCaller {
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.extensions_mut().insert(self.dependencies.clone());
+        if let Some(verified) = &self.verified {
+            request.extensions_mut().insert(verified.clone());
+        }
         if let Some(left) = self.caller.remaining() {
             request.set_timeout(left);
         }
@@ -93,6 +105,39 @@ mod tests {
         );
         assert_eq!(outgoing.metadata().get(REQUEST_ID_HEADER).unwrap(), "req-7");
         assert!(outgoing.metadata().get("grpc-timeout").is_none());
+    }
+
+    /// The token the auth layer verified for the Ask rides along, so the
+    /// in-process tools do not verify it again; without one, nothing does.
+    #[test]
+    fn tool_requests_carry_the_verified_token_when_the_ask_had_one() {
+        let principal = Principal {
+            tenant: "acme".to_owned(),
+            subject: "alice".to_owned(),
+            roles: vec![],
+            scopes: vec![],
+        };
+        let mut incoming = tonic::Request::new(());
+        incoming.extensions_mut().insert(principal.clone());
+        let caller = AskCaller::of(&incoming).unwrap();
+        assert!(
+            caller
+                .request(())
+                .extensions()
+                .get::<quarry_auth::VerifiedToken>()
+                .is_none()
+        );
+        incoming
+            .extensions_mut()
+            .insert(quarry_auth::VerifiedToken::new("t0ken", principal));
+        let caller = AskCaller::of(&incoming).unwrap();
+        let outgoing = caller.request(());
+        let verified = outgoing
+            .extensions()
+            .get::<quarry_auth::VerifiedToken>()
+            .unwrap();
+        assert_eq!(verified.principal_for("t0ken").unwrap().tenant, "acme");
+        assert!(verified.principal_for("other").is_none());
     }
 
     #[test]

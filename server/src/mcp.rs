@@ -202,6 +202,11 @@ async fn require_bearer(State(guard): State<Guard>, mut request: Request, next: 
     };
     match guard.verifier.verify(&token).await {
         Ok(principal) => {
+            // the gRPC calls made for this request take the principal from
+            // here instead of verifying the token again
+            request
+                .extensions_mut()
+                .insert(quarry_auth::VerifiedToken::new(&token, principal.clone()));
             request.extensions_mut().insert(principal);
             next.run(request).await
         }

@@ -167,3 +167,78 @@ async fn auth_then_rate_limit_compose_in_service_builder() {
         assert_eq!(grpc_status(&health), None);
     }
 }
+
+/// Echoes the principal (as [`echo`]) and, as `x-verified-tenant`, the
+/// tenant of the verified token the layer recorded for the request's token.
+async fn echo_verified(req: http::Request<Body>) -> Result<http::Response<Body>, Infallible> {
+    let verified = req.extensions().get::<VerifiedToken>().and_then(|v| {
+        let token = bearer_token(req.headers()).ok()?;
+        v.principal_for(token).map(|p| p.tenant.clone())
+    });
+    let mut response = echo(req).await?;
+    if let Some(tenant) = verified {
+        response
+            .headers_mut()
+            .insert("x-verified-tenant", tenant.parse().unwrap());
+    }
+    Ok(response)
+}
+
+fn principal(tenant: &str) -> Principal {
+    Principal {
+        tenant: tenant.to_owned(),
+        subject: "alice".to_owned(),
+        roles: vec![],
+        scopes: vec![],
+    }
+}
+
+/// A request the layer authenticated carries its token as verified, for the
+/// in-process calls made on the caller's behalf.
+#[tokio::test]
+async fn an_authenticated_request_carries_its_verified_token() {
+    let svc = AuthLayer::new(JwtVerifier::hs256(SECRET)).layer(service_fn(echo_verified));
+    let auth = format!("Bearer {}", token("acme"));
+    let response = svc
+        .oneshot(request("/quarry.v1.AssistantService/Ask", Some(&auth)))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-verified-tenant"], "acme");
+}
+
+/// An in-process call with the verified token of its own bearer token is
+/// not verified again: the recorded principal is used (here the token
+/// itself would not verify, which shows that no verification ran).
+#[tokio::test]
+async fn a_verified_token_is_taken_for_the_same_token_without_verifying_again() {
+    let svc = AuthLayer::new(JwtVerifier::hs256(SECRET)).layer(service_fn(echo));
+    let mut req = request("/quarry.v1.SqlService/ExecuteSql", Some("Bearer not-a-jwt"));
+    req.extensions_mut()
+        .insert(VerifiedToken::new("not-a-jwt", principal("acme")));
+    let response = svc.oneshot(req).await.unwrap();
+    assert_eq!(grpc_status(&response), None);
+    assert_eq!(response.headers()["x-tenant"], "acme");
+}
+
+/// The bypass: a verified token recorded for another token is ignored, so
+/// the request's own token is verified — an invalid one is refused, and a
+/// valid one gets its own principal, never the recorded one.
+#[tokio::test]
+async fn a_verified_token_of_another_token_does_not_authenticate() {
+    let svc = AuthLayer::new(JwtVerifier::hs256(SECRET)).layer(service_fn(echo));
+    let mut req = request("/quarry.v1.SqlService/ExecuteSql", Some("Bearer not-a-jwt"));
+    req.extensions_mut()
+        .insert(VerifiedToken::new(&token("acme"), principal("acme")));
+    let response = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(grpc_status(&response), Some(tonic::Code::Unauthenticated));
+
+    let mut req = request(
+        "/quarry.v1.SqlService/ExecuteSql",
+        Some(&format!("Bearer {}", token("globex"))),
+    );
+    req.extensions_mut()
+        .insert(VerifiedToken::new(&token("acme"), principal("acme")));
+    let response = svc.oneshot(req).await.unwrap();
+    assert_eq!(grpc_status(&response), None);
+    assert_eq!(response.headers()["x-tenant"], "globex");
+}

@@ -192,6 +192,7 @@ mod tests {
                 scopes: vec![],
             }),
             authorization: None,
+            verified: None,
             dependencies: Default::default(),
         }
     }
@@ -214,6 +215,7 @@ mod tests {
         let operator = AskCaller {
             caller: Caller::operator(caller().caller.principal),
             authorization: None,
+            verified: None,
             dependencies: Default::default(),
         };
         let offered = registry.offer(&operator).await;

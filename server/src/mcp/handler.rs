@@ -124,6 +124,10 @@ impl QuarryMcp {
         Ok(AskCaller {
             caller: Caller::new(principal).with_grant(grant),
             authorization,
+            verified: parts
+                .extensions
+                .get::<quarry_auth::VerifiedToken>()
+                .cloned(),
             dependencies: DependencyWatch::default(),
         })
     }

@@ -772,19 +772,20 @@ async fn run_in_transaction(
     } = *plan;
     let timeout_ms = config.statement_timeout_ms.max(1);
     let pg = |e| ExecError::from_pg(e, timeout_ms);
-    let tx = guard(config, search_path, session)
-        .begin(client)
-        .await
-        .map_err(pg)?;
-
-    if let Some(limit) = config.max_estimated_cost {
-        let estimated = estimated_cost(&tx, sql).await.map_err(pg)??;
-        if estimated > limit {
-            return Err(ExecError::TooExpensive { estimated, limit });
+    let guard = guard(config, search_path, session);
+    let (tx, statement) = match config.max_estimated_cost {
+        // the cost is checked before the statement is prepared
+        Some(limit) => {
+            let tx = guard.begin(client).await.map_err(pg)?;
+            let estimated = estimated_cost(&tx, sql).await.map_err(pg)??;
+            if estimated > limit {
+                return Err(ExecError::TooExpensive { estimated, limit });
+            }
+            let statement = tx.prepare(sql).await.map_err(pg)?;
+            (tx, statement)
         }
-    }
-
-    let statement = tx.prepare(sql).await.map_err(pg)?;
+        None => guard.begin_and_prepare(client, sql).await.map_err(pg)?,
+    };
     let columns: Vec<Column> = statement
         .columns()
         .iter()
@@ -813,8 +814,19 @@ async fn run_in_transaction(
     let batch = config.fetch_batch.max(1);
     let mut rows = Vec::new();
     let mut bytes = 0usize;
-    let mut largest_row = 0usize;
-    let mut first = true;
+    // a row of fixed-size values only is at most FIXED_VALUE_BYTES a
+    // value, known before any row is seen: the first fetch need not be a
+    // single row (a one-row result then takes one fetch, not two)
+    let fixed_width = statement
+        .columns()
+        .iter()
+        .all(|c| !variable_length(c.type_()));
+    let mut largest_row = if fixed_width {
+        FIXED_VALUE_BYTES * statement.columns().len().max(1)
+    } else {
+        0
+    };
+    let mut first = !fixed_width;
     let mut truncated = false;
     loop {
         // never ask for more than one row past the cap, nor (once a row has
@@ -903,6 +915,11 @@ fn is_row_too_large(error: &tokio_postgres::Error) -> bool {
         .as_db_error()
         .is_some_and(|db| db.code().code() == "22P02" && db.message().contains(ROW_TOO_LARGE))
 }
+
+/// The largest binary size of a value of a type that is not
+/// [`variable_length`]: `interval` and `uuid`, 16 bytes (PostgreSQL 16 docs
+/// §8.5 and §8.12); the others are at most 8.
+const FIXED_VALUE_BYTES: usize = 16;
 
 /// Whether values of `ty` can be large (variable length: text, bytes, JSON,
 /// arrays, and whatever is sent as text).
