@@ -67,7 +67,11 @@ pub fn choose(summaries: &[TokenSummary]) -> usize {
     }
     under
         .into_iter()
-        .max_by(|&a, &b| recall(&summaries[a]).total_cmp(&recall(&summaries[b])).then(b.cmp(&a)))
+        .max_by(|&a, &b| {
+            recall(&summaries[a])
+                .total_cmp(&recall(&summaries[b]))
+                .then(b.cmp(&a))
+        })
         .unwrap_or(0)
 }
 
@@ -164,12 +168,19 @@ impl LooReport {
             "| linking setting | questions | schema ÷ full | table recall | column recall |\n| --- | ---: | ---: | ---: | ---: |\n",
         );
         for (setting, run) in self.settings.iter().zip(&self.runs) {
-            row(&mut out, &format!("in sample: {}", setting_label(setting)), &run.summary(""));
+            row(
+                &mut out,
+                &format!("in sample: {}", setting_label(setting)),
+                &run.summary(""),
+            );
         }
         let all: Vec<TokenSummary> = self.runs.iter().map(|r| r.summary("")).collect();
         row(
             &mut out,
-            &format!("in sample, chosen on all sets: {}", setting_label(&self.settings[choose(&all)])),
+            &format!(
+                "in sample, chosen on all sets: {}",
+                setting_label(&self.settings[choose(&all)])
+            ),
             &all[choose(&all)],
         );
         row(

@@ -650,7 +650,11 @@ impl SchemaIndex {
                             .and_then(|c| c.get(ci)),
                         question_embedding,
                     );
-                    let term = if term_hits.contains(&(ti, ci)) { 1.0 } else { 0.0 };
+                    let term = if term_hits.contains(&(ti, ci)) {
+                        1.0
+                    } else {
+                        0.0
+                    };
                     lexical + value + emb + term
                 })
                 .collect();

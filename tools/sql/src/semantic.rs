@@ -258,7 +258,11 @@ impl SemanticLayer {
     /// or ambiguous table, an unknown column, an empty name, a `sql`/`on`
     /// that does not parse as one PostgreSQL expression, or that references
     /// an unknown table or column or a column without its table.
-    pub fn resolve(&self, tables: &[TableInfo], path: &Path) -> Result<ResolvedLayer, SemanticError> {
+    pub fn resolve(
+        &self,
+        tables: &[TableInfo],
+        path: &Path,
+    ) -> Result<ResolvedLayer, SemanticError> {
         let invalid = |entry: String, field: &str, message: String| SemanticError::Invalid {
             path: path.to_owned(),
             entry,
@@ -271,8 +275,14 @@ impl SemanticLayer {
         };
         for (i, entry) in self.tables.iter().enumerate() {
             let label = format!("tables[{i}] {:?}", entry.name);
-            let t = find_table(tables, &entry.name).map_err(|m| invalid(label.clone(), "name", m))?;
-            if let Some(d) = entry.description.as_deref().map(data).filter(|d| !d.is_empty()) {
+            let t =
+                find_table(tables, &entry.name).map_err(|m| invalid(label.clone(), "name", m))?;
+            if let Some(d) = entry
+                .description
+                .as_deref()
+                .map(data)
+                .filter(|d| !d.is_empty())
+            {
                 out.table_descriptions.insert(t, d);
             }
             let synonyms = clean(&entry.synonyms);
@@ -289,10 +299,18 @@ impl SemanticLayer {
                         invalid(
                             label.clone(),
                             "name",
-                            format!("no column {:?} in {}", column.name, tables[t].qualified_name()),
+                            format!(
+                                "no column {:?} in {}",
+                                column.name,
+                                tables[t].qualified_name()
+                            ),
                         )
                     })?;
-                if let Some(d) = column.description.as_deref().map(data).filter(|d| !d.is_empty())
+                if let Some(d) = column
+                    .description
+                    .as_deref()
+                    .map(data)
+                    .filter(|d| !d.is_empty())
                 {
                     out.column_descriptions.insert((t, c), d);
                 }
@@ -302,7 +320,10 @@ impl SemanticLayer {
                 }
             }
         }
-        for (kind, list, section) in [("term", &self.terms, "terms"), ("metric", &self.metrics, "metrics")] {
+        for (kind, list, section) in [
+            ("term", &self.terms, "terms"),
+            ("metric", &self.metrics, "metrics"),
+        ] {
             for (i, entry) in list.iter().enumerate() {
                 let label = format!("{section}[{i}] {:?}", entry.name);
                 let mut phrases: Vec<Vec<String>> = std::iter::once(&entry.name)
@@ -312,9 +333,14 @@ impl SemanticLayer {
                     .collect();
                 phrases.dedup();
                 if crate::linking::words(&entry.name).is_empty() {
-                    return Err(invalid(label, "name", "must hold a word that is not a stop word".into()));
+                    return Err(invalid(
+                        label,
+                        "name",
+                        "must hold a word that is not a stop word".into(),
+                    ));
                 }
-                let columns = expression_columns(&entry.sql, tables).map_err(|m| invalid(label.clone(), "sql", m))?;
+                let columns = expression_columns(&entry.sql, tables)
+                    .map_err(|m| invalid(label.clone(), "sql", m))?;
                 out.hints.push(Hint {
                     kind,
                     name: data(&entry.name),
@@ -329,9 +355,12 @@ impl SemanticLayer {
             let label = format!("joins[{i}] {:?}", entry.tables.join("~"));
             let mut needed = BTreeSet::new();
             for name in &entry.tables {
-                needed.insert(find_table(tables, name).map_err(|m| invalid(label.clone(), "tables", m))?);
+                needed.insert(
+                    find_table(tables, name).map_err(|m| invalid(label.clone(), "tables", m))?,
+                );
             }
-            let columns = expression_columns(&entry.on, tables).map_err(|m| invalid(label.clone(), "on", m))?;
+            let columns = expression_columns(&entry.on, tables)
+                .map_err(|m| invalid(label.clone(), "on", m))?;
             out.hints.push(Hint {
                 kind: "join",
                 name: data(&entry.tables.join("~")),
@@ -346,7 +375,10 @@ impl SemanticLayer {
 }
 
 fn clean(list: &[String]) -> Vec<String> {
-    list.iter().map(|s| data(s)).filter(|s| !s.is_empty()).collect()
+    list.iter()
+        .map(|s| data(s))
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// FNV-1a over the layer's debug rendering: stable across runs, which a
@@ -354,7 +386,9 @@ fn clean(list: &[String]) -> Vec<String> {
 fn fingerprint(layer: &SemanticLayer) -> u64 {
     format!("{layer:?}")
         .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 /// The index of table `name` (`table` or `schema.table`) in `tables`.
@@ -368,7 +402,9 @@ fn find_table(tables: &[TableInfo], name: &str) -> Result<usize, String> {
     match found.as_slice() {
         [one] => Ok(*one),
         [] => Err(format!("no table {name:?} in the source's schemas")),
-        _ => Err(format!("{name:?} is in more than one schema; write schema.table")),
+        _ => Err(format!(
+            "{name:?} is in more than one schema; write schema.table"
+        )),
     }
 }
 
@@ -379,7 +415,9 @@ fn expression_columns(sql: &str, tables: &[TableInfo]) -> Result<Vec<(usize, usi
     let mut parser = Parser::new(&dialect)
         .try_with_sql(sql)
         .map_err(|e| format!("does not parse: {e}"))?;
-    let expr = parser.parse_expr().map_err(|e| format!("does not parse: {e}"))?;
+    let expr = parser
+        .parse_expr()
+        .map_err(|e| format!("does not parse: {e}"))?;
     if parser.peek_token().token != Token::EOF {
         return Err(format!(
             "does not parse: one expression expected, found {} after it",

@@ -778,10 +778,12 @@ impl SqlTool {
         let (Some(layer), Some(path)) = (&self.semantic, &self.config.semantic_path) else {
             return Ok(());
         };
-        let tables = self
-            .catalog()
-            .await
-            .map_err(|e| StartError::Config(format!("cannot read the catalog to check {}: {e}", path.display())))?;
+        let tables = self.catalog().await.map_err(|e| {
+            StartError::Config(format!(
+                "cannot read the catalog to check {}: {e}",
+                path.display()
+            ))
+        })?;
         let resolved = layer.resolve(&tables.0, path)?;
         info!(
             path = %path.display(),

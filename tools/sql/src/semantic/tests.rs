@@ -68,7 +68,11 @@ fn catalog() -> Vec<TableInfo> {
             vec![col("id", ""), col("artwork_id", ""), col("artist_id", "")],
             vec![fk("artwork_id", "artworks"), fk("artist_id", "artists")],
         ),
-        table("subjects", vec![col("id", ""), col("name", ""), col("path", "")], vec![]),
+        table(
+            "subjects",
+            vec![col("id", ""), col("name", ""), col("path", "")],
+            vec![],
+        ),
     ]
 }
 
@@ -180,21 +184,31 @@ fn a_term_referencing_an_unknown_or_unqualified_column_is_refused() {
 
 #[test]
 fn a_join_hint_over_unknown_tables_or_columns_is_refused() {
-    let (entry, field, _) =
-        invalid("[[joins]]\ntables = [\"artworks\", \"makers\"]\non = \"artworks.id = artworks.id\"\n");
+    let (entry, field, _) = invalid(
+        "[[joins]]\ntables = [\"artworks\", \"makers\"]\non = \"artworks.id = artworks.id\"\n",
+    );
     assert_eq!(entry, "joins[0] \"artworks~makers\"");
     assert_eq!(field, "tables");
-    let (_, field, _) =
-        invalid("[[joins]]\ntables = [\"artworks\", \"artists\"]\non = \"artworks.maker = artists.id\"\n");
+    let (_, field, _) = invalid(
+        "[[joins]]\ntables = [\"artworks\", \"artists\"]\non = \"artworks.maker = artists.id\"\n",
+    );
     assert_eq!(field, "on");
 }
 
 #[test]
 fn unknown_fields_and_a_missing_file_name_the_file() {
     let error = resolve("[[tables]]\nname = \"artists\"\ncomment = \"x\"\n").unwrap_err();
-    assert!(error.to_string().starts_with("semantic layer demo/semantic/test.toml: "), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with("semantic layer demo/semantic/test.toml: "),
+        "{error}"
+    );
     let error = SemanticLayer::load(Path::new("/nonexistent/layer.toml")).unwrap_err();
-    assert!(error.to_string().contains("/nonexistent/layer.toml"), "{error}");
+    assert!(
+        error.to_string().contains("/nonexistent/layer.toml"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -204,7 +218,10 @@ fn strings_from_the_file_cannot_open_a_delimiter_or_a_line() {
     )
     .unwrap();
     let description = &layer.table_descriptions[&0];
-    assert!(!description.contains('<') && !description.contains('\n'), "{description}");
+    assert!(
+        !description.contains('<') && !description.contains('\n'),
+        "{description}"
+    );
 }
 
 fn index(layer: Option<&str>) -> SchemaIndex {
@@ -220,29 +237,42 @@ fn a_business_term_links_its_column_and_goes_into_the_context_with_its_sql() {
     let question = "How many works by women were acquired per acquisition year?";
     let without = index(None).link(question, None);
     assert!(
-        !without.columns.contains(&("tate.artists".into(), "gender".into())),
+        !without
+            .columns
+            .contains(&("tate.artists".into(), "gender".into())),
         "{without:?}"
     );
     let with = index(Some(LAYER)).link(question, None);
     assert!(
-        with.columns.contains(&("tate.artists".into(), "gender".into())),
+        with.columns
+            .contains(&("tate.artists".into(), "gender".into())),
         "{with:?}"
     );
     assert!(
-        with.context.contains("-- term works by women: artists.gender = 'Female'"),
+        with.context
+            .contains("-- term works by women: artists.gender = 'Female'"),
         "{}",
         with.context
     );
     // the term's table brings the join path with it, and the join hint
     assert!(
-        with.tables.contains(&"tate.artwork_contributors".to_string()),
+        with.tables
+            .contains(&"tate.artwork_contributors".to_string()),
         "{:?}",
         with.tables
     );
-    assert!(with.context.contains("-- join artworks~artists: "), "{}", with.context);
+    assert!(
+        with.context.contains("-- join artworks~artists: "),
+        "{}",
+        with.context
+    );
     // a synonym of the term links as well
     let with = index(Some(LAYER)).link("Which female artists have the most works?", None);
-    assert!(with.context.contains("-- term works by women"), "{}", with.context);
+    assert!(
+        with.context.contains("-- term works by women"),
+        "{}",
+        with.context
+    );
 }
 
 #[test]
@@ -253,7 +283,12 @@ fn synonyms_link_their_table_and_descriptions_replace_comments() {
     let with = index(Some(LAYER)).link(question, None);
     assert!(!with.whole_schema);
     assert_eq!(with.tables, ["tate.artists"], "{with:?}");
-    assert!(with.context.contains("people and groups credited with works"), "{}", with.context);
+    assert!(
+        with.context
+            .contains("people and groups credited with works"),
+        "{}",
+        with.context
+    );
     let texts = index(Some(LAYER)).element_texts();
     assert!(texts.0[0].contains("makers"), "{:?}", texts.0);
     assert!(texts.1[0][2].contains("sex"), "{:?}", texts.1[0]);
