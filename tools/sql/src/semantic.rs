@@ -43,8 +43,9 @@
 //! that references an unknown or unqualified column is a [`SemanticError`]
 //! naming the file, the entry and the field — and gives the
 //! [`ResolvedLayer`] schema linking uses. Every string of the file is data:
-//! it reaches a prompt collapsed to one line and passed through
-//! [`quarry_llm::prompt::sanitize`].
+//! it reaches a prompt collapsed to one line, and a `<` that could open or
+//! close a prompt delimiter (`<tool_result>`, `</result>`) is written
+//! `&lt;` (SQL's `a < b` stays as written).
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::ControlFlow;
@@ -221,9 +222,36 @@ impl ResolvedLayer {
     }
 }
 
-/// A string from the file as it may reach a prompt: one line, sanitized.
+/// A string from the file as it may reach a prompt: one line (whitespace
+/// and control characters collapsed to single spaces), and a `<` that
+/// could open or close a delimiter (`<tag`, `</tag`, `<!`) written `&lt;`,
+/// while SQL's `a < b` stays as written.
 fn data(text: &str) -> String {
-    quarry_llm::prompt::sanitize(&text.split_whitespace().collect::<Vec<_>>().join(" "))
+    let line: String = text
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '<'
+            && chars
+                .peek()
+                .is_some_and(|n| n.is_alphabetic() || *n == '/' || *n == '!')
+        {
+            out.push_str("&lt;");
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl SemanticLayer {
