@@ -31,6 +31,7 @@ pub mod beir;
 pub mod compare;
 pub mod convert;
 pub mod dataset;
+pub mod loo;
 pub mod peers;
 pub mod search;
 pub mod tokens;

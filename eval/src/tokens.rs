@@ -21,7 +21,8 @@
 //!   estimated the same way from the reply (the tool call's arguments JSON,
 //!   or the answer text);
 //! - **schema bytes**: bytes of the schema lines in the messages the model
-//!   received. No delimiter marks the schema in the prompt, so a line counts
+//!   received, and of the semantic layer's hint lines (`-- term …`,
+//!   `-- metric …`, `-- join …`). No delimiter marks the schema in the prompt, so a line counts
 //!   as a schema line when — after leading spaces, an optional `- `/`* `
 //!   bullet and an optional `view `/`materialized view ` — it starts with
 //!   the schema-qualified name of a table the caller may read (from
@@ -435,6 +436,14 @@ fn schema_lines(messages: &[Value], catalog: &[CatalogTable]) -> (usize, BTreeMa
             continue;
         };
         for line in content.lines() {
+            // the semantic layer's hints are schema context too
+            if ["-- term ", "-- metric ", "-- join "]
+                .iter()
+                .any(|p| line.starts_with(p))
+            {
+                bytes += line.len() + 1;
+                continue;
+            }
             if let Some(table) = schema_line_table(line, catalog) {
                 bytes += line.len() + 1;
                 let entry = lines.entry(table.name.clone()).or_default();
@@ -561,6 +570,7 @@ pub async fn run_token_eval(
             // a schema the configuration does not serve (a Spider database):
             // its golden pairs and sources are for others
             sections.sql.golden_path = None;
+            sections.sql.semantic_path = None;
             sections.sql.sources.clear();
         }
         // the login role reads: under the read-only role row-level security

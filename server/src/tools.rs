@@ -44,6 +44,7 @@ pub async fn sql_tool_with(
 ) -> anyhow::Result<Arc<SqlTool>> {
     let pool = database_pool(config, pools)?;
     let tool = SqlTool::new(pool, config.sql.clone(), models, embedder).context("sql tool")?;
+    tool.check_semantic().await.context("sql.semantic_path")?;
     tool.load_stored_golden().await;
     Ok(Arc::new(tool))
 }
@@ -83,6 +84,9 @@ pub async fn sql_sources_with(
         )
         .with_context(|| format!("sql.sources.{name}"))?
         .with_home(home.clone());
+        tool.check_semantic()
+            .await
+            .with_context(|| format!("sql.sources.{name}.semantic_path"))?;
         tool.load_stored_golden().await;
         info!(source = %name, tenants = ?source.tenants, schemas = ?source.schemas, "sql source ready");
         own.insert(name.clone(), (Arc::new(tool), source.tenants.clone()));

@@ -88,6 +88,16 @@ enum What {
         /// to compare them with another agent's.
         #[arg(long, value_name = "DIR")]
         dump_requests: Option<PathBuf>,
+        /// Leave one Spider database out: run every linking setting of
+        /// `quarry_eval::loo::grid`, choose the setting for each database on
+        /// the others, and report in-sample and out-of-sample figures
+        /// (Spider sets only).
+        #[arg(long)]
+        leave_one_out: bool,
+        /// Link without the configured semantic layer (`sql.semantic_path`),
+        /// to measure what it changes.
+        #[arg(long)]
+        no_semantic: bool,
         /// Print one JSON object instead of tables.
         #[arg(long)]
         json: bool,
@@ -197,9 +207,14 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
             per_db,
             limit,
             dump_requests,
+            leave_one_out,
+            no_semantic,
             json,
         } => {
-            let sections = quarry_bench::ask::ServerSections::load(config)?;
+            let mut sections = quarry_bench::ask::ServerSections::load(config)?;
+            if no_semantic {
+                sections.sql.semantic_path = None;
+            }
             let mut sets = Vec::new();
             if !no_tate {
                 sets.push(quarry_eval::tokens::tate_set(&tate)?);
@@ -214,6 +229,11 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
                     )
                     .await?,
                 );
+            }
+            if leave_one_out {
+                sets.retain(|s| s.name.starts_with("spider/"));
+                let report = quarry_eval::loo::run_leave_one_out(&sections, &sets, !json).await?;
+                return super::print_report(json, || report.to_json(), || report.table());
             }
             let report = quarry_eval::tokens::run_token_eval(
                 &sections,

@@ -42,6 +42,7 @@ pub mod grpc;
 pub mod linking;
 pub mod role;
 pub mod schema;
+pub mod semantic;
 pub mod service;
 pub mod sources;
 pub mod validate;

@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use tokio_postgres::GenericClient;
 
 use crate::schema::{SchemaError, TableInfo, compact_description};
+use crate::semantic::ResolvedLayer;
 use quarry_db::quote_ident;
 
 /// Rough token count of `text` for budgeting prompts: one token per four
@@ -324,6 +325,8 @@ pub struct SchemaIndex {
     table_embeddings: Option<Vec<Vec<f32>>>,
     column_embeddings: Option<Vec<Vec<Vec<f32>>>>,
     full_context: String,
+    /// The source's semantic layer, resolved against `tables`.
+    semantic: ResolvedLayer,
 }
 
 impl SchemaIndex {
@@ -372,7 +375,33 @@ impl SchemaIndex {
             table_embeddings: None,
             column_embeddings: None,
             full_context,
+            semantic: ResolvedLayer::default(),
         }
+    }
+
+    /// The index with the source's semantic layer (resolved against this
+    /// index's tables, in their order): its descriptions replace the
+    /// catalog comments (in the context and in the embedded texts), its
+    /// synonyms count as name words of their table or column, and a
+    /// business term or metric whose name or a synonym the question holds
+    /// (every word of it) links the columns of its SQL, keeps their tables,
+    /// and goes into the context as a hint line with its SQL
+    /// (`-- term <name>: <sql>`, `-- metric <name>: <sql>`), as does a join
+    /// hint whose two tables are chosen (`-- join a~b: <on>`). Install
+    /// embeddings after this, so that they are of the annotated texts.
+    #[must_use]
+    pub fn with_semantic(mut self, layer: ResolvedLayer) -> Self {
+        self.tables = layer.annotate(&self.tables);
+        self.full_context = compact_description(&self.tables);
+        self.table_embeddings = None;
+        self.column_embeddings = None;
+        self.semantic = layer;
+        self
+    }
+
+    /// The semantic layer in use (empty without one).
+    pub fn semantic(&self) -> &ResolvedLayer {
+        &self.semantic
     }
 
     /// The indexed tables.
@@ -391,10 +420,16 @@ impl SchemaIndex {
         let tables = self
             .tables
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(ti, t)| {
                 format!(
-                    "{} {}",
+                    "{} {} {}",
                     words(&t.name).join(" "),
+                    self.semantic
+                        .table_synonyms
+                        .get(&ti)
+                        .map(|s| s.join(", "))
+                        .unwrap_or_default(),
                     t.comment.as_deref().unwrap_or_default()
                 )
             })
@@ -402,14 +437,21 @@ impl SchemaIndex {
         let columns = self
             .tables
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(ti, t)| {
                 let table = words(&t.name).join(" ");
                 t.columns
                     .iter()
-                    .map(|c| {
+                    .enumerate()
+                    .map(|(ci, c)| {
                         format!(
-                            "{table} {} {}",
+                            "{table} {} {} {}",
                             words(&c.name).join(" "),
+                            self.semantic
+                                .column_synonyms
+                                .get(&(ti, ci))
+                                .map(|s| s.join(", "))
+                                .unwrap_or_default(),
                             c.comment.as_deref().unwrap_or_default()
                         )
                     })
@@ -540,6 +582,46 @@ impl SchemaIndex {
             (0.5 * hits as f64).min(1.0)
         };
 
+        // synonyms from the semantic layer: a synonym whose words are all in
+        // the question counts as the element's name
+        let synonym_score = |synonyms: Option<&Vec<String>>| -> f64 {
+            synonyms
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    let w = words(s);
+                    if !w.is_empty() && w.iter().all(|w| q_set.contains(w.as_str())) {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .fold(0.0, f64::max)
+        };
+        // business terms and metrics the question names (every word of the
+        // name or of a synonym), over what the caller may see
+        let hint_visible = |hint: &crate::semantic::Hint| {
+            hint.tables.iter().all(|&t| shown[t])
+                && hint.columns.iter().all(|&(t, c)| {
+                    shown[t] && visible.column(&self.tables[t], &self.tables[t].columns[c].name)
+                })
+        };
+        let matched: Vec<&crate::semantic::Hint> = self
+            .semantic
+            .hints
+            .iter()
+            .filter(|h| {
+                h.phrases
+                    .iter()
+                    .any(|p| p.iter().all(|w| q_set.contains(w.as_str())))
+                    && hint_visible(h)
+            })
+            .collect();
+        let mut term_hits: HashSet<ColumnKey> = HashSet::new();
+        for hint in &matched {
+            term_hits.extend(hint.columns.iter().copied());
+        }
+
         let mut column_scores: Vec<Vec<f64>> = Vec::with_capacity(self.tables.len());
         let mut lexical_scores: Vec<Vec<f64>> = Vec::with_capacity(self.tables.len());
         let mut table_scores: Vec<f64> = Vec::with_capacity(self.tables.len());
@@ -547,8 +629,11 @@ impl SchemaIndex {
             let lexical: Vec<f64> = table
                 .columns
                 .iter()
-                .map(|column| {
-                    coverage(&words(&column.name)).max(comment_score(column.comment.as_deref()))
+                .enumerate()
+                .map(|(ci, column)| {
+                    coverage(&words(&column.name))
+                        .max(comment_score(column.comment.as_deref()))
+                        .max(synonym_score(self.semantic.column_synonyms.get(&(ti, ci))))
                 })
                 .collect();
             let scores: Vec<f64> = table
@@ -565,10 +650,16 @@ impl SchemaIndex {
                             .and_then(|c| c.get(ci)),
                         question_embedding,
                     );
-                    lexical + value + emb
+                    let term = if term_hits.contains(&(ti, ci)) {
+                        1.0
+                    } else {
+                        0.0
+                    };
+                    lexical + value + emb + term
                 })
                 .collect();
-            let name = coverage(&words(&table.name));
+            let name = coverage(&words(&table.name))
+                .max(synonym_score(self.semantic.table_synonyms.get(&ti)));
             let comment = comment_score(table.comment.as_deref());
             let emb = self.embedding_score(
                 self.table_embeddings.as_ref().and_then(|t| t.get(ti)),
@@ -600,6 +691,14 @@ impl SchemaIndex {
             .filter(|&t| table_scores[t] >= self.config.relative_table_threshold * best)
             .take(self.config.max_tables.max(1))
             .collect();
+        // the tables of the business terms and metrics the question names
+        for hint in &matched {
+            for &t in &hint.tables {
+                if !chosen.contains(&t) {
+                    chosen.push(t);
+                }
+            }
+        }
         // join paths between the chosen tables
         let seeds = chosen.clone();
         for (i, &a) in seeds.iter().enumerate() {
@@ -703,6 +802,15 @@ impl SchemaIndex {
             pruned.push(t);
         }
         let mut context = compact_description(&pruned);
+        let joins = self.semantic.hints.iter().filter(|h| {
+            h.kind == "join" && h.tables.iter().all(|t| chosen_set.contains(t)) && hint_visible(h)
+        });
+        for hint in matched.iter().copied().chain(joins) {
+            let _ = std::fmt::Write::write_fmt(
+                &mut context,
+                format_args!("-- {} {}: {}\n", hint.kind, hint.name, hint.sql),
+            );
+        }
         for line in samples {
             context.push_str(&line);
             context.push('\n');

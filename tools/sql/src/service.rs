@@ -45,6 +45,11 @@ pub struct SqlToolConfig {
     /// Golden question→SQL pairs (JSON array of `{question, sql}`); every
     /// pair's SQL is validated at start-up.
     pub golden_path: Option<PathBuf>,
+    /// The source's semantic layer (TOML, see [`crate::semantic`]): table
+    /// and column descriptions and synonyms, business terms, metrics and
+    /// join hints, checked against the catalog at start-up
+    /// ([`SqlTool::check_semantic`]) and used by schema linking.
+    pub semantic_path: Option<PathBuf>,
     /// Minimum match score for a golden pair; see [`GoldenSet`]. Default 0.7.
     pub golden_threshold: f64,
     /// Model attempts per `GenerateSql` call before giving up. Default 3.
@@ -87,6 +92,7 @@ impl Default for SqlToolConfig {
             schemas: vec!["public".to_string()],
             exec: ExecConfig::default(),
             golden_path: None,
+            semantic_path: None,
             golden_threshold: GoldenSet::DEFAULT_THRESHOLD,
             max_attempts: 3,
             structured_output: true,
@@ -121,6 +127,9 @@ pub enum StartError {
     /// The configuration is unusable.
     #[error("invalid sql tool config: {0}")]
     Config(String),
+    /// The semantic layer file is unreadable or does not match the catalog.
+    #[error(transparent)]
+    Semantic(#[from] crate::semantic::SemanticError),
 }
 
 pub use quarry_llm::{TASK_JUDGE, TASK_SQL};
@@ -285,6 +294,9 @@ pub struct SqlTool {
     executor: Executor,
     policy: ValidationPolicy,
     golden: RwLock<Arc<GoldenSet>>,
+    /// The semantic layer file as parsed (checked against the catalog when
+    /// the schema index is built).
+    semantic: Option<crate::semantic::SemanticLayer>,
     models: SqlModels,
     embedder: Option<Arc<dyn Embedder>>,
     config: SqlToolConfig,
@@ -421,6 +433,10 @@ impl SqlTool {
             });
         }
         let golden = GoldenSet::new(admitted);
+        let semantic = match &config.semantic_path {
+            Some(path) => Some(crate::semantic::SemanticLayer::load(path)?),
+            None => None,
+        };
         info!(golden_pairs = golden.len(), schemas = ?config.schemas, "sql tool ready");
         let executor = Executor::new(pool.clone(), config.exec.clone());
         Ok(Self {
@@ -431,6 +447,7 @@ impl SqlTool {
             executor,
             policy,
             golden: RwLock::new(Arc::new(golden)),
+            semantic,
             models,
             embedder,
             descriptions: (config.catalog_check_secs > 0).then(|| {
@@ -749,6 +766,46 @@ impl SqlTool {
         Ok(index)
     }
 
+    /// Checks the semantic layer (`semantic_path`) against the live catalog
+    /// of the source's schemas: start-up work, so `quarry serve` refuses to
+    /// start on a layer that names an unknown table or column or whose SQL
+    /// does not parse. Without a layer, nothing is read.
+    ///
+    /// # Errors
+    /// [`StartError::Semantic`] naming the file, the entry and the field;
+    /// [`StartError::Config`] when the catalog cannot be read.
+    pub async fn check_semantic(&self) -> Result<(), StartError> {
+        let (Some(layer), Some(path)) = (&self.semantic, &self.config.semantic_path) else {
+            return Ok(());
+        };
+        let tables = self.catalog().await.map_err(|e| {
+            StartError::Config(format!(
+                "cannot read the catalog to check {}: {e}",
+                path.display()
+            ))
+        })?;
+        let resolved = layer.resolve(&tables.0, path)?;
+        info!(
+            path = %path.display(),
+            hints = resolved.hints.len(),
+            "semantic layer checked"
+        );
+        Ok(())
+    }
+
+    /// The semantic layer resolved against `tables`; `None` without one,
+    /// or (logged) when the catalog no longer matches it.
+    fn resolved_semantic(&self, tables: &[TableInfo]) -> Option<crate::semantic::ResolvedLayer> {
+        let (layer, path) = (self.semantic.as_ref()?, self.config.semantic_path.as_ref()?);
+        match layer.resolve(tables, path) {
+            Ok(resolved) => Some(resolved),
+            Err(error) => {
+                warn!(%error, "the semantic layer does not match the catalog; linking without it");
+                None
+            }
+        }
+    }
+
     /// Builds the schema index for the catalog with `hash`: reads the live
     /// catalog and values; reuses the stored embeddings when the stored
     /// catalog has the same hash and model (unless `force`), otherwise embeds
@@ -766,7 +823,19 @@ impl SqlTool {
         let tables = describe_schema(&**client, &self.config.schemas).await?;
         let values =
             ValueIndex::load(&**client, &tables, self.config.value_index_max_distinct).await?;
-        let mut index = SchemaIndex::new(tables.clone(), values, self.config.linking.clone());
+        let mut index = SchemaIndex::new(tables, values, self.config.linking.clone());
+        // the layer changes the embedded texts: the stored catalog is keyed
+        // by the catalog hash and the layer's fingerprint
+        let hash = match self.resolved_semantic(index.tables()) {
+            Some(layer) => {
+                let keyed = format!("{hash}+{}", layer.fingerprint);
+                index = index.with_semantic(layer);
+                keyed
+            }
+            None => hash.to_string(),
+        };
+        let hash = hash.as_str();
+        let tables = index.tables().to_vec();
         let mut report = CatalogReport {
             hash: hash.to_string(),
             tables: tables.len(),
@@ -1020,6 +1089,18 @@ impl SqlTool {
         // goes in only with its table
         let mut shown: Vec<&str> = Vec::new();
         for line in linked.context.lines() {
+            // hints of the semantic layer (`-- term …`, `-- metric …`,
+            // `-- join …`): in when they fit
+            if ["-- term ", "-- metric ", "-- join "]
+                .iter()
+                .any(|p| line.starts_with(p))
+            {
+                let line = format!("{line}\n");
+                if fits(&context, &line) {
+                    context.push_str(&line);
+                }
+                continue;
+            }
             if let Some(sample) = line.strip_prefix("-- ") {
                 let table = sample.split('.').next().unwrap_or_default();
                 let line = format!("{line}\n");

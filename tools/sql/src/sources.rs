@@ -71,6 +71,10 @@ pub struct SourceConfig {
     /// validated against its schemas.
     #[serde(default)]
     pub golden_path: Option<PathBuf>,
+    /// The source's semantic layer (as `sql.semantic_path`), checked against
+    /// this source's catalog at start-up.
+    #[serde(default)]
+    pub semantic_path: Option<PathBuf>,
 }
 
 const fn default_pool_size() -> usize {
@@ -80,11 +84,12 @@ const fn default_pool_size() -> usize {
 impl SourceConfig {
     /// The SQL tool settings of this source named `name`: `shared`'s
     /// settings (limits, linking, models) with this source's schemas, golden
-    /// pairs and name.
+    /// pairs, semantic layer and name.
     pub fn tool_config(&self, name: &str, shared: &SqlToolConfig) -> SqlToolConfig {
         SqlToolConfig {
             schemas: self.schemas.clone(),
             golden_path: self.golden_path.clone(),
+            semantic_path: self.semantic_path.clone(),
             source: name.to_owned(),
             sources: BTreeMap::new(),
             ..shared.clone()

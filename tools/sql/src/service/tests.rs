@@ -381,3 +381,70 @@ async fn the_sql_writer_and_the_judge_see_placeholders_and_the_sql_runs_with_the
     assert_eq!(judge.matches("</result>").count(), 1, "{judge}");
     shop.remove().await;
 }
+
+/// `shop` with a semantic layer file holding `layer`.
+async fn shop_with_layer(shop: &Shop, layer: &str) -> (SqlTool, PathBuf) {
+    let path = std::env::temp_dir().join(format!(
+        "quarry-sql-semantic-{}.toml",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&path, layer).unwrap();
+    let config = SqlToolConfig {
+        schemas: vec!["shop".into()],
+        semantic_path: Some(path.clone()),
+        catalog_check_secs: 0,
+        ..SqlToolConfig::default()
+    };
+    let tool = SqlTool::new(shop.db.pool().clone(), config, SqlModels::default(), None).unwrap();
+    (tool, path)
+}
+
+#[tokio::test]
+async fn start_up_refuses_a_semantic_layer_that_does_not_match_the_catalog() {
+    let shop = Shop::create().await;
+    let (tool, path) = shop_with_layer(
+        &shop,
+        "[[terms]]\nname = \"cheap items\"\nsql = \"items.cost < 10\"\n",
+    )
+    .await;
+    let error = tool.check_semantic().await.unwrap_err().to_string();
+    assert!(error.contains(&path.display().to_string()), "{error}");
+    assert!(error.contains("terms[0] \"cheap items\".sql"), "{error}");
+    assert!(
+        error.contains("no column \"cost\" in shop.items"),
+        "{error}"
+    );
+    let _ = std::fs::remove_file(&path);
+    let (tool, path) = shop_with_layer(
+        &shop,
+        "[[terms]]\nname = \"cheap items\"\nsql = \"items.price < 10\"\n",
+    )
+    .await;
+    tool.check_semantic().await.unwrap();
+    let _ = std::fs::remove_file(&path);
+    shop.remove().await;
+}
+
+#[tokio::test]
+async fn the_schema_context_carries_a_matched_business_term_and_its_sql() {
+    let shop = Shop::create().await;
+    let question = "Which bargains can I buy?";
+    let (tool, path) = shop_with_layer(
+        &shop,
+        "[[terms]]\nname = \"bargains\"\nsql = \"items.price < 10\"\n",
+    )
+    .await;
+    let (context, _) = tool.schema_context(&caller(), question, 200).await.unwrap();
+    assert!(context.contains("shop.items("), "{context}");
+    assert!(
+        context.contains("-- term bargains: items.price < 10"),
+        "{context}"
+    );
+    let _ = std::fs::remove_file(&path);
+    // without the layer, nothing in the question names the table or a column
+    let (tool, path) = shop_with_layer(&shop, "").await;
+    let (context, _) = tool.schema_context(&caller(), question, 200).await.unwrap();
+    assert!(!context.contains("bargains"), "{context}");
+    let _ = std::fs::remove_file(&path);
+    shop.remove().await;
+}

@@ -12,6 +12,7 @@ fn source(tenants: &[&str], schemas: &[&str]) -> SourceConfig {
         database_url: None,
         pool_size: 2,
         golden_path: None,
+        semantic_path: None,
     }
 }
 
