@@ -327,6 +327,65 @@ pub struct SchemaIndex {
     full_context: String,
     /// The source's semantic layer, resolved against `tables`.
     semantic: ResolvedLayer,
+    /// The words of every name, comment and synonym, split once here
+    /// rather than on every question.
+    lexicon: Lexicon,
+}
+
+/// [`words`] of the names, comments and synonyms of an index's tables and
+/// columns, by table index (and column index).
+#[derive(Debug, Clone, Default)]
+struct Lexicon {
+    table_names: Vec<Vec<String>>,
+    table_comments: Vec<BTreeSet<String>>,
+    table_synonyms: Vec<Vec<Vec<String>>>,
+    column_names: Vec<Vec<Vec<String>>>,
+    column_comments: Vec<Vec<BTreeSet<String>>>,
+    column_synonyms: Vec<Vec<Vec<Vec<String>>>>,
+}
+
+impl Lexicon {
+    fn new(tables: &[TableInfo], semantic: &ResolvedLayer) -> Self {
+        let comment = |c: Option<&str>| -> BTreeSet<String> {
+            c.map(|c| words(c).into_iter().collect())
+                .unwrap_or_default()
+        };
+        let synonyms = |s: Option<&Vec<String>>| -> Vec<Vec<String>> {
+            s.into_iter().flatten().map(|s| words(s)).collect()
+        };
+        Self {
+            table_names: tables.iter().map(|t| words(&t.name)).collect(),
+            table_comments: tables
+                .iter()
+                .map(|t| comment(t.comment.as_deref()))
+                .collect(),
+            table_synonyms: (0..tables.len())
+                .map(|ti| synonyms(semantic.table_synonyms.get(&ti)))
+                .collect(),
+            column_names: tables
+                .iter()
+                .map(|t| t.columns.iter().map(|c| words(&c.name)).collect())
+                .collect(),
+            column_comments: tables
+                .iter()
+                .map(|t| {
+                    t.columns
+                        .iter()
+                        .map(|c| comment(c.comment.as_deref()))
+                        .collect()
+                })
+                .collect(),
+            column_synonyms: tables
+                .iter()
+                .enumerate()
+                .map(|(ti, t)| {
+                    (0..t.columns.len())
+                        .map(|ci| synonyms(semantic.column_synonyms.get(&(ti, ci))))
+                        .collect()
+                })
+                .collect(),
+        }
+    }
 }
 
 impl SchemaIndex {
@@ -366,6 +425,8 @@ impl SchemaIndex {
             }
         }
         let full_context = compact_description(&tables);
+        let semantic = ResolvedLayer::default();
+        let lexicon = Lexicon::new(&tables, &semantic);
         Self {
             tables,
             values,
@@ -375,7 +436,8 @@ impl SchemaIndex {
             table_embeddings: None,
             column_embeddings: None,
             full_context,
-            semantic: ResolvedLayer::default(),
+            semantic,
+            lexicon,
         }
     }
 
@@ -396,6 +458,7 @@ impl SchemaIndex {
         self.table_embeddings = None;
         self.column_embeddings = None;
         self.semantic = layer;
+        self.lexicon = Lexicon::new(&self.tables, &self.semantic);
         self
     }
 
@@ -572,9 +635,7 @@ impl SchemaIndex {
                 .count();
             hits as f64 / name_words.len() as f64
         };
-        let comment_score = |comment: Option<&str>| -> f64 {
-            let Some(comment) = comment else { return 0.0 };
-            let cw: BTreeSet<String> = words(comment).into_iter().collect();
+        let comment_score = |cw: &BTreeSet<String>| -> f64 {
             if cw.is_empty() {
                 return 0.0;
             }
@@ -584,12 +645,10 @@ impl SchemaIndex {
 
         // synonyms from the semantic layer: a synonym whose words are all in
         // the question counts as the element's name
-        let synonym_score = |synonyms: Option<&Vec<String>>| -> f64 {
+        let synonym_score = |synonyms: &[Vec<String>]| -> f64 {
             synonyms
-                .into_iter()
-                .flatten()
-                .map(|s| {
-                    let w = words(s);
+                .iter()
+                .map(|w| {
                     if !w.is_empty() && w.iter().all(|w| q_set.contains(w.as_str())) {
                         1.0
                     } else {
@@ -630,10 +689,11 @@ impl SchemaIndex {
                 .columns
                 .iter()
                 .enumerate()
-                .map(|(ci, column)| {
-                    coverage(&words(&column.name))
-                        .max(comment_score(column.comment.as_deref()))
-                        .max(synonym_score(self.semantic.column_synonyms.get(&(ti, ci))))
+                .map(|(ci, _)| {
+                    let lex = &self.lexicon;
+                    coverage(&lex.column_names[ti][ci])
+                        .max(comment_score(&lex.column_comments[ti][ci]))
+                        .max(synonym_score(&lex.column_synonyms[ti][ci]))
                 })
                 .collect();
             let scores: Vec<f64> = table
@@ -658,9 +718,9 @@ impl SchemaIndex {
                     lexical + value + emb + term
                 })
                 .collect();
-            let name = coverage(&words(&table.name))
-                .max(synonym_score(self.semantic.table_synonyms.get(&ti)));
-            let comment = comment_score(table.comment.as_deref());
+            let name = coverage(&self.lexicon.table_names[ti])
+                .max(synonym_score(&self.lexicon.table_synonyms[ti]));
+            let comment = comment_score(&self.lexicon.table_comments[ti]);
             let emb = self.embedding_score(
                 self.table_embeddings.as_ref().and_then(|t| t.get(ti)),
                 question_embedding,
