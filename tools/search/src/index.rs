@@ -36,7 +36,7 @@ use quarry_db::supervisor::TaskHandle;
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, DocSetCollector};
 use tantivy::columnar::StrColumn;
-use tantivy::query::{BooleanQuery, EnableScoring, Occur, Query, TermQuery};
+use tantivy::query::{BooleanQuery, ConstScoreQuery, EnableScoring, Occur, Query, TermQuery};
 use tantivy::schema::{
     FAST, Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
     Value as _,
@@ -45,8 +45,7 @@ use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
 };
 use tantivy::{
-    DocAddress, DocSet as _, Index, IndexReader, IndexWriter, ReloadPolicy, Score, TantivyDocument,
-    Term,
+    DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Score, TantivyDocument, Term,
 };
 use tokio_postgres::{AsyncMessage, NoTls};
 
@@ -532,10 +531,11 @@ impl CollectionIndex {
     ///
     /// The query text goes through [`analyzer`]; each distinct term becomes a
     /// SHOULD clause per searched text field (no query syntax, so no text can
-    /// fail to parse). The union is scored with tantivy's block-max WAND
-    /// (Ding & Suel 2011: blocks whose best possible score cannot enter the
-    /// top `limit` are skipped) and the filter is checked per candidate, so
-    /// the result is exactly the top `limit` matching documents by BM25.
+    /// fail to parse). Without a filter the union is scored with tantivy's
+    /// block-max WAND (Ding & Suel 2011: blocks whose best possible score
+    /// cannot enter the top `limit` are skipped); a filter is a non-scoring
+    /// MUST clause. Either way the result is exactly the top `limit`
+    /// matching documents by BM25.
     /// Ties in score are broken by document address (stable for a given
     /// reader). Keys are read from the `key` fast field.
     ///
@@ -590,41 +590,34 @@ impl CollectionIndex {
                 ));
             }
         }
-        // A pure union of term queries, so tantivy scores it with block-max
-        // WAND; the filter is checked per candidate below instead of being
-        // a MUST clause (an intersection is scored without pruning).
-        let text_query = BooleanQuery::new(should);
-        let searcher = self.reader.searcher();
-        let weight = text_query.weight(EnableScoring::enabled_from_searcher(&searcher))?;
-        let filter_weight = if filter.is_all() {
-            None
+        // Without a filter, a pure union of term queries: tantivy scores it
+        // with block-max WAND. With one, the filter is a non-scoring MUST
+        // clause intersected with the union (no pruning, but the filter's
+        // doc set drives: measured at 1M documents, checking the filter per
+        // WAND candidate instead was 1.5-3x slower at 10 % and 1 %).
+        let union = BooleanQuery::new(should);
+        let query: Box<dyn Query> = if filter.is_all() {
+            Box::new(union)
         } else {
-            let query = filter.to_tantivy(&self.schema)?;
-            Some(query.weight(EnableScoring::disabled_from_searcher(&searcher))?)
+            Box::new(BooleanQuery::new(vec![
+                (Occur::Must, Box::new(union) as Box<dyn Query>),
+                (
+                    Occur::Must,
+                    Box::new(ConstScoreQuery::new(filter.to_tantivy(&self.schema)?, 0.0)),
+                ),
+            ]))
         };
+        let searcher = self.reader.searcher();
+        let weight = query.weight(EnableScoring::enabled_from_searcher(&searcher))?;
         let mut top = TopHits::new(limit.max(1));
         for (ord, segment) in searcher.segment_readers().iter().enumerate() {
             let segment_ord = u32::try_from(ord)
                 .map_err(|_| SearchError::Internal("more than 2^32 segments".into()))?;
-            let mut allowed = match &filter_weight {
-                Some(w) => Some(w.scorer(segment, 1.0)?),
-                None => None,
-            };
             let alive = segment.alive_bitset();
             let mut threshold = top.threshold();
             weight.for_each_pruning(threshold, segment, &mut |doc, score| {
                 if alive.is_some_and(|a| a.is_deleted(doc)) {
                     return threshold;
-                }
-                // `for_each_pruning` visits documents in increasing order,
-                // so the filter's doc set only ever moves forward.
-                if let Some(allowed) = allowed.as_mut() {
-                    if allowed.doc() < doc {
-                        allowed.seek(doc);
-                    }
-                    if allowed.doc() != doc {
-                        return threshold;
-                    }
                 }
                 top.push(score, DocAddress::new(segment_ord, doc));
                 threshold = top.threshold();
