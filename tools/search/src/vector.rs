@@ -30,14 +30,19 @@
 //! 4. If HNSW returns fewer than `min_hits` rows, the exact query runs
 //!    instead, so whenever at least `min_hits` rows match, that many come back.
 
+use deadpool_postgres::ClientWrapper;
 use pgvector::Vector;
-use tokio_postgres::Client;
+use tokio_postgres::Statement;
 
 use quarry_db::quote_ident;
 
 use crate::collection::{Collection, vector_column};
 use crate::error::{Result, SearchError};
 use crate::filter::{CheckedFilter, SqlParams, param_refs};
+
+/// Statements a pooled connection keeps prepared for vector search before
+/// its cache is emptied (a new filter shape is a new statement).
+pub const STATEMENT_CACHE_LIMIT: usize = 256;
 
 /// When the exact path runs and how far HNSW is pushed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -116,16 +121,56 @@ fn base_condition(searched: &[String]) -> String {
     format!("NOT deleted AND ({any_vector})")
 }
 
-async fn plan_rows(client: &Client, sql: &str, params: &SqlParams) -> Result<f64> {
-    let row = client
-        .query_one(&format!("EXPLAIN (FORMAT JSON) {sql}"), &param_refs(params))
-        .await?;
+async fn plan_rows(client: &ClientWrapper, sql: &str, params: &SqlParams) -> Result<f64> {
+    let statement = cached(client, &format!("EXPLAIN (FORMAT JSON) {sql}")).await?;
+    let row = client.query_one(&statement, &param_refs(params)).await?;
     let plan: serde_json::Value = row.try_get(0)?;
     plan.get(0)
         .and_then(|p| p.get("Plan"))
         .and_then(|p| p.get("Plan Rows"))
         .and_then(serde_json::Value::as_f64)
         .ok_or_else(|| SearchError::Internal(format!("no Plan Rows in {plan}")))
+}
+
+/// A statement from the connection's cache (prepared once per connection:
+/// no parse round trip afterwards). The cache is emptied when it holds more
+/// than [`STATEMENT_CACHE_LIMIT`] statements, so filters of ever new shapes
+/// cannot grow it without bound.
+async fn cached(client: &ClientWrapper, sql: &str) -> Result<Statement> {
+    if client.statement_cache.size() > STATEMENT_CACHE_LIMIT {
+        client.statement_cache.clear();
+    }
+    Ok(client.prepare_cached(sql).await?)
+}
+
+/// Runs `statement` in a transaction that first runs `settings` (`SET
+/// LOCAL …`), with a custom plan for each execution (the filter's values
+/// decide between index and scan, as they would unprepared) and without JIT
+/// (the planner's cost for a vector `ORDER BY` over a large table passes
+/// `jit_above_cost`, and compiling then costs more than the query), pipelined: `BEGIN` and the settings, the query and `COMMIT`
+/// are sent together and answered in one round trip. All three are sent at
+/// the first poll, so a caller that drops the future midway still leaves the
+/// connection outside any transaction (the server runs the `COMMIT`, or
+/// turns it into a rollback after an error).
+async fn query_in_transaction(
+    client: &ClientWrapper,
+    settings: &str,
+    statement: &Statement,
+    params: &SqlParams,
+) -> Result<Vec<tokio_postgres::Row>> {
+    let begin = format!(
+        "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off; {settings}"
+    );
+    let params = param_refs(params);
+    let (begun, rows, committed) = futures::join!(
+        client.batch_execute(&begin),
+        client.query(statement, &params),
+        client.batch_execute("COMMIT"),
+    );
+    begun?;
+    let rows = rows?;
+    committed?;
+    Ok(rows)
 }
 
 /// The `ef_search` for selectivity `s` when `k` candidates are wanted and
@@ -165,7 +210,7 @@ pub fn ef_search_for(
 /// no text field of the collection.
 #[allow(clippy::too_many_arguments)] // the search's parts, each named
 pub async fn search(
-    client: &mut Client,
+    client: &ClientWrapper,
     collection: &Collection,
     query: &Vector,
     filter: &CheckedFilter,
@@ -191,22 +236,20 @@ pub async fn search(
     let base = base_condition(&searched);
     let mut params = SqlParams::new();
     let condition = format!("{base} AND {}", filter.to_sql(&mut params));
-    let estimated_rows = plan_rows(
-        client,
-        &format!("SELECT 1 FROM {table} WHERE {condition}"),
-        &params,
-    )
-    .await?;
-    // Without a filter both estimates are the same query: plan it once.
-    let total_rows = if filter.is_all() {
-        estimated_rows
+    let filtered_sql = format!("SELECT 1 FROM {table} WHERE {condition}");
+    let (estimated_rows, total_rows) = if filter.is_all() {
+        // Without a filter both estimates are the same query: plan it once.
+        let rows = plan_rows(client, &filtered_sql, &params).await?;
+        (rows, rows)
     } else {
-        plan_rows(
-            client,
-            &format!("SELECT 1 FROM {table} WHERE {base}"),
-            &SqlParams::new(),
-        )
-        .await?
+        // Both plans in one round trip (pipelined).
+        let all_sql = format!("SELECT 1 FROM {table} WHERE {base}");
+        let none = SqlParams::new();
+        let (filtered, all) = futures::join!(
+            plan_rows(client, &filtered_sql, &params),
+            plan_rows(client, &all_sql, &none),
+        );
+        (filtered?, all?)
     };
     let selectivity = if total_rows > 0.0 {
         (estimated_rows / total_rows).min(1.0)
@@ -254,7 +297,8 @@ pub async fn search(
             .collect()
     };
     let Some(ef) = hnsw_ef else {
-        let rows = client.query(&exact_sql, &param_refs(&params)).await?;
+        let exact = cached(client, &exact_sql).await?;
+        let rows = query_in_transaction(client, "", &exact, &params).await?;
         return Ok(VectorResult {
             hits: rows_to_hits(rows)?,
             path: VectorPath::Exact,
@@ -276,11 +320,14 @@ pub async fn search(
     let hnsw_sql = format!(
         "SELECT key, min(d) AS d FROM ({branches}) u GROUP BY key ORDER BY d, key LIMIT ${limit_param}"
     );
-    let tx = client.transaction().await?;
-    tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}"))
-        .await?;
-    let rows = tx.query(&hnsw_sql, &param_refs(&params)).await?;
-    tx.commit().await?;
+    let hnsw = cached(client, &hnsw_sql).await?;
+    let rows = query_in_transaction(
+        client,
+        &format!("SET LOCAL hnsw.ef_search = {ef}"),
+        &hnsw,
+        &params,
+    )
+    .await?;
     let hits = rows_to_hits(rows)?;
     if hits.len() >= min_hits {
         return Ok(VectorResult {
@@ -289,7 +336,8 @@ pub async fn search(
             estimated_rows,
         });
     }
-    let rows = client.query(&exact_sql, &param_refs(&params)).await?;
+    let exact = cached(client, &exact_sql).await?;
+    let rows = query_in_transaction(client, "", &exact, &params).await?;
     Ok(VectorResult {
         hits: rows_to_hits(rows)?,
         path: VectorPath::HnswThenExact { ef_search: ef },

@@ -197,7 +197,7 @@ async fn vector_search_is_exact_at_every_selectivity() {
         };
         for query in &queries {
             let result = search(
-                &mut client,
+                &client,
                 &c,
                 &Vector::from(query.clone()),
                 &filter,
@@ -255,7 +255,7 @@ async fn vector_search_is_exact_at_every_selectivity() {
     .unwrap();
     let query = &queries[0];
     let result = search(
-        &mut client,
+        &client,
         &c,
         &Vector::from(query.clone()),
         &far,
