@@ -897,3 +897,58 @@ pub async fn run_coverage_eval(
         embedding,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts the texts it is asked to embed; every vector is `[1, 0]`.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl Embedder for Counting {
+        fn model_id(&self) -> &str {
+            "counting"
+        }
+
+        fn dimension(&self) -> usize {
+            2
+        }
+
+        fn embed(
+            &self,
+            texts: Vec<String>,
+        ) -> futures::future::BoxFuture<'static, quarry_llm::Result<Vec<Vec<f32>>>> {
+            self.0
+                .fetch_add(texts.len(), std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move { Ok(texts.iter().map(|_| vec![1.0, 0.0]).collect()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_budget_embedder_stops_before_a_batch_that_would_overspend() {
+        let counting = Arc::new(Counting(std::sync::atomic::AtomicUsize::new(0)));
+        let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(20));
+        let budgeted = BudgetEmbedder {
+            inner: Arc::clone(&counting) as Arc<dyn Embedder>,
+            remaining: Arc::clone(&remaining),
+        };
+        let batch = |n: usize| (0..n).map(|i| format!("text {i}")).collect::<Vec<_>>();
+        assert_eq!(budgeted.embed_background(batch(8)).await.unwrap().len(), 8);
+        assert_eq!(budgeted.embed(batch(8)).await.unwrap().len(), 8);
+        let err = budgeted.embed_background(batch(8)).await.unwrap_err();
+        assert!(err.to_string().contains(BUDGET_SPENT), "{err}");
+        // the refused batch was not embedded, and the budget is intact
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 16);
+        assert_eq!(budgeted.embed(batch(4)).await.unwrap().len(), 4);
+        assert!(budgeted.embed(batch(1)).await.is_err());
+    }
+
+    #[test]
+    fn the_partial_collection_has_its_own_name_and_source() {
+        let full = corpus_config("abc123").unwrap();
+        let partial = partial_config("abc123").unwrap();
+        assert_ne!(full.name, partial.name);
+        assert_ne!(full.source, partial.source);
+        assert_eq!(partial.name, "beir_abc123_partial");
+    }
+}

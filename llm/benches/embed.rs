@@ -2,10 +2,14 @@
 //! texts per second:
 //! - `batch_of_64_short_sentences`: 64 short sentences (7–14 word pieces
 //!   each) as one question-lane call ([`LocalMiniLm::embed_blocking`]);
-//! - `64_scifact_abstracts`: the first 64 abstracts of SciFact's
+//! - `background_64_scifact_abstracts`: the first 64 abstracts of SciFact's
 //!   `corpus.jsonl` (title and text, as the search eval embeds them; most
 //!   are cut at 256 word pieces) as one background call
-//!   ([`LocalMiniLm::embed_background_blocking`]), what the index sync does.
+//!   ([`LocalMiniLm::embed_background_blocking`]), what the index sync does;
+//! - `background_*`: the 64 short sentences and the 64 abstracts as
+//!   background work, with the default options and with background batches
+//!   capped at 1,024 padded tokens (the default before the lanes got their
+//!   own thread pools, issue 18), which is the before/after of that change.
 //!
 //! Needs the model (run `dev/model.sh` first, or set `QUARRY_MODEL_DIR`) and
 //! the shared data folder for the second (`../shared/data` next to the
@@ -105,9 +109,26 @@ fn local_minilm(c: &mut Criterion) {
         b.iter(|| model.embed_blocking(&texts).unwrap())
     });
     let documents = abstracts();
+    let capped = LocalMiniLm::load(
+        &model_dir(),
+        LocalMiniLmOptions {
+            background_batch_tokens: 1024,
+            ..LocalMiniLmOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    group.bench_function("background_64_short_sentences", |b| {
+        b.iter(|| model.embed_background_blocking(&texts).unwrap())
+    });
+    group.bench_function("background_64_short_sentences_capped_1024_tokens", |b| {
+        b.iter(|| capped.embed_background_blocking(&texts).unwrap())
+    });
     group.measurement_time(Duration::from_secs(60));
-    group.bench_function("64_scifact_abstracts", |b| {
+    group.bench_function("background_64_scifact_abstracts", |b| {
         b.iter(|| model.embed_background_blocking(&documents).unwrap())
+    });
+    group.bench_function("background_64_scifact_abstracts_capped_1024_tokens", |b| {
+        b.iter(|| capped.embed_background_blocking(&documents).unwrap())
     });
     group.finish();
 }

@@ -50,8 +50,12 @@ pub struct LocalMiniLmOptions {
     /// of background work ([`Embedder::embed_background`]): how much work
     /// a dropped background call may still finish (cancellation is checked
     /// between batches). Questions no longer wait for it: the lanes run in
-    /// separate thread pools (see [`LocalMiniLm`]). Default 1,024 (four
-    /// texts at the 256-token cut, or 64 short ones).
+    /// separate thread pools (see [`LocalMiniLm`]). Default 16,384 (a full
+    /// batch of 64 texts at the 256-token cut): short texts such as artwork
+    /// titles or column descriptions then go 64 a batch, not a dozen (the
+    /// 1,024 of before, when a question waited for the batch in flight,
+    /// cost short-text throughput; `cargo bench -p quarry-llm --bench
+    /// embed` compares the two).
     pub background_batch_tokens: usize,
 }
 
@@ -60,7 +64,7 @@ impl Default for LocalMiniLmOptions {
         Self {
             batch_size: 64,
             max_seq_length: 256,
-            background_batch_tokens: 1024,
+            background_batch_tokens: 16_384,
         }
     }
 }
