@@ -614,8 +614,8 @@ pub struct CoverageRow {
 
 impl CoverageRow {
     /// `embedded ÷ documents`.
+    #[allow(clippy::cast_precision_loss)] // document counts far below 2^52
     pub fn coverage(&self, documents: u64) -> f64 {
-        #[allow(clippy::cast_precision_loss)] // document counts far below 2^52
         if documents == 0 {
             0.0
         } else {
@@ -739,7 +739,7 @@ pub async fn run_coverage_eval(
     coverages: &[f64],
 ) -> Result<CoverageReport> {
     let mut coverages = coverages.to_vec();
-    if coverages.is_empty() || coverages.iter().any(|c| !(*c > 0.0 && *c <= 1.0)) {
+    if coverages.is_empty() || coverages.iter().any(|c| c.is_nan() || *c <= 0.0 || *c > 1.0) {
         return Err(EvalError::Config(
             "coverages must be between 0 (excluded) and 1".into(),
         ));
@@ -883,6 +883,18 @@ pub async fn run_coverage_eval(
             .await
             .map_err(|e| EvalError::Config(format!("index: {e}")))?;
         let modes = measure_modes(&tool, &collection.name, &queries, &qrels, options).await?;
+        if options.progress {
+            let figures: Vec<String> = modes
+                .iter()
+                .map(|m| format!("{} {:.4}", mode_name(m.mode), m.figures.ndcg_at_10))
+                .collect();
+            eprintln!(
+                "eval: {} of {} documents embedded: nDCG@10 {}",
+                after.embedded,
+                after.docs,
+                figures.join(", ")
+            );
+        }
         rows.push(CoverageRow {
             target,
             embedded: after.embedded,

@@ -38,7 +38,9 @@ pub use config::{
     embedder_from_config,
 };
 #[cfg(feature = "local-embeddings")]
-pub use local::{LocalMiniLm, LocalMiniLmOptions, MINILM_DIMENSION, MINILM_MODEL_ID};
+pub use local::{
+    BACKGROUND_NICE, LocalMiniLm, LocalMiniLmOptions, MINILM_DIMENSION, MINILM_MODEL_ID,
+};
 pub use remote::OpenAiEmbedder;
 
 use crate::error::Result;

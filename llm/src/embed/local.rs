@@ -501,7 +501,7 @@ mod tests {
         let background = {
             let lanes = Arc::clone(&lanes);
             std::thread::spawn(move || {
-                lanes.run(Lane::Background, || {
+                lanes.run(Lane::Background, move || {
                     background_started.send(()).unwrap();
                     wait_for_question
                         .recv_timeout(std::time::Duration::from_secs(60))
