@@ -394,7 +394,11 @@ pub async fn run_search_bench(options: &SearchBenchOptions) -> anyhow::Result<Se
             }
             syncer.drain_outbox().await.context("sync outbox")?;
             let mut queries = sample_queries(&pool, &collection, wanted).await?;
-            if let Some(embedder) = options.embedder.as_ref().filter(|_| !options.embed_for.is_zero()) {
+            if let Some(embedder) = options
+                .embedder
+                .as_ref()
+                .filter(|_| !options.embed_for.is_zero())
+            {
                 let (embedding, while_syncing) = embed_while_probing_queries(
                     &syncer,
                     embedder.as_ref(),

@@ -739,7 +739,11 @@ pub async fn run_coverage_eval(
     coverages: &[f64],
 ) -> Result<CoverageReport> {
     let mut coverages = coverages.to_vec();
-    if coverages.is_empty() || coverages.iter().any(|c| c.is_nan() || *c <= 0.0 || *c > 1.0) {
+    if coverages.is_empty()
+        || coverages
+            .iter()
+            .any(|c| c.is_nan() || *c <= 0.0 || *c > 1.0)
+    {
         return Err(EvalError::Config(
             "coverages must be between 0 (excluded) and 1".into(),
         ));
@@ -767,9 +771,11 @@ pub async fn run_coverage_eval(
     let collection = Arc::new(
         Collection::from_config(&config, "eval").map_err(|e| EvalError::Config(e.to_string()))?,
     );
-    let db = |context: &'static str| move |source| EvalError::Database {
-        context: context.to_owned(),
-        source,
+    let db = |context: &'static str| {
+        move |source| EvalError::Database {
+            context: context.to_owned(),
+            source,
+        }
     };
     // the copy, made once (kept like the corpus table)
     let exists: bool = client

