@@ -173,6 +173,10 @@ pub struct SearchBenchReport {
     pub query_vector_model: Option<String>,
     /// Query embedding latency, one query per call (`None` for synthetic).
     pub query_embedding: Option<LatencySummary>,
+    /// Query embedding latency measured while the sync embedded documents
+    /// (see [`embed_while_probing_queries`]; `None` when nothing was
+    /// pending or no embedding was asked for).
+    pub query_embedding_while_syncing: Option<LatencySummary>,
     /// Filters measured.
     pub filters: Vec<BenchFilter>,
     /// Results per mode × filter.
@@ -310,6 +314,7 @@ pub async fn run_search_bench(options: &SearchBenchOptions) -> anyhow::Result<Se
         embedding: None,
         query_vector_model: None,
         query_embedding: None,
+        query_embedding_while_syncing: None,
         filters: Vec::new(),
         rows: Vec::new(),
         k: options.k,
@@ -388,32 +393,23 @@ pub async fn run_search_bench(options: &SearchBenchOptions) -> anyhow::Result<Se
                 });
             }
             syncer.drain_outbox().await.context("sync outbox")?;
-            if options.embedder.is_some() && !options.embed_for.is_zero() {
-                let before = syncer.status().await.context("sync status")?;
-                let pending = before.docs.saturating_sub(before.embedded);
-                progress(
-                    options.progress,
-                    format!(
-                        "embedding pending documents for at most {}s ({pending} pending)",
-                        options.embed_for.as_secs()
-                    ),
-                );
-                let started = Instant::now();
-                // Cancellation-safe: each round is a transaction.
-                match tokio::time::timeout(options.embed_for, syncer.embed_pending()).await {
-                    Ok(result) => {
-                        result.context("embedding")?;
-                    }
-                    Err(_elapsed) => {}
-                }
-                let seconds = started.elapsed().as_secs_f64();
-                let after = syncer.status().await.context("sync status")?;
-                let docs = after.embedded.saturating_sub(before.embedded);
-                if docs > 0 {
-                    report.embedding = Some(Throughput { docs, seconds });
-                }
-            }
             let mut queries = sample_queries(&pool, &collection, wanted).await?;
+            if let Some(embedder) = options
+                .embedder
+                .as_ref()
+                .filter(|_| !options.embed_for.is_zero())
+            {
+                let (embedding, while_syncing) = embed_while_probing_queries(
+                    &syncer,
+                    embedder.as_ref(),
+                    &queries,
+                    options.embed_for,
+                    options.progress,
+                )
+                .await?;
+                report.embedding = embedding;
+                report.query_embedding_while_syncing = while_syncing;
+            }
             if let Some(embedder) = &options.embedder {
                 progress(
                     options.progress,
@@ -520,6 +516,83 @@ async fn collection_counts(tool: &SearchTool) -> anyhow::Result<(u64, u64)> {
 /// `n` query texts: the first text field of documents in a fixed
 /// pseudo-random order (`md5(key)`), keeping only texts with a searchable
 /// word; cycled when the collection has fewer.
+/// Pause between two probe questions in [`embed_while_probing_queries`]:
+/// questions arrive now and then, not back to back (which would leave the
+/// documents no CPU at all). Quarry's choice.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Runs the sync's [`Syncer::embed_pending`] for at most `embed_for` and,
+/// meanwhile, embeds one query text per call ([`Embedder::embed`], the
+/// question lane) every [`PROBE_INTERVAL`], timing each call: how long a
+/// question waits for its vector while documents are being embedded
+/// (issue 18 item 4: p99 ≤ 50 ms). Probes start once the first documents
+/// are being embedded and stop when the sync does; each probe text is made
+/// unique (a counter appended) so an embedding cache cannot answer it.
+///
+/// Returns document throughput (`None` when nothing was embedded) and the
+/// probe latencies (`None` when no probe ran).
+///
+/// # Errors
+/// Sync status, embedding and probe failures.
+async fn embed_while_probing_queries(
+    syncer: &Syncer,
+    embedder: &dyn Embedder,
+    queries: &[BenchQuery],
+    embed_for: Duration,
+    show: bool,
+) -> anyhow::Result<(Option<Throughput>, Option<LatencySummary>)> {
+    let before = syncer.status().await.context("sync status")?;
+    let pending = before.docs.saturating_sub(before.embedded);
+    if pending == 0 || queries.is_empty() {
+        return Ok((None, None));
+    }
+    progress(
+        show,
+        format!(
+            "embedding pending documents for at most {}s ({pending} pending), \
+             embedding a query every {} ms meanwhile",
+            embed_for.as_secs(),
+            PROBE_INTERVAL.as_millis()
+        ),
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let started = Instant::now();
+    let sync = async {
+        // Cancellation-safe: each round is a transaction.
+        let result = tokio::time::timeout(embed_for, syncer.embed_pending()).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        match result {
+            Ok(result) => result.map(|_| ()).context("embedding"),
+            Err(_elapsed) => Ok(()),
+        }
+    };
+    let probe = async {
+        let mut latencies = Latencies::new()?;
+        // let the sync read its first round and start its forward passes
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut n = 0_usize;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let text = format!("{} {n}", queries[n % queries.len()].text);
+            let asked = Instant::now();
+            embedder
+                .embed(vec![text])
+                .await
+                .map_err(|e| anyhow::anyhow!("embedding a query: {e}"))?;
+            latencies.record(asked.elapsed());
+            n += 1;
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+        anyhow::Ok((n > 0).then(|| latencies.summary()))
+    };
+    let (synced, probed) = tokio::join!(sync, probe);
+    synced?;
+    let probed = probed?;
+    let seconds = started.elapsed().as_secs_f64();
+    let after = syncer.status().await.context("sync status")?;
+    let docs = after.embedded.saturating_sub(before.embedded);
+    Ok(((docs > 0).then_some(Throughput { docs, seconds }), probed))
+}
+
 async fn sample_queries(
     pool: &deadpool_postgres::Pool,
     collection: &Collection,
@@ -696,6 +769,13 @@ impl SearchBenchReport {
                 );
             }
         }
+        if let Some(q) = &self.query_embedding_while_syncing {
+            let _ = writeln!(
+                out,
+                "query embedding while the sync embeds documents: {} queries, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                q.count, q.p50_ms, q.p99_ms, q.max_ms
+            );
+        }
         if let Some(q) = &self.query_embedding {
             let _ = writeln!(
                 out,
@@ -750,6 +830,7 @@ impl SearchBenchReport {
             "embedding": self.embedding.map(Throughput::to_json),
             "query_vector_model": self.query_vector_model,
             "query_embedding": self.query_embedding.map(|q| q.to_json()),
+            "query_embedding_while_syncing": self.query_embedding_while_syncing.map(|q| q.to_json()),
             "filters": self.filters.iter().map(|f| serde_json::json!({
                 "label": f.label,
                 "description": f.description,

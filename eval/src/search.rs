@@ -87,7 +87,11 @@ pub fn corpus_collection(digest: &str) -> Result<Collection> {
 /// # Errors
 /// Never in practice (a fixed JSON shape).
 pub fn corpus_config(digest: &str) -> Result<CollectionConfig> {
-    let name = format!("beir_{digest}");
+    named_config(&format!("beir_{digest}"))
+}
+
+/// [`corpus_config`] under another name (and source table of that name).
+fn named_config(name: &str) -> Result<CollectionConfig> {
     serde_json::from_value(serde_json::json!({
         "name": name,
         "source": format!("{EVAL_SCHEMA}.{name}"),
@@ -343,11 +347,11 @@ impl SearchEvalReport {
     }
 }
 
-/// Runs the evaluation (see the module docs).
+/// The judged queries of `options` (at most `limit`) and their judgements.
 ///
 /// # Errors
-/// Dataset, database, sync and search failures.
-pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalReport> {
+/// Dataset errors; no judged query.
+async fn judged(options: &SearchEvalOptions) -> Result<(Vec<beir::Query>, beir::Qrels)> {
     let files = BeirFiles::find(&options.dataset, &options.split)?;
     let qrels_path = files.qrels.clone();
     let qrels = tokio::task::spawn_blocking(move || beir::read_qrels(&qrels_path))
@@ -368,6 +372,72 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
         .into_iter()
         .filter(|(q, _)| wanted.contains(q.as_str()))
         .collect();
+    Ok((queries, qrels))
+}
+
+/// Runs every judged query once per mode of `options` through `tool`
+/// against `collection` (k = 100) and scores the rankings.
+///
+/// # Errors
+/// Search failures other than a query with no searchable word.
+async fn measure_modes(
+    tool: &SearchTool,
+    collection: &str,
+    queries: &[beir::Query],
+    qrels: &beir::Qrels,
+    options: &SearchEvalOptions,
+) -> Result<Vec<ModeFigures>> {
+    let mut modes = Vec::new();
+    for &mode in &options.modes {
+        let bar =
+            quarry_server::progress::bar(options.progress, queries.len() as u64, mode_name(mode));
+        let mut runs = Runs::new();
+        let mut latencies =
+            quarry_bench::Latencies::new().map_err(|e| EvalError::Config(e.to_string()))?;
+        for query in queries {
+            let started = Instant::now();
+            let response = tool
+                .search(
+                    &quarry_bench::local_caller("quarry eval search"),
+                    SearchRequest {
+                        collection: collection.to_owned(),
+                        query: query.text.clone(),
+                        filter: None,
+                        mode,
+                        k: 100,
+                        fields: Vec::new(),
+                    },
+                )
+                .await;
+            latencies.record(started.elapsed());
+            let ranked = match response {
+                Ok(r) => r.hits.into_iter().map(|h| h.key).collect(),
+                // A query with no searchable term in bm25 mode ranks nothing.
+                Err(quarry_search::SearchError::InvalidArgument { .. }) => Vec::new(),
+                Err(e) => return Err(EvalError::Config(format!("search: {e}"))),
+            };
+            runs.insert(query.id.clone(), ranked);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let latency = latencies.summary();
+        modes.push(ModeFigures {
+            mode,
+            figures: beir::figures(&runs, qrels),
+            p50_ms: latency.p50_ms,
+            p99_ms: latency.p99_ms,
+        });
+    }
+    Ok(modes)
+}
+
+/// Runs the evaluation (see the module docs).
+///
+/// # Errors
+/// Dataset, database, sync and search failures.
+pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalReport> {
+    let files = BeirFiles::find(&options.dataset, &options.split)?;
+    let (queries, qrels) = judged(options).await?;
     let needs_vectors = options.modes.iter().any(|m| *m != Mode::Bm25);
     if needs_vectors && options.embedder.is_none() {
         return Err(EvalError::Config(
@@ -444,47 +514,7 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
         .map_err(|e| EvalError::Config(format!("index: {e}")))?;
     let index = started.elapsed();
 
-    let mut modes = Vec::new();
-    for &mode in &options.modes {
-        let bar =
-            quarry_server::progress::bar(options.progress, queries.len() as u64, mode_name(mode));
-        let mut runs = Runs::new();
-        let mut latencies =
-            quarry_bench::Latencies::new().map_err(|e| EvalError::Config(e.to_string()))?;
-        for query in &queries {
-            let started = Instant::now();
-            let response = tool
-                .search(
-                    &quarry_bench::local_caller("quarry eval search"),
-                    SearchRequest {
-                        collection: corpus.collection.name.clone(),
-                        query: query.text.clone(),
-                        filter: None,
-                        mode,
-                        k: 100,
-                        fields: Vec::new(),
-                    },
-                )
-                .await;
-            latencies.record(started.elapsed());
-            let ranked = match response {
-                Ok(r) => r.hits.into_iter().map(|h| h.key).collect(),
-                // A query with no searchable term in bm25 mode ranks nothing.
-                Err(quarry_search::SearchError::InvalidArgument { .. }) => Vec::new(),
-                Err(e) => return Err(EvalError::Config(format!("search: {e}"))),
-            };
-            runs.insert(query.id.clone(), ranked);
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let latency = latencies.summary();
-        modes.push(ModeFigures {
-            mode,
-            figures: beir::figures(&runs, &qrels),
-            p50_ms: latency.p50_ms,
-            p99_ms: latency.p99_ms,
-        });
-    }
+    let modes = measure_modes(&tool, &corpus.collection.name, &queries, &qrels, options).await?;
     Ok(SearchEvalReport {
         documents: corpus.documents,
         queries: queries.len(),
@@ -494,4 +524,449 @@ pub async fn run_search_eval(options: &SearchEvalOptions) -> Result<SearchEvalRe
         embedded_texts,
         index,
     })
+}
+
+/// Name of the collection a coverage run uses: its own copy of the corpus
+/// table and its own sidecar, so that partial vectors never mix with the
+/// full collection's kept ones.
+fn partial_name(digest: &str) -> String {
+    format!("beir_{digest}_partial")
+}
+
+/// The collection of a coverage run (see [`run_coverage_eval`]).
+///
+/// # Errors
+/// Never for a hex digest; the collection's validation error otherwise.
+pub fn partial_config(digest: &str) -> Result<CollectionConfig> {
+    named_config(&partial_name(digest))
+}
+
+/// Texts per sync round in a coverage run: the embedded count grows in
+/// steps of this many documents, so a coverage target is met to within it
+/// (8 of SciFact's 5,183 documents is 0.15 %). Quarry's choice.
+const COVERAGE_ROUND: usize = 8;
+
+/// An [`Embedder`] that embeds at most a budget of texts, then fails: the
+/// sync's rounds finished before stay written, so the collection is left
+/// with that many documents embedded (to within [`COVERAGE_ROUND`]).
+struct BudgetEmbedder {
+    inner: Arc<dyn Embedder>,
+    remaining: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The message [`BudgetEmbedder`] fails with.
+const BUDGET_SPENT: &str = "coverage budget spent";
+
+impl BudgetEmbedder {
+    fn take(&self, texts: &[String]) -> bool {
+        use std::sync::atomic::Ordering;
+        self.remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(texts.len())
+            })
+            .is_ok()
+    }
+}
+
+impl Embedder for BudgetEmbedder {
+    fn model_id(&self) -> &str {
+        self.inner.model_id()
+    }
+
+    fn dimension(&self) -> usize {
+        self.inner.dimension()
+    }
+
+    fn embed(
+        &self,
+        texts: Vec<String>,
+    ) -> futures::future::BoxFuture<'static, quarry_llm::Result<Vec<Vec<f32>>>> {
+        if self.take(&texts) {
+            self.inner.embed(texts)
+        } else {
+            Box::pin(async { Err(quarry_llm::LlmError::LocalModel(BUDGET_SPENT.into())) })
+        }
+    }
+
+    fn embed_background(
+        &self,
+        texts: Vec<String>,
+    ) -> futures::future::BoxFuture<'static, quarry_llm::Result<Vec<Vec<f32>>>> {
+        if self.take(&texts) {
+            self.inner.embed_background(texts)
+        } else {
+            Box::pin(async { Err(quarry_llm::LlmError::LocalModel(BUDGET_SPENT.into())) })
+        }
+    }
+}
+
+/// One row of a coverage run: the modes measured with this share of the
+/// collection embedded.
+#[derive(Debug, Clone)]
+pub struct CoverageRow {
+    /// The share asked for, in `(0, 1]`.
+    pub target: f64,
+    /// Documents embedded when measured.
+    pub embedded: u64,
+    /// Per mode, in the order asked.
+    pub modes: Vec<ModeFigures>,
+}
+
+impl CoverageRow {
+    /// `embedded ÷ documents`.
+    #[allow(clippy::cast_precision_loss)] // document counts far below 2^52
+    pub fn coverage(&self, documents: u64) -> f64 {
+        if documents == 0 {
+            0.0
+        } else {
+            self.embedded as f64 / documents as f64
+        }
+    }
+
+    fn ndcg(&self, mode: Mode) -> Option<f64> {
+        self.modes
+            .iter()
+            .find(|m| m.mode == mode)
+            .map(|m| m.figures.ndcg_at_10)
+    }
+}
+
+/// The report of `quarry eval search --coverage`.
+#[derive(Debug, Clone)]
+pub struct CoverageReport {
+    /// Documents in the corpus.
+    pub documents: u64,
+    /// Judged queries evaluated.
+    pub queries: usize,
+    /// One row per coverage, ascending.
+    pub rows: Vec<CoverageRow>,
+    /// Texts embedded by this run.
+    pub embedded_texts: u64,
+    /// Time spent embedding.
+    pub embedding: Duration,
+}
+
+impl CoverageReport {
+    /// `{"documents", "queries", "rows": [{"target", "embedded",
+    /// "coverage", "bm25": {…}, "hybrid": {…}, "hybrid_minus_bm25"}]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let round = |x: f64| (x * 10_000.0).round() / 10_000.0;
+        let rows: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|row| {
+                let mut out = serde_json::Map::new();
+                out.insert("target".into(), serde_json::json!(row.target));
+                out.insert("embedded".into(), serde_json::json!(row.embedded));
+                out.insert(
+                    "coverage".into(),
+                    serde_json::json!(round(row.coverage(self.documents))),
+                );
+                for m in &row.modes {
+                    out.insert(
+                        mode_name(m.mode).to_owned(),
+                        serde_json::json!({
+                            "ndcg_at_10": round(m.figures.ndcg_at_10),
+                            "recall_at_100": round(m.figures.recall_at_100),
+                        }),
+                    );
+                }
+                if let (Some(h), Some(b)) = (row.ndcg(Mode::Hybrid), row.ndcg(Mode::Bm25)) {
+                    out.insert("hybrid_minus_bm25".into(), serde_json::json!(round(h - b)));
+                }
+                serde_json::Value::Object(out)
+            })
+            .collect();
+        serde_json::json!({
+            "documents": self.documents,
+            "queries": self.queries,
+            "embedded_texts": self.embedded_texts,
+            "embedding_secs": round(self.embedding.as_secs_f64()),
+            "rows": rows,
+        })
+    }
+
+    /// A plain-text table: nDCG@10 per mode and coverage.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{} documents, {} judged queries; nDCG@10 with part of the collection embedded\n\
+             coverage  embedded",
+            self.documents, self.queries
+        );
+        let modes: Vec<Mode> = self
+            .rows
+            .first()
+            .map(|r| r.modes.iter().map(|m| m.mode).collect())
+            .unwrap_or_default();
+        for mode in &modes {
+            out.push_str(&format!("  {:>7}", mode_name(*mode)));
+        }
+        out.push_str("  hybrid-bm25\n");
+        for row in &self.rows {
+            out.push_str(&format!(
+                "{:>7.2}%  {:>8}",
+                100.0 * row.coverage(self.documents),
+                row.embedded
+            ));
+            for m in &row.modes {
+                out.push_str(&format!("  {:>7.4}", m.figures.ndcg_at_10));
+            }
+            match (row.ndcg(Mode::Hybrid), row.ndcg(Mode::Bm25)) {
+                (Some(h), Some(b)) => out.push_str(&format!("  {:>+11.4}\n", h - b)),
+                _ => out.push('\n'),
+            }
+        }
+        out
+    }
+}
+
+/// nDCG@10 with only part of the collection embedded (issue 18 item 4:
+/// hybrid search on a partly embedded collection must not rank below BM25
+/// alone). The corpus is copied to `quarry_eval.beir_<digest>_partial` (its
+/// own collection and sidecar), every vector of that collection is cleared,
+/// and for each share in `coverages` (ascending) the real sync embeds
+/// documents — in its own order, by version — until that share is embedded
+/// (to within [`COVERAGE_ROUND`] documents; reported exactly), then every
+/// mode of `options` is measured through `SearchTool`, whose hybrid fusion
+/// weights the vector side by the embedded share. Embeds
+/// `max(coverages) × documents` texts each run.
+///
+/// # Errors
+/// Coverages outside `(0, 1]`; no embedder; dataset, database, sync and
+/// search failures.
+pub async fn run_coverage_eval(
+    options: &SearchEvalOptions,
+    coverages: &[f64],
+) -> Result<CoverageReport> {
+    let mut coverages = coverages.to_vec();
+    if coverages.is_empty()
+        || coverages
+            .iter()
+            .any(|c| c.is_nan() || *c <= 0.0 || *c > 1.0)
+    {
+        return Err(EvalError::Config(
+            "coverages must be between 0 (excluded) and 1".into(),
+        ));
+    }
+    coverages.sort_by(f64::total_cmp);
+    let Some(embedder) = options.embedder.clone() else {
+        return Err(EvalError::Config("a coverage run needs an embedder".into()));
+    };
+    let (queries, qrels) = judged(options).await?;
+
+    let pool = quarry_db::pool(&options.database_url, 4, Duration::from_secs(30))
+        .map_err(|e| EvalError::Config(e.to_string()))?;
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| EvalError::Config(format!("database: {e}")))?;
+    let files = BeirFiles::find(&options.dataset, &options.split)?;
+    let corpus = load_corpus(&mut client, &files).await?;
+    let digest = corpus
+        .collection
+        .name
+        .trim_start_matches("beir_")
+        .to_owned();
+    let config = partial_config(&digest)?;
+    let collection = Arc::new(
+        Collection::from_config(&config, "eval").map_err(|e| EvalError::Config(e.to_string()))?,
+    );
+    let db = |context: &'static str| {
+        move |source| EvalError::Database {
+            context: context.to_owned(),
+            source,
+        }
+    };
+    // the copy, made once (kept like the corpus table)
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&collection.source.quoted()],
+        )
+        .await
+        .map_err(db("reading the partial corpus table"))?
+        .get(0);
+    if !exists {
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE {partial} (LIKE {full} INCLUDING ALL);
+                 INSERT INTO {partial} SELECT * FROM {full}",
+                partial = collection.source.quoted(),
+                full = corpus.collection.source.quoted(),
+            ))
+            .await
+            .map_err(db("copying the corpus"))?;
+    }
+
+    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let budgeted: Arc<dyn Embedder> = Arc::new(BudgetEmbedder {
+        inner: Arc::clone(&embedder),
+        remaining: Arc::clone(&remaining),
+    });
+    let syncer = Syncer::new(
+        pool.clone(),
+        options.database_url.clone(),
+        Arc::clone(&collection),
+        Some(budgeted),
+        SyncConfig {
+            embed_batch: COVERAGE_ROUND,
+            ..SyncConfig::default()
+        },
+    );
+    let sync_error = |e: quarry_search_sync::SyncError| EvalError::Config(format!("sync: {e}"));
+    syncer.install().await.map_err(sync_error)?;
+    syncer.backfill(|_| {}).await.map_err(sync_error)?;
+    // start from no vectors at all
+    let field = collection
+        .text
+        .first()
+        .ok_or_else(|| EvalError::Config("the corpus collection has no text field".into()))?;
+    client
+        .execute(
+            &format!(
+                "UPDATE {} SET embedded = false, {} = NULL, {} = NULL",
+                collection.docs_table(),
+                quarry_db::quote_ident(&quarry_search::collection::hash_column(&field.name)),
+                quarry_db::quote_ident(&quarry_search::collection::vector_column(&field.name)),
+            ),
+            &[],
+        )
+        .await
+        .map_err(db("clearing the partial collection's vectors"))?;
+    drop(client);
+
+    let mut rows = Vec::new();
+    let mut embedding = Duration::ZERO;
+    let mut embedded_texts = 0;
+    for &target in &coverages {
+        let status = syncer.status().await.map_err(sync_error)?;
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let wanted = (target * status.docs as f64).round() as u64;
+        let budget = usize::try_from(wanted.saturating_sub(status.embedded)).unwrap_or(usize::MAX);
+        remaining.store(budget, std::sync::atomic::Ordering::SeqCst);
+        let started = Instant::now();
+        let result = if options.progress {
+            quarry_server::progress::embed_with_progress(&syncer, true, "corpus")
+                .await
+                .map(|r| r.embedded_texts)
+                .map_err(|e| format!("{e:#}"))
+        } else {
+            syncer
+                .embed_pending()
+                .await
+                .map(|r| r.embedded_texts)
+                .map_err(|e| e.to_string())
+        };
+        embedding += started.elapsed();
+        match result {
+            // the budget ran out: the rounds before it are written
+            Err(e) if !e.contains(BUDGET_SPENT) => {
+                return Err(EvalError::Config(format!("sync: {e}")));
+            }
+            Ok(_) | Err(_) => {}
+        }
+        let after = syncer.status().await.map_err(sync_error)?;
+        // every vector was cleared first: all were embedded by this run
+        embedded_texts = after.embedded;
+
+        let mut search = options.search.clone();
+        search.index_dir = options.index_dir.clone();
+        search.collections = vec![config.clone()];
+        // a fresh tool per row: its document counts are current
+        let tool = SearchTool::open(
+            pool.clone(),
+            options.database_url.clone(),
+            search,
+            Some(Arc::clone(&embedder)),
+        )
+        .await
+        .map_err(|e| EvalError::Config(format!("search: {e}")))?;
+        tool.catch_up()
+            .await
+            .map_err(|e| EvalError::Config(format!("index: {e}")))?;
+        let modes = measure_modes(&tool, &collection.name, &queries, &qrels, options).await?;
+        if options.progress {
+            let figures: Vec<String> = modes
+                .iter()
+                .map(|m| format!("{} {:.4}", mode_name(m.mode), m.figures.ndcg_at_10))
+                .collect();
+            eprintln!(
+                "eval: {} of {} documents embedded: nDCG@10 {}",
+                after.embedded,
+                after.docs,
+                figures.join(", ")
+            );
+        }
+        rows.push(CoverageRow {
+            target,
+            embedded: after.embedded,
+            modes,
+        });
+    }
+    Ok(CoverageReport {
+        documents: corpus.documents,
+        queries: queries.len(),
+        rows,
+        embedded_texts,
+        embedding,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts the texts it is asked to embed; every vector is `[1, 0]`.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl Embedder for Counting {
+        fn model_id(&self) -> &str {
+            "counting"
+        }
+
+        fn dimension(&self) -> usize {
+            2
+        }
+
+        fn embed(
+            &self,
+            texts: Vec<String>,
+        ) -> futures::future::BoxFuture<'static, quarry_llm::Result<Vec<Vec<f32>>>> {
+            self.0
+                .fetch_add(texts.len(), std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move { Ok(texts.iter().map(|_| vec![1.0, 0.0]).collect()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_budget_embedder_stops_before_a_batch_that_would_overspend() {
+        let counting = Arc::new(Counting(std::sync::atomic::AtomicUsize::new(0)));
+        let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(20));
+        let budgeted = BudgetEmbedder {
+            inner: Arc::clone(&counting) as Arc<dyn Embedder>,
+            remaining: Arc::clone(&remaining),
+        };
+        let batch = |n: usize| (0..n).map(|i| format!("text {i}")).collect::<Vec<_>>();
+        assert_eq!(budgeted.embed_background(batch(8)).await.unwrap().len(), 8);
+        assert_eq!(budgeted.embed(batch(8)).await.unwrap().len(), 8);
+        let err = budgeted.embed_background(batch(8)).await.unwrap_err();
+        assert!(err.to_string().contains(BUDGET_SPENT), "{err}");
+        // the refused batch was not embedded, and the budget is intact
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 16);
+        assert_eq!(budgeted.embed(batch(4)).await.unwrap().len(), 4);
+        assert!(budgeted.embed(batch(1)).await.is_err());
+    }
+
+    #[test]
+    fn the_partial_collection_has_its_own_name_and_source() {
+        let full = corpus_config("abc123").unwrap();
+        let partial = partial_config("abc123").unwrap();
+        assert_ne!(full.name, partial.name);
+        assert_ne!(full.source, partial.source);
+        assert_eq!(partial.name, "beir_abc123_partial");
+    }
 }

@@ -38,7 +38,9 @@ pub use config::{
     embedder_from_config,
 };
 #[cfg(feature = "local-embeddings")]
-pub use local::{LocalMiniLm, LocalMiniLmOptions, MINILM_DIMENSION, MINILM_MODEL_ID};
+pub use local::{
+    BACKGROUND_NICE, LocalMiniLm, LocalMiniLmOptions, MINILM_DIMENSION, MINILM_MODEL_ID,
+};
 pub use remote::OpenAiEmbedder;
 
 use crate::error::Result;
@@ -70,10 +72,10 @@ pub trait Embedder: Send + Sync {
     fn embed(&self, texts: Vec<String>) -> BoxFuture<'static, Result<Vec<Vec<f32>>>>;
 
     /// [`Embedder::embed`] for background work (documents of a collection,
-    /// summaries, schema elements): an embedder that shares one model runs
-    /// every `embed` call (a question someone waits for) before the next
-    /// batch of background work, so a question waits for at most the batch
-    /// in flight. The default runs [`Embedder::embed`].
+    /// summaries, schema elements): an embedder that shares one model must
+    /// not make an `embed` call (a question someone waits for) queue behind
+    /// it — `LocalMiniLm` runs it in a lower-priority thread pool of its
+    /// own. The default runs [`Embedder::embed`].
     ///
     /// # Errors
     /// As [`Embedder::embed`].

@@ -61,6 +61,11 @@ enum What {
         /// Evaluate only the first N judged queries.
         #[arg(long)]
         limit: Option<usize>,
+        /// Shares of the corpus to embed, e.g. `0.01,0.1,0.5`: nDCG@10 per
+        /// mode with only that share embedded, in a collection of its own
+        /// (`quarry_eval::search::run_coverage_eval`).
+        #[arg(long, value_delimiter = ',')]
+        coverage: Vec<f64>,
     },
     /// What agentic mode sends the model, per question and per model call:
     /// prompt bytes and tokens, the schema context's share of the full
@@ -169,6 +174,7 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
             database_url,
             index_dir,
             limit,
+            coverage,
         } => {
             let database_url = match database_url {
                 Some(url) => url,
@@ -197,6 +203,10 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
                 search: quarry_search::SearchConfig::default(),
                 progress: !json,
             };
+            if !coverage.is_empty() {
+                let report = quarry_eval::search::run_coverage_eval(&options, &coverage).await?;
+                return super::print_report(json, || report.to_json(), || report.table());
+            }
             let report = quarry_eval::search::run_search_eval(&options).await?;
             super::print_report(json, || report.to_json(), || report.table())
         }

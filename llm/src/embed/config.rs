@@ -65,8 +65,8 @@ pub struct LocalEmbeddingConfig {
     #[serde(default = "default_max_seq_length")]
     pub max_seq_length: usize,
     /// Most padded tokens in one batch of background work (documents,
-    /// summaries), which bounds how long a question's embedding waits
-    /// behind it; default 1,024 (see `LocalMiniLmOptions`).
+    /// summaries): how much a cancelled background call may still finish;
+    /// default 16,384 (see `LocalMiniLmOptions`).
     #[serde(default = "default_background_batch_tokens")]
     pub background_batch_tokens: usize,
     /// Entries of the [`ContentHashCache`] put in front of the model, each
@@ -196,7 +196,7 @@ fn default_local_batch_size() -> usize {
 }
 
 fn default_background_batch_tokens() -> usize {
-    1024
+    16_384
 }
 
 fn default_max_seq_length() -> usize {

