@@ -373,7 +373,8 @@ struct Reads {
 /// (PostgreSQL docs §8.5.1.4 "Special Values").
 const CLOCK_LITERALS: [&str; 4] = ["now", "today", "tomorrow", "yesterday"];
 
-/// SQL value functions sqlparser may read as bare identifiers.
+/// SQL value functions (PostgreSQL docs §9.9.5, §9.27): the clock and the
+/// session, however sqlparser parses them (call or bare identifier).
 const VALUE_FUNCTIONS: [&str; 11] = [
     "current_date",
     "current_time",
@@ -456,6 +457,9 @@ impl Visitor for ReadsVisitor {
             Expr::Function(function) => {
                 let parts: Option<Vec<String>> = function.name.0.iter().map(ident_name).collect();
                 match parts.as_deref() {
+                    Some([name]) if VALUE_FUNCTIONS.contains(&name.as_str()) => {
+                        return ControlFlow::Break(());
+                    }
                     Some([name]) => {
                         self.reads.functions.insert(name.clone());
                     }
