@@ -16,6 +16,8 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Shop {
     db: TestDb,
     reader: String,
+    /// One policy for every caller (one policy version, as in a server).
+    policy: Policy,
 }
 
 impl Shop {
@@ -43,7 +45,18 @@ impl Shop {
             ))
             .await
             .unwrap();
-        Self { db, reader }
+        let role = RoleConfig {
+            scopes: vec!["sql:query".into()],
+            tables: vec!["shop.*".into()],
+            db_role: Some(reader.clone()),
+            ..RoleConfig::default()
+        };
+        let policy = Policy::new(&PolicyConfig {
+            hash_salt: String::new(),
+            roles: [("clerk".to_string(), role)].into_iter().collect(),
+        })
+        .unwrap();
+        Self { db, reader, policy }
     }
 
     async fn tool(&self) -> (SqlTool, Arc<DataVersions>, tokio::task::JoinHandle<()>) {
@@ -98,17 +111,7 @@ impl Shop {
     /// A governed caller of `tenant` named `subject` who reads through the
     /// role `reader`.
     fn caller(&self, tenant: &str, subject: &str) -> Caller {
-        let role = RoleConfig {
-            scopes: vec!["sql:query".into()],
-            tables: vec!["shop.*".into()],
-            db_role: Some(self.reader.clone()),
-            ..RoleConfig::default()
-        };
-        let policy = Policy::new(&PolicyConfig {
-            hash_salt: String::new(),
-            roles: [("clerk".to_string(), role)].into_iter().collect(),
-        })
-        .unwrap();
+        let policy = &self.policy;
         let principal = Principal {
             tenant: tenant.into(),
             subject: subject.into(),
