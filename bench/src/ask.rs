@@ -1386,7 +1386,11 @@ mod tests {
         assert!((r.model_excess.p50_ms - 10.0).abs() < 0.01);
         assert!((r.server_time.p50_ms - 109.0).abs() < 0.01);
         assert_eq!(
-            (r.result_cache_hits, r.result_cache_misses, r.model_cache_hits),
+            (
+                r.result_cache_hits,
+                r.result_cache_misses,
+                r.model_cache_hits
+            ),
             (1, 0, 2)
         );
         assert!((r.model_calls_per_ask - 2.0).abs() < f64::EPSILON);

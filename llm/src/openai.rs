@@ -230,7 +230,9 @@ fn record(
                     && recorder.finished
                     && let Some(key) = recorder.key.take()
                 {
-                    recorder.cache.store(key, std::mem::take(&mut recorder.events));
+                    recorder
+                        .cache
+                        .store(key, std::mem::take(&mut recorder.events));
                 }
                 None
             }
@@ -241,7 +243,10 @@ fn record(
 
 impl OpenAiChatModel {
     /// Sends `wire` and streams the answer.
-    fn stream_wire(&self, wire: CreateChatCompletionRequest) -> BoxStream<'static, Result<ChatEvent>> {
+    fn stream_wire(
+        &self,
+        wire: CreateChatCompletionRequest,
+    ) -> BoxStream<'static, Result<ChatEvent>> {
         let state = StreamState {
             client: self.client.clone(),
             request: Some(wire),

@@ -29,7 +29,14 @@ pub async fn sql_tool(
     let embedder = embedder(config).await?;
     let pools = config.database.pools();
     let store = result_store(config);
-    sql_tool_in(config, &pools, SqlModels::single(model), embedder, store.as_ref()).await
+    sql_tool_in(
+        config,
+        &pools,
+        SqlModels::single(model),
+        embedder,
+        store.as_ref(),
+    )
+    .await
 }
 
 /// The process's result store when `[cache] enabled`.

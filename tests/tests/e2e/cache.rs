@@ -71,7 +71,11 @@ async fn a_repeated_golden_question_is_served_from_the_cache_until_its_table_cha
             assert_eq!(cache, ResultCache::Miss, "new rows come from the database");
             break rows;
         }
-        assert_eq!(cache, ResultCache::Hit, "old rows only from before the notice");
+        assert_eq!(
+            cache,
+            ResultCache::Hit,
+            "old rows only from before the notice"
+        );
         assert!(
             changed.elapsed() < WAIT,
             "the change was not seen within {WAIT:?}"

@@ -648,8 +648,7 @@ impl DataVersions {
 
     /// The version of `schema.table`, `None` when the table is not covered.
     pub fn version_of(&self, schema: &str, table: &str) -> Option<u64> {
-        self.read()
-            .version(&(schema.to_owned(), table.to_owned()))
+        self.read().version(&(schema.to_owned(), table.to_owned()))
     }
 
     /// Waits until `ready` holds for this object, at most `timeout`;
@@ -730,7 +729,10 @@ impl DataVersions {
             state.live = true;
             let covered = state.by_oid.len();
             drop(state);
-            info!(covered_tables = covered, "result cache: receiving change notices");
+            info!(
+                covered_tables = covered,
+                "result cache: receiving change notices"
+            );
         }
         self.changed.notify_waiters();
         let mut rescan = tokio::time::interval(Duration::from_secs(self.config.rescan_secs.max(1)));
@@ -772,7 +774,9 @@ impl DataVersions {
             .await?
             .get::<_, bool>(0);
         if !has_function {
-            warn!("result cache: quarry.cache_table_changed() is missing in the source database; no table is cached");
+            warn!(
+                "result cache: quarry.cache_table_changed() is missing in the source database; no table is cached"
+            );
         }
         let relations_sql = "SELECT n.nspname, c.relname, c.oid, \
                c.relkind = 'r' AND NOT c.relispartition AND NOT c.relhassubclass \

@@ -487,9 +487,12 @@ impl SqlService for SqlGrpc {
                 .charge(tenant, model_call_amounts(&generated.model_calls))
                 .await;
         }
-        let result_cache = generated.result.as_ref().map_or(pb::ResultCache::Unspecified, |r| {
-            result_cache_to_proto(r.cache)
-        });
+        let result_cache = generated
+            .result
+            .as_ref()
+            .map_or(pb::ResultCache::Unspecified, |r| {
+                result_cache_to_proto(r.cache)
+            });
         let (result, digest, chart_spec_json, executed_sql, database_us) = match &generated.result {
             Some(rows) => {
                 let (digest, chart) = digest_and_chart(rows);

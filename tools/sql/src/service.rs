@@ -635,10 +635,12 @@ impl SqlTool {
         query: &ValidatedQuery,
     ) -> Result<QueryResult, crate::ExecError> {
         let max_rows = self.config.exec.max_rows.min(query.max_rows());
-        let lookup = self
-            .results
-            .as_ref()
-            .and_then(|cache| Some((cache, cache.prepare(&self.config.source, caller, query, max_rows)?)));
+        let lookup = self.results.as_ref().and_then(|cache| {
+            Some((
+                cache,
+                cache.prepare(&self.config.source, caller, query, max_rows)?,
+            ))
+        });
         let Some((cache, lookup)) = lookup else {
             if self.results.is_some() {
                 quarry_metrics::cache_lookup("result", "bypass");
@@ -1455,7 +1457,10 @@ impl SqlTool {
                 && attempt_no < max_attempts
             {
                 let shown = pii_as_placeholders(&result, &models.pii);
-                match self.judge(caller, judge, &mut calls, question, &sql, &shown).await {
+                match self
+                    .judge(caller, judge, &mut calls, question, &sql, &shown)
+                    .await
+                {
                     Ok(None) => {}
                     Ok(Some(problem)) => {
                         attempts.push(Attempt {

@@ -36,7 +36,7 @@ fn result(rows: Vec<Vec<Cell>>, truncated: bool, total_rows: Option<u64>) -> Que
         bytes: 0,
         elapsed: Duration::ZERO,
         sql: String::new(),
-            cache: crate::cache::CacheStatus::Bypassed,
+        cache: crate::cache::CacheStatus::Bypassed,
     }
 }
 
