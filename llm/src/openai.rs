@@ -147,7 +147,7 @@ impl OpenAiChatModel {
         let body = serde_json::to_vec(wire).ok()?;
         let key = crate::cache::ResponseCache::key(
             tenant,
-            &self.config.api_base(),
+            self.config.api_base(),
             &self.config.model,
             &body,
         );
