@@ -1287,6 +1287,8 @@ impl SqlTool {
 
     /// One model call for `task`, accounted in `calls` whether it succeeds
     /// or not.
+    // the caller only names the tenant's part of the response cache
+    #[allow(clippy::too_many_arguments)]
     async fn model_reply(
         &self,
         caller: &Caller,

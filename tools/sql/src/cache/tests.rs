@@ -127,9 +127,12 @@ fn names(result: &QueryResult) -> Vec<String> {
     result
         .rows
         .iter()
-        .map(|row| match &row[0] {
-            Cell::Text(text) => text.clone(),
-            other => panic!("not text: {other:?}"),
+        .map(|row| {
+            if let Cell::Text(text) = &row[0] {
+                text.clone()
+            } else {
+                panic!("not text: {:?}", row[0])
+            }
         })
         .collect()
 }
