@@ -138,6 +138,10 @@ pub struct ServerSections {
     /// need schema linking as `quarry serve` links (`quarry eval tokens`)
     /// set it on the configuration themselves.
     pub embedding: Option<quarry_llm::embed::EmbeddingConfig>,
+    /// `[cache]`. With `enabled = true` the scripted model is also set to
+    /// temperature 0, so a repeated Ask is answered from the result cache
+    /// and the model-response cache (`QUARRY__CACHE__ENABLED=true`).
+    pub cache: quarry_sql::cache::CacheConfig,
 }
 
 impl ServerSections {
@@ -156,6 +160,7 @@ impl ServerSections {
             orchestrator: optional(&figment, "orchestrator")?.unwrap_or_default(),
             summary: optional(&figment, "summary")?,
             embedding: optional(&figment, "embedding")?,
+            cache: optional(&figment, "cache")?.unwrap_or_default(),
         })
     }
 }
@@ -274,6 +279,15 @@ pub struct LevelReport {
     pub database: LatencySummary,
     /// `database_us` − SQL database time: storing the conversation turn.
     pub conversation_store: LatencySummary,
+    /// `Usage.elapsed_us`: the server's time per Ask, request to usage
+    /// event.
+    pub server_time: LatencySummary,
+    /// SQL results served from the result cache, summed over the Asks.
+    pub result_cache_hits: u64,
+    /// SQL results looked up in the result cache and executed.
+    pub result_cache_misses: u64,
+    /// Model calls answered from the model-response cache.
+    pub model_cache_hits: u64,
     /// Mean model calls per Ask.
     pub model_calls_per_ask: f64,
     /// Mean tool calls per Ask.
@@ -453,6 +467,11 @@ pub fn server_config(
     let mut model = ModelConfig::new(model_url, "scripted");
     model.max_retries = 0;
     model.timeout_secs = 120;
+    config.cache = sections.cache.clone();
+    if config.cache.enabled {
+        // deterministic, so identical model requests may be replayed
+        model.temperature = Some(0.0);
+    }
     config.model = Some(model);
     Ok(config)
 }
@@ -734,6 +753,8 @@ pub(crate) struct Sample {
     pub(crate) sql_database: Duration,
     model_calls: u32,
     tool_calls: u32,
+    /// `Usage.result_cache_hits`, `result_cache_misses`, `model_cache_hits`.
+    cache: [u32; 3],
 }
 
 impl Sample {
@@ -753,6 +774,11 @@ impl Sample {
             sql_database,
             model_calls: usage.model_calls,
             tool_calls: usage.tool_calls,
+            cache: [
+                usage.result_cache_hits,
+                usage.result_cache_misses,
+                usage.model_cache_hits,
+            ],
         }
     }
 }
@@ -1027,8 +1053,13 @@ fn summarise(
     let mut model_excess = Latencies::new()?;
     let mut database = Latencies::new()?;
     let mut conversation_store = Latencies::new()?;
+    let mut server_time = Latencies::new()?;
     let (mut model_calls, mut tool_calls) = (0u64, 0u64);
     for s in samples {
+        server_time.record(s.elapsed);
+        report.result_cache_hits += u64::from(s.cache[0]);
+        report.result_cache_misses += u64::from(s.cache[1]);
+        report.model_cache_hits += u64::from(s.cache[2]);
         end_to_end.record(s.end_to_end);
         first_event.record(s.first_event);
         overhead.record(
@@ -1062,6 +1093,7 @@ fn summarise(
     report.model_excess = model_excess.summary();
     report.database = database.summary();
     report.conversation_store = conversation_store.summary();
+    report.server_time = server_time.summary();
     if !samples.is_empty() {
         report.model_calls_per_ask = model_calls as f64 / samples.len() as f64;
         report.tool_calls_per_ask = tool_calls as f64 / samples.len() as f64;
@@ -1261,11 +1293,18 @@ impl AskBenchReport {
             }
             let _ = writeln!(
                 out,
+                "  cache: {} SQL results from the result cache, {} executed after a miss; \
+                 {} model calls from the model-response cache",
+                level.result_cache_hits, level.result_cache_misses, level.model_cache_hits,
+            );
+            let _ = writeln!(
+                out,
                 "  {:<34} {:>9} {:>9} {:>9} {:>9} {:>9}",
                 "ms", "p50", "p90", "p99", "max", "mean"
             );
             for (label, s) in [
                 ("end-to-end", &level.end_to_end),
+                ("server time (Usage.elapsed_us)", &level.server_time),
                 ("first event", &level.first_event),
                 ("overhead (client view)", &level.overhead),
                 ("overhead (server view)", &level.server_overhead),
@@ -1386,6 +1425,12 @@ impl AskBenchReport {
                 "model_calls_per_ask": round3(l.model_calls_per_ask),
                 "tool_calls_per_ask": round3(l.tool_calls_per_ask),
                 "end_to_end": l.end_to_end.to_json(),
+                "server_time": l.server_time.to_json(),
+                "cache": {
+                    "result_hits": l.result_cache_hits,
+                    "result_misses": l.result_cache_misses,
+                    "model_hits": l.model_cache_hits,
+                },
                 "first_event": l.first_event.to_json(),
                 "overhead": l.overhead.to_json(),
                 "server_overhead": l.server_overhead.to_json(),
@@ -1468,6 +1513,7 @@ mod tests {
             sql_database: ms(2),
             model_calls: 2,
             tool_calls: 1,
+            cache: [1, 0, 2],
         };
         // 1 ms of the database time is the conversation store, inside elapsed
         let r = summarise(&[sample], ms(45), LevelReport::new(1, 1)).unwrap();
@@ -1479,6 +1525,15 @@ mod tests {
         assert!((r.conversation_store.p50_ms - 1.0).abs() < 0.01);
         assert!((r.database.p50_ms - 2.0).abs() < 0.01);
         assert!((r.model_excess.p50_ms - 10.0).abs() < 0.01);
+        assert!((r.server_time.p50_ms - 109.0).abs() < 0.01);
+        assert_eq!(
+            (
+                r.result_cache_hits,
+                r.result_cache_misses,
+                r.model_cache_hits
+            ),
+            (1, 0, 2)
+        );
         assert!((r.model_calls_per_ask - 2.0).abs() < f64::EPSILON);
     }
 }

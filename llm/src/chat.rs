@@ -104,6 +104,11 @@ pub struct ChatRequest {
     /// it free. See [`ResponseFormat`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
+    /// The tenant whose response cache this request may be answered from
+    /// and stored in ([`crate::cache::ResponseCache`]); `None` (the
+    /// default): never cached. Not sent to the model.
+    #[serde(skip)]
+    pub cache_scope: Option<String>,
 }
 
 impl ChatRequest {
@@ -113,12 +118,22 @@ impl ChatRequest {
             messages,
             tools,
             response_format: None,
+            cache_scope: None,
         }
     }
 
     /// Asks for an answer in `format`.
     pub fn with_response_format(mut self, format: ResponseFormat) -> Self {
         self.response_format = Some(format);
+        self
+    }
+
+    /// This request, allowed to be served from and stored in `tenant`'s
+    /// part of the model's response cache (where the model has one and
+    /// samples deterministically).
+    #[must_use]
+    pub fn with_cache_scope(mut self, tenant: impl Into<String>) -> Self {
+        self.cache_scope = Some(tenant.into());
         self
     }
 }

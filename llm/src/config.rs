@@ -675,6 +675,7 @@ mod tests {
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
             cached_prompt_tokens: 0,
+            from_cache: false,
         }
     }
 

@@ -44,6 +44,7 @@
 //! With the `test-util` feature, [`testing::ScriptedServer`] is a scripted
 //! OpenAI-compatible HTTP server for tests of anything that calls a model.
 
+pub mod cache;
 mod chat;
 mod config;
 pub mod embed;

@@ -50,6 +50,8 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct OpenAiChatModel {
     client: Client<OpenAIConfig>,
     config: Arc<ModelConfig>,
+    /// Replies of deterministic requests ([`crate::cache`]); `None`: off.
+    cache: Option<crate::cache::ResponseCache>,
 }
 
 impl std::fmt::Debug for OpenAiChatModel {
@@ -113,7 +115,43 @@ impl OpenAiChatModel {
         Ok(Self {
             client,
             config: Arc::new(config),
+            cache: None,
         })
+    }
+
+    /// This model with its deterministic replies cached in `cache`: used
+    /// only when the configured temperature is exactly 0, and only for
+    /// requests with a [`ChatRequest::cache_scope`] (see [`crate::cache`]).
+    #[must_use]
+    pub fn with_response_cache(mut self, cache: crate::cache::ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The cache key of `wire` for `request`'s tenant, when this model may
+    /// answer it from the cache.
+    fn cache_key(
+        &self,
+        scope: Option<&str>,
+        wire: &CreateChatCompletionRequest,
+    ) -> Option<(crate::cache::ResponseCache, (String, [u8; 32]))> {
+        let cache = self.cache.as_ref()?;
+        if self.config.temperature != Some(0.0) {
+            quarry_metrics::cache_lookup("model", "bypass");
+            return None;
+        }
+        let Some(tenant) = scope else {
+            quarry_metrics::cache_lookup("model", "bypass");
+            return None;
+        };
+        let body = serde_json::to_vec(wire).ok()?;
+        let key = crate::cache::ResponseCache::key(
+            tenant,
+            self.config.api_base(),
+            &self.config.model,
+            &body,
+        );
+        Some((cache.clone(), key))
     }
 
     /// The configuration this model was built from.
@@ -124,9 +162,94 @@ impl OpenAiChatModel {
 
 impl ChatModel for OpenAiChatModel {
     fn chat_stream(&self, request: ChatRequest) -> BoxStream<'static, Result<ChatEvent>> {
+        let scope = request.cache_scope.clone();
+        let wire = build_request(&self.config, request);
+        let cached = self.cache_key(scope.as_deref(), &wire);
+        if let Some((cache, key)) = &cached
+            && let Some(events) = cache.replay(key)
+        {
+            quarry_metrics::cache_lookup("model", "hit");
+            return futures::stream::iter(events.into_iter().map(Ok)).boxed();
+        }
+        if cached.is_some() {
+            quarry_metrics::cache_lookup("model", "miss");
+        }
+        let live = self.stream_wire(wire);
+        match cached {
+            Some((cache, key)) => record(live, cache, key),
+            None => live,
+        }
+    }
+
+    /// The configured `[model.price]`.
+    fn price(&self) -> Option<Price> {
+        self.config.price
+    }
+
+    /// The configured `model`.
+    fn name(&self) -> &str {
+        &self.config.model
+    }
+}
+
+/// `live`'s events, passed on as they come and stored in `cache` under
+/// `key` once the stream ends having finished without an error.
+fn record(
+    live: BoxStream<'static, Result<ChatEvent>>,
+    cache: crate::cache::ResponseCache,
+    key: (String, [u8; 32]),
+) -> BoxStream<'static, Result<ChatEvent>> {
+    struct Recorder {
+        events: Vec<ChatEvent>,
+        failed: bool,
+        finished: bool,
+        cache: crate::cache::ResponseCache,
+        key: Option<(String, [u8; 32])>,
+    }
+    let recorder = Recorder {
+        events: Vec::new(),
+        failed: false,
+        finished: false,
+        cache,
+        key: Some(key),
+    };
+    futures::stream::unfold((live, recorder), |(mut live, mut recorder)| async move {
+        match live.next().await {
+            Some(event) => {
+                match &event {
+                    Ok(event) => {
+                        recorder.finished |= matches!(event, ChatEvent::Finished { .. });
+                        recorder.events.push(event.clone());
+                    }
+                    Err(_) => recorder.failed = true,
+                }
+                Some((event, (live, recorder)))
+            }
+            None => {
+                if !recorder.failed
+                    && recorder.finished
+                    && let Some(key) = recorder.key.take()
+                {
+                    recorder
+                        .cache
+                        .store(key, std::mem::take(&mut recorder.events));
+                }
+                None
+            }
+        }
+    })
+    .boxed()
+}
+
+impl OpenAiChatModel {
+    /// Sends `wire` and streams the answer.
+    fn stream_wire(
+        &self,
+        wire: CreateChatCompletionRequest,
+    ) -> BoxStream<'static, Result<ChatEvent>> {
         let state = StreamState {
             client: self.client.clone(),
-            request: Some(build_request(&self.config, request)),
+            request: Some(wire),
             timeout: self.config.timeout(),
             deadline: None,
             inner: None,
@@ -160,16 +283,6 @@ impl ChatModel for OpenAiChatModel {
             }
         })
         .boxed()
-    }
-
-    /// The configured `[model.price]`.
-    fn price(&self) -> Option<Price> {
-        self.config.price
-    }
-
-    /// The configured `model`.
-    fn name(&self) -> &str {
-        &self.config.model
     }
 }
 
@@ -469,6 +582,7 @@ fn wire_usage(usage: &CompletionUsage) -> Usage {
             .as_ref()
             .and_then(|d| d.cached_tokens)
             .unwrap_or(0),
+        from_cache: false,
     }
 }
 

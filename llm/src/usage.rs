@@ -21,6 +21,11 @@ pub struct Usage {
     /// server reports none. Priced like other prompt tokens by [`Price`].
     #[serde(default)]
     pub cached_prompt_tokens: u32,
+    /// The reply was replayed from Quarry's own response cache
+    /// ([`crate::cache::ResponseCache`]): no model was called and no token
+    /// spent, so every count is 0.
+    #[serde(default)]
+    pub from_cache: bool,
 }
 
 /// A model's token prices in US dollars per million tokens, the unit

@@ -269,6 +269,7 @@ async fn usage_from_the_final_empty_choices_chunk_is_reported() {
             completion_tokens: 45,
             total_tokens: 168,
             cached_prompt_tokens: 0,
+            from_cache: false,
         })
     );
     assert_eq!(
@@ -295,6 +296,7 @@ async fn cached_prompt_tokens_from_prompt_tokens_details_are_reported() {
             completion_tokens: 5,
             total_tokens: 2053,
             cached_prompt_tokens: 1024,
+            from_cache: false,
         })
     );
 }

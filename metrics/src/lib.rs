@@ -79,6 +79,10 @@ pub mod names {
     pub const SQL_DURATION: &str = "quarry_sql_duration_seconds";
     /// SQL tool rows.
     pub const SQL_ROWS: &str = "quarry_sql_rows_total";
+    /// Cache lookups (result and model caches) by outcome.
+    pub const CACHE_LOOKUPS: &str = "quarry_cache_lookups_total";
+    /// Cache entries evicted (size, TTL or invalidation).
+    pub const CACHE_EVICTIONS: &str = "quarry_cache_evictions_total";
     /// SQL tool result bytes.
     pub const SQL_RESULT_BYTES: &str = "quarry_sql_result_bytes_total";
     /// Pool checkout wait.
@@ -176,6 +180,14 @@ pub fn describe() {
     describe_histogram!(MODEL_CALL_COST, "cost in USD of each priced model call");
     describe_histogram!(SQL_DURATION, Unit::Seconds, "SQL tool statement time");
     describe_counter!(SQL_ROWS, "rows returned by the SQL tool");
+    describe_counter!(
+        CACHE_LOOKUPS,
+        "cache lookups by cache (result, model) and outcome (hit, miss, bypass)"
+    );
+    describe_counter!(
+        CACHE_EVICTIONS,
+        "cache entries removed by cache and cause (size, expired, replaced, explicit)"
+    );
     describe_counter!(
         SQL_RESULT_BYTES,
         Unit::Bytes,
@@ -309,6 +321,19 @@ pub fn sql_statement(tenant: Option<&str>, result: Option<(u64, u64)>, elapsed: 
         counter!(names::SQL_ROWS, "tenant" => tenant.clone()).increment(rows);
         counter!(names::SQL_RESULT_BYTES, "tenant" => tenant).increment(bytes);
     }
+}
+
+/// A lookup in `cache` (`"result"` or `"model"`, fixed names) with
+/// `outcome` (`"hit"`, `"miss"` or `"bypass"`: the cache could not be used
+/// for this request).
+pub fn cache_lookup(cache: &'static str, outcome: &'static str) {
+    counter!(names::CACHE_LOOKUPS, "cache" => cache, "outcome" => outcome).increment(1);
+}
+
+/// An entry of `cache` was removed for `cause` (moka's removal causes:
+/// `"size"`, `"expired"`, `"replaced"`, `"explicit"`).
+pub fn cache_eviction(cache: &'static str, cause: &'static str) {
+    counter!(names::CACHE_EVICTIONS, "cache" => cache, "cause" => cause).increment(1);
 }
 
 /// Getting a pooled connection for `usage` (a fixed name) took `waited`.

@@ -34,6 +34,7 @@ pub(crate) fn set_tokens(
     call.completion_tokens = u64::from(u.completion_tokens);
     call.total_tokens = u64::from(u.total_tokens);
     call.cached_prompt_tokens = u64::from(u.cached_prompt_tokens);
+    call.from_cache = u.from_cache;
     call.cost_known = price.is_some();
     call.cost_usd = price.map_or(0.0, |p| p.cost_usd(u));
 }
@@ -131,6 +132,10 @@ impl Accounting {
         self.usage.prompt_tokens = calls.iter().map(|c| c.prompt_tokens).sum();
         self.usage.completion_tokens = calls.iter().map(|c| c.completion_tokens).sum();
         self.usage.cached_prompt_tokens = calls.iter().map(|c| c.cached_prompt_tokens).sum();
+        self.usage.model_cache_hits =
+            u32::try_from(calls.iter().filter(|c| c.from_cache).count()).unwrap_or(u32::MAX);
+        self.usage.result_cache_hits = clock.result_cache_hits;
+        self.usage.result_cache_misses = clock.result_cache_misses;
         self.usage.total_tokens = self.tokens_used();
         self.usage.cost_usd = self.usage.calls.iter().map(|c| c.cost_usd).sum();
         self.usage.cost_known = self.usage.calls.iter().all(|c| c.cost_known);
@@ -155,6 +160,10 @@ pub(crate) struct ToolClock {
     /// Model calls the tools reported (the SQL tool's
     /// `GenerateSql.model_calls`), not yet in the usage.
     model_calls: Vec<ModelCallUsage>,
+    /// SQL results the tools reported served from the result cache.
+    pub(crate) result_cache_hits: u32,
+    /// SQL results looked up in the result cache and executed.
+    pub(crate) result_cache_misses: u32,
 }
 
 impl ToolClock {

@@ -60,6 +60,11 @@ pub struct Config {
     /// The SQL tool.
     #[serde(default)]
     pub sql: SqlToolConfig,
+    /// `[cache]`: the result cache (SQL results until a table read
+    /// changes) and the model-response cache (deterministic replies); off
+    /// by default. See [`quarry_sql::cache`] and [`quarry_llm::cache`].
+    #[serde(default)]
+    pub cache: quarry_sql::cache::CacheConfig,
     /// The orchestrator.
     #[serde(default)]
     pub orchestrator: OrchestratorConfig,

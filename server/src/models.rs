@@ -43,6 +43,14 @@ impl Models {
         let resolved = config.task_models().context("model settings")?;
         let mut built: Vec<(ModelConfig, Arc<dyn ChatModel>)> = Vec::new();
         let mut models = Self::default();
+        // one response cache for every model (its key names the endpoint
+        // and the model)
+        let cache = config.cache.enabled.then(|| {
+            quarry_llm::cache::ResponseCache::new(
+                config.cache.model_max_bytes,
+                std::time::Duration::from_secs(config.cache.ttl_secs.max(1)),
+            )
+        });
         for task in Task::ALL {
             let Some(settings) = resolved.get(task) else {
                 info!(%task, "no model for this task");
@@ -51,10 +59,12 @@ impl Models {
             let model = match built.iter().find(|(c, _)| c == settings) {
                 Some((_, model)) => Arc::clone(model),
                 None => {
-                    let model: Arc<dyn ChatModel> = Arc::new(
-                        OpenAiChatModel::new(settings.clone())
-                            .with_context(|| format!("model for the {task} task"))?,
-                    );
+                    let mut built_model = OpenAiChatModel::new(settings.clone())
+                        .with_context(|| format!("model for the {task} task"))?;
+                    if let Some(cache) = &cache {
+                        built_model = built_model.with_response_cache(cache.clone());
+                    }
+                    let model: Arc<dyn ChatModel> = Arc::new(built_model);
                     built.push((settings.clone(), Arc::clone(&model)));
                     model
                 }

@@ -28,7 +28,25 @@ pub async fn sql_tool(
 ) -> anyhow::Result<Arc<SqlTool>> {
     let embedder = embedder(config).await?;
     let pools = config.database.pools();
-    sql_tool_with(config, &pools, SqlModels::single(model), embedder).await
+    let store = result_store(config);
+    sql_tool_in(
+        config,
+        &pools,
+        SqlModels::single(model),
+        embedder,
+        store.as_ref(),
+    )
+    .await
+}
+
+/// The process's result store when `[cache] enabled`.
+fn result_store(config: &Config) -> Option<quarry_sql::cache::ResultStore> {
+    config.cache.enabled.then(|| {
+        quarry_sql::cache::ResultStore::new(
+            config.cache.max_bytes,
+            std::time::Duration::from_secs(config.cache.ttl_secs.max(1)),
+        )
+    })
 }
 
 /// [`sql_tool`] with per-job models and an embedder already loaded (so a
@@ -42,9 +60,28 @@ pub async fn sql_tool_with(
     models: SqlModels,
     embedder: Option<Arc<dyn Embedder>>,
 ) -> anyhow::Result<Arc<SqlTool>> {
+    let store = result_store(config);
+    sql_tool_in(config, pools, models, embedder, store.as_ref()).await
+}
+
+async fn sql_tool_in(
+    config: &Config,
+    pools: &Pools,
+    models: SqlModels,
+    embedder: Option<Arc<dyn Embedder>>,
+    store: Option<&quarry_sql::cache::ResultStore>,
+) -> anyhow::Result<Arc<SqlTool>> {
     let pool = database_pool(config, pools)?;
-    let tool = SqlTool::new(pool, config.sql.clone(), models, embedder).context("sql tool")?;
+    let mut tool = SqlTool::new(pool, config.sql.clone(), models, embedder).context("sql tool")?;
     tool.check_semantic().await.context("sql.semantic_path")?;
+    if let Some(store) = store {
+        tool = tool.with_result_cache(quarry_sql::cache::SourceCache::start(
+            store.clone(),
+            &config.database.url,
+            &config.sql.schemas,
+            &config.cache,
+        ));
+    }
     tool.load_stored_golden().await;
     Ok(Arc::new(tool))
 }
@@ -64,7 +101,15 @@ pub async fn sql_sources_with(
     embedder: Option<Arc<dyn Embedder>>,
 ) -> anyhow::Result<Arc<Sources>> {
     validate_sources(&config.sql).context("sql.sources")?;
-    let shared = sql_tool_with(config, pools, models.clone(), embedder.clone()).await?;
+    let store = result_store(config);
+    let shared = sql_tool_in(
+        config,
+        pools,
+        models.clone(),
+        embedder.clone(),
+        store.as_ref(),
+    )
+    .await?;
     let home = database_pool(config, pools)?;
     let wait = std::time::Duration::from_millis(config.database.pool_wait_ms);
     let mut own = std::collections::BTreeMap::new();
@@ -76,7 +121,7 @@ pub async fn sql_sources_with(
         // Its own pool even on a URL another source uses: bounded per source.
         let pool = quarry_db::pool(url, source.pool_size, wait)
             .with_context(|| format!("sql.sources.{name}.database_url"))?;
-        let tool = SqlTool::new(
+        let mut tool = SqlTool::new(
             pool,
             source.tool_config(name, &config.sql),
             models.clone(),
@@ -87,6 +132,14 @@ pub async fn sql_sources_with(
         tool.check_semantic()
             .await
             .with_context(|| format!("sql.sources.{name}.semantic_path"))?;
+        if let Some(store) = &store {
+            tool = tool.with_result_cache(quarry_sql::cache::SourceCache::start(
+                store.clone(),
+                url,
+                &source.schemas,
+                &config.cache,
+            ));
+        }
         tool.load_stored_golden().await;
         info!(source = %name, tenants = ?source.tenants, schemas = ?source.schemas, "sql source ready");
         own.insert(name.clone(), (Arc::new(tool), source.tenants.clone()));

@@ -116,8 +116,12 @@ impl Run {
                     note: Some(format!("\n\n(Stopped: {over}.)")),
                 });
             }
-            let mut stream = step_span
-                .in_scope(|| model.chat_stream(ChatRequest::new(messages.clone(), tools.clone())));
+            let mut stream = step_span.in_scope(|| {
+                model.chat_stream(
+                    ChatRequest::new(messages.clone(), tools.clone())
+                        .with_cache_scope(&self.caller.caller.principal.tenant),
+                )
+            });
             self.accounting.model_call_sent(step, model.name());
             let mut content = String::new();
             let mut calls = Vec::new();

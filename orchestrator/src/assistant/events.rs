@@ -90,6 +90,11 @@ impl Run {
             clock.tool_model_calls(model_calls);
             if let Outcome::Sql(sql) = &outcome {
                 clock.database += Duration::from_micros(sql.database_us);
+                match sql.result_cache() {
+                    quarry_proto::v1::ResultCache::Hit => clock.result_cache_hits += 1,
+                    quarry_proto::v1::ResultCache::Miss => clock.result_cache_misses += 1,
+                    quarry_proto::v1::ResultCache::Unspecified => {}
+                }
             }
             clock.end(started)
         };

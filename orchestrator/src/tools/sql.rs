@@ -116,6 +116,7 @@ impl SqlTool {
                     digest: response.digest,
                     chart_spec_json: response.chart_spec_json,
                     database_us: response.elapsed_us,
+                    result_cache: response.result_cache,
                 })
             }
             (Some(question), _) if !question.trim().is_empty() => {
@@ -160,6 +161,7 @@ impl SqlTool {
                     digest: response.digest,
                     chart_spec_json: response.chart_spec_json,
                     database_us: response.database_us,
+                    result_cache: response.result_cache,
                 })
             }
             _ => Err("give either a non-empty `question` or a non-empty `sql`".to_string()),

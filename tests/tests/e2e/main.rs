@@ -8,6 +8,7 @@ mod agent;
 mod assistant;
 mod auth;
 mod budgets;
+mod cache;
 mod cancel;
 mod catalog;
 mod console;

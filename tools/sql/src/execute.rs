@@ -338,6 +338,8 @@ pub struct QueryResult {
     /// caller's own query with the limit ([`ValidatedQuery::shown_rewritten_sql`]),
     /// since the rewrite holds the policy's masks and filters.
     pub sql: String,
+    /// Whether it came from the result cache ([`crate::cache`]).
+    pub cache: crate::cache::CacheStatus,
 }
 
 impl QueryResult {
@@ -879,6 +881,7 @@ async fn run_in_transaction(
         bytes,
         elapsed: Duration::ZERO,
         sql: sql.to_owned(),
+        cache: crate::cache::CacheStatus::Bypassed,
     })
 }
 

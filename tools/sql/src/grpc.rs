@@ -259,6 +259,15 @@ pub fn model_call_amounts(calls: &[ModelCall]) -> quarry_db::usage::UsageAmounts
     }
 }
 
+/// The proto form of a result's [`CacheStatus`](crate::cache::CacheStatus).
+pub fn result_cache_to_proto(status: crate::cache::CacheStatus) -> pb::ResultCache {
+    match status {
+        crate::cache::CacheStatus::Bypassed => pb::ResultCache::Unspecified,
+        crate::cache::CacheStatus::Hit => pb::ResultCache::Hit,
+        crate::cache::CacheStatus::Miss => pb::ResultCache::Miss,
+    }
+}
+
 /// The model calls of one `GenerateSql`, numbered from 1 in order.
 pub fn model_calls_to_proto(calls: &[ModelCall]) -> Vec<pb::ModelCallUsage> {
     calls
@@ -278,6 +287,7 @@ pub fn model_calls_to_proto(calls: &[ModelCall]) -> Vec<pb::ModelCallUsage> {
                 task: call.task.to_string(),
                 model: call.model.clone(),
                 elapsed_us: call.elapsed.as_micros() as u64,
+                from_cache: usage.from_cache,
             }
         })
         .collect()
@@ -378,6 +388,7 @@ impl SqlService for SqlGrpc {
             executed_sql: result.sql,
             digest: Some(digest),
             chart_spec_json,
+            result_cache: result_cache_to_proto(result.cache) as i32,
         }))
     }
 
@@ -476,6 +487,12 @@ impl SqlService for SqlGrpc {
                 .charge(tenant, model_call_amounts(&generated.model_calls))
                 .await;
         }
+        let result_cache = generated
+            .result
+            .as_ref()
+            .map_or(pb::ResultCache::Unspecified, |r| {
+                result_cache_to_proto(r.cache)
+            });
         let (result, digest, chart_spec_json, executed_sql, database_us) = match &generated.result {
             Some(rows) => {
                 let (digest, chart) = digest_and_chart(rows);
@@ -519,6 +536,7 @@ impl SqlService for SqlGrpc {
             executed_sql,
             model_calls: model_calls_to_proto(&generated.model_calls),
             database_us,
+            result_cache: result_cache as i32,
         }))
     }
 

@@ -30,6 +30,7 @@
 //! read-only transaction, identifier quoting and the test fixture come from
 //! `quarry-db`.
 
+pub mod cache;
 pub mod catalog;
 pub mod chart;
 pub mod digest;

@@ -306,6 +306,8 @@ pub struct SqlTool {
     descriptions: Option<moka::sync::Cache<Vec<String>, Arc<Description>>>,
     /// `describe` results as grants see them, by [`ViewKey`], kept as long.
     views: Option<moka::sync::Cache<ViewKey, Arc<Description>>>,
+    /// Results of executed statements ([`crate::cache`]); `None`: off.
+    results: Option<crate::cache::SourceCache>,
 }
 
 /// What a filtered description depends on: policy version, unrestricted,
@@ -464,6 +466,7 @@ impl SqlTool {
             }),
             config,
             index: tokio::sync::Mutex::new(None),
+            results: None,
         })
     }
 
@@ -476,6 +479,18 @@ impl SqlTool {
         self.usage = UsageLedger::new(home.clone());
         self.home = home;
         self
+    }
+
+    /// The tool with its results cached in `cache` ([`crate::cache`]).
+    #[must_use]
+    pub fn with_result_cache(mut self, cache: crate::cache::SourceCache) -> Self {
+        self.results = Some(cache);
+        self
+    }
+
+    /// The result cache, when on.
+    pub fn result_cache(&self) -> Option<&crate::cache::SourceCache> {
+        self.results.as_ref()
     }
 
     /// The settings in force.
@@ -589,7 +604,7 @@ impl SqlTool {
         query: &ValidatedQuery,
     ) -> Result<QueryResult, crate::ExecError> {
         let started = Instant::now();
-        let result = self.executor.execute(query).await;
+        let result = self.execute_cached(caller, query).await;
         let (outcome, rows, bytes, detail) = match &result {
             Ok(r) => (
                 Outcome::Ok,
@@ -600,6 +615,12 @@ impl SqlTool {
                 None,
             ),
             Err(error) => (Outcome::Error, None, None, Some(error.to_string())),
+        };
+        let detail = match &result {
+            Ok(r) if r.cache == crate::cache::CacheStatus::Hit => {
+                Some("served from the result cache".to_owned())
+            }
+            Ok(_) | Err(_) => detail,
         };
         self.audit
             .record(AuditEntry {
@@ -621,6 +642,40 @@ impl SqlTool {
             warn!(tenant = %caller.principal.tenant, %error, "could not charge the tenant's usage");
         }
         result
+    }
+
+    /// Runs `query`, or serves it from the result cache when it may
+    /// ([`crate::cache::SourceCache::prepare`]); stores what it ran.
+    async fn execute_cached(
+        &self,
+        caller: &Caller,
+        query: &ValidatedQuery,
+    ) -> Result<QueryResult, crate::ExecError> {
+        let max_rows = self.config.exec.max_rows.min(query.max_rows());
+        let lookup = self.results.as_ref().and_then(|cache| {
+            Some((
+                cache,
+                cache.prepare(&self.config.source, caller, query, max_rows)?,
+            ))
+        });
+        let Some((cache, lookup)) = lookup else {
+            if self.results.is_some() {
+                quarry_metrics::cache_lookup("result", "bypass");
+            }
+            return self.executor.execute(query).await;
+        };
+        let started = Instant::now();
+        if let Some(mut hit) = cache.get(&lookup) {
+            quarry_metrics::cache_lookup("result", "hit");
+            hit.cache = crate::cache::CacheStatus::Hit;
+            hit.elapsed = started.elapsed();
+            return Ok(hit);
+        }
+        quarry_metrics::cache_lookup("result", "miss");
+        let mut result = self.executor.execute(query).await?;
+        result.cache = crate::cache::CacheStatus::Miss;
+        cache.insert(lookup, &result);
+        Ok(result)
     }
 
     /// Records a refused statement in the audit log.
@@ -1313,8 +1368,11 @@ impl SqlTool {
 
     /// One model call for `task`, accounted in `calls` whether it succeeds
     /// or not.
+    // the caller only names the tenant's part of the response cache
+    #[allow(clippy::too_many_arguments)]
     async fn model_reply(
         &self,
+        caller: &Caller,
         model: &dyn ChatModel,
         task: &'static str,
         calls: &mut Vec<ModelCall>,
@@ -1322,7 +1380,10 @@ impl SqlTool {
         name: &str,
         schema: serde_json::Value,
     ) -> Result<String, quarry_llm::LlmError> {
-        let mut request = ChatRequest::new(messages, vec![]);
+        // replies of identical prompts may come from the tenant's part of
+        // the model's response cache (quarry_llm::cache)
+        let mut request =
+            ChatRequest::new(messages, vec![]).with_cache_scope(&caller.principal.tenant);
         if self.config.structured_output {
             request = request.with_response_format(ResponseFormat::JsonSchema {
                 name: name.to_string(),
@@ -1376,6 +1437,7 @@ impl SqlTool {
             }
             let reply = match self
                 .model_reply(
+                    caller,
                     model,
                     TASK_SQL,
                     &mut calls,
@@ -1478,7 +1540,10 @@ impl SqlTool {
                 && attempt_no < max_attempts
             {
                 let shown = pii_as_placeholders(&result, &models.pii);
-                match self.judge(judge, &mut calls, question, &sql, &shown).await {
+                match self
+                    .judge(caller, judge, &mut calls, question, &sql, &shown)
+                    .await
+                {
                     Ok(None) => {}
                     Ok(Some(problem)) => {
                         attempts.push(Attempt {
@@ -1530,6 +1595,7 @@ impl SqlTool {
     /// wrong granularity, implausible values).
     async fn judge(
         &self,
+        caller: &Caller,
         model: &dyn ChatModel,
         calls: &mut Vec<ModelCall>,
         question: &str,
@@ -1559,6 +1625,7 @@ impl SqlTool {
         );
         let reply = self
             .model_reply(
+                caller,
                 model,
                 TASK_JUDGE,
                 calls,

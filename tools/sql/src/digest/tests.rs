@@ -36,6 +36,7 @@ fn result(rows: Vec<Vec<Cell>>, truncated: bool, total_rows: Option<u64>) -> Que
         bytes: 0,
         elapsed: Duration::ZERO,
         sql: String::new(),
+        cache: crate::cache::CacheStatus::Bypassed,
     }
 }
 
@@ -158,6 +159,7 @@ proptest! {
             bytes: 0,
             elapsed: Duration::ZERO,
             sql: String::new(),
+            cache: crate::cache::CacheStatus::Bypassed,
         };
         let mut sorted = values.clone();
         sorted.sort_unstable();
