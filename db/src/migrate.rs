@@ -86,6 +86,7 @@ mod tests {
                 "V10__usage",
                 "V11__limits_across_replicas",
                 "V13__usage_cached_tokens",
+                "V14__result_cache_changes",
             ]
         );
         assert!(migrate(db.pool()).await.unwrap().is_empty());

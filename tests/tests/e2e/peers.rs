@@ -37,6 +37,7 @@ async fn count_question_side_by_side() -> PeersReport {
     let mut sections = ServerSections::load(Some(&repo_root().join("dev/quarry.toml"))).unwrap();
     sections.database.url = db.url().to_owned();
     sections.sql.golden_path = Some(repo_root().join("demo/golden/tate.json"));
+    sections.sql.semantic_path = Some(repo_root().join("demo/semantic/tate.toml"));
     let set = QuestionSet {
         name: "tate".to_owned(),
         schema: "tate".to_owned(),

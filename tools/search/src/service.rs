@@ -50,7 +50,7 @@ use crate::index::{CollectionIndex, MAX_QUERY_BYTES, analyse, follow};
 use crate::vector::{self, VectorOptions};
 use quarry_db::quote_ident;
 
-/// How long a collection's pending-document count is reused.
+/// How long a collection's embedded-document count is reused.
 pub const COUNT_TTL: Duration = Duration::from_secs(5);
 /// `k` when a request asks for 0.
 pub const DEFAULT_K: usize = 10;
@@ -249,9 +249,8 @@ struct Entry {
     index: Arc<CollectionIndex>,
     embedding_model: Option<String>,
     embedding_dimension: Option<usize>,
-    /// Last pending-document count (not embedded, not deleted) and when it
-    /// was taken.
-    pending: Arc<Mutex<Option<(Instant, u64)>>>,
+    /// Last embedded-document count and when it was taken.
+    embedded: Arc<Mutex<Option<(Instant, u64)>>>,
     /// A background recount is running.
     recounting: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -349,7 +348,7 @@ impl SearchTool {
                 index: Arc::new(index),
                 embedding_dimension: state.embedder.as_ref().map(|(_, d)| *d),
                 embedding_model: state.embedder.map(|(m, _)| m),
-                pending: Arc::new(Mutex::new(None)),
+                embedded: Arc::new(Mutex::new(None)),
                 recounting: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             });
         }
@@ -459,52 +458,50 @@ impl SearchTool {
     }
 
     /// Documents (the index's count) and embedded documents. The embedded
-    /// count is the documents minus the pending ones (`NOT embedded AND NOT
-    /// deleted`, counted over the sidecar's `_pending` partial index, so the
-    /// count reads only pending rows, not the whole table — a full
-    /// `count(*)` of a 1M-document sidecar read 2 GB every [`COUNT_TTL`]
-    /// beside the searches). The pending count is taken synchronously only
-    /// the first time; afterwards a stale value (older than [`COUNT_TTL`]) is
-    /// used at once while one background task recounts. While the index lags
-    /// the sidecar, the embedded count can be briefly low (never below 0).
+    /// count is a `count(*)` over the sidecar: taken synchronously only the
+    /// first time; afterwards a stale value (older than [`COUNT_TTL`]) is
+    /// returned at once while one background task recounts, so a search never
+    /// waits on a full scan of a large collection. (Counting the pending rows
+    /// instead, over the `_pending` partial index, reads far less, but a
+    /// pending count taken before the sync has written the sidecar reads 0
+    /// and would report every document embedded for [`COUNT_TTL`].)
     async fn counts(&self, entry: &Entry) -> Result<(u64, u64)> {
         use std::sync::atomic::Ordering;
         let documents = entry.index.num_docs();
         if entry.embedding_model.is_none() {
             return Ok((documents, 0));
         }
-        let cached = *entry.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let cached = *entry.embedded.lock().unwrap_or_else(PoisonError::into_inner);
         let sql = format!(
-            "SELECT count(*) FROM {} WHERE NOT embedded AND NOT deleted",
+            "SELECT count(*) FROM {} WHERE embedded AND NOT deleted",
             entry.collection.docs_table()
         );
-        let pending = match cached {
-            Some((at, n)) if at.elapsed() < COUNT_TTL => n,
+        match cached {
+            Some((at, n)) if at.elapsed() < COUNT_TTL => Ok((documents, n)),
             Some((_, n)) => {
                 if !entry.recounting.swap(true, Ordering::AcqRel) {
                     let (pool, slot, flag) = (
                         self.pool.clone(),
-                        Arc::clone(&entry.pending),
+                        Arc::clone(&entry.embedded),
                         Arc::clone(&entry.recounting),
                     );
                     tokio::spawn(async move {
-                        if let Ok(fresh) = count(&pool, &sql).await {
+                        if let Ok(n) = count(&pool, &sql).await {
                             *slot.lock().unwrap_or_else(PoisonError::into_inner) =
-                                Some((Instant::now(), fresh));
+                                Some((Instant::now(), n));
                         }
                         flag.store(false, Ordering::Release);
                     });
                 }
-                n
+                Ok((documents, n))
             }
             None => {
                 let n = count(&self.pool, &sql).await?;
-                *entry.pending.lock().unwrap_or_else(PoisonError::into_inner) =
+                *entry.embedded.lock().unwrap_or_else(PoisonError::into_inner) =
                     Some((Instant::now(), n));
-                n
+                Ok((documents, n))
             }
-        };
-        Ok((documents, documents.saturating_sub(pending)))
+        }
     }
 
     /// The collections served, with counts.
