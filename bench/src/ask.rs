@@ -1526,7 +1526,11 @@ mod tests {
         assert!((r.database.p50_ms - 2.0).abs() < 0.01);
         assert!((r.model_excess.p50_ms - 10.0).abs() < 0.01);
         // 3 significant digits of the histogram at 109 ms
-        assert!((r.server_time.p50_ms - 109.0).abs() < 0.1, "{:?}", r.server_time);
+        assert!(
+            (r.server_time.p50_ms - 109.0).abs() < 0.1,
+            "{:?}",
+            r.server_time
+        );
         assert_eq!(
             (
                 r.result_cache_hits,

@@ -732,7 +732,9 @@ async fn hybrid_and_vector_modes_with_the_scripted_embedder() {
         .find(|h| h.key == key)
         .unwrap_or_else(|| panic!("{key} not in {:?}", keys(&hybrid)));
     let lexical = hit.bm25.expect("a bm25 score for a lexical match");
-    let semantic = hit.vector.unwrap_or_else(|| panic!("a vector score: {:#?}", hybrid));
+    let semantic = hit
+        .vector
+        .unwrap_or_else(|| panic!("a vector score: {:#?}", hybrid));
     assert!(lexical.rank >= 1 && lexical.score > 0.0, "{lexical:?}");
     assert!(
         (semantic.score - 1.0).abs() < 1e-4,

@@ -471,7 +471,10 @@ impl SearchTool {
         if entry.embedding_model.is_none() {
             return Ok((documents, 0));
         }
-        let cached = *entry.embedded.lock().unwrap_or_else(PoisonError::into_inner);
+        let cached = *entry
+            .embedded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let sql = format!(
             "SELECT count(*) FROM {} WHERE embedded AND NOT deleted",
             entry.collection.docs_table()
@@ -497,8 +500,10 @@ impl SearchTool {
             }
             None => {
                 let n = count(&self.pool, &sql).await?;
-                *entry.embedded.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some((Instant::now(), n));
+                *entry
+                    .embedded
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), n));
                 Ok((documents, n))
             }
         }
