@@ -320,6 +320,9 @@ pub struct SchemaIndex {
     config: LinkingConfig,
     /// Value word → columns whose values contain it.
     value_words: HashMap<String, Vec<ColumnKey>>,
+    /// The [`words`] of each sampled value of a column, in the order of
+    /// [`ValueIndex::values`] (split once here, not on every question).
+    value_word_lists: HashMap<ColumnKey, Vec<Vec<String>>>,
     /// Undirected foreign-key adjacency between table indexes.
     graph: Vec<BTreeSet<usize>>,
     table_embeddings: Option<Vec<Vec<f32>>>,
@@ -409,18 +412,25 @@ impl SchemaIndex {
             }
         }
         let mut value_words: HashMap<String, Vec<ColumnKey>> = HashMap::new();
+        let mut value_word_lists: HashMap<ColumnKey, Vec<Vec<String>>> = HashMap::new();
         for (ti, table) in tables.iter().enumerate() {
             for (ci, column) in table.columns.iter().enumerate() {
                 let mut seen = HashSet::new();
+                let mut lists = Vec::new();
                 for value in values.values(&table.qualified_name(), &column.name) {
-                    for w in words(value) {
+                    let value_words_of = words(value);
+                    for w in &value_words_of {
                         if w.len() >= 3
                             && !w.chars().all(|c| c.is_ascii_digit())
                             && seen.insert(w.clone())
                         {
-                            value_words.entry(w).or_default().push((ti, ci));
+                            value_words.entry(w.clone()).or_default().push((ti, ci));
                         }
                     }
+                    lists.push(value_words_of);
+                }
+                if !lists.is_empty() {
+                    value_word_lists.insert((ti, ci), lists);
                 }
             }
         }
@@ -432,6 +442,7 @@ impl SchemaIndex {
             values,
             config,
             value_words,
+            value_word_lists,
             graph,
             table_embeddings: None,
             column_embeddings: None,
@@ -826,9 +837,16 @@ impl SchemaIndex {
                     let values = self.values.values(&qualified, &column.name);
                     // only values that matched a question word: they tell the
                     // model the exact spelling to filter on
+                    let lists = self.value_word_lists.get(&(ti, ci));
                     let shown: Vec<&String> = values
                         .iter()
-                        .filter(|v| words(v).iter().any(|w| q_set.contains(w.as_str())))
+                        .enumerate()
+                        .filter(|(vi, _)| {
+                            lists.and_then(|l| l.get(*vi)).is_some_and(|value_words| {
+                                value_words.iter().any(|w| q_set.contains(w.as_str()))
+                            })
+                        })
+                        .map(|(_, v)| v)
                         .take(self.config.sample_values)
                         .collect();
                     if !shown.is_empty() {

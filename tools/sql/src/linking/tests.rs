@@ -184,6 +184,14 @@ fn a_value_links_its_column_and_join_paths_are_added() {
         "{}",
         linked.context
     );
+    // only the sampled values holding a question word are shown
+    assert!(
+        linked.context.contains("'Watercolour on paper'")
+            && !linked.context.contains("John Constable")
+            && !linked.context.contains("Oil paint on canvas'"),
+        "{}",
+        linked.context
+    );
     assert!(linked.context_tokens < linked.full_tokens);
 }
 
