@@ -265,6 +265,18 @@ impl<'a> ReadOnly<'a> {
         &self,
         client: &'c mut ClientWrapper,
     ) -> Result<Transaction<'c>, tokio_postgres::Error> {
+        let (tx, settings) = self.start(client).await?;
+        tx.batch_execute(&settings).await?;
+        Ok(tx)
+    }
+
+    /// Starts the transaction (`READ ONLY`, at `isolation`) and returns it
+    /// with the settings to apply, with the current span's [`TraceTag`]
+    /// unless one was given.
+    async fn start<'c>(
+        &self,
+        client: &'c mut ClientWrapper,
+    ) -> Result<(Transaction<'c>, String), tokio_postgres::Error> {
         let mut builder = client.build_transaction().read_only(true);
         if let Some(isolation) = self.isolation {
             builder = builder.isolation_level(isolation);
@@ -275,8 +287,7 @@ impl<'a> ReadOnly<'a> {
         } else {
             *self
         };
-        tx.batch_execute(&guard.settings()).await?;
-        Ok(tx)
+        Ok((tx, guard.settings()))
     }
 
     /// As [`ReadOnly::begin`], and prepares `sql` in the same round trip as
@@ -296,17 +307,7 @@ impl<'a> ReadOnly<'a> {
         client: &'c mut ClientWrapper,
         sql: &str,
     ) -> Result<(Transaction<'c>, tokio_postgres::Statement), tokio_postgres::Error> {
-        let mut builder = client.build_transaction().read_only(true);
-        if let Some(isolation) = self.isolation {
-            builder = builder.isolation_level(isolation);
-        }
-        let tx = builder.start().await?;
-        let guard = if self.trace.is_none() {
-            self.trace(TraceTag::current())
-        } else {
-            *self
-        };
-        let settings = guard.settings();
+        let (tx, settings) = self.start(client).await?;
         // both requests are written before either answer is awaited
         let (set, prepared) = tokio::join!(tx.batch_execute(&settings), tx.prepare(sql));
         set?;
