@@ -152,11 +152,18 @@ impl AuditLog {
             .get()
             .await
             .map_err(|e| crate::pool_error_text(&e))?;
-        client
-            .execute(
+        // prepared once per connection (deadpool's statement cache)
+        let insert = client
+            .prepare_cached(
                 "INSERT INTO quarry.audit_log (tenant, subject, request_id, tool, action, outcome, \
                  sql, rows, bytes, duration_ms, detail) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .await
+            .map_err(|e| error_text(&e))?;
+        client
+            .execute(
+                &insert,
                 &[
                     &e.tenant,
                     &e.subject,

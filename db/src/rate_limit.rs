@@ -75,8 +75,10 @@ pub async fn admit(pool: &Pool, bucket: &str, quota: Gcra) -> Result<Result<(), 
     let client = pool.get().await?;
     let interval = quota.interval.as_secs_f64();
     let tolerance = quota.tolerance().as_secs_f64();
+    // prepared once per connection (deadpool's statement cache)
+    let admit = client.prepare_cached(ADMIT).await?;
     let row = client
-        .query_opt(ADMIT, &[&bucket, &interval, &tolerance])
+        .query_opt(&admit, &[&bucket, &interval, &tolerance])
         .await?;
     Ok(match row {
         Some(row) if row.get::<_, bool>(0) => Ok(()),

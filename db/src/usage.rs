@@ -108,6 +108,22 @@ pub struct UsageLedger {
 const COLUMNS: &str = "requests, asks, model_calls, prompt_tokens, completion_tokens, cost_usd, rows, bytes, \
      cached_prompt_tokens";
 
+/// The upsert adding one charge to a tenant's day (`$1` tenant, `$2`…`$10`
+/// the [`COLUMNS`] in order, `$7` in USD as `float8`).
+static CHARGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let updates = COLUMNS
+        .split(", ")
+        .map(|c| format!("{c} = usage_daily.{c} + EXCLUDED.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO quarry.usage_daily (tenant, day, {COLUMNS}) \
+         VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3, $4, $5, $6, \
+         $7::float8::numeric, $8, $9, $10) \
+         ON CONFLICT (tenant, day) DO UPDATE SET {updates}"
+    )
+});
+
 impl UsageLedger {
     /// A ledger on `pool` (the database holding the `quarry` schema).
     pub fn new(pool: Pool) -> Self {
@@ -136,19 +152,15 @@ impl UsageLedger {
     ) -> Result<(), String> {
         let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
         let a = amounts;
-        let updates = COLUMNS
-            .split(", ")
-            .map(|c| format!("{c} = usage_daily.{c} + EXCLUDED.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         let tx = client.transaction().await.map_err(|e| error_text(&e))?;
+        // prepared once per connection (deadpool's statement cache): parsed
+        // and planned once, not on every Ask
+        let charge = tx
+            .prepare_cached(&CHARGE)
+            .await
+            .map_err(|e| error_text(&e))?;
         tx.execute(
-            &format!(
-                "INSERT INTO quarry.usage_daily (tenant, day, {COLUMNS}) \
-                 VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3, $4, $5, $6, \
-                 $7::float8::numeric, $8, $9, $10) \
-                 ON CONFLICT (tenant, day) DO UPDATE SET {updates}"
-            ),
+            &charge,
             &[
                 &tenant,
                 &a.requests,
@@ -165,12 +177,13 @@ impl UsageLedger {
         .await
         .map_err(|e| error_text(&e))?;
         if let Some(hold) = hold {
-            tx.execute(
-                "DELETE FROM quarry.budget_holds WHERE hold_id = $1",
-                &[&hold],
-            )
-            .await
-            .map_err(|e| error_text(&e))?;
+            let release = tx
+                .prepare_cached("DELETE FROM quarry.budget_holds WHERE hold_id = $1")
+                .await
+                .map_err(|e| error_text(&e))?;
+            tx.execute(&release, &[&hold])
+                .await
+                .map_err(|e| error_text(&e))?;
         }
         tx.commit().await.map_err(|e| error_text(&e))?;
         Ok(())
@@ -239,9 +252,13 @@ impl UsageLedger {
     ) -> Result<(bool, Spent), String> {
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
         let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let admit = client
+            .prepare_cached("SELECT * FROM quarry.budget_admit($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            .await
+            .map_err(|e| error_text(&e))?;
         let row = client
             .query_one(
-                "SELECT * FROM quarry.budget_admit($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &admit,
                 &[
                     &tenant,
                     &hold,

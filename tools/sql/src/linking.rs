@@ -320,9 +320,12 @@ pub struct SchemaIndex {
     config: LinkingConfig,
     /// Value word → columns whose values contain it.
     value_words: HashMap<String, Vec<ColumnKey>>,
-    /// The [`words`] of each sampled value of a column, in the order of
-    /// [`ValueIndex::values`] (split once here, not on every question).
-    value_word_lists: HashMap<ColumnKey, Vec<Vec<String>>>,
+    /// Per column, each [`words`] of its sampled values → the positions
+    /// (ascending, in the order of [`ValueIndex::values`]) of the values
+    /// holding it: an inverted list built once here, so choosing the sample
+    /// values that match a question looks up the question's words instead
+    /// of scanning up to `value_index_max_distinct` values per question.
+    value_postings: HashMap<ColumnKey, HashMap<String, Vec<u32>>>,
     /// Undirected foreign-key adjacency between table indexes.
     graph: Vec<BTreeSet<usize>>,
     table_embeddings: Option<Vec<Vec<f32>>>,
@@ -412,27 +415,32 @@ impl SchemaIndex {
             }
         }
         let mut value_words: HashMap<String, Vec<ColumnKey>> = HashMap::new();
-        let mut value_word_lists: HashMap<ColumnKey, Vec<Vec<String>>> = HashMap::new();
+        let mut value_postings: HashMap<ColumnKey, HashMap<String, Vec<u32>>> = HashMap::new();
         for (ti, table) in tables.iter().enumerate() {
             for (ci, column) in table.columns.iter().enumerate() {
-                let mut seen = HashSet::new();
-                let mut lists = Vec::new();
-                for value in values.values(&table.qualified_name(), &column.name) {
-                    let value_words_of = words(value);
-                    for w in &value_words_of {
-                        if w.len() >= 3
-                            && !w.chars().all(|c| c.is_ascii_digit())
-                            && seen.insert(w.clone())
-                        {
-                            value_words.entry(w.clone()).or_default().push((ti, ci));
+                let mut postings: HashMap<String, Vec<u32>> = HashMap::new();
+                let sampled = values.values(&table.qualified_name(), &column.name);
+                for (vi, value) in (0u32..).zip(sampled) {
+                    for w in words(value) {
+                        let positions = postings.entry(w).or_default();
+                        if positions.last() != Some(&vi) {
+                            positions.push(vi);
                         }
                     }
-                    lists.push(value_words_of);
                 }
-                if !lists.is_empty() {
-                    value_word_lists.insert((ti, ci), lists);
+                for w in postings.keys() {
+                    if w.len() >= 3 && !w.chars().all(|c| c.is_ascii_digit()) {
+                        value_words.entry(w.clone()).or_default().push((ti, ci));
+                    }
+                }
+                if !postings.is_empty() {
+                    value_postings.insert((ti, ci), postings);
                 }
             }
+        }
+        // a word's columns in catalog order, whatever the map's order was
+        for columns in value_words.values_mut() {
+            columns.sort_unstable();
         }
         let full_context = compact_description(&tables);
         let semantic = ResolvedLayer::default();
@@ -442,7 +450,7 @@ impl SchemaIndex {
             values,
             config,
             value_words,
-            value_word_lists,
+            value_postings,
             graph,
             table_embeddings: None,
             column_embeddings: None,
@@ -837,16 +845,23 @@ impl SchemaIndex {
                     let values = self.values.values(&qualified, &column.name);
                     // only values that matched a question word: they tell the
                     // model the exact spelling to filter on
-                    let lists = self.value_word_lists.get(&(ti, ci));
-                    let shown: Vec<&String> = values
-                        .iter()
-                        .enumerate()
-                        .filter(|(vi, _)| {
-                            lists.and_then(|l| l.get(*vi)).is_some_and(|value_words| {
-                                value_words.iter().any(|w| q_set.contains(w.as_str()))
-                            })
+                    let mut positions: Vec<u32> = self
+                        .value_postings
+                        .get(&(ti, ci))
+                        .map(|postings| {
+                            q_set
+                                .iter()
+                                .filter_map(|w| postings.get(*w))
+                                .flat_map(|p| p.iter().take(self.config.sample_values))
+                                .copied()
+                                .collect()
                         })
-                        .map(|(_, v)| v)
+                        .unwrap_or_default();
+                    positions.sort_unstable();
+                    positions.dedup();
+                    let shown: Vec<&String> = positions
+                        .iter()
+                        .filter_map(|&vi| values.get(vi as usize))
                         .take(self.config.sample_values)
                         .collect();
                     if !shown.is_empty() {
