@@ -163,6 +163,16 @@ pub async fn serve_with_metrics(
     let sql_service = if roles.has(Role::Sql) {
         let sources =
             sql_sources_with(&config, &pools, models.sql_models(), embedder.clone()).await?;
+        // each result cache's change-notice listener restarts itself; its
+        // state shows in the background-task metrics (group `cache`: while
+        // it is down the cache is bypassed and SQL still serves)
+        for (name, tool) in sources.all() {
+            if let Some(cache) = tool.result_cache() {
+                cache.versions().report_to(
+                    supervisor.register(&format!("result-cache-listener-{name}"), "cache"),
+                );
+            }
+        }
         let mut grpc = SqlGrpc::with_sources(sources);
         if let Some(budgets) = &budgets {
             grpc = grpc.with_budget(Arc::new(crate::limits::SqlBudgets(Arc::clone(budgets))));

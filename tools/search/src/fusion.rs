@@ -3,7 +3,7 @@
 //! SIGIR 2009): `score(d) = Σ_r w_r / (rrf_k + rank_r(d))` over the
 //! retrievers `r` that ranked `d`, ranks 1-based; the paper's `rrf_k` is 60.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The `k` of the paper ([`fuse`]'s `rrf_k` default).
 pub const DEFAULT_RRF_K: f64 = 60.0;
@@ -104,6 +104,67 @@ pub fn fuse(
     hits
 }
 
+/// Hybrid order over a partly embedded collection (Quarry's rule, issue
+/// 18): `fused` (best first, from [`fuse`] over `bm25` and the vector
+/// list) reordered so that every BM25 candidate without a vector (a key of
+/// `bm25` not in `embedded`) keeps its BM25 position, and the other hits —
+/// the embedded BM25 candidates and the vector-only hits, which are
+/// embedded by definition — fill the remaining positions in fused order;
+/// what is left of them follows. Fusion then reorders only the documents
+/// the vector side could see, among themselves: a document it could not
+/// see is neither pushed down by vector-only hits nor lifted above its
+/// BM25 place. (Coverage weighting alone did not hold hybrid at BM25's
+/// level: on SciFact with 10 % embedded, nDCG@10 hybrid 0.622 against BM25
+/// 0.686.) Scores are reassigned by position — the i-th hit gets the i-th
+/// highest fused score — so they still descend; each hit keeps its own
+/// [`FusedHit::bm25`] and [`FusedHit::vector`]. With every BM25 candidate
+/// embedded this returns `fused` unchanged.
+pub fn keep_unembedded_in_place(
+    fused: Vec<FusedHit>,
+    bm25: &[(String, f64)],
+    embedded: &HashSet<String>,
+) -> Vec<FusedHit> {
+    let mut seen: HashSet<&str> = HashSet::new();
+    let order: Vec<&str> = bm25
+        .iter()
+        .map(|(key, _)| key.as_str())
+        .filter(|key| seen.insert(key))
+        .collect();
+    let fixed: HashSet<&str> = order
+        .iter()
+        .copied()
+        .filter(|key| !embedded.contains(*key))
+        .collect();
+    if fixed.is_empty() {
+        return fused;
+    }
+    let scores: Vec<f64> = fused.iter().map(|h| h.score).collect();
+    let mut pinned: HashMap<String, FusedHit> = HashMap::new();
+    let mut free = Vec::new();
+    for hit in fused {
+        if fixed.contains(hit.key.as_str()) {
+            pinned.insert(hit.key.clone(), hit);
+        } else {
+            free.push(hit);
+        }
+    }
+    let mut free = free.into_iter();
+    let mut out = Vec::with_capacity(scores.len());
+    for key in order {
+        let next = if fixed.contains(key) {
+            pinned.remove(key)
+        } else {
+            free.next()
+        };
+        out.extend(next);
+    }
+    out.extend(free);
+    for (hit, score) in out.iter_mut().zip(scores) {
+        hit.score = score;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +237,43 @@ mod tests {
         assert!((super::coverage_weight(0.7, 1_000, 1_000) - 0.7).abs() < 1e-12);
         assert!((super::coverage_weight(0.7, 0, 0) - 0.7).abs() < 1e-12);
         assert!((super::coverage_weight(1.0, 10, 20) - 1.0).abs() < 1e-12);
+    }
+
+    fn keys(hits: &[FusedHit]) -> Vec<&str> {
+        hits.iter().map(|h| h.key.as_str()).collect()
+    }
+
+    #[test]
+    fn unembedded_bm25_candidates_keep_their_places_and_the_rest_reorder_among_themselves() {
+        // b1, b3 have no vector; b2, b4 have; v1, v2 only the vector side found
+        let bm25 = list(&["b1", "b2", "b3", "b4"]);
+        let vector = list(&["b4", "v1", "b2", "v2"]);
+        let embedded: HashSet<String> = ["b2", "b4", "v1", "v2"].map(String::from).into();
+        let fused = fuse(&bm25, &vector, 1.0, 1.0, DEFAULT_RRF_K);
+        // plain fusion lifts the embedded ones over b1 and b3
+        assert_eq!(keys(&fused), ["b4", "b2", "b1", "v1", "b3", "v2"]);
+        let scores: Vec<f64> = fused.iter().map(|h| h.score).collect();
+        let kept = keep_unembedded_in_place(fused, &bm25, &embedded);
+        // b1 and b3 stay 1st and 3rd; b4, b2, v1, v2 fill the rest in fused order
+        assert_eq!(keys(&kept), ["b1", "b4", "b3", "b2", "v1", "v2"]);
+        let kept_scores: Vec<f64> = kept.iter().map(|h| h.score).collect();
+        assert_eq!(kept_scores, scores, "scores descend by position");
+        assert_eq!(kept[0].bm25.map(|s| s.rank), Some(1));
+        assert_eq!(kept[0].vector, None);
+    }
+
+    #[test]
+    fn with_every_candidate_embedded_the_fused_order_stands() {
+        let bm25 = list(&["a", "b", "c"]);
+        let vector = list(&["c", "d"]);
+        let embedded: HashSet<String> = ["a", "b", "c", "d"].map(String::from).into();
+        let fused = fuse(&bm25, &vector, 1.0, 1.0, DEFAULT_RRF_K);
+        assert_eq!(
+            keep_unembedded_in_place(fused.clone(), &bm25, &embedded),
+            fused
+        );
+        // nothing embedded: BM25's order
+        let none = keep_unembedded_in_place(fused, &bm25, &HashSet::new());
+        assert_eq!(keys(&none), ["a", "b", "c", "d"]);
     }
 }

@@ -45,7 +45,9 @@ use crate::collection::{Collection, CollectionConfig, FilterType, filter_column,
 use crate::ddl::ensure_sidecar;
 use crate::error::{Result, SearchError};
 use crate::filter::{CheckedFilter, Filter, MAX_DEPTH};
-use crate::fusion::{DEFAULT_RRF_K, RetrieverScore, coverage_weight, fuse};
+use crate::fusion::{
+    DEFAULT_RRF_K, RetrieverScore, coverage_weight, fuse, keep_unembedded_in_place,
+};
 use crate::index::{CollectionIndex, MAX_QUERY_BYTES, analyse, follow};
 use crate::vector::{self, VectorOptions};
 use quarry_db::quote_ident;
@@ -465,6 +467,25 @@ impl SearchTool {
     /// instead, over the `_pending` partial index, reads far less, but a
     /// pending count taken before the sync has written the sidecar reads 0
     /// and would report every document embedded for [`COUNT_TTL`].)
+    /// The keys of `hits` that have a vector now (one query on the
+    /// collection's sidecar, by primary key).
+    async fn embedded_keys(
+        &self,
+        entry: &Entry,
+        hits: &[(String, f64)],
+    ) -> Result<std::collections::HashSet<String>> {
+        let keys: Vec<&str> = hits.iter().map(|(key, _)| key.as_str()).collect();
+        let client = quarry_db::checkout(&self.pool, "search").await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT key FROM {} WHERE key = ANY($1) AND embedded AND NOT deleted",
+                entry.collection.docs_table()
+            ))
+            .await?;
+        let rows = client.query(&statement, &[&keys]).await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
     async fn counts(&self, entry: &Entry) -> Result<(u64, u64)> {
         use std::sync::atomic::Ordering;
         let documents = entry.index.num_docs();
@@ -810,13 +831,22 @@ impl SearchTool {
         // the vector side speaks for the embedded share of the collection
         let vector_weight =
             coverage_weight(self.config.vector_weight, documents, embedded_documents);
-        let fused = fuse(
+        let mut fused = fuse(
             &bm25,
             &vector,
             self.config.bm25_weight,
             vector_weight,
             self.config.rrf_k,
         );
+        // partly embedded: BM25 candidates without a vector keep their place
+        if mode == Mode::Hybrid
+            && embedded_documents < documents
+            && !bm25.is_empty()
+            && !vector.is_empty()
+        {
+            let embedded = self.embedded_keys(entry, &bm25).await?;
+            fused = keep_unembedded_in_place(fused, &bm25, &embedded);
+        }
         let mut hits: Vec<Hit> = fused
             .into_iter()
             .map(|h| Hit {

@@ -517,6 +517,8 @@ struct Relation {
 struct State {
     /// Change notices are being received.
     live: bool,
+    /// Why notices stopped, until they resume.
+    failure: Option<String>,
     /// Bumped whenever notices stop or resume: entries of another
     /// generation are never served.
     generation: u64,
@@ -612,6 +614,9 @@ pub struct DataVersions {
     config: CacheConfig,
     /// Woken when the state changes (tests wait on it).
     changed: tokio::sync::Notify,
+    /// Where the listener reports its state (health and metrics), once
+    /// [`DataVersions::report_to`] has been called.
+    reporter: std::sync::OnceLock<quarry_db::supervisor::TaskHandle>,
 }
 
 impl DataVersions {
@@ -624,7 +629,29 @@ impl DataVersions {
             schemas: schemas.to_vec(),
             config: config.clone(),
             changed: tokio::sync::Notify::new(),
+            reporter: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Reports the listener's state through `handle` from now on: a lost
+    /// or refused connection as a failure (the task restarting, with the
+    /// error), receiving notices again as running. The current state is
+    /// reported at once. Only the first handle is kept.
+    pub fn report_to(&self, handle: quarry_db::supervisor::TaskHandle) {
+        let failure = self.read().failure.clone();
+        if self.reporter.set(handle).is_ok()
+            && let (Some(error), Some(handle)) = (failure, self.reporter.get())
+        {
+            handle.failed(&error);
+        }
+    }
+
+    /// The listener lost its connection or could not open one.
+    fn failed(&self, error: String) {
+        if let Some(handle) = self.reporter.get() {
+            handle.failed(&error);
+        }
+        self.write().failure = Some(error);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -684,9 +711,13 @@ impl DataVersions {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.listen().await {
-                Ok(()) => delay = Duration::from_millis(100),
+                Ok(()) => {
+                    delay = Duration::from_millis(100);
+                    self.failed("the listener's connection closed".to_owned());
+                }
                 Err(error) => {
                     warn!(%error, "result cache: change notices lost; bypassing the cache");
+                    self.failed(quarry_db::PgError(error).to_string());
                 }
             }
             self.set_dark();
@@ -727,6 +758,11 @@ impl DataVersions {
             state.apply(scan);
             state.generation += 1;
             state.live = true;
+            state.failure = None;
+            // reported before anyone can see the state live
+            if let Some(handle) = self.reporter.get() {
+                handle.running();
+            }
             let covered = state.by_oid.len();
             drop(state);
             info!(

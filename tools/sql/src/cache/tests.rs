@@ -7,6 +7,7 @@ use quarry_db::testing::TestDb;
 use super::*;
 use crate::service::{SqlModels, SqlTool, SqlToolConfig};
 use crate::{Cell, ValidationPolicy, validate};
+use quarry_db::supervisor::TaskStatus;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -312,6 +313,11 @@ async fn views_and_volatile_functions_are_not_cached() {
 async fn without_change_notices_the_cache_is_bypassed_until_they_resume() {
     let shop = Shop::create().await;
     let (tool, versions, listener) = shop.tool().await;
+    // the listener reports to health and metrics as a background task
+    let supervisor = quarry_db::supervisor::Supervisor::new();
+    versions.report_to(supervisor.register("result-cache-listener", "cache"));
+    let task = || supervisor.tasks()["result-cache-listener"].clone();
+    assert_eq!(task().status, TaskStatus::Running);
     let ops = operator("a");
     let sql = "SELECT name FROM shop.items ORDER BY name";
     assert_eq!(
@@ -333,6 +339,9 @@ async fn without_change_notices_the_cache_is_bypassed_until_they_resume() {
         versions.wait_until(WAIT, |v| !v.is_live()).await,
         "the drop is noticed"
     );
+    let down = task();
+    assert_eq!(down.status, TaskStatus::Restarting, "{down:?}");
+    assert!(down.last_error.is_some(), "{down:?}");
     // a change while nobody listens
     shop.exec("INSERT INTO shop.items VALUES ('a', 'ops', 'unseen')")
         .await;
@@ -343,6 +352,9 @@ async fn without_change_notices_the_cache_is_bypassed_until_they_resume() {
         versions.wait_until(WAIT, DataVersions::is_live).await,
         "it reconnects"
     );
+    let up = task();
+    assert_eq!(up.status, TaskStatus::Running, "{up:?}");
+    assert!(up.restarts >= 1, "{up:?}");
     let back = tool.execute(&ops, sql, 0).await.unwrap();
     assert_eq!(
         back.cache,
