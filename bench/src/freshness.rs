@@ -15,6 +15,14 @@
 //! a client would see: trigger, outbox, `NOTIFY`, the sync's transaction,
 //! the follower's catch-up and reader reload, with at most
 //! [`POLL_INTERVAL`] plus one search of polling granularity.
+//!
+//! Beside it, the SQL result cache's invalidation (issue 18 item 2): a
+//! [`DataVersions`] listener on the same database, as `quarry serve` runs
+//! one per source with `[cache] enabled`; for each change, statement sent
+//! → the table's data version bumped (the moment no cached result that
+//! read it can be served again), woken by the listener itself, no polling.
+//! The notice can arrive before the writer sees its commit acknowledged,
+//! so this is timed from the send: an upper bound of commit → invalidated.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +32,7 @@ use anyhow::Context as _;
 use quarry_search::collection::{Collection, CollectionConfig};
 use quarry_search::{Mode, SearchConfig, SearchRequest, SearchTool};
 use quarry_search_sync::{Freshness, SyncConfig, Syncer};
+use quarry_sql::cache::{CacheConfig, DataVersions};
 use tokio_util::sync::CancellationToken;
 
 use super::{Latencies, LatencySummary, progress, round3};
@@ -68,6 +77,11 @@ pub struct FreshnessReport {
     pub timed_out: usize,
     /// The sync's own part: statement → sidecar commit (server clock).
     pub sidecar: Freshness,
+    /// Statement sent → the result cache's data version of the table
+    /// bumped (an upper bound of commit → invalidated).
+    pub sent_to_cache_invalidated: LatencySummary,
+    /// Changes whose invalidation was not seen within the timeout.
+    pub cache_timed_out: usize,
 }
 
 fn collection_config() -> anyhow::Result<CollectionConfig> {
@@ -139,7 +153,30 @@ pub async fn run_freshness_bench(options: &FreshnessOptions) -> anyhow::Result<F
         tokio::spawn(async move { syncer.run(stop.cancelled_owned()).await })
     };
     let follower = tool.spawn_follower(stop.clone().cancelled_owned());
-    let result = measure(options, &syncer, &tool).await;
+    // the result cache's change-notice listener, as `quarry serve` runs it
+    let versions = DataVersions::new(
+        &options.database_url,
+        &["quarry_bench".to_owned()],
+        &CacheConfig {
+            enabled: true,
+            ..CacheConfig::default()
+        },
+    );
+    let listener = tokio::spawn(Arc::clone(&versions).run());
+    let result = if versions
+        .wait_until(Duration::from_secs(30), |v| {
+            v.is_live() && v.version_of("quarry_bench", "fresh").is_some()
+        })
+        .await
+    {
+        measure(options, &syncer, &tool, &versions).await
+    } else {
+        Err(anyhow::anyhow!(
+            "the result cache's listener did not cover quarry_bench.fresh within 30 s \
+             (is migration V14 applied? run `quarry migrate`)"
+        ))
+    };
+    listener.abort();
     stop.cancel();
     let _ = follower.await;
     match sync_task.await {
@@ -153,6 +190,7 @@ async fn measure(
     options: &FreshnessOptions,
     syncer: &Syncer,
     tool: &SearchTool,
+    versions: &Arc<DataVersions>,
 ) -> anyhow::Result<FreshnessReport> {
     progress(options.progress, "waiting for the backfill and the index");
     let started = Instant::now();
@@ -199,13 +237,22 @@ async fn measure(
     let changes = options.changes;
     let seed_rows = options.seed_rows.max(1);
     let period = Duration::from_secs_f64(1.0 / options.rate.max(0.001));
+    let versions = Arc::clone(versions);
+    let timeout = options.timeout;
     let writer_task = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut invalidated = Latencies::new()?;
+        let mut invalidation_timed_out = 0usize;
         for i in 0..changes {
             ticks.tick().await;
             let word = format!("fresh{run}n{i}");
             let n = i64::try_from(i).unwrap_or(i64::MAX);
+            let before = versions.version_of("quarry_bench", "fresh");
+            // the notice can reach the listener before the writer sees its
+            // commit acknowledged: timed from the statement's send, an
+            // upper bound of commit → invalidated
+            let sent = Instant::now();
             if i % 2 == 0 {
                 writer
                     .execute(&insert, &[&(seed_rows + 1 + n), &format!("new {word}")])
@@ -215,11 +262,20 @@ async fn measure(
                     .execute(&update, &[&(1 + n % seed_rows), &format!("updated {word}")])
                     .await?;
             }
-            if sender.send((word, Instant::now())).is_err() {
+            let committed = Instant::now();
+            if sender.send((word, committed)).is_err() {
                 break;
             }
+            let bumped = versions
+                .wait_until(timeout, |v| v.version_of("quarry_bench", "fresh") > before)
+                .await;
+            if bumped {
+                invalidated.record(sent.elapsed());
+            } else {
+                invalidation_timed_out += 1;
+            }
         }
-        Ok::<_, tokio_postgres::Error>(())
+        anyhow::Ok((invalidated.summary(), invalidation_timed_out))
     });
 
     let mut latencies = Latencies::new()?;
@@ -263,7 +319,8 @@ async fn measure(
         pending = still;
         tokio::time::sleep(POLL_INTERVAL).await;
     }
-    writer_task.await?.context("committing a change")?;
+    let (sent_to_cache_invalidated, cache_timed_out) =
+        writer_task.await?.context("committing a change")?;
     let _ = connection.await;
     Ok(FreshnessReport {
         changes,
@@ -271,6 +328,8 @@ async fn measure(
         commit_to_searchable: latencies.summary(),
         timed_out,
         sidecar: syncer.freshness(),
+        sent_to_cache_invalidated,
+        cache_timed_out,
     })
 }
 
@@ -282,7 +341,8 @@ impl FreshnessReport {
         format!(
             "{} single-row changes at {}/s (half INSERT, half UPDATE), bm25-searchable: {} (timed out: {})\n\
              commit → searchable: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms, mean {:.1} ms\n\
-             of which statement → sidecar (sync, server clock, {} changes): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
+             of which statement → sidecar (sync, server clock, {} changes): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
+             statement sent → SQL result cache invalidated ({} changes, timed out: {}): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n",
             self.changes,
             self.rate,
             l.count,
@@ -296,6 +356,11 @@ impl FreshnessReport {
             ms(self.sidecar.p50),
             ms(self.sidecar.p99),
             ms(self.sidecar.max),
+            self.sent_to_cache_invalidated.count,
+            self.cache_timed_out,
+            self.sent_to_cache_invalidated.p50_ms,
+            self.sent_to_cache_invalidated.p99_ms,
+            self.sent_to_cache_invalidated.max_ms,
         )
     }
 
@@ -314,6 +379,8 @@ impl FreshnessReport {
                 "p99_ms": ms(self.sidecar.p99),
                 "max_ms": ms(self.sidecar.max),
             },
+            "sent_to_cache_invalidated": self.sent_to_cache_invalidated.to_json(),
+            "cache_timed_out": self.cache_timed_out,
         })
     }
 }
