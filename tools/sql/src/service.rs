@@ -622,23 +622,26 @@ impl SqlTool {
             }
             Ok(_) | Err(_) => detail,
         };
-        self.audit
-            .record(AuditEntry {
-                sql: Some(query.sql()),
-                rows,
-                bytes,
-                duration_ms: Some(started.elapsed().as_secs_f64() * 1e3),
-                detail,
-                ..audit_entry(caller, action, outcome)
-            })
-            .await;
         let amounts = UsageAmounts {
             requests: 1,
             rows: rows.unwrap_or(0),
             bytes: bytes.unwrap_or(0),
             ..UsageAmounts::default()
         };
-        if let Err(error) = self.usage.charge(&caller.principal.tenant, &amounts).await {
+        // both stored before the result is returned; independent, so at once
+        // (two commits in parallel, not one after the other)
+        let ((), charged) = tokio::join!(
+            self.audit.record(AuditEntry {
+                sql: Some(query.sql()),
+                rows,
+                bytes,
+                duration_ms: Some(started.elapsed().as_secs_f64() * 1e3),
+                detail,
+                ..audit_entry(caller, action, outcome)
+            }),
+            self.usage.charge(&caller.principal.tenant, &amounts),
+        );
+        if let Err(error) = charged {
             warn!(tenant = %caller.principal.tenant, %error, "could not charge the tenant's usage");
         }
         result
