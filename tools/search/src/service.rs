@@ -29,7 +29,7 @@
 //! vector and hybrid modes work even when no embedder is configured, as long
 //! as the collection has recorded vectors of that dimension.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -459,21 +459,13 @@ impl SearchTool {
             })
     }
 
-    /// Documents (the index's count) and embedded documents. The embedded
-    /// count is a `count(*)` over the sidecar: taken synchronously only the
-    /// first time; afterwards a stale value (older than [`COUNT_TTL`]) is
-    /// returned at once while one background task recounts, so a search never
-    /// waits on a full scan of a large collection. (Counting the pending rows
-    /// instead, over the `_pending` partial index, reads far less, but a
-    /// pending count taken before the sync has written the sidecar reads 0
-    /// and would report every document embedded for [`COUNT_TTL`].)
     /// The keys of `hits` that have a vector now (one query on the
     /// collection's sidecar, by primary key).
     async fn embedded_keys(
         &self,
         entry: &Entry,
         hits: &[(String, f64)],
-    ) -> Result<std::collections::HashSet<String>> {
+    ) -> Result<HashSet<String>> {
         let keys: Vec<&str> = hits.iter().map(|(key, _)| key.as_str()).collect();
         let client = quarry_db::checkout(&self.pool, "search").await?;
         let statement = client
@@ -486,6 +478,14 @@ impl SearchTool {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
+    /// Documents (the index's count) and embedded documents. The embedded
+    /// count is a `count(*)` over the sidecar: taken synchronously only the
+    /// first time; afterwards a stale value (older than [`COUNT_TTL`]) is
+    /// returned at once while one background task recounts, so a search never
+    /// waits on a full scan of a large collection. (Counting the pending rows
+    /// instead, over the `_pending` partial index, reads far less, but a
+    /// pending count taken before the sync has written the sidecar reads 0
+    /// and would report every document embedded for [`COUNT_TTL`].)
     async fn counts(&self, entry: &Entry) -> Result<(u64, u64)> {
         use std::sync::atomic::Ordering;
         let documents = entry.index.num_docs();

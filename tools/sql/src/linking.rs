@@ -438,10 +438,7 @@ impl SchemaIndex {
                 }
             }
         }
-        // a word's columns in catalog order, whatever the map's order was
-        for columns in value_words.values_mut() {
-            columns.sort_unstable();
-        }
+        // each word's columns are in catalog order: columns are visited in order
         let full_context = compact_description(&tables);
         let semantic = ResolvedLayer::default();
         let lexicon = Lexicon::new(&tables, &semantic);
