@@ -54,12 +54,12 @@ fn request_bytes(model: &ScriptedServer) -> Vec<usize> {
 #[tokio::test]
 async fn a_table_left_out_of_the_context_is_looked_up_with_describe_tables_and_answered() {
     let model = ScriptedServer::start(vec![
-        ScriptedTurn::tool_call("describe_tables", r#"{"tables": ["tate.movements"]}"#),
+        ScriptedTurn::tool_call("describe_tables", r#"{"tables": ["tate.subjects"]}"#),
         ScriptedTurn::tool_call(
             "query_database",
-            r#"{"sql": "SELECT count(*) AS movements FROM tate.movements"}"#,
+            r#"{"sql": "SELECT count(*) AS subjects FROM tate.subjects"}"#,
         ),
-        ScriptedTurn::text("The collection knows of that many art movements."),
+        ScriptedTurn::text("The collection knows of that many subjects."),
     ])
     .await;
     let server = TestServer::with_model(&model, "").await;
@@ -68,16 +68,16 @@ async fn a_table_left_out_of_the_context_is_looked_up_with_describe_tables_and_a
         .unwrap();
     assert_eq!(final_answer(&events).status, AnswerStatus::Answered as i32);
 
-    // the first context is about artworks and leaves movements out
+    // the first context is about artworks and leaves subjects out
     let first = system(&model, 0);
     let context = schema_context(&first);
     assert!(context.contains("tate.artworks("), "{context}");
-    assert!(!context.contains("tate.movements("), "{context}");
+    assert!(!context.contains("tate.subjects("), "{context}");
     // the second request holds what the model looked up
     let looked_up = tool_messages(&model, 1);
     assert_eq!(looked_up.len(), 1, "{looked_up:?}");
     assert!(
-        looked_up[0].contains("tate.movements(id int PK") && looked_up[0].contains(", name text"),
+        looked_up[0].contains("tate.subjects(id int PK") && looked_up[0].contains(", name text"),
         "{looked_up:?}"
     );
     // and the count it then asked for is the database's
@@ -86,13 +86,13 @@ async fn a_table_left_out_of_the_context_is_looked_up_with_describe_tables_and_a
         panic!("a schema outcome: {:?}", results[0])
     };
     assert_eq!(described.tables.len(), 1);
-    assert_eq!(described.tables[0].name, "movements");
+    assert_eq!(described.tables[0].name, "subjects");
     let count = int_cell(&results[1]);
     let response = server
         .sql()
         .execute_sql(authed(
             ExecuteSqlRequest {
-                sql: "SELECT count(*) FROM tate.movements".into(),
+                sql: "SELECT count(*) FROM tate.subjects".into(),
                 ..Default::default()
             },
             &token("t1"),
@@ -105,7 +105,7 @@ async fn a_table_left_out_of_the_context_is_looked_up_with_describe_tables_and_a
         ref other => panic!("an integer count: {other:?}"),
     };
     assert_eq!(count, sql_count);
-    assert!(count > 0, "the slice has movements");
+    assert!(count > 0, "the slice has subjects");
     println!("prompt bytes per call: {:?}", request_bytes(&model));
     println!(
         "FIRST {}",

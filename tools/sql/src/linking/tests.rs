@@ -401,3 +401,144 @@ fn spider_table_recall_from_schema_alone() {
     assert!(recall >= 0.93, "table recall {recall:.3}");
     assert!(share <= 0.40, "context share {share:.3}");
 }
+
+/// Spider's `pets_1`/`concert_singer` shapes: link tables named after the
+/// tables they join, columns named after their table.
+fn singers_and_pets() -> SchemaIndex {
+    let tables = vec![
+        table(
+            "singer",
+            vec![
+                col("singer_id", "integer", ""),
+                col("name", "text", ""),
+                col("song_name", "text", ""),
+                col("age", "integer", ""),
+            ],
+            &["singer_id"],
+            vec![],
+            "",
+        ),
+        table(
+            "concert",
+            vec![
+                col("concert_id", "integer", ""),
+                col("concert_name", "text", ""),
+                col("theme", "text", ""),
+            ],
+            &["concert_id"],
+            vec![],
+            "",
+        ),
+        table(
+            "singer_in_concert",
+            vec![
+                col("concert_id", "integer", ""),
+                col("singer_id", "integer", ""),
+            ],
+            &["concert_id", "singer_id"],
+            vec![
+                fk(&["concert_id"], "concert", &["concert_id"]),
+                fk(&["singer_id"], "singer", &["singer_id"]),
+            ],
+            "",
+        ),
+        table(
+            "pets",
+            vec![
+                col("pet_id", "integer", ""),
+                col("pet_type", "text", "pet type"),
+                col("pet_age", "integer", "pet age"),
+                col("weight", "numeric", ""),
+            ],
+            &["pet_id"],
+            vec![],
+            "",
+        ),
+        table(
+            "stadium",
+            vec![
+                col("id", "integer", ""),
+                col("location", "text", ""),
+                col("capacity", "integer", ""),
+                col("opened", "integer", ""),
+            ],
+            &["id"],
+            vec![],
+            "",
+        ),
+    ];
+    SchemaIndex::new(tables, ValueIndex::new(), LinkingConfig::default())
+}
+
+fn linked_columns(linked: &LinkedSchema) -> HashSet<(&str, &str)> {
+    linked
+        .columns
+        .iter()
+        .map(|(t, c)| (t.as_str(), c.as_str()))
+        .collect()
+}
+
+#[test]
+fn a_tables_own_name_words_do_not_link_its_columns() {
+    let index = singers_and_pets();
+    // "pets" names the table; it says nothing about pet_age or pet_type
+    // (by name or by comment)
+    let linked = index.link("How many pets have a weight above 10?", None);
+    let columns = linked_columns(&linked);
+    assert!(columns.contains(&("tate.pets", "weight")), "{columns:?}");
+    assert!(!columns.contains(&("tate.pets", "pet_age")), "{columns:?}");
+    assert!(!columns.contains(&("tate.pets", "pet_type")), "{columns:?}");
+    // the column's own word still links it
+    let linked = index.link("What is the average age of the pets?", None);
+    assert!(linked_columns(&linked).contains(&("tate.pets", "pet_age")));
+}
+
+#[test]
+fn a_table_named_in_full_explains_its_words_in_other_tables_names() {
+    let index = singers_and_pets();
+    let linked = index.link("How many singers are there?", None);
+    assert_eq!(linked.tables, ["tate.singer"]);
+    // both named: the link table comes in as the join path
+    let linked = index.link("Show the names of singers and their concerts", None);
+    let tables: HashSet<&str> = linked.tables.iter().map(String::as_str).collect();
+    assert_eq!(
+        tables,
+        HashSet::from(["tate.singer", "tate.concert", "tate.singer_in_concert"])
+    );
+}
+
+#[test]
+fn a_generic_word_alone_links_a_column_only_with_others() {
+    let index = singers_and_pets();
+    // "names" asks for the label column, not every `<x>_name`
+    let linked = index.link("What are the names of the singers older than 30?", None);
+    let columns = linked_columns(&linked);
+    assert!(columns.contains(&("tate.singer", "name")), "{columns:?}");
+    assert!(
+        !columns.contains(&("tate.singer", "song_name")),
+        "{columns:?}"
+    );
+    let linked = index.link("List the song names of singers older than 30", None);
+    assert!(linked_columns(&linked).contains(&("tate.singer", "song_name")));
+}
+
+#[test]
+fn a_lone_tables_primary_key_comes_only_when_ids_are_asked_for() {
+    let index = singers_and_pets();
+    let linked = index.link("How many stadiums hold more than 5000?", None);
+    assert_eq!(linked.tables, ["tate.stadium"]);
+    assert!(!linked_columns(&linked).contains(&("tate.stadium", "id")));
+    let linked = index.link("List the ids of stadiums by capacity", None);
+    assert!(linked_columns(&linked).contains(&("tate.stadium", "id")));
+    // joined tables keep their keys
+    let linked = index.link("Show the names of singers and their concerts", None);
+    let columns = linked_columns(&linked);
+    assert!(
+        columns.contains(&("tate.singer", "singer_id")),
+        "{columns:?}"
+    );
+    assert!(
+        columns.contains(&("tate.concert", "concert_id")),
+        "{columns:?}"
+    );
+}
