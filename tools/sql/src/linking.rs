@@ -12,8 +12,9 @@
 //!   belong to another table the question names in full count for that
 //!   table only ("singers" names `singer`, not `singer_in_concert`, which
 //!   still comes in as the join path when "concerts" are named too). These
-//!   three rules took Spider's context from 39.3 % to 36.7 % of the schema
-//!   at the same recall (`quarry eval sql --embeddings`, issue 18);
+//!   three rules and the primary-key one below took Spider's context from
+//!   39.3 % to 36.7 % of the schema at the same recall (`quarry eval sql
+//!   --embeddings`, issue 18);
 //! - **values**: a [`ValueIndex`] of distinct values of text columns, so that a
 //!   question word found among a column's values links that column ("Turner"
 //!   → the artist name column, "watercolour" → medium); a word found in many
@@ -675,16 +676,16 @@ impl SchemaIndex {
                 0.0
             } else {
                 let own = name_words.iter().any(|w| !ignored(w));
-                let matched: Vec<&String> = name_words
+                let (mut matched, mut generic_only) = (0usize, true);
+                for w in name_words
                     .iter()
                     .filter(|w| (!own || !ignored(w)) && q_set.contains(w.as_str()))
-                    .collect();
-                let share = matched.len() as f64 / name_words.len() as f64;
-                if name_words.len() > 1
-                    && matched
-                        .iter()
-                        .all(|w| GENERIC_COLUMN_WORDS.contains(&w.as_str()))
                 {
+                    matched += 1;
+                    generic_only &= GENERIC_COLUMN_WORDS.contains(&w.as_str());
+                }
+                let share = matched as f64 / name_words.len() as f64;
+                if name_words.len() > 1 && generic_only {
                     share * 0.5
                 } else {
                     share
