@@ -181,9 +181,34 @@ initialise() {
   mv "$tmp" "$PGDATA_DIR"
 }
 
+# shared_buffers: a quarter of the machine's memory, between 128 MB and 8 GB
+# (PostgreSQL docs 20.4.1: "a reasonable starting value for shared_buffers is
+# 25% of the memory in your system"). An HNSW index that does not fit is read
+# through the OS cache page by page on every search (1M 384-dim vectors make
+# about 2 GB of index). Pages are only touched as they are used.
+# QUARRY_PG_SHARED_BUFFERS (e.g. 256MB) overrides it; read when the server
+# starts.
+shared_buffers_setting() {
+  if [[ -n ${QUARRY_PG_SHARED_BUFFERS:-} ]]; then
+    printf '%s' "$QUARRY_PG_SHARED_BUFFERS"
+    return
+  fi
+  local kb
+  kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null || true)
+  [[ $kb =~ ^[0-9]+$ ]] || kb=0
+  local mb=$((kb / 4 / 1024))
+  ((mb < 128)) && mb=128
+  ((mb > 8192)) && mb=8192
+  printf '%dMB' "$mb"
+}
+
 write_config() {
   # Rewritten on each start so changes here reach existing clusters.
-  cat >"$PGDATA_DIR/quarry.conf" <<'EOF'
+  local shared_buffers
+  shared_buffers=$(shared_buffers_setting)
+  [[ $shared_buffers =~ ^[0-9]+(kB|MB|GB)$ ]] ||
+    die "QUARRY_PG_SHARED_BUFFERS must be a size such as 256MB (got '$shared_buffers')"
+  cat >"$PGDATA_DIR/quarry.conf" <<EOF
 # Written by dev/pg.sh on every start; edits are overwritten.
 listen_addresses = '127.0.0.1'
 max_connections = 200
@@ -192,6 +217,7 @@ shared_preload_libraries = ''
 fsync = off
 synchronous_commit = off
 full_page_writes = off
+shared_buffers = $shared_buffers
 EOF
   if is_root; then chown "$OS_USER:$OS_USER" "$PGDATA_DIR/quarry.conf"; fi
 }

@@ -122,6 +122,27 @@ pub const MIN_SEARCHED_VALUE_CHARS: usize = 3;
 /// Text shaped like a placeholder: what [`Pseudonymizer::restore`] looks up
 /// and what [`Pseudonymizer::redact`] treats as literal when it was not
 /// issued.
+/// Texts of at least this many bytes that the detectors found nothing in
+/// are remembered ([`CLEAN_TEXTS`]): the schema context and instructions
+/// of a system prompt come back on every model call, and scanning them is
+/// most of what redaction costs.
+const CLEAN_TEXT_MIN_BYTES: usize = 512;
+
+/// Most bytes of texts remembered as clean.
+const CLEAN_TEXTS_MAX_BYTES: u64 = 4 << 20;
+
+/// Texts the detectors ([`PiiKind::ALL`]) found nothing in, compared whole
+/// (no hash stands for a text, so no collision can pass a text unscanned).
+/// The detectors depend on the text alone, so this holds for every
+/// request; what depends on the request (placeholder-shaped text, values
+/// seen before) is still checked on every call.
+static CLEAN_TEXTS: LazyLock<moka::sync::Cache<Arc<str>, ()>> = LazyLock::new(|| {
+    moka::sync::Cache::builder()
+        .max_capacity(CLEAN_TEXTS_MAX_BYTES)
+        .weigher(|text: &Arc<str>, (): &()| u32::try_from(text.len()).unwrap_or(u32::MAX))
+        .build()
+});
+
 static PLACEHOLDER: LazyLock<Regex> = LazyLock::new(|| match Regex::new(r"<[A-Z0-9_]+_[0-9]+>") {
     Ok(regex) => regex,
     Err(e) => panic!("invalid built-in placeholder pattern: {e}"),
@@ -235,6 +256,12 @@ impl Pseudonymizer {
 
         let seen = state.find_seen(text, &spans);
         merge(&mut spans, seen);
+        // nothing of this request's in it, and the detectors found nothing
+        // in it before: nothing to replace
+        let rememberable = spans.is_empty() && text.len() >= CLEAN_TEXT_MIN_BYTES;
+        if rememberable && CLEAN_TEXTS.contains_key(text) {
+            return text.to_owned();
+        }
 
         for kind in PiiKind::ALL {
             let taken: Vec<Range<usize>> = spans.iter().map(|(r, _)| r.clone()).collect();
@@ -246,6 +273,10 @@ impl Pseudonymizer {
                 }
             }
             merge(&mut spans, found);
+        }
+        if rememberable && spans.is_empty() {
+            CLEAN_TEXTS.insert(Arc::from(text), ());
+            return text.to_owned();
         }
         // values detected above may also stand elsewhere where no detector
         // took them (`x-555-123-4567` next to `555-123-4567`)

@@ -707,3 +707,42 @@ async fn redacting_without_reveal_keeps_placeholders() {
     let sent = &inner.requests.lock().unwrap()[0];
     assert_eq!(sent.messages, [Message::user("<EMAIL_1>")]);
 }
+
+/// A long text with no value any detector takes, naming `name`.
+fn long_clean_text(name: &str) -> String {
+    let mut text = format!("Known collectors include {name}. ");
+    while text.len() < 2 * CLEAN_TEXT_MIN_BYTES {
+        text.push_str("Tables: artworks(id, title, year), artists(id, name, gender). ");
+    }
+    text
+}
+
+#[test]
+fn a_text_remembered_as_clean_still_hides_the_values_this_request_has_seen() {
+    let text = long_clean_text("Grace Hopper");
+    let first = Pseudonymizer::new();
+    assert_eq!(first.redact(&text), text, "nothing to hide yet");
+    assert_eq!(first.redact(&text), text, "remembered as clean");
+    // another request that has seen the name as a PII cell: the same text,
+    // remembered as clean, must still have the name replaced
+    let second = Pseudonymizer::new();
+    assert_eq!(second.redact_value("name", "Grace Hopper"), "<NAME_1>");
+    let redacted = second.redact(&text);
+    assert!(!redacted.contains("Grace Hopper"), "{redacted}");
+    assert!(redacted.contains("<NAME_1>"), "{redacted}");
+    // and placeholder-shaped text in it is still taken as a literal
+    let shaped = format!("{text} <NAME_1>");
+    let third = Pseudonymizer::new();
+    assert_eq!(third.redact(&shaped), format!("{text} <LITERAL_1>"));
+}
+
+#[test]
+fn a_long_text_with_a_detected_value_is_never_remembered_as_clean() {
+    let text = format!("{} Write to ada@example.com.", long_clean_text("Ada"));
+    for _ in 0..2 {
+        let pii = Pseudonymizer::new();
+        let redacted = pii.redact(&text);
+        assert!(!redacted.contains("ada@example.com"), "{redacted}");
+        assert!(redacted.contains("<EMAIL_1>"), "{redacted}");
+    }
+}

@@ -74,7 +74,13 @@ impl Run {
             evidence.extend(turn.sql.clone());
         }
         self.evidence = Some(evidence);
-        let schema = match self.schema_text(question).await {
+        // independent reads (DescribeSchema, and each tool's listing for its
+        // spec): at once
+        let (schema, offered) = tokio::join!(
+            self.schema_text(question),
+            self.assistant.tools.offer(&self.caller)
+        );
+        let schema = match schema {
             Ok(schema) => schema,
             Err(status) => {
                 self.delta(&format!(
@@ -85,7 +91,6 @@ impl Run {
                 return Ok(Ending::with(AnswerStatus::Failed));
             }
         };
-        let offered = self.assistant.tools.offer(&self.caller).await;
         let tools = offered.specs();
         let mut messages = vec![Message::system(system_prompt(
             &schema,

@@ -347,12 +347,16 @@ impl Run {
             elapsed_ms = usage.elapsed_ms,
             "ask finished"
         );
-        // charged before the last event, so that once the stream has ended
-        // the tenant's usage and budgets include this Ask
-        self.charge(&usage).await;
-        // stored before the last event, so that once the stream has ended a
-        // follow-up finds this turn
-        let stored = match self.store_turn(outcome.status, citations, &usage).await {
+        // Charged before the last event, so that once the stream has ended
+        // the tenant's usage and budgets include this Ask; stored before the
+        // last event, so that once the stream has ended a follow-up finds
+        // this turn. Independent writes (the ledger's rows and the turn's),
+        // so made at once: two commits in parallel, not one after the other.
+        let ((), stored) = tokio::join!(
+            self.charge(&usage),
+            self.store_turn(outcome.status, citations, &usage)
+        );
+        let stored = match stored {
             Ok(took) => took,
             Err(error) => {
                 // The client holds this turn's conversation id (from the
@@ -406,7 +410,7 @@ impl Run {
     /// tokens and cost, but not the SQL tool's, which `GenerateSql`
     /// charges) to its tenant and releases its hold, when budgets are kept,
     /// and records its model calls' metrics.
-    async fn charge(&mut self, usage: &Usage) {
+    async fn charge(&self, usage: &Usage) {
         // the metrics of the model calls, with or without budgets
         for call in &usage.calls {
             quarry_metrics::model_call(

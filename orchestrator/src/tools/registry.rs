@@ -53,22 +53,24 @@ impl ToolRegistry {
 
     /// The tools that can serve `caller` now, each with its spec, in
     /// registration order: those whose [`ModelTool::scope`] the caller's
-    /// grant holds and that give a spec. Specs are asked for one tool after
-    /// the other.
+    /// grant holds and that give a spec. Specs are asked for all at once.
     pub async fn offer(&self, caller: &AskCaller) -> Offered {
-        let mut offered = Vec::new();
-        for tool in &self.tools {
+        // each tool's spec may read its service (ListCollections, …): all at
+        // once, kept in registration order
+        let specs = futures::future::join_all(self.tools.iter().map(|tool| async move {
             if tool
                 .scope()
                 .is_some_and(|scope| !caller.caller.grant.has_scope(scope))
             {
-                continue;
+                return None;
             }
-            if let Some(spec) = tool.spec(caller).await {
-                offered.push((Arc::clone(tool), spec));
-            }
+            let spec = tool.spec(caller).await?;
+            Some((Arc::clone(tool), spec))
+        }))
+        .await;
+        Offered {
+            tools: specs.into_iter().flatten().collect(),
         }
-        Offered { tools: offered }
     }
 }
 

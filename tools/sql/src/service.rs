@@ -306,6 +306,8 @@ pub struct SqlTool {
     descriptions: Option<moka::sync::Cache<Vec<String>, Arc<Description>>>,
     /// `describe` results as grants see them, by [`ViewKey`], kept as long.
     views: Option<moka::sync::Cache<ViewKey, Arc<Description>>>,
+    /// [`Self::schema_context`] results by [`ContextKey`], kept as long.
+    contexts: Option<moka::sync::Cache<ContextKey, Arc<(String, usize)>>>,
     /// Results of executed statements ([`crate::cache`]); `None`: off.
     results: Option<crate::cache::SourceCache>,
 }
@@ -316,6 +318,17 @@ type ViewKey = (u64, bool, Vec<String>, Vec<String>);
 
 /// A `describe` result: the tables and their compact text.
 type Description = (Vec<TableInfo>, String);
+
+/// What a schema context depends on: the catalog hash of the schema index
+/// it was linked on, the caller's tenant, policy version, unrestricted and
+/// sorted role names (what the grant shows, as for [`ViewKey`]; the tenant
+/// besides, so no two tenants ever share an entry), the question and the
+/// token budget.
+type ContextKey = (String, String, u64, bool, Vec<String>, String, usize);
+
+/// Most bytes of cached schema contexts (context and question text) per
+/// tool: about a thousand typical contexts of a few KB.
+const CONTEXT_CACHE_BYTES: u64 = 8 << 20;
 
 struct CachedIndex {
     hash: String,
@@ -461,6 +474,15 @@ impl SqlTool {
             views: (config.catalog_check_secs > 0).then(|| {
                 moka::sync::Cache::builder()
                     .max_capacity(256)
+                    .time_to_live(Duration::from_secs(config.catalog_check_secs))
+                    .build()
+            }),
+            contexts: (config.catalog_check_secs > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(CONTEXT_CACHE_BYTES)
+                    .weigher(|key: &ContextKey, value: &Arc<(String, usize)>| {
+                        u32::try_from(key.5.len() + value.0.len() + 64).unwrap_or(u32::MAX)
+                    })
                     .time_to_live(Duration::from_secs(config.catalog_check_secs))
                     .build()
             }),
@@ -798,12 +820,17 @@ impl SqlTool {
     /// Catalog errors; embedding errors are logged and linking falls back to
     /// lexical and value scores.
     pub async fn schema_index(&self) -> Result<Arc<SchemaIndex>, SqlError> {
+        Ok(self.schema_index_hashed().await?.0)
+    }
+
+    /// [`Self::schema_index`] with the catalog hash it was built for.
+    async fn schema_index_hashed(&self) -> Result<(Arc<SchemaIndex>, String), SqlError> {
         let mut cached = self.index.lock().await;
         let check_every = Duration::from_secs(self.config.catalog_check_secs);
         if let Some(c) = cached.as_ref()
             && c.checked.elapsed() < check_every
         {
-            return Ok(Arc::clone(&c.index));
+            return Ok((Arc::clone(&c.index), c.hash.clone()));
         }
         let client = self.pool.get().await?;
         let hash = catalog::catalog_hash(&**client, &self.config.schemas).await?;
@@ -811,17 +838,17 @@ impl SqlTool {
             && c.hash == hash
         {
             c.checked = Instant::now();
-            return Ok(Arc::clone(&c.index));
+            return Ok((Arc::clone(&c.index), c.hash.clone()));
         }
         drop(client);
         let (index, _) = self.build_index(&hash, false).await?;
         let index = Arc::new(index);
         *cached = Some(CachedIndex {
-            hash,
+            hash: hash.clone(),
             checked: Instant::now(),
             index: Arc::clone(&index),
         });
-        Ok(index)
+        Ok((index, hash))
     }
 
     /// Checks the semantic layer (`semantic_path`) against the live catalog
@@ -1074,17 +1101,30 @@ impl SqlTool {
     #[instrument(level = "debug", skip_all, fields(tenant = %caller.principal.tenant, request_id = %caller.request_id))]
     pub async fn link(&self, caller: &Caller, question: &str) -> Result<LinkedSchema, SqlError> {
         let index = self.schema_index().await?;
-        let embedding = match &self.embedder {
+        Ok(self.link_on(&index, caller, question).await.0)
+    }
+
+    /// [`Self::link`] on `index`; also whether it linked as configured
+    /// (`false`: the question could not be embedded, so it linked without
+    /// the embedding — not to be cached).
+    async fn link_on(
+        &self,
+        index: &SchemaIndex,
+        caller: &Caller,
+        question: &str,
+    ) -> (LinkedSchema, bool) {
+        let (embedding, complete) = match &self.embedder {
             Some(embedder) => match embedder.embed(vec![question.to_string()]).await {
-                Ok(mut v) => v.pop(),
+                Ok(mut v) => (v.pop(), true),
                 Err(error) => {
                     warn!(%error, "embedding the question failed; linking without it");
-                    None
+                    (None, false)
                 }
             },
-            None => None,
+            None => (None, true),
         };
-        Ok(index.link_visible(question, embedding.as_deref(), caller.grant.as_ref()))
+        let linked = index.link_visible(question, embedding.as_deref(), caller.grant.as_ref());
+        (linked, complete)
     }
 
     /// The schema context for `question` as a model prompt shows it, within
@@ -1102,6 +1142,13 @@ impl SqlTool {
     /// Returns the context and the estimated tokens of the caller's whole
     /// schema.
     ///
+    /// A context is kept for `catalog_check_secs` (the staleness schema
+    /// linking already allows after a DDL change), keyed by [`ContextKey`]:
+    /// the catalog hash, what the caller's grant shows and the question, so
+    /// a repeated question skips embedding and linking. A change to the
+    /// catalog or the policy makes a new key; a context linked without the
+    /// question's embedding (the embedder failed) is not kept.
+    ///
     /// # Errors
     /// As [`Self::link`] and [`Self::describe`].
     pub async fn schema_context(
@@ -1110,9 +1157,44 @@ impl SqlTool {
         question: &str,
         max_tokens: usize,
     ) -> Result<(String, usize), SqlError> {
+        let (index, hash) = self.schema_index_hashed().await?;
+        let key = self.contexts.as_ref().map(|_| {
+            let grant = &caller.grant;
+            let mut roles: Vec<String> = grant.roles().into_iter().map(str::to_owned).collect();
+            roles.sort_unstable();
+            roles.dedup();
+            (
+                hash,
+                caller.principal.tenant.clone(),
+                grant.policy_version(),
+                grant.is_unrestricted(),
+                roles,
+                question.to_owned(),
+                max_tokens,
+            )
+        });
+        if let (Some(contexts), Some(key)) = (&self.contexts, &key)
+            && let Some(found) = contexts.get(key)
+        {
+            return Ok(found.as_ref().clone());
+        }
+        let (linked, complete) = self.link_on(&index, caller, question).await;
+        let built = self.context_from(caller, linked, max_tokens).await?;
+        if complete && let (Some(contexts), Some(key)) = (&self.contexts, key) {
+            contexts.insert(key, Arc::new(built.clone()));
+        }
+        Ok(built)
+    }
+
+    /// The schema context of [`Self::schema_context`] from `linked`.
+    async fn context_from(
+        &self,
+        caller: &Caller,
+        linked: LinkedSchema,
+        max_tokens: usize,
+    ) -> Result<(String, usize), SqlError> {
         let view = self.describe(caller, &[]).await?;
         let full_tokens = crate::linking::estimate_tokens(&view.1);
-        let linked = self.link(caller, question).await?;
         let fits = |text: &str, extra: &str| {
             max_tokens == 0
                 || crate::linking::estimate_tokens(text) + crate::linking::estimate_tokens(extra)

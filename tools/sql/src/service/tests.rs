@@ -448,3 +448,86 @@ async fn the_schema_context_carries_a_matched_business_term_and_its_sql() {
     let _ = std::fs::remove_file(&path);
     shop.remove().await;
 }
+
+/// A policy with two roles: `all` sees every column of `shop.*`,
+/// `no_price` the same without `shop.items.price`.
+fn two_role_policy() -> quarry_auth::Policy {
+    let all = quarry_auth::RoleConfig {
+        scopes: vec!["sql:query".into()],
+        tables: vec!["shop.*".into()],
+        ..quarry_auth::RoleConfig::default()
+    };
+    let no_price = quarry_auth::RoleConfig {
+        deny_columns: vec!["shop.items.price".into()],
+        ..all.clone()
+    };
+    quarry_auth::Policy::new(&quarry_auth::PolicyConfig {
+        hash_salt: String::new(),
+        roles: [("all".to_string(), all), ("no_price".to_string(), no_price)]
+            .into_iter()
+            .collect(),
+    })
+    .unwrap()
+}
+
+/// A caller of `tenant` holding `role` of `policy`.
+fn role_caller(policy: &quarry_auth::Policy, tenant: &str, role: &str) -> Caller {
+    let principal = Principal {
+        tenant: tenant.into(),
+        subject: "someone".into(),
+        roles: vec![role.into()],
+        scopes: vec![],
+    };
+    let grant = policy.grant(&principal);
+    Caller::new(principal).with_grant(Arc::new(grant))
+}
+
+#[tokio::test]
+async fn a_cached_schema_context_is_only_served_to_grants_that_show_the_same() {
+    let shop = Shop::create().await;
+    let tool = shop.tool(SqlModels::single(None));
+    let policy = two_role_policy();
+    let question = "What is the price of each item?";
+    let (seen, _) = tool
+        .schema_context(&role_caller(&policy, "t1", "all"), question, 0)
+        .await
+        .unwrap();
+    assert!(seen.contains("price"), "{seen}");
+    // the same question at once, same policy, by a role that may not see
+    // the column: the cached context of the first caller must not be served
+    let (denied, _) = tool
+        .schema_context(&role_caller(&policy, "t1", "no_price"), question, 0)
+        .await
+        .unwrap();
+    assert!(denied.contains("shop.items("), "{denied}");
+    assert!(!denied.contains("price"), "{denied}");
+    // and the first caller's is served again, as it was
+    let (again, _) = tool
+        .schema_context(&role_caller(&policy, "t1", "all"), question, 0)
+        .await
+        .unwrap();
+    assert_eq!(again, seen);
+    // a new policy (a reload) that takes the column from `all`: a new key,
+    // not the context cached under the old policy
+    let reloaded = quarry_auth::Policy::new(&quarry_auth::PolicyConfig {
+        hash_salt: String::new(),
+        roles: [(
+            "all".to_string(),
+            quarry_auth::RoleConfig {
+                scopes: vec!["sql:query".into()],
+                tables: vec!["shop.*".into()],
+                deny_columns: vec!["shop.items.price".into()],
+                ..quarry_auth::RoleConfig::default()
+            },
+        )]
+        .into_iter()
+        .collect(),
+    })
+    .unwrap();
+    let (after_reload, _) = tool
+        .schema_context(&role_caller(&reloaded, "t1", "all"), question, 0)
+        .await
+        .unwrap();
+    assert!(!after_reload.contains("price"), "{after_reload}");
+    shop.remove().await;
+}
