@@ -124,6 +124,17 @@ static CHARGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// [`CHARGE`] that also deletes the budget hold `$11`, in the same
+/// statement (a data-modifying `WITH`, which runs whether or not the rest
+/// reads it; PostgreSQL 16 docs §7.8.4): one atomic statement, one round
+/// trip, where `BEGIN`, the upsert, the `DELETE` and `COMMIT` took four.
+static CHARGE_RELEASING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH released AS (DELETE FROM quarry.budget_holds WHERE hold_id = $11) {}",
+        *CHARGE
+    )
+});
+
 impl UsageLedger {
     /// A ledger on `pool` (the database holding the `quarry` schema).
     pub fn new(pool: Pool) -> Self {
@@ -139,8 +150,9 @@ impl UsageLedger {
     }
 
     /// Adds `amounts` to `tenant`'s current UTC day and, in the same
-    /// transaction, deletes the budget hold `hold` (see [`Self::admit`]), so
-    /// that no replica ever counts the spend twice or not at all.
+    /// statement ([`CHARGE_RELEASING`]), deletes the budget hold `hold` (see
+    /// [`Self::admit`]), so that no replica ever counts the spend twice or
+    /// not at all.
     ///
     /// # Errors
     /// The pool's or PostgreSQL's error, as text.
@@ -150,42 +162,39 @@ impl UsageLedger {
         amounts: &UsageAmounts,
         hold: Option<Uuid>,
     ) -> Result<(), String> {
-        let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let client = self.pool.get().await.map_err(|e| e.to_string())?;
         let a = amounts;
-        let tx = client.transaction().await.map_err(|e| error_text(&e))?;
-        // prepared once per connection (deadpool's statement cache): parsed
-        // and planned once, not on every Ask
-        let charge = tx
-            .prepare_cached(&CHARGE)
+        // one statement either way (atomic on its own): prepared once per
+        // connection (deadpool's statement cache), parsed and planned once,
+        // not on every Ask
+        let statement = if hold.is_some() {
+            &*CHARGE_RELEASING
+        } else {
+            &*CHARGE
+        };
+        let charge = client
+            .prepare_cached(statement)
             .await
             .map_err(|e| error_text(&e))?;
-        tx.execute(
-            &charge,
-            &[
-                &tenant,
-                &a.requests,
-                &a.asks,
-                &a.model_calls,
-                &a.prompt_tokens,
-                &a.completion_tokens,
-                &a.cost_usd,
-                &a.rows,
-                &a.bytes,
-                &a.cached_prompt_tokens,
-            ],
-        )
-        .await
-        .map_err(|e| error_text(&e))?;
-        if let Some(hold) = hold {
-            let release = tx
-                .prepare_cached("DELETE FROM quarry.budget_holds WHERE hold_id = $1")
-                .await
-                .map_err(|e| error_text(&e))?;
-            tx.execute(&release, &[&hold])
-                .await
-                .map_err(|e| error_text(&e))?;
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &tenant,
+            &a.requests,
+            &a.asks,
+            &a.model_calls,
+            &a.prompt_tokens,
+            &a.completion_tokens,
+            &a.cost_usd,
+            &a.rows,
+            &a.bytes,
+            &a.cached_prompt_tokens,
+        ];
+        if let Some(hold) = &hold {
+            params.push(hold);
         }
-        tx.commit().await.map_err(|e| error_text(&e))?;
+        client
+            .execute(&charge, &params)
+            .await
+            .map_err(|e| error_text(&e))?;
         Ok(())
     }
 
@@ -444,6 +453,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(a.spent("t").await.unwrap().day_tokens, 900);
+        // charging h1 what it spent adds the charge and drops its hold at once
+        let spent_by_h1 = UsageAmounts {
+            prompt_tokens: 100,
+            ..UsageAmounts::default()
+        };
+        a.charge_releasing("t", &spent_by_h1, Some(h1))
+            .await
+            .unwrap();
+        assert_eq!(b.charged("t").await.unwrap().day_tokens, 300);
+        assert_eq!(b.spent("t").await.unwrap().day_tokens, 300, "no hold left");
+        // the hold back, to see an expired one not count
+        a.admit(
+            "t",
+            h1,
+            Held {
+                tokens: 600,
+                usd: 0.0,
+            },
+            &limits,
+            ttl,
+        )
+        .await
+        .unwrap();
+        assert!(a.spent("t").await.unwrap().day_tokens > 900);
         // an expired hold no longer counts
         let client = db.pool().get().await.unwrap();
         client
@@ -453,7 +486,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(a.spent("t").await.unwrap().day_tokens, 200);
+        assert_eq!(a.spent("t").await.unwrap().day_tokens, 300);
         // another tenant is not held back
         assert_eq!(a.spent("u").await.unwrap(), Spent::default());
     }
