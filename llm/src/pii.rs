@@ -119,9 +119,6 @@ pub const MAX_LABEL_CHARS: usize = 32;
 /// Shortest value, in characters, looked for again in later text.
 pub const MIN_SEARCHED_VALUE_CHARS: usize = 3;
 
-/// Text shaped like a placeholder: what [`Pseudonymizer::restore`] looks up
-/// and what [`Pseudonymizer::redact`] treats as literal when it was not
-/// issued.
 /// Texts of at least this many bytes that the detectors found nothing in
 /// are remembered ([`CLEAN_TEXTS`]): the schema context and instructions
 /// of a system prompt come back on every model call, and scanning them is
@@ -143,6 +140,9 @@ static CLEAN_TEXTS: LazyLock<moka::sync::Cache<Arc<str>, ()>> = LazyLock::new(||
         .build()
 });
 
+/// Text shaped like a placeholder: what [`Pseudonymizer::restore`] looks up
+/// and what [`Pseudonymizer::redact`] treats as literal when it was not
+/// issued.
 static PLACEHOLDER: LazyLock<Regex> = LazyLock::new(|| match Regex::new(r"<[A-Z0-9_]+_[0-9]+>") {
     Ok(regex) => regex,
     Err(e) => panic!("invalid built-in placeholder pattern: {e}"),
