@@ -738,6 +738,15 @@ impl Grant {
         self.roles.iter().map(|r| r.name.as_str()).collect()
     }
 
+    /// [`Self::roles`] sorted, each once: what the grant shows depends on
+    /// the set, not the order the token lists them in (for cache keys).
+    pub fn sorted_roles(&self) -> Vec<String> {
+        let mut roles: Vec<String> = self.roles.iter().map(|r| r.name.clone()).collect();
+        roles.sort_unstable();
+        roles.dedup();
+        roles
+    }
+
     /// Whether the grant holds `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.contains(scope)

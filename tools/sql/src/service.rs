@@ -307,7 +307,7 @@ pub struct SqlTool {
     /// `describe` results as grants see them, by [`ViewKey`], kept as long.
     views: Option<moka::sync::Cache<ViewKey, Arc<Description>>>,
     /// [`Self::schema_context`] results by [`ContextKey`], kept as long.
-    contexts: Option<moka::sync::Cache<ContextKey, Arc<(String, usize)>>>,
+    contexts: Option<moka::sync::Cache<ContextKey, (String, usize)>>,
     /// Results of executed statements ([`crate::cache`]); `None`: off.
     results: Option<crate::cache::SourceCache>,
 }
@@ -480,7 +480,7 @@ impl SqlTool {
             contexts: (config.catalog_check_secs > 0).then(|| {
                 moka::sync::Cache::builder()
                     .max_capacity(CONTEXT_CACHE_BYTES)
-                    .weigher(|key: &ContextKey, value: &Arc<(String, usize)>| {
+                    .weigher(|key: &ContextKey, value: &(String, usize)| {
                         u32::try_from(key.5.len() + value.0.len() + 64).unwrap_or(u32::MAX)
                     })
                     .time_to_live(Duration::from_secs(config.catalog_check_secs))
@@ -752,13 +752,10 @@ impl SqlTool {
         // What a grant shows depends on its policy and roles only (token
         // scopes never widen tables or columns), so grants alike share one
         // filtered copy for as long as the catalog is reused.
-        let mut roles: Vec<String> = grant.roles().into_iter().map(str::to_owned).collect();
-        roles.sort_unstable();
-        roles.dedup();
         let key = (
             grant.policy_version(),
             grant.is_unrestricted(),
-            roles,
+            grant.sorted_roles(),
             schemas.to_vec(),
         );
         if let Some(found) = self.views.as_ref().and_then(|c| c.get(&key)) {
@@ -1158,30 +1155,23 @@ impl SqlTool {
         max_tokens: usize,
     ) -> Result<(String, usize), SqlError> {
         let (index, hash) = self.schema_index_hashed().await?;
-        let key = self.contexts.as_ref().map(|_| {
-            let grant = &caller.grant;
-            let mut roles: Vec<String> = grant.roles().into_iter().map(str::to_owned).collect();
-            roles.sort_unstable();
-            roles.dedup();
-            (
-                hash,
-                caller.principal.tenant.clone(),
-                grant.policy_version(),
-                grant.is_unrestricted(),
-                roles,
-                question.to_owned(),
-                max_tokens,
-            )
-        });
-        if let (Some(contexts), Some(key)) = (&self.contexts, &key)
-            && let Some(found) = contexts.get(key)
-        {
-            return Ok(found.as_ref().clone());
+        let grant = &caller.grant;
+        let key: ContextKey = (
+            hash,
+            caller.principal.tenant.clone(),
+            grant.policy_version(),
+            grant.is_unrestricted(),
+            grant.sorted_roles(),
+            question.to_owned(),
+            max_tokens,
+        );
+        if let Some(found) = self.contexts.as_ref().and_then(|c| c.get(&key)) {
+            return Ok(found);
         }
         let (linked, complete) = self.link_on(&index, caller, question).await;
         let built = self.context_from(caller, linked, max_tokens).await?;
-        if complete && let (Some(contexts), Some(key)) = (&self.contexts, key) {
-            contexts.insert(key, Arc::new(built.clone()));
+        if complete && let Some(contexts) = &self.contexts {
+            contexts.insert(key, built.clone());
         }
         Ok(built)
     }

@@ -322,14 +322,7 @@ fn pii_caller() -> Caller {
         roles: [("clerk".to_string(), role)].into_iter().collect(),
     })
     .unwrap();
-    let principal = Principal {
-        tenant: "t1".into(),
-        subject: "clerk".into(),
-        roles: vec!["clerk".into()],
-        scopes: vec![],
-    };
-    let grant = policy.grant(&principal);
-    Caller::new(principal).with_grant(Arc::new(grant))
+    role_caller(&policy, "t1", "clerk")
 }
 
 #[tokio::test]
@@ -470,11 +463,12 @@ fn two_role_policy() -> quarry_auth::Policy {
     .unwrap()
 }
 
-/// A caller of `tenant` holding `role` of `policy`.
+/// A caller of `tenant` holding `role` of `policy` (its subject named as
+/// the role).
 fn role_caller(policy: &quarry_auth::Policy, tenant: &str, role: &str) -> Caller {
     let principal = Principal {
         tenant: tenant.into(),
-        subject: "someone".into(),
+        subject: role.into(),
         roles: vec![role.into()],
         scopes: vec![],
     };
