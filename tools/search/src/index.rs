@@ -23,6 +23,15 @@
 //! tombstone), commits with the new cursor and reloads the reader. [`follow`]
 //! runs catch-ups on `NOTIFY quarry_search_docs` and, as a fallback, every
 //! [`POLL_INTERVAL`].
+//!
+//! A catch-up that applied at least [`CONSOLIDATE_AFTER_ROWS`] rows (a
+//! rebuild or a bulk load) then merges every segment into one in the
+//! background, as Lucene's `forceMerge` after bulk indexing: tantivy's log
+//! merge policy leaves a bulk-built index in several segments (8 at 1M
+//! documents), and a search walks the segments one after another, each
+//! starting with an empty top-k, so block-max WAND prunes less. Searches
+//! keep using the old segments until the merge is committed;
+//! [`CollectionIndex::consolidated`] waits for it.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -73,6 +82,16 @@ pub const NOTIFY_CHANNEL: &str = "quarry_search_docs";
 pub const MAX_QUERY_BYTES: usize = 8 * 1024;
 /// Writer memory budget, in bytes (tantivy needs at least 15 MB per thread).
 const WRITER_MEMORY: usize = 50_000_000;
+/// Rows one catch-up must apply for its index to be merged into one segment
+/// afterwards (see the module docs): one commit's worth, so the follower's
+/// trickle of small catch-ups is left to tantivy's log merge policy.
+pub const CONSOLIDATE_AFTER_ROWS: usize = COMMIT_EVERY_ROWS;
+/// Attempts at the merge into one segment: an attempt fails when a merge the
+/// log merge policy started meanwhile replaced one of its segments, and is
+/// retried after [`CONSOLIDATE_RETRY`] with the segments then committed.
+const CONSOLIDATE_ATTEMPTS: u32 = 5;
+/// Wait between attempts at the merge into one segment.
+const CONSOLIDATE_RETRY: Duration = Duration::from_secs(1);
 
 /// The analyzer of text fields and query text: `SimpleTokenizer` (splits on
 /// non-alphanumeric characters) → `RemoveLongFilter` ([`MAX_TOKEN_BYTES`]) →
@@ -244,6 +263,9 @@ pub struct CollectionIndex {
     writer: Mutex<Writer>,
     /// Serialises catch-ups (the follower and explicit calls).
     catching_up: tokio::sync::Mutex<()>,
+    /// The merge into one segment started by the last bulk catch-up, until
+    /// [`CollectionIndex::consolidated`] collects it.
+    consolidating: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for CollectionIndex {
@@ -338,6 +360,7 @@ impl CollectionIndex {
             schema,
             writer: Mutex::new(Writer { writer, cursor }),
             catching_up: tokio::sync::Mutex::new(()),
+            consolidating: Mutex::new(None),
         })
     }
 
@@ -359,6 +382,71 @@ impl CollectionIndex {
     /// Documents searchable now (tombstoned rows excluded).
     pub fn num_docs(&self) -> u64 {
         self.reader.searcher().num_docs()
+    }
+
+    /// Segments searched now.
+    pub fn num_segments(&self) -> usize {
+        self.reader.searcher().segment_readers().len()
+    }
+
+    /// Waits until the merge into one segment that the last bulk catch-up
+    /// started (if any) has been committed and the reader reloaded, or has
+    /// given up (logged; the index stays correct, only in more segments).
+    pub async fn consolidated(&self) {
+        let pending = lock(&self.consolidating).take();
+        if let Some(handle) = pending
+            && let Err(e) = handle.await
+        {
+            tracing::warn!(collection = %self.collection.name, error = %e, "segment merge task failed");
+        }
+    }
+
+    /// Starts merging every searchable segment into one, in the background
+    /// (tantivy's merge threads; see the module docs).
+    fn start_consolidation(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        let handle = tokio::spawn(async move {
+            for attempt in 1..=CONSOLIDATE_ATTEMPTS {
+                match this.merge_all().await {
+                    Ok(merged) => {
+                        if merged {
+                            tracing::debug!(collection = %this.collection.name, "index merged into one segment");
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(collection = %this.collection.name, attempt, error = %e, "merging the index into one segment failed");
+                        tokio::time::sleep(CONSOLIDATE_RETRY).await;
+                    }
+                }
+            }
+        });
+        // A merge still running from an earlier bulk carries on detached.
+        *lock(&self.consolidating) = Some(handle);
+    }
+
+    /// Merges the committed segments into one and reloads the reader; false
+    /// when there was at most one segment.
+    async fn merge_all(self: &Arc<Self>) -> Result<bool> {
+        let this = Arc::clone(self);
+        let merging = tokio::task::spawn_blocking(move || {
+            let ids: Vec<_> = this
+                .reader
+                .searcher()
+                .segment_readers()
+                .iter()
+                .map(tantivy::SegmentReader::segment_id)
+                .collect();
+            (ids.len() > 1).then(|| lock(&this.writer).writer.merge(&ids))
+        })
+        .await?;
+        let Some(merging) = merging else {
+            return Ok(false);
+        };
+        merging.await?;
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.reader.reload()).await??;
+        Ok(true)
     }
 
     /// Applies sidecar rows (blocking); does not commit.
@@ -390,7 +478,9 @@ impl CollectionIndex {
     /// the cursor in batches of [`BATCH_ROWS`], applies them, commits (every
     /// [`COMMIT_EVERY_ROWS`] rows and at the end) and reloads the reader, so
     /// that what was committed to the sidecar before the call is searchable
-    /// when it returns.
+    /// when it returns. After [`CONSOLIDATE_AFTER_ROWS`] rows or more it
+    /// starts merging the index into one segment, without waiting for it
+    /// ([`CollectionIndex::consolidated`] does).
     ///
     /// # Errors
     /// Database errors (the cursor stays at the last commit) and index errors.
@@ -520,6 +610,9 @@ impl CollectionIndex {
         if uncommitted > 0 {
             let this = Arc::clone(self);
             tokio::task::spawn_blocking(move || this.commit(&mut lock(&this.writer))).await??;
+        }
+        if result.rows >= CONSOLIDATE_AFTER_ROWS {
+            self.start_consolidation();
         }
         Ok(result)
     }

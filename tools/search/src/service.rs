@@ -395,13 +395,16 @@ impl SearchTool {
         self.embedder.clone()
     }
 
-    /// Brings every index up to date with its sidecar table now.
+    /// Brings every index up to date with its sidecar table now, and waits
+    /// for the merge into one segment a bulk catch-up starts
+    /// ([`CollectionIndex::consolidated`]).
     ///
     /// # Errors
     /// Database and index errors.
     pub async fn catch_up(&self) -> Result<()> {
         for entry in &self.entries {
             entry.index.catch_up(&self.pool).await?;
+            entry.index.consolidated().await;
         }
         Ok(())
     }

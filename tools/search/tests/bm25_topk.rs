@@ -13,7 +13,7 @@ use quarry_db::testing::TestDb;
 use quarry_search::collection::{Collection, CollectionConfig};
 use quarry_search::ddl::ensure_sidecar;
 use quarry_search::filter::CheckedFilter;
-use quarry_search::index::CollectionIndex;
+use quarry_search::index::{Bm25Hit, CollectionIndex};
 use quarry_search::{Filter, Value};
 
 const DOCS: usize = 4000;
@@ -196,4 +196,130 @@ async fn pruned_filtered_top_k_is_the_exhaustive_top_k() {
     drop(client);
     db.drop_db().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A catch-up of a bulk of rows leaves the index in one segment once its
+/// merge is collected, with every live document and none of the deleted
+/// ones, answering as an index built afresh from the live rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_catch_up_merges_the_index_into_one_segment() {
+    use quarry_search::index::CONSOLIDATE_AFTER_ROWS;
+
+    let db = TestDb::create().await;
+    let c = Arc::new(collection());
+    let mut client = db.pool().get().await.unwrap();
+    client
+        .batch_execute("CREATE TABLE public.src (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    ensure_sidecar(&mut client, &c, None).await.unwrap();
+    let table = c.docs_table();
+    let insert = format!(
+        "INSERT INTO {table} (key, version, deleted, t_body, f_bucket) \
+         SELECT k, nextval('quarry.search_version'), d, b, x \
+         FROM unnest($1::text[], $2::bool[], $3::text[], $4::bigint[]) AS u(k, d, b, x) \
+         ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, deleted = EXCLUDED.deleted, \
+         t_body = EXCLUDED.t_body, f_bucket = EXCLUDED.f_bucket"
+    );
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut write = |range: std::ops::Range<usize>, deleted: bool| {
+        let keys: Vec<String> = range.clone().map(|i| format!("d{i}")).collect();
+        let deleted: Vec<bool> = range.clone().map(|_| deleted).collect();
+        let texts: Vec<String> = range
+            .clone()
+            .map(|_| {
+                (0..8)
+                    .map(|_| word(rng.word()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        let buckets: Vec<i64> = range.map(|i| (i % 100) as i64).collect();
+        (keys, deleted, texts, buckets)
+    };
+    let dir = std::env::temp_dir().join(format!("quarry-search-{}", uuid::Uuid::new_v4()));
+    let index = Arc::new(CollectionIndex::open(&dir, Arc::clone(&c)).unwrap());
+
+    // A small catch-up: one segment, nothing to merge.
+    let (k, d, t, b) = write(0..500, false);
+    client.execute(&insert, &[&k, &d, &t, &b]).await.unwrap();
+    assert_eq!(index.catch_up(db.pool()).await.unwrap().rows, 500);
+    index.consolidated().await;
+    assert_eq!(index.num_segments(), 1);
+    let (k, d, t, b) = write(500..600, false);
+    client.execute(&insert, &[&k, &d, &t, &b]).await.unwrap();
+    index.catch_up(db.pool()).await.unwrap();
+    index.consolidated().await;
+    assert_eq!(index.num_segments(), 2, "a small catch-up is not merged");
+
+    // A bulk: new documents, and tombstones for 100 of the first ones.
+    let (k, d, t, b) = write(600..(600 + CONSOLIDATE_AFTER_ROWS), false);
+    client.execute(&insert, &[&k, &d, &t, &b]).await.unwrap();
+    let (k, d, t, b) = write(0..100, true);
+    client.execute(&insert, &[&k, &d, &t, &b]).await.unwrap();
+    index.catch_up(db.pool()).await.unwrap();
+    index.consolidated().await;
+    assert_eq!(index.num_segments(), 1, "a bulk catch-up is merged");
+    let live = 600 + CONSOLIDATE_AFTER_ROWS - 100;
+    assert_eq!(usize::try_from(index.num_docs()).unwrap(), live);
+    assert_eq!(
+        index.matching_keys(&CheckedFilter::all()).unwrap().len(),
+        live
+    );
+
+    // The merged index answers as one built afresh from the live rows (the
+    // deleted documents no longer count in the BM25 statistics either).
+    let fresh_dir = std::env::temp_dir().join(format!("quarry-search-{}", uuid::Uuid::new_v4()));
+    let fresh = Arc::new(CollectionIndex::open(&fresh_dir, Arc::clone(&c)).unwrap());
+    fresh.catch_up(db.pool()).await.unwrap();
+    fresh.consolidated().await;
+    let searched = vec!["body".to_owned()];
+    let filter = bucket_below(&c, 10);
+    // Ties in score may change order with the document addresses: the same
+    // scores, and the same documents above the 10th score.
+    let same = |now: &[Bm25Hit], then: &[Bm25Hit], what: &str| {
+        assert_eq!(now.len(), then.len(), "{what}");
+        for (a, b) in now.iter().zip(then) {
+            assert!((a.score - b.score).abs() < 1e-4, "{what}: {a:?} vs {b:?}");
+        }
+        let Some(kth) = then.last().map(|h| h.score) else {
+            return;
+        };
+        let above = |hits: &[Bm25Hit]| -> HashSet<String> {
+            hits.iter()
+                .filter(|h| h.score > kth + 1e-4)
+                .map(|h| h.key.clone())
+                .collect()
+        };
+        assert_eq!(above(now), above(then), "{what}");
+    };
+    let mut compared = 0;
+    for q in 0..20 {
+        let q = format!("{} {}", word(q % 5), word(VOCABULARY - 1 - q * 7));
+        let now = index
+            .search_bm25(&q, &CheckedFilter::all(), 10, &searched)
+            .unwrap();
+        let then = fresh
+            .search_bm25(&q, &CheckedFilter::all(), 10, &searched)
+            .unwrap();
+        same(&now, &then, &format!("query {q:?}, unfiltered"));
+        let now = index.search_bm25(&q, &filter, 10, &searched).unwrap();
+        let then = fresh.search_bm25(&q, &filter, 10, &searched).unwrap();
+        same(&now, &then, &format!("query {q:?}, 10 %"));
+        assert!(
+            now.iter()
+                .all(|h| h.key[1..].parse::<usize>().unwrap() >= 100)
+        );
+        compared += usize::from(!now.is_empty());
+    }
+    assert!(compared > 10, "only {compared} non-empty comparisons");
+    // Later small catch-ups still apply on top of the merged segment.
+    let (k, d, t, b) = write(100..200, true);
+    client.execute(&insert, &[&k, &d, &t, &b]).await.unwrap();
+    index.catch_up(db.pool()).await.unwrap();
+    assert_eq!(usize::try_from(index.num_docs()).unwrap(), live - 100);
+    drop(client);
+    db.drop_db().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&fresh_dir);
 }
