@@ -532,3 +532,69 @@ async fn a_partly_embedded_collection_ranks_bm25_hits_above_vector_only_ones() {
     db.drop_db().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The embedded count is refreshed after [`quarry_search::service::COUNT_TTL`]
+/// whenever a write could have changed it, though the refresh skips the
+/// full count when the sidecar's fingerprint is unchanged: embedding (or
+/// un-embedding) rows keeps their versions but changes the pending rows,
+/// and a deletion gives the row a new version but leaves the pending rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_count_follows_every_kind_of_write() {
+    use quarry_search::service::COUNT_TTL;
+
+    let (db, tool, dir) = setup(false).await;
+    let text = "dog";
+    let counts = || async {
+        let r = tool
+            .search_with_query_vector(&caller(), request(text, Mode::Hybrid), unit("Dogs"))
+            .await
+            .unwrap();
+        (r.documents, r.embedded_documents)
+    };
+    // the next search after COUNT_TTL starts the refresh; poll until it shows
+    let settles_at = |want: (u64, u64)| {
+        let counts = &counts;
+        async move {
+            tokio::time::sleep(COUNT_TTL + std::time::Duration::from_millis(100)).await;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let got = counts().await;
+                if got == want {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{got:?}, want {want:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(counts().await, (4, 4));
+    let client = db.pool().get().await.unwrap();
+    // un-embedded, versions kept: only the pending rows change
+    client
+        .execute(
+            "UPDATE quarry.search_docs SET embedded = false, v_title = NULL, v_body = NULL \
+             WHERE key IN ('2', '3')",
+            &[],
+        )
+        .await
+        .unwrap();
+    settles_at((4, 2)).await;
+    // an embedded row deleted with a new version: only the version changes
+    client
+        .execute(
+            "UPDATE quarry.search_docs SET deleted = true, \
+             version = nextval('quarry.search_version') WHERE key = '1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    tool.catch_up().await.unwrap();
+    settles_at((3, 1)).await;
+    drop(client);
+    drop(tool);
+    db.drop_db().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
