@@ -845,7 +845,9 @@ impl SummaryTool {
     /// `schedule`; 0 means never). A build that fails (PostgreSQL restarted
     /// under it, say) is retried after a delay of bounded exponential
     /// backoff with jitter ([`quarry_db::supervisor::restart_delays`]) until
-    /// one succeeds, rather than left until the next interval; each failure
+    /// one succeeds, rather than left until the next interval (a retry that
+    /// comes back with failed entities is retried too, up to
+    /// [`PARTIAL_RETRIES_AFTER_INTERRUPTION`] attempts); each failure
     /// is logged as a warning and reported to `task` (the schedule is down
     /// until a build succeeds). A build another replica is running is
     /// skipped quietly. Cancelling `cancel` stops promptly, abandoning a
@@ -936,6 +938,20 @@ impl SummaryTool {
                 result = build => result,
             };
             let error = match result {
+                // A retry after an interrupted build that still has failures
+                // most likely met what the outage left behind (pooled
+                // connections from before a PostgreSQL restart, handed out
+                // for a moment after it): tried again, a few times.
+                Ok(report)
+                    if report.failed > 0
+                        && attempt > 1
+                        && attempt <= PARTIAL_RETRIES_AFTER_INTERRUPTION =>
+                {
+                    SummaryError::Unavailable(format!(
+                        "the retry of an interrupted build had {} failures",
+                        report.failed
+                    ))
+                }
                 Ok(_) => {
                     if let Some(task) = task {
                         task.running();
@@ -966,6 +982,12 @@ impl SummaryTool {
         }
     }
 }
+
+/// Attempts of a scheduled build, counting the interrupted one, up to which
+/// a retry that comes back with failures is retried again rather than
+/// accepted as a partial build (see [`SummaryTool::run_schedule`]); past
+/// them a kind that always fails no longer keeps the schedule rebuilding.
+pub const PARTIAL_RETRIES_AFTER_INTERRUPTION: u32 = 4;
 
 /// The share of `refresh_interval_secs` within which a build by any replica
 /// makes a scheduled one unneeded: less than the whole interval, so the
