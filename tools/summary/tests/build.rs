@@ -795,3 +795,79 @@ async fn a_replica_skips_the_build_another_ran_within_the_interval() {
     );
     db.drop_db().await;
 }
+
+/// A scheduled build whose first attempt is interrupted (it cannot be
+/// recorded) and whose retry then has a failed entity is retried once more
+/// rather than kept as partial, so a clean build is recorded. The two
+/// faults are injected through a sequence counting the builds' records: a
+/// trigger refuses the first record, and the collection's entities query
+/// fails while exactly one record was attempted. The test fails without
+/// the retry of a partial build (only the partial one is recorded).
+#[tokio::test]
+async fn a_partial_retry_after_an_interrupted_scheduled_build_is_retried() {
+    let db = fixture::database().await;
+    db.pool()
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE SEQUENCE public.records; \
+             CREATE FUNCTION public.refuse_first_record() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF nextval('public.records') = 1 THEN \
+               RAISE EXCEPTION 'the first record is refused'; END IF; RETURN NEW; END $$; \
+             CREATE FUNCTION public.gate() RETURNS boolean LANGUAGE plpgsql AS $$ \
+             DECLARE v bigint; c boolean; \
+             BEGIN SELECT last_value, is_called INTO v, c FROM public.records; \
+               IF c AND v = 1 THEN RAISE EXCEPTION 'failing the second attempt'; END IF; \
+               RETURN true; END $$;",
+        )
+        .await
+        .unwrap();
+    let toml = fixture::KINDS
+        .replace(
+            "entities = \"SELECT 'tate' AS key, 'Tate collection' AS name\"",
+            "entities = \"SELECT 'tate' AS key, 'Tate collection' AS name WHERE public.gate()\"",
+        )
+        .replace("build_on_start = false", "build_on_start = true");
+    assert!(toml.contains("public.gate()"));
+    let config: quarry_summary::SummaryConfig = toml::from_str(&toml).unwrap();
+    let tool = Arc::new(
+        SummaryTool::open(db.pool().clone(), config, None)
+            .await
+            .unwrap(),
+    );
+    // the tool's migrations have made quarry.summary_builds by now
+    db.pool()
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TRIGGER refuse_first BEFORE INSERT ON quarry.summary_builds \
+             FOR EACH ROW EXECUTE FUNCTION public.refuse_first_record()",
+        )
+        .await
+        .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    // no schedule after the start-up build: the call returns once it is done
+    tokio::time::timeout(Duration::from_secs(60), tool.run_schedule(cancel, None))
+        .await
+        .expect("the start-up build settles");
+    let client = db.pool().get().await.unwrap();
+    let rows: Vec<(String, i64)> = client
+        .query(
+            "SELECT trigger, (report->>'failed')::bigint FROM quarry.summary_builds ORDER BY started_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        [("startup".to_owned(), 1), ("startup".to_owned(), 0)],
+        "the interrupted attempt is not recorded, the partial retry is, and so is the clean one"
+    );
+    drop(client);
+    db.drop_db().await;
+}
