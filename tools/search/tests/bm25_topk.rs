@@ -75,16 +75,36 @@ fn bucket_below(c: &Collection, limit: i64) -> CheckedFilter {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pruned_filtered_top_k_is_the_exhaustive_top_k() {
+/// A test database with the source table `public.src` and `c`'s sidecar.
+async fn sidecar_database(c: &Collection) -> TestDb {
     let db = TestDb::create().await;
-    let c = Arc::new(collection());
     let mut client = db.pool().get().await.unwrap();
     client
         .batch_execute("CREATE TABLE public.src (id int PRIMARY KEY)")
         .await
         .unwrap();
-    ensure_sidecar(&mut client, &c, None).await.unwrap();
+    ensure_sidecar(&mut client, c, None).await.unwrap();
+    db
+}
+
+/// Upserts sidecar rows from four arrays (key, deleted, body, bucket), each
+/// row with a new version.
+fn upsert_sql(c: &Collection) -> String {
+    format!(
+        "INSERT INTO {} (key, version, deleted, t_body, f_bucket) \
+         SELECT k, nextval('quarry.search_version'), d, b, x \
+         FROM unnest($1::text[], $2::bool[], $3::text[], $4::bigint[]) AS u(k, d, b, x) \
+         ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, deleted = EXCLUDED.deleted, \
+         t_body = EXCLUDED.t_body, f_bucket = EXCLUDED.f_bucket",
+        c.docs_table()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruned_filtered_top_k_is_the_exhaustive_top_k() {
+    let c = Arc::new(collection());
+    let db = sidecar_database(&c).await;
+    let client = db.pool().get().await.unwrap();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let bodies: Vec<String> = (0..DOCS)
         .map(|_| {
@@ -95,14 +115,7 @@ async fn pruned_filtered_top_k_is_the_exhaustive_top_k() {
                 .join(" ")
         })
         .collect();
-    let table = c.docs_table();
-    let insert = format!(
-        "INSERT INTO {table} (key, version, deleted, t_body, f_bucket) \
-         SELECT k, nextval('quarry.search_version'), d, b, x \
-         FROM unnest($1::text[], $2::bool[], $3::text[], $4::bigint[]) AS u(k, d, b, x) \
-         ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, deleted = EXCLUDED.deleted, \
-         t_body = EXCLUDED.t_body, f_bucket = EXCLUDED.f_bucket"
-    );
+    let insert = upsert_sql(&c);
     let dir = std::env::temp_dir().join(format!("quarry-search-{}", uuid::Uuid::new_v4()));
     let index = Arc::new(CollectionIndex::open(&dir, Arc::clone(&c)).unwrap());
     // Three catch-ups (so several segments), the last one rewriting and
@@ -205,22 +218,10 @@ async fn pruned_filtered_top_k_is_the_exhaustive_top_k() {
 async fn a_bulk_catch_up_merges_the_index_into_one_segment() {
     use quarry_search::index::CONSOLIDATE_AFTER_ROWS;
 
-    let db = TestDb::create().await;
     let c = Arc::new(collection());
-    let mut client = db.pool().get().await.unwrap();
-    client
-        .batch_execute("CREATE TABLE public.src (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    ensure_sidecar(&mut client, &c, None).await.unwrap();
-    let table = c.docs_table();
-    let insert = format!(
-        "INSERT INTO {table} (key, version, deleted, t_body, f_bucket) \
-         SELECT k, nextval('quarry.search_version'), d, b, x \
-         FROM unnest($1::text[], $2::bool[], $3::text[], $4::bigint[]) AS u(k, d, b, x) \
-         ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, deleted = EXCLUDED.deleted, \
-         t_body = EXCLUDED.t_body, f_bucket = EXCLUDED.f_bucket"
-    );
+    let db = sidecar_database(&c).await;
+    let client = db.pool().get().await.unwrap();
+    let insert = upsert_sql(&c);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut write = |range: std::ops::Range<usize>, deleted: bool| {
         let keys: Vec<String> = range.clone().map(|i| format!("d{i}")).collect();
