@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use quarry_llm::embed::Embedder;
 use quarry_search::collection::{Collection, CollectionConfig};
-use quarry_search::filter::Filter;
+use quarry_search::filter::{CheckedFilter, Filter};
 use quarry_search::index::analyse;
+use quarry_search::vector::VectorOptions;
 use quarry_search::{Mode, SearchConfig, SearchError, SearchRequest, SearchTool, Value};
 use quarry_search_sync::{SyncConfig, Syncer};
 use std::ops::Bound;
@@ -75,6 +76,10 @@ pub struct SearchBenchOptions {
     pub warmup: usize,
     /// Hits per query.
     pub k: usize,
+    /// Timed vector- and hybrid-mode queries also answered with exact
+    /// vector search for recall@k (the first this many; 0: no recall
+    /// figure).
+    pub recall_queries: usize,
     /// Modes measured.
     pub modes: Vec<Mode>,
     /// Progress messages on stderr.
@@ -150,6 +155,11 @@ pub struct BenchRow {
     pub skipped: u64,
     /// Mean hits returned.
     pub mean_hits: f64,
+    /// Vector and hybrid modes: recall@k against the answer with exact
+    /// vector search (see [`recall_at_k`]), mean over the first
+    /// [`SearchBenchOptions::recall_queries`] timed queries (`None`
+    /// otherwise).
+    pub recall: Option<f64>,
 }
 
 /// The results of a run.
@@ -496,7 +506,7 @@ pub async fn run_search_bench(options: &SearchBenchOptions) -> anyhow::Result<Se
                 options.progress,
                 format!("{} × filter {}", mode_name(mode), f.label),
             );
-            let row = measure(&tool, &config.name, mode, f, &queries, options).await?;
+            let row = measure(&tool, &pool, &collection, mode, f, &queries, options).await?;
             report.rows.push(BenchRow { selectivity, ..row });
         }
     }
@@ -633,7 +643,8 @@ async fn sample_queries(
 
 async fn measure(
     tool: &SearchTool,
-    collection: &str,
+    pool: &deadpool_postgres::Pool,
+    collection: &Collection,
     mode: Mode,
     filter: &BenchFilter,
     queries: &[BenchQuery],
@@ -643,10 +654,12 @@ async fn measure(
     let mut exact = 0;
     let mut skipped = 0;
     let mut hits = 0usize;
+    // (query, keys returned) for recall@k
+    let mut to_check = Vec::new();
     for (i, q) in queries.iter().enumerate() {
         let timed = i >= options.warmup;
         let request = SearchRequest {
-            collection: collection.to_owned(),
+            collection: collection.name.clone(),
             query: q.text.clone(),
             filter: filter.filter.clone(),
             mode,
@@ -677,6 +690,10 @@ async fn measure(
                     if response.exact_vector_search {
                         exact += 1;
                     }
+                    if mode != Mode::Bm25 && to_check.len() < options.recall_queries {
+                        let keys: Vec<String> = response.hits.into_iter().map(|h| h.key).collect();
+                        to_check.push((q, keys));
+                    }
                 }
             }
             Err(SearchError::InvalidArgument { field, .. }) if field == "query" => {
@@ -695,6 +712,11 @@ async fn measure(
         }
     }
     let latency = latencies.summary();
+    let recall = if to_check.is_empty() {
+        None
+    } else {
+        recall_at_k(tool, pool, collection, mode, filter, &to_check, options.k).await?
+    };
     Ok(BenchRow {
         mode,
         filter: filter.label.clone(),
@@ -707,7 +729,114 @@ async fn measure(
         } else {
             0.0
         },
+        recall,
     })
+}
+
+/// Mean recall@k against the answer exact vector search would give:
+/// vector mode against exact k-NN over the same filtered rows
+/// ([`quarry_search::vector::search`] with an exact threshold no estimate
+/// reaches, over every text field); hybrid mode against the fusion of the
+/// same BM25 candidates with exact k-NN candidates (weights, RRF constant
+/// and candidates from the tool's configuration; `None` unless every
+/// document is embedded, as the fusion of a partly embedded collection
+/// also keeps unembedded BM25 hits in place). The share of the reference
+/// top k that came back.
+async fn recall_at_k(
+    tool: &SearchTool,
+    pool: &deadpool_postgres::Pool,
+    collection: &Collection,
+    mode: Mode,
+    filter: &BenchFilter,
+    answers: &[(&BenchQuery, Vec<String>)],
+    k: usize,
+) -> anyhow::Result<Option<f64>> {
+    let config = tool.config().clone();
+    let (documents, embedded) = collection_counts(tool).await?;
+    if mode == Mode::Hybrid && embedded < documents {
+        return Ok(None);
+    }
+    let client = pool.get().await?;
+    let checked = match &filter.filter {
+        Some(f) => f.validate(collection)?,
+        None => CheckedFilter::all(),
+    };
+    let exact_only = VectorOptions {
+        exact_threshold: u64::MAX,
+        ..VectorOptions::default()
+    };
+    let fields: Vec<String> = collection.text.iter().map(|f| f.name.clone()).collect();
+    let depth = if mode == Mode::Hybrid {
+        config.candidates.max(k)
+    } else {
+        k
+    };
+    let mut sum = 0.0;
+    for (q, keys) in answers {
+        let Some(v) = &q.vector else {
+            anyhow::bail!("recall@k needs query vectors");
+        };
+        let exact = quarry_search::vector::search(
+            &client,
+            collection,
+            &pgvector::Vector::from(v.clone()),
+            &checked,
+            depth,
+            depth,
+            &exact_only,
+            &fields,
+        )
+        .await?;
+        let truth: Vec<String> = if mode == Mode::Hybrid {
+            let bm25 = match tool
+                .search(
+                    &crate::local_caller("quarry bench search"),
+                    SearchRequest {
+                        collection: collection.name.clone(),
+                        query: q.text.clone(),
+                        filter: filter.filter.clone(),
+                        mode: Mode::Bm25,
+                        k: depth,
+                        fields: Vec::new(),
+                    },
+                )
+                .await
+            {
+                Ok(r) => r
+                    .hits
+                    .into_iter()
+                    .map(|h| (h.key, h.score))
+                    .collect::<Vec<_>>(),
+                Err(SearchError::InvalidArgument { .. }) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            let vector: Vec<(String, f64)> = exact
+                .hits
+                .into_iter()
+                .map(|h| (h.key, 1.0 - h.distance))
+                .collect();
+            quarry_search::fusion::fuse(
+                &bm25,
+                &vector,
+                config.bm25_weight,
+                quarry_search::fusion::coverage_weight(config.vector_weight, documents, embedded),
+                config.rrf_k,
+            )
+            .into_iter()
+            .take(k)
+            .map(|h| h.key)
+            .collect()
+        } else {
+            exact.hits.into_iter().map(|h| h.key).collect()
+        };
+        let found = truth.iter().filter(|key| keys.contains(key)).count();
+        sum += if truth.is_empty() {
+            1.0
+        } else {
+            found as f64 / truth.len() as f64
+        };
+    }
+    Ok(Some(sum / answers.len() as f64))
 }
 
 impl BenchRow {
@@ -791,13 +920,22 @@ impl SearchBenchReport {
         }
         let _ = writeln!(
             out,
-            "{:<7} {:<7} {:>8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>6}  vector path",
-            "mode", "filter", "kept", "n", "p50 ms", "p99 ms", "mean ms", "max ms", "hits"
+            "{:<7} {:<7} {:>8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>6} {:>8}  vector path",
+            "mode",
+            "filter",
+            "kept",
+            "n",
+            "p50 ms",
+            "p99 ms",
+            "mean ms",
+            "max ms",
+            "hits",
+            "recall"
         );
         for r in &self.rows {
             let _ = writeln!(
                 out,
-                "{:<7} {:<7} {:>7.2}% {:>6} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6.1}  {}",
+                "{:<7} {:<7} {:>7.2}% {:>6} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6.1} {:>8}  {}",
                 mode_name(r.mode),
                 r.filter,
                 100.0 * r.selectivity,
@@ -807,6 +945,8 @@ impl SearchBenchReport {
                 r.latency.mean_ms,
                 r.latency.max_ms,
                 r.mean_hits,
+                r.recall
+                    .map_or_else(|| "-".to_owned(), |x| format!("{x:.3}")),
                 r.vector_path()
             );
         }
@@ -844,6 +984,7 @@ impl SearchBenchReport {
                 "vector_path": r.vector_path(),
                 "skipped": r.skipped,
                 "mean_hits": round3(r.mean_hits),
+                "recall_at_k": r.recall.map(round3),
             })).collect::<Vec<_>>(),
         })
     }

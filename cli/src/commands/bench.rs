@@ -39,6 +39,12 @@ enum What {
         /// Hits per query.
         #[arg(long, default_value_t = 10)]
         k: usize,
+        /// Of the timed vector and hybrid queries, how many are also
+        /// answered with exact k-NN over the filtered rows to report
+        /// recall@k against that answer (0: none; exact search over 1M
+        /// unfiltered rows takes about a second per query).
+        #[arg(long, default_value_t = 0)]
+        recall_queries: usize,
         /// Modes to measure.
         #[arg(long, value_delimiter = ',', default_values = ["bm25", "vector", "hybrid"])]
         modes: Vec<SearchMode>,
@@ -196,6 +202,7 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
             queries,
             warmup,
             k,
+            recall_queries,
             modes,
             embed_seconds,
             keep_index,
@@ -249,6 +256,7 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
                 queries,
                 warmup,
                 k,
+                recall_queries,
                 modes: modes.into_iter().map(Into::into).collect(),
                 progress: true,
             };

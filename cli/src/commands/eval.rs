@@ -66,6 +66,10 @@ enum What {
         /// (`quarry_eval::search::run_coverage_eval`).
         #[arg(long, value_delimiter = ',')]
         coverage: Vec<f64>,
+        /// Candidates each retriever gives hybrid fusion (`[search]
+        /// candidates`); default the service's default.
+        #[arg(long)]
+        candidates: Option<usize>,
     },
     /// What agentic mode sends the model, per question and per model call:
     /// prompt bytes and tokens, the schema context's share of the full
@@ -175,6 +179,7 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
             index_dir,
             limit,
             coverage,
+            candidates,
         } => {
             let database_url = match database_url {
                 Some(url) => url,
@@ -200,7 +205,13 @@ pub async fn run(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
                 modes,
                 limit,
                 embedder,
-                search: quarry_search::SearchConfig::default(),
+                search: {
+                    let defaults = quarry_search::SearchConfig::default();
+                    quarry_search::SearchConfig {
+                        candidates: candidates.unwrap_or(defaults.candidates),
+                        ..defaults
+                    }
+                },
                 progress: !json,
             };
             if !coverage.is_empty() {

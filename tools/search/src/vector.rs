@@ -22,9 +22,18 @@
 //!    `MATERIALIZED` CTE (which the planner cannot answer from the index),
 //!    ordered by distance then key.
 //! 3. Otherwise **HNSW** in a transaction with
-//!    `SET LOCAL hnsw.ef_search = min(ceil(base / s), max)`, where
-//!    `base = max(ef_search_base, k, 2 · min_hits)`: the expected surviving
-//!    rows stay about `base` (at least `5 · min_hits` when capped at `max`). One index-ordered subquery per text field (top `k` each),
+//!    `SET LOCAL hnsw.ef_search = min(ceil(base / s), max)`: about `base`
+//!    rows are expected to survive the filter. [`Survivors`] chooses `base`:
+//!    - [`Survivors::Recall`] (vector mode; the rule the recall test below
+//!      and the README's recall@10 figures were measured with): `base =
+//!      max(ef_search_base, k, 2 · min_hits)`, at least `5 · min_hits` when
+//!      capped at `max`;
+//!    - [`Survivors::Fusion`] (the vector side of hybrid search, whose `k`
+//!      is the candidates fusion wants and `min_hits` the request's k):
+//!      `base = max(k, margin · min_hits)`, `ef_search` at least
+//!      `ef_search_base`; without a filter (`s = 1`) `base = k`.
+//!
+//!    One index-ordered subquery per text field (top `k` each),
 //!    union, smallest distance per key, top `k` (a document in the overall
 //!    top `k` is in the top `k` of the field that gives its distance).
 //! 4. If HNSW returns fewer than `min_hits` rows, the exact query runs
@@ -53,6 +62,24 @@ pub struct VectorOptions {
     pub ef_search_base: u32,
     /// Largest `hnsw.ef_search` used (pgvector accepts up to 1000).
     pub max_ef_search: u32,
+    /// How many rows HNSW should leave after the filter.
+    pub survivors: Survivors,
+}
+
+/// The rows the HNSW path aims to leave after a filter (module docs, 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Survivors {
+    /// `max(ef_search_base, k, 2 · min_hits)`: for vector-mode answers.
+    Recall,
+    /// `max(k, margin · min_hits)` (`k` without a filter): for fusion
+    /// candidates. Measured at 1M documents with a 10 % filter, margin 5
+    /// and 50 candidates (`ef_search` 500): hybrid p99 19.9-25.6 ms against
+    /// 26.3-33.2 with 100 candidates (`ef_search` 1000), recall@10 against
+    /// exact vector search 0.951 against 0.954 (README, "Search at 1M").
+    Fusion {
+        /// Rows per hit asked for (at least 1).
+        margin: u32,
+    },
 }
 
 impl Default for VectorOptions {
@@ -64,6 +91,7 @@ impl Default for VectorOptions {
             exact_threshold: 10_000,
             ef_search_base: 100,
             max_ef_search: 1000,
+            survivors: Survivors::Recall,
         }
     }
 }
@@ -182,11 +210,18 @@ pub fn ef_search_for(
     min_hits: usize,
     selectivity: f64,
 ) -> Option<u32> {
-    let base = f64::from(options.ef_search_base)
-        .max(k as f64)
-        .max(2.0 * min_hits as f64);
     let selectivity = selectivity.clamp(1e-9, 1.0);
-    let wanted = (base / selectivity).ceil();
+    let base = match options.survivors {
+        Survivors::Recall => f64::from(options.ef_search_base)
+            .max(k as f64)
+            .max(2.0 * min_hits as f64),
+        // without a filter every candidate survives
+        Survivors::Fusion { .. } if selectivity >= 1.0 => k as f64,
+        Survivors::Fusion { margin } => (k as f64).max(f64::from(margin.max(1)) * min_hits as f64),
+    };
+    let wanted = (base / selectivity)
+        .ceil()
+        .max(f64::from(options.ef_search_base));
     let max = f64::from(options.max_ef_search);
     if wanted > max {
         // Capped: still worth it while the capped candidate list is expected
@@ -194,7 +229,7 @@ pub fn ef_search_for(
         // shortfall, at the cost of both queries).
         (max * selectivity >= 5.0 * min_hits as f64).then_some(options.max_ef_search)
     } else {
-        // In range: base ≤ wanted ≤ max_ef_search ≤ u32::MAX.
+        // In range: wanted ≤ max_ef_search ≤ u32::MAX.
         Some(wanted as u32)
     }
 }
@@ -364,5 +399,27 @@ mod tests {
         assert_eq!(ef_search_for(&o, 100, 10, 0.1), Some(1000));
         assert_eq!(ef_search_for(&o, 200, 100, 1.0), Some(200));
         assert_eq!(ef_search_for(&o, 10, 10, 0.0), None);
+    }
+
+    #[test]
+    fn fusion_candidates_aim_at_margin_times_the_hits() {
+        let o = VectorOptions {
+            survivors: Survivors::Fusion { margin: 5 },
+            ..VectorOptions::default()
+        };
+        // without a filter: the candidates, at least ef_search_base
+        assert_eq!(ef_search_for(&o, 50, 10, 1.0), Some(100));
+        assert_eq!(ef_search_for(&o, 100, 100, 1.0), Some(100));
+        assert_eq!(ef_search_for(&o, 200, 10, 1.0), Some(200));
+        // 50 candidates or 5 × 10 hits expected to survive
+        assert_eq!(ef_search_for(&o, 50, 10, 0.5), Some(100));
+        assert_eq!(ef_search_for(&o, 50, 10, 0.2), Some(250));
+        assert_eq!(ef_search_for(&o, 50, 10, 0.1), Some(500));
+        assert_eq!(ef_search_for(&o, 30, 10, 0.1), Some(500));
+        assert_eq!(ef_search_for(&o, 100, 10, 0.1), Some(1000));
+        // capped: HNSW while 1000 still leaves 5 × min_hits, else exact
+        assert_eq!(ef_search_for(&o, 50, 10, 0.05), Some(1000));
+        assert_eq!(ef_search_for(&o, 50, 10, 0.04), None);
+        assert_eq!(ef_search_for(&o, 200, 10, 0.1), Some(1000));
     }
 }

@@ -245,7 +245,7 @@ async fn vector_search_is_exact_at_every_selectivity() {
     let fallback = VectorOptions {
         exact_threshold: 0,
         ef_search_base: 40,
-        max_ef_search: 1000,
+        ..VectorOptions::default()
     };
     let far = Filter::Eq {
         field: "cluster".into(),
