@@ -74,7 +74,7 @@ pub enum Survivors {
     /// `max(k, margin · min_hits)` (`k` without a filter): for fusion
     /// candidates. Measured at 1M documents with a 10 % filter, margin 5
     /// and 50 candidates (`ef_search` 500): hybrid p99 19.9-25.6 ms against
-    /// 26.3-33.2 with 100 candidates (`ef_search` 1000), recall@10 against
+    /// 26.3-35.6 with 100 candidates (`ef_search` 1000), recall@10 against
     /// exact vector search 0.951 against 0.954 (README, "Search at 1M").
     Fusion {
         /// Rows per hit asked for (at least 1).
