@@ -751,9 +751,13 @@ async fn recall_at_k(
     answers: &[(&BenchQuery, Vec<String>)],
     k: usize,
 ) -> anyhow::Result<Option<f64>> {
-    let config = tool.config().clone();
-    let (documents, embedded) = collection_counts(tool).await?;
-    if mode == Mode::Hybrid && embedded < documents {
+    let config = tool.config();
+    let (documents, embedded) = if mode == Mode::Hybrid {
+        collection_counts(tool).await?
+    } else {
+        (0, 0)
+    };
+    if embedded < documents {
         return Ok(None);
     }
     let client = pool.get().await?;
