@@ -69,6 +69,6 @@ pub use policy::{
 };
 pub use principal::Principal;
 pub use rate_limit::{
-    RateLimit, RateLimitConfig, RateLimitLayer, SHARED_STORE_TIMEOUT, SharedRateStore,
-    TenantRateLimiter,
+    LEASE_TTL, MAX_CELLS_AHEAD, RateLimit, RateLimitConfig, RateLimitLayer, SHARED_STORE_TIMEOUT,
+    SharedRateStore, TenantRateLimiter, cells_ahead,
 };

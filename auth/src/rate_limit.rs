@@ -29,21 +29,125 @@ mod tests;
 /// PostgreSQL on the same network takes about a millisecond).
 pub const SHARED_STORE_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// The store that makes a tenant's quota hold across replicas: one
-/// admission per request, shared by every process using the store (e.g.
-/// GCRA in PostgreSQL, `quarry_db::rate_limit`).
+/// The store that makes a tenant's quota hold across replicas: GCRA cells
+/// acquired per request, or ahead of requests, shared by every process
+/// using the store (e.g. GCRA in PostgreSQL, `quarry_db::rate_limit`).
 pub trait SharedRateStore: fmt::Debug + Send + Sync {
-    /// Admits one request to `bucket` (tenant and service) under `quota`,
-    /// or returns the wait until one would be admitted.
+    /// Acquires cells of `bucket` (tenant and service) under `quota`: with
+    /// `now`, the cell a waiting request needs (refused when it does not
+    /// conform) and up to `ahead` more; without, up to `ahead` cells only.
+    /// Cells ahead come only from the upper half of the bucket (at most
+    /// `(burst − 1) / 2` cells drawn after the grant), so that a replica
+    /// holding some never leaves the others less than half the burst.
+    /// Returns the cells granted (with `now`, at least 1; without, possibly
+    /// 0), or for a refused request the wait until one would conform.
     ///
     /// # Errors
     /// The store could not be reached or failed, as text; [`RateLimit`]
     /// then admits on the local stage alone.
-    fn admit(
+    fn acquire(
         &self,
         bucket: String,
         quota: RateLimitConfig,
-    ) -> BoxFuture<'static, Result<Result<(), Duration>, String>>;
+        now: bool,
+        ahead: u32,
+    ) -> BoxFuture<'static, Result<Result<u32, Duration>, String>>;
+}
+
+/// How long cells taken ahead may be spent after their grant; unspent
+/// ones are then dropped. With at most [`MAX_CELLS_AHEAD`] cells held per
+/// bucket, a replica's admissions in any window exceed what the shared
+/// store granted in that window by at most the cells it held at its start.
+pub const LEASE_TTL: Duration = Duration::from_secs(1);
+
+/// The most cells a replica takes ahead per bucket.
+pub const MAX_CELLS_AHEAD: u32 = 16;
+
+/// Cells a replica takes ahead for a quota of `burst`: a quarter of the
+/// tolerance `burst − 1`, at most [`MAX_CELLS_AHEAD`]; 0 (every request
+/// asks the store) for a burst under 5.
+pub fn cells_ahead(burst: u32) -> u32 {
+    (burst.saturating_sub(1) / 4).min(MAX_CELLS_AHEAD)
+}
+
+/// Cells one replica holds for one bucket.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    cells: u32,
+    expires: tokio::time::Instant,
+    refilling: bool,
+}
+
+/// The cells this process holds ahead, per bucket.
+#[derive(Debug, Default)]
+struct Leases(std::sync::Mutex<std::collections::HashMap<String, Lease>>);
+
+impl Leases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Lease>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Spends one unexpired cell of `bucket`. Returns whether one was
+    /// spent, and whether the caller should now take more ahead (the
+    /// bucket is down to half of `ahead` and no refill is in flight; it is
+    /// then marked as refilling).
+    fn spend(&self, bucket: &str, ahead: u32) -> (bool, bool) {
+        let now = tokio::time::Instant::now();
+        let mut leases = self.lock();
+        let Some(lease) = leases.get_mut(bucket) else {
+            return (false, false);
+        };
+        if lease.cells == 0 || lease.expires <= now {
+            lease.cells = 0;
+            return (false, false);
+        }
+        lease.cells -= 1;
+        let refill = !lease.refilling && lease.cells <= ahead / 2;
+        if refill {
+            lease.refilling = true;
+        }
+        (true, refill)
+    }
+
+    /// The cells to ask for in a refill of `bucket`: up to `ahead` held.
+    fn missing(&self, bucket: &str, ahead: u32) -> u32 {
+        let now = tokio::time::Instant::now();
+        self.lock()
+            .get(bucket)
+            .filter(|l| l.expires > now)
+            .map_or(ahead, |l| ahead.saturating_sub(l.cells))
+    }
+
+    /// Adds `granted` cells to `bucket` (keeping at most `ahead`), valid
+    /// for [`LEASE_TTL`] from now; `refilled` ends a refill.
+    fn add(&self, bucket: &str, granted: u32, ahead: u32, refilled: bool) {
+        let now = tokio::time::Instant::now();
+        let mut leases = self.lock();
+        let lease = leases.entry(bucket.to_owned()).or_insert(Lease {
+            cells: 0,
+            expires: now,
+            refilling: false,
+        });
+        if lease.expires <= now {
+            lease.cells = 0;
+        }
+        if granted > 0 {
+            lease.cells = lease.cells.saturating_add(granted).min(ahead);
+            lease.expires = now + LEASE_TTL;
+        }
+        if refilled {
+            lease.refilling = false;
+        }
+    }
+
+    /// Forgets buckets with no unexpired cell and no refill in flight.
+    fn prune(&self) {
+        let now = tokio::time::Instant::now();
+        self.lock()
+            .retain(|_, l| l.refilling || (l.cells > 0 && l.expires > now));
+    }
 }
 
 /// Every this many checks the limiter forgets tenants whose state is back
@@ -103,6 +207,7 @@ pub struct TenantRateLimiter {
     checks: Arc<AtomicU64>,
     config: RateLimitConfig,
     shared: Option<Arc<dyn SharedRateStore>>,
+    leases: Arc<Leases>,
 }
 
 impl TenantRateLimiter {
@@ -113,6 +218,7 @@ impl TenantRateLimiter {
             checks: Arc::new(AtomicU64::new(0)),
             config,
             shared: None,
+            leases: Arc::default(),
         }
     }
 
@@ -136,6 +242,7 @@ impl TenantRateLimiter {
     pub fn check(&self, tenant: &str) -> Result<(), Duration> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
             self.limiter.retain_recent();
+            self.leases.prune();
         }
         self.limiter
             .check_key(&tenant.to_owned())
@@ -188,11 +295,24 @@ impl<S> Layer<S> for RateLimitLayer {
 ///
 /// Two stages: this process's governor first (no I/O; it sheds a flood
 /// before it reaches the store), then, when the limiter has a
-/// [`SharedRateStore`], one admission in the store for the bucket
-/// `<tenant>/<gRPC service>` (e.g. `acme/quarry.v1.AssistantService`), so
-/// that all replicas together admit the quota — per service, so that an
-/// Ask's tool calls forwarded to remote tool roles do not spend the
-/// tenant's Ask quota. When the store fails or does not answer within
+/// [`SharedRateStore`], a cell of the bucket `<tenant>/<gRPC service>`
+/// (e.g. `acme/quarry.v1.AssistantService`) in the store, so that all
+/// replicas together admit the quota — per service, so that an Ask's tool
+/// calls forwarded to remote tool roles do not spend the tenant's Ask
+/// quota.
+///
+/// Cells ahead: with a burst of 5 or more, the acquisition a request
+/// waits on also takes up to [`cells_ahead`] cells ahead, from the upper
+/// half of the bucket only. Later requests spend them without I/O; when
+/// half are spent, more are taken in the background. They expire
+/// [`LEASE_TTL`] after their grant. Away from the limit a request then
+/// costs no round trip; near it (the bucket more than half drawn) nothing
+/// is granted ahead and each request is tested in the store. What a
+/// replica holds ahead was granted by the store, so the fleet exceeds the
+/// shared quota over any window by at most the cells held at its start:
+/// replicas × [`cells_ahead`], never more than replicas × 16.
+///
+/// When the store fails or does not answer within
 /// [`SHARED_STORE_TIMEOUT`], the request is admitted on the local stage
 /// alone (logged at warn): limits then hold per replica, so the fleet
 /// admits at most replicas × quota, and the service stays up.
@@ -243,11 +363,50 @@ where
             .unwrap_or_default();
         let bucket = format!("{tenant}/{service}");
         let quota = self.limiter.config;
+        let ahead = cells_ahead(quota.burst.get());
+        let leases = Arc::clone(&self.limiter.leases);
+        if ahead > 0 {
+            let (spent, refill) = leases.spend(&bucket, ahead);
+            if refill {
+                // take more ahead off the request's path; the request
+                // itself is admitted on the cell just spent
+                let (store, leases, bucket) =
+                    (Arc::clone(&store), Arc::clone(&leases), bucket.clone());
+                tokio::spawn(async move {
+                    let missing = leases.missing(&bucket, ahead);
+                    let granted = match tokio::time::timeout(
+                        SHARED_STORE_TIMEOUT,
+                        store.acquire(bucket.clone(), quota, false, missing),
+                    )
+                    .await
+                    {
+                        Ok(Ok(Ok(granted))) => granted,
+                        Ok(Ok(Err(_))) => 0,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%bucket, %error, "taking rate-limit cells ahead failed");
+                            0
+                        }
+                        Err(_) => 0,
+                    };
+                    leases.add(&bucket, granted, ahead, true);
+                });
+            }
+            if spent {
+                return Box::pin(inner.call(req));
+            }
+        }
         Box::pin(async move {
-            match tokio::time::timeout(SHARED_STORE_TIMEOUT, store.admit(bucket.clone(), quota))
-                .await
+            match tokio::time::timeout(
+                SHARED_STORE_TIMEOUT,
+                store.acquire(bucket.clone(), quota, true, ahead),
+            )
+            .await
             {
-                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Ok(granted))) => {
+                    if ahead > 0 && granted > 1 {
+                        leases.add(&bucket, granted - 1, ahead, false);
+                    }
+                }
                 Ok(Ok(Err(retry_after))) => return Ok(refusal(tenant, retry_after)),
                 Ok(Err(error)) => tracing::warn!(
                     %bucket, %error,

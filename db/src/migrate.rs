@@ -4,7 +4,8 @@
 //! tenant, V6 the audit log, V8 the personal data of conversation turns
 //! (V7 was never released), V9 summaries per tenant, V10 usage per tenant and day, V11 the limits
 //! shared across replicas (rate-limit buckets, budget holds), V13 cached prompt
-//! tokens in the usage ledger. Per-collection search sidecar tables are not here: their shape follows
+//! tokens in the usage ledger, V14 the result cache's change log, V15 the
+//! cells a rate-limit acquisition granted. Per-collection search sidecar tables are not here: their shape follows
 //! each collection's definition, so the search tool creates them
 //! (`quarry_search::ddl`).
 
@@ -87,6 +88,7 @@ mod tests {
                 "V11__limits_across_replicas",
                 "V13__usage_cached_tokens",
                 "V14__result_cache_changes",
+                "V15__rate_limit_leases",
             ]
         );
         assert!(migrate(db.pool()).await.unwrap().is_empty());

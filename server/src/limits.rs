@@ -5,7 +5,11 @@
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use quarry_auth::{RateLimitConfig, SharedRateStore};
-use quarry_db::{Pool, rate_limit::Gcra, usage::UsageAmounts};
+use quarry_db::{
+    Pool,
+    rate_limit::{Gcra, Want},
+    usage::UsageAmounts,
+};
 use quarry_orchestrator::Budgets;
 use quarry_sql::grpc::SqlBudget;
 use tonic::Status;
@@ -29,8 +33,9 @@ impl SqlBudget for SqlBudgets {
 }
 
 /// [`SharedRateStore`] on Quarry's own PostgreSQL database: GCRA with the
-/// theoretical arrival time of each bucket in `quarry.rate_limits`, advanced
-/// by one statement per request ([`quarry_db::rate_limit::admit`]).
+/// theoretical arrival time of each bucket in `quarry.rate_limits`, cells
+/// acquired by one statement ([`quarry_db::rate_limit::acquire`]) for a
+/// request, or ahead of requests.
 ///
 /// PostgreSQL rather than Redis: every replica already holds a pool to it,
 /// so the shared stage adds no component to deploy, secure or watch, and
@@ -43,22 +48,24 @@ pub struct PgRateStore {
 
 impl PgRateStore {
     /// A store on `pool` (the database holding the `quarry` schema,
-    /// migrated to V11).
+    /// migrated to V15).
     pub fn new(pool: Pool) -> Self {
         Self { pool }
     }
 }
 
 impl SharedRateStore for PgRateStore {
-    fn admit(
+    fn acquire(
         &self,
         bucket: String,
         quota: RateLimitConfig,
-    ) -> BoxFuture<'static, Result<Result<(), Duration>, String>> {
+        now: bool,
+        ahead: u32,
+    ) -> BoxFuture<'static, Result<Result<u32, Duration>, String>> {
         let pool = self.pool.clone();
         let gcra = Gcra::per_second(quota.requests_per_second.get(), quota.burst.get());
         Box::pin(async move {
-            quarry_db::rate_limit::admit(&pool, &bucket, gcra)
+            quarry_db::rate_limit::acquire(&pool, &bucket, gcra, Want { now, ahead })
                 .await
                 .map_err(|e| e.to_string())
         })

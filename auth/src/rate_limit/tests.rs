@@ -123,8 +123,9 @@ fn config_rejects_unknown_fields_and_zero() {
     );
 }
 
-/// A store that admits `admits` requests in all, then refuses with 3 s,
-/// recording the buckets asked for; or fails every request.
+/// A store that admits `admits` requests in all, granting the request's
+/// cell only, then refuses with 3 s, recording the buckets asked for; or
+/// fails every request.
 #[derive(Debug, Default)]
 struct CountingStore {
     admits: usize,
@@ -133,22 +134,151 @@ struct CountingStore {
 }
 
 impl SharedRateStore for CountingStore {
-    fn admit(
+    fn acquire(
         &self,
         bucket: String,
         _quota: RateLimitConfig,
-    ) -> BoxFuture<'static, Result<Result<(), Duration>, String>> {
+        now: bool,
+        _ahead: u32,
+    ) -> BoxFuture<'static, Result<Result<u32, Duration>, String>> {
         let mut buckets = self.buckets.lock().unwrap();
+        if !now {
+            return Box::pin(future::ready(Ok(Ok(0))));
+        }
         buckets.push(bucket);
         let result = if self.fail {
             Err("connection refused".to_owned())
         } else if buckets.len() <= self.admits {
-            Ok(Ok(()))
+            Ok(Ok(1))
         } else {
             Ok(Err(Duration::from_secs(3)))
         };
         Box::pin(future::ready(result))
     }
+}
+
+/// GCRA in memory on tokio's clock, as the PostgreSQL store does it
+/// (cells ahead from the upper half of the bucket only), counting the
+/// acquisitions asked of it.
+#[derive(Debug)]
+struct GcraStore {
+    tat: std::sync::Mutex<Option<tokio::time::Instant>>,
+    acquisitions: AtomicU64,
+    /// Cells granted in all.
+    granted: AtomicU64,
+}
+
+impl GcraStore {
+    fn new() -> Self {
+        Self {
+            tat: std::sync::Mutex::new(None),
+            acquisitions: AtomicU64::new(0),
+            granted: AtomicU64::new(0),
+        }
+    }
+}
+
+impl SharedRateStore for GcraStore {
+    fn acquire(
+        &self,
+        _bucket: String,
+        quota: RateLimitConfig,
+        now: bool,
+        ahead: u32,
+    ) -> BoxFuture<'static, Result<Result<u32, Duration>, String>> {
+        self.acquisitions.fetch_add(1, Ordering::Relaxed);
+        let t = Duration::from_secs_f64(1.0 / f64::from(quota.requests_per_second.get()));
+        let tau = t * (quota.burst.get() - 1);
+        let headroom = tau / 2;
+        let clock = tokio::time::Instant::now();
+        let mut tat = self.tat.lock().unwrap();
+        let drawn = tat.map_or(Duration::ZERO, |tat| tat.saturating_duration_since(clock));
+        let extra = if drawn <= headroom {
+            (((headroom - drawn).as_secs_f64() / t.as_secs_f64()).floor() as u32).min(ahead)
+        } else {
+            0
+        };
+        let result = if now && drawn > tau {
+            Ok(Err(drawn - tau))
+        } else {
+            let cells = u32::from(now) + extra;
+            *tat = Some(clock + drawn + t * cells);
+            self.granted.fetch_add(u64::from(cells), Ordering::Relaxed);
+            Ok(Ok(cells))
+        };
+        Box::pin(future::ready(result))
+    }
+}
+
+/// Whether one request of tenant `a` passes `svc`.
+async fn admitted<S>(svc: &S) -> bool
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone,
+{
+    let response = svc
+        .clone()
+        .oneshot(request(Some(principal("a"))))
+        .await
+        .unwrap();
+    response.headers().get("grpc-status").is_none()
+}
+
+#[tokio::test(start_paused = true)]
+async fn cells_taken_ahead_admit_without_a_round_trip_and_expire() {
+    let store = Arc::new(GcraStore::new());
+    // 10/s, burst 41: 10 cells ahead, from a headroom of 20
+    let limiter = TenantRateLimiter::new(config(10, 41)).with_shared(store.clone());
+    let svc = RateLimitLayer::new(limiter).layer(service_fn(ok));
+    for _ in 0..10 {
+        assert!(admitted(&svc).await);
+        // let a refill spawned by this request run
+        tokio::task::yield_now().await;
+    }
+    // the first request took 10 ahead; one refill topped them up at half
+    let acquisitions = store.acquisitions.load(Ordering::Relaxed);
+    assert_eq!(acquisitions, 2, "one acquisition per request would be 10");
+    // unspent cells expire: past LEASE_TTL the next request asks the store
+    tokio::time::advance(LEASE_TTL).await;
+    assert!(admitted(&svc).await);
+    assert_eq!(store.acquisitions.load(Ordering::Relaxed), acquisitions + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cells_ahead_never_admit_more_than_the_shared_quota_grants() {
+    let store = Arc::new(GcraStore::new());
+    // two replicas of 10/s, burst 41, each with its own local stage
+    let replicas: Vec<_> = (0..2)
+        .map(|_| {
+            let limiter = TenantRateLimiter::new(config(1000, 1000)).with_shared(store.clone());
+            let limiter = TenantRateLimiter {
+                config: config(10, 41),
+                ..limiter
+            };
+            RateLimitLayer::new(limiter).layer(service_fn(ok))
+        })
+        .collect();
+    let mut admissions = 0u64;
+    for step in 0..400 {
+        // 40 requests per second offered, alternating replicas
+        if admitted(&replicas[step % 2]).await {
+            admissions += 1;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(25)).await;
+    }
+    let granted = store.granted.load(Ordering::Relaxed);
+    // 10 s at 10/s plus the burst: about 141 granted; what is admitted
+    // never exceeds it (cells held ahead are granted before they are spent)
+    assert!(
+        admissions <= granted,
+        "{admissions} admitted, {granted} granted"
+    );
+    assert!((130..=141).contains(&granted), "{granted} granted");
+    // and near the limit little is lost to cells held ahead
+    assert!(
+        admissions + 2 * u64::from(cells_ahead(41)) >= granted,
+        "{admissions} of {granted}"
+    );
 }
 
 #[tokio::test]
