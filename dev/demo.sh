@@ -149,7 +149,7 @@ QUARRY_TOKEN=$("$QUARRY" token --tenant modern --subject mo --role curator) \
 section "A conversation: quarry ask, then two follow-ups with --conversation"
 first=$("$QUARRY" ask --preview-rows 10 "What are the 10 most common mediums?")
 printf '%s\n' "$first"
-conversation=$(printf '%s\n' "$first" | sed -n 's/^» conversation //p' | head -n 1)
+conversation=$(printf '%s\n' "$first" | sed -n 's/^» conversation //p' | sed -n 1p)
 [[ -n "$conversation" ]] || {
   echo "demo: quarry ask printed no conversation id" >&2
   exit 1
