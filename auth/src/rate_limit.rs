@@ -54,8 +54,8 @@ pub trait SharedRateStore: fmt::Debug + Send + Sync {
     ) -> BoxFuture<'static, Result<Result<u32, Duration>, String>>;
 }
 
-/// How long cells taken ahead may be spent after their grant; unspent
-/// ones are then dropped. With at most [`MAX_CELLS_AHEAD`] cells held per
+/// How long cells taken ahead may be spent after the bucket's last grant
+/// to this replica; unspent ones are then dropped. With at most [`MAX_CELLS_AHEAD`] cells held per
 /// bucket, a replica's admissions in any window exceed what the shared
 /// store granted in that window by at most the cells it held at its start.
 pub const LEASE_TTL: Duration = Duration::from_secs(1);
@@ -305,7 +305,7 @@ impl<S> Layer<S> for RateLimitLayer {
 /// waits on also takes up to [`cells_ahead`] cells ahead, from the upper
 /// half of the bucket only. Later requests spend them without I/O; when
 /// half are spent, more are taken in the background. They expire
-/// [`LEASE_TTL`] after their grant. Away from the limit a request then
+/// [`LEASE_TTL`] after the bucket's last grant. Away from the limit a request then
 /// costs no round trip; near it (the bucket more than half drawn) nothing
 /// is granted ahead and each request is tested in the store. What a
 /// replica holds ahead was granted by the store, so the fleet exceeds the
@@ -381,12 +381,12 @@ where
                     .await
                     {
                         Ok(Ok(Ok(granted))) => granted,
-                        Ok(Ok(Err(_))) => 0,
                         Ok(Err(error)) => {
                             tracing::debug!(%bucket, %error, "taking rate-limit cells ahead failed");
                             0
                         }
-                        Err(_) => 0,
+                        // refused, or no answer in time: nothing ahead
+                        Ok(Ok(Err(_))) | Err(_) => 0,
                     };
                     leases.add(&bucket, granted, ahead, true);
                 });

@@ -26,8 +26,8 @@ use crate::{Pool, Result};
 /// `$3` tolerance `τ` in seconds, `$4` cells needed now (1 for a request,
 /// 0 to only take cells ahead), `$5` cells wanted ahead, `$6` the headroom
 /// `h` in seconds (cells ahead are granted only while the bucket stays
-/// drawn by at most `h + T`), `$7` the cells a bucket created by this
-/// statement grants (`$4 + min($5, ⌊h / T⌋)`, computed by the caller).
+/// drawn by at most `h + T`). A bucket this statement creates is full
+/// (`d = 0`), so it grants `$4 + min($5, ⌊h / T⌋)`.
 ///
 /// With `d = max(TAT − now, 0)`, a request (`$4 = 1`) conforms when
 /// `TAT ≤ now + τ`; it is granted `1 + m` cells with
@@ -43,7 +43,8 @@ const ACQUIRE: &str = "\
 WITH now AS (SELECT clock_timestamp() AS t),
 granted AS (
     INSERT INTO quarry.rate_limits AS r (bucket, tat, granted)
-    SELECT $1, t + make_interval(secs => $2::float8 * $7::int), $7::int FROM now
+    SELECT $1, t + make_interval(secs => $2::float8 * cells), cells
+    FROM now, (SELECT $4::int + least($5::int, floor($6::float8 / $2::float8)::int) AS cells) fresh
     ON CONFLICT (bucket) DO UPDATE
         SET tat = greatest(r.tat, (SELECT t FROM now)) + make_interval(secs => $2::float8 * ($4::int + least($5::int,
                 greatest(floor(($6::float8 - greatest(extract(epoch FROM r.tat - (SELECT t FROM now))::float8, 0)) / $2::float8), 0)::int))),
@@ -107,19 +108,6 @@ pub struct Want {
     pub ahead: u32,
 }
 
-/// Admits one request to `bucket` under `quota`, or returns the wait until
-/// one would be admitted: [`acquire`] with no cells ahead.
-///
-/// # Errors
-/// As [`acquire`].
-pub async fn admit(pool: &Pool, bucket: &str, quota: Gcra) -> Result<Result<(), Duration>> {
-    let want = Want {
-        now: true,
-        ahead: 0,
-    };
-    Ok(acquire(pool, bucket, quota, want).await?.map(|_| ()))
-}
-
 /// Acquires cells of `bucket` under `quota`: one statement on a connection
 /// of `pool` (see `ACQUIRE` for the rule). Returns the cells granted —
 /// with `want.now`, at least 1 (the request's) and up to `want.ahead`
@@ -140,17 +128,12 @@ pub async fn acquire(
     let headroom = quota.headroom().as_secs_f64();
     let needed = i32::from(want.now);
     let ahead = i32::try_from(want.ahead).unwrap_or(i32::MAX);
-    // a bucket this statement creates is full: d = 0
-    let fresh_ahead = (headroom / interval).floor().min(f64::from(ahead)).max(0.0);
-    let fresh = needed + fresh_ahead as i32;
     // prepared once per connection (deadpool's statement cache)
     let acquire = client.prepare_cached(ACQUIRE).await?;
     let row = client
         .query_opt(
             &acquire,
-            &[
-                &bucket, &interval, &tolerance, &needed, &ahead, &headroom, &fresh,
-            ],
+            &[&bucket, &interval, &tolerance, &needed, &ahead, &headroom],
         )
         .await?;
     let granted = row
@@ -172,6 +155,16 @@ pub async fn acquire(
 mod tests {
     use super::*;
     use crate::testing::TestDb;
+
+    /// Admits one request to `bucket` under `quota`, or returns the wait
+    /// until one would be admitted: [`acquire`] with no cells ahead.
+    async fn admit(pool: &Pool, bucket: &str, quota: Gcra) -> Result<Result<(), Duration>> {
+        let want = Want {
+            now: true,
+            ahead: 0,
+        };
+        Ok(acquire(pool, bucket, quota, want).await?.map(|_| ()))
+    }
 
     #[tokio::test]
     async fn a_full_bucket_admits_the_burst_then_one_per_interval() {

@@ -224,6 +224,17 @@ where
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_replica_never_holds_more_than_its_cells_ahead() {
+    // two grants arriving together (a refill racing a request's
+    // acquisition) keep at most `ahead` cells
+    let leases = Leases::default();
+    leases.add("a/s", 10, 10, false);
+    leases.add("a/s", 10, 10, true);
+    let spent = (0..20).filter(|_| leases.spend("a/s", 10).0).count();
+    assert_eq!(spent, 10);
+}
+
+#[tokio::test(start_paused = true)]
 async fn cells_taken_ahead_admit_without_a_round_trip_and_expire() {
     let store = Arc::new(GcraStore::new());
     // 10/s, burst 41: 10 cells ahead, from a headroom of 20
