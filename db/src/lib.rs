@@ -20,6 +20,8 @@
 //! - [`usage`]: usage per tenant and UTC day (`quarry.usage_daily`), for
 //!   budgets and reports, and the budget holds of Asks in flight.
 //! - [`rate_limit`]: request rate limits (GCRA) shared by every replica.
+//! - [`write_behind`]: the SQL tool's audit entries and usage charges,
+//!   stored in batches by a background writer, off the statement's path.
 //! - With the `test-util` feature, `testing::TestDb` creates a throw-away
 //!   database per test.
 
@@ -35,6 +37,7 @@ pub mod supervisor;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod usage;
+pub mod write_behind;
 
 pub use error::{DbError, PgError, Result, error_text, is_unavailable, unavailable_sqlstate};
 pub use ident::{quote_ident, quote_literal};

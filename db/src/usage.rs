@@ -103,19 +103,28 @@ fn spent_of(row: &tokio_postgres::Row, from: usize) -> Spent {
 #[derive(Debug, Clone)]
 pub struct UsageLedger {
     pool: Pool,
+    /// Where charges may be queued ([`crate::write_behind`]): flushed
+    /// before a report, so a report includes them.
+    behind: Option<crate::write_behind::WriteBehind>,
 }
 
-const COLUMNS: &str = "requests, asks, model_calls, prompt_tokens, completion_tokens, cost_usd, rows, bytes, \
+pub(crate) const COLUMNS: &str = "requests, asks, model_calls, prompt_tokens, completion_tokens, cost_usd, rows, bytes, \
      cached_prompt_tokens";
+
+/// The `ON CONFLICT … DO UPDATE SET` list adding each of the [`COLUMNS`]
+/// of the proposed row (`EXCLUDED`) to the stored one.
+pub(crate) fn increments() -> String {
+    COLUMNS
+        .split(", ")
+        .map(|c| format!("{c} = usage_daily.{c} + EXCLUDED.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// The upsert adding one charge to a tenant's day (`$1` tenant, `$2`…`$10`
 /// the [`COLUMNS`] in order, `$7` in USD as `float8`).
 static CHARGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let updates = COLUMNS
-        .split(", ")
-        .map(|c| format!("{c} = usage_daily.{c} + EXCLUDED.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let updates = increments();
     format!(
         "INSERT INTO quarry.usage_daily (tenant, day, {COLUMNS}) \
          VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3, $4, $5, $6, \
@@ -138,7 +147,15 @@ static CHARGE_RELEASING: std::sync::LazyLock<String> = std::sync::LazyLock::new(
 impl UsageLedger {
     /// A ledger on `pool` (the database holding the `quarry` schema).
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self { pool, behind: None }
+    }
+
+    /// The ledger whose [`Self::report`] first stores the charges queued
+    /// to `behind` (the SQL tool's, in this process).
+    #[must_use]
+    pub fn with_write_behind(mut self, behind: crate::write_behind::WriteBehind) -> Self {
+        self.behind = Some(behind);
+        self
     }
 
     /// Adds `amounts` to `tenant`'s current UTC day.
@@ -286,11 +303,19 @@ impl UsageLedger {
     }
 
     /// `tenant`'s usage per day over the last `days` UTC days (today
-    /// included), newest first; days without use are left out.
+    /// included), newest first; days without use are left out. With a
+    /// write-behind ([`Self::with_write_behind`]), the charges queued to it
+    /// before the call are stored first (waiting at most
+    /// [`crate::write_behind::FLUSH_TIMEOUT`]).
     ///
     /// # Errors
     /// The pool's or PostgreSQL's error, as text.
     pub async fn report(&self, tenant: &str, days: u32) -> Result<Vec<UsageDay>, String> {
+        if let Some(behind) = &self.behind
+            && !behind.flush().await
+        {
+            tracing::warn!("usage charges still queued are missing from this report");
+        }
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
         let days = i32::try_from(days.max(1)).unwrap_or(i32::MAX);
         let rows = client

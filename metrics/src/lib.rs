@@ -113,6 +113,14 @@ pub mod names {
     pub const BACKGROUND_TASK_UP: &str = "quarry_background_task_up";
     /// Background task restarts.
     pub const BACKGROUND_TASK_RESTARTS: &str = "quarry_background_task_restarts_total";
+    /// Gauge: audit entries and usage charges queued for the write-behind.
+    pub const BOOKKEEPING_QUEUED: &str = "quarry_bookkeeping_queued";
+    /// Counter: audit entries and usage charges the write-behind stored, by
+    /// `kind` (`audit`, `usage`).
+    pub const BOOKKEEPING_WRITTEN: &str = "quarry_bookkeeping_written_total";
+    /// Counter: audit entries and usage charges dropped because the
+    /// write-behind's queue was full, by `kind`.
+    pub const BOOKKEEPING_DROPPED: &str = "quarry_bookkeeping_dropped_total";
 }
 
 /// Bucket upper bounds in seconds for every `_seconds` histogram: 1 ms to
@@ -227,6 +235,18 @@ pub fn describe() {
     describe_counter!(
         BACKGROUND_TASK_RESTARTS,
         "failures a supervised background task restarted after"
+    );
+    describe_gauge!(
+        BOOKKEEPING_QUEUED,
+        "audit entries and usage charges waiting in the write-behind queue"
+    );
+    describe_counter!(
+        BOOKKEEPING_WRITTEN,
+        "audit entries and usage charges the write-behind stored, by kind"
+    );
+    describe_counter!(
+        BOOKKEEPING_DROPPED,
+        "audit entries and usage charges dropped because the write-behind queue was full, by kind"
     );
 }
 
@@ -420,6 +440,21 @@ pub fn summary_build(outcome: BuildOutcome, elapsed: Duration, built: u64) {
 pub fn background_task(task: &str, group: &str, up: bool) {
     gauge!(names::BACKGROUND_TASK_UP, "task" => task.to_owned(), "group" => group.to_owned())
         .set(if up { 1.0 } else { 0.0 });
+}
+
+/// The write-behind's queue now holds `queued` items.
+pub fn bookkeeping_queued(queued: usize) {
+    gauge!(names::BOOKKEEPING_QUEUED).set(queued as f64);
+}
+
+/// The write-behind stored `count` items of `kind` (`audit`, `usage`).
+pub fn bookkeeping_written(kind: &'static str, count: u64) {
+    counter!(names::BOOKKEEPING_WRITTEN, "kind" => kind).increment(count);
+}
+
+/// The write-behind dropped an item of `kind`: its queue was full.
+pub fn bookkeeping_dropped(kind: &'static str) {
+    counter!(names::BOOKKEEPING_DROPPED, "kind" => kind).increment(1);
 }
 
 /// Supervised background task `task` of `group` failed and will restart.

@@ -150,19 +150,37 @@ pub async fn serve_with_metrics(
     {
         crate::check_database_roles(&config, &pools).await?;
     }
+    // The SQL tool's audit entries and usage charges: queued, and stored
+    // in batches by one supervised writer in Quarry's database (group
+    // `sql`: while it cannot store, health shows it down and the entries
+    // wait); the usage report stores what is queued before it reads.
+    let bookkeeping = if roles.has(Role::Sql) {
+        Some(quarry_db::write_behind::WriteBehind::start(
+            database_pool(&config, &pools)?,
+            &config.sql.audit,
+            &supervisor,
+            Role::Sql.as_str(),
+        ))
+    } else {
+        None
+    };
     // Budgets: kept where model calls are made (Asks, GenerateSql), in
     // Quarry's database, so that every replica sees the same spend.
     let budgets = if roles.has(Role::Assistant) || roles.has(Role::Sql) {
-        Some(Arc::new(Budgets::new(
-            config.budgets.clone(),
-            quarry_db::usage::UsageLedger::new(database_pool(&config, &pools)?),
-        )))
+        let mut ledger = quarry_db::usage::UsageLedger::new(database_pool(&config, &pools)?);
+        if let Some(bookkeeping) = &bookkeeping {
+            ledger = ledger.with_write_behind(bookkeeping.clone());
+        }
+        Some(Arc::new(Budgets::new(config.budgets.clone(), ledger)))
     } else {
         None
     };
     let sql_service = if roles.has(Role::Sql) {
         let sources =
             sql_sources_with(&config, &pools, models.sql_models(), embedder.clone()).await?;
+        if let Some(bookkeeping) = &bookkeeping {
+            sources.use_write_behind(bookkeeping);
+        }
         // each result cache's change-notice listener restarts itself; its
         // state shows in the background-task metrics (group `cache`: while
         // it is down the cache is bypassed and SQL still serves)
@@ -459,7 +477,7 @@ pub async fn serve_with_metrics(
     info!("shutting down: no new connections; draining in-flight requests");
     let _ = stop_tx.send(());
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    match tokio::time::timeout(grace, server).await {
+    let served = match tokio::time::timeout(grace, server).await {
         Ok(result) => result.context("server"),
         Err(_) => {
             warn!(
@@ -468,7 +486,14 @@ pub async fn serve_with_metrics(
             );
             Ok(())
         }
+    };
+    // the statements that ran are audited and charged before the process ends
+    if let Some(bookkeeping) = &bookkeeping
+        && !bookkeeping.flush().await
+    {
+        warn!("audit entries and usage charges still queued at shutdown were not stored");
     }
+    served
 }
 
 /// The reflection service's descriptors: `quarry.v1`, `grpc.health.v1`, and

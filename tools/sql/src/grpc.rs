@@ -593,6 +593,10 @@ impl SqlService for SqlGrpc {
             0 => 100,
             n => i64::from(n.min(1000)),
         };
+        // this server's statements are listed as soon as they have run
+        if !self.sources.flush_bookkeeping().await {
+            tracing::warn!("audit entries still queued are missing from this listing");
+        }
         let entries = self
             .sources
             .audit_log()

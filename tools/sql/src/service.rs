@@ -11,7 +11,8 @@ use std::{
 use deadpool_postgres::Pool;
 use quarry_auth::Caller;
 use quarry_db::audit::{AuditConfig, AuditEntry, AuditLog, Outcome};
-use quarry_db::usage::{UsageAmounts, UsageLedger};
+use quarry_db::usage::UsageAmounts;
+use quarry_db::write_behind::WriteBehind;
 use quarry_llm::{
     ChatModel, ChatRequest, Message, ResponseFormat, Usage,
     embed::Embedder,
@@ -287,10 +288,14 @@ pub struct SqlTool {
     /// Quarry's own database (`database.url`): stored catalog, golden pairs,
     /// audit log. The source's pool unless [`SqlTool::with_home`] says.
     home: Pool,
+    /// Reads the audit log (in `home`).
     audit: AuditLog,
-    /// Usage per tenant and day: each executed statement is charged as a
-    /// request with the rows and bytes it returned (same pool as `audit`).
-    usage: UsageLedger,
+    /// The audit entries and usage charges of statements, stored behind
+    /// ([`quarry_db::write_behind`]): each executed statement is audited
+    /// and charged as a request with the rows and bytes it returned. Set by
+    /// [`SqlTool::use_write_behind`], else started on first use (on
+    /// `home`, supervised by a registry of its own).
+    behind: std::sync::OnceLock<WriteBehind>,
     executor: Executor,
     policy: ValidationPolicy,
     golden: RwLock<Arc<GoldenSet>>,
@@ -456,7 +461,7 @@ impl SqlTool {
         let executor = Executor::new(pool.clone(), config.exec.clone());
         Ok(Self {
             audit: AuditLog::new(pool.clone(), config.audit.clone()),
-            usage: UsageLedger::new(pool.clone()),
+            behind: std::sync::OnceLock::new(),
             home: pool.clone(),
             pool,
             executor,
@@ -498,9 +503,39 @@ impl SqlTool {
     #[must_use]
     pub fn with_home(mut self, home: Pool) -> Self {
         self.audit = AuditLog::new(home.clone(), self.config.audit.clone());
-        self.usage = UsageLedger::new(home.clone());
+        self.behind = std::sync::OnceLock::new();
         self.home = home;
         self
+    }
+
+    /// Queues this tool's audit entries and usage charges to `behind` (one
+    /// writer for the process, on Quarry's own database, reported to the
+    /// server's supervisor) instead of a writer of its own. Call before the
+    /// tool runs a statement: `false` (and no change) once it has one.
+    pub fn use_write_behind(&self, behind: WriteBehind) -> bool {
+        self.behind.set(behind).is_ok()
+    }
+
+    /// The write-behind this tool queues its bookkeeping to.
+    fn behind(&self) -> &WriteBehind {
+        self.behind.get_or_init(|| {
+            WriteBehind::start(
+                self.home.clone(),
+                &self.config.audit,
+                &quarry_db::supervisor::Supervisor::new(),
+                "sql",
+            )
+        })
+    }
+
+    /// Waits until the audit entries and usage charges of the statements
+    /// this tool has run are stored ([`WriteBehind::flush`]): call before
+    /// reading either. `false` when they could not be stored in time.
+    pub async fn flush_bookkeeping(&self) -> bool {
+        match self.behind.get() {
+            Some(behind) => behind.flush().await,
+            None => true,
+        }
     }
 
     /// The tool with its results cached in `cache` ([`crate::cache`]).
@@ -618,7 +653,9 @@ impl SqlTool {
 
     /// Runs `query` and records it in the audit log (statement as executed,
     /// rows, bytes, duration, outcome), and charges it to the caller's
-    /// tenant's usage (one request, the rows and bytes returned).
+    /// tenant's usage (one request, the rows and bytes returned): both
+    /// queued to the write-behind, stored after the result is returned
+    /// ([`quarry_db::write_behind`]).
     async fn execute_audited(
         &self,
         caller: &Caller,
@@ -650,22 +687,16 @@ impl SqlTool {
             bytes: bytes.unwrap_or(0),
             ..UsageAmounts::default()
         };
-        // both stored before the result is returned; independent, so at once
-        // (two commits in parallel, not one after the other)
-        let ((), charged) = tokio::join!(
-            self.audit.record(AuditEntry {
-                sql: Some(query.sql()),
-                rows,
-                bytes,
-                duration_ms: Some(started.elapsed().as_secs_f64() * 1e3),
-                detail,
-                ..audit_entry(caller, action, outcome)
-            }),
-            self.usage.charge(&caller.principal.tenant, &amounts),
-        );
-        if let Err(error) = charged {
-            warn!(tenant = %caller.principal.tenant, %error, "could not charge the tenant's usage");
-        }
+        let behind = self.behind();
+        behind.audit(AuditEntry {
+            sql: Some(query.sql()),
+            rows,
+            bytes,
+            duration_ms: Some(started.elapsed().as_secs_f64() * 1e3),
+            detail,
+            ..audit_entry(caller, action, outcome)
+        });
+        behind.charge(&caller.principal.tenant, amounts);
         result
     }
 
@@ -705,13 +736,11 @@ impl SqlTool {
 
     /// Records a refused statement in the audit log.
     async fn audit_refusal(&self, caller: &Caller, action: &str, sql: &str, rejection: &Rejection) {
-        self.audit
-            .record(AuditEntry {
-                sql: Some(sql.to_owned()),
-                detail: Some(format!("{}: {}", rejection.kind, rejection.message)),
-                ..audit_entry(caller, action, Outcome::Refused)
-            })
-            .await;
+        self.behind().audit(AuditEntry {
+            sql: Some(sql.to_owned()),
+            detail: Some(format!("{}: {}", rejection.kind, rejection.message)),
+            ..audit_entry(caller, action, Outcome::Refused)
+        });
     }
 
     /// The audit log this tool writes.
@@ -1843,14 +1872,12 @@ impl SqlTool {
         } else {
             Outcome::Error
         };
-        self.audit
-            .record(AuditEntry {
-                sql: Some(query.sql()),
-                duration_ms: Some(started.elapsed().as_secs_f64() * 1e3),
-                detail: plan.as_ref().err().map(ToString::to_string),
-                ..audit_entry(caller, "explain", outcome)
-            })
-            .await;
+        self.behind().audit(AuditEntry {
+            sql: Some(query.sql()),
+            duration_ms: Some(started.elapsed().as_secs_f64() * 1e3),
+            detail: plan.as_ref().err().map(ToString::to_string),
+            ..audit_entry(caller, "explain", outcome)
+        });
         let plan = plan?;
         if let Some(model) = self.models.redacting().map(|m| m.sql) {
             let system = "Explain what this SQL query computes, in two or three plain-English sentences \

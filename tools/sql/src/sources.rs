@@ -222,6 +222,27 @@ impl Sources {
     pub fn audit_log(&self) -> &AuditLog {
         self.shared.audit_log()
     }
+
+    /// Queues every source's audit entries and usage charges to `behind`
+    /// ([`SqlTool::use_write_behind`]); call before any statement runs.
+    pub fn use_write_behind(&self, behind: &quarry_db::write_behind::WriteBehind) {
+        for (name, tool) in &self.named {
+            if !tool.use_write_behind(behind.clone()) {
+                tracing::warn!(source = %name, "the source already stores its bookkeeping itself");
+            }
+        }
+    }
+
+    /// Waits until every source's queued audit entries and usage charges
+    /// are stored ([`SqlTool::flush_bookkeeping`]); `false` when some could
+    /// not be stored in time.
+    pub async fn flush_bookkeeping(&self) -> bool {
+        let mut stored = true;
+        for tool in self.named.values() {
+            stored &= tool.flush_bookkeeping().await;
+        }
+        stored
+    }
 }
 
 #[cfg(test)]
