@@ -191,14 +191,26 @@ pub fn router(
         .with_state(guard)
 }
 
+/// Most bytes of an unauthenticated request's body read (and dropped)
+/// before it is answered 401: a body within this is read whole, so the
+/// client's HTTP/1.1 connection stays usable for its next request (answered
+/// with the body unread, hyper closes the connection after the response,
+/// and a client that already reuses it sees it drop); a longer one is not
+/// read on, and the connection closes.
+const UNAUTHENTICATED_BODY_BYTES: usize = 64 * 1024;
+
 /// The verified [`quarry_auth::Principal`] goes into the request
 /// extensions (which rmcp hands to the handler with the request's
 /// `http::request::Parts`); a request without a usable bearer token is
-/// answered 401 here, before any MCP message is read.
+/// answered 401 here, its body read (up to [`UNAUTHENTICATED_BODY_BYTES`])
+/// and dropped, never parsed.
 async fn require_bearer(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
     let token = match bearer_token(request.headers()) {
         Ok(token) => token.to_owned(),
-        Err(error) => return unauthorized(&guard, request.headers(), &error),
+        Err(error) => {
+            let response = unauthorized(&guard, request.headers(), &error);
+            return drained(request, response).await;
+        }
     };
     match guard.verifier.verify(&token).await {
         Ok(principal) => {
@@ -216,8 +228,18 @@ async fn require_bearer(State(guard): State<Guard>, mut request: Request, next: 
             "the identity provider's key set is unavailable; retry later",
         )
             .into_response(),
-        Err(error) => unauthorized(&guard, request.headers(), &error),
+        Err(error) => {
+            let response = unauthorized(&guard, request.headers(), &error);
+            drained(request, response).await
+        }
     }
+}
+
+/// `response`, once `request`'s body is read to its end (at most
+/// [`UNAUTHENTICATED_BODY_BYTES`]) and dropped.
+async fn drained(request: Request, response: Response) -> Response {
+    let _ = axum::body::to_bytes(request.into_body(), UNAUTHENTICATED_BODY_BYTES).await;
+    response
 }
 
 /// HTTP 401 with the `WWW-Authenticate` challenge of RFC 6750 §3 naming the
@@ -312,6 +334,77 @@ mod tests {
             challenge(&response),
             "Bearer resource_metadata=\"http://127.0.0.1:7000/.well-known/oauth-protected-resource/mcp\""
         );
+    }
+
+    /// Sends `head`, then (after a pause, so the server has the head
+    /// alone) `body`; returns the status line of the answer, or `None`
+    /// when the connection closed first.
+    async fn exchange(
+        stream: &mut tokio::net::TcpStream,
+        head: &str,
+        body: &str,
+    ) -> Option<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        stream.write_all(head.as_bytes()).await.ok()?;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        stream.write_all(body.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            let read = stream.read(&mut buffer).await.ok()?;
+            if read == 0 {
+                return None;
+            }
+            answer.extend_from_slice(&buffer[..read]);
+            let text = String::from_utf8_lossy(&answer);
+            // the whole answer: its head and a body of its content-length
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_owned)
+                    })
+                    .and_then(|l| l.trim().parse().ok())
+                    .unwrap_or(0);
+                if answer.len() >= end + 4 + length {
+                    return text.lines().next().map(str::to_owned);
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_leaves_the_connection_usable_for_the_next() {
+        let app = Router::new()
+            .route("/mcp", axum::routing::post(|| async { "reached" }))
+            .route_layer(axum::middleware::from_fn_with_state(
+                guard(None),
+                require_bearer,
+            ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let body = r#"{"jsonrpc":"2.0","id":1}"#;
+        for authorization in ["", "authorization: Bearer not.a.jwt\r\n"] {
+            let head = format!(
+                "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                 {authorization}content-length: {}\r\n\r\n",
+                body.len()
+            );
+            // twice on one connection: the body of the first is read, so
+            // the second is answered too
+            for _ in 0..2 {
+                let status = exchange(&mut stream, &head, body).await;
+                assert_eq!(
+                    status.as_deref(),
+                    Some("HTTP/1.1 401 Unauthorized"),
+                    "{authorization:?}"
+                );
+            }
+        }
     }
 
     #[test]
