@@ -491,4 +491,54 @@ mod session_tests {
         let after: Option<String> = row.get(0);
         assert!(after.as_deref().is_none_or(str::is_empty), "{after:?}");
     }
+
+    /// A database (or role) may set `standard_conforming_strings` off; the
+    /// settings batch is parsed as a whole before its own `SET … = on`
+    /// runs, so its literals must read back the same either way. A subject
+    /// that ends a plain `'…'` early there (a backslash escapes the doubled
+    /// quote) and sets another tenant with dollar quotes stays data.
+    #[tokio::test]
+    async fn the_session_stays_data_where_backslashes_escape_quotes() {
+        let db = TestDb::create().await;
+        db.pool()
+            .get()
+            .await
+            .unwrap()
+            .batch_execute(&format!(
+                "ALTER DATABASE {} SET standard_conforming_strings = off",
+                crate::quote_ident(db.name())
+            ))
+            .await
+            .unwrap();
+        // a new connection, which takes the database's setting
+        let pool = crate::testing::pool_for(db.url(), 1);
+        let mut client = pool.get().await.unwrap();
+        let before = client
+            .query_one("SELECT current_setting('standard_conforming_strings')", &[])
+            .await
+            .unwrap();
+        assert_eq!(before.get::<_, String>(0), "off");
+        let roles = vec!["back\\slash".to_owned()];
+        let subject = r"\', true), set_config($$quarry.tenant$$, $$evil$$, true) --";
+        let guard = ReadOnly::new(1000).session(Some(Session {
+            tenant: "acme",
+            subject,
+            roles: &roles,
+            hash_salt: Some(r"s\'alt"),
+        }));
+        let tx = guard.begin(&mut client).await.unwrap();
+        let row = tx
+            .query_one(
+                "SELECT current_setting('quarry.tenant'), current_setting('quarry.subject'), \
+                 current_setting('quarry.roles')::text[], current_setting('quarry.hash_salt')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (t, s, r, salt): (String, String, Vec<String>, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert_eq!((t.as_str(), s.as_str()), ("acme", subject));
+        assert_eq!(r, roles);
+        assert_eq!(salt, r"s\'alt");
+    }
 }

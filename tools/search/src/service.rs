@@ -1099,9 +1099,10 @@ fn json_field(value: Option<serde_json::Value>) -> FieldData {
     }
 }
 
-/// A SQL string literal (field names are `[a-z][a-z0-9_]*`, but quote anyway).
+/// A SQL string literal (field names are `[a-z][a-z0-9_]*`, but quote
+/// anyway), read back the same whatever `standard_conforming_strings` is.
 fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    quarry_db::quote_literal(s)
 }
 
 /// The path and name of the first field of `filter` (found at `path`)

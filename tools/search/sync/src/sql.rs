@@ -74,9 +74,10 @@ $fn$"#,
     "REVOKE ALL ON FUNCTION quarry.search_truncated() FROM PUBLIC",
 ];
 
-/// A string literal: single quotes, inner quotes doubled.
+/// A string literal that reads back as `text` whatever
+/// `standard_conforming_strings` is ([`quarry_db::quote_literal`]).
 pub(crate) fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    quarry_db::quote_literal(text)
 }
 
 /// Name of one of `collection`'s triggers; `suffix` is `ins`, `upd`, `del`
