@@ -13,8 +13,12 @@
 //!    [`ExecConfig::fetch_batch`] rows at a time, stopping after `max_rows`
 //!    rows (then [`QueryResult::truncated`] is set) or when the cumulative cell
 //!    size passes [`ExecConfig::max_bytes`] — the whole result is never held
-//!    beyond the caps;
-//! 4. rolls back.
+//!    beyond the caps. When every column is of a fixed-size type and
+//!    `max_rows + 1` rows of the largest such size fit the byte cap, the
+//!    result cannot pass the caps, and it is fetched at once instead (Bind
+//!    and Execute in one round trip, no portal);
+//! 4. rolls back, without waiting for the answer (the connection serves its
+//!    next user after the rollback).
 //!
 //! PostgreSQL applies `statement_timeout` to each protocol `Execute` message
 //! (one per batch), so the executor also enforces the same budget on the
@@ -538,6 +542,7 @@ impl Executor {
         let run = self
             .run(
                 &sql,
+                true,
                 count_sql.as_deref(),
                 query.allowed_schemas(),
                 query.session(),
@@ -572,7 +577,8 @@ impl Executor {
         search_path: Option<&[String]>,
         max_rows: u64,
     ) -> Result<QueryResult, ExecError> {
-        self.run(sql, None, search_path, None, max_rows).await
+        self.run(sql, false, None, search_path, None, max_rows)
+            .await
     }
 
     /// Cancel-safe: if this future is dropped before it completes (the
@@ -583,6 +589,7 @@ impl Executor {
     async fn run(
         &self,
         sql: &str,
+        limited: bool,
         count_sql: Option<&str>,
         search_path: Option<&[String]>,
         session: Option<&QuerySession>,
@@ -603,6 +610,7 @@ impl Executor {
         };
         let plan = Plan {
             sql,
+            limited,
             count_sql,
             search_path,
             session,
@@ -677,6 +685,9 @@ impl Drop for CancelOnDrop {
 /// What [`run_in_transaction`] runs.
 struct Plan<'a> {
     sql: &'a str,
+    /// `sql` returns at most `max_rows + 1` rows by its own text
+    /// ([`crate::ValidatedQuery::rewritten_sql`]).
+    limited: bool,
     count_sql: Option<&'a str>,
     search_path: Option<&'a [String]>,
     session: Option<&'a QuerySession>,
@@ -812,8 +823,6 @@ async fn run_in_transaction(
         Some(wrapped) => tx.prepare(&wrapped).await.map_err(pg_or_too_large)?,
     };
 
-    let portal = tx.bind(&statement, &[]).await.map_err(pg)?;
-    let batch = config.fetch_batch.max(1);
     let mut rows = Vec::new();
     let mut bytes = 0usize;
     // a row of fixed-size values only is at most FIXED_VALUE_BYTES a
@@ -828,40 +837,67 @@ async fn run_in_transaction(
     } else {
         0
     };
-    let mut first = !fixed_width;
     let mut truncated = false;
-    loop {
-        // never ask for more than one row past the cap, nor (once a row has
-        // been seen) for more rows than the byte cap has room for: held
-        // rows stay within about the cap, whatever the batch size
-        let wanted = max_rows.saturating_add(1).saturating_sub(rows.len() as u64);
-        let ask = next_fetch(batch, wanted, config.max_bytes, bytes, largest_row, first);
-        first = false;
-        let fetched = tx
-            .query_portal(&portal, ask)
-            .await
-            .map_err(pg_or_too_large)?;
-        let exhausted = fetched.len() < usize::try_from(ask).unwrap_or(usize::MAX);
-        for row in &fetched {
+    // Adds fetched rows until the row cap; false once it is passed.
+    let take = |fetched: &[tokio_postgres::Row],
+                rows: &mut Vec<Vec<Cell>>,
+                bytes: &mut usize,
+                largest_row: &mut usize|
+     -> Result<bool, ExecError> {
+        for row in fetched {
             if rows.len() as u64 >= max_rows {
-                truncated = true;
-                break;
+                return Ok(false);
             }
             let (cells, size) = decode_row(row, &columns)?;
-            bytes += size;
-            largest_row = largest_row.max(size);
-            if bytes > config.max_bytes {
+            *bytes += size;
+            *largest_row = (*largest_row).max(size);
+            if *bytes > config.max_bytes {
                 return Err(ExecError::TooLarge {
                     max_bytes: config.max_bytes,
                 });
             }
             rows.push(cells);
         }
-        if truncated || exhausted {
-            break;
+        Ok(true)
+    };
+    let whole_result_fits = plan.limited
+        && fixed_width
+        && usize::try_from(max_rows.saturating_add(1))
+            .ok()
+            .and_then(|n| n.checked_mul(largest_row))
+            .is_some_and(|most| most <= config.max_bytes);
+    if whole_result_fits {
+        // At most `max_rows + 1` rows (the SQL says so) of at most
+        // `largest_row` bytes each: the whole result is within the byte
+        // cap, so it is fetched at once, Bind and Execute in one round
+        // trip, instead of binding a portal first and fetching from it.
+        let fetched = tx.query(&statement, &[]).await.map_err(pg_or_too_large)?;
+        truncated = !take(&fetched, &mut rows, &mut bytes, &mut largest_row)?;
+    } else {
+        let portal = tx.bind(&statement, &[]).await.map_err(pg)?;
+        let batch = config.fetch_batch.max(1);
+        let mut first = !fixed_width;
+        loop {
+            // never ask for more than one row past the cap, nor (once a row
+            // has been seen) for more rows than the byte cap has room for:
+            // held rows stay within about the cap, whatever the batch size
+            let wanted = max_rows.saturating_add(1).saturating_sub(rows.len() as u64);
+            let ask = next_fetch(batch, wanted, config.max_bytes, bytes, largest_row, first);
+            first = false;
+            let fetched = tx
+                .query_portal(&portal, ask)
+                .await
+                .map_err(pg_or_too_large)?;
+            let exhausted = fetched.len() < usize::try_from(ask).unwrap_or(usize::MAX);
+            if !take(&fetched, &mut rows, &mut bytes, &mut largest_row)? {
+                truncated = true;
+            }
+            if truncated || exhausted {
+                break;
+            }
         }
+        drop(portal);
     }
-    drop(portal);
     let total_rows = if !truncated {
         Some(rows.len() as u64)
     } else {
@@ -872,7 +908,11 @@ async fn run_in_transaction(
             None => None,
         }
     };
-    tx.rollback().await.map_err(pg)?;
+    // Dropping the transaction sends its ROLLBACK without waiting for the
+    // answer (tokio-postgres' `Transaction` drop): the connection answers
+    // requests in order, so whoever uses it next starts after the rollback,
+    // and this statement's caller does not wait a round trip for it.
+    drop(tx);
     Ok(QueryResult {
         columns,
         rows,

@@ -236,6 +236,38 @@ async fn byte_cap_is_an_error() {
         matches!(error, ExecError::TooLarge { max_bytes: 10_000 }),
         "{error:?}"
     );
+    // fixed-width rows too: 1,001 rows of 16 bytes at most cannot be
+    // fetched at once within 5,000 bytes, and 1,000 of 8 are over the cap
+    let error = run(
+        &db,
+        ExecConfig {
+            max_bytes: 5_000,
+            max_rows: 1000,
+            ..ExecConfig::default()
+        },
+        "SELECT g::int8 FROM generate_series(1, 2000) AS g",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, ExecError::TooLarge { max_bytes: 5_000 }),
+        "{error:?}"
+    );
+    // and the same rows under a cap they fit, fetched at once
+    let result = run(
+        &db,
+        ExecConfig {
+            max_bytes: 1001 * 16,
+            max_rows: 1000,
+            ..ExecConfig::default()
+        },
+        "SELECT g::int8 FROM generate_series(1, 2000) AS g",
+    )
+    .await
+    .unwrap();
+    assert!(result.truncated);
+    assert_eq!(result.row_count(), 1000);
+    assert_eq!(result.rows[999], vec![Cell::Int(1000)]);
     db.drop_db().await;
 }
 
