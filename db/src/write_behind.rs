@@ -21,7 +21,11 @@
 //!   ([`crate::supervisor::restart_delays`]) until it is; meanwhile the
 //!   writer reports itself down through its [`TaskHandle`] (health and the
 //!   `quarry_background_task_up` metric) and new items wait in the queue.
-//!   Before this, a failed write was logged and lost.
+//!   Before this, a failed write was logged and lost. A NUL character,
+//!   which PostgreSQL's `text` cannot hold, is stored as U+FFFD, so a
+//!   client's text cannot make a batch fail for good; a batch refused for
+//!   good for another reason (none is known) would hold the queue back,
+//!   reported down, until the process restarts.
 //! - **What can still be lost:** items offered while the queue is full
 //!   ([`QUEUE_CAPACITY`]; logged and counted in
 //!   `quarry_bookkeeping_dropped_total`, and the statement still runs:
@@ -34,6 +38,7 @@
 //!   end), and a charge counts on the UTC day it was queued on, not when the
 //!   batch is stored.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -245,19 +250,22 @@ impl Batch {
             .map_err(|e| error_text(&e))?;
         let entries = || self.audit.iter().map(|(e, _)| e);
         let at: Vec<f64> = self.audit.iter().map(|(_, at)| *at).collect();
-        let tenant: Vec<&str> = entries().map(|e| e.tenant.as_str()).collect();
-        let subject: Vec<&str> = entries().map(|e| e.subject.as_str()).collect();
-        let request_id: Vec<&str> = entries().map(|e| e.request_id.as_str()).collect();
-        let tool: Vec<&str> = entries().map(|e| e.tool.as_str()).collect();
-        let action: Vec<&str> = entries().map(|e| e.action.as_str()).collect();
+        let tenant: Vec<Cow<'_, str>> = entries().map(|e| storable(&e.tenant)).collect();
+        let subject: Vec<Cow<'_, str>> = entries().map(|e| storable(&e.subject)).collect();
+        let request_id: Vec<Cow<'_, str>> = entries().map(|e| storable(&e.request_id)).collect();
+        let tool: Vec<Cow<'_, str>> = entries().map(|e| storable(&e.tool)).collect();
+        let action: Vec<Cow<'_, str>> = entries().map(|e| storable(&e.action)).collect();
         let outcome: Vec<&str> = entries().map(|e| e.outcome.as_str()).collect();
-        let sql: Vec<Option<&str>> = entries().map(|e| e.sql.as_deref()).collect();
+        let sql: Vec<Option<Cow<'_, str>>> =
+            entries().map(|e| e.sql.as_deref().map(storable)).collect();
         let rows: Vec<Option<i64>> = entries().map(|e| e.rows).collect();
         let bytes: Vec<Option<i64>> = entries().map(|e| e.bytes).collect();
         let duration: Vec<Option<f64>> = entries().map(|e| e.duration_ms).collect();
-        let detail: Vec<Option<&str>> = entries().map(|e| e.detail.as_deref()).collect();
+        let detail: Vec<Option<Cow<'_, str>>> = entries()
+            .map(|e| e.detail.as_deref().map(storable))
+            .collect();
         let sums = || self.usage.iter();
-        let u_tenant: Vec<&str> = sums().map(|((t, _), _)| t.as_str()).collect();
+        let u_tenant: Vec<Cow<'_, str>> = sums().map(|((t, _), _)| storable(t)).collect();
         let u_day: Vec<i64> = sums().map(|((_, d), _)| *d).collect();
         let column =
             |f: fn(&UsageAmounts) -> i64| -> Vec<i64> { sums().map(|(_, a)| f(a)).collect() };
@@ -302,6 +310,18 @@ impl Batch {
             .await
             .map_err(|e| error_text(&e))?;
         Ok(())
+    }
+}
+
+/// `text` as PostgreSQL can store it in `text`: a NUL character (which
+/// `text` cannot hold, SQLSTATE 22021) becomes U+FFFD. A client's SQL may
+/// carry one; stored as sent, it would fail its batch on every retry and
+/// hold back every entry queued behind it.
+fn storable(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
     }
 }
 

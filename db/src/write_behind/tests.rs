@@ -194,3 +194,27 @@ async fn a_flush_gives_up_after_its_timeout_while_nothing_can_be_stored() {
     assert!(!behind.flush().await);
     assert!(started.elapsed() >= FLUSH_TIMEOUT);
 }
+
+/// PostgreSQL's `text` cannot hold NUL (SQLSTATE 22021): a client's SQL
+/// with one is stored with U+FFFD in its place, rather than failing its
+/// batch on every retry and holding back what is queued behind it.
+#[tokio::test]
+async fn a_nul_in_a_clients_text_does_not_hold_the_queue_back() {
+    let (db, supervisor, behind) = started().await;
+    behind.audit(AuditEntry {
+        sql: Some("SELECT '\0'".into()),
+        detail: Some("parse error at \0".into()),
+        ..AuditEntry::new("a", "an\0n", "r1", "sql", "execute", Outcome::Refused)
+    });
+    behind.charge("a\0", charge(1));
+    behind.audit(entry("a", "r2"));
+    assert!(behind.flush().await, "stored, not retried forever");
+    let log = AuditLog::new(db.pool().clone(), AuditConfig::default());
+    let listed = log.list("a", 10, 0).await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[1].sql.as_deref(), Some("SELECT '\u{FFFD}'"));
+    assert_eq!(listed[1].subject, "an\u{FFFD}n");
+    let ledger = UsageLedger::new(db.pool().clone());
+    assert_eq!(requests_and_rows(&ledger, "a\u{FFFD}").await, (1, 1, 0.25));
+    assert_eq!(supervisor.tasks()[TASK_NAME].status, TaskStatus::Running);
+}
