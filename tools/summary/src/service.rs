@@ -846,8 +846,8 @@ impl SummaryTool {
     /// under it, say) is retried after a delay of bounded exponential
     /// backoff with jitter ([`quarry_db::supervisor::restart_delays`]) until
     /// one succeeds, rather than left until the next interval (a retry that
-    /// comes back with failed entities is retried too, up to
-    /// [`PARTIAL_RETRIES_AFTER_INTERRUPTION`] attempts); each failure
+    /// comes back with failed entities is retried too, at most
+    /// [`PARTIAL_RETRIES`] times, see [`retry_partial`]); each failure
     /// is logged as a warning and reported to `task` (the schedule is down
     /// until a build succeeds). A build another replica is running is
     /// skipped quietly. Cancelling `cancel` stops promptly, abandoning a
@@ -931,6 +931,7 @@ impl SummaryTool {
         }
         let mut delays = quarry_db::supervisor::restart_delays();
         let mut attempt = 1u32;
+        let mut partial_retries = 0u32;
         loop {
             let build = self.build(BuildOptions::all(trigger), &|_| {});
             let result = tokio::select! {
@@ -942,11 +943,8 @@ impl SummaryTool {
                 // most likely met what the outage left behind (pooled
                 // connections from before a PostgreSQL restart, handed out
                 // for a moment after it): tried again, a few times.
-                Ok(report)
-                    if report.failed > 0
-                        && attempt > 1
-                        && attempt <= PARTIAL_RETRIES_AFTER_INTERRUPTION =>
-                {
+                Ok(report) if retry_partial(report.failed, attempt, partial_retries) => {
+                    partial_retries += 1;
                     SummaryError::Unavailable(format!(
                         "the retry of an interrupted build had {} failures",
                         report.failed
@@ -983,11 +981,22 @@ impl SummaryTool {
     }
 }
 
-/// Attempts of a scheduled build, counting the interrupted one, up to which
-/// a retry that comes back with failures is retried again rather than
-/// accepted as a partial build (see [`SummaryTool::run_schedule`]); past
-/// them a kind that always fails no longer keeps the schedule rebuilding.
-pub const PARTIAL_RETRIES_AFTER_INTERRUPTION: u32 = 4;
+/// How many times a retry of an interrupted scheduled build that comes back
+/// with failed entities is retried again rather than accepted as a partial
+/// build (see [`SummaryTool::run_schedule`]); past them a kind that always
+/// fails no longer keeps the schedule rebuilding.
+pub const PARTIAL_RETRIES: u32 = 3;
+
+/// Whether attempt `attempt` of a scheduled build, which came back with
+/// `failed` entities, is retried: only a retry (an earlier attempt failed),
+/// and at most [`PARTIAL_RETRIES`] times, counting only such partial
+/// results (`partial_retries` so far). Attempts that failed outright while
+/// PostgreSQL was away do not count: a long restart used to spend the
+/// allowance before the database was back, and the first partial build
+/// after it, on connections pooled before the restart, was accepted.
+fn retry_partial(failed: u64, attempt: u32, partial_retries: u32) -> bool {
+    failed > 0 && attempt > 1 && partial_retries < PARTIAL_RETRIES
+}
 
 /// The share of `refresh_interval_secs` within which a build by any replica
 /// makes a scheduled one unneeded: less than the whole interval, so the
@@ -1025,5 +1034,25 @@ fn allowed(caller: &Caller, kind: &str) -> Result<String> {
         Ok(kind.to_owned())
     } else {
         Err(SummaryError::Forbidden(kind.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_retry_is_retried_only_after_an_interruption_and_a_few_times() {
+        // the first attempt's partial build is accepted: nothing interrupted it
+        assert!(!retry_partial(2, 1, 0));
+        // a retry without failures is accepted, of course
+        assert!(!retry_partial(0, 2, 0));
+        // a retry with failures is retried, PARTIAL_RETRIES times
+        assert!(retry_partial(2, 2, 0));
+        assert!(retry_partial(2, 4, PARTIAL_RETRIES - 1));
+        assert!(!retry_partial(2, 5, PARTIAL_RETRIES));
+        // attempts that failed outright (PostgreSQL away) do not count: after
+        // ten of them, the first partial build is still retried
+        assert!(retry_partial(1, 11, 0));
     }
 }
