@@ -35,6 +35,21 @@ pub struct UsageAmounts {
     pub bytes: i64,
 }
 
+impl std::ops::AddAssign<&UsageAmounts> for UsageAmounts {
+    /// Adds every amount of `other` to this one's.
+    fn add_assign(&mut self, other: &UsageAmounts) {
+        self.requests += other.requests;
+        self.asks += other.asks;
+        self.model_calls += other.model_calls;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cached_prompt_tokens += other.cached_prompt_tokens;
+        self.cost_usd += other.cost_usd;
+        self.rows += other.rows;
+        self.bytes += other.bytes;
+    }
+}
+
 impl UsageAmounts {
     /// Prompt plus completion tokens.
     pub fn tokens(&self) -> i64 {

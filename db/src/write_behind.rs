@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::audit::{AuditConfig, AuditEntry};
-use crate::supervisor::{Supervisor, TaskHandle, restart_delays};
+use crate::supervisor::{MAX_RESTART_DELAY, Supervisor, TaskHandle, restart_delays};
 use crate::usage::UsageAmounts;
 use crate::{Pool, error_text};
 
@@ -170,7 +170,7 @@ async fn write(
             return Ok(());
         }
         quarry_metrics::bookkeeping_queued(rx.len());
-        let (batch, flushes) = Batch::of(std::mem::take(&mut items));
+        let (batch, flushes) = Batch::of(items.drain(..));
         if !batch.is_empty() {
             let mut delays = restart_delays();
             loop {
@@ -181,7 +181,7 @@ async fn write(
                     }
                     Err(error) => {
                         let failures = task.failed(&error);
-                        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                        let delay = delays.next().unwrap_or(MAX_RESTART_DELAY);
                         warn!(
                             %error, failures, delay_ms = delay.as_millis() as u64,
                             audit_entries = batch.audit.len(), charges = batch.usage.len(),
@@ -212,7 +212,7 @@ struct Batch {
 
 impl Batch {
     /// The batch of `items`, and the flushes among them.
-    fn of(items: Vec<Item>) -> (Self, Vec<oneshot::Sender<()>>) {
+    fn of(items: impl IntoIterator<Item = Item>) -> (Self, Vec<oneshot::Sender<()>>) {
         let mut batch = Self::default();
         let mut flushes = Vec::new();
         for item in items {
@@ -220,16 +220,7 @@ impl Batch {
                 Item::Audit(entry, at) => batch.audit.push((entry, at)),
                 Item::Charge(tenant, day, amounts) => {
                     batch.charges += 1;
-                    let sum = batch.usage.entry((tenant, day)).or_default();
-                    sum.requests += amounts.requests;
-                    sum.asks += amounts.asks;
-                    sum.model_calls += amounts.model_calls;
-                    sum.prompt_tokens += amounts.prompt_tokens;
-                    sum.completion_tokens += amounts.completion_tokens;
-                    sum.cached_prompt_tokens += amounts.cached_prompt_tokens;
-                    sum.cost_usd += amounts.cost_usd;
-                    sum.rows += amounts.rows;
-                    sum.bytes += amounts.bytes;
+                    *batch.usage.entry((tenant, day)).or_default() += &amounts;
                 }
                 Item::Flush(done) => flushes.push(done),
             }

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use quarry_auth::{Access, Caller};
+use quarry_db::quote_literal;
 use quarry_llm::embed::Embedder;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
@@ -1097,12 +1098,6 @@ fn json_field(value: Option<serde_json::Value>) -> FieldData {
         },
         Some(other) => FieldData::Json(other),
     }
-}
-
-/// A SQL string literal (field names are `[a-z][a-z0-9_]*`, but quote
-/// anyway), read back the same whatever `standard_conforming_strings` is.
-fn quote_literal(s: &str) -> String {
-    quarry_db::quote_literal(s)
 }
 
 /// The path and name of the first field of `filter` (found at `path`)

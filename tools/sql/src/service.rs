@@ -643,7 +643,7 @@ impl SqlTool {
         let query = match query {
             Ok(query) => query,
             Err(SqlError::Rejected(rejection)) => {
-                self.audit_refusal(caller, "execute", sql, &rejection).await;
+                self.audit_refusal(caller, "execute", sql, &rejection);
                 return Err(SqlError::Rejected(rejection));
             }
             Err(other) => return Err(other),
@@ -735,7 +735,7 @@ impl SqlTool {
     }
 
     /// Records a refused statement in the audit log.
-    async fn audit_refusal(&self, caller: &Caller, action: &str, sql: &str, rejection: &Rejection) {
+    fn audit_refusal(&self, caller: &Caller, action: &str, sql: &str, rejection: &Rejection) {
         self.behind().audit(AuditEntry {
             sql: Some(sql.to_owned()),
             detail: Some(format!("{}: {}", rejection.kind, rejection.message)),
@@ -1591,8 +1591,7 @@ impl SqlTool {
             let query = match validated {
                 Ok(q) => q,
                 Err(SqlError::Rejected(rejection)) => {
-                    self.audit_refusal(caller, "generate", &sql, &rejection)
-                        .await;
+                    self.audit_refusal(caller, "generate", &sql, &rejection);
                     attempts.push(Attempt {
                         sql,
                         stage: Stage::Validate,
@@ -1854,7 +1853,7 @@ impl SqlTool {
         let query = match self.validate_async(caller, sql).await {
             Ok(query) => query,
             Err(SqlError::Rejected(rejection)) => {
-                self.audit_refusal(caller, "explain", sql, &rejection).await;
+                self.audit_refusal(caller, "explain", sql, &rejection);
                 return Err(SqlError::Rejected(rejection));
             }
             Err(other) => return Err(other),

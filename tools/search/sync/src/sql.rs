@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use quarry_db::quote_ident;
+use quarry_db::{quote_ident, quote_literal};
 use quarry_search::collection::{
     Collection, FilterType, TableName, filter_column, hash_column, text_column, vector_column,
 };
@@ -73,12 +73,6 @@ END
 $fn$"#,
     "REVOKE ALL ON FUNCTION quarry.search_truncated() FROM PUBLIC",
 ];
-
-/// A string literal that reads back as `text` whatever
-/// `standard_conforming_strings` is ([`quarry_db::quote_literal`]).
-pub(crate) fn quote_literal(text: &str) -> String {
-    quarry_db::quote_literal(text)
-}
 
 /// Name of one of `collection`'s triggers; `suffix` is `ins`, `upd`, `del`
 /// or `trunc`. At most 14 + 24 + 6 bytes, within `NAMEDATALEN`.
