@@ -5,12 +5,18 @@
 //! Layer order in [`crate::serve`]: surfaces (console, MCP) → CORS (a
 //! preflight `OPTIONS` is answered here and never meets auth) → grpc-web
 //! (translates `application/grpc-web[+proto|-text]` to gRPC and back) →
-//! trace, metrics, auth, rate limit, policy.
+//! trace, metrics, auth, rate limit, policy. An HTTP/1.x request's body is
+//! read whole before any of them ([`WholeHttp1BodyLayer`]).
 
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::{FutureExt as _, future::BoxFuture};
 use http::{HeaderName, HeaderValue, Method};
+use http_body_util::{BodyExt as _, Full, Limited};
 use serde::{Deserialize, Serialize};
+use tonic::body::Body;
+use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// `[server.web]`: what browsers may reach.
@@ -100,9 +106,139 @@ fn parse_origin(origin: &str) -> Result<HeaderValue, WebConfigError> {
     HeaderValue::from_str(origin).map_err(|_| bad())
 }
 
+/// The largest HTTP/1.x request body read whole, bytes: a grpc-web-text
+/// body (base64, 4 bytes per 3) carrying one message of tonic's default
+/// decoding limit (4 MiB, `tonic::codec`), with room for the 5-byte frame
+/// headers. A longer body is refused, and its connection closed.
+pub const HTTP1_BODY_LIMIT: usize = 4 * 1024 * 1024 / 3 * 4 + 1024;
+
+/// Reads the body of every HTTP/1.x request before the layers inside it
+/// (grpc-web, auth, rate limit, policy) see the request.
+///
+/// Why: a layer may answer on the head alone (auth refusing a missing or
+/// bad token, a rate limit), dropping the body unread. Over HTTP/2 that
+/// ends one stream; over HTTP/1.1 hyper must then close the connection,
+/// since the unread body stands between this request and the next. A
+/// browser or client reusing the connection would see it drop. grpc-web
+/// bodies are whole messages (no client streaming), so reading them first
+/// changes nothing else. HTTP/2 requests pass through untouched.
+///
+/// A body over [`HTTP1_BODY_LIMIT`] is answered `RESOURCE_EXHAUSTED`; a
+/// body that fails to arrive, `INVALID_ARGUMENT` (grpc-status in the
+/// headers, as a trailers-only gRPC response).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WholeHttp1BodyLayer;
+
+impl<S> Layer<S> for WholeHttp1BodyLayer {
+    type Service = WholeHttp1Body<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WholeHttp1Body { inner }
+    }
+}
+
+/// The service of [`WholeHttp1BodyLayer`].
+#[derive(Debug, Clone)]
+pub struct WholeHttp1Body<S> {
+    inner: S,
+}
+
+impl<S> Service<http::Request<Body>> for WholeHttp1Body<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // the clone is the one that is ready: `inner` was polled ready
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if request.version() >= http::Version::HTTP_2 {
+            return inner.call(request).boxed();
+        }
+        async move {
+            let (parts, body) = request.into_parts();
+            let bytes = match Limited::new(body, HTTP1_BODY_LIMIT).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(error) => {
+                    let status = if error.is::<http_body_util::LengthLimitError>() {
+                        tonic::Status::resource_exhausted(format!(
+                            "request body: over {HTTP1_BODY_LIMIT} bytes"
+                        ))
+                    } else {
+                        tonic::Status::invalid_argument(format!("request body: {error}"))
+                    };
+                    return Ok(status.into_http());
+                }
+            };
+            inner
+                .call(http::Request::from_parts(
+                    parts,
+                    Body::new(Full::new(bytes)),
+                ))
+                .await
+        }
+        .boxed()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An inner service answering with the length of the body it read.
+    fn echo_length() -> WholeHttp1Body<
+        tower::util::BoxCloneService<
+            http::Request<Body>,
+            http::Response<Body>,
+            std::convert::Infallible,
+        >,
+    > {
+        WholeHttp1BodyLayer.layer(tower::util::BoxCloneService::new(tower::service_fn(
+            |request: http::Request<Body>| async move {
+                let bytes = request.into_body().collect().await.unwrap().to_bytes();
+                Ok(http::Response::new(Body::new(Full::new(
+                    bytes::Bytes::from(bytes.len().to_string()),
+                ))))
+            },
+        )))
+    }
+
+    async fn call(version: http::Version, length: usize) -> http::Response<Body> {
+        use tower::ServiceExt as _;
+        let request = http::Request::builder()
+            .version(version)
+            .body(Body::new(Full::new(bytes::Bytes::from(vec![7u8; length]))))
+            .unwrap();
+        echo_length().oneshot(request).await.unwrap()
+    }
+
+    async fn text(response: http::Response<Body>) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_http1_body_is_read_whole_up_to_its_limit() {
+        for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
+            assert_eq!(text(call(version, 1000).await).await, "1000");
+        }
+        let at_limit = call(http::Version::HTTP_11, HTTP1_BODY_LIMIT).await;
+        assert_eq!(text(at_limit).await, HTTP1_BODY_LIMIT.to_string());
+        let over = call(http::Version::HTTP_11, HTTP1_BODY_LIMIT + 1).await;
+        assert_eq!(over.headers()["grpc-status"], "8", "RESOURCE_EXHAUSTED");
+        // HTTP/2 bodies are not read here: the inner service streams them
+        let h2 = call(http::Version::HTTP_2, HTTP1_BODY_LIMIT + 1).await;
+        assert_eq!(text(h2).await, (HTTP1_BODY_LIMIT + 1).to_string());
+    }
 
     #[test]
     fn origins_are_scheme_host_and_port_only() {

@@ -237,6 +237,88 @@ async fn grpc_web_calls_meet_the_same_auth_limits_and_policy_as_grpc() {
     server.stop().await;
 }
 
+/// Sends one HTTP/1.1 request on `stream` (its head, then after a pause its
+/// body, so that a server answering on the head alone answers before the
+/// body arrives) and reads its whole answer. Returns the status line and
+/// the `grpc-status` header or trailer, or `None` when the server closed
+/// the connection instead of answering.
+async fn exchange_on(
+    stream: &mut tokio::net::TcpStream,
+    head: &str,
+    body: &[u8],
+) -> Option<(String, Option<String>)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    stream.write_all(head.as_bytes()).await.ok()?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(body).await.ok()?;
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let read = stream.read(&mut buffer).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        answer.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let head = text[..end].to_ascii_lowercase();
+        let complete = if head.contains("transfer-encoding: chunked") {
+            text[end..].contains("\r\n0\r\n\r\n")
+        } else {
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or(0);
+            answer.len() >= end + 4 + length
+        };
+        if complete {
+            let status = text.lines().next()?.to_owned();
+            let grpc_status = text
+                .to_ascii_lowercase()
+                .split("grpc-status:")
+                .nth(1)
+                .and_then(|rest| rest.split(['\r', '\n']).next())
+                .map(|s| s.trim().to_owned());
+            return Some((status, grpc_status));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_grpc_web_call_leaves_the_http1_connection_usable() {
+    let server = TestServer::start(Options::default()).await;
+    let address = server.url().trim_start_matches("http://").to_owned();
+    let payload = ListConversationsRequest::default().encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(&payload);
+    let valid = token("t-web-conn");
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    // refused by the auth layer on the head alone (no token, then a bad
+    // one), then a valid call, all on one connection: each refused call's
+    // body is read, so the connection carries the next call
+    for (authorization, expected) in [
+        (String::new(), "16"),
+        ("authorization: Bearer not.a.jwt\r\n".to_owned(), "16"),
+        (format!("authorization: Bearer {valid}\r\n"), "0"),
+    ] {
+        let head = format!(
+            "POST {LIST} HTTP/1.1\r\nhost: {address}\r\ncontent-type: {GRPC_WEB}\r\n\
+             x-grpc-web: 1\r\n{authorization}content-length: {}\r\n\r\n",
+            body.len()
+        );
+        let answer = exchange_on(&mut stream, &head, &body).await;
+        let (status, grpc_status) = answer
+            .unwrap_or_else(|| panic!("connection closed instead of answering {authorization:?}"));
+        assert_eq!(status, "HTTP/1.1 200 OK", "{authorization:?}");
+        assert_eq!(grpc_status.as_deref(), Some(expected), "{authorization:?}");
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_is_served_from_the_binary_with_a_strict_policy() {
     let server = TestServer::start(Options::default()).await;
