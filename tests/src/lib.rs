@@ -228,9 +228,32 @@ pub struct TestServer {
     pub held: Option<tokio_postgres::Client>,
 }
 
+/// The log filter of the servers tests start: their warnings and the
+/// state changes of their background work (a task restarting, a role down
+/// or serving again), so that a failed test shows what the server saw.
+/// `QUARRY_TEST_LOG` (an `EnvFilter` directive) replaces it.
+pub const TEST_LOG: &str = "warn,quarry_server=info,quarry_db=info,quarry_summary=info,\
+                            quarry_search_sync=info,quarry_search=info";
+
+/// Installs, once per process, a log subscriber writing through the test
+/// harness's capture: shown for a failed test, kept quiet for a passing one.
+pub fn init_test_logging() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let filter = std::env::var("QUARRY_TEST_LOG").unwrap_or_else(|_| TEST_LOG.to_owned());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
 impl TestServer {
     /// Creates a database, loads a Tate slice into schema `tate`, and serves.
+    /// Its log goes to the test's captured output ([`init_test_logging`]).
     pub async fn start(options: Options) -> Self {
+        init_test_logging();
         let db = match &options.database {
             Some(db) => Arc::clone(db),
             None => loaded_database_on(options.database_url.as_deref()).await,
