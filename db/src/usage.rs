@@ -181,6 +181,19 @@ impl UsageLedger {
         self.charge_releasing(tenant, amounts, None).await
     }
 
+    /// Queues `amounts` for `tenant`'s current UTC day on the write-behind
+    /// ([`Self::with_write_behind`]) and returns `true`; `false`, queuing
+    /// nothing, when this ledger has none. For a charge no budget reads
+    /// (no hold to release): it is stored within milliseconds, a report of
+    /// this ledger includes it, and another replica sees it once stored.
+    pub fn charge_behind(&self, tenant: &str, amounts: &UsageAmounts) -> bool {
+        let Some(behind) = &self.behind else {
+            return false;
+        };
+        behind.charge(tenant, amounts.clone());
+        true
+    }
+
     /// Adds `amounts` to `tenant`'s current UTC day and, in the same
     /// statement ([`CHARGE_RELEASING`]), deletes the budget hold `hold` (see
     /// [`Self::admit`]), so that no replica ever counts the spend twice or

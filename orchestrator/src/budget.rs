@@ -270,7 +270,15 @@ impl Budgets {
     /// Charges an Ask's (or a SQL statement's) `amounts` to `tenant` and
     /// releases its `hold`, in one transaction. A ledger that cannot be
     /// written is logged.
+    ///
+    /// A tenant without limits has no hold to release (see
+    /// [`Self::admit`]) and no budget reading its spend: its charge is
+    /// queued on the ledger's write-behind when it has one
+    /// ([`UsageLedger::charge_behind`]), one transaction fewer per Ask.
     pub async fn charge(&self, tenant: &str, amounts: &UsageAmounts, hold: Option<Uuid>) {
+        if self.config.limits(tenant).unlimited() && self.ledger.charge_behind(tenant, amounts) {
+            return;
+        }
         if let Err(error) = self.ledger.charge_releasing(tenant, amounts, hold).await {
             warn!(%tenant, %error, "could not charge the tenant's usage");
         }

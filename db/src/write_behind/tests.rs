@@ -104,6 +104,12 @@ async fn queued_bookkeeping_is_stored_in_order_and_flush_waits_for_it() {
     assert!(behind.flush().await);
     assert_eq!(requests_and_rows(&ledger, "a").await, (5, 116, 1.25));
     assert_eq!(supervisor.tasks()[TASK_NAME].status, TaskStatus::Running);
+    // a ledger's queued charge: a report of that ledger flushes first, so
+    // it includes the charge; a ledger without a write-behind queues none
+    assert!(!ledger.charge_behind("d", &charge(1)));
+    let behind_ledger = UsageLedger::new(db.pool().clone()).with_write_behind(behind.clone());
+    assert!(behind_ledger.charge_behind("d", &charge(3)));
+    assert_eq!(requests_and_rows(&behind_ledger, "d").await, (1, 3, 0.25));
 
     // with the audit disabled, charges are still stored but no entry is
     let off = WriteBehind::start(

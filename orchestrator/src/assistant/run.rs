@@ -348,7 +348,9 @@ impl Run {
             "ask finished"
         );
         // Charged before the last event, so that once the stream has ended
-        // the tenant's usage and budgets include this Ask; stored before the
+        // the tenant's usage and budgets include this Ask (a tenant without
+        // limits: queued, stored within milliseconds, and included in a
+        // usage report of this server, see `Budgets::charge`); stored before the
         // last event, so that once the stream has ended a follow-up finds
         // this turn. Independent writes (the ledger's rows and the turn's),
         // so made at once: two commits in parallel, not one after the other.
