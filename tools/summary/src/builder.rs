@@ -89,6 +89,58 @@ fn db_message(e: &tokio_postgres::Error) -> String {
     quarry_db::error_text(e)
 }
 
+/// Why a step of a build failed: the message, and whether it was the
+/// database being unreachable or going away ([`quarry_db::is_unavailable`],
+/// or no pooled connection), which a retry later may get past.
+#[derive(Debug)]
+struct Failed {
+    error: String,
+    unavailable: bool,
+}
+
+impl From<String> for Failed {
+    /// A failure of the definition or the data (a bad key, a figure that
+    /// does not render): not a matter of availability.
+    fn from(error: String) -> Self {
+        Self {
+            error,
+            unavailable: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+impl Failed {
+    /// A statement's failure, unavailable when PostgreSQL was unreachable.
+    fn db(e: &tokio_postgres::Error) -> Self {
+        Self {
+            error: db_message(e),
+            unavailable: quarry_db::is_unavailable(e),
+        }
+    }
+
+    /// No connection from the pool: unavailable.
+    fn pool(e: &deadpool_postgres::PoolError) -> Self {
+        Self {
+            error: format!("database pool: {}", quarry_db::pool_error_text(e)),
+            unavailable: true,
+        }
+    }
+
+    /// The same failure with `context` before its message.
+    fn within(self, context: &str) -> Self {
+        Self {
+            error: format!("{context}: {}", self.error),
+            ..self
+        }
+    }
+}
+
 /// The data version of an entity: the first 16 hex digits of SHA-256 over
 /// the kind's fingerprint, the entity's name and each figure's name and
 /// canonical rows, NUL-separated.
@@ -137,6 +189,7 @@ enum Outcome {
         key: String,
         name: String,
         error: String,
+        unavailable: bool,
     },
 }
 
@@ -429,24 +482,20 @@ impl SummaryTool {
         kind: &PreparedKind,
         sql: &str,
         warnings: &mut Vec<String>,
-    ) -> std::result::Result<Vec<String>, String> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| quarry_db::pool_error_text(&e))?;
+    ) -> std::result::Result<Vec<String>, Failed> {
+        let mut client = self.pool.get().await.map_err(|e| Failed::pool(&e))?;
         let tx = self
             .read_only(&mut client, "")
             .await
-            .map_err(|e| db_message(&e))?;
-        let rows = tx.query(sql, &[]).await.map_err(|e| db_message(&e))?;
-        tx.commit().await.map_err(|e| db_message(&e))?;
+            .map_err(|e| Failed::db(&e))?;
+        let rows = tx.query(sql, &[]).await.map_err(|e| Failed::db(&e))?;
+        tx.commit().await.map_err(|e| Failed::db(&e))?;
         let mut tenants = BTreeSet::new();
         let mut skipped = 0usize;
         for row in &rows {
             match row
                 .try_get::<_, Option<String>>(0)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| Failed::from(e.to_string()))?
             {
                 Some(tenant) if !tenant.is_empty() => {
                     tenants.insert(tenant);
@@ -471,28 +520,25 @@ impl SummaryTool {
         kind: &PreparedKind,
         tenant: &str,
         warnings: &mut Vec<String>,
-    ) -> std::result::Result<Vec<Entity>, String> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| quarry_db::pool_error_text(&e))?;
+    ) -> std::result::Result<Vec<Entity>, Failed> {
+        let mut client = self.pool.get().await.map_err(|e| Failed::pool(&e))?;
         let tx = self
             .read_only(&mut client, tenant)
             .await
-            .map_err(|e| db_message(&e))?;
+            .map_err(|e| Failed::db(&e))?;
         let rows = tx
             .query(&kind.entities_sql, &[])
             .await
-            .map_err(|e| db_message(&e))?;
-        tx.commit().await.map_err(|e| db_message(&e))?;
+            .map_err(|e| Failed::db(&e))?;
+        tx.commit().await.map_err(|e| Failed::db(&e))?;
         let mut entities = Vec::with_capacity(rows.len());
         let mut keyless = 0usize;
         for row in &rows {
-            let key: Option<String> = row.try_get(0).map_err(|e| db_message(&e))?;
-            let name: Option<String> = row.try_get(1).map_err(|e| db_message(&e))?;
+            let column = |e: tokio_postgres::Error| Failed::from(db_message(&e));
+            let key: Option<String> = row.try_get(0).map_err(column)?;
+            let name: Option<String> = row.try_get(1).map_err(column)?;
             let weight: Option<f64> = if row.len() > 2 {
-                row.try_get(2).map_err(|e| db_message(&e))?
+                row.try_get(2).map_err(column)?
             } else {
                 None
             };
@@ -561,12 +607,13 @@ impl SummaryTool {
         report: &mut BuildReport,
     ) {
         let name = kind.config.name.as_str();
-        let kind_failure = |tenant: &str, error: String| BuildFailure {
+        let kind_failure = |tenant: &str, failed: Failed| BuildFailure {
             kind: name.to_owned(),
             tenant: tenant.to_owned(),
             entity_key: String::new(),
             entity_name: String::new(),
-            error,
+            error: failed.error,
+            unavailable: failed.unavailable,
         };
         let tenants: Vec<String> = match &kind.tenants_sql {
             None => vec![String::new()],
@@ -577,7 +624,7 @@ impl SummaryTool {
                     report.failed += 1;
                     report
                         .failures
-                        .push(kind_failure("", format!("tenants query: {e}")));
+                        .push(kind_failure("", e.within("tenants query")));
                     return;
                 }
             },
@@ -601,7 +648,7 @@ impl SummaryTool {
                     report.failed += 1;
                     report
                         .failures
-                        .push(kind_failure(tenant, format!("entities query: {e}")));
+                        .push(kind_failure(tenant, e.within("entities query")));
                 }
             }
         }
@@ -622,6 +669,7 @@ impl SummaryTool {
                     error: format!(
                         "not an entity of kind {name}: the entities query does not list it"
                     ),
+                    unavailable: false,
                 });
             }
         }
@@ -644,7 +692,10 @@ impl SummaryTool {
                     report.failed += 1;
                     report.failures.push(kind_failure(
                         tenant,
-                        format!("reading stored summaries: {e}"),
+                        Failed {
+                            error: format!("reading stored summaries: {e}"),
+                            unavailable: e.is_unavailable(),
+                        },
                     ));
                     continue;
                 }
@@ -740,15 +791,16 @@ impl SummaryTool {
                     key,
                     name: entity_name,
                     error,
+                    unavailable,
                 } => {
                     tracing::warn!(kind = name, key = %key, error = %error, "summary build failed for an entity");
-                    failed.push((key.clone(), entity_name, error));
+                    failed.push((key.clone(), entity_name, error, unavailable));
                 }
             }
         }
         let failed_rows: Vec<(String, String)> = failed
             .iter()
-            .map(|(key, _, error)| (key.clone(), error.clone()))
+            .map(|(key, _, error, _)| (key.clone(), error.clone()))
             .collect();
         let written = match self.pool.get().await {
             Ok(mut client) => {
@@ -761,26 +813,29 @@ impl SummaryTool {
             Ok(()) => {
                 report.built += upserts.len() as u64;
                 report.unchanged += touches.len() as u64;
-                for (key, entity_name, error) in failed {
+                for (key, entity_name, error, unavailable) in failed {
                     failures.push(BuildFailure {
                         kind: name.to_owned(),
                         tenant: tenant.to_owned(),
                         entity_key: key,
                         entity_name,
                         error,
+                        unavailable,
                     });
                 }
             }
             Err(e) => {
                 tracing::warn!(kind = name, error = %e, "writing a batch of summaries failed");
                 let error = format!("writing the batch failed: {e}");
-                for (key, entity_name, own) in failed {
+                let batch_unavailable = e.is_unavailable();
+                for (key, entity_name, own, unavailable) in failed {
                     failures.push(BuildFailure {
                         kind: name.to_owned(),
                         tenant: tenant.to_owned(),
                         entity_key: key,
                         entity_name,
                         error: own,
+                        unavailable,
                     });
                 }
                 for (key, entity_name) in upserts
@@ -794,6 +849,7 @@ impl SummaryTool {
                         entity_key: key.clone(),
                         entity_name: entity_name.clone(),
                         error: error.clone(),
+                        unavailable: batch_unavailable,
                     });
                 }
             }
@@ -813,10 +869,11 @@ impl SummaryTool {
             .await
         {
             Ok(outcome) => outcome,
-            Err(error) => Outcome::Failed {
+            Err(failed) => Outcome::Failed {
                 key: entity.key.clone(),
                 name: entity.name.clone(),
-                error,
+                error: failed.error,
+                unavailable: failed.unavailable,
             },
         }
     }
@@ -830,7 +887,7 @@ impl SummaryTool {
         entity: &Entity,
         existing: Option<&Existing>,
         force: bool,
-    ) -> std::result::Result<Outcome, String> {
+    ) -> std::result::Result<Outcome, Failed> {
         let rows = self.fetch_rows(kind, tenant, &entity.key).await?;
         let named: Vec<(&str, &FigureRows)> = kind
             .figures
@@ -864,20 +921,17 @@ impl SummaryTool {
         kind: &PreparedKind,
         tenant: &str,
         key: &str,
-    ) -> std::result::Result<Vec<FigureRows>, String> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| format!("database pool: {}", quarry_db::pool_error_text(&e)))?;
+    ) -> std::result::Result<Vec<FigureRows>, Failed> {
+        let mut client = self.pool.get().await.map_err(|e| Failed::pool(&e))?;
         let tx = self
             .read_only(&mut client, tenant)
             .await
-            .map_err(|e| db_message(&e))?;
+            .map_err(|e| Failed::db(&e))?;
         let mut all = Vec::with_capacity(kind.figures.len());
         for figure in &kind.figures {
-            let at = |m: String| format!("figure {}: {m}", figure.config.name);
-            let value = key_value(figure.param, key).map_err(at)?;
+            let context = format!("figure {}", figure.config.name);
+            let at = |m: Failed| m.within(&context);
+            let value = key_value(figure.param, key).map_err(|m| at(m.into()))?;
             let params: Vec<&(dyn ToSql + Sync)> = match &value {
                 None => vec![],
                 Some(KeyValue::I16(v)) => vec![v],
@@ -888,14 +942,14 @@ impl SummaryTool {
             let statement = tx
                 .prepare_cached(&figure.sql)
                 .await
-                .map_err(|e| at(db_message(&e)))?;
+                .map_err(|e| at(Failed::db(&e)))?;
             let rows = tx
                 .query(&statement, &params)
                 .await
-                .map_err(|e| at(db_message(&e)))?;
-            all.push(read_rows(figure, &rows).map_err(at)?);
+                .map_err(|e| at(Failed::db(&e)))?;
+            all.push(read_rows(figure, &rows).map_err(|m| at(m.into()))?);
         }
-        tx.commit().await.map_err(|e| db_message(&e))?;
+        tx.commit().await.map_err(|e| Failed::db(&e))?;
         Ok(all)
     }
 }

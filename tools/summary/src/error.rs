@@ -84,6 +84,27 @@ pub enum SummaryError {
     Busy(#[from] quarry_auth::shares::ShareExhausted),
 }
 
+impl SummaryError {
+    /// Whether this is the database (or another dependency) being
+    /// unreachable, which a retry later may get past: [`Self::Unavailable`],
+    /// or a [`Self::Database`] error that [`quarry_db::is_unavailable`] says
+    /// is one.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Database(e) => quarry_db::is_unavailable(e),
+            Self::InvalidArgument { .. }
+            | Self::NotFound { .. }
+            | Self::BuildRunning
+            | Self::Definition(_)
+            | Self::Config(_)
+            | Self::Internal(_)
+            | Self::Forbidden(_)
+            | Self::Busy(_) => false,
+        }
+    }
+}
+
 /// `no artist matching "zzzz"; closest: Joseph Mallord William Turner (artist 558), …`
 fn not_found_message(entity: &str, kind: Option<&str>, closest: &[Candidate]) -> String {
     let what = kind.unwrap_or("entity");

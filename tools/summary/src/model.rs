@@ -90,6 +90,12 @@ pub struct BuildFailure {
     pub entity_name: String,
     /// What went wrong, e.g. `figure acquisitions: division by zero`.
     pub error: String,
+    /// Whether it failed because the database was unreachable or going away
+    /// (no pooled connection, a closed connection, SQLSTATE class 08 or
+    /// 57P01–57P03; [`quarry_db::is_unavailable`]), which a retry may get
+    /// past, rather than because of the definition or the data.
+    #[serde(default)]
+    pub unavailable: bool,
 }
 
 /// What a build did (stored as JSON in `quarry.summary_builds.report`).
@@ -149,6 +155,7 @@ mod tests {
             entity_key: key.into(),
             entity_name: String::new(),
             error: "boom".into(),
+            unavailable: false,
         };
         let now = Utc::now();
         let report = BuildReport {

@@ -846,7 +846,8 @@ impl SummaryTool {
     /// under it, say) is retried after a delay of bounded exponential
     /// backoff with jitter ([`quarry_db::supervisor::restart_delays`]) until
     /// one succeeds, rather than left until the next interval (a retry that
-    /// comes back with failed entities is retried too, at most
+    /// comes back with failed entities, or any build whose failures include
+    /// the database being unreachable, is retried too, at most
     /// [`PARTIAL_RETRIES`] times, see [`retry_partial`]); each failure
     /// is logged as a warning and reported to `task` (the schedule is down
     /// until a build succeeds). A build another replica is running is
@@ -942,8 +943,17 @@ impl SummaryTool {
                 // A retry after an interrupted build that still has failures
                 // most likely met what the outage left behind (pooled
                 // connections from before a PostgreSQL restart, handed out
-                // for a moment after it): tried again, a few times.
-                Ok(report) if retry_partial(report.failed, attempt, partial_retries) => {
+                // for a moment after it), and a build whose failures include
+                // the database being unreachable met a blip: tried again, a
+                // few times.
+                Ok(report)
+                    if retry_partial(
+                        report.failed,
+                        report.failures.iter().any(|f| f.unavailable),
+                        attempt,
+                        partial_retries,
+                    ) =>
+                {
                     partial_retries += 1;
                     SummaryError::Unavailable(format!(
                         "the retry of an interrupted build had {} failures",
@@ -988,14 +998,18 @@ impl SummaryTool {
 pub const PARTIAL_RETRIES: u32 = 3;
 
 /// Whether attempt `attempt` of a scheduled build, which came back with
-/// `failed` entities, is retried: only a retry (an earlier attempt failed),
-/// and at most [`PARTIAL_RETRIES`] times, counting only such partial
-/// results (`partial_retries` so far). Attempts that failed outright while
-/// PostgreSQL was away do not count: a long restart used to spend the
-/// allowance before the database was back, and the first partial build
-/// after it, on connections pooled before the restart, was accepted.
-fn retry_partial(failed: u64, attempt: u32, partial_retries: u32) -> bool {
-    failed > 0 && attempt > 1 && partial_retries < PARTIAL_RETRIES
+/// `failed` entities (`unavailable`: some of them because the database was
+/// unreachable, [`crate::model::BuildFailure::unavailable`]), is retried:
+/// a retry (an earlier attempt failed), or any attempt with such a
+/// failure, at most [`PARTIAL_RETRIES`] times, counting only partial
+/// results (`partial_retries` so far). A first attempt whose failures are
+/// all the definition's or the data's is accepted: retrying cannot mend it.
+/// Attempts that failed outright while PostgreSQL was away do not count: a
+/// long restart used to spend the allowance before the database was back,
+/// and the first partial build after it, on connections pooled before the
+/// restart, was accepted.
+fn retry_partial(failed: u64, unavailable: bool, attempt: u32, partial_retries: u32) -> bool {
+    failed > 0 && (attempt > 1 || unavailable) && partial_retries < PARTIAL_RETRIES
 }
 
 /// The share of `refresh_interval_secs` within which a build by any replica
@@ -1043,16 +1057,29 @@ mod schedule_tests {
 
     #[test]
     fn a_partial_retry_is_retried_only_after_an_interruption_and_a_few_times() {
-        // the first attempt's partial build is accepted: nothing interrupted it
-        assert!(!retry_partial(2, 1, 0));
+        // the first attempt's partial build, its failures the definition's
+        // or the data's, is accepted: nothing interrupted it
+        assert!(!retry_partial(2, false, 1, 0));
         // a retry without failures is accepted, of course
-        assert!(!retry_partial(0, 2, 0));
+        assert!(!retry_partial(0, false, 2, 0));
+        assert!(!retry_partial(0, true, 1, 0));
         // a retry with failures is retried, PARTIAL_RETRIES times
-        assert!(retry_partial(2, 2, 0));
-        assert!(retry_partial(2, 4, PARTIAL_RETRIES - 1));
-        assert!(!retry_partial(2, 5, PARTIAL_RETRIES));
+        assert!(retry_partial(2, false, 2, 0));
+        assert!(retry_partial(2, false, 4, PARTIAL_RETRIES - 1));
+        assert!(!retry_partial(2, false, 5, PARTIAL_RETRIES));
         // attempts that failed outright (PostgreSQL away) do not count: after
         // ten of them, the first partial build is still retried
-        assert!(retry_partial(1, 11, 0));
+        assert!(retry_partial(1, false, 11, 0));
+    }
+
+    #[test]
+    fn a_first_build_that_met_an_unreachable_database_is_retried_a_few_times() {
+        // a blip without a restart: the first attempt's failures include the
+        // database being unreachable, so it is retried
+        assert!(retry_partial(3, true, 1, 0));
+        assert!(retry_partial(3, true, 3, PARTIAL_RETRIES - 1));
+        // and no more than the allowance: a database that keeps failing
+        // entities leaves the build partial until the next interval
+        assert!(!retry_partial(3, true, 4, PARTIAL_RETRIES));
     }
 }

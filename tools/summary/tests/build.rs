@@ -270,6 +270,10 @@ async fn a_failing_entity_is_reported_and_the_rest_build() {
         "{}",
         failure.error
     );
+    assert!(
+        !failure.unavailable,
+        "a division by zero is the data's, not the database being away"
+    );
 
     // the stored summary keeps its text and says the latest build failed
     let after = get_key(&bad, "artist", "11").await;
@@ -293,6 +297,32 @@ async fn a_failing_entity_is_reported_and_the_rest_build() {
     let report = build(&good, BuildOptions::all("test")).await;
     assert_eq!(report.failed, 0);
     assert_eq!(get_key(&good, "artist", "11").await.last_error, None);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn an_entity_that_loses_its_connection_is_reported_unavailable() {
+    let db = fixture::database().await;
+    // a figure whose backend is terminated (SQLSTATE 57P01, as when
+    // PostgreSQL shuts down) while building Barbara Hepworth (11) only
+    let mut config = fixture::config();
+    let mut check = config.kinds[0].figures[1].clone();
+    check.name = "check".into();
+    check.shape = quarry_summary::Shape::Values;
+    check.top = None;
+    check.sql = "SELECT CASE WHEN id = 11 THEN pg_terminate_backend(pg_backend_pid())::int \
+                 ELSE 1 END AS x FROM tate.artists WHERE id = $1"
+        .into();
+    config.kinds[0].figures.push(check);
+    let tool = SummaryTool::open(db.pool().clone(), config, Some(Arc::new(Scripted)))
+        .await
+        .unwrap();
+    let report = build(&tool, BuildOptions::all("test")).await;
+    assert_eq!(report.failed, 1, "{report:?}");
+    let failure = &report.failures[0];
+    assert_eq!(failure.entity_key, "11", "{failure:?}");
+    assert!(failure.unavailable, "{failure:?}");
+    assert!(failure.error.contains("57P01"), "{}", failure.error);
     db.drop_db().await;
 }
 
