@@ -451,9 +451,9 @@ pub async fn serve_with_metrics(
         // browsers: CORS preflights answered before auth, then grpc-web
         // translated to gRPC for the same layers as any call ([`crate::web`])
         .layer(cors)
-        // an HTTP/1.1 request's body read before anything may answer on its
-        // head, so that its connection carries the next request
-        .layer(crate::web::WholeHttp1BodyLayer)
+        // an HTTP/1.1 request refused on its head has its body read after
+        // (a little of it), so that its connection carries the next request
+        .layer(crate::web::DrainRefusedHttp1Layer)
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(grpc_layers);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -5,15 +5,18 @@
 //! Layer order in [`crate::serve`]: surfaces (console, MCP) → CORS (a
 //! preflight `OPTIONS` is answered here and never meets auth) → grpc-web
 //! (translates `application/grpc-web[+proto|-text]` to gRPC and back) →
-//! trace, metrics, auth, rate limit, policy. An HTTP/1.x request's body is
-//! read whole before any of them ([`WholeHttp1BodyLayer`]).
+//! trace, metrics, auth, rate limit, policy. An HTTP/1.x request they
+//! answer without reading has the rest of its body read, up to a small
+//! limit, so its connection stays usable ([`DrainRefusedHttp1Layer`]).
 
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{FutureExt as _, future::BoxFuture};
 use http::{HeaderName, HeaderValue, Method};
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Limited};
 use serde::{Deserialize, Serialize};
 use tonic::body::Body;
 use tower::{Layer, Service};
@@ -106,44 +109,76 @@ fn parse_origin(origin: &str) -> Result<HeaderValue, WebConfigError> {
     HeaderValue::from_str(origin).map_err(|_| bad())
 }
 
-/// The largest HTTP/1.x request body read whole, bytes: a grpc-web-text
-/// body (base64, 4 bytes per 3) carrying one message of tonic's default
-/// decoding limit (4 MiB, `tonic::codec`), with room for the 5-byte frame
-/// headers. A longer body is refused, and its connection closed.
-pub const HTTP1_BODY_LIMIT: usize = 4 * 1024 * 1024 / 3 * 4 + 1024;
+/// The most of a refused HTTP/1.x request's body read after its answer,
+/// bytes (as the MCP surface does): a grpc-web call refused on its headers
+/// (no token, a bad one, a rate limit) with a body up to this long leaves
+/// its connection usable for the next call; a longer one has its
+/// connection closed, as before. Small, so that a caller without a token
+/// cannot make the server hold much for it.
+pub const REFUSED_BODY_LIMIT: usize = 64 * 1024;
 
-/// Reads the body of every HTTP/1.x request before the layers inside it
-/// (grpc-web, auth, rate limit, policy) see the request.
+/// Reads the rest of an HTTP/1.x request's body, at most
+/// [`REFUSED_BODY_LIMIT`], when the layers inside it (grpc-web, auth, rate
+/// limit, policy) answered without reading it.
 ///
 /// Why: a layer may answer on the head alone (auth refusing a missing or
 /// bad token, a rate limit), dropping the body unread. Over HTTP/2 that
 /// ends one stream; over HTTP/1.1 hyper must then close the connection,
-/// since the unread body stands between this request and the next. A
-/// browser or client reusing the connection would see it drop. grpc-web
-/// bodies are whole messages (no client streaming), so reading them first
-/// changes nothing else. HTTP/2 requests pass through untouched.
-///
-/// A body over [`HTTP1_BODY_LIMIT`] is answered `RESOURCE_EXHAUSTED`; a
-/// body that fails to arrive, `INVALID_ARGUMENT` (grpc-status in the
-/// headers, as a trailers-only gRPC response).
+/// since the unread body stands between this request and the next, and a
+/// browser reusing the connection would see it drop. The body is shared
+/// with the inner service; once the inner service has answered and let go
+/// of it unread, the rest is read and dropped before the answer goes out.
+/// A call the inner service reads is not touched, and HTTP/2 requests pass
+/// through untouched.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct WholeHttp1BodyLayer;
+pub struct DrainRefusedHttp1Layer;
 
-impl<S> Layer<S> for WholeHttp1BodyLayer {
-    type Service = WholeHttp1Body<S>;
+impl<S> Layer<S> for DrainRefusedHttp1Layer {
+    type Service = DrainRefusedHttp1<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        WholeHttp1Body { inner }
+        DrainRefusedHttp1 { inner }
     }
 }
 
-/// The service of [`WholeHttp1BodyLayer`].
+/// The service of [`DrainRefusedHttp1Layer`].
 #[derive(Debug, Clone)]
-pub struct WholeHttp1Body<S> {
+pub struct DrainRefusedHttp1<S> {
     inner: S,
 }
 
-impl<S> Service<http::Request<Body>> for WholeHttp1Body<S>
+/// A request body the inner service reads while the layer keeps a hold on
+/// it (`Arc` count 2 while the inner service holds it).
+struct SharedBody(Arc<Mutex<Body>>);
+
+impl http_body::Body for SharedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let mut body = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        Pin::new(&mut *body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .size_hint()
+    }
+}
+
+impl<S> Service<http::Request<Body>> for DrainRefusedHttp1<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -164,27 +199,19 @@ where
         if request.version() >= http::Version::HTTP_2 {
             return inner.call(request).boxed();
         }
+        let (parts, body) = request.into_parts();
+        let shared = Arc::new(Mutex::new(body));
+        let request = http::Request::from_parts(parts, Body::new(SharedBody(Arc::clone(&shared))));
         async move {
-            let (parts, body) = request.into_parts();
-            let bytes = match Limited::new(body, HTTP1_BODY_LIMIT).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(error) => {
-                    let status = if error.is::<http_body_util::LengthLimitError>() {
-                        tonic::Status::resource_exhausted(format!(
-                            "request body: over {HTTP1_BODY_LIMIT} bytes"
-                        ))
-                    } else {
-                        tonic::Status::invalid_argument(format!("request body: {error}"))
-                    };
-                    return Ok(status.into_http());
+            let response = inner.call(request).await?;
+            // the inner service let go of the body: read what it left
+            if let Ok(body) = Arc::try_unwrap(shared) {
+                let body = body.into_inner().unwrap_or_else(PoisonError::into_inner);
+                if !http_body::Body::is_end_stream(&body) {
+                    let _ = Limited::new(body, REFUSED_BODY_LIMIT).collect().await;
                 }
-            };
-            inner
-                .call(http::Request::from_parts(
-                    parts,
-                    Body::new(Full::new(bytes)),
-                ))
-                .await
+            }
+            Ok(response)
         }
         .boxed()
     }
@@ -194,50 +221,101 @@ where
 mod tests {
     use super::*;
 
-    /// An inner service answering with the length of the body it read.
-    fn echo_length() -> WholeHttp1Body<
+    use futures::StreamExt as _;
+    use http_body_util::Full;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// An inner service that reads the body when `read`, else answers at
+    /// once without it, and a flag set when the client's body was read to
+    /// its end (by anyone).
+    fn service(
+        read: bool,
+    ) -> DrainRefusedHttp1<
         tower::util::BoxCloneService<
             http::Request<Body>,
             http::Response<Body>,
             std::convert::Infallible,
         >,
     > {
-        WholeHttp1BodyLayer.layer(tower::util::BoxCloneService::new(tower::service_fn(
-            |request: http::Request<Body>| async move {
-                let bytes = request.into_body().collect().await.unwrap().to_bytes();
+        DrainRefusedHttp1Layer.layer(tower::util::BoxCloneService::new(tower::service_fn(
+            move |request: http::Request<Body>| async move {
+                let text = if read {
+                    let bytes = request.into_body().collect().await.unwrap().to_bytes();
+                    bytes.len().to_string()
+                } else {
+                    "refused".to_owned()
+                };
                 Ok(http::Response::new(Body::new(Full::new(
-                    bytes::Bytes::from(bytes.len().to_string()),
+                    bytes::Bytes::from(text),
                 ))))
             },
         )))
     }
 
-    async fn call(version: http::Version, length: usize) -> http::Response<Body> {
-        use tower::ServiceExt as _;
-        let request = http::Request::builder()
-            .version(version)
-            .body(Body::new(Full::new(bytes::Bytes::from(vec![7u8; length]))))
-            .unwrap();
-        echo_length().oneshot(request).await.unwrap()
+    /// A body of `length` bytes in 1 KiB frames that sets `done` once read
+    /// to its end.
+    fn body(length: usize, done: Arc<AtomicBool>) -> Body {
+        let frames: Vec<Result<http_body::Frame<bytes::Bytes>, tonic::Status>> = (0..length)
+            .step_by(1024)
+            .map(|at| {
+                Ok(http_body::Frame::data(bytes::Bytes::from(vec![
+                    7u8;
+                    (length
+                        - at)
+                        .min(
+                            1024
+                        )
+                ])))
+            })
+            .collect();
+        let stream = futures::stream::iter(frames).chain(futures::stream::poll_fn(move |_| {
+            done.store(true, Ordering::SeqCst);
+            Poll::Ready(None)
+        }));
+        Body::new(http_body_util::StreamBody::new(stream))
     }
 
-    async fn text(response: http::Response<Body>) -> String {
+    async fn call(version: http::Version, read: bool, length: usize) -> (String, bool) {
+        use tower::ServiceExt as _;
+        let done = Arc::new(AtomicBool::new(false));
+        let request = http::Request::builder()
+            .version(version)
+            .body(body(length, Arc::clone(&done)))
+            .unwrap();
+        let response = service(read).oneshot(request).await.unwrap();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8(bytes.to_vec()).unwrap()
+        (
+            String::from_utf8(bytes.to_vec()).unwrap(),
+            done.load(Ordering::SeqCst),
+        )
     }
 
     #[tokio::test]
-    async fn an_http1_body_is_read_whole_up_to_its_limit() {
-        for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
-            assert_eq!(text(call(version, 1000).await).await, "1000");
-        }
-        let at_limit = call(http::Version::HTTP_11, HTTP1_BODY_LIMIT).await;
-        assert_eq!(text(at_limit).await, HTTP1_BODY_LIMIT.to_string());
-        let over = call(http::Version::HTTP_11, HTTP1_BODY_LIMIT + 1).await;
-        assert_eq!(over.headers()["grpc-status"], "8", "RESOURCE_EXHAUSTED");
-        // HTTP/2 bodies are not read here: the inner service streams them
-        let h2 = call(http::Version::HTTP_2, HTTP1_BODY_LIMIT + 1).await;
-        assert_eq!(text(h2).await, (HTTP1_BODY_LIMIT + 1).to_string());
+    async fn a_refused_http1_body_is_read_up_to_its_limit() {
+        // read by the inner service: untouched, whole
+        assert_eq!(
+            call(http::Version::HTTP_11, true, 100_000).await,
+            ("100000".into(), true)
+        );
+        // refused unread: the rest is read before the answer goes out
+        assert_eq!(
+            call(http::Version::HTTP_11, false, 5_000).await,
+            ("refused".into(), true)
+        );
+        assert_eq!(
+            call(http::Version::HTTP_11, false, REFUSED_BODY_LIMIT).await,
+            ("refused".into(), true)
+        );
+        // longer than the limit: left unread (hyper closes the connection)
+        assert_eq!(
+            call(http::Version::HTTP_11, false, REFUSED_BODY_LIMIT + 2048).await,
+            ("refused".into(), false)
+        );
+        // HTTP/2: a refused stream ends alone; nothing is read for it
+        assert_eq!(
+            call(http::Version::HTTP_2, false, 5_000).await,
+            ("refused".into(), false)
+        );
     }
 
     #[test]
