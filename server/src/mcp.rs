@@ -191,18 +191,10 @@ pub fn router(
         .with_state(guard)
 }
 
-/// Most bytes of an unauthenticated request's body read (and dropped)
-/// before it is answered 401: a body within this is read whole, so the
-/// client's HTTP/1.1 connection stays usable for its next request (answered
-/// with the body unread, hyper closes the connection after the response,
-/// and a client that already reuses it sees it drop); a longer one is not
-/// read on, and the connection closes.
-const UNAUTHENTICATED_BODY_BYTES: usize = 64 * 1024;
-
 /// The verified [`quarry_auth::Principal`] goes into the request
 /// extensions (which rmcp hands to the handler with the request's
 /// `http::request::Parts`); a request without a usable bearer token is
-/// answered 401 here, its body read (up to [`UNAUTHENTICATED_BODY_BYTES`])
+/// answered 401 here, its body read (up to [`crate::web::REFUSED_BODY_LIMIT`])
 /// and dropped, never parsed.
 async fn require_bearer(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
     let token = match bearer_token(request.headers()) {
@@ -236,9 +228,9 @@ async fn require_bearer(State(guard): State<Guard>, mut request: Request, next: 
 }
 
 /// `response`, once `request`'s body is read to its end (at most
-/// [`UNAUTHENTICATED_BODY_BYTES`]) and dropped.
+/// [`crate::web::REFUSED_BODY_LIMIT`]) and dropped.
 async fn drained(request: Request, response: Response) -> Response {
-    let _ = axum::body::to_bytes(request.into_body(), UNAUTHENTICATED_BODY_BYTES).await;
+    let _ = axum::body::to_bytes(request.into_body(), crate::web::REFUSED_BODY_LIMIT).await;
     response
 }
 

@@ -110,7 +110,7 @@ fn parse_origin(origin: &str) -> Result<HeaderValue, WebConfigError> {
 }
 
 /// The most of a refused HTTP/1.x request's body read after its answer,
-/// bytes (as the MCP surface does): a grpc-web call refused on its headers
+/// bytes, here and by the MCP surface's 401: a grpc-web call refused on its headers
 /// (no token, a bad one, a rate limit) with a body up to this long leaves
 /// its connection usable for the next call; a longer one has its
 /// connection closed, as before. Small, so that a caller without a token
@@ -226,8 +226,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// An inner service that reads the body when `read`, else answers at
-    /// once without it, and a flag set when the client's body was read to
-    /// its end (by anyone).
+    /// once without it.
     fn service(
         read: bool,
     ) -> DrainRefusedHttp1<
@@ -258,14 +257,8 @@ mod tests {
         let frames: Vec<Result<http_body::Frame<bytes::Bytes>, tonic::Status>> = (0..length)
             .step_by(1024)
             .map(|at| {
-                Ok(http_body::Frame::data(bytes::Bytes::from(vec![
-                    7u8;
-                    (length
-                        - at)
-                        .min(
-                            1024
-                        )
-                ])))
+                let size = (length - at).min(1024);
+                Ok(http_body::Frame::data(bytes::Bytes::from(vec![7u8; size])))
             })
             .collect();
         let stream = futures::stream::iter(frames).chain(futures::stream::poll_fn(move |_| {
