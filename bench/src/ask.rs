@@ -60,8 +60,14 @@
 //! scripted model and clients together.
 //!
 //! Before the load, a calibration probes the internal calls one at a time,
-//! idle: DescribeSchema, ExecuteSql of the benchmark SQL (wall time and the
+//! idle: an empty RPC (the health service's Check: the cost of any gRPC
+//! round trip here, against which the overhead can be read),
+//! DescribeSchema, ExecuteSql of the benchmark SQL (wall time and the
 //! database time it reports), and ListSummaryKinds with summaries.
+//!
+//! The server's runtime has one worker thread per core, as `quarry serve`
+//! has; `TOKIO_WORKER_THREADS` sets another count, as it does for `quarry
+//! serve` (tokio reads it for `#[tokio::main]`).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -215,6 +221,12 @@ pub struct AskBenchOptions {
 /// Internal calls measured one at a time on the idle server.
 #[derive(Debug, Clone, Default)]
 pub struct Calibration {
+    /// `grpc.health.v1.Health/Check` for the whole server (unary, served
+    /// without authentication, no database): the client wall time of a
+    /// gRPC call that does nothing, the floor any RPC on this machine and
+    /// connection pays (client and server tonic/hyper, HTTP/2 over
+    /// loopback TCP, task wake-ups).
+    pub empty_rpc: LatencySummary,
     /// DescribeSchema (every Ask's first internal call), client wall time.
     pub describe_schema: LatencySummary,
     /// Characters of the compact schema text in the system prompt.
@@ -531,8 +543,8 @@ pub async fn start_server(config: quarry_server::Config) -> anyhow::Result<Runni
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // a runtime of its own, so that the server's CPU time is its threads'
     // (`SERVER_THREAD`), apart from the clients' and the scripted model's
+    // tokio's default: one worker per core, or `TOKIO_WORKER_THREADS`
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
         .thread_name(SERVER_THREAD)
         // blocking threads that exit would take their CPU time with them
         .thread_keep_alive(Duration::from_secs(24 * 3600))
@@ -696,6 +708,17 @@ async fn calibrate(
         options.progress,
         format!("calibration: {} calls of each internal RPC", options.probes),
     );
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let mut empty = Latencies::new()?;
+    for _ in 0..options.probes {
+        let started = Instant::now();
+        health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .map_err(|s| anyhow::anyhow!("Health/Check: {}", status_error(s)))?;
+        empty.record(started.elapsed());
+    }
+    calibration.empty_rpc = empty.summary();
     let mut describe = Latencies::new()?;
     let mut execute_wall = Latencies::new()?;
     let mut execute_db = Latencies::new()?;
@@ -1247,10 +1270,13 @@ impl AskBenchReport {
         if c.describe_schema.count > 0 {
             let _ = writeln!(
                 out,
-                "calibration (idle, one call at a time, {} each): DescribeSchema p50 {:.3} ms \
+                "calibration (idle, one call at a time, {} each): an empty RPC (health Check, \
+                 no auth, no database) p50 {:.3} ms p99 {:.3} ms; DescribeSchema p50 {:.3} ms \
                  p99 {:.3} ms ({} schema characters in the prompt); ExecuteSql p50 {:.3} ms \
                  p99 {:.3} ms, of which database p50 {:.3} ms",
                 c.describe_schema.count,
+                c.empty_rpc.p50_ms,
+                c.empty_rpc.p99_ms,
                 c.describe_schema.p50_ms,
                 c.describe_schema.p99_ms,
                 c.schema_chars,
@@ -1407,6 +1433,7 @@ impl AskBenchReport {
             "pool_size": self.pool_size,
             "summaries": self.summaries,
             "calibration": {
+                "empty_rpc": c.empty_rpc.to_json(),
                 "describe_schema": c.describe_schema.to_json(),
                 "schema_chars": c.schema_chars,
                 "execute_sql": c.execute_sql.to_json(),
