@@ -430,7 +430,7 @@ impl TestServer {
 /// cluster may alter the same role at the same moment (PostgreSQL then
 /// reports "tuple concurrently updated"), so a failure is retried a few
 /// times.
-async fn migrate_read_only_role(url: &str, role: &str) {
+pub async fn migrate_read_only_role(url: &str, role: &str) {
     let dir = TempDir::new("migrate");
     let path = dir.path().join("quarry.toml");
     std::fs::write(

@@ -7,6 +7,7 @@
 mod agent;
 mod assistant;
 mod auth;
+mod bench_ask;
 mod budgets;
 mod cache;
 mod cancel;
