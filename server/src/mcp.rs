@@ -227,10 +227,11 @@ async fn require_bearer(State(guard): State<Guard>, mut request: Request, next: 
     }
 }
 
-/// `response`, once `request`'s body is read to its end (at most
-/// [`crate::web::REFUSED_BODY_LIMIT`]) and dropped.
+/// `response`, once `request`'s body is read to its end and dropped
+/// ([`crate::web::drain_refused`]: at most [`crate::web::REFUSED_BODY_LIMIT`]
+/// bytes, for at most [`crate::web::REFUSED_BODY_WAIT`]).
 async fn drained(request: Request, response: Response) -> Response {
-    let _ = axum::body::to_bytes(request.into_body(), crate::web::REFUSED_BODY_LIMIT).await;
+    crate::web::drain_refused(request.into_body()).await;
     response
 }
 

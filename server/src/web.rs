@@ -117,8 +117,30 @@ fn parse_origin(origin: &str) -> Result<HeaderValue, WebConfigError> {
 /// cannot make the server hold much for it.
 pub const REFUSED_BODY_LIMIT: usize = 64 * 1024;
 
-/// Reads the rest of an HTTP/1.x request's body, at most
-/// [`REFUSED_BODY_LIMIT`], when the layers inside it (grpc-web, auth, rate
+/// How long the rest of a refused request's body is waited for: a client
+/// that sends its head and then stalls gets its answer after this, and
+/// its connection is closed, rather than holding the refusal back forever.
+pub const REFUSED_BODY_WAIT: Duration = Duration::from_secs(2);
+
+/// Reads `body`, the body of a request answered without reading it, to its
+/// end and drops it: at most [`REFUSED_BODY_LIMIT`] bytes, for at most
+/// [`REFUSED_BODY_WAIT`]. Whether it was read to its end (then an HTTP/1.1
+/// connection carries the next request; else hyper closes it). Shared by
+/// [`DrainRefusedHttp1`] and the MCP surface's 401.
+pub(crate) async fn drain_refused<B>(body: B) -> bool
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let read = Limited::new(body, REFUSED_BODY_LIMIT).collect();
+    matches!(
+        tokio::time::timeout(REFUSED_BODY_WAIT, read).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Reads the rest of an HTTP/1.x request's body ([`drain_refused`]: at most
+/// [`REFUSED_BODY_LIMIT`], for at most [`REFUSED_BODY_WAIT`]), when the layers inside it (grpc-web, auth, rate
 /// limit, policy) answered without reading it.
 ///
 /// Why: a layer may answer on the head alone (auth refusing a missing or
@@ -208,7 +230,7 @@ where
             if let Ok(body) = Arc::try_unwrap(shared) {
                 let body = body.into_inner().unwrap_or_else(PoisonError::into_inner);
                 if !http_body::Body::is_end_stream(&body) {
-                    let _ = Limited::new(body, REFUSED_BODY_LIMIT).collect().await;
+                    drain_refused(body).await;
                 }
             }
             Ok(response)
@@ -309,6 +331,34 @@ mod tests {
             call(http::Version::HTTP_2, false, 5_000).await,
             ("refused".into(), false)
         );
+    }
+
+    /// A refused body that stalls after its first frame holds the answer
+    /// back for [`REFUSED_BODY_WAIT`] only (without the bound it would
+    /// wait forever: the bound on the test's own wait fails it then).
+    #[tokio::test]
+    async fn a_stalled_refused_body_is_waited_for_a_bounded_time() {
+        use tower::ServiceExt as _;
+        let first: Result<http_body::Frame<bytes::Bytes>, tonic::Status> =
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(b"grpc")));
+        let stalled = futures::stream::iter([first]).chain(futures::stream::pending());
+        let request = http::Request::builder()
+            .version(http::Version::HTTP_11)
+            .body(Body::new(http_body_util::StreamBody::new(stalled)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let response =
+            tokio::time::timeout(REFUSED_BODY_WAIT * 10, service(false).oneshot(request))
+                .await
+                .expect("the refusal was held back past the drain's bound")
+                .unwrap();
+        assert!(
+            started.elapsed() >= REFUSED_BODY_WAIT,
+            "{:?}",
+            started.elapsed()
+        );
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"refused");
     }
 
     #[test]
